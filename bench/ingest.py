@@ -1,0 +1,92 @@
+"""Ingestion throughput: VADER alone vs the full pipeline into a fresh SQLite file.
+
+    python bench/ingest.py [--count 5000] [--seed 7] [--database URL]
+
+Prints texts/s for VADER alone, messages/s for the whole pipeline (dedupe, sentiment,
+identity, rules, tickets, drafts, alerts, one transaction per batch), and their ratio.
+Target: the pipeline reaches at least 50% of VADER-alone throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+from socialcrm.config import Config
+from socialcrm.connector import Batch, InboundMessage
+from socialcrm.db import open_store
+from socialcrm.pipeline import Pipeline
+from socialcrm.rules import RuleSet
+from socialcrm.sandbox.traffic import TrafficGenerator
+
+LEXICON = {"delayed": -1.8, "refund": -0.5}
+
+
+def vader_alone(texts: list[str]) -> float:
+    """Texts per second through VADER's polarity_scores, nothing else."""
+    analyzer = SentimentIntensityAnalyzer()
+    analyzer.lexicon.update(LEXICON)
+    gc.collect()
+    start = time.perf_counter()
+    for t in texts:
+        analyzer.polarity_scores(t)
+    return len(texts) / (time.perf_counter() - start)
+
+
+async def pipeline_run(messages: list[InboundMessage], url: str | None, batch: int) -> tuple[float, dict[str, int]]:
+    """Messages per second through the whole pipeline into a fresh database."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db_url = url or f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
+        config = Config.model_validate(
+            {"database": db_url, "brand": {"lexicon": LEXICON}, "base_dir": tmp}
+        )
+        store = await open_store(config.database_url())
+        pipeline = Pipeline(config, store, rules=RuleSet.load(config.rule_paths()))
+        # Warm the scorer and the templates outside the timed part.
+        pipeline.scorer.score("warm up the language detector please", None)
+        gc.collect()
+        totals: dict[str, int] = {}
+        start = time.perf_counter()
+        for i in range(0, len(messages), batch):
+            r = await pipeline.ingest(Batch(messages=messages[i : i + batch]), "bench")
+            for k in ("stored", "tickets_opened", "drafts", "escalations", "new_customers"):
+                totals[k] = totals.get(k, 0) + getattr(r, k)
+        rate = len(messages) / (time.perf_counter() - start)
+        await store.dispose()
+        return rate, totals
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=5000)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=3, help="best of N rounds for each figure")
+    ap.add_argument("--database", default=None, help="URL (default: a fresh SQLite file)")
+    args = ap.parse_args()
+
+    messages = list(TrafficGenerator(args.seed).messages(args.count))
+    texts = [m.text for m in messages]
+    print(f"{len(messages)} generated mentions, mean {statistics.mean(map(len, texts)):.0f} chars")
+
+    vader = max(vader_alone(texts) for _ in range(args.rounds))
+    runs = [asyncio.run(pipeline_run(messages, args.database, args.batch)) for _ in range(args.rounds)]
+    full, totals = max(runs, key=lambda r: r[0])
+    ratio = full / vader
+    print(f"VADER alone:   {vader:9.0f} texts/s")
+    print(f"full pipeline: {full:9.0f} messages/s  ({args.database or 'fresh SQLite file'})")
+    print(f"ratio:         {ratio:9.1%}  (target >= 50%)")
+    print("pipeline did:  " + ", ".join(f"{k} {v}" for k, v in totals.items()))
+    sys.exit(0 if ratio >= 0.5 else 1)
+
+
+if __name__ == "__main__":
+    main()

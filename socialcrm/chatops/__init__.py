@@ -1,0 +1,1 @@
+"""Chat-ops: one command layer, with adapters for chat and the CLI."""

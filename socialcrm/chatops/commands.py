@@ -1,0 +1,375 @@
+"""The one command layer behind chat (Slack, Mattermost) and the CLI.
+
+A command is a method decorated with ``@command``; its docstring is its help text, its
+signature its arguments (the last ``str`` argument takes the rest of the line), and its role
+the least a person needs to run it. ``CommandError`` goes back to the person word for word.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import shlex
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import jinja2
+import sqlalchemy as sa
+
+from socialcrm import responder, tickets
+from socialcrm.config import Config
+from socialcrm.db import Store
+from socialcrm.models import AuditEvent, Customer, Identity, Message, Reply, Ticket
+from socialcrm.responder import Responder, ReplyError, template_environment
+from socialcrm.tickets import TicketError
+
+log = logging.getLogger(__name__)
+
+ROLES = ("viewer", "agent", "approver", "admin")
+_RANK = {r: i for i, r in enumerate(ROLES)}
+
+
+class CommandError(Exception):
+    """A refusal or a mistake, said to the person as it is."""
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who runs a command, with which role, and from where (cli, slack, mattermost)."""
+
+    name: str
+    role: str
+    via: str
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[str]])
+
+
+def command(role: str = "viewer", name: str | None = None) -> Callable[[F], F]:
+    """Mark a method of ``Commands`` as a command that needs at least ``role``."""
+
+    def mark(fn: F) -> F:
+        fn.__command__ = (name or fn.__name__.rstrip("_"), role)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+class Commands:
+    """Every command a person can run, the same from chat and from the CLI."""
+
+    def __init__(self, config: Config, store: Store, responder_: Responder | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.responder = responder_ or Responder(config.responder, config.brand.name, config.base_dir)
+        self.templates: jinja2.Environment = template_environment(None)
+        self.table: dict[str, tuple[Callable[..., Awaitable[str]], str]] = {}
+        for attr in dir(self):
+            fn = getattr(self, attr)
+            meta = getattr(fn, "__command__", None)
+            if meta:
+                self.table[meta[0]] = (fn, meta[1])
+
+    def render(self, template: str, **context: Any) -> str:
+        """Render a chat/CLI answer from ``templates/chat``."""
+        return self.templates.get_template(f"chat/{template}.j2").render(**context).strip()
+
+    async def run(self, actor: Actor, line: str) -> str:
+        """Parse and run one command line; the answer is text for the person."""
+        try:
+            words = shlex.split(line)
+        except ValueError as err:
+            raise CommandError(f"cannot read that command: {err}") from err
+        if not words:
+            return await self.help(actor)
+        name, rest = words[0].lower(), line.strip()[len(words[0]) :].strip()
+        entry = self.table.get(name)
+        if entry is None:
+            raise CommandError(f"unknown command {name!r}; try `help`")
+        fn, role = entry
+        if _RANK.get(actor.role, -1) < _RANK[role]:
+            await self._audit(actor, "command.refused", "command", name, {"line": line[:500]})
+            raise CommandError(
+                f"sorry, {name} needs the {role} role and you are {actor.role or 'not staff'}"
+            )
+        args = _bind(fn, name, rest)
+        try:
+            return await fn(actor, *args)
+        except (ReplyError, TicketError, LookupError, ValueError) as err:
+            raise CommandError(str(err).strip("'\"")) from err
+
+    def usage(self, name: str) -> str:
+        """One-line usage of a command, from its signature."""
+        fn, _ = self.table[name]
+        params = list(inspect.signature(fn).parameters.values())[1:]
+        shown = " ".join(
+            (f"[{p.name.upper()}]" if p.default is not inspect.Parameter.empty else p.name.upper())
+            for p in params
+        )
+        return f"{name} {shown}".strip()
+
+    async def _audit(
+        self, actor: Actor, action: str, object_type: str, object_id: str | None, detail: dict[str, Any]
+    ) -> None:
+        async with self.store.session() as s:
+            s.add(
+                AuditEvent(
+                    actor=actor.name,
+                    via=actor.via,
+                    action=action,
+                    object_type=object_type,
+                    object_id=object_id,
+                    detail=detail,
+                )
+            )
+
+    # -- commands ---------------------------------------------------------------------------
+
+    @command("viewer")
+    async def help(self, actor: Actor, name: str = "") -> str:
+        """help [COMMAND] — list the commands, or explain one."""
+        if name:
+            entry = self.table.get(name.lower())
+            if entry is None:
+                raise CommandError(f"unknown command {name!r}")
+            fn, role = entry
+            return self.render("help_one", usage=self.usage(name.lower()), doc=_doc(fn), role=role)
+        rows = [
+            (self.usage(n), _doc(fn).splitlines()[0].split(" — ", 1)[-1], role)
+            for n, (fn, role) in sorted(self.table.items())
+            if _RANK.get(actor.role, -1) >= _RANK[role]
+        ]
+        return self.render("help", rows=rows)
+
+    @command("viewer")
+    async def queue(self, actor: Actor, limit: int = 20) -> str:
+        """queue [LIMIT] — drafts awaiting approval, highest priority and oldest first."""
+        async with self.store.reader() as s:
+            q = (
+                sa.select(Reply, Message, Ticket)
+                .join(Message, Message.id == Reply.message_id)  # type: ignore[arg-type]
+                .outerjoin(Ticket, Ticket.id == Reply.ticket_id)  # type: ignore[arg-type]
+                .where(Reply.status == "draft")
+                .order_by(*responder.queue_order())
+                .limit(max(1, min(limit, 200)))
+            )
+            rows = (await s.execute(q)).all()
+            total = (
+                await s.execute(sa.select(sa.func.count()).select_from(Reply).where(Reply.status == "draft"))
+            ).scalar_one()
+        return self.render("queue", rows=rows, total=total)
+
+    @command("viewer")
+    async def show(self, actor: Actor, reply_id: int) -> str:
+        """show ID — a draft with the original message, the customer and the ticket history."""
+        async with self.store.reader() as s:
+            reply = await s.get(Reply, reply_id)
+            if reply is None:
+                raise CommandError(f"no reply #{reply_id}")
+            msg = await s.get(Message, reply.message_id)
+            cust = await s.get(Customer, reply.customer_id) if reply.customer_id else None
+            ticket = await s.get(Ticket, reply.ticket_id) if reply.ticket_id else None
+            history = []
+            if ticket is not None:
+                history = list(
+                    (
+                        await s.execute(
+                            sa.select(Message)
+                            .where(Message.ticket_id == ticket.id)
+                            .order_by(Message.created_at.desc())  # type: ignore[attr-defined]
+                            .limit(10)
+                        )
+                    ).scalars()
+                )
+        return self.render("show", reply=reply, msg=msg, customer=cust, ticket=ticket, history=history)
+
+    @command("approver")
+    async def approve(self, actor: Actor, reply_id: int) -> str:
+        """approve ID — approve a draft as written; it is then sent on its channel."""
+        async with self.store.session() as s:
+            handle = await _reply_handle(s, reply_id)
+            reply = await responder.approve(
+                s, reply_id, actor.name, actor.via, responder=self.responder, to_handle=handle
+            )
+        return self.render("decided", reply=reply, verb="approved")
+
+    @command("approver")
+    async def edit(self, actor: Actor, reply_id: int, text: str) -> str:
+        """edit ID TEXT — replace a draft's text and approve it (the audit keeps both)."""
+        async with self.store.session() as s:
+            handle = await _reply_handle(s, reply_id)
+            reply = await responder.edit(
+                s, reply_id, text, actor.name, actor.via, responder=self.responder, to_handle=handle
+            )
+        return self.render("decided", reply=reply, verb="edited and approved")
+
+    @command("agent")
+    async def reject(self, actor: Actor, reply_id: int, reason: str) -> str:
+        """reject ID REASON — reject a draft; it will never be sent."""
+        async with self.store.session() as s:
+            reply = await responder.reject(s, reply_id, reason, actor.name, actor.via)
+        return self.render("decided", reply=reply, verb="rejected")
+
+    @command("viewer")
+    async def tickets(self, actor: Actor, status: str = "open", limit: int = 20) -> str:
+        """tickets [STATUS] [LIMIT] — tickets by status (open, pending, resolved, closed, all)."""
+        async with self.store.reader() as s:
+            q = sa.select(Ticket, Customer).join(Customer, Customer.id == Ticket.customer_id)  # type: ignore[arg-type]
+            if status != "all":
+                if status not in tickets.STATUSES:
+                    raise CommandError(f"unknown status {status!r}; one of {', '.join(tickets.STATUSES)}, all")
+                q = q.where(Ticket.status == status)
+            q = q.order_by(Ticket.priority_score.desc(), Ticket.last_message_at.desc()).limit(  # type: ignore[attr-defined]
+                max(1, min(limit, 500))
+            )
+            rows = (await s.execute(q)).all()
+        return self.render("tickets", rows=rows, status=status)
+
+    @command("viewer")
+    async def ticket(self, actor: Actor, ticket_id: int) -> str:
+        """ticket ID — one ticket with its messages and replies."""
+        async with self.store.reader() as s:
+            t = await s.get(Ticket, ticket_id)
+            if t is None:
+                raise CommandError(f"no ticket #{ticket_id}")
+            cust = await s.get(Customer, t.customer_id)
+            msgs = list(
+                (
+                    await s.execute(
+                        sa.select(Message).where(Message.ticket_id == ticket_id).order_by(Message.created_at)  # type: ignore[arg-type]
+                    )
+                ).scalars()
+            )
+            replies = list(
+                (await s.execute(sa.select(Reply).where(Reply.ticket_id == ticket_id).order_by(Reply.id))).scalars()  # type: ignore[arg-type]
+            )
+        return self.render("ticket", t=t, customer=cust, messages=msgs, replies=replies)
+
+    @command("agent")
+    async def assign(self, actor: Actor, ticket_id: int, user: str) -> str:
+        """assign TICKET USER — give a ticket to a person."""
+        async with self.store.session() as s:
+            t = await tickets.assign(s, ticket_id, user, actor.name, actor.via)
+        return f"Ticket #{t.id} is now assigned to {user}."
+
+    @command("agent")
+    async def close(self, actor: Actor, ticket_id: int) -> str:
+        """close TICKET — close a ticket."""
+        async with self.store.session() as s:
+            t = await tickets.set_status(s, ticket_id, "closed", actor.name, actor.via)
+        return f"Ticket #{t.id} is closed."
+
+    @command("agent")
+    async def resolve(self, actor: Actor, ticket_id: int) -> str:
+        """resolve TICKET — mark a ticket resolved (a new message from the customer reopens it)."""
+        async with self.store.session() as s:
+            t = await tickets.set_status(s, ticket_id, "resolved", actor.name, actor.via)
+        return f"Ticket #{t.id} is resolved."
+
+    @command("viewer")
+    async def customer(self, actor: Actor, who: str) -> str:
+        """customer HANDLE|EMAIL|ID — a customer's record, identities and recent tickets."""
+        async with self.store.reader() as s:
+            cust = await find_customer(s, who)
+            if cust is None:
+                raise CommandError(f"no customer matches {who!r}")
+            idents = list((await s.execute(sa.select(Identity).where(Identity.customer_id == cust.id))).scalars())
+            recent = list(
+                (
+                    await s.execute(
+                        sa.select(Ticket)
+                        .where(Ticket.customer_id == cust.id)
+                        .order_by(Ticket.opened_at.desc())  # type: ignore[attr-defined]
+                        .limit(10)
+                    )
+                ).scalars()
+            )
+            stats = (
+                await s.execute(
+                    sa.select(sa.func.count(), sa.func.avg(Message.sentiment)).where(
+                        Message.customer_id == cust.id
+                    )
+                )
+            ).one()
+        return self.render(
+            "customer", c=cust, identities=idents, tickets=recent, count=stats[0], mood=stats[1]
+        )
+
+
+async def find_customer(s: Any, who: str) -> Customer | None:
+    """A customer by id, email or handle (with or without @), following merges."""
+    who = who.strip()
+    cust: Customer | None = None
+    if who.isdigit():
+        cust = await s.get(Customer, int(who))
+    elif "@" in who.strip("@"):
+        key = who.lower()
+        ident = (await s.execute(sa.select(Identity).where(Identity.email == key).limit(1))).scalar()
+        if ident is not None:
+            cust = await s.get(Customer, ident.customer_id)
+        else:
+            cust = (
+                await s.execute(sa.select(Customer).where(Customer.email == key).limit(1))
+            ).scalar()
+        if cust is None:  # a Mastodon handle looks like an address
+            cust = await _by_handle(s, who)
+    else:
+        cust = await _by_handle(s, who)
+    while cust is not None and cust.merged_into_id is not None:
+        cust = await s.get(Customer, cust.merged_into_id)
+    return cust
+
+
+async def _by_handle(s: Any, who: str) -> Customer | None:
+    key = who.strip().lstrip("@").lower()
+    ident = (await s.execute(sa.select(Identity).where(Identity.handle_key == key).limit(1))).scalar()
+    return await s.get(Customer, ident.customer_id) if ident is not None else None
+
+
+async def _reply_handle(s: Any, reply_id: int) -> str | None:
+    row = (
+        await s.execute(
+            sa.select(Message.author_handle)
+            .join(Reply, Reply.message_id == Message.id)
+            .where(Reply.id == reply_id)
+        )
+    ).first()
+    return row[0] if row else None
+
+
+def _doc(fn: Callable[..., Any]) -> str:
+    return inspect.cleandoc(fn.__doc__ or "")
+
+
+def _bind(fn: Callable[..., Any], name: str, rest: str) -> list[Any]:
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    words = rest.split()
+    out: list[Any] = []
+    for i, p in enumerate(params):
+        last = i == len(params) - 1
+        if not words:
+            if p.default is inspect.Parameter.empty:
+                raise CommandError(f"usage: {name} {' '.join(q.name.upper() for q in params)}")
+            break
+        if last and p.annotation in ("str", str):
+            # The last text argument takes the rest of the line as typed.
+            value: Any = rest.split(None, i)[i] if i else rest
+            words = []
+        else:
+            value = words.pop(0)
+        if p.annotation in ("int", int):
+            value = value.lstrip("#")
+            if not value.isdigit():
+                raise CommandError(f"{p.name.replace('_', ' ')} must be a number, got {value!r}")
+            value = int(value)
+        out.append(value)
+    if words:
+        raise CommandError(f"too many words for {name}; usage: {name} {' '.join(q.name.upper() for q in params)}")
+    return out
+
+
+def error_reference() -> str:
+    """A short reference to find an unexpected error in the log."""
+    return uuid.uuid4().hex[:8]

@@ -1,0 +1,547 @@
+"""The ``socialcrm`` command line: set-up, ingestion, customers, tickets and the approval queue."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import sqlalchemy as sa
+from pydantic import ValidationError
+
+from socialcrm import customers as customers_mod
+from socialcrm.chatops.commands import Actor, CommandError, Commands, find_customer
+from socialcrm.config import STARTER_CONFIG, Config, ConfigError, load_config
+from socialcrm.connector import Batch, InboundMessage, Quarantined
+from socialcrm.db import Store, StoreError, open_store
+from socialcrm.models import Quarantine, utcnow
+from socialcrm.pipeline import IngestResult, Pipeline
+from socialcrm.rules import RuleError, RuleSet, find_rule_tests, run_rule_tests
+from socialcrm.sentiment import SentimentScorer
+from socialcrm.yamldoc import YamlError
+
+log = logging.getLogger("socialcrm")
+T = TypeVar("T")
+#: Messages handed to the pipeline at a time when ingesting a file.
+FILE_BATCH = 500
+DEFAULT_CONFIG = "config.yaml"
+
+
+class CliError(click.ClickException):
+    """A one-line error for the person at the terminal; exit status 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"socialcrm: {self.message}", err=True)
+
+
+def _load(ctx: click.Context) -> Config:
+    obj = ctx.ensure_object(dict)
+    if "config" not in obj:
+        path: Path | None = obj.get("config_path")
+        try:
+            if path is not None:
+                obj["config"] = load_config(path)
+            elif Path(DEFAULT_CONFIG).exists():
+                obj["config"] = load_config(Path(DEFAULT_CONFIG))
+            else:
+                obj["config"] = Config()
+        except ConfigError as err:
+            raise CliError(f"bad configuration:\n{err}") from err
+    config: Config = obj["config"]
+    return config
+
+
+def async_command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """Run an async click command, turning our known errors into one clear line."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return asyncio.run(fn(*args, **kwargs))
+        except (StoreError, RuleError, YamlError, CommandError) as err:
+            raise CliError(str(err)) from err
+        except customers_mod.CsvImportError as err:
+            raise CliError("nothing imported:\n" + "\n".join(err.problems)) from err
+
+    return wrapper
+
+
+@asynccontextmanager
+async def _store(config: Config) -> AsyncIterator[Store]:
+    store = await open_store(config.database_url())
+    try:
+        yield store
+    finally:
+        await store.dispose()
+
+
+def _actor() -> Actor:
+    # Whoever can run the CLI can open the database itself: the CLI acts as an admin.
+    return Actor(name=os.environ.get("SOCIALCRM_USER") or getpass.getuser(), role="admin", via="cli")
+
+
+def load_rules(config: Config) -> RuleSet:
+    """The configured rules, checked; a template a rule names must exist."""
+    return RuleSet.load(config.rule_paths())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="SOCIALCRM_CONFIG",
+    help=f"Config file (default: ./{DEFAULT_CONFIG} if present, else built-in defaults).",
+)
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
+    """socialcrm: hear every customer who talks about you, and answer well and fast."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    ctx.ensure_object(dict)["config_path"] = config_path
+
+
+# -- set-up -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False), default=".")
+@click.option("--force", is_flag=True, help="Overwrite an existing config file.")
+@async_command
+async def init(directory: Path, force: bool) -> None:
+    """Write a starter config.yaml and create its database."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / DEFAULT_CONFIG
+    if path.exists() and not force:
+        raise CliError(f"{path} exists; use --force to overwrite it")
+    path.write_text(STARTER_CONFIG, encoding="utf-8")
+    config = load_config(path)
+    async with _store(config) as store:
+        click.echo(f"wrote {path}; database ready at {store.safe_url()}")
+
+
+@main.group("config")
+def config_group() -> None:
+    """Check the configuration."""
+
+
+@config_group.command("check")
+@click.pass_context
+def config_check(ctx: click.Context) -> None:
+    """Validate the config file and the rule files it names."""
+    config = _load(ctx)
+    try:
+        rules = load_rules(config)
+    except RuleError as err:
+        raise CliError(f"bad rules:\n{err}") from err
+    click.echo(
+        f"config OK: {len(config.sources)} source(s), {len(rules.rules)} rule(s), "
+        f"database {Store(config.database_url()).safe_url()}"
+    )
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database schema."""
+
+
+@db_group.command("upgrade")
+@click.pass_context
+@async_command
+async def db_upgrade(ctx: click.Context) -> None:
+    """Upgrade the database schema to this version (the daemon and CLI do this on start)."""
+    config = _load(ctx)
+    store = Store(config.database_url())
+    try:
+        await store.upgrade()
+        click.echo(f"database at schema {await store.current_revision()}")
+    finally:
+        await store.dispose()
+
+
+# -- ingestion --------------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, str]]:
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                line = raw.decode("utf-8", errors="replace").strip()
+                yield n, "\x00" + line  # flagged: not UTF-8
+                continue
+            if line:
+                yield n, line
+
+
+def parse_line(n: int, line: str) -> InboundMessage | Quarantined:
+    """One JSON Lines record as a message, or as a quarantined payload with its error."""
+    if line.startswith("\x00"):
+        return Quarantined(error=f"line {n}: not UTF-8", raw=line[1:])
+    try:
+        return InboundMessage.model_validate_json(line)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(record)"
+        return Quarantined(error=f"line {n}: {where}: {first['msg']}", raw=line[:100_000])
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--source", default=None, help="Source name to record (default: file:NAME).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+@async_command
+async def ingest(ctx: click.Context, file: Path, source: str | None, as_json: bool) -> None:
+    """Ingest a JSON Lines file of messages (one InboundMessage per line)."""
+    config = _load(ctx)
+    source = source or f"file:{file.name}"[:128]
+    total = IngestResult()
+    size = file.stat().st_size
+    async with _store(config) as store:
+        pipeline = Pipeline(config, store, rules=load_rules(config))
+        with click.progressbar(
+            length=size, label="ingesting", file=sys.stderr, show_pos=False
+        ) if size > 1_000_000 and sys.stderr.isatty() else _no_bar() as bar:
+            batch = Batch()
+            done = 0
+            for n, line in _read_jsonl(file):
+                item = parse_line(n, line)
+                (batch.messages if isinstance(item, InboundMessage) else batch.quarantined).append(
+                    item  # type: ignore[arg-type]
+                )
+                done += len(line) + 1
+                if len(batch.messages) + len(batch.quarantined) >= FILE_BATCH:
+                    total.add(await pipeline.ingest(batch, source, save_cursor=False))
+                    bar.update(done)
+                    done = 0
+                    batch = Batch()
+            if batch.messages or batch.quarantined:
+                total.add(await pipeline.ingest(batch, source, save_cursor=False))
+                bar.update(done)
+    if as_json:
+        click.echo(json.dumps(asdict(total)))
+    else:
+        click.echo(_summary(total))
+
+
+class _no_bar:
+    def __enter__(self) -> _no_bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+def _summary(r: IngestResult) -> str:
+    return (
+        f"{r.stored} stored, {r.duplicates} already there, {r.quarantined} quarantined, "
+        f"{r.ignored} ignored as noise\n"
+        f"{r.new_customers} new customers; tickets: {r.tickets_opened} opened, "
+        f"{r.tickets_threaded} updated, {r.tickets_reopened} reopened\n"
+        f"{r.drafts} drafts awaiting approval"
+        + (f" ({r.draft_problems} need an edit)" if r.draft_problems else "")
+        + f", {r.escalations} escalations"
+    )
+
+
+# -- customers --------------------------------------------------------------------------------
+
+
+@main.group("customers")
+def customers_group() -> None:
+    """Customer records."""
+
+
+@customers_group.command("import")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.pass_context
+@async_command
+async def customers_import(ctx: click.Context, file: Path) -> None:
+    """Create or update customers from a CSV file (all rows or none)."""
+    config = _load(ctx)
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise CliError(f"{file}: not UTF-8 text") from err
+    rows = customers_mod.parse_csv(text)
+    async with _store(config) as store, store.session() as s:
+        actor = _actor()
+        result = await customers_mod.import_customers(s, rows, actor.name, actor.via)
+    click.echo(
+        f"{result.created} customers created, {result.updated} updated, "
+        f"{result.identities} identities added"
+    )
+
+
+@customers_group.command("show")
+@click.argument("who")
+@click.pass_context
+@async_command
+async def customers_show(ctx: click.Context, who: str) -> None:
+    """Show a customer by id, email or handle."""
+    await _run_command(ctx, f"customer {who}")
+
+
+@customers_group.command("merge")
+@click.argument("keep")
+@click.argument("merge")
+@click.pass_context
+@async_command
+async def customers_merge(ctx: click.Context, keep: str, merge: str) -> None:
+    """Merge customer MERGE into KEEP: every identity, message and ticket moves to KEEP."""
+    config = _load(ctx)
+    async with _store(config) as store, store.session() as s:
+        a = await find_customer(s, keep)
+        b = await find_customer(s, merge)
+        if a is None or b is None:
+            raise CliError(f"no customer matches {keep if a is None else merge!r}")
+        assert a.id is not None and b.id is not None
+        actor = _actor()
+        try:
+            moved = await customers_mod.merge(s, a.id, b.id, actor.name, actor.via)
+        except (ValueError, LookupError) as err:
+            raise CliError(str(err)) from err
+    click.echo(
+        f"merged customer #{b.id} into #{a.id}: "
+        + ", ".join(f"{n} {table}(s)" for table, n in moved.items())
+        + " moved"
+    )
+
+
+# -- tickets and the approval queue (the chat-ops command layer) -------------------------------
+
+
+async def _run_command(ctx: click.Context, line: str) -> None:
+    config = _load(ctx)
+    async with _store(config) as store:
+        click.echo(await Commands(config, store).run(_actor(), line))
+
+
+@main.group("tickets")
+def tickets_group() -> None:
+    """Tickets."""
+
+
+@tickets_group.command("list")
+@click.option("--status", default="open", show_default=True, help="open, pending, resolved, closed or all")
+@click.option("--limit", default=50, show_default=True)
+@click.pass_context
+@async_command
+async def tickets_list(ctx: click.Context, status: str, limit: int) -> None:
+    """List tickets, highest priority first."""
+    await _run_command(ctx, f"tickets {status} {limit}")
+
+
+@tickets_group.command("show")
+@click.argument("ticket_id", type=int)
+@click.pass_context
+@async_command
+async def tickets_show(ctx: click.Context, ticket_id: int) -> None:
+    """Show one ticket with its messages and replies."""
+    await _run_command(ctx, f"ticket {ticket_id}")
+
+
+def _chat_command(name: str, *arg_names: str, rest: bool = False) -> None:
+    """Expose a chat-ops command on the CLI, with the command's own docstring as help."""
+    commands_help = Commands.__dict__[name].__doc__ or ""
+
+    @click.pass_context
+    @async_command
+    async def run(ctx: click.Context, **kwargs: Any) -> None:
+        words = []
+        for a in arg_names:
+            v = kwargs[a]
+            words.append(" ".join(v) if isinstance(v, tuple) else str(v))
+        await _run_command(ctx, " ".join([name, *words]))
+
+    fn: Any = run
+    for i, a in reversed(list(enumerate(arg_names))):
+        last = i == len(arg_names) - 1
+        fn = click.argument(a, nargs=-1 if (rest and last) else 1, required=True)(fn)
+    main.command(name, help=commands_help.strip())(fn)
+
+
+_chat_command("queue")
+_chat_command("show", "reply_id")
+_chat_command("approve", "reply_id")
+_chat_command("edit", "reply_id", "text", rest=True)
+_chat_command("reject", "reply_id", "reason", rest=True)
+_chat_command("assign", "ticket_id", "user")
+_chat_command("close", "ticket_id")
+_chat_command("resolve", "ticket_id")
+
+
+# -- quarantine -------------------------------------------------------------------------------
+
+
+@main.group("quarantine")
+def quarantine_group() -> None:
+    """Payloads that could not be processed."""
+
+
+@quarantine_group.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include retried and discarded ones.")
+@click.pass_context
+@async_command
+async def quarantine_list(ctx: click.Context, show_all: bool) -> None:
+    """List quarantined payloads with their errors."""
+    config = _load(ctx)
+    async with _store(config) as store, store.reader() as s:
+        q = sa.select(Quarantine).order_by(Quarantine.id)  # type: ignore[arg-type]
+        if not show_all:
+            q = q.where(Quarantine.status == "waiting")
+        rows = list((await s.execute(q)).scalars())
+    if not rows:
+        click.echo("quarantine is empty")
+    for r in rows:
+        click.echo(
+            f"#{r.id} {r.status} {r.source} {r.external_id or '-'} "
+            f"({r.attempts} retries): {r.error.splitlines()[0][:200]}"
+        )
+
+
+@quarantine_group.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.pass_context
+@async_command
+async def quarantine_retry(ctx: click.Context, ids: tuple[int, ...]) -> None:
+    """Process quarantined payloads again (all waiting ones, or the IDs given)."""
+    config = _load(ctx)
+    async with _store(config) as store:
+        pipeline = Pipeline(config, store, rules=load_rules(config))
+        async with store.reader() as s:
+            q = sa.select(Quarantine).where(Quarantine.status == "waiting")
+            if ids:
+                q = q.where(Quarantine.id.in_(ids))  # type: ignore[union-attr]
+            rows = list((await s.execute(q.order_by(Quarantine.id))).scalars())  # type: ignore[arg-type]
+        ok = failed = 0
+        for row in rows:
+            item = parse_line(0, row.raw)
+            async with store.session() as s:
+                entry = await s.get(Quarantine, row.id, with_for_update=True)
+                assert entry is not None
+                entry.attempts += 1
+                if isinstance(item, Quarantined):
+                    entry.error = item.error.replace("line 0: ", "", 1)
+                    failed += 1
+                    continue
+            result = await pipeline.ingest(Batch(messages=[item]), row.source, save_cursor=False)
+            async with store.session() as s:
+                entry = await s.get(Quarantine, row.id, with_for_update=True)
+                assert entry is not None
+                if result.quarantined:
+                    failed += 1
+                else:
+                    entry.status = "retried"
+                    entry.retried_at = utcnow()
+                    ok += 1
+    click.echo(f"{ok} retried successfully, {failed} still failing")
+
+
+# -- rules ------------------------------------------------------------------------------------
+
+
+@main.group("rules")
+def rules_group() -> None:
+    """Rule files."""
+
+
+@rules_group.command("check")
+@click.pass_context
+def rules_check(ctx: click.Context) -> None:
+    """Load every configured rule file and report problems with file:line."""
+    config = _load(ctx)
+    try:
+        rules = load_rules(config)
+    except RuleError as err:
+        raise CliError(f"bad rules:\n{err}") from err
+    from socialcrm.responder import Responder
+
+    responder = Responder(config.responder, config.brand.name, config.base_dir)
+    missing = sorted(t for t in rules.template_names() if not responder.known(t))
+    if missing:
+        raise CliError(f"rules name reply templates that do not exist: {', '.join(missing)}")
+    click.echo(f"{len(rules.rules)} rules OK in {len(config.rule_paths())} file(s)")
+
+
+@rules_group.command("test")
+@click.pass_context
+def rules_test(ctx: click.Context) -> None:
+    """Run the example-based tests kept next to the rule files (x.yaml -> x.tests.yaml)."""
+    config = _load(ctx)
+    try:
+        rules = load_rules(config)
+        scorer = SentimentScorer(config.brand.lexicon)
+        results = run_rule_tests(rules, find_rule_tests(config.rule_paths()), scorer.compound)
+    except RuleError as err:
+        raise CliError(f"bad rules:\n{err}") from err
+    failed = [r for r in results if not r.passed]
+    for r in failed:
+        click.echo(f"FAIL {r.name} ({r.source})")
+        for p in r.problems:
+            click.echo(f"    {p}")
+    click.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    if failed:
+        sys.exit(1)
+
+
+# -- the demo ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False), default="demo")
+@async_command
+async def demo(directory: Path) -> None:
+    """Ingest the bundled example mentions into ./demo and show the tickets and the queue."""
+    from importlib.resources import files
+
+    directory.mkdir(parents=True, exist_ok=True)
+    db = directory / "socialcrm.db"
+    for p in directory.glob("socialcrm.db*"):
+        p.unlink()
+    config = Config.model_validate({"database": f"sqlite:///{db.resolve()}", "base_dir": directory.resolve()})
+    examples = files("socialcrm") / "examples"
+    async with _store(config) as store:
+        async with store.session() as s:
+            rows = customers_mod.parse_csv((examples / "customers.csv").read_text(encoding="utf-8"))
+            await customers_mod.import_customers(s, rows, "demo", "cli")
+        pipeline = Pipeline(config, store, rules=load_rules(config))
+        batch = Batch()
+        for n, line in enumerate((examples / "mentions.jsonl").read_text(encoding="utf-8").splitlines(), 1):
+            item = parse_line(n, line)
+            (batch.messages if isinstance(item, InboundMessage) else batch.quarantined).append(item)  # type: ignore[arg-type]
+        result = await pipeline.ingest(batch, "demo", save_cursor=False)
+        commands = Commands(config, store)
+        actor = Actor("demo", "admin", "cli")
+        click.echo(f"Ingested {len(batch.messages)} example mentions from X, Mastodon, Reddit, email, reviews and a webhook.\n")
+        click.echo(_summary(result))
+        click.echo("\n== Open tickets, highest priority first ==")
+        click.echo(await commands.run(actor, "tickets open 15"))
+        click.echo("\n== The approval queue ==")
+        click.echo(await commands.run(actor, "queue 8"))
+    click.echo(
+        f"\nLook around: socialcrm -c {directory}/config.yaml queue | show ID | approve ID | "
+        "tickets list | customers show HANDLE"
+    )
+    (directory / "config.yaml").write_text(
+        f"database: sqlite:///{db.resolve()}\n", encoding="utf-8"
+    )

@@ -1,0 +1,316 @@
+"""Configuration: one YAML file validated into pydantic models.
+
+Secrets are ``${ENV_NAME}`` references resolved at load, and every error names the file,
+the line and the YAML path of the value that is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from socialcrm import yamldoc
+
+_DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*)+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; ``str()`` is one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``"90s"``, ``"5m"``, ``"1h30m"``, ``"7d"`` or a number of seconds -> timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError('expected a duration like "60s"')
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError('expected a duration like "60s" (not negative)')
+        return timedelta(seconds=value)
+    if isinstance(value, str) and _DURATION_RE.match(value):
+        total = sum(float(n) * _UNIT_S[u] for n, u in _DURATION_PART.findall(value))
+        return timedelta(seconds=total)
+    raise ValueError('expected a duration like "60s"')
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrandConfig(_Section):
+    """Who we listen for."""
+
+    name: str = "Acme"
+    #: The brand's own accounts (replies from these are ours, not customers').
+    handles: list[str] = Field(default_factory=list)
+    timezone: str = "UTC"
+    #: Per-brand VADER lexicon overrides: word -> valence (-4 .. 4).
+    lexicon: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as err:
+            raise ValueError(f'expected a time zone like "Europe/Berlin", got "{v}"') from err
+        return v
+
+    @field_validator("lexicon")
+    @classmethod
+    def _valences(cls, v: dict[str, float]) -> dict[str, float]:
+        for word, valence in v.items():
+            if not -4.0 <= valence <= 4.0:
+                raise ValueError(f"valence of {word!r} must be between -4 and 4, got {valence}")
+            if not word.strip() or " " in word.strip():
+                raise ValueError(f"lexicon entries are single words, got {word!r}")
+        return {w.strip().lower(): float(val) for w, val in v.items()}
+
+
+class TicketConfig(_Section):
+    """How messages are threaded into tickets."""
+
+    #: Same customer + channel within this window joins the open ticket.
+    thread_window: Duration = timedelta(hours=72)
+    #: A new message on a resolved ticket younger than this reopens it.
+    reopen_window: Duration = timedelta(days=7)
+
+
+class PriorityWeights(_Section):
+    """Weights of the priority score; the ticket keeps the explanation."""
+
+    negative: float = 30.0
+    #: Added per 1,000 of lifetime value, up to ``lifetime_value_cap``.
+    lifetime_value_per_1000: float = 4.0
+    lifetime_value_cap: float = 30.0
+    #: Added per power of ten of followers above 100, up to ``reach_cap``.
+    reach_per_decade: float = 8.0
+    reach_cap: float = 30.0
+    tier: dict[str, float] = Field(default_factory=lambda: {"gold": 10.0, "vip": 25.0})
+    rule_priority: dict[str, float] = Field(
+        default_factory=lambda: {"low": 0.0, "normal": 10.0, "high": 30.0, "urgent": 60.0}
+    )
+    escalation: float = 20.0
+
+
+class PriorityConfig(_Section):
+    """Score thresholds that turn a score into a label."""
+
+    weights: PriorityWeights = PriorityWeights()
+    #: score >= threshold -> label; checked from urgent down.
+    thresholds: dict[Literal["urgent", "high"], float] = Field(
+        default_factory=lambda: {"urgent": 90.0, "high": 55.0}
+    )
+
+
+class ResponderConfig(_Section):
+    """Reply drafting."""
+
+    #: Extra template folder searched before the shipped templates.
+    templates_dir: Path | None = None
+    signature: str = "The {brand} team"
+    #: Longest reply each channel accepts, in characters (X counts the @handle).
+    channel_limits: dict[str, int] = Field(
+        default_factory=lambda: {
+            "x": 280,
+            "mastodon": 500,
+            "reddit": 10000,
+            "email": 100000,
+            "webhook": 100000,
+            "rss": 0,
+        }
+    )
+
+
+class SourceConfig(BaseModel):
+    """One polled or pushed source; connector-specific settings sit beside these."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    type: str
+    interval: Duration = timedelta(seconds=60)
+    jitter: Duration = timedelta(seconds=5)
+    enabled: bool = True
+
+    def settings(self) -> dict[str, Any]:
+        """The connector-specific settings (everything but the common keys)."""
+        return dict(self.model_extra or {})
+
+
+class StaffMember(_Section):
+    """A person who works the queue, and what they may do."""
+
+    name: str
+    role: Literal["viewer", "agent", "approver", "admin"] = "agent"
+    email: str | None = None
+    slack_id: str | None = None
+    mattermost_id: str | None = None
+
+
+class Config(_Section):
+    """The whole configuration file."""
+
+    database: str = "sqlite+aiosqlite:///socialcrm.db"
+    brand: BrandConfig = BrandConfig()
+    #: Rule files, in order. The shipped pack comes first unless ``default_rules`` is false.
+    rules: list[Path] = Field(default_factory=list)
+    default_rules: bool = True
+    tickets: TicketConfig = TicketConfig()
+    priority: PriorityConfig = PriorityConfig()
+    responder: ResponderConfig = ResponderConfig()
+    sources: list[SourceConfig] = Field(default_factory=list)
+    staff: list[StaffMember] = Field(default_factory=list)
+    #: Folder the config file lives in; relative paths are resolved against it.
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @field_validator("database")
+    @classmethod
+    def _known_database(cls, v: str) -> str:
+        if v.startswith("sqlite:///"):
+            v = "sqlite+aiosqlite:///" + v[len("sqlite:///") :]
+        elif v.startswith(("postgresql://", "postgres://")):
+            v = "postgresql+asyncpg://" + v.split("://", 1)[1]
+        if not v.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                'expected a database URL like "sqlite:///socialcrm.db" or '
+                '"postgresql://user@host/db"'
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> Config:
+        seen: set[str] = set()
+        for src in self.sources:
+            if src.name in seen:
+                raise ValueError(f"two sources are named {src.name!r}")
+            seen.add(src.name)
+        return self
+
+    def rule_paths(self) -> list[Path]:
+        """Every rule file to load, shipped pack first, resolved against the config folder."""
+        paths = [shipped_rules_dir() / "default.yaml"] if self.default_rules else []
+        return paths + [p if p.is_absolute() else self.base_dir / p for p in self.rules]
+
+    def database_url(self) -> str:
+        """The database URL, with a relative SQLite path resolved against the config folder."""
+        prefix = "sqlite+aiosqlite:///"
+        if self.database.startswith(prefix):
+            path = self.database[len(prefix) :]
+            if path and path != ":memory:" and not Path(path).is_absolute():
+                return prefix + str(self.base_dir / path)
+        return self.database
+
+
+def shipped_rules_dir() -> Path:
+    """The top-level ``rules/`` folder that ships with socialcrm."""
+    return Path(__file__).resolve().parent.parent / "rules"
+
+
+def _resolve_env(data: Any, loc: yamldoc.Loc, problems: list[tuple[yamldoc.Loc, str]]) -> Any:
+    if isinstance(data, dict):
+        return {k: _resolve_env(v, (*loc, str(k)), problems) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_resolve_env(v, (*loc, i), problems) for i, v in enumerate(data)]
+    if isinstance(data, str) and "${" in data:
+
+        def sub(m: re.Match[str]) -> str:
+            value = os.environ.get(m.group(1))
+            if value is None:
+                if m.group(2) is not None:
+                    return m.group(2)
+                problems.append((loc, f"environment variable {m.group(1)} is not set"))
+                return ""
+            return value
+
+        return _ENV_RE.sub(sub, data)
+    return data
+
+
+def load_config(path: Path) -> Config:
+    """Read, resolve and validate a config file; raises ConfigError naming file:line and path."""
+    try:
+        doc = yamldoc.load(path)
+    except yamldoc.YamlError as err:
+        raise ConfigError([str(err)]) from err
+    return config_from_doc(doc, path.resolve().parent)
+
+
+def config_from_doc(doc: yamldoc.YamlDoc, base_dir: Path) -> Config:
+    """Validate a parsed YAML document as a Config."""
+    data = doc.data if doc.data is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{doc.where(())}: expected a mapping of settings at the top level"])
+    env_problems: list[tuple[yamldoc.Loc, str]] = []
+    data = _resolve_env(data, (), env_problems)
+    if env_problems:
+        raise ConfigError(
+            [f"{doc.where(loc)}: {yamldoc.format_loc(loc)}: {msg}" for loc, msg in env_problems]
+        )
+    try:
+        return Config.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as err:
+        raise ConfigError(yamldoc.describe_validation_error(err, doc)) from err
+
+
+STARTER_CONFIG = """\
+# socialcrm configuration. Every setting is optional; these are the defaults.
+# Secrets are never written here: use ${ENV_NAME} references.
+
+database: sqlite:///socialcrm.db      # or postgresql://user@host/dbname
+
+brand:
+  name: Acme
+  handles: [acme]
+  timezone: UTC
+  lexicon:                # per-brand sentiment overrides, word: valence (-4 .. 4)
+    delayed: -1.8
+    refund: -0.5
+    sick: 1.5
+
+# Extra rule files, after the shipped rules/default.yaml.
+rules: []
+
+tickets:
+  thread_window: 72h      # same customer + channel within this joins the open ticket
+  reopen_window: 7d       # a message on a ticket resolved this recently reopens it
+
+responder:
+  signature: "The {brand} team"
+
+sources: []
+#  - name: x-mentions
+#    type: x
+#    interval: 60s
+#    bearer_token: ${X_BEARER_TOKEN}
+
+staff: []
+#  - name: dana
+#    role: approver        # viewer | agent | approver | admin
+#    slack_id: U012ABCDEF
+"""

@@ -1,0 +1,172 @@
+"""The connector contract: what a channel connector hands the core, and what it may raise.
+
+A connector imports this module and its own client library, nothing else of the core.
+It never touches the database, never sleeps and never retries by itself: it sorts the
+errors where they enter and the core decides what to do.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Channel = Literal["x", "mastodon", "reddit", "email", "rss", "webhook"]
+CHANNELS: tuple[str, ...] = ("x", "mastodon", "reddit", "email", "rss", "webhook")
+
+#: Longest text kept for one message; anything longer is cut and flagged as truncated.
+MAX_TEXT_CHARS = 40_000
+
+
+class Author(BaseModel):
+    """Who wrote a message, as the channel knows them."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    user_id: str | None = Field(default=None, max_length=256)
+    handle: str | None = Field(default=None, max_length=256)
+    name: str | None = Field(default=None, max_length=512)
+    email: str | None = Field(default=None, max_length=320)
+    followers: int | None = Field(default=None, ge=0)
+    verified: bool = False
+
+    @field_validator("email")
+    @classmethod
+    def _email_lower(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip().lower()
+        return v or None
+
+    @field_validator("handle")
+    @classmethod
+    def _handle_plain(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip().lstrip("@")
+        return v or None
+
+
+class InboundMessage(BaseModel):
+    """One message a customer wrote, normalised by its connector."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    channel: Channel
+    external_id: str = Field(min_length=1, max_length=512)
+    text: str
+    author: Author
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    #: Language the platform reported (BCP 47 / ISO 639-1), if any.
+    lang: str | None = Field(default=None, max_length=16)
+    #: External id of the message this one answers (tweet, status, comment, Message-ID).
+    in_reply_to: str | None = Field(default=None, max_length=998)
+    #: Platform conversation or thread id (X conversation_id, Reddit link id, ...).
+    conversation_id: str | None = Field(default=None, max_length=512)
+    #: Email References chain, oldest first.
+    references: list[str] = Field(default_factory=list)
+    subject: str | None = Field(default=None, max_length=998)
+    url: str | None = Field(default=None, max_length=2048)
+    #: True when the message was addressed to the brand directly (mention, DM, support mail).
+    direct: bool = True
+    truncated: bool = False
+    raw: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("text")
+    @classmethod
+    def _text_bounded(cls, v: str) -> str:
+        # NUL bytes are rejected by PostgreSQL text columns; drop them rather than lose the row.
+        return v.replace("\x00", "")
+
+    def model_post_init(self, _ctx: Any) -> None:
+        if len(self.text) > MAX_TEXT_CHARS:
+            object.__setattr__(self, "text", self.text[:MAX_TEXT_CHARS])
+            object.__setattr__(self, "truncated", True)
+        if self.created_at.tzinfo is None:
+            object.__setattr__(self, "created_at", self.created_at.replace(tzinfo=UTC))
+
+
+class Quarantined(BaseModel):
+    """A payload the connector could not turn into an InboundMessage; kept, never dropped."""
+
+    external_id: str | None = None
+    error: str
+    raw: str
+
+
+Cursor = dict[str, Any]
+
+
+class Batch(BaseModel):
+    """What one fetch returns: the messages, the payloads that failed, and the next cursor."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    messages: list[InboundMessage] = Field(default_factory=list)
+    quarantined: list[Quarantined] = Field(default_factory=list)
+    cursor: Cursor | None = None
+    #: True when the connector stopped early (page limit) and has more to fetch right away.
+    more: bool = False
+
+
+class OutboundReply(BaseModel):
+    """An approved reply, handed to the connector of the channel it goes out on."""
+
+    reply_id: int
+    channel: Channel
+    text: str
+    in_reply_to: str
+    to_handle: str | None = None
+    to_email: str | None = None
+    subject: str | None = None
+    references: list[str] = Field(default_factory=list)
+    ticket_id: int | None = None
+
+
+class SentReceipt(BaseModel):
+    """What the platform answered when a reply was sent."""
+
+    external_id: str
+    url: str | None = None
+
+
+class ConnectorError(Exception):
+    """Base of the errors a connector raises; the core decides what each means."""
+
+
+class RetryableError(ConnectorError):
+    """A passing failure (429, 5xx, timeout): try again after ``retry_after_s`` if given."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class AuthError(ConnectorError):
+    """Credentials were refused: pause the source and tell a human; never retry forever."""
+
+
+class FatalError(ConnectorError):
+    """The request can never succeed as made (bad query, gone resource)."""
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """A channel connector, found by the core through the ``socialcrm.connectors`` entry point."""
+
+    name: ClassVar[str]
+    channel: ClassVar[Channel]
+
+    async def fetch(self, cursor: Cursor | None) -> Batch:
+        """Fetch everything new since ``cursor`` and return it with the next cursor."""
+        ...
+
+
+@runtime_checkable
+class ReplyingConnector(Connector, Protocol):
+    """A connector whose channel accepts replies."""
+
+    async def send(self, reply: OutboundReply) -> SentReceipt:
+        """Send an approved reply and return the platform's id for it."""
+        ...

