@@ -222,7 +222,7 @@ class Threader:
             customer_ref=customer_ref,
             new=True,
         )
-        t.fields.update(subject=subject[:500], opened_at=m.created_at, message_count=0)
+        t.fields.update(subject=subject[:500], opened_at=m.created_at)
         self._new.append(t)
         if customer_id is not None:
             self._by_customer.setdefault(customer_id, []).append(t)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -54,6 +56,12 @@ async def _pg_drop(name: str) -> None:
         await admin.dispose()
 
 
+def _run(coro: Any) -> Any:
+    """Run a coroutine to the end on its own loop, even from inside a running one."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def _pg_url(name: str) -> str:
     return sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
 
@@ -63,12 +71,12 @@ def pg_database() -> Iterator[str | Exception]:
     """A PostgreSQL database for this test run, migrated to head; dropped at the end."""
     name = f"socialcrm_test_{uuid.uuid4().hex[:10]}"
     try:
-        asyncio.run(_pg_create(name))
+        _run(_pg_create(name))
     except (OSError, sa.exc.SQLAlchemyError) as err:
         yield err
         return
     yield _pg_url(name)
-    asyncio.run(_pg_drop(name))
+    _run(_pg_drop(name))
 
 
 @pytest.fixture(scope="session")
@@ -76,8 +84,8 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite file that each test copies (migrating once is faster)."""
     path = tmp_path_factory.mktemp("template") / "template.db"
     store = Store(f"sqlite+aiosqlite:///{path}")
-    asyncio.run(store.upgrade())
-    asyncio.run(store.dispose())
+    _run(store.upgrade())
+    _run(store.dispose())
     return path
 
 

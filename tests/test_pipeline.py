@@ -1,0 +1,477 @@
+"""The ingestion pipeline end to end, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from socialcrm import customers, tickets
+from socialcrm.config import Config
+from socialcrm.connector import Author, Batch, InboundMessage, Quarantined
+from socialcrm.db import Store
+from socialcrm.models import Alert, Customer, Identity, Message, Quarantine, Reply, SourceState, Ticket
+from socialcrm.pipeline import Pipeline
+from socialcrm.rules import RuleSet
+from socialcrm.sentiment import SentimentScorer
+
+T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday, in business hours
+_seq = iter(range(1, 10**9))
+
+
+def msg(
+    text: str,
+    channel: str = "x",
+    *,
+    user: str | None = "u1",
+    handle: str | None = "jane",
+    email: str | None = None,
+    at: datetime = T0,
+    ext: str | None = None,
+    **kw: Any,
+) -> InboundMessage:
+    """A message with sensible defaults; a fresh external id unless given."""
+    return InboundMessage(
+        channel=channel,  # type: ignore[arg-type]
+        external_id=ext or f"{channel}-{next(_seq)}",
+        text=text,
+        author=Author(user_id=user, handle=handle, email=email, followers=kw.pop("followers", 10)),
+        created_at=at,
+        **kw,
+    )
+
+
+async def ingest(pipeline: Pipeline, *messages: InboundMessage, source: str = "test") -> Any:
+    return await pipeline.ingest(Batch(messages=list(messages)), source)
+
+
+async def rows(store: Store, model: Any, *where: Any) -> list[Any]:
+    async with store.reader() as s:
+        q = sa.select(model).where(*where).order_by(model.id if hasattr(model, "id") else sa.text("1"))
+        return list((await s.execute(q)).scalars())
+
+
+async def count(store: Store, model: Any, *where: Any) -> int:
+    async with store.reader() as s:
+        return int((await s.execute(sa.select(sa.func.count()).select_from(model).where(*where))).scalar_one())
+
+
+# -- dedupe ---------------------------------------------------------------------------------
+
+
+async def test_same_batch_twice_adds_nothing(pipeline: Pipeline, store: Store) -> None:
+    batch = [
+        msg("@acme my order is late, this is terrible"),
+        msg("@acme how do I change my address?", user="u2", handle="bob"),
+        msg("Where is my parcel?", "email", user=None, handle=None, email="c@example.com", ext="<m1@x>"),
+    ]
+    first = await ingest(pipeline, *batch)
+    assert first.stored == 3
+    before = {m: await count(store, m) for m in (Message, Ticket, Reply, Customer, Identity, Alert)}
+    second = await ingest(pipeline, *batch)
+    assert second.stored == 0 and second.duplicates == 3
+    after = {m: await count(store, m) for m in (Message, Ticket, Reply, Customer, Identity, Alert)}
+    assert after == before
+
+
+async def test_repeats_inside_one_batch_are_stored_once(pipeline: Pipeline, store: Store) -> None:
+    m = msg("@acme hello", ext="x-dup")
+    r = await ingest(pipeline, m, m.model_copy(update={"text": "changed"}))
+    assert (r.stored, r.duplicates) == (1, 1)
+    stored = await rows(store, Message)
+    assert [x.text for x in stored] == ["@acme hello"]
+
+
+# -- sentiment ------------------------------------------------------------------------------
+
+
+async def test_sentiment_scores_are_kept(pipeline: Pipeline, store: Store) -> None:
+    await ingest(pipeline, msg("@acme I love you guys, best support ever!"))
+    (m,) = await rows(store, Message)
+    assert m.scored and m.sentiment is not None and m.sentiment > 0.5
+    assert m.sentiment_pos and m.sentiment_neu is not None and m.sentiment_neg is not None
+    assert abs(m.sentiment_pos + m.sentiment_neu + m.sentiment_neg - 1) < 0.01
+
+
+def test_brand_lexicon_overrides_vader() -> None:
+    plain, brand = SentimentScorer(), SentimentScorer({"backordered": -2.5, "sick": 1.5})
+    text = "my parcel is backordered"
+    assert plain.score(text).compound == 0.0
+    assert (brand.score(text).compound or 0) < -0.3
+    assert (plain.score("these trainers are sick").compound or 0) < 0
+    assert (brand.score("these trainers are sick").compound or 0) > 0
+
+
+@pytest.mark.parametrize(
+    ("text", "lang", "scored", "want_lang"),
+    [
+        ("Mi pedido no ha llegado y nadie me contesta, qué desastre de servicio", None, False, "es"),
+        ("Ma commande n'est jamais arrivée, c'est inadmissible", None, False, "fr"),
+        ("Meine Bestellung ist immer noch nicht angekommen", None, False, "de"),
+        ("great", "es", False, "es"),  # the platform's tag wins
+        ("My order never arrived and support ignores me", None, True, "en"),
+        ("😍😍😍", "und", True, None),  # no language: VADER reads emoji
+        ("ok", None, True, None),  # too short to tell: scored
+    ],
+)
+def test_languages_vader_cannot_score_are_unscored(
+    scorer: SentimentScorer, text: str, lang: str | None, scored: bool, want_lang: str | None
+) -> None:
+    s = scorer.score(text, lang)
+    assert s.scored is scored
+    assert s.lang == want_lang
+    if not scored:
+        assert (s.compound, s.pos, s.neu, s.neg) == (None, None, None, None)
+
+
+async def test_unscored_message_is_stored_as_null_not_zero(pipeline: Pipeline, store: Store) -> None:
+    await ingest(pipeline, msg("Mi pedido no ha llegado todavía, qué desastre", lang="es"))
+    (m,) = await rows(store, Message)
+    assert m.scored is False and m.sentiment is None and m.lang == "es"
+    assert "needs-translation" in m.tags
+
+
+# -- identity -------------------------------------------------------------------------------
+
+
+async def test_repeat_author_is_one_customer(pipeline: Pipeline, store: Store) -> None:
+    await ingest(pipeline, msg("@acme hi", user="42", handle="jane"))
+    await ingest(pipeline, msg("@acme hello again", user="42", handle="jane_new"))
+    assert await count(store, Customer) == 1
+    (ident,) = await rows(store, Identity)
+    assert ident.handle == "jane_new"  # handles change; the user id does not
+
+
+async def test_email_links_across_channels(pipeline: Pipeline, store: Store) -> None:
+    await ingest(pipeline, msg("Help please", "email", user=None, handle=None, email="Jane@Example.com"))
+    await ingest(pipeline, msg("Any news?", "webhook", user=None, handle=None, email="jane@example.com"))
+    assert await count(store, Customer) == 1
+    idents = await rows(store, Identity)
+    assert sorted(i.channel for i in idents) == ["email", "webhook"]
+
+
+async def test_handle_links_an_imported_customer_and_fills_the_user_id(
+    pipeline: Pipeline, store: Store
+) -> None:
+    async with store.session() as s:
+        parsed = customers.parse_csv("name,email,tier,x_handle\nJane Doe,jane@example.com,vip,@JaneD\n")
+        await customers.import_customers(s, parsed, "t", "cli")
+    await ingest(pipeline, msg("@acme my order is late", user="999", handle="janed"))
+    assert await count(store, Customer) == 1
+    x = [i for i in await rows(store, Identity) if i.channel == "x"]
+    assert x[0].external_user_id == "999"
+    (m,) = await rows(store, Message)
+    (c,) = await rows(store, Customer)
+    assert m.customer_id == c.id and c.tier == "vip"
+
+
+async def test_reused_handle_with_another_user_id_is_a_new_customer(
+    pipeline: Pipeline, store: Store
+) -> None:
+    await ingest(pipeline, msg("@acme hi", user="1", handle="sam"))
+    await ingest(pipeline, msg("@acme hi", user="2", handle="sam"))
+    assert await count(store, Customer) == 2
+
+
+async def test_unknown_author_becomes_a_prospect(pipeline: Pipeline, store: Store) -> None:
+    await ingest(pipeline, msg("@acme hello", user="7", handle="newbie", followers=1234))
+    (c,) = await rows(store, Customer)
+    assert c.lifecycle_stage == "prospect" and c.reach == 1234 and c.name == "newbie"
+
+
+async def test_merge_moves_everything(pipeline: Pipeline, store: Store) -> None:
+    await ingest(pipeline, msg("@acme my order is late, awful", user="1", handle="jane"))
+    await ingest(
+        pipeline, msg("My order is late, awful", "email", user=None, handle=None, email="j@example.com")
+    )
+    a, b = await rows(store, Customer)
+    async with store.session() as s:
+        moved = await customers.merge(s, a.id, b.id, "tester", "cli")
+    assert moved["identity"] == 1 and moved["message"] == 1 and moved["ticket"] == 1
+    assert await count(store, Message, Message.customer_id == b.id) == 0
+    assert await count(store, Identity, Identity.customer_id == a.id) == 2
+    merged = (await rows(store, Customer, Customer.id == b.id))[0]
+    assert merged.merged_into_id == a.id
+    # New mail from the merged address now lands on the kept customer.
+    await ingest(pipeline, msg("Still late", "email", user=None, handle=None, email="j@example.com"))
+    assert await count(store, Message, Message.customer_id == a.id) == 3
+    async with store.session() as s:
+        with pytest.raises(ValueError, match="already merged"):
+            await customers.merge(s, a.id, b.id, "tester", "cli")
+
+
+# -- tickets and threading ------------------------------------------------------------------
+
+
+async def test_complaint_opens_a_ticket_with_a_draft(pipeline: Pipeline, store: Store) -> None:
+    r = await ingest(pipeline, msg("@acme my order is two weeks late and nobody answers, awful"))
+    assert r.tickets_opened == 1 and r.drafts == 1
+    (t,) = await rows(store, Ticket)
+    assert t.status == "open" and t.intent in ("complaint", "delivery") and t.message_count == 1
+    (reply,) = await rows(store, Reply)
+    assert reply.status == "draft" and reply.ticket_id == t.id
+    assert reply.draft_text.startswith("@jane ") and f"[#{t.id}]" in reply.draft_text
+
+
+@pytest.mark.parametrize(
+    ("channel", "link"),
+    [
+        ("x", "in_reply_to"),
+        ("mastodon", "in_reply_to"),
+        ("reddit", "conversation_id"),
+        ("email", "references"),
+        ("email", "in_reply_to"),
+        ("webhook", "conversation_id"),
+    ],
+)
+async def test_reply_chain_threads_into_the_ticket(
+    pipeline: Pipeline, store: Store, channel: str, link: str
+) -> None:
+    first = msg("My order is late and I am angry about it", channel, email="a@example.com", ext=f"{channel}-root")
+    await ingest(pipeline, first)
+    # Days later (outside the thread window) and from another account: only the chain links it.
+    later = T0 + timedelta(days=5)
+    extra = {
+        "in_reply_to": {"in_reply_to": first.external_id},
+        "conversation_id": {"conversation_id": first.external_id},
+        "references": {"references": ["<other@x>", first.external_id]},
+    }[link]
+    follow = msg("Any update?", channel, user="other", handle="other", email="b@example.com", at=later, **extra)
+    r = await ingest(pipeline, follow)
+    assert r.tickets_threaded == 1 and r.tickets_opened == 0
+    (t,) = await rows(store, Ticket)
+    assert t.message_count == 2
+    assert await count(store, Message, Message.ticket_id == t.id) == 2
+
+
+async def test_ticket_tag_threads_an_email(pipeline: Pipeline, store: Store) -> None:
+    await ingest(pipeline, msg("My refund never came", "email", user=None, handle=None, email="a@example.com"))
+    (t,) = await rows(store, Ticket)
+    r = await ingest(
+        pipeline,
+        msg(
+            "Any news?",
+            "email",
+            user=None,
+            handle=None,
+            email="other@example.com",
+            subject=f"Re: your case [#{t.id}]",
+            at=T0 + timedelta(days=3),
+        ),
+    )
+    assert r.tickets_threaded == 1 and await count(store, Ticket) == 1
+
+
+async def test_same_customer_within_window_threads_and_outside_opens(
+    pipeline: Pipeline, store: Store, config: Config
+) -> None:
+    await ingest(pipeline, msg("@acme my order is late, terrible"))
+    r1 = await ingest(pipeline, msg("@acme still waiting, awful", at=T0 + timedelta(hours=5)))
+    assert r1.tickets_threaded == 1
+    r2 = await ingest(
+        pipeline,
+        msg("@acme now my refund failed, terrible", at=T0 + config.tickets.thread_window + timedelta(days=1)),
+    )
+    assert r2.tickets_opened == 1
+    assert await count(store, Ticket) == 2
+
+
+async def test_other_channel_does_not_join_by_window(pipeline: Pipeline, store: Store) -> None:
+    await ingest(pipeline, msg("@acme my order is late, terrible", email="j@example.com"))
+    await ingest(pipeline, msg("My order is late, terrible", "webhook", user=None, handle=None, email="j@example.com"))
+    assert await count(store, Ticket) == 2
+
+
+async def test_new_message_reopens_a_resolved_ticket(pipeline: Pipeline, store: Store) -> None:
+    root = msg("@acme my order is late, terrible")
+    await ingest(pipeline, root)
+    (t,) = await rows(store, Ticket)
+    async with store.session() as s:
+        await tickets.set_status(s, t.id, "resolved", "agent", "cli", now=T0 + timedelta(hours=1))
+    r = await ingest(pipeline, msg("@acme it broke again", at=T0 + timedelta(days=2), in_reply_to=root.external_id))
+    assert r.tickets_reopened == 1
+    (t,) = await rows(store, Ticket)
+    assert t.status == "open" and t.reopened_count == 1 and t.resolved_at is None
+
+
+async def test_closed_ticket_is_never_reopened(pipeline: Pipeline, store: Store) -> None:
+    root = msg("@acme my order is late, terrible")
+    await ingest(pipeline, root)
+    (t,) = await rows(store, Ticket)
+    async with store.session() as s:
+        await tickets.set_status(s, t.id, "closed", "agent", "cli")
+    await ingest(pipeline, msg("@acme still broken, awful", at=T0 + timedelta(hours=2), in_reply_to=root.external_id))
+    statuses = sorted(x.status for x in await rows(store, Ticket))
+    assert statuses == ["closed", "open"]
+
+
+async def test_threading_inside_one_batch(pipeline: Pipeline, store: Store) -> None:
+    a = msg("@acme my order is late, terrible", user="9", handle="zed")
+    b = msg("@acme hello??", user="9", handle="zed", in_reply_to=a.external_id, at=T0 + timedelta(minutes=3))
+    r = await ingest(pipeline, a, b)
+    assert (r.tickets_opened, r.tickets_threaded) == (1, 1)
+    (t,) = await rows(store, Ticket)
+    assert t.message_count == 2
+    assert await count(store, Reply) == 1  # one draft waits per ticket
+
+
+@pytest.mark.parametrize(
+    ("start", "to", "ok"),
+    [
+        ("open", "pending", True),
+        ("pending", "resolved", True),
+        ("resolved", "closed", True),
+        ("resolved", "open", True),
+        ("closed", "open", False),
+        ("open", "bogus", False),
+    ],
+)
+async def test_status_lifecycle(pipeline: Pipeline, store: Store, start: str, to: str, ok: bool) -> None:
+    await ingest(pipeline, msg("@acme my order is late, terrible"))
+    (t,) = await rows(store, Ticket)
+    path = {"open": [], "pending": ["pending"], "resolved": ["resolved"], "closed": ["closed"]}[start]
+    async with store.session() as s:
+        for step in path:
+            await tickets.set_status(s, t.id, step, "a", "cli")
+    async with store.session() as s:
+        if ok:
+            assert (await tickets.set_status(s, t.id, to, "a", "cli")).status == to
+        else:
+            with pytest.raises(tickets.TicketError):
+                await tickets.set_status(s, t.id, to, "a", "cli")
+
+
+# -- priority -------------------------------------------------------------------------------
+
+
+async def test_vip_and_reach_outrank_unknown_account(pipeline: Pipeline, store: Store) -> None:
+    async with store.session() as s:
+        parsed = customers.parse_csv(
+            "name,email,tier,lifetime_value,x_handle\nVera,vera@example.com,vip,25000,vera\n"
+        )
+        await customers.import_customers(s, parsed, "t", "cli")
+    text = "@acme the app keeps crashing and support is useless"
+    await ingest(
+        pipeline,
+        msg(text, user="1", handle="vera", followers=20),
+        msg(text, user="2", handle="nobody", followers=20),
+        msg(text, user="3", handle="famous", followers=250_000),
+    )
+    by_handle = {}
+    for t in await rows(store, Ticket):
+        m = (await rows(store, Message, Message.ticket_id == t.id))[0]
+        by_handle[m.author_handle] = t
+    assert by_handle["vera"].priority_score > by_handle["nobody"].priority_score
+    assert by_handle["famous"].priority_score > by_handle["nobody"].priority_score
+    assert "vip tier" in by_handle["vera"].priority_reason
+    assert "reach 250,000" in by_handle["famous"].priority_reason
+    assert by_handle["vera"].priority in ("high", "urgent")
+
+
+# -- drafts ---------------------------------------------------------------------------------
+
+
+async def test_no_draft_for_do_not_contact(pipeline: Pipeline, store: Store) -> None:
+    async with store.session() as s:
+        parsed = customers.parse_csv("name,email,x_handle,do_not_contact\nDan,d@example.com,dan,yes\n")
+        await customers.import_customers(s, parsed, "t", "cli")
+    r = await ingest(pipeline, msg("@acme my order is late, terrible", user="5", handle="dan"))
+    assert r.tickets_opened == 1 and r.drafts == 0
+    assert await count(store, Reply) == 0
+
+
+async def test_draft_over_the_x_limit_is_flagged(config: Config, store: Store, scorer: SentimentScorer) -> None:
+    tpl = config.base_dir / "tpl" / "replies"
+    tpl.mkdir(parents=True)
+    for name in ("apology", "delivery_delay"):
+        (tpl / f"{name}.x.j2").write_text("@{{ handle }} " + "sorry " * 60)
+    cfg = config.model_copy(update={"responder": config.responder.model_copy(update={"templates_dir": tpl.parent})})
+    pipeline = Pipeline(cfg, store, rules=RuleSet.load(cfg.rule_paths()), scorer=scorer)
+    r = await ingest(pipeline, msg("@acme my order is late, terrible and rude staff"))
+    assert r.draft_problems == 1
+    (reply,) = await rows(store, Reply)
+    assert reply.last_error and "too long for x" in reply.last_error
+
+
+async def test_customer_text_is_never_run_as_a_template(pipeline: Pipeline, store: Store) -> None:
+    hostile = "@acme {{ 7*7 }} {% for x in range(3) %}boom{% endfor %} my order is late, terrible"
+    await ingest(pipeline, msg(hostile, user="h", handle="{{config}}"))
+    (reply,) = await rows(store, Reply)
+    assert "49" not in reply.draft_text and "boom" not in reply.draft_text
+
+
+# -- escalations, ignore, quarantine ---------------------------------------------------------
+
+
+async def test_legal_words_escalate_once_per_reason(pipeline: Pipeline, store: Store) -> None:
+    r = await ingest(pipeline, msg("@acme my lawyer will hear about this, I had an allergic reaction"))
+    assert r.escalations >= 1
+    alerts = await rows(store, Alert)
+    assert all(a.kind == "escalation" and a.status == "pending" for a in alerts)
+    assert len({a.dedupe_key for a in alerts}) == len(alerts)
+    (t,) = await rows(store, Ticket)
+    assert t.priority == "urgent"
+
+
+async def test_spam_is_stored_but_ignored(pipeline: Pipeline, store: Store) -> None:
+    r = await ingest(pipeline, msg("FREE CRYPTO giveaway!!! claim your free BTC at https://scam.example", user="bot"))
+    assert r.ignored == 1 and r.tickets_opened == 0
+    (m,) = await rows(store, Message)
+    assert m.ignored and "spam" in m.tags
+    assert await count(store, Reply) == 0
+
+
+async def test_quarantined_payloads_are_kept_and_the_rest_lands(
+    pipeline: Pipeline, store: Store
+) -> None:
+    batch = Batch(
+        messages=[msg("@acme fine thanks"), msg("@acme order late, terrible", user="2", handle="b")],
+        quarantined=[Quarantined(external_id="bad-1", error="missing text", raw='{"id": "bad-1"}')],
+        cursor={"since_id": "42"},
+    )
+    r = await pipeline.ingest(batch, "src")
+    assert (r.stored, r.quarantined) == (2, 1)
+    (q,) = await rows(store, Quarantine)
+    assert q.raw == '{"id": "bad-1"}' and q.error == "missing text" and q.source == "src"
+    (state,) = await rows(store, SourceState)
+    assert state.cursor == {"since_id": "42"} and state.messages_total == 2
+
+
+async def test_a_row_the_database_refuses_is_isolated(pipeline: Pipeline, store: Store) -> None:
+    # PostgreSQL's jsonb cannot hold a NUL character; SQLite can. Either way nothing is lost.
+    poison = msg("@acme hello", raw={"note": "bad \u0000 byte"})
+    good = [msg(f"@acme message {i}", user=f"g{i}", handle=f"g{i}") for i in range(3)]
+    r = await pipeline.ingest(Batch(messages=[good[0], poison, *good[1:]], cursor={"n": 1}), "src")
+    assert r.stored + r.quarantined == 4
+    assert await count(store, Message) + await count(store, Quarantine) == 4
+    assert await count(store, Message, Message.external_id.in_([g.external_id for g in good])) == 3  # type: ignore[attr-defined]
+    if store.url.startswith("postgresql"):
+        (q,) = await rows(store, Quarantine)
+        assert q.external_id == poison.external_id and "database refused" in q.error
+    (state,) = await rows(store, SourceState)
+    assert state.cursor == {"n": 1}
+
+
+async def test_huge_and_empty_texts(pipeline: Pipeline, store: Store) -> None:
+    huge = msg("terrible service " * 10_000)
+    empty = msg("", user="e", handle="e")
+    r = await ingest(pipeline, huge, empty)
+    assert r.stored == 2
+    texts = sorted(len(m.text) for m in await rows(store, Message))
+    assert texts[0] == 0 and texts[1] == 40_000
+    assert any(m.truncated for m in await rows(store, Message))
+
+
+async def test_big_batch_is_split_and_all_stored(pipeline: Pipeline, store: Store) -> None:
+    many = [msg(f"@acme hi number {i}", user=f"u{i % 50}", handle=f"h{i % 50}") for i in range(2100)]
+    r = await ingest(pipeline, *many)
+    assert r.stored == 2100
+    assert await count(store, Customer) == 50
+
+
+def _intents(ms: Sequence[Message]) -> set[str | None]:
+    return {m.intent for m in ms}
