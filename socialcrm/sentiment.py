@@ -21,6 +21,15 @@ _LETTER_RE = re.compile(r"[^\W\d_]", re.UNICODE)
 _STRIP_RE = re.compile(r"https?://\S+|[@#]\w[\w.@-]*", re.UNICODE)
 #: Characters the detector looks at; the start of a text says enough.
 _DETECT_CHARS = 300
+#: English function words that are not also common words of other Latin-script languages
+#: ("is", "in", "no", "me", "do", "so", "was" are left out). Two of them make a text English
+#: without asking the detector, whose small model misreads short English questions.
+_ENGLISH = frozenset(
+    "the my you your how and to of it this for not what why can with have we our are been "
+    "just get got when where please thanks thank they that will would should could any still "
+    "again from about has had did does but if or all i'm it's don't can't won't didn't".split()
+)
+_WORD_RE = re.compile(r"[a-z']+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +66,8 @@ class SentimentScorer:
             if base not in _NO_LANGUAGE:
                 return base
         plain = _STRIP_RE.sub(" ", text[: _DETECT_CHARS * 2])[:_DETECT_CHARS]
+        if len(_ENGLISH.intersection(_WORD_RE.findall(plain.lower()))) >= 2:
+            return "en"
         if len(_LETTER_RE.findall(plain)) < _MIN_LETTERS:
             return None
         found = self._detector.detect(plain, model="lite", k=1)

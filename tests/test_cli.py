@@ -1,0 +1,187 @@
+"""The command line, run in-process against a real SQLite database."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from socialcrm.cli import main
+from socialcrm.connector import Author, InboundMessage
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOCIALCRM_USER", "tester")
+    return CliRunner()
+
+
+def run(cli: CliRunner, *args: str, code: int = 0) -> Result:
+    result = cli.invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    return result
+
+
+def jsonl(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def mention(ext: str, text: str, user: str = "u1", handle: str = "jane") -> str:
+    return InboundMessage(
+        channel="x", external_id=ext, text=text, author=Author(user_id=user, handle=handle)
+    ).model_dump_json()
+
+
+def test_init_writes_config_and_database(cli: CliRunner, tmp_path: Path) -> None:
+    out = run(cli, "init").output
+    assert (tmp_path / "config.yaml").exists() and (tmp_path / "socialcrm.db").exists()
+    assert "database ready" in out
+    again = run(cli, "init", code=2)
+    assert again.output.strip().endswith("config.yaml exists; use --force to overwrite it")
+    assert len(again.output.strip().splitlines()) == 1
+
+
+def test_config_check(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    assert "config OK" in run(cli, "config", "check").output
+    (tmp_path / "config.yaml").write_text("tickets:\n  thread_window: soon\n")
+    bad = run(cli, "config", "check", code=2)
+    assert "config.yaml:2: tickets.thread_window" in bad.output
+    assert "Traceback" not in bad.output
+
+
+def test_ingest_file_with_bad_lines(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    f = jsonl(
+        tmp_path / "in.jsonl",
+        [
+            mention("1", "@acme my order is two weeks late, terrible service"),
+            "{not json",
+            json.dumps({"channel": "x", "external_id": "2"}),  # no text, no author
+            mention("3", "@acme how do I change my address?", "u2", "bob"),
+            "",
+        ],
+    )
+    out = run(cli, "ingest", str(f), "--json").output
+    summary = json.loads(out)
+    assert summary["stored"] == 2 and summary["quarantined"] == 2
+    listing = run(cli, "quarantine", "list").output
+    assert "line 2:" in listing and "line 3:" in listing
+    again = json.loads(run(cli, "ingest", str(f), "--json").output)
+    assert again["stored"] == 0 and again["duplicates"] == 2
+
+
+def test_ingest_missing_file_is_one_clear_line(cli: CliRunner) -> None:
+    res = run(cli, "ingest", "nope.jsonl", code=2)
+    assert "does not exist" in res.output
+
+
+def test_queue_approve_edit_reject(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    f = jsonl(
+        tmp_path / "in.jsonl",
+        [
+            mention("1", "@acme my order is two weeks late, terrible service"),
+            mention("2", "@acme the app keeps crashing, useless", "u2", "bob"),
+            mention("3", "@acme where is my refund? awful", "u3", "cy"),
+        ],
+    )
+    run(cli, "ingest", str(f))
+    queue = run(cli, "queue").output
+    assert "3 drafts awaiting approval" in queue
+    assert "@jane" in run(cli, "show", "1").output
+    assert "approved by tester" in run(cli, "approve", "1").output
+    refused = run(cli, "approve", "1", code=2)
+    assert "reply #1 is approved, not a draft; nothing changed" in refused.output
+    assert "edited and approved" in run(cli, "edit", "2", "@bob", "We", "are", "on", "it.").output
+    assert "rejected" in run(cli, "reject", "3", "duplicate", "of", "ticket", "2").output
+    assert "queue is empty" in run(cli, "queue").output
+    ticket = run(cli, "tickets", "show", "2").output
+    assert "@bob We are on it." in ticket
+    assert "no reply #99" in run(cli, "reject", "99", "x", code=2).output
+
+
+def test_edit_refuses_text_too_long_for_x(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    run(cli, "ingest", str(jsonl(tmp_path / "a.jsonl", [mention("1", "@acme my order is late, terrible")])))
+    res = run(cli, "edit", "1", "x" * 300, code=2)
+    assert "too long for x" in res.output
+    assert "1 draft awaiting approval" in run(cli, "queue").output
+
+
+def test_customers_import_show_merge(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    csv = tmp_path / "c.csv"
+    csv.write_text(
+        "name,email,tier,lifetime_value,tags,x_handle\n"
+        "Vera Vip,vera@example.com,vip,12000,loyal;press,vera\n"
+        "Olaf,olaf@example.com,gold,500,,\n"
+    )
+    assert "2 customers created" in run(cli, "customers", "import", str(csv)).output
+    shown = run(cli, "customers", "show", "@vera").output
+    assert "Vera Vip" in shown and "vip" in shown and "loyal" in shown
+    assert "Olaf" in run(cli, "customers", "show", "olaf@example.com").output
+    out = run(cli, "customers", "merge", "vera@example.com", "olaf@example.com").output
+    assert "merged customer #2 into #1" in out
+    assert "olaf@example.com" in run(cli, "customers", "show", "1").output
+
+
+def test_customers_import_bad_csv_imports_nothing(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    csv = tmp_path / "c.csv"
+    csv.write_text(
+        "name,email,tier,lifetime_value\n"
+        "A,a@example.com,vip,100\n"
+        "B,not-an-email,diamond,-5\n"
+    )
+    res = run(cli, "customers", "import", str(csv), code=2)
+    assert "line 3: email 'not-an-email' is not an address" in res.output
+    assert "line 3: tier must be one of standard, gold, vip, got 'diamond'" in res.output
+    assert "line 3: lifetime_value" in res.output
+    assert "no customer matches" in run(cli, "customers", "show", "a@example.com", code=2).output
+
+
+def test_rules_check_and_test(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    assert "rules OK" in run(cli, "rules", "check").output
+    out = run(cli, "rules", "test").output
+    assert out.strip().endswith("0 failed")
+    (tmp_path / "mine.yaml").write_text("rules:\n  - name: x\n    when: {bogus: 1}\n    then: [ignore]\n")
+    (tmp_path / "config.yaml").write_text("rules: [mine.yaml]\n")
+    bad = run(cli, "rules", "check", code=2)
+    assert f"{tmp_path / 'mine.yaml'}:3" in bad.output
+
+
+def test_quarantine_retry_stores_a_payload_that_now_parses(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    run(cli, "ingest", str(jsonl(tmp_path / "a.jsonl", ['{"channel": "x"}'])))
+    assert "1 still failing" in run(cli, "quarantine", "retry").output
+    # A person fixes the payload in the store; the retry then stores it.
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "socialcrm.db")
+    db.execute("UPDATE quarantine SET raw = ?", (mention("q1", "@acme hello there"),))
+    db.commit()
+    db.close()
+    assert "1 retried successfully" in run(cli, "quarantine", "retry").output
+    assert "quarantine is empty" in run(cli, "quarantine", "list").output
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for name, cmd in group.commands.items():
+        out.append((*prefix, name))
+        if isinstance(cmd, click.Group):
+            out += _commands(cmd, (*prefix, name))
+    return out
+
+
+@pytest.mark.parametrize("path", _commands(main))
+def test_every_command_has_help(cli: CliRunner, path: tuple[str, ...]) -> None:
+    out = run(cli, *path, "--help").output
+    assert "Usage:" in out and len(out.splitlines()) > 3
