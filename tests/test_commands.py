@@ -1,0 +1,124 @@
+"""The command layer shared by chat and the CLI: parsing, roles, audit, answers."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import sqlalchemy as sa
+
+from socialcrm.chatops.commands import Actor, CommandError, Commands
+from socialcrm.config import Config
+from socialcrm.connector import Author, Batch, InboundMessage
+from socialcrm.db import Store
+from socialcrm.models import AuditEvent, Reply
+from socialcrm.pipeline import Pipeline
+
+VIEWER = Actor("val", "viewer", "slack")
+AGENT = Actor("ann", "agent", "slack")
+APPROVER = Actor("dana", "approver", "mattermost")
+STRANGER = Actor("who", "", "slack")
+
+
+@pytest.fixture
+async def loaded(pipeline: Pipeline, config: Config, store: Store) -> Commands:
+    msgs = [
+        InboundMessage(channel="x", external_id="1", text="@acme my order is two weeks late, terrible", author=Author(user_id="1", handle="jane")),
+        InboundMessage(channel="x", external_id="2", text="@acme the app crashes all the time, useless", author=Author(user_id="2", handle="bob")),
+    ]
+    await pipeline.ingest(Batch(messages=msgs), "test")
+    return Commands(config, store)
+
+
+async def audit(store: Store) -> list[AuditEvent]:
+    async with store.reader() as s:
+        return list((await s.execute(sa.select(AuditEvent).order_by(AuditEvent.id))).scalars())  # type: ignore[arg-type]
+
+
+async def reply(store: Store, rid: int) -> Reply:
+    async with store.reader() as s:
+        r = await s.get(Reply, rid)
+        assert r is not None
+        return r
+
+
+async def test_help_comes_from_docstrings(loaded: Commands) -> None:
+    out = await loaded.run(VIEWER, "help")
+    for name, (fn, role) in loaded.table.items():
+        first = inspect.cleandoc(fn.__doc__ or "").splitlines()[0].split(" — ", 1)[1]
+        assert (first in out) == (role in ("viewer",)), name
+    assert "approve REPLY_ID" in await loaded.run(APPROVER, "help")
+    one = await loaded.run(VIEWER, "help edit")
+    assert "edit REPLY_ID TEXT" in one and "approver" in one
+
+
+async def test_every_command_is_documented(loaded: Commands) -> None:
+    for name, (fn, _role) in loaded.table.items():
+        doc = inspect.cleandoc(fn.__doc__ or "")
+        assert doc.startswith(name) and " — " in doc, name
+
+
+async def test_queue_orders_by_priority(loaded: Commands) -> None:
+    out = await loaded.run(VIEWER, "queue")
+    assert "2 drafts awaiting approval" in out
+    assert out.index("#") < out.index("Approve with")
+
+
+async def test_viewer_cannot_approve_and_nothing_changes(loaded: Commands, store: Store) -> None:
+    with pytest.raises(CommandError, match="approve needs the approver role and you are viewer"):
+        await loaded.run(VIEWER, "approve 1")
+    with pytest.raises(CommandError, match="not staff"):
+        await loaded.run(STRANGER, "queue")
+    assert (await reply(store, 1)).status == "draft"
+    refused = [a for a in await audit(store) if a.action == "command.refused"]
+    assert [(a.actor, a.object_id) for a in refused] == [("val", "approve"), ("who", "queue")]
+
+
+async def test_approve_edit_reject_are_audited(loaded: Commands, store: Store) -> None:
+    assert "approved by dana" in await loaded.run(APPROVER, "approve 1")
+    assert "edited and approved" in await loaded.run(APPROVER, "edit #2 @bob   We are fixing it now.")
+    r2 = await reply(store, 2)
+    assert r2.final_text == "@bob   We are fixing it now." and r2.edited and r2.status == "approved"
+    events = {a.action: a for a in await audit(store)}
+    assert events["reply.approve"].actor == "dana" and events["reply.approve"].via == "mattermost"
+    assert events["reply.edit"].detail["after"] == "@bob   We are fixing it now."
+    assert events["reply.edit"].detail["before"] != events["reply.edit"].detail["after"]
+    with pytest.raises(CommandError, match="not a draft"):
+        await loaded.run(AGENT, "reject 1 too late")
+
+
+async def test_agent_rejects_with_a_reason(loaded: Commands, store: Store) -> None:
+    with pytest.raises(CommandError, match="usage: reject REPLY_ID REASON"):
+        await loaded.run(AGENT, "reject 1")
+    await loaded.run(AGENT, "reject 1 wrong customer")
+    r = await reply(store, 1)
+    assert r.status == "rejected" and r.rejected_reason == "wrong customer"
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("frobnicate", "unknown command 'frobnicate'"),
+        ("approve abc", "reply id must be a number, got 'abc'"),
+        ("approve", "usage: approve REPLY_ID"),
+        ("approve 1 2", "too many words"),
+        ("show 999", "no reply #999"),
+        ("ticket 999", "no ticket #999"),
+        ("tickets weird", "unknown status 'weird'"),
+        ('edit 1 "unclosed', "cannot read that command"),
+        ("customer nobody@nowhere.example", "no customer matches"),
+    ],
+)
+async def test_mistakes_get_a_clear_answer(loaded: Commands, line: str, error: str) -> None:
+    with pytest.raises(CommandError, match=error):
+        await loaded.run(Actor("root", "admin", "cli"), line)
+
+
+async def test_tickets_customer_assign_close(loaded: Commands, store: Store) -> None:
+    assert "@acme my order" in await loaded.run(VIEWER, "tickets")
+    assert "jane" in await loaded.run(VIEWER, "customer @jane")
+    assert "assigned to sam" in await loaded.run(AGENT, "assign 1 sam")
+    assert "is closed" in await loaded.run(AGENT, "close 1")
+    with pytest.raises(CommandError, match="cannot become"):
+        await loaded.run(AGENT, "resolve 1")
+    assert "closed" in await loaded.run(VIEWER, "ticket 1")
