@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
@@ -25,7 +26,9 @@ from socialcrm.connector import Batch, InboundMessage
 from socialcrm.db import open_store
 from socialcrm.pipeline import Pipeline
 from socialcrm.rules import RuleSet
+from socialcrm.runtime import tune_gc
 from socialcrm.sandbox.traffic import TrafficGenerator
+from socialcrm.sentiment import ScoringPool
 
 LEXICON = {"delayed": -1.8, "refund": -0.5}
 
@@ -49,17 +52,23 @@ async def pipeline_run(messages: list[InboundMessage], url: str | None, batch: i
             {"database": db_url, "brand": {"lexicon": LEXICON}, "base_dir": tmp}
         )
         store = await open_store(config.database_url())
-        pipeline = Pipeline(config, store, rules=RuleSet.load(config.rule_paths()))
-        # Warm the scorer and the templates outside the timed part.
-        pipeline.scorer.score("warm up the language detector please", None)
-        gc.collect()
-        totals: dict[str, int] = {}
+        scoring = ScoringPool(LEXICON)
+        pipeline = Pipeline(config, store, rules=RuleSet.load(config.rule_paths()), scoring=scoring)
+        # Start the worker and warm it up outside the timed part.
+        await scoring.score_many([("warm up the language detector please", None)])
+        tune_gc()  # as `socialcrm ingest` and the daemon do
+
+        async def batches() -> AsyncIterator[Batch]:
+            for i in range(0, len(messages), batch):
+                yield Batch(messages=messages[i : i + batch])
+
         start = time.perf_counter()
-        for i in range(0, len(messages), batch):
-            r = await pipeline.ingest(Batch(messages=messages[i : i + batch]), "bench")
-            for k in ("stored", "tickets_opened", "drafts", "escalations", "new_customers"):
-                totals[k] = totals.get(k, 0) + getattr(r, k)
+        r = await pipeline.ingest_stream(batches(), "bench")
         rate = len(messages) / (time.perf_counter() - start)
+        totals = {
+            k: getattr(r, k) for k in ("stored", "tickets_opened", "drafts", "escalations", "new_customers")
+        }
+        scoring.close()
         await store.dispose()
         return rate, totals
 

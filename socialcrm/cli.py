@@ -26,8 +26,9 @@ from socialcrm.connector import Batch, InboundMessage, Quarantined
 from socialcrm.db import Store, StoreError, open_store
 from socialcrm.models import Quarantine, utcnow
 from socialcrm.pipeline import IngestResult, Pipeline
+from socialcrm.runtime import tune_gc
 from socialcrm.rules import RuleError, RuleSet, find_rule_tests, run_rule_tests
-from socialcrm.sentiment import SentimentScorer
+from socialcrm.sentiment import ScoringPool, SentimentScorer
 from socialcrm.yamldoc import YamlError
 
 log = logging.getLogger("socialcrm")
@@ -211,33 +212,53 @@ async def ingest(ctx: click.Context, file: Path, source: str | None, as_json: bo
     """Ingest a JSON Lines file of messages (one InboundMessage per line)."""
     config = _load(ctx)
     source = source or f"file:{file.name}"[:128]
-    total = IngestResult()
     size = file.stat().st_size
-    async with _store(config) as store:
-        pipeline = Pipeline(config, store, rules=load_rules(config))
-        with click.progressbar(
-            length=size, label="ingesting", file=sys.stderr, show_pos=False
-        ) if size > 1_000_000 and sys.stderr.isatty() else _no_bar() as bar:
-            batch = Batch()
-            done = 0
-            for n, line in _read_jsonl(file):
-                item = parse_line(n, line)
-                (batch.messages if isinstance(item, InboundMessage) else batch.quarantined).append(
-                    item  # type: ignore[arg-type]
-                )
-                done += len(line) + 1
-                if len(batch.messages) + len(batch.quarantined) >= FILE_BATCH:
-                    total.add(await pipeline.ingest(batch, source, save_cursor=False))
-                    bar.update(done)
-                    done = 0
-                    batch = Batch()
-            if batch.messages or batch.quarantined:
-                total.add(await pipeline.ingest(batch, source, save_cursor=False))
-                bar.update(done)
+    show_bar = size > 1_000_000 and sys.stderr.isatty()
+    async with _store(config) as store, _scoring(config) as scoring:
+        pipeline = Pipeline(config, store, rules=load_rules(config), scoring=scoring)
+        tune_gc()
+        with (
+            click.progressbar(length=size, label="ingesting", file=sys.stderr, show_pos=False)
+            if show_bar
+            else _no_bar()
+        ) as bar:
+            total = await pipeline.ingest_stream(
+                _file_batches(file, bar.update), source, save_cursor=False
+            )
     if as_json:
         click.echo(json.dumps(asdict(total)))
     else:
         click.echo(_summary(total))
+
+
+async def _file_batches(file: Path, progress: Callable[[int], None]) -> AsyncIterator[Batch]:
+    """The lines of a JSON Lines file as batches; bad lines ride along as quarantined."""
+    batch = Batch()
+    done = 0
+    for n, line in _read_jsonl(file):
+        item = parse_line(n, line)
+        if isinstance(item, InboundMessage):
+            batch.messages.append(item)
+        else:
+            batch.quarantined.append(item)
+        done += len(line) + 1
+        if len(batch.messages) + len(batch.quarantined) >= FILE_BATCH:
+            yield batch
+            progress(done)
+            done = 0
+            batch = Batch()
+    if batch.messages or batch.quarantined:
+        yield batch
+        progress(done)
+
+
+@asynccontextmanager
+async def _scoring(config: Config) -> AsyncIterator[ScoringPool]:
+    pool = ScoringPool(config.brand.lexicon)
+    try:
+        yield pool
+    finally:
+        pool.close()
 
 
 class _no_bar:

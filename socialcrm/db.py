@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -201,12 +202,19 @@ async def executemany(session: AsyncSession, stmt: Any, rows: Sequence[dict[str,
         await session.execute(stmt, list(rows))
         return
     procs = compiled._bind_processors  # private, but the very processors execute() would use
-    steps = [(name, procs.get(name)) for name in order]
     missing = {name for name in order if name not in rows[0]}
     if missing:  # columns with a default the rows leave out
         defaults = {name: _column_default(stmt.table.c[name]) for name in missing}
         rows = [{**defaults, **r} for r in rows]
-    params = [tuple(p(r[n]) if p else r[n] for n, p in steps) for r in rows]
+    get = operator.itemgetter(*order)
+    convert = [(i, procs[name]) for i, name in enumerate(order) if procs.get(name)]
+    params = []
+    for r in rows:
+        values = list(get(r)) if len(order) > 1 else [get(r)]
+        for i, proc in convert:
+            if values[i] is not None:
+                values[i] = proc(values[i])
+        params.append(tuple(values))
     await conn.exec_driver_sql(compiled.string, params)
 
 

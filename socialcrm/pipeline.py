@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,7 +27,7 @@ from socialcrm.models import Alert, Message, Quarantine, Reply, SourceState, utc
 from socialcrm.priority import PriorityModel
 from socialcrm.responder import Responder
 from socialcrm.rules import Decision, RuleContext, RuleSet
-from socialcrm.sentiment import Score, SentimentScorer
+from socialcrm.sentiment import Score, ScoringPool, SentimentScorer, score_batch
 from socialcrm.tickets import Threader, TicketView, ticket_tag
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,17 @@ class IngestResult:
 
 
 @dataclass(slots=True)
+class _Prepared:
+    """A chunk of a batch, deduped and scored, waiting for its transaction."""
+
+    received: int
+    duplicates: int
+    cursor: Cursor | None
+    scored: list[tuple[InboundMessage, Score]] = field(default_factory=list)
+    bad: list[Quarantined] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class _Planned:
     """One message on its way through the batch."""
 
@@ -84,12 +95,15 @@ class Pipeline:
         rules: RuleSet,
         scorer: SentimentScorer | None = None,
         responder: Responder | None = None,
+        scoring: ScoringPool | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.config = config
         self.store = store
         self.rules = rules
         self.scorer = scorer or SentimentScorer(config.brand.lexicon)
+        #: Worker processes for sentiment; without them scoring runs in a thread.
+        self.scoring = scoring
         self.responder = responder or Responder(
             config.responder, config.brand.name, config.base_dir
         )
@@ -98,92 +112,88 @@ class Pipeline:
         self.clock = clock
         self.brand_handles = {h.lower().lstrip("@") for h in config.brand.handles}
 
-    async def ingest(
-        self, batch: Batch, source: str, *, save_cursor: bool = True
+    async def ingest(self, batch: Batch, source: str, *, save_cursor: bool = True) -> IngestResult:
+        """Store one batch (and its cursor); a large batch is stored in several transactions."""
+        return await self.ingest_stream(_one(batch), source, save_cursor=save_cursor)
+
+    async def ingest_stream(
+        self, batches: AsyncIterator[Batch], source: str, *, save_cursor: bool = True
     ) -> IngestResult:
-        """Store one batch (and its cursor) in as few transactions as its size needs."""
+        """Store batches in order, scoring the next one while the current one is written."""
         result = IngestResult()
-        messages = batch.messages
-        chunks = [messages[i : i + MAX_BATCH] for i in range(0, len(messages), MAX_BATCH)] or [[]]
-        for i, chunk in enumerate(chunks):
-            last = i == len(chunks) - 1
-            part = await self._ingest_chunk(
-                chunk,
-                batch.quarantined if i == 0 else [],
-                source,
-                batch.cursor if (last and save_cursor) else None,
-            )
-            result.add(part)
+        pending: asyncio.Task[_Prepared] | None = None
+        chunks = _chunked(batches, save_cursor)
+        try:
+            async for chunk in chunks:
+                nxt = asyncio.create_task(self._prepare(*chunk))
+                if pending is not None:
+                    result.add(await self._commit(await pending, source))
+                pending = nxt
+            if pending is not None:
+                result.add(await self._commit(await pending, source))
+                pending = None
+        finally:
+            if pending is not None:
+                pending.cancel()
         return result
 
-    async def _ingest_chunk(
-        self,
-        messages: Sequence[InboundMessage],
-        quarantined: Sequence[Quarantined],
-        source: str,
-        cursor: Cursor | None,
-    ) -> IngestResult:
-        result = IngestResult(received=len(messages))
+    async def _prepare(
+        self, messages: Sequence[InboundMessage], quarantined: Sequence[Quarantined], cursor: Cursor | None
+    ) -> _Prepared:
+        """Everything that needs no write lock: in-batch dedupe, a first look at the store, scores."""
         fresh = _unique(messages)
-        result.duplicates = len(messages) - len(fresh)
-        scored: list[tuple[InboundMessage, Score]] = []
-        bad: list[Quarantined] = list(quarantined)
+        async with self.store.reader() as session:
+            stored = await _stored_keys(session, fresh)
+        new = [m for m in fresh if (m.channel, m.external_id) not in stored]
+        prep = _Prepared(received=len(messages), duplicates=len(messages) - len(new), cursor=cursor)
+        prep.bad.extend(quarantined)
+        items = [(m.text, m.lang) for m in new]
+        if self.scoring is not None:
+            scores = await self.scoring.score_many(items)
+        else:
+            scores = await asyncio.to_thread(score_batch, self.scorer, items)
+        for m, score in zip(new, scores, strict=True):
+            if isinstance(score, Score):
+                prep.scored.append((m, score))
+            else:
+                log.error("cannot score %s %s: %s", m.channel, m.external_id, score)
+                prep.bad.append(Quarantined(external_id=m.external_id, error=score, raw=m.model_dump_json()))
+        return prep
+
+    async def _commit(self, prep: _Prepared, source: str) -> IngestResult:
+        """Write one prepared chunk in one transaction; a row the database refuses is isolated."""
+        result = IngestResult(received=prep.received, duplicates=prep.duplicates)
         try:
             async with self.store.session() as session:
                 await self.store.lock_ingest(session)
-                # Dedupe first, under the lock, so only new messages are scored.
-                existing = await _stored_keys(session, fresh)
-                new = [m for m in fresh if (m.channel, m.external_id) not in existing]
-                result.duplicates += len(fresh) - len(new)
-                # Scoring is the CPU-heavy part: keep it off the event loop.
-                scored, failed = await asyncio.to_thread(self._score_all, new)
-                bad += failed
-                await self._store(session, scored, bad, source, cursor, result)
+                await self._store(session, prep.scored, prep.bad, source, prep.cursor, result)
+            return result
         except sa.exc.DBAPIError as err:
-            if isinstance(err, sa.exc.OperationalError) or len(scored) <= 1:
+            if isinstance(err, sa.exc.OperationalError) or len(prep.scored) <= 1:
                 raise
-            # One row the database refuses must not sink the batch: isolate it.
             log.warning("batch from %s refused (%s); storing messages one by one", source, err.orig)
-            result = IngestResult(received=len(messages), duplicates=result.duplicates)
-            for j, pair in enumerate(scored):
-                one = IngestResult()
-                last = j == len(scored) - 1
-                try:
-                    async with self.store.session() as session:
-                        await self.store.lock_ingest(session)
-                        await self._store(
-                            session, [pair], bad if j == 0 else [], source, cursor if last else None, one
-                        )
-                except sa.exc.DBAPIError as row_err:
-                    if isinstance(row_err, sa.exc.OperationalError):
-                        raise
-                    async with self.store.session() as session:
-                        q = _quarantine_row(source, pair[0], f"database refused it: {row_err.orig}")
-                        session.add(q)
-                        if last and cursor is not None:
-                            await _save_cursor(session, source, cursor, 0, self.clock())
-                    one = IngestResult(quarantined=1 + (len(bad) if j == 0 else 0))
-                result.add(one)
-        return result
-
-    def _score_all(
-        self, messages: Sequence[InboundMessage]
-    ) -> tuple[list[tuple[InboundMessage, Score]], list[Quarantined]]:
-        scored = []
-        failed = []
-        for m in messages:
+        result = IngestResult(received=prep.received, duplicates=prep.duplicates)
+        for j, pair in enumerate(prep.scored):
+            first, last = j == 0, j == len(prep.scored) - 1
+            bad = prep.bad if first else []
+            cursor = prep.cursor if last else None
+            one = IngestResult()
             try:
-                scored.append((m, self.scorer.score(m.text, m.lang)))
-            except Exception as err:  # a bad text must not stop the batch
-                log.exception("cannot score %s %s", m.channel, m.external_id)
-                failed.append(
-                    Quarantined(
-                        external_id=m.external_id,
-                        error=f"sentiment failed: {err!r}",
-                        raw=m.model_dump_json(),
-                    )
-                )
-        return scored, failed
+                async with self.store.session() as session:
+                    await self.store.lock_ingest(session)
+                    await self._store(session, [pair], bad, source, cursor, one)
+            except sa.exc.DBAPIError as row_err:
+                if isinstance(row_err, sa.exc.OperationalError):
+                    raise
+                async with self.store.session() as session:
+                    refused = f"database refused it: {row_err.orig}"
+                    session.add_all(_quarantine_row(source, q, q.error) for q in bad)
+                    session.add(_quarantine_row(source, pair[0], refused))
+                    if cursor is not None:
+                        await _save_cursor(session, source, cursor, 0, self.clock())
+                one = IngestResult(quarantined=1 + len(bad))
+            result.add(one)
+        return result
 
     async def _store(
         self,
@@ -195,6 +205,11 @@ class Pipeline:
         result: IngestResult,
     ) -> None:
         now = self.clock()
+        # The first look ran outside the lock; this one is authoritative.
+        existing = await _stored_keys(session, [m for m, _ in scored])
+        if existing:
+            result.duplicates += len(existing)
+            scored = [(m, sc) for m, sc in scored if (m.channel, m.external_id) not in existing]
         msgs = [m for m, _ in scored]
 
         resolver = Resolver(session, now)
@@ -430,6 +445,26 @@ def _draft_context(p: _Planned, cust: CustomerView) -> dict[str, Any]:
         "customer_tier": cust.tier,
         "message_text": m.text,
     }
+
+
+async def _one(batch: Batch) -> AsyncIterator[Batch]:
+    yield batch
+
+
+async def _chunked(
+    batches: AsyncIterator[Batch], save_cursor: bool
+) -> AsyncIterator[tuple[list[InboundMessage], list[Quarantined], Cursor | None]]:
+    """Split batches into chunks of at most MAX_BATCH; a batch's cursor rides on its last chunk."""
+    async for batch in batches:
+        msgs = batch.messages
+        parts = [msgs[i : i + MAX_BATCH] for i in range(0, len(msgs), MAX_BATCH)] or [[]]
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            yield (
+                part,
+                batch.quarantined if i == 0 else [],
+                batch.cursor if (last and save_cursor) else None,
+            )
 
 
 def _unique(messages: Sequence[InboundMessage]) -> list[InboundMessage]:
