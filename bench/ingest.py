@@ -44,7 +44,9 @@ def vader_alone(texts: list[str]) -> float:
     return len(texts) / (time.perf_counter() - start)
 
 
-async def pipeline_run(messages: list[InboundMessage], url: str | None, batch: int) -> tuple[float, dict[str, int]]:
+async def pipeline_run(
+    messages: list[InboundMessage], url: str | None, batch: int
+) -> tuple[float, dict[str, int]]:
     """Messages per second through the whole pipeline into a fresh database."""
     with tempfile.TemporaryDirectory() as tmp:
         db_url = url or f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
@@ -66,7 +68,8 @@ async def pipeline_run(messages: list[InboundMessage], url: str | None, batch: i
         r = await pipeline.ingest_stream(batches(), "bench")
         rate = len(messages) / (time.perf_counter() - start)
         totals = {
-            k: getattr(r, k) for k in ("stored", "tickets_opened", "drafts", "escalations", "new_customers")
+            k: getattr(r, k)
+            for k in ("stored", "tickets_opened", "drafts", "escalations", "new_customers")
         }
         scoring.close()
         await store.dispose()
@@ -87,7 +90,9 @@ def main() -> None:
     print(f"{len(messages)} generated mentions, mean {statistics.mean(map(len, texts)):.0f} chars")
 
     vader = max(vader_alone(texts) for _ in range(args.rounds))
-    runs = [asyncio.run(pipeline_run(messages, args.database, args.batch)) for _ in range(args.rounds)]
+    runs = [
+        asyncio.run(pipeline_run(messages, args.database, args.batch)) for _ in range(args.rounds)
+    ]
     full, totals = max(runs, key=lambda r: r[0])
     ratio = full / vader
     print(f"VADER alone:   {vader:9.0f} texts/s")

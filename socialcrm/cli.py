@@ -26,8 +26,8 @@ from socialcrm.connector import Batch, InboundMessage, Quarantined
 from socialcrm.db import Store, StoreError, open_store
 from socialcrm.models import Quarantine, utcnow
 from socialcrm.pipeline import IngestResult, Pipeline
-from socialcrm.runtime import tune_gc
 from socialcrm.rules import RuleError, RuleSet, find_rule_tests, run_rule_tests
+from socialcrm.runtime import tune_gc
 from socialcrm.sentiment import ScoringPool, SentimentScorer
 from socialcrm.yamldoc import YamlError
 
@@ -90,7 +90,9 @@ async def _store(config: Config) -> AsyncIterator[Store]:
 
 def _actor() -> Actor:
     # Whoever can run the CLI can open the database itself: the CLI acts as an admin.
-    return Actor(name=os.environ.get("SOCIALCRM_USER") or getpass.getuser(), role="admin", via="cli")
+    return Actor(
+        name=os.environ.get("SOCIALCRM_USER") or getpass.getuser(), role="admin", via="cli"
+    )
 
 
 def load_rules(config: Config) -> RuleSet:
@@ -112,7 +114,9 @@ def load_rules(config: Config) -> RuleSet:
 def main(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
     """socialcrm: hear every customer who talks about you, and answer well and fast."""
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
+    )
     ctx.ensure_object(dict)["config_path"] = config_path
 
 
@@ -363,7 +367,9 @@ def tickets_group() -> None:
 
 
 @tickets_group.command("list")
-@click.option("--status", default="open", show_default=True, help="open, pending, resolved, closed or all")
+@click.option(
+    "--status", default="open", show_default=True, help="open, pending, resolved, closed or all"
+)
 @click.option("--limit", default=50, show_default=True)
 @click.pass_context
 @async_command
@@ -529,7 +535,9 @@ def rules_test(ctx: click.Context) -> None:
 
 
 @main.command()
-@click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False), default="demo")
+@click.option(
+    "--dir", "directory", type=click.Path(path_type=Path, file_okay=False), default="demo"
+)
 @async_command
 async def demo(directory: Path) -> None:
     """Ingest the bundled example mentions into ./demo and show the tickets and the queue."""
@@ -539,7 +547,9 @@ async def demo(directory: Path) -> None:
     db = directory / "socialcrm.db"
     for p in directory.glob("socialcrm.db*"):
         p.unlink()
-    config = Config.model_validate({"database": f"sqlite:///{db.resolve()}", "base_dir": directory.resolve()})
+    config = Config.model_validate(
+        {"database": f"sqlite:///{db.resolve()}", "base_dir": directory.resolve()}
+    )
     examples = files("socialcrm") / "examples"
     async with _store(config) as store:
         async with store.session() as s:
@@ -547,13 +557,18 @@ async def demo(directory: Path) -> None:
             await customers_mod.import_customers(s, rows, "demo", "cli")
         pipeline = Pipeline(config, store, rules=load_rules(config))
         batch = Batch()
-        for n, line in enumerate((examples / "mentions.jsonl").read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(
+            (examples / "mentions.jsonl").read_text(encoding="utf-8").splitlines(), 1
+        ):
             item = parse_line(n, line)
             (batch.messages if isinstance(item, InboundMessage) else batch.quarantined).append(item)  # type: ignore[arg-type]
         result = await pipeline.ingest(batch, "demo", save_cursor=False)
         commands = Commands(config, store)
         actor = Actor("demo", "admin", "cli")
-        click.echo(f"Ingested {len(batch.messages)} example mentions from X, Mastodon, Reddit, email, reviews and a webhook.\n")
+        click.echo(
+            f"Ingested {len(batch.messages)} example mentions from X, Mastodon, Reddit, email,"
+            " reviews and a webhook.\n"
+        )
         click.echo(_summary(result))
         click.echo("\n== Open tickets, highest priority first ==")
         click.echo(await commands.run(actor, "tickets open 15"))

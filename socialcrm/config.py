@@ -124,7 +124,7 @@ class PriorityConfig(_Section):
     weights: PriorityWeights = PriorityWeights()
     #: score >= threshold -> label; checked from urgent down.
     thresholds: dict[Literal["urgent", "high"], float] = Field(
-        default_factory=lambda: {"urgent": 90.0, "high": 55.0}
+        default_factory=lambda: {"urgent": 90.0, "high": 55.0}  # type: ignore[arg-type]
     )
 
 

@@ -90,7 +90,8 @@ def parse_csv(text: str) -> list[dict[str, Any]]:
                 raise InvalidOperation
         except InvalidOperation:
             problems.append(
-                f"line {line}: lifetime_value must be a number >= 0, got {r.get('lifetime_value')!r}"
+                f"line {line}: lifetime_value must be a number >= 0, "
+                f"got {r.get('lifetime_value')!r}"
             )
             ltv = Decimal(0)
         row["lifetime_value"] = ltv.quantize(Decimal("0.01"))
@@ -177,7 +178,8 @@ async def _match(session: AsyncSession, row: dict[str, Any]) -> Customer | None:
         q = sa.select(Identity.customer_id).where(Identity.email == row["email"])
         ids += [r[0] for r in (await session.execute(q)).all()]
         q2 = sa.select(Customer.id).where(
-            Customer.email == row["email"], Customer.merged_into_id.is_(None)  # type: ignore[union-attr]
+            Customer.email == row["email"],
+            Customer.merged_into_id.is_(None),  # type: ignore[union-attr]
         )
         ids += [r[0] for r in (await session.execute(q2)).all()]
     for channel, handle in row["handles"].items():
@@ -197,7 +199,9 @@ async def _match(session: AsyncSession, row: dict[str, Any]) -> Customer | None:
 async def _has_identity(
     session: AsyncSession, customer_id: int, channel: str, handle: str | None, email: str | None
 ) -> bool:
-    q = sa.select(Identity.id).where(Identity.customer_id == customer_id, Identity.channel == channel)
+    q = sa.select(Identity.id).where(
+        Identity.customer_id == customer_id, Identity.channel == channel
+    )
     if handle:
         q = q.where(Identity.handle_key == handle_key(handle))
     if email:
@@ -217,11 +221,14 @@ async def merge(
         raise LookupError(f"no customer {merge_id if keep else keep_id}")
     if keep.merged_into_id is not None or gone.merged_into_id is not None:
         raise ValueError("one of these customers was already merged into another")
-    if gone.email and gone.email != keep.email:
-        # Keep the merged record's address findable, as an identity of the kept customer.
-        if not await _has_identity(session, merge_id, "email", None, gone.email):
-            session.add(Identity(customer_id=merge_id, channel="email", email=gone.email))
-            await session.flush()
+    # Keep the merged record's address findable, as an identity of the kept customer.
+    if (
+        gone.email
+        and gone.email != keep.email
+        and not await _has_identity(session, merge_id, "email", None, gone.email)
+    ):
+        session.add(Identity(customer_id=merge_id, channel="email", email=gone.email))
+        await session.flush()
     moved: dict[str, int] = {}
     for table in (Identity, Message, Ticket, Reply):
         res = await session.execute(

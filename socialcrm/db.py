@@ -33,7 +33,9 @@ def _json_dumps(value: Any) -> str:
 
 
 def keys_in(
-    dialect: str, columns: Sequence[sa.ColumnElement[Any]], values: Sequence[Sequence[Any]] | Sequence[Any]
+    dialect: str,
+    columns: Sequence[sa.ColumnElement[Any]],
+    values: Sequence[Sequence[Any]] | Sequence[Any],
 ) -> sa.ColumnElement[bool]:
     """``columns IN values`` with the values as one parameter, however many there are.
 
@@ -140,7 +142,9 @@ class Store:
     async def lock_ingest(self, session: AsyncSession) -> None:
         """Serialise batch ingestion with other daemons on the same PostgreSQL database."""
         if not self.is_sqlite:
-            await session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": INGEST_LOCK_KEY})
+            await session.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": INGEST_LOCK_KEY}
+            )
 
     async def current_revision(self) -> str | None:
         """The schema revision the database is at (None for an empty database)."""
@@ -178,7 +182,9 @@ class Store:
 
     async def _lock_upgrade(self, conn: AsyncConnection) -> None:
         if not self.is_sqlite:
-            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _UPGRADE_LOCK_KEY})
+            await conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _UPGRADE_LOCK_KEY}
+            )
 
     def safe_url(self) -> str:
         """The URL with any password hidden."""
@@ -245,4 +251,3 @@ async def open_store(url: str) -> Store:
         await store.dispose()
         raise
     return store
-

@@ -97,7 +97,9 @@ class Resolver:
         dialect = self.session.get_bind().dialect.name
         conds: list[sa.ColumnElement[bool]] = []
         if users:
-            conds.append(keys_in(dialect, [Identity.channel, Identity.external_user_id], list(users)))  # type: ignore[list-item]
+            conds.append(
+                keys_in(dialect, [Identity.channel, Identity.external_user_id], list(users))
+            )  # type: ignore[list-item]
         if emails:
             conds.append(keys_in(dialect, [Identity.email], list(emails)))  # type: ignore[list-item]
         if handles:
@@ -133,7 +135,9 @@ class Resolver:
                     )
                 )
             cust_rows = list(
-                (await self.session.execute(sa.select(*_CUSTOMER_COLS).where(sa.or_(*cconds)))).all()
+                (
+                    await self.session.execute(sa.select(*_CUSTOMER_COLS).where(sa.or_(*cconds)))
+                ).all()
             )
         seen = await self._customers_with_messages([r.id for r in cust_rows])
         for c in cust_rows:
@@ -169,7 +173,11 @@ class Resolver:
         if not ids:
             return set()
         dialect = self.session.get_bind().dialect.name
-        q = sa.select(Message.customer_id).where(keys_in(dialect, [Message.customer_id], ids)).distinct()  # type: ignore[list-item]
+        q = (
+            sa.select(Message.customer_id)
+            .where(keys_in(dialect, [Message.customer_id], ids))
+            .distinct()
+        )  # type: ignore[list-item]
         return {r[0] for r in (await self.session.execute(q)).all()}
 
     def _index(self, ident: IdentityView) -> None:
@@ -271,7 +279,7 @@ class Resolver:
         """Insert new customers and identities, and write back what changed."""
         now = self.now
         if self._new_customers:
-            rows = [
+            rows: list[dict[str, Any]] = [
                 {
                     "name": c.name,
                     "email": c.email,
@@ -350,14 +358,14 @@ async def insert_returning_ids(
     t = table.__table__  # Core, not the ORM: plain executemany, no identity map
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
-        q = sa.text(
-            "SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"
-        )
+        q = sa.text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)")
         ids = [r[0] for r in (await session.execute(q, {"t": t.name, "n": len(rows)})).all()]
     else:
         top = (await session.execute(sa.select(sa.func.max(t.c.id)))).scalar() or 0
         ids = list(range(top + 1, top + 1 + len(rows)))
-    await executemany(session, sa.insert(t), [{**r, "id": i} for r, i in zip(rows, ids, strict=True)])
+    await executemany(
+        session, sa.insert(t), [{**r, "id": i} for r, i in zip(rows, ids, strict=True)]
+    )
     return ids
 
 
@@ -374,4 +382,6 @@ async def _bulk_update(session: AsyncSession, table: Any, rows: list[dict[str, A
             .where(t.c.id == sa.bindparam("_id"))
             .values({c: sa.bindparam(c) for c in cols})
         )
-        await executemany(session, stmt, [{"_id": r["id"], **{c: r[c] for c in cols}} for r in group])
+        await executemany(
+            session, stmt, [{"_id": r["id"], **{c: r[c] for c in cols}} for r in group]
+        )

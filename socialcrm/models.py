@@ -44,7 +44,8 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
             return None
         if isinstance(value, str):
             return datetime.fromisoformat(value).replace(tzinfo=UTC)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        moment: datetime = value
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
@@ -133,9 +134,7 @@ class Ticket(SQLModel, table=True):
     conversation_id: str | None = Field(default=None, max_length=512, index=True)
     tags: list[str] = _json(list)
     opened_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
-    last_message_at: datetime = Field(
-        default_factory=utcnow, sa_type=UTCDateTime, nullable=False
-    )
+    last_message_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     first_response_due_at: datetime | None = _ts(index=True)
     resolution_due_at: datetime | None = _ts(index=True)
     first_response_at: datetime | None = _ts()

@@ -138,9 +138,12 @@ class Pipeline:
         return result
 
     async def _prepare(
-        self, messages: Sequence[InboundMessage], quarantined: Sequence[Quarantined], cursor: Cursor | None
+        self,
+        messages: Sequence[InboundMessage],
+        quarantined: Sequence[Quarantined],
+        cursor: Cursor | None,
     ) -> _Prepared:
-        """Everything that needs no write lock: in-batch dedupe, a first look at the store, scores."""
+        """The work that needs no write lock: in-batch dedupe, a look at the store, scores."""
         fresh = _unique(messages)
         async with self.store.reader() as session:
             stored = await _stored_keys(session, fresh)
@@ -157,7 +160,9 @@ class Pipeline:
                 prep.scored.append((m, score))
             else:
                 log.error("cannot score %s %s: %s", m.channel, m.external_id, score)
-                prep.bad.append(Quarantined(external_id=m.external_id, error=score, raw=m.model_dump_json()))
+                prep.bad.append(
+                    Quarantined(external_id=m.external_id, error=score, raw=m.model_dump_json())
+                )
         return prep
 
     async def _commit(self, prep: _Prepared, source: str) -> IngestResult:
@@ -225,7 +230,12 @@ class Pipeline:
                 planned.append(self._plan(m, score, ident, threader, source, result))
             except Exception as err:  # one message's failure is quarantined, not fatal
                 log.exception("cannot process %s %s", m.channel, m.external_id)
-                bad = [*bad, Quarantined(external_id=m.external_id, error=repr(err), raw=m.model_dump_json())]
+                bad = [
+                    *bad,
+                    Quarantined(
+                        external_id=m.external_id, error=repr(err), raw=m.model_dump_json()
+                    ),
+                ]
 
         result.new_customers = len({id(i.customer) for i in idents if i.customer.id is None})
         await resolver.flush()
@@ -303,7 +313,12 @@ class Pipeline:
                     updates[key] = value
             reason = f"{prio.reason}; {d.explain()}" if d.matched else prio.reason
             if threader.touch(
-                ticket, m, priority=prio.label, score=prio.score, reason=reason[:2000], updates=updates
+                ticket,
+                m,
+                priority=prio.label,
+                score=prio.score,
+                reason=reason[:2000],
+                updates=updates,
             ):
                 result.tickets_reopened += 1
         threader.note_message(m, ticket)
@@ -368,7 +383,9 @@ class Pipeline:
             ):
                 if tid is not None:
                     waiting.add(tid)
-                draft = self.responder.draft(d.draft_template, p.msg.channel, _draft_context(p, cust))
+                draft = self.responder.draft(
+                    d.draft_template, p.msg.channel, _draft_context(p, cust)
+                )
                 if draft.text:
                     replies.append(
                         {
@@ -484,12 +501,15 @@ async def _tickets_with_drafts(session: AsyncSession, ticket_ids: set[int]) -> s
         return set()
     dialect = session.get_bind().dialect.name
     q = sa.select(Reply.ticket_id).where(
-        Reply.status == "draft", keys_in(dialect, [Reply.ticket_id], list(ticket_ids))  # type: ignore[list-item]
+        Reply.status == "draft",
+        keys_in(dialect, [Reply.ticket_id], list(ticket_ids)),  # type: ignore[list-item]
     )
     return {r[0] for r in (await session.execute(q)).all()}
 
 
-async def _stored_keys(session: AsyncSession, msgs: Sequence[InboundMessage]) -> set[tuple[str, str]]:
+async def _stored_keys(
+    session: AsyncSession, msgs: Sequence[InboundMessage]
+) -> set[tuple[str, str]]:
     """The (channel, external_id) pairs of these messages that are stored already."""
     if not msgs:
         return set()

@@ -62,7 +62,10 @@ class PriorityModel:
         ltv = float(lifetime_value)
         if ltv > 0:
             parts.append(
-                (min(w.lifetime_value_cap, w.lifetime_value_per_1000 * ltv / 1000), f"value {ltv:,.0f}")
+                (
+                    min(w.lifetime_value_cap, w.lifetime_value_per_1000 * ltv / 1000),
+                    f"value {ltv:,.0f}",
+                )
             )
         if tier in w.tier:
             parts.append((w.tier[tier], f"{tier} tier"))

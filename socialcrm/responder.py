@@ -193,7 +193,12 @@ async def edit(
 
 
 async def reject(
-    session: AsyncSession, reply_id: int, reason: str, actor: str, via: str, now: datetime | None = None
+    session: AsyncSession,
+    reply_id: int,
+    reason: str,
+    actor: str,
+    via: str,
+    now: datetime | None = None,
 ) -> Reply:
     """Reject a draft with a reason; it will never be sent."""
     reason = reason.strip()

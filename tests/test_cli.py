@@ -108,7 +108,11 @@ def test_queue_approve_edit_reject(cli: CliRunner, tmp_path: Path) -> None:
 
 def test_edit_refuses_text_too_long_for_x(cli: CliRunner, tmp_path: Path) -> None:
     run(cli, "init")
-    run(cli, "ingest", str(jsonl(tmp_path / "a.jsonl", [mention("1", "@acme my order is late, terrible")])))
+    run(
+        cli,
+        "ingest",
+        str(jsonl(tmp_path / "a.jsonl", [mention("1", "@acme my order is late, terrible")])),
+    )
     res = run(cli, "edit", "1", "x" * 300, code=2)
     assert "too long for x" in res.output
     assert "1 draft awaiting approval" in run(cli, "queue").output
@@ -135,9 +139,7 @@ def test_customers_import_bad_csv_imports_nothing(cli: CliRunner, tmp_path: Path
     run(cli, "init")
     csv = tmp_path / "c.csv"
     csv.write_text(
-        "name,email,tier,lifetime_value\n"
-        "A,a@example.com,vip,100\n"
-        "B,not-an-email,diamond,-5\n"
+        "name,email,tier,lifetime_value\nA,a@example.com,vip,100\nB,not-an-email,diamond,-5\n"
     )
     res = run(cli, "customers", "import", str(csv), code=2)
     assert "line 3: email 'not-an-email' is not an address" in res.output
@@ -151,7 +153,9 @@ def test_rules_check_and_test(cli: CliRunner, tmp_path: Path) -> None:
     assert "rules OK" in run(cli, "rules", "check").output
     out = run(cli, "rules", "test").output
     assert out.strip().endswith("0 failed")
-    (tmp_path / "mine.yaml").write_text("rules:\n  - name: x\n    when: {bogus: 1}\n    then: [ignore]\n")
+    (tmp_path / "mine.yaml").write_text(
+        "rules:\n  - name: x\n    when: {bogus: 1}\n    then: [ignore]\n"
+    )
     (tmp_path / "config.yaml").write_text("rules: [mine.yaml]\n")
     bad = run(cli, "rules", "check", code=2)
     assert f"{tmp_path / 'mine.yaml'}:3" in bad.output

@@ -23,8 +23,18 @@ STRANGER = Actor("who", "", "slack")
 @pytest.fixture
 async def loaded(pipeline: Pipeline, config: Config, store: Store) -> Commands:
     msgs = [
-        InboundMessage(channel="x", external_id="1", text="@acme my order is two weeks late, terrible", author=Author(user_id="1", handle="jane")),
-        InboundMessage(channel="x", external_id="2", text="@acme the app crashes all the time, useless", author=Author(user_id="2", handle="bob")),
+        InboundMessage(
+            channel="x",
+            external_id="1",
+            text="@acme my order is two weeks late, terrible",
+            author=Author(user_id="1", handle="jane"),
+        ),
+        InboundMessage(
+            channel="x",
+            external_id="2",
+            text="@acme the app crashes all the time, useless",
+            author=Author(user_id="2", handle="bob"),
+        ),
     ]
     await pipeline.ingest(Batch(messages=msgs), "test")
     return Commands(config, store)
@@ -76,7 +86,9 @@ async def test_viewer_cannot_approve_and_nothing_changes(loaded: Commands, store
 
 async def test_approve_edit_reject_are_audited(loaded: Commands, store: Store) -> None:
     assert "approved by dana" in await loaded.run(APPROVER, "approve 1")
-    assert "edited and approved" in await loaded.run(APPROVER, "edit #2 @bob   We are fixing it now.")
+    assert "edited and approved" in await loaded.run(
+        APPROVER, "edit #2 @bob   We are fixing it now."
+    )
     r2 = await reply(store, 2)
     assert r2.final_text == "@bob   We are fixing it now." and r2.edited and r2.status == "approved"
     events = {a.action: a for a in await audit(store)}

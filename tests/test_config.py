@@ -1,4 +1,4 @@
-"""Configuration: validation, secrets from the environment, and errors that name file:line and path."""
+"""Configuration: validation, secrets from the environment, errors naming file:line and path."""
 
 from __future__ import annotations
 
@@ -35,23 +35,44 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
 
 
 def test_bad_duration_names_path_and_line(tmp_path: Path) -> None:
-    text = "sources:\n  - {name: a, type: x}\n  - {name: b, type: x}\n  - name: c\n    type: rss\n    interval: soon\n"
+    text = (
+        "sources:\n  - {name: a, type: x}\n  - {name: b, type: x}\n"
+        "  - name: c\n    type: rss\n    interval: soon\n"
+    )
     msg = problems(tmp_path, text)
-    assert msg == f'{tmp_path / "config.yaml"}:6: sources[2].interval: expected a duration like "60s", got "soon"'
+    assert (
+        msg == f"{tmp_path / 'config.yaml'}:6: sources[2].interval: "
+        'expected a duration like "60s", got "soon"'
+    )
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("brand:\n  timezone: Mars/Olympus\n", ':2: brand.timezone: expected a time zone like "Europe/Berlin"'),
-        ("brand:\n  lexicon:\n    delayed: -9\n", ":2: brand.lexicon: valence of 'delayed' must be between -4 and 4"),
+        (
+            "brand:\n  timezone: Mars/Olympus\n",
+            ':2: brand.timezone: expected a time zone like "Europe/Berlin"',
+        ),
+        (
+            "brand:\n  lexicon:\n    delayed: -9\n",
+            ":2: brand.lexicon: valence of 'delayed' must be between -4 and 4",
+        ),
         ("database: mysql://x\n", ":1: database: expected a database URL"),
         ("tickets:\n  thread_windw: 3h\n", ":2: tickets.thread_windw: unknown setting"),
         ("bogus: 1\n", ":1: bogus: unknown setting"),
         ("sources:\n  - type: x\n", ":2: sources[0].name: is required"),
-        ("sources:\n  - {name: A B, type: x}\n", ":2: sources[0].name: String should match pattern"),
-        ("sources:\n  - {name: a, type: x}\n  - {name: a, type: rss}\n", "two sources are named 'a'"),
-        ("staff:\n  - {name: dana, role: boss}\n", ":2: staff[0].role: Input should be 'viewer', 'agent', 'approver' or 'admin'"),
+        (
+            "sources:\n  - {name: A B, type: x}\n",
+            ":2: sources[0].name: String should match pattern",
+        ),
+        (
+            "sources:\n  - {name: a, type: x}\n  - {name: a, type: rss}\n",
+            "two sources are named 'a'",
+        ),
+        (
+            "staff:\n  - {name: dana, role: boss}\n",
+            ":2: staff[0].role: Input should be 'viewer', 'agent', 'approver' or 'admin'",
+        ),
         ("- just\n- a list\n", ":1: expected a mapping of settings at the top level"),
         ("brand: {name: [unclosed\n", "invalid YAML"),
         ("brand:\n  name: a\n  name: b\n", ":3: brand.name: duplicate key 'name'"),
@@ -69,12 +90,17 @@ def test_every_problem_is_listed(tmp_path: Path) -> None:
 
 def test_secrets_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("X_TOKEN", "s3cret")
-    text = "sources:\n  - name: x\n    type: x\n    bearer_token: ${X_TOKEN}\n    region: ${REGION:-eu}\n"
+    text = (
+        "sources:\n  - name: x\n    type: x\n"
+        "    bearer_token: ${X_TOKEN}\n    region: ${REGION:-eu}\n"
+    )
     cfg = load_config(write(tmp_path, text))
     assert cfg.sources[0].settings() == {"bearer_token": "s3cret", "region": "eu"}
 
 
-def test_missing_secret_names_variable_and_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_secret_names_variable_and_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("NOPE_TOKEN", raising=False)
     msg = problems(tmp_path, "sources:\n  - name: x\n    type: x\n    token: ${NOPE_TOKEN}\n")
     assert msg.endswith(":4: sources[0].token: environment variable NOPE_TOKEN is not set")
@@ -91,7 +117,15 @@ def test_unreadable_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("5m", 300), ("1h30m", 5400), ("2d", 172800), ("1w", 604800), (45, 45), ("250ms", 0.25)],
+    [
+        ("90s", 90),
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("2d", 172800),
+        ("1w", 604800),
+        (45, 45),
+        ("250ms", 0.25),
+    ],
 )
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text).total_seconds() == seconds

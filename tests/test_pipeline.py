@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -14,7 +13,16 @@ from socialcrm import customers, tickets
 from socialcrm.config import Config
 from socialcrm.connector import Author, Batch, InboundMessage, Quarantined
 from socialcrm.db import Store
-from socialcrm.models import Alert, Customer, Identity, Message, Quarantine, Reply, SourceState, Ticket
+from socialcrm.models import (
+    Alert,
+    Customer,
+    Identity,
+    Message,
+    Quarantine,
+    Reply,
+    SourceState,
+    Ticket,
+)
 from socialcrm.pipeline import Pipeline
 from socialcrm.rules import RuleSet
 from socialcrm.sentiment import SentimentScorer
@@ -51,13 +59,21 @@ async def ingest(pipeline: Pipeline, *messages: InboundMessage, source: str = "t
 
 async def rows(store: Store, model: Any, *where: Any) -> list[Any]:
     async with store.reader() as s:
-        q = sa.select(model).where(*where).order_by(model.id if hasattr(model, "id") else sa.text("1"))
+        q = (
+            sa.select(model)
+            .where(*where)
+            .order_by(model.id if hasattr(model, "id") else sa.text("1"))
+        )
         return list((await s.execute(q)).scalars())
 
 
 async def count(store: Store, model: Any, *where: Any) -> int:
     async with store.reader() as s:
-        return int((await s.execute(sa.select(sa.func.count()).select_from(model).where(*where))).scalar_one())
+        return int(
+            (
+                await s.execute(sa.select(sa.func.count()).select_from(model).where(*where))
+            ).scalar_one()
+        )
 
 
 # -- dedupe ---------------------------------------------------------------------------------
@@ -67,7 +83,14 @@ async def test_same_batch_twice_adds_nothing(pipeline: Pipeline, store: Store) -
     batch = [
         msg("@acme my order is late, this is terrible"),
         msg("@acme how do I change my address?", user="u2", handle="bob"),
-        msg("Where is my parcel?", "email", user=None, handle=None, email="c@example.com", ext="<m1@x>"),
+        msg(
+            "Where is my parcel?",
+            "email",
+            user=None,
+            handle=None,
+            email="c@example.com",
+            ext="<m1@x>",
+        ),
     ]
     first = await ingest(pipeline, *batch)
     assert first.stored == 3
@@ -109,7 +132,12 @@ def test_brand_lexicon_overrides_vader() -> None:
 @pytest.mark.parametrize(
     ("text", "lang", "scored", "want_lang"),
     [
-        ("Mi pedido no ha llegado y nadie me contesta, qué desastre de servicio", None, False, "es"),
+        (
+            "Mi pedido no ha llegado y nadie me contesta, qué desastre de servicio",
+            None,
+            False,
+            "es",
+        ),
         ("Ma commande n'est jamais arrivée, c'est inadmissible", None, False, "fr"),
         ("Meine Bestellung ist immer noch nicht angekommen", None, False, "de"),
         ("great", "es", False, "es"),  # the platform's tag wins
@@ -128,7 +156,9 @@ def test_languages_vader_cannot_score_are_unscored(
         assert (s.compound, s.pos, s.neu, s.neg) == (None, None, None, None)
 
 
-async def test_unscored_message_is_stored_as_null_not_zero(pipeline: Pipeline, store: Store) -> None:
+async def test_unscored_message_is_stored_as_null_not_zero(
+    pipeline: Pipeline, store: Store
+) -> None:
     await ingest(pipeline, msg("Mi pedido no ha llegado todavía, qué desastre", lang="es"))
     (m,) = await rows(store, Message)
     assert m.scored is False and m.sentiment is None and m.lang == "es"
@@ -147,8 +177,12 @@ async def test_repeat_author_is_one_customer(pipeline: Pipeline, store: Store) -
 
 
 async def test_email_links_across_channels(pipeline: Pipeline, store: Store) -> None:
-    await ingest(pipeline, msg("Help please", "email", user=None, handle=None, email="Jane@Example.com"))
-    await ingest(pipeline, msg("Any news?", "webhook", user=None, handle=None, email="jane@example.com"))
+    await ingest(
+        pipeline, msg("Help please", "email", user=None, handle=None, email="Jane@Example.com")
+    )
+    await ingest(
+        pipeline, msg("Any news?", "webhook", user=None, handle=None, email="jane@example.com")
+    )
     assert await count(store, Customer) == 1
     idents = await rows(store, Identity)
     assert sorted(i.channel for i in idents) == ["email", "webhook"]
@@ -158,7 +192,9 @@ async def test_handle_links_an_imported_customer_and_fills_the_user_id(
     pipeline: Pipeline, store: Store
 ) -> None:
     async with store.session() as s:
-        parsed = customers.parse_csv("name,email,tier,x_handle\nJane Doe,jane@example.com,vip,@JaneD\n")
+        parsed = customers.parse_csv(
+            "name,email,tier,x_handle\nJane Doe,jane@example.com,vip,@JaneD\n"
+        )
         await customers.import_customers(s, parsed, "t", "cli")
     await ingest(pipeline, msg("@acme my order is late", user="999", handle="janed"))
     assert await count(store, Customer) == 1
@@ -186,7 +222,8 @@ async def test_unknown_author_becomes_a_prospect(pipeline: Pipeline, store: Stor
 async def test_merge_moves_everything(pipeline: Pipeline, store: Store) -> None:
     await ingest(pipeline, msg("@acme my order is late, awful", user="1", handle="jane"))
     await ingest(
-        pipeline, msg("My order is late, awful", "email", user=None, handle=None, email="j@example.com")
+        pipeline,
+        msg("My order is late, awful", "email", user=None, handle=None, email="j@example.com"),
     )
     a, b = await rows(store, Customer)
     async with store.session() as s:
@@ -197,7 +234,9 @@ async def test_merge_moves_everything(pipeline: Pipeline, store: Store) -> None:
     merged = (await rows(store, Customer, Customer.id == b.id))[0]
     assert merged.merged_into_id == a.id
     # New mail from the merged address now lands on the kept customer.
-    await ingest(pipeline, msg("Still late", "email", user=None, handle=None, email="j@example.com"))
+    await ingest(
+        pipeline, msg("Still late", "email", user=None, handle=None, email="j@example.com")
+    )
     assert await count(store, Message, Message.customer_id == a.id) == 3
     async with store.session() as s:
         with pytest.raises(ValueError, match="already merged"):
@@ -231,7 +270,12 @@ async def test_complaint_opens_a_ticket_with_a_draft(pipeline: Pipeline, store: 
 async def test_reply_chain_threads_into_the_ticket(
     pipeline: Pipeline, store: Store, channel: str, link: str
 ) -> None:
-    first = msg("My order is late and I am angry about it", channel, email="a@example.com", ext=f"{channel}-root")
+    first = msg(
+        "My order is late and I am angry about it",
+        channel,
+        email="a@example.com",
+        ext=f"{channel}-root",
+    )
     await ingest(pipeline, first)
     # Days later (outside the thread window) and from another account: only the chain links it.
     later = T0 + timedelta(days=5)
@@ -240,7 +284,15 @@ async def test_reply_chain_threads_into_the_ticket(
         "conversation_id": {"conversation_id": first.external_id},
         "references": {"references": ["<other@x>", first.external_id]},
     }[link]
-    follow = msg("Any update?", channel, user="other", handle="other", email="b@example.com", at=later, **extra)
+    follow = msg(
+        "Any update?",
+        channel,
+        user="other",
+        handle="other",
+        email="b@example.com",
+        at=later,
+        **extra,
+    )
     r = await ingest(pipeline, follow)
     assert r.tickets_threaded == 1 and r.tickets_opened == 0
     (t,) = await rows(store, Ticket)
@@ -249,7 +301,10 @@ async def test_reply_chain_threads_into_the_ticket(
 
 
 async def test_ticket_tag_threads_an_email(pipeline: Pipeline, store: Store) -> None:
-    await ingest(pipeline, msg("My refund never came", "email", user=None, handle=None, email="a@example.com"))
+    await ingest(
+        pipeline,
+        msg("My refund never came", "email", user=None, handle=None, email="a@example.com"),
+    )
     (t,) = await rows(store, Ticket)
     r = await ingest(
         pipeline,
@@ -274,7 +329,10 @@ async def test_same_customer_within_window_threads_and_outside_opens(
     assert r1.tickets_threaded == 1
     r2 = await ingest(
         pipeline,
-        msg("@acme now my refund failed, terrible", at=T0 + config.tickets.thread_window + timedelta(days=1)),
+        msg(
+            "@acme now my refund failed, terrible",
+            at=T0 + config.tickets.thread_window + timedelta(days=1),
+        ),
     )
     assert r2.tickets_opened == 1
     assert await count(store, Ticket) == 2
@@ -282,7 +340,10 @@ async def test_same_customer_within_window_threads_and_outside_opens(
 
 async def test_other_channel_does_not_join_by_window(pipeline: Pipeline, store: Store) -> None:
     await ingest(pipeline, msg("@acme my order is late, terrible", email="j@example.com"))
-    await ingest(pipeline, msg("My order is late, terrible", "webhook", user=None, handle=None, email="j@example.com"))
+    await ingest(
+        pipeline,
+        msg("My order is late, terrible", "webhook", user=None, handle=None, email="j@example.com"),
+    )
     assert await count(store, Ticket) == 2
 
 
@@ -292,7 +353,10 @@ async def test_new_message_reopens_a_resolved_ticket(pipeline: Pipeline, store: 
     (t,) = await rows(store, Ticket)
     async with store.session() as s:
         await tickets.set_status(s, t.id, "resolved", "agent", "cli", now=T0 + timedelta(hours=1))
-    r = await ingest(pipeline, msg("@acme it broke again", at=T0 + timedelta(days=2), in_reply_to=root.external_id))
+    r = await ingest(
+        pipeline,
+        msg("@acme it broke again", at=T0 + timedelta(days=2), in_reply_to=root.external_id),
+    )
     assert r.tickets_reopened == 1
     (t,) = await rows(store, Ticket)
     assert t.status == "open" and t.reopened_count == 1 and t.resolved_at is None
@@ -304,14 +368,23 @@ async def test_closed_ticket_is_never_reopened(pipeline: Pipeline, store: Store)
     (t,) = await rows(store, Ticket)
     async with store.session() as s:
         await tickets.set_status(s, t.id, "closed", "agent", "cli")
-    await ingest(pipeline, msg("@acme still broken, awful", at=T0 + timedelta(hours=2), in_reply_to=root.external_id))
+    await ingest(
+        pipeline,
+        msg("@acme still broken, awful", at=T0 + timedelta(hours=2), in_reply_to=root.external_id),
+    )
     statuses = sorted(x.status for x in await rows(store, Ticket))
     assert statuses == ["closed", "open"]
 
 
 async def test_threading_inside_one_batch(pipeline: Pipeline, store: Store) -> None:
     a = msg("@acme my order is late, terrible", user="9", handle="zed")
-    b = msg("@acme hello??", user="9", handle="zed", in_reply_to=a.external_id, at=T0 + timedelta(minutes=3))
+    b = msg(
+        "@acme hello??",
+        user="9",
+        handle="zed",
+        in_reply_to=a.external_id,
+        at=T0 + timedelta(minutes=3),
+    )
     r = await ingest(pipeline, a, b)
     assert (r.tickets_opened, r.tickets_threaded) == (1, 1)
     (t,) = await rows(store, Ticket)
@@ -330,10 +403,14 @@ async def test_threading_inside_one_batch(pipeline: Pipeline, store: Store) -> N
         ("open", "bogus", False),
     ],
 )
-async def test_status_lifecycle(pipeline: Pipeline, store: Store, start: str, to: str, ok: bool) -> None:
+async def test_status_lifecycle(
+    pipeline: Pipeline, store: Store, start: str, to: str, ok: bool
+) -> None:
     await ingest(pipeline, msg("@acme my order is late, terrible"))
     (t,) = await rows(store, Ticket)
-    path = {"open": [], "pending": ["pending"], "resolved": ["resolved"], "closed": ["closed"]}[start]
+    path = {"open": [], "pending": ["pending"], "resolved": ["resolved"], "closed": ["closed"]}[
+        start
+    ]
     async with store.session() as s:
         for step in path:
             await tickets.set_status(s, t.id, step, "a", "cli")
@@ -377,19 +454,25 @@ async def test_vip_and_reach_outrank_unknown_account(pipeline: Pipeline, store: 
 
 async def test_no_draft_for_do_not_contact(pipeline: Pipeline, store: Store) -> None:
     async with store.session() as s:
-        parsed = customers.parse_csv("name,email,x_handle,do_not_contact\nDan,d@example.com,dan,yes\n")
+        parsed = customers.parse_csv(
+            "name,email,x_handle,do_not_contact\nDan,d@example.com,dan,yes\n"
+        )
         await customers.import_customers(s, parsed, "t", "cli")
     r = await ingest(pipeline, msg("@acme my order is late, terrible", user="5", handle="dan"))
     assert r.tickets_opened == 1 and r.drafts == 0
     assert await count(store, Reply) == 0
 
 
-async def test_draft_over_the_x_limit_is_flagged(config: Config, store: Store, scorer: SentimentScorer) -> None:
+async def test_draft_over_the_x_limit_is_flagged(
+    config: Config, store: Store, scorer: SentimentScorer
+) -> None:
     tpl = config.base_dir / "tpl" / "replies"
     tpl.mkdir(parents=True)
     for name in ("apology", "delivery_delay"):
         (tpl / f"{name}.x.j2").write_text("@{{ handle }} " + "sorry " * 60)
-    cfg = config.model_copy(update={"responder": config.responder.model_copy(update={"templates_dir": tpl.parent})})
+    cfg = config.model_copy(
+        update={"responder": config.responder.model_copy(update={"templates_dir": tpl.parent})}
+    )
     pipeline = Pipeline(cfg, store, rules=RuleSet.load(cfg.rule_paths()), scorer=scorer)
     r = await ingest(pipeline, msg("@acme my order is late, terrible and rude staff"))
     assert r.draft_problems == 1
@@ -408,7 +491,9 @@ async def test_customer_text_is_never_run_as_a_template(pipeline: Pipeline, stor
 
 
 async def test_legal_words_escalate_once_per_reason(pipeline: Pipeline, store: Store) -> None:
-    r = await ingest(pipeline, msg("@acme my lawyer will hear about this, I had an allergic reaction"))
+    r = await ingest(
+        pipeline, msg("@acme my lawyer will hear about this, I had an allergic reaction")
+    )
     assert r.escalations >= 1
     alerts = await rows(store, Alert)
     assert all(a.kind == "escalation" and a.status == "pending" for a in alerts)
@@ -418,7 +503,10 @@ async def test_legal_words_escalate_once_per_reason(pipeline: Pipeline, store: S
 
 
 async def test_spam_is_stored_but_ignored(pipeline: Pipeline, store: Store) -> None:
-    r = await ingest(pipeline, msg("FREE CRYPTO giveaway!!! claim your free BTC at https://scam.example", user="bot"))
+    r = await ingest(
+        pipeline,
+        msg("FREE CRYPTO giveaway!!! claim your free BTC at https://scam.example", user="bot"),
+    )
     assert r.ignored == 1 and r.tickets_opened == 0
     (m,) = await rows(store, Message)
     assert m.ignored and "spam" in m.tags
@@ -429,7 +517,10 @@ async def test_quarantined_payloads_are_kept_and_the_rest_lands(
     pipeline: Pipeline, store: Store
 ) -> None:
     batch = Batch(
-        messages=[msg("@acme fine thanks"), msg("@acme order late, terrible", user="2", handle="b")],
+        messages=[
+            msg("@acme fine thanks"),
+            msg("@acme order late, terrible", user="2", handle="b"),
+        ],
         quarantined=[Quarantined(external_id="bad-1", error="missing text", raw='{"id": "bad-1"}')],
         cursor={"since_id": "42"},
     )
@@ -467,7 +558,9 @@ async def test_huge_and_empty_texts(pipeline: Pipeline, store: Store) -> None:
 
 
 async def test_big_batch_is_split_and_all_stored(pipeline: Pipeline, store: Store) -> None:
-    many = [msg(f"@acme hi number {i}", user=f"u{i % 50}", handle=f"h{i % 50}") for i in range(2100)]
+    many = [
+        msg(f"@acme hi number {i}", user=f"u{i % 50}", handle=f"h{i % 50}") for i in range(2100)
+    ]
     r = await ingest(pipeline, *many)
     assert r.stored == 2100
     assert await count(store, Customer) == 50

@@ -22,7 +22,7 @@ from socialcrm import responder, tickets
 from socialcrm.config import Config
 from socialcrm.db import Store
 from socialcrm.models import AuditEvent, Customer, Identity, Message, Reply, Ticket
-from socialcrm.responder import Responder, ReplyError, template_environment
+from socialcrm.responder import ReplyError, Responder, template_environment
 from socialcrm.tickets import TicketError
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,9 @@ class Commands:
     def __init__(self, config: Config, store: Store, responder_: Responder | None = None) -> None:
         self.config = config
         self.store = store
-        self.responder = responder_ or Responder(config.responder, config.brand.name, config.base_dir)
+        self.responder = responder_ or Responder(
+            config.responder, config.brand.name, config.base_dir
+        )
         self.templates: jinja2.Environment = template_environment(None)
         self.table: dict[str, tuple[Callable[..., Awaitable[str]], str]] = {}
         for attr in dir(self):
@@ -111,7 +113,12 @@ class Commands:
         return f"{name} {shown}".strip()
 
     async def _audit(
-        self, actor: Actor, action: str, object_type: str, object_id: str | None, detail: dict[str, Any]
+        self,
+        actor: Actor,
+        action: str,
+        object_type: str,
+        object_id: str | None,
+        detail: dict[str, Any],
     ) -> None:
         async with self.store.session() as s:
             s.add(
@@ -157,7 +164,9 @@ class Commands:
             )
             rows = (await s.execute(q)).all()
             total = (
-                await s.execute(sa.select(sa.func.count()).select_from(Reply).where(Reply.status == "draft"))
+                await s.execute(
+                    sa.select(sa.func.count()).select_from(Reply).where(Reply.status == "draft")
+                )
             ).scalar_one()
         return self.render("queue", rows=rows, total=total)
 
@@ -183,7 +192,9 @@ class Commands:
                         )
                     ).scalars()
                 )
-        return self.render("show", reply=reply, msg=msg, customer=cust, ticket=ticket, history=history)
+        return self.render(
+            "show", reply=reply, msg=msg, customer=cust, ticket=ticket, history=history
+        )
 
     @command("approver")
     async def approve(self, actor: Actor, reply_id: int) -> str:
@@ -219,7 +230,9 @@ class Commands:
             q = sa.select(Ticket, Customer).join(Customer, Customer.id == Ticket.customer_id)  # type: ignore[arg-type]
             if status != "all":
                 if status not in tickets.STATUSES:
-                    raise CommandError(f"unknown status {status!r}; one of {', '.join(tickets.STATUSES)}, all")
+                    raise CommandError(
+                        f"unknown status {status!r}; one of {', '.join(tickets.STATUSES)}, all"
+                    )
                 q = q.where(Ticket.status == status)
             q = q.order_by(Ticket.priority_score.desc(), Ticket.last_message_at.desc()).limit(  # type: ignore[attr-defined]
                 max(1, min(limit, 500))
@@ -238,12 +251,18 @@ class Commands:
             msgs = list(
                 (
                     await s.execute(
-                        sa.select(Message).where(Message.ticket_id == ticket_id).order_by(Message.created_at)  # type: ignore[arg-type]
+                        sa.select(Message)
+                        .where(Message.ticket_id == ticket_id)
+                        .order_by(Message.created_at)  # type: ignore[arg-type]
                     )
                 ).scalars()
             )
             replies = list(
-                (await s.execute(sa.select(Reply).where(Reply.ticket_id == ticket_id).order_by(Reply.id))).scalars()  # type: ignore[arg-type]
+                (
+                    await s.execute(
+                        sa.select(Reply).where(Reply.ticket_id == ticket_id).order_by(Reply.id)
+                    )
+                ).scalars()  # type: ignore[arg-type]
             )
         return self.render("ticket", t=t, customer=cust, messages=msgs, replies=replies)
 
@@ -275,7 +294,11 @@ class Commands:
             cust = await find_customer(s, who)
             if cust is None:
                 raise CommandError(f"no customer matches {who!r}")
-            idents = list((await s.execute(sa.select(Identity).where(Identity.customer_id == cust.id))).scalars())
+            idents = list(
+                (
+                    await s.execute(sa.select(Identity).where(Identity.customer_id == cust.id))
+                ).scalars()
+            )
             recent = list(
                 (
                     await s.execute(
@@ -306,7 +329,9 @@ async def find_customer(s: Any, who: str) -> Customer | None:
         cust = await s.get(Customer, int(who))
     elif "@" in who.strip("@"):
         key = who.lower()
-        ident = (await s.execute(sa.select(Identity).where(Identity.email == key).limit(1))).scalar()
+        ident = (
+            await s.execute(sa.select(Identity).where(Identity.email == key).limit(1))
+        ).scalar()
         if ident is not None:
             cust = await s.get(Customer, ident.customer_id)
         else:
@@ -324,7 +349,9 @@ async def find_customer(s: Any, who: str) -> Customer | None:
 
 async def _by_handle(s: Any, who: str) -> Customer | None:
     key = who.strip().lstrip("@").lower()
-    ident = (await s.execute(sa.select(Identity).where(Identity.handle_key == key).limit(1))).scalar()
+    ident = (
+        await s.execute(sa.select(Identity).where(Identity.handle_key == key).limit(1))
+    ).scalar()
     return await s.get(Customer, ident.customer_id) if ident is not None else None
 
 
@@ -366,7 +393,9 @@ def _bind(fn: Callable[..., Any], name: str, rest: str) -> list[Any]:
             value = int(value)
         out.append(value)
     if words:
-        raise CommandError(f"too many words for {name}; usage: {name} {' '.join(q.name.upper() for q in params)}")
+        raise CommandError(
+            f"too many words for {name}; usage: {name} {' '.join(q.name.upper() for q in params)}"
+        )
     return out
 
 
