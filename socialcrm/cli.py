@@ -34,7 +34,7 @@ from socialcrm.yamldoc import YamlError
 log = logging.getLogger("socialcrm")
 T = TypeVar("T")
 #: Messages handed to the pipeline at a time when ingesting a file.
-FILE_BATCH = 500
+FILE_BATCH = 1000
 DEFAULT_CONFIG = "config.yaml"
 
 

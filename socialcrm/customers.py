@@ -243,6 +243,8 @@ async def merge(
     keep.name = keep.name or gone.name
     if gone.first_seen_at and (not keep.first_seen_at or gone.first_seen_at < keep.first_seen_at):
         keep.first_seen_at = gone.first_seen_at
+    if gone.last_seen_at and (not keep.last_seen_at or gone.last_seen_at > keep.last_seen_at):
+        keep.last_seen_at = gone.last_seen_at
     stages = ["prospect", "customer", "advocate"]
     if stages.index(gone.lifecycle_stage) > stages.index(keep.lifecycle_stage):
         keep.lifecycle_stage = gone.lifecycle_stage

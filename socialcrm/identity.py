@@ -8,7 +8,7 @@ few queries, not one round trip per message.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -31,7 +31,7 @@ _CUSTOMER_COLS = (
     Customer.do_not_contact,
     Customer.lifecycle_stage,
     Customer.reach,
-    Customer.first_seen_at,
+    Customer.last_seen_at,
 )
 
 
@@ -51,8 +51,8 @@ class CustomerView:
     reach: int
     #: True when no message from this customer was stored before this batch.
     is_new: bool
-    #: Values to write back at the end of the batch.
-    dirty: dict[str, Any] = field(default_factory=dict)
+    #: True when a stored customer was seen in this batch and must be written back.
+    seen: bool = False
 
 
 @dataclass(slots=True)
@@ -66,7 +66,8 @@ class IdentityView:
     handle: str | None
     email: str | None
     followers: int
-    dirty: dict[str, Any] = field(default_factory=dict)
+    #: True when a stored identity changed in this batch and must be written back.
+    changed: bool = False
 
 
 def handle_key(handle: str | None) -> str | None:
@@ -139,7 +140,6 @@ class Resolver:
                     await self.session.execute(sa.select(*_CUSTOMER_COLS).where(sa.or_(*cconds)))
                 ).all()
             )
-        seen = await self._customers_with_messages([r.id for r in cust_rows])
         for c in cust_rows:
             view = CustomerView(
                 id=c.id,
@@ -152,7 +152,8 @@ class Resolver:
                 do_not_contact=c.do_not_contact,
                 lifecycle_stage=c.lifecycle_stage,
                 reach=c.reach,
-                is_new=c.id not in seen,
+                # Every stored message stamps last_seen_at: none yet means a new customer.
+                is_new=c.last_seen_at is None,
             )
             self._customers[c.id] = view
             if c.email:
@@ -168,17 +169,6 @@ class Resolver:
                 followers=r.followers,
             )
             self._index(ident)
-
-    async def _customers_with_messages(self, ids: list[int]) -> set[int]:
-        if not ids:
-            return set()
-        dialect = self.session.get_bind().dialect.name
-        q = (
-            sa.select(Message.customer_id)
-            .where(keys_in(dialect, [Message.customer_id], ids))
-            .distinct()
-        )  # type: ignore[list-item]
-        return {r[0] for r in (await self.session.execute(q)).all()}
 
     def _index(self, ident: IdentityView) -> None:
         if ident.external_user_id:
@@ -261,19 +251,20 @@ class Resolver:
         a = msg.author
         if ident.id is not None:
             if a.user_id and not ident.external_user_id:
-                ident.external_user_id = ident.dirty["external_user_id"] = a.user_id
+                ident.external_user_id = a.user_id
+                ident.changed = True
                 self._index(ident)
             if a.handle and a.handle != ident.handle and a.user_id:
-                ident.handle = ident.dirty["handle"] = a.handle
-                ident.dirty["handle_key"] = handle_key(a.handle)
+                ident.handle = a.handle
+                ident.changed = True
             if a.followers is not None and a.followers != ident.followers:
-                ident.followers = ident.dirty["followers"] = a.followers
+                ident.followers = a.followers
+                ident.changed = True
         cust = ident.customer
         if a.followers and a.followers > cust.reach:
             cust.reach = a.followers
-            cust.dirty["reach"] = a.followers
         if cust.id is not None:
-            cust.dirty["last_seen_at"] = self.now
+            cust.seen = True
 
     async def flush(self) -> None:
         """Insert new customers and identities, and write back what changed."""
@@ -317,20 +308,51 @@ class Resolver:
             ids = await insert_returning_ids(self.session, Identity, rows)
             for i, new_id in zip(self._new_identities, ids, strict=True):
                 i.id = new_id
-                i.dirty.clear()
             self._new_identities.clear()
-        ident_updates = [{"id": i.id, **i.dirty} for i in self._identities() if i.dirty]
-        if ident_updates:
-            await _bulk_update(self.session, Identity, ident_updates)
-        cust_updates = [
-            {"id": c.id, "updated_at": now, **c.dirty} for c in self._customers.values() if c.dirty
-        ]
-        if cust_updates:
-            await _bulk_update(self.session, Customer, cust_updates)
-        for i in self._identities():
-            i.dirty.clear()
-        for c in self._customers.values():
-            c.dirty.clear()
+        # One statement shape per table, so each is one executemany.
+        changed = [i for i in self._identities() if i.changed]
+        if changed:
+            t = Identity.__table__
+            await executemany(
+                self.session,
+                sa.update(t)
+                .where(t.c.id == sa.bindparam("_id"))
+                .values(
+                    external_user_id=sa.bindparam("_user"),
+                    handle=sa.bindparam("_handle"),
+                    handle_key=sa.bindparam("_key"),
+                    followers=sa.bindparam("_followers"),
+                ),
+                [
+                    {
+                        "_id": i.id,
+                        "_user": i.external_user_id,
+                        "_handle": i.handle,
+                        "_key": handle_key(i.handle),
+                        "_followers": i.followers,
+                    }
+                    for i in changed
+                ],
+            )
+            for i in changed:
+                i.changed = False
+        seen = [c for c in self._customers.values() if c.seen]
+        if seen:
+            t = Customer.__table__
+            await executemany(
+                self.session,
+                sa.update(t)
+                .where(t.c.id == sa.bindparam("_id"))
+                .values(
+                    reach=sa.bindparam("_reach"),
+                    first_seen_at=sa.func.coalesce(t.c.first_seen_at, sa.bindparam("_now")),
+                    last_seen_at=sa.bindparam("_now"),
+                    updated_at=sa.bindparam("_now"),
+                ),
+                [{"_id": c.id, "_reach": c.reach, "_now": now} for c in seen],
+            )
+            for c in seen:
+                c.seen = False
 
     def _identities(self) -> list[IdentityView]:
         seen: dict[int, IdentityView] = {}
@@ -367,21 +389,3 @@ async def insert_returning_ids(
         session, sa.insert(t), [{**r, "id": i} for r, i in zip(rows, ids, strict=True)]
     )
     return ids
-
-
-async def _bulk_update(session: AsyncSession, table: Any, rows: list[dict[str, Any]]) -> None:
-    # Group by the set of columns so each executemany has one statement shape.
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault(tuple(sorted(r)), []).append(r)
-    for keys, group in groups.items():
-        cols = [k for k in keys if k != "id"]
-        t = table.__table__
-        stmt = (
-            sa.update(t)
-            .where(t.c.id == sa.bindparam("_id"))
-            .values({c: sa.bindparam(c) for c in cols})
-        )
-        await executemany(
-            session, stmt, [{"_id": r["id"], **{c: r[c] for c in cols}} for r in group]
-        )

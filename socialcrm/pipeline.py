@@ -143,11 +143,13 @@ class Pipeline:
         quarantined: Sequence[Quarantined],
         cursor: Cursor | None,
     ) -> _Prepared:
-        """The work that needs no write lock: in-batch dedupe, a look at the store, scores."""
-        fresh = _unique(messages)
-        async with self.store.reader() as session:
-            stored = await _stored_keys(session, fresh)
-        new = [m for m in fresh if (m.channel, m.external_id) not in stored]
+        """The work that needs no write lock: in-batch dedupe and sentiment.
+
+        Whether a message is stored already is asked once, in the write transaction: asking
+        here too would cost the event loop a query per chunk to save the scoring process
+        work on repeats, which are rare outside a file ingested twice.
+        """
+        new = _unique(messages)
         prep = _Prepared(received=len(messages), duplicates=len(messages) - len(new), cursor=cursor)
         prep.bad.extend(quarantined)
         items = [(m.text, m.lang) for m in new]
@@ -210,7 +212,7 @@ class Pipeline:
         result: IngestResult,
     ) -> None:
         now = self.clock()
-        # The first look ran outside the lock; this one is authoritative.
+        # Under the lock, so no other writer can store the same message in between.
         existing = await _stored_keys(session, [m for m, _ in scored])
         if existing:
             result.duplicates += len(existing)
@@ -227,7 +229,7 @@ class Pipeline:
         planned: list[_Planned] = []
         for (m, score), ident in zip(scored, idents, strict=True):
             try:
-                planned.append(self._plan(m, score, ident, threader, source, result))
+                planned.append(self._plan(now, m, score, ident, threader, source, result))
             except Exception as err:  # one message's failure is quarantined, not fatal
                 log.exception("cannot process %s %s", m.channel, m.external_id)
                 bad = [
@@ -259,6 +261,7 @@ class Pipeline:
 
     def _plan(
         self,
+        now: datetime,
         m: InboundMessage,
         score: Score,
         ident: IdentityView,
@@ -311,14 +314,13 @@ class Pipeline:
             for key, value in (("team", d.team), ("queue", d.queue), ("assignee", d.assignee)):
                 if value and (ticket.new or key in ("team", "queue")):
                     updates[key] = value
-            reason = f"{prio.reason}; {d.explain()}" if d.matched else prio.reason
+
+            def reason() -> str:
+                text = f"{prio.reason}; {d.explain()}" if d.matched else prio.reason
+                return text[:2000]
+
             if threader.touch(
-                ticket,
-                m,
-                priority=prio.label,
-                score=prio.score,
-                reason=reason[:2000],
-                updates=updates,
+                ticket, m, priority=prio.label, score=prio.score, reason=reason, updates=updates
             ):
                 result.tickets_reopened += 1
         threader.note_message(m, ticket)
@@ -350,7 +352,7 @@ class Pipeline:
             "url": m.url,
             "truncated": m.truncated,
             "created_at": m.created_at,
-            "received_at": self.clock(),
+            "received_at": now,
             "raw": m.raw,
         }
         return _Planned(m, score, ident, d, ticket, prio.label, prio.score, row)

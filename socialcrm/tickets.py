@@ -8,7 +8,7 @@ the same channel within the thread window. A message on a recently resolved tick
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,11 +19,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from socialcrm.config import TicketConfig
 from socialcrm.connector import InboundMessage
 from socialcrm.db import executemany, keys_in
-from socialcrm.identity import _bulk_update, insert_returning_ids
+from socialcrm.identity import insert_returning_ids
 from socialcrm.models import AuditEvent, Message, Ticket, utcnow
 from socialcrm.priority import higher
 
 STATUSES = ("open", "pending", "resolved", "closed")
+#: Columns every TicketView carries; they are written back as they stand.
+_CORE = ("status", "priority", "priority_score", "last_message_at", "resolved_at", "conversation_id")
+#: Columns the pipeline only ever sets (never clears) on a stored ticket.
+_SET_ONLY = ("priority_reason", "intent", "team", "queue", "assignee")
 #: Statuses a new message can thread into (resolved ones are reopened).
 _THREADABLE = ("open", "pending", "resolved")
 TICKET_TAG_RE = re.compile(r"\[#(\d{1,12})\]")
@@ -58,15 +62,18 @@ class TicketView:
     #: Messages added and reopenings in this batch, written as increments at flush.
     added: int = 0
     reopened: int = 0
+    #: Other columns set in this batch (kept for the insert, or written back if not null).
     fields: dict[str, Any] = field(default_factory=dict)
-    dirty: dict[str, Any] = field(default_factory=dict)
+    changed: bool = False
 
     def set(self, **values: Any) -> None:
-        """Change fields; new tickets keep them for the insert, old ones for the update."""
+        """Change fields of the ticket, to be written at flush."""
         for k, v in values.items():
-            if k in ("status", "priority", "priority_score", "last_message_at", "resolved_at"):
+            if k in _CORE:
                 setattr(self, k, v)
-            (self.fields if self.new else self.dirty)[k] = v
+            else:
+                self.fields[k] = v
+        self.changed = True
 
 
 class Threader:
@@ -81,6 +88,8 @@ class Threader:
         #: (channel, external_id) -> ticket, for messages stored earlier or in this batch.
         self._by_message: dict[tuple[str, str], TicketView | None] = {}
         self._new: list[TicketView] = []
+        #: Tickets opened in this batch for customers that are new in it, by id() of the view.
+        self._by_new_customer: dict[int, list[TicketView]] = {}
 
     async def load(self, messages: Sequence[InboundMessage], customer_ids: set[int]) -> None:
         """Load the tickets and earlier messages this batch could thread into."""
@@ -192,7 +201,7 @@ class Threader:
         candidates = (
             self._by_customer.get(customer_id, [])
             if customer_id is not None
-            else [t for t in self._new if t.customer_ref is customer_ref]
+            else self._by_new_customer.get(id(customer_ref), [])
         )
         best: TicketView | None = None
         for t in candidates:
@@ -215,7 +224,6 @@ class Threader:
         self._by_message[(m.channel, m.external_id)] = ticket
         if ticket is not None and m.conversation_id and not ticket.conversation_id:
             ticket.set(conversation_id=m.conversation_id)
-            ticket.conversation_id = m.conversation_id
             self._by_conversation.setdefault((m.channel, m.conversation_id), ticket)
 
     def open(
@@ -239,6 +247,8 @@ class Threader:
         )
         t.fields.update(subject=subject[:500], opened_at=m.created_at)
         self._new.append(t)
+        if customer_id is None:
+            self._by_new_customer.setdefault(id(customer_ref), []).append(t)
         if customer_id is not None:
             self._by_customer.setdefault(customer_id, []).append(t)
         if t.conversation_id:
@@ -252,7 +262,7 @@ class Threader:
         *,
         priority: str | None,
         score: float,
-        reason: str,
+        reason: Callable[[], str],
         updates: dict[str, Any],
     ) -> bool:
         """Add a message to a ticket: reopen if resolved, raise its priority; True if reopened."""
@@ -266,7 +276,7 @@ class Threader:
             if label != t.priority:
                 t.set(priority=label)
         if score > t.priority_score or (t.new and t.added == 0):
-            t.set(priority_score=score, priority_reason=reason)
+            t.set(priority_score=score, priority_reason=reason())
         if updates:
             t.set(**updates)
         t.added += 1
@@ -307,30 +317,41 @@ class Threader:
             )
             for t, row, tid in zip(self._new, rows, ids, strict=True):
                 t.id, t.customer_id, t.new, t.added = tid, row["customer_id"], False, 0
+                t.changed = False
                 t.fields.clear()
                 self._by_id[tid] = t
             self._new.clear()
-        changed = [t for t in self._by_id.values() if t.dirty]
-        if changed:
-            await _bulk_update(
-                self.session, Ticket, [{"id": t.id, "updated_at": now, **t.dirty} for t in changed]
-            )
-        counted = [t for t in self._by_id.values() if t.added]
-        if counted:
+            self._by_new_customer.clear()
+        touched = [t for t in self._by_id.values() if t.changed or t.added]
+        if touched:
+            # One statement shape for every ticket, so this is one executemany.
             t = Ticket.__table__
+            values: dict[str, Any] = {c: sa.bindparam(f"_{c}") for c in _CORE}
+            values |= {c: sa.func.coalesce(sa.bindparam(f"_{c}"), t.c[c]) for c in _SET_ONLY}
+            values |= {
+                "updated_at": sa.bindparam("_now"),
+                "message_count": t.c.message_count + sa.bindparam("_n"),
+                "reopened_count": t.c.reopened_count + sa.bindparam("_r"),
+            }
             await executemany(
                 self.session,
-                sa.update(t)
-                .where(t.c.id == sa.bindparam("_id"))
-                .values(
-                    message_count=t.c.message_count + sa.bindparam("_n"),
-                    reopened_count=t.c.reopened_count + sa.bindparam("_r"),
-                ),
-                [{"_id": t.id, "_n": t.added, "_r": t.reopened} for t in counted],
+                sa.update(t).where(t.c.id == sa.bindparam("_id")).values(values),
+                [
+                    {
+                        "_id": v.id,
+                        "_now": now,
+                        "_n": v.added,
+                        "_r": v.reopened,
+                        **{f"_{c}": getattr(v, c) for c in _CORE},
+                        **{f"_{c}": v.fields.get(c) for c in _SET_ONLY},
+                    }
+                    for v in touched
+                ],
             )
-        for t in self._by_id.values():
-            t.dirty.clear()
-            t.added = t.reopened = 0
+        for v in self._by_id.values():
+            v.fields.clear()
+            v.changed = False
+            v.added = v.reopened = 0
 
 
 def _subject_from_text(text: str) -> str:
