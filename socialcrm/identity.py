@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from socialcrm.connector import InboundMessage
 from socialcrm.db import executemany, keys_in
-from socialcrm.models import Customer, Identity, Message, utcnow
+from socialcrm.models import Customer, Identity, utcnow
 
 _CUSTOMER_COLS = (
     Customer.id,

@@ -25,7 +25,14 @@ from socialcrm.priority import higher
 
 STATUSES = ("open", "pending", "resolved", "closed")
 #: Columns every TicketView carries; they are written back as they stand.
-_CORE = ("status", "priority", "priority_score", "last_message_at", "resolved_at", "conversation_id")
+_CORE = (
+    "status",
+    "priority",
+    "priority_score",
+    "last_message_at",
+    "resolved_at",
+    "conversation_id",
+)
 #: Columns the pipeline only ever sets (never clears) on a stored ticket.
 _SET_ONLY = ("priority_reason", "intent", "team", "queue", "assignee")
 #: Statuses a new message can thread into (resolved ones are reopened).
