@@ -351,7 +351,7 @@ def _all_of(conds: list[_Cond]) -> _Cond:
 
     def check(m: _Msg) -> bool:
         # A plain loop: all() over a generator costs more than the checks on this hot path.
-        for c in checks:
+        for c in checks:  # noqa: SIM110
             if not c(m):
                 return False
         return True
@@ -370,7 +370,7 @@ def _any_of(conds: list[_Cond]) -> _Cond:
         return _Cond(lambda m: a(m) or b(m), cost)
 
     def check(m: _Msg) -> bool:
-        for c in checks:
+        for c in checks:  # noqa: SIM110
             if c(m):
                 return True
         return False

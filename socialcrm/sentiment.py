@@ -101,7 +101,7 @@ _WORKER: SentimentScorer | None = None
 
 
 def _init_worker(lexicon: dict[str, float]) -> None:
-    global _WORKER
+    global _WORKER  # noqa: PLW0603 - one scorer per worker process, set once at its start
     _WORKER = SentimentScorer(lexicon)
 
 

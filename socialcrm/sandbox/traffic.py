@@ -826,18 +826,18 @@ _FOREIGN: Final[dict[str, dict[str, tuple[str, ...]]]] = {
     },
     "ja": {
         "praise": (
-            "{product}が予定より早く届きました！ありがとうございます{emoji_pos}",
+            "{product}が予定より早く届きました！ありがとうございます{emoji_pos}",  # noqa: RUF001
             "{brand}のサポートの対応がとても丁寧でした。すぐに解決しました。",
             "{product}最高です。毎日使っています。",
         ),
         "question": (
-            "{country}への配送はできますか？",
-            "注文番号{order}の配送先を変更したいのですが、どうすればいいですか？",
-            "{product}の再入荷はいつですか？",
+            "{country}への配送はできますか？",  # noqa: RUF001
+            "注文番号{order}の配送先を変更したいのですが、どうすればいいですか？",  # noqa: RUF001
+            "{product}の再入荷はいつですか？",  # noqa: RUF001
         ),
         "complaint": (
             "注文{order}がまだ届きません。もう{duration}経っています。",
-            "二重に請求されています（{amount}）。返金してください。",
+            "二重に請求されています（{amount}）。返金してください。",  # noqa: RUF001
             "{brand}のアプリが{feature}を開くたびに落ちます。",
             "問い合わせても全く返事がありません。",
         ),
