@@ -28,7 +28,7 @@ from socialcrm.pipeline import Pipeline
 from socialcrm.rules import RuleSet
 from socialcrm.runtime import tune_gc
 from socialcrm.sandbox.traffic import TrafficGenerator
-from socialcrm.sentiment import ScoringPool
+from socialcrm.scoring import ScoringPool
 
 LEXICON = {"delayed": -1.8, "refund": -0.5}
 
@@ -54,10 +54,11 @@ async def pipeline_run(
             {"database": db_url, "brand": {"lexicon": LEXICON}, "base_dir": tmp}
         )
         store = await open_store(config.database_url())
-        scoring = ScoringPool(LEXICON)
-        pipeline = Pipeline(config, store, rules=RuleSet.load(config.rule_paths()), scoring=scoring)
+        rules = RuleSet.load(config.rule_paths())
+        scoring = ScoringPool(LEXICON, rules)
+        pipeline = Pipeline(config, store, rules=rules, scoring=scoring)
         # Start the worker and warm it up outside the timed part.
-        await scoring.score_many([("warm up the language detector please", None)])
+        await scoring.analyse([("warm up the language detector please", None)])
         tune_gc()  # as `socialcrm ingest` and the daemon do
 
         async def batches() -> AsyncIterator[Batch]:

@@ -28,7 +28,8 @@ from socialcrm.models import Quarantine, utcnow
 from socialcrm.pipeline import IngestResult, Pipeline
 from socialcrm.rules import RuleError, RuleSet, find_rule_tests, run_rule_tests
 from socialcrm.runtime import tune_gc
-from socialcrm.sentiment import ScoringPool, SentimentScorer
+from socialcrm.scoring import ScoringPool
+from socialcrm.sentiment import SentimentScorer
 from socialcrm.yamldoc import YamlError
 
 log = logging.getLogger("socialcrm")
@@ -218,8 +219,9 @@ async def ingest(ctx: click.Context, file: Path, source: str | None, as_json: bo
     source = source or f"file:{file.name}"[:128]
     size = file.stat().st_size
     show_bar = size > 1_000_000 and sys.stderr.isatty()
-    async with _store(config) as store, _scoring(config) as scoring:
-        pipeline = Pipeline(config, store, rules=load_rules(config), scoring=scoring)
+    rules = load_rules(config)
+    async with _store(config) as store, _scoring(config, rules) as scoring:
+        pipeline = Pipeline(config, store, rules=rules, scoring=scoring)
         tune_gc()
         with (
             click.progressbar(length=size, label="ingesting", file=sys.stderr, show_pos=False)
@@ -257,8 +259,8 @@ async def _file_batches(file: Path, progress: Callable[[int], None]) -> AsyncIte
 
 
 @asynccontextmanager
-async def _scoring(config: Config) -> AsyncIterator[ScoringPool]:
-    pool = ScoringPool(config.brand.lexicon)
+async def _scoring(config: Config, rules: RuleSet) -> AsyncIterator[ScoringPool]:
+    pool = ScoringPool(config.brand.lexicon, rules)
     try:
         yield pool
     finally:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -27,7 +27,8 @@ from socialcrm.models import Alert, Message, Quarantine, Reply, SourceState, utc
 from socialcrm.priority import PriorityModel
 from socialcrm.responder import Responder
 from socialcrm.rules import Decision, RuleContext, RuleSet
-from socialcrm.sentiment import Score, ScoringPool, SentimentScorer, score_batch
+from socialcrm.scoring import ScoringPool, analyse_batch
+from socialcrm.sentiment import Score, SentimentScorer
 from socialcrm.tickets import Threader, TicketView, ticket_tag
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,13 @@ class IngestResult:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+class _Scored(NamedTuple):
+    msg: InboundMessage
+    score: Score
+    #: The rules' text conditions, answered by the scoring process (None: not answered).
+    facts: int | None
+
+
 @dataclass(slots=True)
 class _Prepared:
     """A chunk of a batch, deduped and scored, waiting for its transaction."""
@@ -66,7 +74,7 @@ class _Prepared:
     received: int
     duplicates: int
     cursor: Cursor | None
-    scored: list[tuple[InboundMessage, Score]] = field(default_factory=list)
+    scored: list[_Scored] = field(default_factory=list)
     bad: list[Quarantined] = field(default_factory=list)
 
 
@@ -154,12 +162,14 @@ class Pipeline:
         prep.bad.extend(quarantined)
         items = [(m.text, m.lang) for m in new]
         if self.scoring is not None:
-            scores = await self.scoring.score_many(items)
+            found = await self.scoring.analyse(items)
+            same_rules = self.scoring.fingerprint == self.rules.fingerprint
         else:
-            scores = await asyncio.to_thread(score_batch, self.scorer, items)
-        for m, score in zip(new, scores, strict=True):
+            found = await asyncio.to_thread(analyse_batch, self.scorer, None, items)
+            same_rules = False
+        for m, (score, facts) in zip(new, found, strict=True):
             if isinstance(score, Score):
-                prep.scored.append((m, score))
+                prep.scored.append(_Scored(m, score, facts if same_rules else None))
             else:
                 log.error("cannot score %s %s: %s", m.channel, m.external_id, score)
                 prep.bad.append(
@@ -180,7 +190,7 @@ class Pipeline:
                 raise
             log.warning("batch from %s refused (%s); storing messages one by one", source, err.orig)
         result = IngestResult(received=prep.received, duplicates=prep.duplicates)
-        for j, pair in enumerate(prep.scored):
+        for j, item in enumerate(prep.scored):
             first, last = j == 0, j == len(prep.scored) - 1
             bad = prep.bad if first else []
             cursor = prep.cursor if last else None
@@ -188,14 +198,14 @@ class Pipeline:
             try:
                 async with self.store.session() as session:
                     await self.store.lock_ingest(session)
-                    await self._store(session, [pair], bad, source, cursor, one)
+                    await self._store(session, [item], bad, source, cursor, one)
             except sa.exc.DBAPIError as row_err:
                 if isinstance(row_err, sa.exc.OperationalError):
                     raise
                 async with self.store.session() as session:
                     refused = f"database refused it: {row_err.orig}"
                     session.add_all(_quarantine_row(source, q, q.error) for q in bad)
-                    session.add(_quarantine_row(source, pair[0], refused))
+                    session.add(_quarantine_row(source, item.msg, refused))
                     if cursor is not None:
                         await _save_cursor(session, source, cursor, 0, self.clock())
                 one = IngestResult(quarantined=1 + len(bad))
@@ -205,7 +215,7 @@ class Pipeline:
     async def _store(
         self,
         session: AsyncSession,
-        scored: Sequence[tuple[InboundMessage, Score]],
+        scored: Sequence[_Scored],
         bad: Sequence[Quarantined],
         source: str,
         cursor: Cursor | None,
@@ -213,11 +223,11 @@ class Pipeline:
     ) -> None:
         now = self.clock()
         # Under the lock, so no other writer can store the same message in between.
-        existing = await _stored_keys(session, [m for m, _ in scored])
+        existing = await _stored_keys(session, [s.msg for s in scored])
         if existing:
             result.duplicates += len(existing)
-            scored = [(m, sc) for m, sc in scored if (m.channel, m.external_id) not in existing]
-        msgs = [m for m, _ in scored]
+            scored = [s for s in scored if (s.msg.channel, s.msg.external_id) not in existing]
+        msgs = [s.msg for s in scored]
 
         resolver = Resolver(session, now)
         await resolver.load(msgs)
@@ -227,9 +237,9 @@ class Pipeline:
         await threader.load(msgs, known_ids)
 
         planned: list[_Planned] = []
-        for (m, score), ident in zip(scored, idents, strict=True):
+        for (m, score, facts), ident in zip(scored, idents, strict=True):
             try:
-                planned.append(self._plan(now, m, score, ident, threader, source, result))
+                planned.append(self._plan(now, m, score, facts, ident, threader, source, result))
             except Exception as err:  # one message's failure is quarantined, not fatal
                 log.exception("cannot process %s %s", m.channel, m.external_id)
                 bad = [
@@ -264,6 +274,7 @@ class Pipeline:
         now: datetime,
         m: InboundMessage,
         score: Score,
+        facts: int | None,
         ident: IdentityView,
         threader: Threader,
         source: str,
@@ -287,6 +298,7 @@ class Pipeline:
             has_open_ticket=ticket is not None and ticket.status in ("open", "pending"),
             local_time=m.created_at.astimezone(self.tz),
             direct=m.direct,
+            text_facts=facts,
         )
         d = self.rules.evaluate(ctx)
         # Later messages from this customer in the same batch are no longer "new".

