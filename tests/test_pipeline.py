@@ -24,7 +24,9 @@ from socialcrm.models import (
     Ticket,
 )
 from socialcrm.pipeline import Pipeline
-from socialcrm.rules import RuleSet
+from socialcrm.rules import RuleContext, RuleSet
+from socialcrm.sandbox.traffic import TrafficGenerator
+from socialcrm.scoring import ScoringPool
 from socialcrm.sentiment import SentimentScorer
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday, in business hours
@@ -574,9 +576,6 @@ def _intents(ms: Sequence[Message]) -> set[str | None]:
 
 
 def test_text_facts_give_the_same_decisions(config: Config) -> None:
-    from socialcrm.rules import RuleContext
-    from socialcrm.sandbox.traffic import TrafficGenerator
-
     rules = RuleSet.load(config.rule_paths())
     for m in TrafficGenerator(3).messages(600):
         for sentiment in (-0.7, 0.0, 0.8, None):
@@ -607,9 +606,6 @@ def _fields(ctx: Any) -> dict[str, Any]:
 async def test_scoring_process_gives_the_same_result(
     config: Config, store: Store, scorer: SentimentScorer
 ) -> None:
-    from socialcrm.scoring import ScoringPool
-    from socialcrm.sandbox.traffic import TrafficGenerator
-
     messages = list(TrafficGenerator(5).messages(400))
     rules = RuleSet.load(config.rule_paths())
     pool = ScoringPool(config.brand.lexicon, rules)
