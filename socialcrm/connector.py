@@ -7,6 +7,10 @@ errors where they enter and the core decides what to do.
 
 from __future__ import annotations
 
+import email.utils
+import importlib.metadata
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -151,12 +155,87 @@ class FatalError(ConnectorError):
     """The request can never succeed as made (bad query, gone resource)."""
 
 
+class MalformedPayload(ConnectorError):
+    """The platform answered with something that is not what its API documents.
+
+    Raised for a whole response (truncated JSON, a missing envelope); a single bad item in
+    an otherwise good page goes to ``Batch.quarantined`` instead.
+    """
+
+
+#: Rate-limit headers, each a different dialect: seconds to wait, or when the window resets.
+_RESET_HEADERS = (
+    "retry-after",  # seconds or an HTTP date (RFC 9110)
+    "x-rate-limit-reset",  # X API: epoch seconds
+    "x-ratelimit-reset",  # Mastodon: ISO 8601 time; Reddit: seconds until reset
+)
+
+
+def retry_after_s(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """How long the platform asks us to wait, from whichever rate-limit header it sent."""
+    now = time.time() if now is None else now
+    lowered = {k.lower(): v for k, v in headers.items()}
+    for name in _RESET_HEADERS:
+        value = lowered.get(name)
+        if not value:
+            continue
+        value = value.strip()
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is not None:
+            # Epoch seconds are large; a small number is a duration.
+            wait = number - now if number > 1_000_000_000 else number
+            return max(0.0, wait)
+        when = _parse_when(value)
+        if when is not None:
+            return max(0.0, when.timestamp() - now)
+    return None
+
+
+def _parse_when(value: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def error_for_status(status: int, headers: Mapping[str, str], detail: str) -> ConnectorError | None:
+    """Sort an HTTP answer where it enters: None for success, else the error to raise."""
+    if status < 400:
+        return None
+    text = f"HTTP {status}: {detail[:300]}"
+    if status == 429 or status >= 500 or status == 408:
+        return RetryableError(text, retry_after_s(headers))
+    if status in (401, 403):
+        return AuthError(text)
+    return FatalError(text)
+
+
+class ConnectorConfig(BaseModel):
+    """Settings of one connector; secrets are ``SecretStr`` so they never reach a log."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 @runtime_checkable
 class Connector(Protocol):
-    """A channel connector, found by the core through the ``socialcrm.connectors`` entry point."""
+    """A channel connector, found by the core through the ``socialcrm.connectors`` entry point.
+
+    The core builds it as ``cls(config, http)``: ``config`` an instance of ``cls.Config``
+    (validated from the source's settings), ``http`` the aiohttp session the core owns, so
+    tests and the sandbox can point it anywhere. A connector never touches the database,
+    never sleeps and never retries: it sorts errors where they enter and returns.
+    """
 
     name: ClassVar[str]
     channel: ClassVar[Channel]
+    Config: ClassVar[type[ConnectorConfig]]
 
     async def fetch(self, cursor: Cursor | None) -> Batch:
         """Fetch everything new since ``cursor`` and return it with the next cursor."""
@@ -170,3 +249,14 @@ class ReplyingConnector(Connector, Protocol):
     async def send(self, reply: OutboundReply) -> SentReceipt:
         """Send an approved reply and return the platform's id for it."""
         ...
+
+
+ENTRY_POINT_GROUP = "socialcrm.connectors"
+
+
+def discover() -> dict[str, type[Connector]]:
+    """Every installed connector class, by the name used as ``type:`` in the config."""
+    found: dict[str, type[Connector]] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep.load()
+    return found
