@@ -30,6 +30,7 @@ from socialcrm.rules import RuleError, RuleSet, find_rule_tests, run_rule_tests
 from socialcrm.runtime import tune_gc
 from socialcrm.scoring import ScoringPool
 from socialcrm.sentiment import SentimentScorer
+from socialcrm.sources import SourceSetupError
 from socialcrm.yamldoc import YamlError
 
 log = logging.getLogger("socialcrm")
@@ -177,6 +178,27 @@ async def db_upgrade(ctx: click.Context) -> None:
         click.echo(f"database at schema {await store.current_revision()}")
     finally:
         await store.dispose()
+
+
+# -- the daemon -------------------------------------------------------------------------------
+
+
+@main.command("run")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address for HTTP.")
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.pass_context
+@async_command
+async def run_daemon(ctx: click.Context, host: str, port: int) -> None:
+    """Run the monitoring daemon: poll every source, serve /healthz, /metrics and webhooks."""
+    from socialcrm import daemon
+
+    config = _load(ctx)
+    try:
+        await daemon.run(config, host, port)
+    except SourceSetupError as err:
+        raise CliError(f"bad source settings:\n{err}") from err
+    except OSError as err:
+        raise CliError(f"cannot listen on {host}:{port}: {err.strerror}") from err
 
 
 # -- ingestion --------------------------------------------------------------------------------

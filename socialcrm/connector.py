@@ -254,9 +254,14 @@ class ReplyingConnector(Connector, Protocol):
 ENTRY_POINT_GROUP = "socialcrm.connectors"
 
 
-def discover() -> dict[str, type[Connector]]:
-    """Every installed connector class, by the name used as ``type:`` in the config."""
-    found: dict[str, type[Connector]] = {}
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep.load()
-    return found
+def connector_names() -> list[str]:
+    """The names of every installed connector (``type:`` in the config)."""
+    return sorted({ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def load_connector(name: str) -> type[Connector]:
+    """The connector class installed under ``name``; only that plug-in is imported."""
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name):
+        cls: type[Connector] = ep.load()
+        return cls
+    raise LookupError(name)

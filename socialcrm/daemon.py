@@ -1,0 +1,292 @@
+"""The monitoring daemon: a scheduler polling every source, and an HTTP server for health,
+metrics and inbound webhooks. SIGTERM/SIGINT finish the batch in hand and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from socialcrm.config import Config
+from socialcrm.connector import Batch
+from socialcrm.db import Store
+from socialcrm.models import utcnow
+from socialcrm.pipeline import Pipeline
+from socialcrm.rules import RuleSet
+from socialcrm.scoring import ScoringPool
+from socialcrm.sources import Poller, PollOutcome, Source, make_source
+
+log = logging.getLogger(__name__)
+
+#: Longest time a stop waits for polls in flight to finish their batch.
+STOP_GRACE_S = 60.0
+
+
+class Metrics:
+    """The daemon's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.stored = Counter(
+            "socialcrm_messages_stored_total", "Messages stored", ["source"], registry=r
+        )
+        self.duplicates = Counter(
+            "socialcrm_messages_duplicate_total", "Messages seen again", ["source"], registry=r
+        )
+        self.quarantined = Counter(
+            "socialcrm_messages_quarantined_total", "Payloads quarantined", ["source"], registry=r
+        )
+        self.tickets = Counter(
+            "socialcrm_tickets_opened_total", "Tickets opened", ["source"], registry=r
+        )
+        self.drafts = Counter(
+            "socialcrm_drafts_total", "Reply drafts created", ["source"], registry=r
+        )
+        self.poll_errors = Counter(
+            "socialcrm_poll_errors_total", "Failed polls", ["source", "kind"], registry=r
+        )
+        self.poll_seconds = Histogram(
+            "socialcrm_poll_duration_seconds", "Poll duration", ["source"], registry=r
+        )
+        self.up = Gauge(
+            "socialcrm_source_up", "1 when the last poll succeeded", ["source"], registry=r
+        )
+        self.lag = Gauge(
+            "socialcrm_source_lag_seconds",
+            "Seconds since the last successful poll",
+            ["source"],
+            registry=r,
+        )
+        self.webhooks = Counter(
+            "socialcrm_webhook_requests_total",
+            "Inbound webhook requests",
+            ["source", "status"],
+            registry=r,
+        )
+
+    def record(self, src: Source, out: PollOutcome, seconds: float) -> None:
+        """Count one poll's outcome."""
+        name = src.name
+        r = out.result
+        self.stored.labels(name).inc(r.stored)
+        self.duplicates.labels(name).inc(r.duplicates)
+        self.quarantined.labels(name).inc(r.quarantined)
+        self.tickets.labels(name).inc(r.tickets_opened)
+        self.drafts.labels(name).inc(r.drafts)
+        if out.skipped is None:
+            self.poll_seconds.labels(name).observe(seconds)
+        if out.error:
+            self.poll_errors.labels(name, out.error.split(":", 1)[0]).inc()
+            self.up.labels(name).set(0)
+        elif out.skipped is None:
+            self.up.labels(name).set(1)
+
+
+class Daemon:
+    """Wires the store, the pipeline, the sources, the scheduler and the HTTP server."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        rules: RuleSet | None = None,
+        scoring: ScoringPool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.rules = rules or RuleSet.load(config.rule_paths())
+        self.scoring = scoring
+        self.pipeline = Pipeline(config, store, rules=self.rules, scoring=scoring)
+        self.poller = Poller(store, self.pipeline, clock=clock)
+        self.metrics = Metrics()
+        self.poller.on_result = self.metrics.record
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self.runner: web.AppRunner | None = None
+        self.started_at = utcnow()
+        self._stopped = asyncio.Event()
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 8080) -> None:
+        """Build every source, schedule its polls, and serve HTTP."""
+        for i, cfg in enumerate(self.config.sources):
+            if cfg.enabled:
+                self.poller.add(make_source(cfg, i))
+        await self.poller.load_state()
+        count = max(1, len(self.poller.sources))
+        for n, src in enumerate(self.poller.sources.values()):
+            interval = src.config.interval.total_seconds()
+            if interval <= 0:
+                continue
+            # Stagger first polls over one interval so sources do not start in step.
+            first = utcnow() + timedelta(seconds=min(interval, 5.0) * n / count)
+            self.scheduler.add_job(
+                self.poller.poll,
+                IntervalTrigger(
+                    seconds=interval,
+                    jitter=src.config.jitter.total_seconds() or None,
+                    start_date=first,
+                ),
+                args=[src.name],
+                id=f"poll:{src.name}",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(interval)),
+                next_run_time=first,
+            )
+        self.scheduler.start()
+        self.runner = web.AppRunner(self.app(), access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port)
+        await site.start()
+        log.info(
+            "socialcrm daemon listening on http://%s:%d with %d source(s)",
+            host,
+            port,
+            len(self.poller.sources),
+        )
+
+    async def stop(self) -> None:
+        """Stop polling, let polls in flight finish their batch, and close everything."""
+        self.poller.stopping = True
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.poller.idle(), STOP_GRACE_S)
+        if self.runner is not None:
+            await self.runner.cleanup()
+        for src in self.poller.sources.values():
+            close = getattr(src.connector, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+            await src.http.close()
+        self._stopped.set()
+
+    async def run_until_signal(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop cleanly."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+            log.info("stopping: finishing the batch in hand")
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        """The daemon's HTTP application."""
+        app = web.Application(client_max_size=2 * 1024 * 1024)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics_view)
+        app.router.add_post("/hooks/inbound/{source}", self.inbound_webhook)
+        return app
+
+    def health(self) -> dict[str, Any]:
+        """Per-source health: last success, last error, lag, paused, failures."""
+        now = utcnow()
+        sources = {}
+        worst = "ok"
+        for src in self.poller.sources.values():
+            state = "paused" if src.paused else ("failing" if src.failures else "ok")
+            if state != "ok":
+                worst = "degraded"
+            lag = (now - src.last_success).total_seconds() if src.last_success else None
+            if lag is not None:
+                self.metrics.lag.labels(src.name).set(lag)
+            sources[src.name] = {
+                "type": src.config.type,
+                "state": state,
+                "last_success_at": src.last_success.isoformat() if src.last_success else None,
+                "last_error": src.last_error,
+                "consecutive_failures": src.failures,
+                "lag_s": round(lag, 1) if lag is not None else None,
+                "newest_message_at": src.newest.isoformat() if src.newest else None,
+            }
+        return {"status": worst, "started_at": self.started_at.isoformat(), "sources": sources}
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """200 while the daemon runs; the body says which sources are failing or paused."""
+        return web.json_response(self.health())
+
+    async def metrics_view(self, request: web.Request) -> web.Response:
+        """Prometheus text format."""
+        self.health()  # refresh lag gauges
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def inbound_webhook(self, request: web.Request) -> web.Response:
+        """Messages pushed by another system, verified by HMAC before anything is stored."""
+        name = request.match_info["source"]
+        src = self.poller.sources.get(name)
+        accept = getattr(src.connector, "verify", None) if src is not None else None
+        if src is None or accept is None:
+            return _problem(404, f"no webhook source named {name!r}")
+        body = await request.read()
+        try:
+            src.connector.verify(request.headers, body)  # type: ignore[attr-defined]
+        except Exception as err:  # the connector's refusal: never store anything
+            status = getattr(err, "status", 401)
+            self.metrics.webhooks.labels(name, str(status)).inc()
+            return _problem(status, str(err))
+        batch: Batch = src.connector.parse(body)  # type: ignore[attr-defined]
+        result = await self.pipeline.ingest(batch, name, save_cursor=False)
+        self.metrics.webhooks.labels(name, "202").inc()
+        self.metrics.stored.labels(name).inc(result.stored)
+        self.metrics.quarantined.labels(name).inc(result.quarantined)
+        return web.json_response(
+            {
+                "stored": result.stored,
+                "duplicates": result.duplicates,
+                "quarantined": result.quarantined,
+                "errors": [q.error for q in batch.quarantined],
+            },
+            status=202,
+        )
+
+
+def _problem(status: int, detail: str) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps({"status": status, "detail": detail}),
+        content_type="application/json",
+    )
+
+
+async def run(config: Config, host: str, port: int) -> None:
+    """``socialcrm run``: start everything and serve until a signal."""
+    from socialcrm.db import open_store
+    from socialcrm.runtime import tune_gc
+
+    store = await open_store(config.database_url())
+    rules = RuleSet.load(config.rule_paths())
+    scoring = ScoringPool(config.brand.lexicon, rules)
+    daemon = Daemon(config, store, rules=rules, scoring=scoring)
+    try:
+        await daemon.start(host, port)
+        tune_gc()
+        await daemon.run_until_signal()
+    finally:
+        scoring.close()
+        await store.dispose()

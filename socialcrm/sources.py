@@ -1,0 +1,324 @@
+"""Sources: one configured channel account each, polled by the core, which owns time.
+
+The core builds each source's connector (found by entry point) with its own HTTP session,
+polls it one poll at a time, saves its cursor with the batch it came with, backs off with
+jitter when it fails (a rate-limit reset from the platform wins over the computed wait),
+pauses it and raises an alert when its credentials are refused, and keeps its health for
+``/healthz`` and ``/metrics``. It logs once when a source fails and once when it recovers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import sqlalchemy as sa
+from pydantic import ValidationError
+
+from socialcrm import yamldoc
+from socialcrm.config import SourceConfig
+from socialcrm.connector import (
+    AuthError,
+    Batch,
+    Connector,
+    ConnectorError,
+    FatalError,
+    RetryableError,
+    connector_names,
+    load_connector,
+)
+from socialcrm.db import Store
+from socialcrm.models import Alert, SourceState, utcnow
+from socialcrm.pipeline import IngestResult, Pipeline
+
+log = logging.getLogger(__name__)
+
+#: First wait after a failure, and the longest wait of the exponential backoff.
+BACKOFF_BASE_S = 5.0
+BACKOFF_MAX_S = 900.0
+#: Fetches in one poll while the connector says it has more (then the next poll goes on).
+MAX_FETCHES_PER_POLL = 50
+USER_AGENT = "socialcrm/0.1 (+self-hosted social CRM)"
+
+
+class SourceSetupError(ValueError):
+    """A source whose type or settings cannot be used; the message names the config path."""
+
+
+def backoff_s(failures: int, rng: random.Random) -> float:
+    """Exponential backoff with full jitter, so failing sources do not retry in step."""
+    ceiling = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(0, failures - 1))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+@dataclass
+class PollOutcome:
+    """What one poll did."""
+
+    result: IngestResult = field(default_factory=IngestResult)
+    fetches: int = 0
+    error: str | None = None
+    skipped: str | None = None
+
+
+@dataclass
+class Source:
+    """A source at run time: its connector, session, health and backoff."""
+
+    config: SourceConfig
+    connector: Connector
+    http: aiohttp.ClientSession
+    index: int
+    failures: int = 0
+    #: Monotonic time before which no poll is made (backoff, rate limit).
+    not_before: float = 0.0
+    paused: bool = False
+    last_error: str | None = None
+    last_success: datetime | None = None
+    last_poll_s: float = 0.0
+    #: Newest message time seen in the last batch, for lag.
+    newest: datetime | None = None
+    busy: bool = False
+
+    @property
+    def name(self) -> str:
+        """The source's configured name."""
+        return self.config.name
+
+
+def make_source(cfg: SourceConfig, index: int) -> Source:
+    """Build a source: its connector (found by ``cfg.type``) with validated settings and an
+    HTTP session of its own, which the core owns and closes."""
+    try:
+        cls = load_connector(cfg.type)
+    except LookupError:
+        known = ", ".join(connector_names()) or "none installed"
+        raise SourceSetupError(
+            f"sources[{index}].type: unknown connector {cfg.type!r} (known: {known})"
+        ) from None
+    try:
+        settings = cls.Config.model_validate(cfg.settings())
+    except ValidationError as err:
+        problems = [
+            f"{yamldoc.format_loc(('sources', index, *e['loc']))}: {e['msg']}" for e in err.errors()
+        ]
+        raise SourceSetupError("\n".join(problems)) from err
+    # A connector may ask for middlewares on its session (X: send tweepy's requests to a
+    # configured base URL); everything else about the session is the core's.
+    hook = getattr(cls, "session_middlewares", None)
+    http = aiohttp.ClientSession(
+        headers={"User-Agent": USER_AGENT},
+        timeout=aiohttp.ClientTimeout(total=60, sock_connect=10),
+        middlewares=tuple(hook(settings)) if hook is not None else (),
+    )
+    factory: Callable[..., Connector] = cls
+    try:
+        connector = factory(settings, http)
+    except BaseException:
+        # Closing needs a loop turn; the caller is async, so schedule it.
+        _close_later(http)
+        raise
+    return Source(cfg, connector, http, index)
+
+
+def _close_later(http: aiohttp.ClientSession) -> None:
+    asyncio.get_running_loop().create_task(http.close())
+
+
+class Poller:
+    """Polls sources into the pipeline; one poll per source at a time."""
+
+    def __init__(
+        self,
+        store: Store,
+        pipeline: Pipeline,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.sources: dict[str, Source] = {}
+        self.stopping = False
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.on_result: Callable[[Source, PollOutcome, float], None] | None = None
+
+    def add(self, source: Source) -> None:
+        """Register a source to be polled."""
+        self.sources[source.name] = source
+
+    async def load_state(self) -> None:
+        """Take paused flags and health from the store (a restart keeps a paused source paused)."""
+        async with self.store.reader() as s:
+            rows = (await s.execute(sa.select(SourceState))).scalars().all()
+        for row in rows:
+            src = self.sources.get(row.source)
+            if src is not None:
+                src.paused = row.paused
+                src.last_success = row.last_success_at
+                src.last_error = row.last_error
+
+    async def poll(self, name: str) -> PollOutcome:
+        """One poll of one source: fetch until the connector has nothing more, ingest each batch."""
+        src = self.sources[name]
+        out = PollOutcome()
+        if self.stopping:
+            out.skipped = "stopping"
+            return out
+        if src.busy:
+            out.skipped = "a poll is running"
+            return out
+        if src.paused:
+            out.skipped = "paused"
+            return out
+        now = self.clock()
+        if now < src.not_before:
+            out.skipped = f"backing off for {src.not_before - now:.0f}s"
+            return out
+        # Busy from here on, before the first await: a stop now waits for this poll.
+        src.busy = True
+        self._busy += 1
+        self._idle.clear()
+        started = self.clock()
+        try:
+            if await self._muted(name):
+                out.skipped = "muted"
+                return out
+            cursor = await self._cursor(name)
+            while out.fetches < MAX_FETCHES_PER_POLL:
+                batch: Batch = await src.connector.fetch(cursor)
+                out.fetches += 1
+                if batch.messages:
+                    src.newest = max(m.created_at for m in batch.messages)
+                # The cursor is saved in the batch's own transaction.
+                out.result.add(await self.pipeline.ingest(batch, name))
+                cursor = batch.cursor if batch.cursor is not None else cursor
+                if not batch.more or self.stopping:
+                    break
+            await self._succeeded(src)
+        except AuthError as err:
+            out.error = f"auth: {err}"
+            await self._auth_failed(src, err)
+        except RetryableError as err:
+            out.error = f"retryable: {err}"
+            wait = err.retry_after_s
+            await self._failed(src, err, wait)
+        except FatalError as err:
+            out.error = f"fatal: {err}"
+            await self._failed(src, err, None, alert=True)
+        except ConnectorError as err:  # MalformedPayload and friends: try again later
+            out.error = f"{type(err).__name__}: {err}"
+            await self._failed(src, err, None)
+        except (aiohttp.ClientError, TimeoutError) as err:
+            # A connector that let a transport error through: still a passing failure.
+            out.error = f"transport: {err!r}"
+            await self._failed(src, err, None)
+        finally:
+            src.busy = False
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
+            src.last_poll_s = self.clock() - started
+        if self.on_result is not None:
+            self.on_result(src, out, src.last_poll_s)
+        return out
+
+    async def idle(self) -> None:
+        """Return when no poll is running."""
+        await self._idle.wait()
+
+    async def _cursor(self, name: str) -> dict[str, Any] | None:
+        async with self.store.reader() as s:
+            state = await s.get(SourceState, name)
+            return dict(state.cursor) if state is not None and state.cursor is not None else None
+
+    async def _muted(self, name: str) -> bool:
+        async with self.store.reader() as s:
+            state = await s.get(SourceState, name)
+        return bool(state and state.muted_until and state.muted_until > utcnow())
+
+    async def _succeeded(self, src: Source) -> None:
+        if src.failures:
+            log.warning("source %s recovered after %d failed polls", src.name, src.failures)
+        src.failures = 0
+        src.not_before = 0.0
+        src.last_error = None
+        src.last_success = utcnow()
+        await self._save_health(src, "ok")
+
+    async def _failed(
+        self, src: Source, err: BaseException, retry_after: float | None, alert: bool = False
+    ) -> None:
+        src.failures += 1
+        # The platform's own reset time wins over our computed wait.
+        wait = retry_after if retry_after is not None else backoff_s(src.failures, self.rng)
+        src.not_before = self.clock() + wait
+        src.last_error = str(err)[:1000]
+        if src.failures == 1:
+            log.warning("source %s failing: %s (next try in %.0fs)", src.name, err, wait)
+        else:
+            log.debug("source %s still failing (%d): %s", src.name, src.failures, err)
+        await self._save_health(src, "failing")
+        if alert:
+            await self._alert(src, "source_failing", f"Source {src.name} is failing: {err}")
+
+    async def _auth_failed(self, src: Source, err: AuthError) -> None:
+        src.paused = True
+        src.failures += 1
+        src.last_error = str(err)[:1000]
+        log.error("source %s paused: credentials refused (%s)", src.name, err)
+        await self._save_health(src, "paused", paused_reason=f"credentials refused: {err}")
+        await self._alert(
+            src, "source_auth", f"Source {src.name} needs new credentials; it is paused"
+        )
+
+    async def _save_health(
+        self, src: Source, health: str, paused_reason: str | None = None
+    ) -> None:
+        async with self.store.session() as s:
+            state = await s.get(SourceState, src.name, with_for_update=True)
+            if state is None:
+                state = SourceState(source=src.name)
+                s.add(state)
+            state.health = health
+            state.paused = src.paused
+            if paused_reason is not None:
+                state.paused_reason = paused_reason
+            state.consecutive_failures = src.failures
+            if health == "ok":
+                state.last_success_at = src.last_success
+            else:
+                state.last_error = src.last_error
+                state.last_error_at = utcnow()
+            state.updated_at = utcnow()
+
+    async def _alert(self, src: Source, kind: str, title: str) -> None:
+        async with self.store.session() as s:
+            s.add(
+                Alert(
+                    kind=kind,
+                    dedupe_key=f"{kind}:{src.name}",
+                    severity="critical" if kind == "source_auth" else "warning",
+                    title=title[:500],
+                    detail={"source": src.name, "error": src.last_error},
+                )
+            )
+
+    async def resume(self, name: str) -> None:
+        """Unpause a source (after its credentials were fixed)."""
+        src = self.sources[name]
+        src.paused = False
+        src.failures = 0
+        src.not_before = 0.0
+        await self._save_health(src, "ok", paused_reason="")

@@ -1,0 +1,371 @@
+"""The daemon: polling with backoff and pauses, health, metrics and signed webhooks.
+
+Sources here are real connectors talking HTTP to local servers: an RSS feed server whose
+answers the tests control, and the daemon's own webhook endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from connectors.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from socialcrm.config import Config
+from socialcrm.daemon import Daemon
+from socialcrm.db import Store
+from socialcrm.models import Alert, Message, Quarantine, SourceState
+from socialcrm.sources import SourceSetupError, backoff_s, make_source
+
+SECRET = "a-webhook-secret-of-some-length"
+
+
+class FeedServer:
+    """A local feed whose entries, status and headers the test sets."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str, datetime]] = []
+        self.status = 200
+        self.headers: dict[str, str] = {}
+        self.body: bytes | None = None
+        self.hits = 0
+
+    def add(self, n: int, word: str = "Acme") -> None:
+        start = len(self.entries)
+        for i in range(start, start + n):
+            when = datetime(2026, 3, 2, 9, tzinfo=UTC) + timedelta(minutes=i)
+            self.entries.append(
+                (f"https://reviews.example/{i}", f"{word} review {i}: late delivery, awful", when)
+            )
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        if self.status != 200:
+            return web.Response(status=self.status, headers=self.headers, text="nope")
+        if self.body is not None:
+            return web.Response(body=self.body, content_type="application/rss+xml")
+        items = "".join(
+            f"<item><guid>{g}</guid><link>{g}</link><title>Review</title>"
+            f"<description>{t}</description><author>r@example.com (Reviewer {n})</author>"
+            f"<pubDate>{format_datetime(w)}</pubDate></item>"
+            for n, (g, t, w) in enumerate(self.entries)
+        )
+        xml = f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{items}</channel></rss>'
+        return web.Response(text=xml, content_type="application/rss+xml")
+
+
+@pytest.fixture
+async def feed() -> AsyncIterator[tuple[FeedServer, str]]:
+    server = FeedServer()
+    app = web.Application()
+    app.router.add_get("/feed", server.handle)
+    async with TestServer(app, host="127.0.0.1") as ts:
+        yield server, str(ts.make_url("/feed"))
+
+
+class FakeClock:
+    """Monotonic seconds that only move when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def daemon_config(config: Config, sources: list[dict[str, Any]]) -> Config:
+    return config.model_copy(
+        update={"sources": Config.model_validate({"sources": sources}).sources}
+    )
+
+
+@pytest.fixture
+async def daemon(
+    config: Config, store: Store, feed: tuple[FeedServer, str]
+) -> AsyncIterator[Daemon]:
+    _, url = feed
+    cfg = daemon_config(
+        config,
+        [
+            {"name": "reviews", "type": "rss", "url": url, "keywords": ["acme"], "interval": "1h"},
+            {"name": "forms", "type": "webhook", "secret": SECRET, "interval": 0},
+        ],
+    )
+    clock = FakeClock()
+    d = Daemon(cfg, store, clock=clock)
+    d.poller.rng = random.Random(1)
+    for i, src in enumerate(cfg.sources):
+        d.poller.add(make_source(src, i))
+    await d.poller.load_state()
+    d.clock = clock  # type: ignore[attr-defined]
+    try:
+        yield d
+    finally:
+        await d.stop()
+
+
+async def count(store: Store, model: Any, *where: Any) -> int:
+    async with store.reader() as s:
+        return int(
+            (
+                await s.execute(sa.select(sa.func.count()).select_from(model).where(*where))
+            ).scalar_one()
+        )
+
+
+async def state(store: Store, name: str) -> SourceState:
+    async with store.reader() as s:
+        st = await s.get(SourceState, name)
+        assert st is not None
+        return st
+
+
+# -- polling ----------------------------------------------------------------------------------
+
+
+async def test_poll_stores_new_entries_and_resumes(
+    daemon: Daemon, feed: tuple[FeedServer, str], store: Store
+) -> None:
+    server, _ = feed
+    server.add(5)
+    out = await daemon.poller.poll("reviews")
+    assert out.error is None and out.result.stored == 5
+    server.add(3)
+    out = await daemon.poller.poll("reviews")
+    assert out.result.stored == 3 and out.result.duplicates == 0
+    assert await count(store, Message) == 8
+    st = await state(store, "reviews")
+    assert st.health == "ok" and len(st.cursor["seen"]) == 8  # type: ignore[index]
+
+
+async def test_rate_limit_reset_wins_over_backoff(
+    daemon: Daemon, feed: tuple[FeedServer, str], store: Store
+) -> None:
+    server, _ = feed
+    server.add(2)
+    server.status = 429
+    server.headers = {"Retry-After": "120"}
+    out = await daemon.poller.poll("reviews")
+    assert out.error and out.error.startswith("retryable")
+    src = daemon.poller.sources["reviews"]
+    clock: Any = daemon.clock  # type: ignore[attr-defined]
+    assert src.not_before - clock.now == pytest.approx(120)
+    hits = server.hits
+    clock.tick(119)
+    assert (await daemon.poller.poll("reviews")).skipped is not None
+    assert server.hits == hits  # no request while backing off
+    server.status = 200
+    clock.tick(2)
+    out = await daemon.poller.poll("reviews")
+    assert out.error is None and out.result.stored == 2
+    assert (await state(store, "reviews")).health == "ok"
+
+
+async def test_server_errors_back_off_exponentially(
+    daemon: Daemon, feed: tuple[FeedServer, str]
+) -> None:
+    server, _ = feed
+    server.status = 503
+    src = daemon.poller.sources["reviews"]
+    clock: Any = daemon.clock  # type: ignore[attr-defined]
+    waits = []
+    for _ in range(5):
+        await daemon.poller.poll("reviews")
+        waits.append(src.not_before - clock.now)
+        clock.tick(waits[-1] + 0.01)
+    assert src.failures == 5
+    assert waits[-1] > waits[0] * 4  # doubles, with jitter
+
+
+def test_backoff_has_jitter_and_a_ceiling() -> None:
+    rng = random.Random(3)
+    first = {round(backoff_s(1, rng), 3) for _ in range(20)}
+    assert len(first) > 10 and all(2.5 <= w <= 5 for w in first)
+    assert all(backoff_s(30, rng) <= 900 for _ in range(20))
+
+
+async def test_auth_failure_pauses_and_alerts_once(
+    daemon: Daemon, feed: tuple[FeedServer, str], store: Store
+) -> None:
+    server, _ = feed
+    server.status = 401
+    out = await daemon.poller.poll("reviews")
+    assert out.error and out.error.startswith("auth")
+    assert (await daemon.poller.poll("reviews")).skipped == "paused"
+    st = await state(store, "reviews")
+    assert st.paused and st.health == "paused"
+    async with store.reader() as s:
+        alerts = (await s.execute(sa.select(Alert))).scalars().all()
+    assert [(a.kind, a.dedupe_key) for a in alerts] == [("source_auth", "source_auth:reviews")]
+    # The pause survives a restart of the poller.
+    daemon.poller.sources["reviews"].paused = False
+    await daemon.poller.load_state()
+    assert daemon.poller.sources["reviews"].paused
+    await daemon.poller.resume("reviews")
+    server.status = 200
+    server.add(1)
+    assert (await daemon.poller.poll("reviews")).result.stored == 1
+
+
+async def test_malformed_feed_is_a_failed_poll_not_a_crash(
+    daemon: Daemon, feed: tuple[FeedServer, str]
+) -> None:
+    server, _ = feed
+    server.body = b"<html><body>Service Unavailable</body></html>"
+    out = await daemon.poller.poll("reviews")
+    assert out.error is not None
+    server.body = None
+    server.add(2)
+    daemon.poller.sources["reviews"].not_before = 0
+    assert (await daemon.poller.poll("reviews")).result.stored == 2
+
+
+async def test_unknown_connector_and_bad_settings_name_the_path(
+    config: Config, store: Store
+) -> None:
+    cfg = daemon_config(config, [{"name": "a", "type": "carrier-pigeon"}])
+    with pytest.raises(
+        SourceSetupError, match=r"sources\[0\].type: unknown connector 'carrier-pigeon'"
+    ):
+        make_source(cfg.sources[0], 0)
+    cfg = daemon_config(config, [{"name": "a", "type": "rss"}])
+    with pytest.raises(SourceSetupError, match=r"sources\[0\].url: Field required"):
+        make_source(cfg.sources[0], 0)
+
+
+# -- HTTP: health, metrics, webhooks --------------------------------------------------------
+
+
+@pytest.fixture
+async def client(daemon: Daemon) -> AsyncIterator[TestClient[Any, Any]]:
+    async with TestClient(TestServer(daemon.app(), host="127.0.0.1")) as c:
+        yield c
+
+
+async def test_healthz_and_metrics(
+    daemon: Daemon, client: TestClient[Any, Any], feed: tuple[FeedServer, str]
+) -> None:
+    server, _ = feed
+    server.add(3)
+    await daemon.poller.poll("reviews")
+    health = await (await client.get("/healthz")).json()
+    assert health["status"] == "ok"
+    assert health["sources"]["reviews"]["state"] == "ok"
+    assert health["sources"]["reviews"]["lag_s"] is not None
+    server.status = 500
+    daemon.poller.sources["reviews"].not_before = 0
+    await daemon.poller.poll("reviews")
+    health = await (await client.get("/healthz")).json()
+    assert health["status"] == "degraded" and health["sources"]["reviews"]["state"] == "failing"
+    text = await (await client.get("/metrics")).text()
+    assert 'socialcrm_messages_stored_total{source="reviews"} 3.0' in text
+    assert 'socialcrm_poll_errors_total{kind="retryable",source="reviews"} 1.0' in text
+    assert "socialcrm_source_up" in text
+
+
+def signed(body: bytes, ts: float | None = None, secret: str = SECRET) -> dict[str, str]:
+    stamp = str(int(ts if ts is not None else time.time()))
+    return {
+        TIMESTAMP_HEADER: stamp,
+        SIGNATURE_HEADER: sign(secret, stamp, body),
+        "Content-Type": "application/json",
+    }
+
+
+def form(i: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": f"form-{i}",
+        "text": f"My order {i} never arrived, terrible",
+        "author": {"email": f"c{i}@example.com"},
+        **extra,
+    }
+
+
+async def test_signed_webhook_is_stored(client: TestClient[Any, Any], store: Store) -> None:
+    body = json.dumps([form(1), form(2)]).encode()
+    resp = await client.post("/hooks/inbound/forms", data=body, headers=signed(body))
+    assert resp.status == 202
+    assert (await resp.json())["stored"] == 2
+    assert await count(store, Message, Message.channel == "webhook") == 2
+
+
+@pytest.mark.parametrize(
+    ("mangle", "status", "detail"),
+    [
+        (lambda b, h: (b, {**h, SIGNATURE_HEADER: "sha256=" + "0" * 64}), 401, "bad signature"),
+        (lambda b, h: (b + b" ", h), 401, "bad signature"),
+        (lambda b, h: (b, signed(b, time.time() - 600)), 401, "replay window"),
+        (lambda b, h: (b, {k: v for k, v in h.items() if k != SIGNATURE_HEADER}), 401, "missing"),
+        (lambda b, h: (b, signed(b, secret="another-secret-entirely")), 401, "bad signature"),
+        (lambda b, h: (b, {**h, TIMESTAMP_HEADER: "soon"}), 401, "bad timestamp"),
+    ],
+)
+async def test_forged_webhooks_change_nothing(
+    client: TestClient[Any, Any], store: Store, mangle: Any, status: int, detail: str
+) -> None:
+    body = json.dumps(form(9)).encode()
+    data, headers = mangle(body, signed(body))
+    resp = await client.post("/hooks/inbound/forms", data=data, headers=headers)
+    assert resp.status == status
+    assert detail in (await resp.json())["detail"]
+    assert await count(store, Message) == 0 and await count(store, Quarantine) == 0
+
+
+async def test_replayed_webhook_is_refused(client: TestClient[Any, Any], store: Store) -> None:
+    body = json.dumps(form(3)).encode()
+    headers = signed(body)
+    assert (await client.post("/hooks/inbound/forms", data=body, headers=headers)).status == 202
+    again = await client.post("/hooks/inbound/forms", data=body, headers=headers)
+    assert again.status == 401 and "replay" in (await again.json())["detail"]
+    assert await count(store, Message) == 1
+
+
+async def test_malformed_webhook_payloads_are_quarantined(
+    client: TestClient[Any, Any], store: Store
+) -> None:
+    body = b'{"id": "x", "text": '
+    resp = await client.post("/hooks/inbound/forms", data=body, headers=signed(body))
+    assert resp.status == 202 and (await resp.json())["quarantined"] == 1
+    mixed = json.dumps([form(1), {"id": "no-text"}, "not an object", form(2)]).encode()
+    resp = await client.post("/hooks/inbound/forms", data=mixed, headers=signed(mixed))
+    answer = await resp.json()
+    assert answer["stored"] == 2 and answer["quarantined"] == 2
+    assert any("text" in e for e in answer["errors"])
+    async with store.reader() as s:
+        raws = [q.raw for q in (await s.execute(sa.select(Quarantine))).scalars()]
+    assert '{"id": "x", "text": ' in raws
+
+
+async def test_unknown_webhook_source_is_404(client: TestClient[Any, Any]) -> None:
+    body = b"{}"
+    resp = await client.post("/hooks/inbound/nope", data=body, headers=signed(body))
+    assert resp.status == 404
+    resp = await client.post("/hooks/inbound/reviews", data=body, headers=signed(body))
+    assert resp.status == 404  # a polled source takes no pushes
+
+
+async def test_stop_waits_for_the_poll_in_hand(
+    daemon: Daemon, feed: tuple[FeedServer, str], store: Store
+) -> None:
+    import asyncio
+
+    server, _ = feed
+    server.add(50)
+    poll = asyncio.create_task(daemon.poller.poll("reviews"))
+    await asyncio.sleep(0)
+    await daemon.stop()
+    out = await poll
+    assert out.error is None
+    assert await count(store, Message) == out.result.stored == 50
