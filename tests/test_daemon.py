@@ -59,7 +59,10 @@ class FeedServer:
             f"<pubDate>{format_datetime(w)}</pubDate></item>"
             for n, (g, t, w) in enumerate(self.entries)
         )
-        xml = f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{items}</channel></rss>'
+        xml = (
+            '<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
+            f"{items}</channel></rss>"
+        )
         return web.Response(text=xml, content_type="application/rss+xml")
 
 
