@@ -140,11 +140,19 @@ class ConnectorError(Exception):
 
 
 class RetryableError(ConnectorError):
-    """A passing failure (429, 5xx, timeout): try again after ``retry_after_s`` if given."""
+    """A passing failure (429, 5xx, timeout): try again after ``retry_after_s`` if given.
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    ``not_sent`` is True only when the request surely did not take effect (a rate-limit
+    refusal, a connection that never opened). A reply is only sent again in that case: after
+    a timeout or a 5xx nobody knows whether the platform posted it.
+    """
+
+    def __init__(
+        self, message: str, retry_after_s: float | None = None, *, not_sent: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.not_sent = not_sent
 
 
 class AuthError(ConnectorError):
@@ -210,7 +218,9 @@ def error_for_status(status: int, headers: Mapping[str, str], detail: str) -> Co
     if status < 400:
         return None
     text = f"HTTP {status}: {detail[:300]}"
-    if status == 429 or status >= 500 or status == 408:
+    if status == 429:
+        return RetryableError(text, retry_after_s(headers), not_sent=True)
+    if status >= 500 or status == 408:
         return RetryableError(text, retry_after_s(headers))
     if status in (401, 403):
         return AuthError(text)

@@ -27,6 +27,7 @@ from socialcrm.models import utcnow
 from socialcrm.pipeline import Pipeline
 from socialcrm.rules import RuleSet
 from socialcrm.scoring import ScoringPool
+from socialcrm.sender import Sender
 from socialcrm.sources import Poller, PollOutcome, Source, make_source
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class Daemon:
         self.poller = Poller(store, self.pipeline, clock=clock)
         self.metrics = Metrics()
         self.poller.on_result = self.metrics.record
+        self.sender = Sender(store, {})
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self.runner: web.AppRunner | None = None
         self.started_at = utcnow()
@@ -129,6 +131,8 @@ class Daemon:
             if cfg.enabled:
                 self.poller.add(make_source(cfg, i))
         await self.poller.load_state()
+        self.sender.connectors = {n: s.connector for n, s in self.poller.sources.items()}
+        self.sender.start()
         count = max(1, len(self.poller.sources))
         for n, src in enumerate(self.poller.sources.values()):
             interval = src.config.interval.total_seconds()
@@ -167,6 +171,7 @@ class Daemon:
         self.poller.stopping = True
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        await self.sender.stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.poller.idle(), STOP_GRACE_S)
         if self.runner is not None:

@@ -217,6 +217,13 @@ class Reply(SQLModel, table=True):
     external_id: str | None = Field(default=None, max_length=998)
     attempts: int = 0
     last_error: str | None = None
+    #: An approved reply that hit a rate limit waits until then before the next try.
+    next_attempt_at: datetime | None = _ts()
+    #: Where its approval card lives in chat (e.g. Slack channel id and message ts).
+    chat_channel: str | None = Field(default=None, max_length=64)
+    chat_ts: str | None = Field(default=None, max_length=64)
+    #: The reply state the card last showed; the card is updated when this differs.
+    chat_shown: str | None = Field(default=None, max_length=32)
 
 
 class Alert(SQLModel, table=True):

@@ -1,0 +1,336 @@
+"""Sending approved replies through the channel they answer: at most once, never blindly again.
+
+A reply is claimed by moving it from ``approved`` to ``sending`` in its own committed
+transaction *before* the platform is called. If the process dies between that and the
+platform's answer, the reply stays ``sending``; on the next start (or after a grace period)
+it becomes ``needs_check`` for a person to look at, and is never sent again by itself.
+A rate-limit refusal (the platform surely did not post it) is retried with backoff; a
+refused credential or a permanent error marks the reply ``failed`` and alerts a person.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from socialcrm.connector import (
+    AuthError,
+    ConnectorError,
+    OutboundReply,
+    ReplyingConnector,
+    RetryableError,
+)
+from socialcrm.db import Store
+from socialcrm.models import Alert, AuditEvent, Identity, Message, Reply, Ticket, utcnow
+from socialcrm.tickets import ticket_tag
+
+log = logging.getLogger(__name__)
+
+#: A reply still ``sending`` this long after it was claimed is flagged for a person.
+SENDING_GRACE = timedelta(minutes=2)
+#: Rate-limited tries before a reply is marked failed.
+MAX_ATTEMPTS = 8
+#: How often the sender looks for approvals made by other processes.
+TICK_S = 1.0
+
+
+class Sender:
+    """Sends approved replies with the connector of the source each one came from."""
+
+    def __init__(
+        self,
+        store: Store,
+        connectors: Mapping[str, Any],
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.connectors = dict(connectors)
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        #: Called with each reply whose state changed here (to update its chat card).
+        self.on_change: Callable[[int], None] | None = None
+
+    def wake(self) -> None:
+        """Something was approved: look now rather than at the next tick."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Run the send loop in the background."""
+        self._task = asyncio.create_task(self._loop(), name="socialcrm-sender")
+
+    async def stop(self) -> None:
+        """Stop the loop after the send in hand."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        await self.flag_interrupted()
+        while True:
+            try:
+                await self.send_due()
+                await self.flag_interrupted()
+            except Exception:  # the loop must outlive one bad round; it logs and goes on
+                log.exception("sender round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK_S)
+            self._wake.clear()
+
+    async def flag_interrupted(self) -> int:
+        """Replies left ``sending`` by a process that died: a person must check them."""
+        cutoff = self.clock() - SENDING_GRACE
+        async with self.store.session() as s:
+            stuck = (
+                (
+                    await s.execute(
+                        sa.select(Reply).where(
+                            Reply.status == "sending", Reply.sending_started_at < cutoff
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for r in stuck:
+                r.status = "needs_check"
+                r.last_error = (
+                    "the process stopped while this reply was being sent: check on the "
+                    "platform whether it was posted; it will not be sent again by itself"
+                )
+                s.add(_audit(r, "reply.needs_check", {}))
+                s.add(
+                    Alert(
+                        kind="reply_needs_check",
+                        dedupe_key=f"reply_needs_check:{r.id}",
+                        severity="warning",
+                        title=f"Reply #{r.id} may or may not have been sent: check it",
+                        detail={"reply_id": r.id, "channel": r.channel},
+                        ticket_id=r.ticket_id,
+                    )
+                )
+        for r in stuck:
+            self._changed(r.id)
+        return len(stuck)
+
+    async def send_due(self) -> int:
+        """Send every approved reply whose time has come; returns how many were sent."""
+        now = self.clock()
+        async with self.store.reader() as s:
+            ids = list(
+                (
+                    await s.execute(
+                        sa.select(Reply.id)
+                        .where(
+                            Reply.status == "approved",
+                            sa.or_(Reply.next_attempt_at.is_(None), Reply.next_attempt_at <= now),  # type: ignore[union-attr]
+                        )
+                        .order_by(Reply.decided_at)  # type: ignore[arg-type]
+                        .limit(100)
+                    )
+                ).scalars()
+            )
+        sent = 0
+        for rid in ids:
+            if await self.send_one(rid):
+                sent += 1
+        return sent
+
+    async def send_one(self, reply_id: int) -> bool:
+        """Claim, send and record one approved reply. True if it went out."""
+        claimed = await self._claim(reply_id)
+        if claimed is None:
+            return False
+        reply, outbound = claimed
+        connector = self.connectors.get(reply.source)
+        if connector is None or not isinstance(connector, ReplyingConnector):
+            await self._finish_failed(
+                reply,
+                f"no connector that can send replies is configured for source {reply.source!r}",
+            )
+            return False
+        try:
+            receipt = await connector.send(outbound)
+        except RetryableError as err:
+            if err.not_sent and reply.attempts < MAX_ATTEMPTS:
+                await self._retry_later(reply, err)
+            elif err.not_sent:
+                await self._finish_failed(reply, f"gave up after {reply.attempts} tries: {err}")
+            else:
+                await self._needs_check(reply, f"the platform's answer was lost: {err}")
+            return False
+        except AuthError as err:
+            await self._finish_failed(reply, f"credentials refused: {err}")
+            return False
+        except ConnectorError as err:
+            await self._finish_failed(reply, str(err))
+            return False
+        except Exception as err:  # unknown: it may have been posted, so a person decides
+            log.exception("sending reply %s failed unexpectedly", reply.id)
+            await self._needs_check(reply, f"unexpected error while sending: {err!r}")
+            return False
+        await self._record_sent(reply, outbound, receipt.external_id, receipt.url)
+        return True
+
+    async def _claim(self, reply_id: int) -> tuple[Reply, OutboundReply] | None:
+        now = self.clock()
+        async with self.store.session() as s:
+            # Only one process wins the claim, even with several daemons on one database.
+            res = await s.execute(
+                sa.update(Reply)
+                .where(Reply.id == reply_id, Reply.status == "approved")  # type: ignore[arg-type]
+                .values(status="sending", sending_started_at=now, attempts=Reply.attempts + 1)
+            )
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            reply = await s.get(Reply, reply_id)
+            assert reply is not None
+            msg = await s.get(Message, reply.message_id)
+            assert msg is not None
+            ticket = await s.get(Ticket, reply.ticket_id) if reply.ticket_id else None
+            ident = await s.get(Identity, msg.identity_id) if msg.identity_id else None
+            outbound = _outbound(reply, msg, ticket, ident)
+        self._changed(reply_id)
+        return reply, outbound
+
+    async def _record_sent(
+        self, reply: Reply, outbound: OutboundReply, external_id: str, url: str | None
+    ) -> None:
+        now = self.clock()
+        async with self.store.session() as s:
+            r = await s.get(Reply, reply.id, with_for_update=True)
+            assert r is not None
+            r.status = "sent"
+            r.sent_at = now
+            r.external_id = external_id
+            r.last_error = None
+            s.add(
+                Message(
+                    channel=r.channel,
+                    source=r.source,
+                    external_id=external_id,
+                    direction="outbound",
+                    customer_id=r.customer_id,
+                    ticket_id=r.ticket_id,
+                    author_handle=None,
+                    text=outbound.text,
+                    subject=outbound.subject,
+                    in_reply_to=outbound.in_reply_to,
+                    references=outbound.references,
+                    url=url,
+                    created_at=now,
+                    received_at=now,
+                    raw={"reply_id": r.id},
+                )
+            )
+            if r.ticket_id is not None:
+                t = await s.get(Ticket, r.ticket_id, with_for_update=True)
+                if t is not None:
+                    if t.first_response_at is None:
+                        t.first_response_at = now
+                    if t.status == "open":
+                        t.status = "pending"
+                    t.updated_at = now
+            s.add(_audit(r, "reply.sent", {"external_id": external_id}))
+        self._changed(reply.id)
+
+    async def _retry_later(self, reply: Reply, err: RetryableError) -> None:
+        wait = err.retry_after_s
+        if wait is None:
+            wait = self.rng.uniform(0.5, 1.0) * min(600.0, 5.0 * 2 ** (reply.attempts - 1))
+        async with self.store.session() as s:
+            r = await s.get(Reply, reply.id, with_for_update=True)
+            assert r is not None
+            r.status = "approved"
+            r.next_attempt_at = self.clock() + timedelta(seconds=wait)
+            r.last_error = f"rate limited, next try in {wait:.0f}s: {err}"
+        self._changed(reply.id)
+
+    async def _needs_check(self, reply: Reply, why: str) -> None:
+        async with self.store.session() as s:
+            r = await s.get(Reply, reply.id, with_for_update=True)
+            assert r is not None
+            r.status = "needs_check"
+            r.last_error = why[:2000]
+            s.add(_audit(r, "reply.needs_check", {"error": why[:500]}))
+            s.add(
+                Alert(
+                    kind="reply_needs_check",
+                    dedupe_key=f"reply_needs_check:{r.id}",
+                    title=f"Reply #{r.id} may or may not have been sent: check it",
+                    detail={"reply_id": r.id, "error": why[:500], "approved_by": r.decided_by},
+                    ticket_id=r.ticket_id,
+                )
+            )
+        self._changed(reply.id)
+
+    async def _finish_failed(self, reply: Reply, why: str) -> None:
+        async with self.store.session() as s:
+            r = await s.get(Reply, reply.id, with_for_update=True)
+            assert r is not None
+            r.status = "failed"
+            r.last_error = why[:2000]
+            s.add(_audit(r, "reply.failed", {"error": why[:500]}))
+            s.add(
+                Alert(
+                    kind="reply_failed",
+                    dedupe_key=f"reply_failed:{r.id}",
+                    severity="warning",
+                    title=f"Reply #{r.id} could not be sent",
+                    detail={"reply_id": r.id, "error": why[:500], "approved_by": r.decided_by},
+                    ticket_id=r.ticket_id,
+                )
+            )
+        log.warning("reply %s failed: %s", reply.id, why)
+        self._changed(reply.id)
+
+    def _changed(self, reply_id: int | None) -> None:
+        if self.on_change is not None and reply_id is not None:
+            self.on_change(reply_id)
+
+
+def _outbound(
+    reply: Reply, msg: Message, ticket: Ticket | None, ident: Identity | None
+) -> OutboundReply:
+    assert reply.id is not None
+    subject = None
+    if reply.channel == "email":
+        base = (msg.subject or (ticket.subject if ticket else "") or "").strip()
+        if not base.lower().startswith("re:"):
+            base = f"Re: {base}" if base else "Re: your message"
+        tag = ticket_tag(ticket.id) if ticket is not None and ticket.id is not None else ""
+        subject = base if (not tag or tag in base) else f"{base} {tag}"
+    return OutboundReply(
+        reply_id=reply.id,
+        channel=reply.channel,  # type: ignore[arg-type]
+        text=reply.final_text or reply.draft_text,
+        in_reply_to=msg.external_id,
+        to_handle=ident.handle if ident is not None else None,
+        to_email=ident.email if ident is not None else None,
+        subject=subject,
+        references=[*msg.references, msg.external_id] if reply.channel == "email" else [],
+        ticket_id=reply.ticket_id,
+    )
+
+
+def _audit(r: Reply, action: str, detail: dict[str, Any]) -> AuditEvent:
+    return AuditEvent(
+        actor="socialcrm",
+        via="system",
+        action=action,
+        object_type="reply",
+        object_id=str(r.id),
+        detail=detail,
+    )

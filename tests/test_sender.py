@@ -1,0 +1,242 @@
+"""Sending approved replies: once, through the source's connector, and never blindly again.
+
+The platform here is a real HTTP server (the webhook source's reply callback) whose answers
+the tests set; one test kills a real process in the middle of a send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from socialcrm import responder
+from socialcrm.config import Config
+from socialcrm.connector import Author, Batch, InboundMessage
+from socialcrm.db import Store
+from socialcrm.models import Alert, Message, Reply, Ticket, utcnow
+from socialcrm.pipeline import Pipeline
+from socialcrm.sender import SENDING_GRACE, Sender
+from socialcrm.sources import make_source
+
+SECRET = "a-webhook-secret-of-some-length"
+
+
+class Platform:
+    """Records every reply POSTed to it; answers as told."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.answers: list[tuple[int, dict[str, str]]] = []
+        self.hang = False
+        self.got_one = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append(json.loads(await request.read()))
+        self.got_one.set()
+        if self.hang:
+            await asyncio.sleep(3600)
+        status, headers = self.answers.pop(0) if self.answers else (200, {})
+        body = {"id": f"posted-{len(self.received)}"} if status == 200 else {"error": "no"}
+        return web.json_response(body, status=status, headers=headers)
+
+
+@pytest.fixture
+async def platform() -> AsyncIterator[tuple[Platform, str]]:
+    p = Platform()
+    app = web.Application()
+    app.router.add_post("/replies", p.handle)
+    async with TestServer(app, host="127.0.0.1") as ts:
+        yield p, str(ts.make_url("/replies"))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> Any:
+        return self.now
+
+
+@pytest.fixture
+async def setup(
+    config: Config, store: Store, pipeline: Pipeline, platform: tuple[Platform, str]
+) -> AsyncIterator[tuple[Sender, Clock]]:
+    _, url = platform
+    cfg = Config.model_validate(
+        {"sources": [{"name": "forms", "type": "webhook", "secret": SECRET, "reply_url": url}]}
+    )
+    src = make_source(cfg.sources[0], 0)
+    msg = InboundMessage(
+        channel="webhook",
+        external_id="form-1",
+        text="My order never arrived and it is two weeks late, terrible",
+        author=Author(email="cora@example.com", name="Cora"),
+    )
+    await pipeline.ingest(Batch(messages=[msg]), "forms")
+    clock = Clock()
+    sender = Sender(store, {"forms": src.connector}, clock=clock)
+    try:
+        yield sender, clock
+    finally:
+        await src.http.close()
+
+
+async def reply(store: Store, rid: int = 1) -> Reply:
+    async with store.reader() as s:
+        r = await s.get(Reply, rid)
+        assert r is not None
+        return r
+
+
+async def approve(store: Store, rid: int = 1) -> None:
+    async with store.session() as s:
+        await responder.approve(s, rid, "dana", "slack")
+
+
+async def test_approved_reply_is_sent_once_and_stamps_the_ticket(
+    setup: tuple[Sender, Clock], store: Store, platform: tuple[Platform, str]
+) -> None:
+    sender, _ = setup
+    server, _ = platform
+    assert await sender.send_due() == 0  # a draft is not sent
+    await approve(store)
+    assert await sender.send_due() == 1
+    assert await sender.send_due() == 0
+    assert len(server.received) == 1
+    assert server.received[0]["in_reply_to"] == "form-1"
+    assert server.received[0]["to_email"] == "cora@example.com"
+    r = await reply(store)
+    assert r.status == "sent" and r.external_id == "posted-1" and r.sent_at is not None
+    async with store.reader() as s:
+        t = (await s.execute(sa.select(Ticket))).scalar_one()
+        out = (
+            await s.execute(sa.select(Message).where(Message.direction == "outbound"))
+        ).scalar_one()
+    assert t.first_response_at is not None and t.status == "pending"
+    assert out.external_id == "posted-1" and out.ticket_id == t.id
+
+
+async def test_rate_limit_is_retried_after_the_reset(
+    setup: tuple[Sender, Clock], store: Store, platform: tuple[Platform, str]
+) -> None:
+    sender, clock = setup
+    server, _ = platform
+    server.answers = [(429, {"Retry-After": "30"})]
+    await approve(store)
+    assert await sender.send_due() == 0
+    r = await reply(store)
+    assert r.status == "approved" and r.next_attempt_at is not None
+    assert await sender.send_due() == 0  # not before the reset
+    clock.now += timedelta(seconds=31)
+    assert await sender.send_due() == 1
+    assert len(server.received) == 2 and (await reply(store)).status == "sent"
+
+
+@pytest.mark.parametrize(
+    ("status", "final", "alert"),
+    [
+        (500, "needs_check", "reply_needs_check"),
+        (401, "failed", "reply_failed"),
+        (404, "failed", "reply_failed"),
+    ],
+)
+async def test_failures_are_never_resent_blindly(
+    setup: tuple[Sender, Clock],
+    store: Store,
+    platform: tuple[Platform, str],
+    status: int,
+    final: str,
+    alert: str,
+) -> None:
+    sender, clock = setup
+    server, _ = platform
+    server.answers = [(status, {})]
+    await approve(store)
+    await sender.send_due()
+    clock.now += timedelta(hours=1)
+    await sender.send_due()
+    await sender.flag_interrupted()
+    assert len(server.received) == 1
+    r = await reply(store)
+    assert r.status == final and r.last_error
+    async with store.reader() as s:
+        kinds = [a.kind for a in (await s.execute(sa.select(Alert))).scalars()]
+    assert kinds == [alert]
+
+
+async def test_a_reply_from_an_unsendable_source_fails_with_a_reason(
+    store: Store, pipeline: Pipeline
+) -> None:
+    msg = InboundMessage(
+        channel="x",
+        external_id="9",
+        text="@acme my order is late, awful",
+        author=Author(user_id="1", handle="jo"),
+    )
+    await pipeline.ingest(Batch(messages=[msg]), "file:old.jsonl")
+    await approve(store)
+    sender = Sender(store, {})
+    await sender.send_due()
+    r = await reply(store)
+    assert r.status == "failed" and "no connector" in (r.last_error or "")
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from socialcrm.config import Config
+    from socialcrm.db import Store
+    from socialcrm.sender import Sender
+    from socialcrm.sources import make_source
+
+    async def main(url, reply_url):
+        store = Store(url)
+        cfg = Config.model_validate({"sources": [{"name": "forms", "type": "webhook",
+            "secret": "a-webhook-secret-of-some-length", "reply_url": reply_url}]})
+        src = make_source(cfg.sources[0], 0)
+        await Sender(store, {"forms": src.connector}).send_one(1)
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+)
+
+
+async def test_killed_mid_send_is_flagged_and_never_sent_twice(
+    setup: tuple[Sender, Clock], store: Store, platform: tuple[Platform, str], tmp_path: Path
+) -> None:
+    sender, clock = setup
+    server, url = platform
+    server.hang = True  # the platform never answers: the child is between "sending" and the answer
+    await approve(store)
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    child = await asyncio.create_subprocess_exec(sys.executable, str(script), store.url, url)
+    try:
+        await asyncio.wait_for(server.got_one.wait(), 60)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+    assert (await reply(store)).status == "sending"
+    server.hang = False
+    assert await sender.send_due() == 0  # not approved any more: nothing to send
+    clock.now = utcnow()
+    assert await sender.flag_interrupted() == 0  # within the grace period: maybe still in flight
+    clock.now = utcnow() + SENDING_GRACE + timedelta(seconds=1)
+    assert await sender.flag_interrupted() == 1
+    r = await reply(store)
+    assert r.status == "needs_check" and "check on the platform" in (r.last_error or "")
+    clock.now += timedelta(days=1)
+    await sender.send_due()
+    assert len(server.received) == 1  # the one the child sent, never a second
