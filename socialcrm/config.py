@@ -18,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -173,6 +174,25 @@ class StaffMember(_Section):
     mattermost_id: str | None = None
 
 
+class SlackConfig(_Section):
+    """Slack: slash commands, buttons and approval cards."""
+
+    signing_secret: SecretStr
+    bot_token: SecretStr
+    #: Channel where approval cards are posted (an id like C0123456789).
+    channel: str
+    #: The Web API's base URL; the sandbox's Slack stand-in in tests and the demo.
+    api_base: str = "https://slack.com/api/"
+    #: Requests signed longer ago than this are refused.
+    max_age_s: float = 300.0
+
+
+class MattermostConfig(_Section):
+    """Mattermost: slash commands, authenticated by the command's token."""
+
+    token: SecretStr
+
+
 class Config(_Section):
     """The whole configuration file."""
 
@@ -186,6 +206,8 @@ class Config(_Section):
     responder: ResponderConfig = ResponderConfig()
     sources: list[SourceConfig] = Field(default_factory=list)
     staff: list[StaffMember] = Field(default_factory=list)
+    slack: SlackConfig | None = None
+    mattermost: MattermostConfig | None = None
     #: Folder the config file lives in; relative paths are resolved against it.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
@@ -202,6 +224,15 @@ class Config(_Section):
                 '"postgresql://user@host/db"'
             )
         return v
+
+    def staff_by_chat_id(
+        self, platform: Literal["slack", "mattermost"], user_id: str
+    ) -> StaffMember | None:
+        """The staff member with this Slack or Mattermost user id, if any."""
+        for member in self.staff:
+            if (member.slack_id if platform == "slack" else member.mattermost_id) == user_id:
+                return member
+        return None
 
     @model_validator(mode="after")
     def _unique_sources(self) -> Config:
