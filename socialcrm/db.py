@@ -15,6 +15,8 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
@@ -164,6 +166,12 @@ class Store:
         except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as err:
             raise StoreError(f"cannot open the database {self.safe_url()}: {_short(err)}") from err
 
+    async def downgrade(self, revision: str) -> None:
+        """Take the schema back to ``revision`` ("base" drops every table)."""
+        async with self.engine.begin() as conn:
+            await self._lock_upgrade(conn)
+            await conn.run_sync(_run_downgrade, revision)
+
     async def ensure_schema(self) -> None:
         """Upgrade the database if it is behind the code; refuse one that is ahead of it."""
         head = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -174,7 +182,7 @@ class Store:
         if current == head:
             return
         script = ScriptDirectory.from_config(alembic_config())
-        if current is not None and script.get_revision(current) is None:
+        if current is not None and not _known_revision(script, current):
             raise StoreError(
                 f"the database is at schema {current}, which this version of socialcrm "
                 "does not know (is a newer version running against it?)"
@@ -233,10 +241,23 @@ def _column_default(column: sa.Column[Any]) -> Any:
     return default.arg  # type: ignore[attr-defined]
 
 
+def _known_revision(script: ScriptDirectory, revision: str) -> bool:
+    try:
+        return script.get_revision(revision) is not None
+    except (RevisionError, CommandError):
+        return False
+
+
 def _run_upgrade(conn: sa.Connection, revision: str) -> None:
     cfg = alembic_config()
     cfg.attributes["connection"] = conn
     command.upgrade(cfg, revision)
+
+
+def _run_downgrade(conn: sa.Connection, revision: str) -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = conn
+    command.downgrade(cfg, revision)
 
 
 def _short(err: BaseException) -> str:
