@@ -50,6 +50,8 @@ def parse_duration(value: Any) -> timedelta:
         if value < 0:
             raise ValueError('expected a duration like "60s" (not negative)')
         return timedelta(seconds=value)
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", value):
+        return timedelta(seconds=float(value))  # a bare number is seconds
     if isinstance(value, str) and _DURATION_RE.match(value):
         total = sum(float(n) * _UNIT_S[u] for n, u in _DURATION_PART.findall(value))
         return timedelta(seconds=total)

@@ -11,7 +11,7 @@ from socialcrm.chatops.commands import Actor, CommandError, Commands
 from socialcrm.config import Config
 from socialcrm.connector import Author, Batch, InboundMessage
 from socialcrm.db import Store
-from socialcrm.models import AuditEvent, Reply
+from socialcrm.models import AuditEvent, Reply, SourceState
 from socialcrm.pipeline import Pipeline
 
 VIEWER = Actor("val", "viewer", "slack")
@@ -134,3 +134,19 @@ async def test_tickets_customer_assign_close(loaded: Commands, store: Store) -> 
     with pytest.raises(CommandError, match="cannot become"):
         await loaded.run(AGENT, "resolve 1")
     assert "closed" in await loaded.run(VIEWER, "ticket 1")
+
+
+async def test_mute_a_source(config: Config, store: Store) -> None:
+    cfg = Config.model_validate({"sources": [{"name": "x-main", "type": "x"}], "base_dir": config.base_dir})
+    commands = Commands(cfg, store)
+    with pytest.raises(CommandError, match="mute needs the agent role"):
+        await commands.run(VIEWER, "mute x-main 2h")
+    assert "muted until" in await commands.run(AGENT, "mute x-main 2h")
+    async with store.reader() as s:
+        state = await s.get(SourceState, "x-main")
+    assert state is not None and state.muted_until is not None
+    assert "polled again" in await commands.run(AGENT, "mute x-main 0")
+    with pytest.raises(CommandError, match="no source named 'nope'"):
+        await commands.run(AGENT, "mute nope 1h")
+    with pytest.raises(CommandError, match="expected a duration"):
+        await commands.run(AGENT, "mute x-main soon")

@@ -13,15 +13,25 @@ import shlex
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import jinja2
 import sqlalchemy as sa
 
 from socialcrm import responder, tickets
-from socialcrm.config import Config
+from socialcrm.config import Config, parse_duration
 from socialcrm.db import Store
-from socialcrm.models import AuditEvent, Customer, Identity, Message, Reply, Ticket
+from socialcrm.models import (
+    AuditEvent,
+    Customer,
+    Identity,
+    Message,
+    Reply,
+    SourceState,
+    Ticket,
+    utcnow,
+)
 from socialcrm.responder import ReplyError, Responder, template_environment
 from socialcrm.tickets import TicketError
 
@@ -286,6 +296,41 @@ class Commands:
         async with self.store.session() as s:
             t = await tickets.set_status(s, ticket_id, "resolved", actor.name, actor.via)
         return f"Ticket #{t.id} is resolved."
+
+    @command("agent")
+    async def mute(self, actor: Actor, source: str, duration: str) -> str:
+        """mute SOURCE DURATION — stop polling a source for a while (e.g. 2h; 0 unmutes)."""
+        try:
+            span = parse_duration(duration)
+        except ValueError as err:
+            raise CommandError(f"{err}, got {duration!r}") from err
+        if span > timedelta(days=30):
+            raise CommandError("a source can be muted for 30 days at most")
+        names = {s.name for s in self.config.sources}
+        if source not in names:
+            raise CommandError(
+                f"no source named {source!r}; sources: {', '.join(sorted(names)) or 'none'}"
+            )
+        until = utcnow() + span if span else None
+        async with self.store.session() as s:
+            state = await s.get(SourceState, source, with_for_update=True)
+            if state is None:
+                state = SourceState(source=source)
+                s.add(state)
+            state.muted_until = until
+            s.add(
+                AuditEvent(
+                    actor=actor.name,
+                    via=actor.via,
+                    action="source.mute",
+                    object_type="source",
+                    object_id=source,
+                    detail={"until": until.isoformat() if until else None},
+                )
+            )
+        if until is None:
+            return f"Source {source} is polled again."
+        return f"Source {source} is muted until {until:%Y-%m-%d %H:%M} UTC."
 
     @command("viewer")
     async def customer(self, actor: Actor, who: str) -> str:
