@@ -105,21 +105,12 @@ class Sender:
                 .all()
             )
             for r in stuck:
-                r.status = "needs_check"
-                r.last_error = (
+                _flag(
+                    s,
+                    r,
+                    "needs_check",
                     "the process stopped while this reply was being sent: check on the "
-                    "platform whether it was posted; it will not be sent again by itself"
-                )
-                s.add(_audit(r, "reply.needs_check", {}))
-                s.add(
-                    Alert(
-                        kind="reply_needs_check",
-                        dedupe_key=f"reply_needs_check:{r.id}",
-                        severity="warning",
-                        title=f"Reply #{r.id} may or may not have been sent: check it",
-                        detail={"reply_id": r.id, "channel": r.channel},
-                        ticket_id=r.ticket_id,
-                    )
+                    "platform whether it was posted; it will not be sent again by itself",
                 )
         for r in stuck:
             self._changed(r.id)
@@ -259,41 +250,17 @@ class Sender:
         self._changed(reply.id)
 
     async def _needs_check(self, reply: Reply, why: str) -> None:
-        async with self.store.session() as s:
-            r = await s.get(Reply, reply.id, with_for_update=True)
-            assert r is not None
-            r.status = "needs_check"
-            r.last_error = why[:2000]
-            s.add(_audit(r, "reply.needs_check", {"error": why[:500]}))
-            s.add(
-                Alert(
-                    kind="reply_needs_check",
-                    dedupe_key=f"reply_needs_check:{r.id}",
-                    title=f"Reply #{r.id} may or may not have been sent: check it",
-                    detail={"reply_id": r.id, "error": why[:500], "approved_by": r.decided_by},
-                    ticket_id=r.ticket_id,
-                )
-            )
-        self._changed(reply.id)
+        await self._conclude(reply, "needs_check", why)
 
     async def _finish_failed(self, reply: Reply, why: str) -> None:
+        log.warning("reply %s failed: %s", reply.id, why)
+        await self._conclude(reply, "failed", why)
+
+    async def _conclude(self, reply: Reply, status: str, why: str) -> None:
         async with self.store.session() as s:
             r = await s.get(Reply, reply.id, with_for_update=True)
             assert r is not None
-            r.status = "failed"
-            r.last_error = why[:2000]
-            s.add(_audit(r, "reply.failed", {"error": why[:500]}))
-            s.add(
-                Alert(
-                    kind="reply_failed",
-                    dedupe_key=f"reply_failed:{r.id}",
-                    severity="warning",
-                    title=f"Reply #{r.id} could not be sent",
-                    detail={"reply_id": r.id, "error": why[:500], "approved_by": r.decided_by},
-                    ticket_id=r.ticket_id,
-                )
-            )
-        log.warning("reply %s failed: %s", reply.id, why)
+            _flag(s, r, status, why)
         self._changed(reply.id)
 
     def _changed(self, reply_id: int | None) -> None:
@@ -322,6 +289,29 @@ def _outbound(
         subject=subject,
         references=[*msg.references, msg.external_id] if reply.channel == "email" else [],
         ticket_id=reply.ticket_id,
+    )
+
+
+_TITLES = {
+    "needs_check": "Reply #{id} may or may not have been sent: check it",
+    "failed": "Reply #{id} could not be sent",
+}
+
+
+def _flag(session: Any, r: Reply, status: str, why: str) -> None:
+    """Give a reply its final problem status, with an audit entry and an alert for a person."""
+    r.status = status
+    r.last_error = why[:2000]
+    session.add(_audit(r, f"reply.{status}", {"error": why[:500]}))
+    session.add(
+        Alert(
+            kind=f"reply_{status}",
+            dedupe_key=f"reply_{status}:{r.id}",
+            severity="warning",
+            title=_TITLES[status].format(id=r.id),
+            detail={"reply_id": r.id, "error": why[:500], "approved_by": r.decided_by},
+            ticket_id=r.ticket_id,
+        )
     )
 
 
