@@ -31,6 +31,9 @@ from socialcrm.sender import Sender
 from socialcrm.sources import Poller, PollOutcome, Source, make_source
 
 log = logging.getLogger(__name__)
+# APScheduler warns on every skipped run of a job that is still running; one poll per source
+# at a time is what we asked for, so only its errors are worth a line.
+logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
 #: Longest time a stop waits for polls in flight to finish their batch.
 STOP_GRACE_S = 60.0
@@ -169,11 +172,13 @@ class Daemon:
     async def stop(self) -> None:
         """Stop polling, let polls in flight finish their batch, and close everything."""
         self.poller.stopping = True
+        # The batch in hand is finished before the scheduler goes: shutting it down cancels
+        # the jobs it is running.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.poller.idle(), STOP_GRACE_S)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         await self.sender.stop()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.poller.idle(), STOP_GRACE_S)
         if self.runner is not None:
             await self.runner.cleanup()
         for src in self.poller.sources.values():
@@ -183,20 +188,6 @@ class Daemon:
                     await close()
             await src.http.close()
         self._stopped.set()
-
-    async def run_until_signal(self) -> None:
-        """Serve until SIGTERM or SIGINT, then stop cleanly."""
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-            log.info("stopping: finishing the batch in hand")
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            await self.stop()
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -280,18 +271,29 @@ def _problem(status: int, detail: str) -> web.Response:
 
 
 async def run(config: Config, host: str, port: int) -> None:
-    """``socialcrm run``: start everything and serve until a signal."""
+    """``socialcrm run``: start everything and serve until SIGTERM or SIGINT, then stop cleanly."""
     from socialcrm.db import open_store
     from socialcrm.runtime import tune_gc
 
-    store = await open_store(config.database_url())
-    rules = RuleSet.load(config.rule_paths())
-    scoring = ScoringPool(config.brand.lexicon, rules)
-    daemon = Daemon(config, store, rules=rules, scoring=scoring)
+    # Signals first: a stop asked for during start-up still ends in a clean exit.
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await daemon.start(host, port)
-        tune_gc()
-        await daemon.run_until_signal()
+        store = await open_store(config.database_url())
+        rules = RuleSet.load(config.rule_paths())
+        scoring = ScoringPool(config.brand.lexicon, rules)
+        daemon = Daemon(config, store, rules=rules, scoring=scoring)
+        try:
+            await daemon.start(host, port)
+            tune_gc()
+            await stop.wait()
+            log.info("stopping: finishing the batch in hand")
+        finally:
+            await daemon.stop()
+            scoring.close()
+            await store.dispose()
     finally:
-        scoring.close()
-        await store.dispose()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,5 @@
+"""``python -m socialcrm``: the same as the ``socialcrm`` command."""
+
+from socialcrm.cli import main
+
+main()
