@@ -248,6 +248,17 @@ class RuleSet:
     ) -> None:
         self.rules: list[Rule] = list(rules)
         self._text_checks = tuple(text_checks)
+        # Conditions that are just "one of these words" are answered from one pass over the
+        # message's words; the others run their own check.
+        self._word_bits: dict[str, int] = {}
+        self._other_checks: list[tuple[int, Check]] = []
+        for i, read in enumerate(self._text_checks):
+            words = getattr(read, "words", None)
+            if isinstance(words, frozenset):
+                for w in words:
+                    self._word_bits[w] = self._word_bits.get(w, 0) | 1 << i
+            else:
+                self._other_checks.append((1 << i, read))
         #: The files the rules came from, and a hash of their contents: two rule sets with the
         #: same fingerprint number their text conditions alike.
         self.paths = tuple(paths)
@@ -257,9 +268,12 @@ class RuleSet:
         """Which of the rules' text conditions hold for ``text``, as bits (see RuleContext)."""
         m = _Msg(_text_only(text))
         facts = 0
-        for i, read in enumerate(self._text_checks):
+        bits = self._word_bits
+        for w in m.words:
+            facts |= bits.get(w, 0)
+        for bit, read in self._other_checks:
             if read(m):
-                facts |= 1 << i
+                facts |= bit
         return facts
 
     @classmethod
@@ -347,6 +361,14 @@ class _Cond(NamedTuple):
     check: Check
     # Rough relative cost, so that `all`/`any` try cheap checks before text searches.
     cost: int
+
+
+def _any_word(wordset: frozenset[str]) -> Check:
+    def check(m: _Msg) -> bool:
+        return not wordset.isdisjoint(m.words)
+
+    check.words = wordset  # type: ignore[attr-defined]  # lets text_facts index it by word
+    return check
 
 
 def _fold(text: str) -> str:
@@ -703,7 +725,7 @@ class _Compiler:
             return None
         wordset = frozenset(words)
         if not patterns:
-            return self.text_cond(_Cond(lambda m: not wordset.isdisjoint(m.words), 2))
+            return self.text_cond(_Cond(_any_word(wordset), 2))
         search = re.compile("|".join(patterns)).search
         if not wordset:
             return self.text_cond(_Cond(lambda m: search(m.text) is not None, 3))
