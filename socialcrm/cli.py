@@ -555,53 +555,68 @@ def rules_test(ctx: click.Context) -> None:
         sys.exit(1)
 
 
-# -- the demo ---------------------------------------------------------------------------------
+# -- the demo and the sandbox ----------------------------------------------------------------
 
 
 @main.command()
 @click.option(
     "--dir", "directory", type=click.Path(path_type=Path, file_okay=False), default="demo"
 )
+@click.option("--messages", default=500, show_default=True, help="Mentions to generate.")
 @async_command
-async def demo(directory: Path) -> None:
-    """Ingest the bundled example mentions into ./demo and show the tickets and the queue."""
-    from importlib.resources import files
+async def demo(directory: Path, messages: int) -> None:
+    """Run the sandbox and the daemon against it, then show what came in (data in ./demo)."""
+    from socialcrm.demo import run_demo
 
-    directory.mkdir(parents=True, exist_ok=True)
-    db = directory / "socialcrm.db"
-    for p in directory.glob("socialcrm.db*"):
-        p.unlink()
-    config = Config.model_validate(
-        {"database": f"sqlite:///{db.resolve()}", "base_dir": directory.resolve()}
+    await run_demo(directory, messages)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--seed", default=7, show_default=True, type=int)
+@click.option("--messages", default=5000, show_default=True, help="Mentions to generate.")
+@click.option("--rate", default=2.0, show_default=True, help="Mentions released per second.")
+@click.option("--faults", default=0.0, show_default=True, help="Share of requests that misbehave.")
+@async_command
+async def sandbox(
+    host: str, port: int, seed: int, messages: int, rate: float, faults: float
+) -> None:
+    """Serve local stand-ins for X, Mastodon and Reddit (for trying socialcrm without accounts)."""
+    from socialcrm.sandbox.server import Sandbox, serve
+
+    box = Sandbox(
+        seed,
+        messages=messages,
+        release_per_s=rate,
+        faults=fault_mix(seed, faults) if faults else None,
     )
-    examples = files("socialcrm") / "examples"
-    async with _store(config) as store:
-        async with store.session() as s:
-            rows = customers_mod.parse_csv((examples / "customers.csv").read_text(encoding="utf-8"))
-            await customers_mod.import_customers(s, rows, "demo", "cli")
-        pipeline = Pipeline(config, store, rules=load_rules(config))
-        batch = Batch()
-        for n, line in enumerate(
-            (examples / "mentions.jsonl").read_text(encoding="utf-8").splitlines(), 1
-        ):
-            item = parse_line(n, line)
-            (batch.messages if isinstance(item, InboundMessage) else batch.quarantined).append(item)  # type: ignore[arg-type]
-        result = await pipeline.ingest(batch, "demo", save_cursor=False)
-        commands = Commands(config, store)
-        actor = Actor("demo", "admin", "cli")
-        click.echo(
-            f"Ingested {len(batch.messages)} example mentions from X, Mastodon, Reddit, email,"
-            " reviews and a webhook.\n"
-        )
-        click.echo(_summary(result))
-        click.echo("\n== Open tickets, highest priority first ==")
-        click.echo(await commands.run(actor, "tickets open 15"))
-        click.echo("\n== The approval queue ==")
-        click.echo(await commands.run(actor, "queue 8"))
+    runner = await serve(box, host, port)
     click.echo(
-        f"\nLook around: socialcrm -c {directory}/config.yaml queue | show ID | approve ID | "
-        "tickets list | customers show HANDLE"
+        f"sandbox on http://{host}:{port}: X at /x, Mastodon at /mastodon, Reddit at /reddit "
+        f"({rate}/s, faults {faults:.0%}); Ctrl-C to stop"
     )
-    (directory / "config.yaml").write_text(
-        f"database: sqlite:///{db.resolve()}\n", encoding="utf-8"
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def fault_mix(seed: int, share: float) -> Any:
+    """A typical mix of faults, scaled so that ``share`` of requests misbehave."""
+    import dataclasses
+
+    from socialcrm.sandbox.faults import REQUEST_FAULTS, Faults
+
+    typical = Faults.typical(seed)
+    total = sum(getattr(typical, k) for k in REQUEST_FAULTS)
+    scale = share / total
+    return dataclasses.replace(
+        typical,
+        **{k: getattr(typical, k) * scale for k in REQUEST_FAULTS},
+        bad_item=typical.bad_item * scale,
     )
+
+
+if __name__ == "__main__":
+    main()
