@@ -1,0 +1,361 @@
+"""Mastodon: mentions of the brand (notifications) and hashtag timelines; replies as statuses.
+
+Plain aiohttp on the core's session (there is no good async Mastodon library). The cursor keeps
+one state per stream, ``notifications`` and ``tag:<name>``::
+
+    {"min_id": "34975861"}     # the newest id stored; the next walk starts right after it
+
+A stream with a cursor is walked forward in time: ``min_id`` gives the page immediately newer
+than the cursor and the ``Link`` header's ``rel="prev"`` the page after that, to the end. A
+new stream is first read backwards from the newest, following ``rel="next"``, for at most
+``backfill_pages`` pages (over as many fetches as ``max_pages`` makes it take; meanwhile the
+state is ``{"top", "max_id", "pages"}``); older history is not fetched. ``recent`` keeps the
+status ids delivered lately, so a status found by two streams is delivered once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+import aiohttp
+from bs4 import BeautifulSoup
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from yarl import URL
+
+from socialcrm.connector import (
+    Author,
+    Batch,
+    Channel,
+    ConnectorConfig,
+    Cursor,
+    InboundMessage,
+    MalformedPayload,
+    OutboundReply,
+    Quarantined,
+    RetryableError,
+    SentReceipt,
+    error_for_status,
+)
+
+#: Status ids remembered in the cursor, newest first.
+RECENT_KEEP = 300
+#: Mastodon's page-size caps: notifications 80, timelines 40.
+NOTIFICATIONS_MAX = 80
+TIMELINE_MAX = 40
+
+
+class MastodonConnector:
+    """Reads the brand's mentions and hashtag timelines on one Mastodon server; replies."""
+
+    name: ClassVar[str] = "mastodon"
+    channel: ClassVar[Channel] = "mastodon"
+
+    class Config(ConnectorConfig):
+        """Settings of a Mastodon source."""
+
+        #: The brand account's server, e.g. ``https://mastodon.social``.
+        base_url: str
+        #: A user token with ``read:notifications``, ``read:statuses`` and ``write:statuses``.
+        access_token: SecretStr
+        #: Read the brand's mention notifications.
+        mentions: bool = True
+        #: Hashtags to follow (without ``#``).
+        hashtags: list[str] = Field(default_factory=list)
+        #: Items per page (timelines are capped at 40 by Mastodon).
+        limit: int = Field(default=40, ge=1, le=NOTIFICATIONS_MAX)
+        #: Pages per stream in one fetch; the rest comes with the next (``Batch.more``).
+        max_pages: int = Field(default=5, ge=1, le=100)
+        #: History read by the first polls of a stream, in pages (newest first).
+        backfill_pages: int = Field(default=10, ge=1, le=1000)
+        #: Visibility of the brand's replies.
+        reply_visibility: Literal["public", "unlisted", "private", "direct"] = "public"
+        timeout_s: float = Field(default=30.0, gt=0)
+
+        @field_validator("hashtags")
+        @classmethod
+        def _plain_tags(cls, tags: list[str]) -> list[str]:
+            return [t.strip().lstrip("#") for t in tags if t.strip().lstrip("#")]
+
+    def __init__(self, config: Config, http: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.http = http
+        self._base = config.base_url.rstrip("/")
+        self._origin = URL(self._base).origin()
+        self._auth = {"Authorization": f"Bearer {config.access_token.get_secret_value()}"}
+
+    # -- fetching -----------------------------------------------------------------------------
+
+    async def fetch(self, cursor: Cursor | None) -> Batch:
+        """Everything new in the mentions and the hashtag timelines since ``cursor``."""
+        state = dict(cursor or {})
+        batch = Batch()
+        recent: list[str] = list(state.get("recent") or [])
+        seen: dict[str, None] = dict.fromkeys(recent)
+        streams: list[str] = ["notifications"] if self.config.mentions else []
+        streams += [f"tag:{tag.lower()}" for tag in self.config.hashtags]
+        for stream in streams:
+            state[stream], more = await self._walk(
+                stream, dict(state.get(stream) or {}), batch, seen
+            )
+            batch.more = batch.more or more
+        batch.messages.sort(key=lambda m: (m.created_at, _id_key(m.external_id)))
+        fresh = list(seen)[len(recent) :]  # delivered or quarantined by this fetch
+        state["recent"] = (fresh[::-1] + recent)[:RECENT_KEEP]
+        batch.cursor = state
+        return batch
+
+    async def _walk(
+        self, stream: str, state: dict[str, Any], batch: Batch, seen: dict[str, None]
+    ) -> tuple[dict[str, Any], bool]:
+        if stream == "notifications":
+            path, limit = "/api/v1/notifications", self.config.limit
+            params: list[tuple[str, str]] = [("types[]", "mention"), ("limit", str(limit))]
+        else:
+            tag = stream.split(":", 1)[1]
+            path, limit = f"/api/v1/timelines/tag/{tag}", min(self.config.limit, TIMELINE_MAX)
+            params = [("limit", str(limit))]
+        if state.get("min_id") is not None:
+            return await self._forward(path, params, limit, state["min_id"], batch, seen, stream)
+        return await self._backfill(path, params, limit, state, batch, seen, stream)
+
+    async def _forward(
+        self,
+        path: str,
+        params: list[tuple[str, str]],
+        limit: int,
+        cursor: str,
+        batch: Batch,
+        seen: dict[str, None],
+        stream: str,
+    ) -> tuple[dict[str, Any], bool]:
+        """Walk forward from ``cursor`` (``min_id``, then ``rel="prev"``) to the newest."""
+        url = URL(self._base + path).with_query([*params, ("min_id", cursor)])
+        newest = cursor
+        for _ in range(self.config.max_pages):
+            items, links = await self._get_page(url, stream)
+            keys = [k for k in (self._collect(i, stream, batch, seen) for i in items) if k]
+            # The Link header bounds the page even when an item in it is unreadable.
+            keys += _bound(links, "prev", "min_id")
+            newest = max([newest, *keys], key=_id_key)
+            follow = links.get("prev")
+            if len(items) < limit or follow is None:
+                return {"min_id": newest}, False
+            url = follow
+        return {"min_id": newest}, True
+
+    async def _backfill(
+        self,
+        path: str,
+        params: list[tuple[str, str]],
+        limit: int,
+        state: dict[str, Any],
+        batch: Batch,
+        seen: dict[str, None],
+        stream: str,
+    ) -> tuple[dict[str, Any], bool]:
+        """First polls: walk back from the newest (``rel="next"``) for ``backfill_pages``."""
+        top: str | None = state.get("top")
+        below: str | None = state.get("max_id")
+        pages: int = state.get("pages", 0)
+        url = URL(self._base + path).with_query([*params, *([("max_id", below)] if below else [])])
+        for _ in range(self.config.max_pages):
+            items, links = await self._get_page(url, stream)
+            pages += 1
+            keys = [k for k in (self._collect(i, stream, batch, seen) for i in items) if k]
+            if keys or links:
+                newer = [*keys, *_bound(links, "prev", "min_id")]
+                older = [*keys, *_bound(links, "next", "max_id")]
+                top = max([*([top] if top else []), *newer], key=_id_key) if newer else top
+                below = min(older, key=_id_key) if older else below
+            follow = links.get("next")
+            if len(items) < limit or follow is None or pages >= self.config.backfill_pages:
+                # Done: from now on, walk forward from the newest item seen.
+                return ({"min_id": top} if top else {}), False
+            url = follow
+        return {"top": top, "max_id": below, "pages": pages}, True
+
+    async def _get_page(self, url: URL, stream: str) -> tuple[list[Any], dict[str, URL]]:
+        try:
+            async with self.http.get(
+                url,
+                headers=self._auth,
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+            ) as resp:
+                body = await resp.read()
+                if resp.status == 404 and stream.startswith("tag:"):
+                    return [], {}  # a tag nobody has used yet
+                problem = error_for_status(resp.status, resp.headers, _detail(body))
+                if problem is not None:
+                    raise problem
+                links: dict[str, URL] = {}
+                for rel, link in resp.links.items():
+                    target = link.get("url")
+                    # Only links to the server itself are followed: they carry our token.
+                    if isinstance(target, URL) and target.origin() == self._origin:
+                        links[str(rel)] = target
+                content_type = resp.content_type
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
+            raise RetryableError(f"Mastodon unreachable: {err!r}", not_sent=True) from err
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise RetryableError(f"Mastodon request failed: {err!r}") from err
+        if "json" not in content_type:
+            raise MalformedPayload(f"Mastodon answered {content_type}, not JSON: {_detail(body)}")
+        try:
+            items = json.loads(body)
+        except ValueError as err:
+            raise MalformedPayload(f"Mastodon answered with broken JSON: {err}") from err
+        if not isinstance(items, list):
+            raise MalformedPayload(f"Mastodon answered {type(items).__name__}, not a list")
+        return items, links
+
+    def _collect(self, item: Any, stream: str, batch: Batch, seen: dict[str, None]) -> str | None:
+        """Add one notification or status to the batch; return its id for the cursor."""
+        key = item.get("id") if isinstance(item, dict) else None
+        key = str(key) if isinstance(key, str | int) else None
+        status = (
+            item.get("status") if stream == "notifications" and isinstance(item, dict) else item
+        )
+        status_id = status.get("id") if isinstance(status, dict) else None
+        if isinstance(status_id, str) and status_id in seen:
+            return key
+        try:
+            if stream == "notifications" and (
+                not isinstance(item, dict) or item.get("type") != "mention"
+            ):
+                raise ValueError(f"not a mention notification: {str(item)[:100]}")
+            message = _message(status, direct=stream == "notifications")
+        except (KeyError, TypeError, ValueError, ValidationError) as err:
+            same = status_id if isinstance(status_id, str) else _digest(status)
+            if same not in seen:  # the other stream's copy is as broken: keep it once
+                seen[same] = None
+                batch.quarantined.append(
+                    Quarantined(
+                        external_id=status_id if isinstance(status_id, str) else None,
+                        error=f"{type(err).__name__}: {err}",
+                        raw=json.dumps(item, ensure_ascii=False, default=str),
+                    )
+                )
+            return key
+        if message is not None:
+            seen[message.external_id] = None
+            batch.messages.append(message)
+        return key
+
+    # -- replying -----------------------------------------------------------------------------
+
+    async def send(self, reply: OutboundReply) -> SentReceipt:
+        """Post ``reply`` as a status answering ``in_reply_to``, starting with ``@acct``."""
+        text = reply.text
+        if reply.to_handle:
+            mention = "@" + reply.to_handle.lstrip("@")
+            if not text.lstrip().lower().startswith(mention.lower()):
+                text = f"{mention} {text}"
+        form = {
+            "status": text,
+            "in_reply_to_id": reply.in_reply_to,
+            "visibility": self.config.reply_visibility,
+        }
+        # Mastodon keeps an Idempotency-Key for an hour: a repeat cannot post twice.
+        headers = {**self._auth, "Idempotency-Key": f"socialcrm-reply-{reply.reply_id}"}
+        try:
+            async with self.http.post(
+                self._base + "/api/v1/statuses",
+                data=form,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+            ) as resp:
+                body = await resp.read()
+                problem = error_for_status(resp.status, resp.headers, _detail(body))
+                if problem is not None:
+                    raise problem
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
+            raise RetryableError(f"Mastodon unreachable: {err!r}", not_sent=True) from err
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise RetryableError(f"Mastodon request failed: {err!r}") from err
+        try:
+            status = json.loads(body)
+        except ValueError as err:
+            raise MalformedPayload(f"Mastodon answered with broken JSON: {err}") from err
+        if not isinstance(status, dict) or not isinstance(status.get("id"), str):
+            raise MalformedPayload(f"Mastodon answered without a status id: {_detail(body)}")
+        return SentReceipt(external_id=status["id"], url=status.get("url"))
+
+
+def html_to_text(content: str) -> str:
+    """A status's HTML as the plain text its author typed: paragraphs and line breaks kept."""
+    soup = BeautifulSoup(content, "html.parser")
+    for br in soup.find_all("br"):
+        br.replace_with("\n")
+    paragraphs = soup.find_all("p")
+    if paragraphs:
+        return "\n\n".join(p.get_text() for p in paragraphs)
+    return soup.get_text()
+
+
+def _message(status: Any, *, direct: bool) -> InboundMessage | None:
+    if not isinstance(status, dict):
+        raise TypeError(f"a status is an object, not {type(status).__name__}")
+    if status.get("reblog"):
+        return None  # a boost: the original is what matters, and it has its own id
+    account = status["account"]
+    if not isinstance(account, dict):
+        raise TypeError("status without an account")
+    ident = status["id"]
+    if not isinstance(ident, str) or not ident:
+        raise ValueError(f"bad status id {ident!r}")
+    content = status["content"]
+    if not isinstance(content, str):
+        raise TypeError("status content is not text")
+    spoiler = status.get("spoiler_text") or None
+    followers = account.get("followers_count")
+    return InboundMessage(
+        channel="mastodon",
+        external_id=ident,
+        text=html_to_text(content),
+        subject=spoiler,
+        author=Author(
+            user_id=str(account["id"]),
+            handle=account.get("acct"),
+            name=account.get("display_name") or None,
+            followers=followers if isinstance(followers, int) and followers >= 0 else None,
+            verified=False,
+        ),
+        created_at=datetime.fromisoformat(str(status["created_at"]).replace("Z", "+00:00")),
+        lang=status.get("language"),
+        in_reply_to=status.get("in_reply_to_id"),
+        url=status.get("url") or status.get("uri"),
+        direct=direct or status.get("visibility") == "direct",
+        raw=status,
+    )
+
+
+def _digest(status: Any) -> str:
+    """A stable key for a broken status that has no id."""
+    text = json.dumps(status, ensure_ascii=False, sort_keys=True, default=str)
+    return "sha1:" + hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:20]
+
+
+def _bound(links: dict[str, URL], rel: str, param: str) -> list[str]:
+    """The id a ``Link`` names as the page's edge (``prev``'s ``min_id``, ``next``'s ``max_id``)."""
+    link = links.get(rel)
+    value = link.query.get(param) if link is not None else None
+    return [value] if value else []
+
+
+def _id_key(ident: str) -> tuple[int, str]:
+    """Order Mastodon ids (numeric strings of any length) without trusting them to be ints."""
+    return (len(ident), ident)
+
+
+def _detail(body: bytes) -> str:
+    text = body[:300].decode("utf-8", "replace")
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return text
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+        return str(parsed["error"])
+    return text

@@ -1,0 +1,556 @@
+"""Stand-in for X API v2: mentions, recent search, posting a reply, ``/2/users/me``.
+
+Shapes follow the X API v2 reference (docs.x.com): a page is ``{"data": [...], "includes":
+{"users": [...]}, "meta": {"result_count", "newest_id", "oldest_id", "next_token"}}`` with the
+newest post first, an empty page is ``{"meta": {"result_count": 0}}``; only the default fields
+(``id``, ``text``, ``edit_history_tweet_ids``) come back unless ``tweet.fields`` /
+``user.fields`` ask for more. Errors are problem JSON (``title``, ``detail``, ``type``,
+``status``); rate limits are in ``x-rate-limit-limit/remaining/reset`` (epoch seconds).
+
+Search understands a small part of X's query language: words (a tokenised match, so ``acme``
+does not match ``@acme`` or ``#acme``), ``"phrases"``, ``@mentions``, ``#hashtags``, ``OR``,
+``-negation``, ``lang:``, ``from:``, ``is:reply`` and ``is:retweet``; parentheses are ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+from collections.abc import Callable
+from typing import Any, ClassVar, Final
+
+from aiohttp import web
+
+from socialcrm.connector import Author, InboundMessage
+from socialcrm.sandbox.server import (
+    CORRUPTED,
+    SERVED,
+    Platform,
+    PostedReply,
+    Sandbox,
+    StandIn,
+    json_answer,
+)
+
+#: The brand's account on the stand-in.
+BRAND_USER_ID: Final = "1585736014429175808"
+X_EPOCH_MS: Final = 1_288_834_974_657
+PROBLEMS: Final = "https://api.twitter.com/2/problems"
+DEFAULT_TWEET_FIELDS: Final = ("id", "text", "edit_history_tweet_ids")
+DEFAULT_USER_FIELDS: Final = ("id", "name", "username")
+_COMMON_PARAMS: Final = (
+    "end_time",
+    "expansions",
+    "max_results",
+    "media.fields",
+    "place.fields",
+    "poll.fields",
+    "since_id",
+    "start_time",
+    "tweet.fields",
+    "until_id",
+    "user.fields",
+)
+MENTIONS_PARAMS: Final = frozenset((*_COMMON_PARAMS, "pagination_token"))
+SEARCH_PARAMS: Final = frozenset(
+    (*_COMMON_PARAMS, "query", "next_token", "pagination_token", "sort_order")
+)
+#: Auth context of a request: "app" (app-only bearer) or "user" (user context).
+X_CONTEXT: Final = web.RequestKey("socialcrm_x_context", str)
+_B36: Final = "0123456789abcdefghijklmnopqrstuvwxyz"
+_TOKEN_PAD: Final = 15
+
+
+def _b36(n: int) -> str:
+    out = ""
+    while n:
+        n, r = divmod(n, 36)
+        out = _B36[r] + out
+    return out or "0"
+
+
+def encode_token(tweet_id: str) -> str:
+    """A pagination token: opaque to clients, it names the oldest post already served."""
+    return "7140" + _b36(int(tweet_id)).rjust(_TOKEN_PAD, "0")
+
+
+def decode_token(token: str) -> int | None:
+    """The post id a token stands for, or None when it is not one of ours."""
+    if not token.startswith("7140") or len(token) != 4 + _TOKEN_PAD:
+        return None
+    try:
+        return int(token[4:], 36)
+    except ValueError:
+        return None
+
+
+def problem(
+    status: int, title: str, detail: str, kind: str = "about:blank", **extra: Any
+) -> web.Response:
+    """An X problem-JSON error answer."""
+    body: dict[str, Any] = {"title": title, "detail": detail, "type": kind, "status": status}
+    body.update(extra)
+    return json_answer(body, status, problem=True)
+
+
+def invalid_request(message: str, parameters: dict[str, list[str]]) -> web.Response:
+    """X's 400 for a bad parameter."""
+    return json_answer(
+        {
+            "errors": [{"parameters": parameters, "message": message}],
+            "title": "Invalid Request",
+            "detail": "One or more parameters to your request was invalid.",
+            "type": f"{PROBLEMS}/invalid-request",
+        },
+        400,
+        problem=True,
+    )
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"(?<![@#\w])\w+", text.lower()))
+
+
+def query_matcher(query: str) -> Callable[[InboundMessage], bool]:
+    """A predicate for the supported subset of X's search query language."""
+    try:
+        tokens = shlex.split(query.replace("(", " ").replace(")", " "), posix=True)
+    except ValueError:
+        tokens = query.split()
+    groups: list[list[tuple[bool, str]]] = [[]]
+    for token in tokens:
+        if token == "OR":
+            groups.append([])
+            continue
+        negated = token.startswith("-") and len(token) > 1
+        groups[-1].append((negated, token[1:] if negated else token))
+
+    def term_holds(term: str, message: InboundMessage, words: set[str], low: str) -> bool:
+        t = term.lower()
+        if t.startswith("lang:"):
+            return (message.lang or "") == t[5:]
+        if t.startswith("from:"):
+            return (message.author.handle or "").lower() == t[5:].lstrip("@")
+        if t == "is:reply":
+            return message.in_reply_to is not None
+        if t == "is:retweet":
+            return False
+        if t.startswith(("@", "#")):
+            return re.search(rf"(?<![\w@#]){re.escape(t)}(?!\w)", low) is not None
+        if " " in t:
+            return t in low
+        return t in words
+
+    def wanted(message: InboundMessage) -> bool:
+        low = message.text.lower()
+        words = _words(message.text)
+        return any(
+            group and all(term_holds(term, message, words, low) != neg for neg, term in group)
+            for group in groups
+        )
+
+    return wanted
+
+
+class XStandIn(StandIn):
+    """X API v2 under ``/x``: the brand's mentions, recent search and replies."""
+
+    platform: ClassVar[Platform] = "x"
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        super().__init__(sandbox)
+        handle = sandbox.brand_handle
+        self.brand_user: dict[str, Any] = {
+            "id": BRAND_USER_ID,
+            "name": sandbox.brand,
+            "username": handle,
+            "created_at": "2012-06-01T09:00:00.000Z",
+            "description": f"Official {sandbox.brand} support. We're here to help.",
+            "verified": True,
+            "verified_type": "business",
+            "protected": False,
+            "public_metrics": {
+                "followers_count": 284_113,
+                "following_count": 1_022,
+                "tweet_count": 48_917,
+                "listed_count": 903,
+                "like_count": 12_440,
+            },
+        }
+        self._mention = re.compile(rf"(?<![\w@]){re.escape('@' + handle)}(?!\w)", re.IGNORECASE)
+        self._by_id: dict[str, int] = {}
+        self._posted: dict[str, str] = {}  # reply id -> text
+        self._seq = 0
+
+    def routes(self) -> list[web.RouteDef]:
+        """``GET /2/users/me``, ``GET /2/users/:id/mentions``, ``GET /2/tweets/search/recent``,
+        ``POST /2/tweets``."""
+        return [
+            web.get("/2/users/me", self.me),
+            web.get("/2/users/{id}/mentions", self.mentions),
+            web.get("/2/tweets/search/recent", self.search),
+            web.post("/2/tweets", self.create),
+        ]
+
+    # -- the platform's manners -----------------------------------------------------------
+
+    def authenticate(self, request: web.Request) -> web.Response | None:
+        """Bearer tokens (app-only or user context) or an OAuth 1.0a header."""
+        creds = self.sandbox.credentials
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            token = auth[7:].strip()
+            if token == creds.x_bearer_token:
+                request[X_CONTEXT] = "app"
+                return None
+            if token == creds.x_user_token:
+                request[X_CONTEXT] = "user"
+                return None
+        elif auth.startswith("OAuth "):
+            fields = dict(re.findall(r'(\w+)="([^"]*)"', auth))
+            if (
+                fields.get("oauth_consumer_key") == creds.x_consumer_key
+                and fields.get("oauth_token") == creds.x_access_token
+            ):
+                request[X_CONTEXT] = "user"
+                return None
+        return self.error(401)
+
+    def bucket(self, request: web.Request) -> tuple[str, int, float]:
+        """Per-endpoint 15-minute windows with X's documented limits."""
+        path = request.path
+        if path.endswith("/mentions"):
+            return "mentions", 450, 900.0
+        if path.endswith("/search/recent"):
+            return "search", 450, 900.0
+        if path.endswith("/users/me"):
+            return "me", 75, 900.0
+        return "tweets", 100, 900.0
+
+    def rate_headers(
+        self, limit: int, remaining: int, used: int, reset_at: float, now: float
+    ) -> dict[str, str]:
+        """``x-rate-limit-*``; the reset is in epoch seconds."""
+        return {
+            "x-rate-limit-limit": str(limit),
+            "x-rate-limit-remaining": str(remaining),
+            "x-rate-limit-reset": str(int(reset_at)),
+        }
+
+    def error(self, status: int) -> web.Response:
+        """Problem JSON, or the HTML a gateway sends for 502."""
+        if status == 401:
+            return problem(401, "Unauthorized", "Unauthorized")
+        if status == 403:
+            return problem(403, "Forbidden", "Forbidden")
+        if status == 404:
+            return json_answer(
+                {"errors": [{"message": "Sorry, that page does not exist", "code": 34}]}, 404
+            )
+        if status == 429:
+            return problem(429, "Too Many Requests", "Too Many Requests")
+        if status == 502:
+            return web.Response(
+                text="<html><head><title>502 Bad Gateway</title></head><body>"
+                "<center><h1>502 Bad Gateway</h1></center></body></html>",
+                status=502,
+                content_type="text/html",
+            )
+        if status == 503:
+            return problem(503, "Service Unavailable", "Service Unavailable")
+        return problem(status, "Internal Server Error", "Internal Server Error")
+
+    def break_envelope(self, payload: Any) -> Any:
+        """A v1.1-looking answer: ``statuses`` and ``search_metadata``, no ``data``/``meta``."""
+        if isinstance(payload, dict):
+            return {"statuses": payload.get("data"), "search_metadata": payload.get("meta")}
+        return {"statuses": payload}
+
+    # -- shapes -----------------------------------------------------------------------------
+
+    def is_mention(self, message: InboundMessage) -> bool:
+        """Whether a post shows up in the brand's mentions timeline (it names ``@brand``)."""
+        return self._mention.search(message.text) is not None
+
+    def tweet(self, message: InboundMessage, fields: set[str]) -> dict[str, Any]:
+        """The post as X returns it with ``tweet.fields=fields``."""
+        raw = message.raw
+        out: dict[str, Any] = {
+            "id": message.external_id,
+            "text": raw.get("text", message.text),
+            "edit_history_tweet_ids": list(
+                raw.get("edit_history_tweet_ids", [message.external_id])
+            ),
+        }
+        for name in sorted(fields):
+            if name in out:
+                continue
+            if name in raw:
+                out[name] = copy.deepcopy(raw[name])
+            elif name == "in_reply_to_user_id" and message.in_reply_to:
+                parent = self._lookup(message.in_reply_to)
+                if parent is not None and parent.author.user_id:
+                    out[name] = parent.author.user_id
+            elif name == "entities":
+                out[name] = self._entities(out["text"])
+            elif name == "reply_settings":
+                out[name] = "everyone"
+            elif name == "possibly_sensitive":
+                out[name] = False
+        return out
+
+    def user(self, author: Author, fields: set[str]) -> dict[str, Any]:
+        """An author as an X user object with ``user.fields=fields``."""
+        seed = int(author.user_id or "0") % 9973
+        followers = author.followers or 0
+        full: dict[str, Any] = {
+            "id": author.user_id,
+            "name": author.name or author.handle,
+            "username": author.handle,
+            "verified": author.verified,
+            "protected": False,
+            "created_at": f"20{10 + seed % 14:02d}-0{1 + seed % 9}-1{seed % 10}T12:00:00.000Z",
+            "description": "",
+            "public_metrics": {
+                "followers_count": followers,
+                "following_count": 40 + seed % 900,
+                "tweet_count": 200 + seed * 7,
+                "listed_count": followers // 500,
+                "like_count": 300 + seed * 3,
+            },
+        }
+        return {k: v for k, v in full.items() if k in DEFAULT_USER_FIELDS or k in fields}
+
+    def _entities(self, text: str) -> dict[str, Any]:
+        mentions = [
+            {"start": m.start(), "end": m.end(), "username": m.group(1)}
+            for m in re.finditer(r"(?<![\w@])@(\w{1,15})", text)
+        ]
+        tags = [
+            {"start": m.start(), "end": m.end(), "tag": m.group(1)}
+            for m in re.finditer(r"(?<![\w#])#(\w+)", text)
+        ]
+        out: dict[str, Any] = {}
+        if mentions:
+            out["mentions"] = mentions
+        if tags:
+            out["hashtags"] = tags
+        return out
+
+    def _index(self, tweet_id: str) -> int | None:
+        if not self._by_id:
+            self._by_id = {m.external_id: i for i, m in enumerate(self.sandbox.messages["x"])}
+        return self._by_id.get(tweet_id)
+
+    def _lookup(self, tweet_id: str) -> InboundMessage | None:
+        index = self._index(tweet_id)
+        return None if index is None else self.sandbox.messages["x"][index]
+
+    def _visible_id(self, tweet_id: str) -> bool:
+        index = self._index(tweet_id)
+        if index is None:
+            return tweet_id in self._posted
+        return index < self.sandbox.released_count("x")
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    async def mentions(self, request: web.Request) -> web.Response:
+        """``GET /2/users/:id/mentions``: posts naming the user, newest first."""
+        user_id = request.match_info["id"]
+        if not user_id.isdigit():
+            return invalid_request(
+                f"The `id` query parameter value [{user_id}] is not valid", {"id": [user_id]}
+            )
+        indexes = self.visible("mentions", self.is_mention) if user_id == BRAND_USER_ID else []
+        return self._page(request, indexes, MENTIONS_PARAMS, 5, "pagination_token")
+
+    async def search(self, request: web.Request) -> web.Response:
+        """``GET /2/tweets/search/recent``: posts matching ``query``, newest first."""
+        query = request.query.get("query", "").strip()
+        if not query:
+            return invalid_request(
+                "The `query` query parameter can not be empty", {"query": [query]}
+            )
+        if len(query) > 512:
+            return invalid_request(
+                "The `query` query parameter value is too long", {"query": [query]}
+            )
+        indexes = self.visible(f"search:{query}", query_matcher(query))
+        token_param = "next_token" if "next_token" in request.query else "pagination_token"
+        return self._page(request, indexes, SEARCH_PARAMS, 10, token_param)
+
+    def _page(
+        self,
+        request: web.Request,
+        indexes: list[int],
+        allowed: frozenset[str],
+        min_results: int,
+        token_param: str,
+    ) -> web.Response:
+        query = request.query
+        for name in query:
+            if name not in allowed:
+                return invalid_request(
+                    f"The query parameter [{name}] is not one of [{','.join(sorted(allowed))}]",
+                    {name: [query[name]]},
+                )
+        raw_max = query.get("max_results", "10")
+        if not raw_max.isdigit() or not min_results <= int(raw_max) <= 100:
+            return invalid_request(
+                f"The `max_results` query parameter value [{raw_max}] is not between "
+                f"{min_results} and 100",
+                {"max_results": [raw_max]},
+            )
+        max_results = int(raw_max)
+        bounds: dict[str, int | None] = {}
+        for name in ("since_id", "until_id"):
+            value = query.get(name)
+            if value is not None and not value.isdigit():
+                return invalid_request(
+                    f"The `{name}` query parameter value [{value}] is not valid", {name: [value]}
+                )
+            bounds[name] = int(value) if value else None
+        before: int | None = None
+        token = query.get(token_param)
+        if token is not None:
+            before = decode_token(token)
+            if before is None:
+                return invalid_request(
+                    f"The `{token_param}` query parameter value [{token}] is not valid",
+                    {token_param: [token]},
+                )
+        since, until = bounds["since_id"], bounds["until_id"]
+        messages = self.sandbox.messages["x"]
+        chosen: list[InboundMessage] = []
+        more = False
+        for i in reversed(indexes):
+            message = messages[i]
+            tid = int(message.external_id)
+            if since is not None and tid <= since:
+                break  # ids grow with time: everything further is older still
+            if (until is not None and tid >= until) or (before is not None and tid >= before):
+                continue
+            if len(chosen) == max_results:
+                more = True
+                break
+            chosen.append(message)
+        if not chosen:
+            return json_answer({"meta": {"result_count": 0}})
+        tweet_fields = _split(query.get("tweet.fields"))
+        user_fields = _split(query.get("user.fields"))
+        ids = [m.external_id for m in chosen]
+        broken = self.broken(ids)
+        data = []
+        for message in chosen:
+            tweet = self.tweet(message, tweet_fields)
+            if message.external_id in broken:
+                tweet = self._corrupt(tweet)
+            data.append(tweet)
+        body: dict[str, Any] = {"data": data}
+        if "author_id" in _split(query.get("expansions")):
+            users: dict[str, dict[str, Any]] = {}
+            for message in chosen:
+                if message.author.user_id and message.author.user_id not in users:
+                    users[message.author.user_id] = self.user(message.author, user_fields)
+            body["includes"] = {"users": list(users.values())}
+        meta: dict[str, Any] = {
+            "newest_id": ids[0],
+            "oldest_id": ids[-1],
+            "result_count": len(ids),
+        }
+        if more:
+            meta["next_token"] = encode_token(ids[-1])
+        body["meta"] = meta
+        request[SERVED] = [i for i in ids if i not in broken]
+        request[CORRUPTED] = [i for i in ids if i in broken]
+        return json_answer(body)
+
+    def _corrupt(self, tweet: dict[str, Any]) -> dict[str, Any]:
+        how = self.sandbox.faults.breakage("x", tweet["id"], 3)
+        broken = dict(tweet)
+        if how == 0:
+            del broken["id"]
+        elif how == 1:
+            broken["created_at"] = "last Tuesday"
+        else:
+            broken["text"] = None
+        return broken
+
+    async def create(self, request: web.Request) -> web.Response:
+        """``POST /2/tweets``: a reply (user context only); 201 ``{"data": {"id", "text"}}``."""
+        if request.get(X_CONTEXT) != "user":
+            return problem(
+                403,
+                "Unsupported Authentication",
+                "Authenticating with OAuth 2.0 Application-Only is forbidden for this endpoint.  "
+                "Supported authentication types are [OAuth 1.0a User Context, OAuth 2.0 User "
+                "Context].",
+                f"{PROBLEMS}/unsupported-authentication",
+            )
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return problem(
+                400,
+                "Invalid Request",
+                "Request body is not valid JSON.",
+                f"{PROBLEMS}/invalid-request",
+            )
+        if not isinstance(body, dict):
+            return problem(
+                400,
+                "Invalid Request",
+                "Request body must be an object.",
+                f"{PROBLEMS}/invalid-request",
+            )
+        text = body.get("text")
+        if not isinstance(text, str) or not text.strip():
+            return invalid_request("$.text: is missing but it is required", {"text": []})
+        reply = body.get("reply") or {}
+        target = reply.get("in_reply_to_tweet_id") if isinstance(reply, dict) else None
+        if target is not None and not self._visible_id(str(target)):
+            return invalid_request(
+                f"The `reply.in_reply_to_tweet_id` value [{target}] does not exist",
+                {"reply.in_reply_to_tweet_id": [str(target)]},
+            )
+        if text in self._posted.values():
+            return problem(
+                403, "Forbidden", "You are not allowed to create a Tweet with duplicate content."
+            )
+        now_ms = int(self.sandbox.clock() * 1000)
+        self._seq = (self._seq + 1) & 0xFFF
+        tweet_id = str(((now_ms - X_EPOCH_MS) << 22) | (1 << 12) | self._seq)
+        self._posted[tweet_id] = text
+        self.sandbox.replies.append(
+            PostedReply(
+                "x",
+                tweet_id,
+                str(target) if target is not None else None,
+                text,
+                posted_at=self.sandbox.clock(),
+            )
+        )
+        return json_answer(
+            {"data": {"id": tweet_id, "text": text, "edit_history_tweet_ids": [tweet_id]}}, 201
+        )
+
+    async def me(self, request: web.Request) -> web.Response:
+        """``GET /2/users/me``: the brand account (user context only)."""
+        if request.get(X_CONTEXT) != "user":
+            return problem(
+                403,
+                "Unsupported Authentication",
+                "Authenticating with OAuth 2.0 Application-Only is forbidden for this endpoint.  "
+                "Supported authentication types are [OAuth 1.0a User Context, OAuth 2.0 User "
+                "Context].",
+                f"{PROBLEMS}/unsupported-authentication",
+            )
+        fields = _split(request.query.get("user.fields"))
+        user = {k: v for k, v in self.brand_user.items() if k in DEFAULT_USER_FIELDS or k in fields}
+        return json_answer({"data": user})
+
+
+def _split(value: str | None) -> set[str]:
+    return {part.strip() for part in (value or "").split(",") if part.strip()}

@@ -1,0 +1,607 @@
+"""The X, Mastodon and Reddit connectors against the sandbox's stand-ins, over real HTTP.
+
+Each runs the shared conformance suite (tests/connector_suite.py) through a harness; X goes
+through tweepy and the base-URL middleware, the others through plain aiohttp. The tests below
+the suite check what is particular to each platform.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from connectors.mastodon import MastodonConnector, html_to_text
+from connectors.reddit import RedditConnector
+from connectors.x import XConnector, base_url_middleware
+from socialcrm.connector import (
+    AuthError,
+    Connector,
+    ConnectorError,
+    FatalError,
+    InboundMessage,
+    OutboundReply,
+    RetryableError,
+    retry_after_s,
+)
+from socialcrm.sandbox.faults import Faults
+from socialcrm.sandbox.mastodon import tags_of
+from socialcrm.sandbox.reddit import search_matcher
+from socialcrm.sandbox.server import Platform, Sandbox, make_app
+from socialcrm.sandbox.x import BRAND_USER_ID, query_matcher
+from tests.connector_suite import ConnectorHarness, ConnectorSuite, drain, ids
+
+SEED = 11
+MESSAGES = 700
+#: Client timeout in the tests; the sandbox's "timeout" fault answers later than this.
+CLIENT_TIMEOUT_S = 1.0
+QUERY = "acme"
+
+
+class SandboxHarness:
+    """A harness for one platform of a sandbox served by a TestServer."""
+
+    platform: ClassVar[Platform]
+    #: Path (inside the platform) whose next request a forced fault hits.
+    path_prefix: ClassVar[str | None] = None
+    page_size = 5
+    faults = frozenset(
+        {"rate_limit", "server_error", "timeout", "truncated", "html", "bad_envelope", "bad_item"}
+    )
+
+    def __init__(self, sandbox: Sandbox, server: TestServer) -> None:
+        self.sandbox = sandbox
+        self.server = server
+        self._sessions: list[aiohttp.ClientSession] = []
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, sandbox: Sandbox | None = None) -> AsyncIterator[Any]:
+        """Serve a sandbox and yield a harness on it; close every session and the server."""
+        sandbox = sandbox or Sandbox(SEED, messages=MESSAGES, faults=Faults(timeout_delay_s=3.0))
+        async with TestServer(make_app(sandbox), host="127.0.0.1") as server:
+            harness = cls(sandbox, server)
+            try:
+                yield harness
+            finally:
+                for session in harness._sessions:
+                    await session.close()
+
+    def base_url(self) -> str:
+        """The platform's base URL on the test server."""
+        return str(self.server.make_url(f"/{self.platform}"))
+
+    def session(self, middlewares: Any = ()) -> aiohttp.ClientSession:
+        """A session like the core's (closed with the harness)."""
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S), middlewares=tuple(middlewares)
+        )
+        self._sessions.append(session)
+        return session
+
+    def visible(self, message: InboundMessage) -> bool:
+        """Whether the connector, as configured, sees this message."""
+        raise NotImplementedError
+
+    def connector(self, *, valid_credentials: bool = True) -> Connector:
+        raise NotImplementedError
+
+    async def publish(self, count: int) -> list[str]:
+        """Release this platform's messages until ``count`` the connector can see are out."""
+        out: list[str] = []
+        while len(out) < count:
+            released = self.sandbox.release(1, self.platform)
+            assert released, "the sandbox ran out of messages"
+            if self.visible(released[0]):
+                out.append(released[0].external_id)
+        return out
+
+    def inject(self, fault: str) -> None:
+        self.sandbox.inject(self.platform, fault, path_prefix=self.path_prefix)
+
+    def rate_limit_wait_s(self) -> float | None:
+        event = self.sandbox.faults.last(self.platform, "rate_limit")
+        return None if event is None else retry_after_s(event.headers)
+
+    def replies(self) -> list[tuple[str, str]] | None:
+        return [
+            (r.in_reply_to or "", r.text)
+            for r in self.sandbox.replies
+            if r.platform == self.platform
+        ]
+
+
+class XHarness(SandboxHarness):
+    platform: ClassVar[Platform] = "x"
+
+    def visible(self, message: InboundMessage) -> bool:
+        return self.sandbox.x.is_mention(message) or query_matcher(QUERY)(message)
+
+    def config(self, **changes: Any) -> XConnector.Config:
+        creds = self.sandbox.credentials
+        settings: dict[str, Any] = {
+            "bearer_token": creds.x_bearer_token,
+            "user_id": BRAND_USER_ID,
+            "search_query": QUERY,
+            "max_results": self.page_size,
+            "max_pages": 2,
+            "base_url": self.base_url(),
+            "user_access_token": creds.x_user_token,
+        }
+        settings.update(changes)
+        return XConnector.Config.model_validate(settings)
+
+    def connector(self, *, valid_credentials: bool = True, **changes: Any) -> XConnector:
+        if not valid_credentials:
+            changes["bearer_token"] = "revoked-token"
+        config = self.config(**changes)
+        return XConnector(config, self.session(XConnector.session_middlewares(config)))
+
+
+class MastodonHarness(SandboxHarness):
+    platform: ClassVar[Platform] = "mastodon"
+
+    def visible(self, message: InboundMessage) -> bool:
+        return self.sandbox.mastodon.is_mention(message) or QUERY in tags_of(message.text)
+
+    def connector(self, *, valid_credentials: bool = True, **changes: Any) -> MastodonConnector:
+        settings: dict[str, Any] = {
+            "base_url": self.base_url(),
+            "access_token": self.sandbox.credentials.mastodon_token
+            if valid_credentials
+            else "revoked-token",
+            "hashtags": [QUERY],
+            "limit": self.page_size,
+            "max_pages": 2,
+            "timeout_s": CLIENT_TIMEOUT_S,
+        }
+        settings.update(changes)
+        return MastodonConnector(MastodonConnector.Config.model_validate(settings), self.session())
+
+
+class RedditHarness(SandboxHarness):
+    platform: ClassVar[Platform] = "reddit"
+    path_prefix: ClassVar[str | None] = "/search"
+
+    def subreddits(self) -> list[str]:
+        return sorted({str(m.raw["data"]["subreddit"]) for m in self.sandbox.messages["reddit"]})
+
+    def visible(self, message: InboundMessage) -> bool:
+        if message.external_id.startswith("t1_"):
+            return QUERY in message.text.lower()
+        return search_matcher(QUERY)(message)
+
+    def connector(self, *, valid_credentials: bool = True, **changes: Any) -> RedditConnector:
+        creds = self.sandbox.credentials
+        settings: dict[str, Any] = {
+            "client_id": creds.reddit_client_id,
+            "client_secret": creds.reddit_client_secret if valid_credentials else "wrong",
+            "username": creds.reddit_username,
+            "password": creds.reddit_password,
+            "user_agent": "test:socialcrm:0.1 (by /u/acme)",
+            "auth_url": self.base_url(),
+            "api_url": self.base_url(),
+            "query": QUERY,
+            "subreddits": self.subreddits(),
+            "limit": self.page_size,
+            "max_pages": 2,
+            "timeout_s": CLIENT_TIMEOUT_S,
+        }
+        settings.update(changes)
+        return RedditConnector(RedditConnector.Config.model_validate(settings), self.session())
+
+
+# -- the conformance suite, three times ---------------------------------------------------------
+
+
+class TestXConformance(ConnectorSuite):
+    @pytest.fixture
+    async def harness(self) -> AsyncIterator[ConnectorHarness]:
+        async with XHarness.running() as harness:
+            yield harness
+
+
+class TestMastodonConformance(ConnectorSuite):
+    @pytest.fixture
+    async def harness(self) -> AsyncIterator[ConnectorHarness]:
+        async with MastodonHarness.running() as harness:
+            yield harness
+
+
+class TestRedditConformance(ConnectorSuite):
+    @pytest.fixture
+    async def harness(self) -> AsyncIterator[ConnectorHarness]:
+        async with RedditHarness.running() as harness:
+            yield harness
+
+
+@pytest.fixture
+async def x() -> AsyncIterator[XHarness]:
+    async with XHarness.running() as harness:
+        yield harness
+
+
+@pytest.fixture
+async def mastodon() -> AsyncIterator[MastodonHarness]:
+    async with MastodonHarness.running() as harness:
+        yield harness
+
+
+@pytest.fixture
+async def reddit() -> AsyncIterator[RedditHarness]:
+    async with RedditHarness.running() as harness:
+        yield harness
+
+
+def by_id(messages: list[InboundMessage]) -> dict[str, InboundMessage]:
+    return {m.external_id: m for m in messages}
+
+
+# -- X ------------------------------------------------------------------------------------------
+
+
+async def test_base_url_middleware_moves_x_requests_and_nothing_else() -> None:
+    seen: list[tuple[str, str, str]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append((request.path, request.rel_url.raw_query_string, request.headers["Host"]))
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    async with TestServer(app, host="127.0.0.1") as server:
+        base = str(server.make_url("/x"))
+        middleware = base_url_middleware(base + "/")
+        async with aiohttp.ClientSession(middlewares=(middleware,)) as http:
+            async with http.get(
+                "https://api.twitter.com/2/tweets/search/recent", params={"query": "a b#c"}
+            ) as resp:
+                assert resp.status == 200
+            async with http.get(str(server.make_url("/other")), params={"q": "1"}) as resp:
+                assert resp.status == 200
+        host = f"127.0.0.1:{server.port}"
+    assert seen == [
+        ("/x/2/tweets/search/recent", "query=a+b%23c", host),
+        ("/other", "q=1", host),
+    ]
+
+
+def test_the_default_base_url_needs_no_middleware() -> None:
+    config = XConnector.Config(bearer_token="t", user_id="1")
+    assert XConnector.session_middlewares(config) == []
+    assert (
+        len(XConnector.session_middlewares(config.model_copy(update={"base_url": "http://h/x"})))
+        == 1
+    )
+    with pytest.raises(ValueError, match="user_id"):
+        XConnector.Config(bearer_token="t")
+    with pytest.raises(ValueError, match=r"OAuth 1\.0a"):
+        XConnector.Config(bearer_token="t", user_id="1", consumer_key="k")
+
+
+async def test_x_messages_carry_what_the_traffic_says(x: XHarness) -> None:
+    published = await x.publish(40)
+    messages, _ = await drain(x.connector(), None)
+    got = by_id(messages)
+    assert sorted(got) == sorted(published)
+    for truth in x.sandbox.released("x"):
+        if truth.external_id not in got:
+            continue
+        message = got[truth.external_id]
+        assert message.text == truth.text
+        assert message.author == truth.author
+        assert message.created_at == truth.created_at
+        assert message.lang == truth.lang
+        assert message.in_reply_to == truth.in_reply_to
+        assert message.conversation_id == truth.conversation_id
+        assert message.url == truth.url
+    assert any(m.in_reply_to for m in messages), "threads come through"
+    assert any(m.direct for m in messages) and any(not m.direct for m in messages)
+
+
+async def test_x_finds_the_brand_id_with_user_context(x: XHarness) -> None:
+    published = await x.publish(3)
+    connector = x.connector(user_id=None, search_query=None)
+    messages, _ = await drain(connector, None)
+    mentions = [i for i in published if x.sandbox.x.is_mention(x.sandbox.x._lookup(i))]
+    assert sorted(ids(messages)) == sorted(mentions)
+
+
+async def test_x_replies_need_user_context(x: XHarness) -> None:
+    [target] = await x.publish(1)
+    reply = OutboundReply(reply_id=1, channel="x", text="Hello", in_reply_to=target)
+    with pytest.raises(AuthError, match="user context"):
+        await x.connector(user_access_token=None).send(reply)
+    # An app-only token where user context belongs: X says 403, which is about credentials.
+    with pytest.raises(AuthError):
+        await x.connector(user_access_token=x.sandbox.credentials.x_bearer_token).send(reply)
+    assert x.replies() == []
+
+
+async def test_x_duplicate_reply_is_refused_not_an_auth_problem(x: XHarness) -> None:
+    [target] = await x.publish(1)
+    connector = x.connector()
+    reply = OutboundReply(reply_id=1, channel="x", text="We're on it.", in_reply_to=target)
+    await connector.send(reply)
+    with pytest.raises(FatalError, match="duplicate"):
+        await connector.send(reply)
+    assert len(x.replies() or []) == 1
+
+
+async def test_x_oauth1_user_context_can_reply(x: XHarness) -> None:
+    [target] = await x.publish(1)
+    creds = x.sandbox.credentials
+    connector = x.connector(
+        user_access_token=None,
+        consumer_key=creds.x_consumer_key,
+        consumer_secret="secret",
+        access_token=creds.x_access_token,
+        access_token_secret="secret",
+    )
+    receipt = await connector.send(
+        OutboundReply(reply_id=1, channel="x", text="Thanks!", in_reply_to=target)
+    )
+    assert x.replies() == [(target, "Thanks!")]
+    assert receipt.external_id == x.sandbox.replies[-1].external_id
+
+
+async def test_x_half_done_walk_resumes_where_it_stopped(x: XHarness) -> None:
+    published = await x.publish(x.page_size * 3)
+    connector = x.connector(search_query=None, max_pages=1)
+    first = await connector.fetch(None)
+    assert first.more and first.cursor is not None
+    assert first.cursor["mentions"]["until_id"]
+    newer = await x.publish(2)
+    rest, last = await drain(connector, first.cursor)
+    assert last.cursor is not None and set(last.cursor["mentions"]) == {"since_id"}
+    latest, _ = await drain(connector, last.cursor)  # what came during the walk: next poll
+    got = ids(first.messages) + ids(rest) + ids(latest)
+    mentions = {i for i in published + newer if x.sandbox.x.is_mention(x.sandbox.x._lookup(i))}
+    assert len(got) == len(set(got))
+    assert set(got) == mentions
+
+
+# -- Mastodon -----------------------------------------------------------------------------------
+
+
+async def test_mastodon_html_comes_back_as_the_text_written(mastodon: MastodonHarness) -> None:
+    for message in mastodon.sandbox.messages["mastodon"]:
+        assert html_to_text(mastodon.sandbox.mastodon.content(message.text)) == message.text
+
+
+async def test_mastodon_messages_carry_what_the_traffic_says(mastodon: MastodonHarness) -> None:
+    published = await mastodon.publish(30)
+    messages, _ = await drain(mastodon.connector(), None)
+    got = by_id(messages)
+    assert sorted(got) == sorted(published)
+    for truth in mastodon.sandbox.released("mastodon"):
+        if truth.external_id not in got:
+            continue
+        message = got[truth.external_id]
+        assert message.text == truth.text
+        assert message.author == truth.author
+        assert message.created_at == truth.created_at
+        assert message.lang == truth.lang
+        assert message.in_reply_to == truth.in_reply_to
+        assert message.url == truth.url
+        assert message.direct == mastodon.sandbox.mastodon.is_mention(truth)
+
+
+async def test_mastodon_reply_starts_with_the_acct_once(mastodon: MastodonHarness) -> None:
+    await mastodon.publish(1)
+    [target] = mastodon.sandbox.released("mastodon")[-1:]
+    connector = mastodon.connector()
+    acct = target.author.handle
+    assert acct is not None
+    reply = OutboundReply(
+        reply_id=7,
+        channel="mastodon",
+        text="So sorry!",
+        in_reply_to=target.external_id,
+        to_handle=acct,
+    )
+    first = await connector.send(reply)
+    again = await connector.send(reply)  # a resend after a lost answer: same Idempotency-Key
+    assert first.external_id == again.external_id
+    assert mastodon.replies() == [(target.external_id, f"@{acct} So sorry!")]
+    already = reply.model_copy(update={"reply_id": 8, "text": f"@{acct} Fixed now."})
+    await connector.send(already)
+    assert (mastodon.replies() or [])[-1] == (target.external_id, f"@{acct} Fixed now.")
+
+
+async def test_mastodon_first_poll_reads_only_the_backfill(mastodon: MastodonHarness) -> None:
+    published = await mastodon.publish(mastodon.page_size * 4)
+    connector = mastodon.connector(hashtags=[], backfill_pages=2, max_pages=1)
+    messages, last = await drain(connector, None)
+    mentions = [
+        i
+        for i in published
+        if mastodon.sandbox.mastodon.is_mention(mastodon.sandbox.mastodon._lookup(i))
+    ]
+    newest = sorted(mentions, key=lambda i: (len(i), i))[-mastodon.page_size * 2 :]
+    assert sorted(ids(messages)) == sorted(newest)
+    assert last.cursor is not None and "min_id" in last.cursor["notifications"]
+
+
+async def test_mastodon_refused_reply_is_fatal(mastodon: MastodonHarness) -> None:
+    reply = OutboundReply(reply_id=1, channel="mastodon", text="Hi", in_reply_to="12345")
+    with pytest.raises(FatalError):
+        await mastodon.connector().send(reply)
+
+
+# -- Reddit -------------------------------------------------------------------------------------
+
+
+async def test_reddit_messages_carry_what_the_traffic_says(reddit: RedditHarness) -> None:
+    published = await reddit.publish(30)
+    messages, _ = await drain(reddit.connector(), None)
+    got = by_id(messages)
+    assert sorted(got) == sorted(published)
+    kinds = set()
+    for truth in reddit.sandbox.released("reddit"):
+        if truth.external_id not in got:
+            continue
+        message = got[truth.external_id]
+        kinds.add(truth.external_id[:2])
+        assert message.text == truth.text
+        assert message.subject == truth.subject
+        assert message.author == truth.author
+        assert message.created_at == truth.created_at
+        assert message.conversation_id == truth.conversation_id
+        assert message.url == truth.url
+        assert message.direct == truth.direct
+        if truth.external_id.startswith("t1_"):
+            assert message.in_reply_to == truth.raw["data"]["parent_id"]
+    assert kinds == {"t1", "t3"}
+
+
+async def test_reddit_comments_are_filtered_by_keywords(reddit: RedditHarness) -> None:
+    reddit.sandbox.release(60, "reddit")
+    connector = reddit.connector(query=None, keywords=[])
+    messages, _ = await drain(connector, None)
+    released = reddit.sandbox.released("reddit")
+    assert sorted(ids(messages)) == sorted(
+        m.external_id for m in released if m.external_id.startswith("t1_")
+    )
+    connector = reddit.connector(query=None, keywords=["Acme", "refund"])
+    messages, _ = await drain(connector, None)
+    wanted = [
+        m.external_id
+        for m in released
+        if m.external_id.startswith("t1_")
+        and ("acme" in m.text.lower() or "refund" in m.text.lower())
+    ]
+    assert wanted and sorted(ids(messages)) == sorted(wanted)
+
+
+async def test_reddit_expired_token_is_renewed_on_the_next_call(reddit: RedditHarness) -> None:
+    first = await reddit.publish(2)
+    connector = reddit.connector()
+    got, last = await drain(connector, None)
+    assert sorted(ids(got)) == sorted(first)
+    reddit.sandbox.reddit.expire_tokens()
+    second = await reddit.publish(2)
+    with pytest.raises(RetryableError) as caught:
+        await connector.fetch(last.cursor)
+    assert caught.value.retry_after_s == 0.0
+    got, _ = await drain(connector, last.cursor)
+    assert sorted(ids(got)) == sorted(second)
+    assert len(reddit.sandbox.reddit.tokens) == 2
+
+
+async def test_reddit_wrong_password_is_an_auth_error(reddit: RedditHarness) -> None:
+    with pytest.raises(AuthError, match="invalid_grant"):
+        await reddit.connector(password="wrong").fetch(None)
+
+
+async def test_reddit_app_only_reads_but_cannot_reply(reddit: RedditHarness) -> None:
+    published = await reddit.publish(3)
+    connector = reddit.connector(username=None, password=None)
+    messages, _ = await drain(connector, None)
+    assert sorted(ids(messages)) == sorted(published)
+    reply = OutboundReply(reply_id=1, channel="reddit", text="Hi", in_reply_to=published[0])
+    with pytest.raises(AuthError):
+        await connector.send(reply)
+
+
+async def test_reddit_reply_to_a_missing_thing_is_fatal(reddit: RedditHarness) -> None:
+    reply = OutboundReply(reply_id=1, channel="reddit", text="Hi", in_reply_to="t1_nothere")
+    with pytest.raises(FatalError, match="NO_THING_ID"):
+        await reddit.connector().send(reply)
+
+
+# -- all three on a bad day ---------------------------------------------------------------------
+
+BAD_DAY = Faults(
+    seed=5,
+    rate_limit=0.04,
+    rate_limit_burst=2,
+    server_error=0.05,
+    slow=0.05,
+    slow_delay_s=0.01,
+    truncated=0.03,
+    html=0.03,
+    bad_envelope=0.03,
+    bad_item=0.05,
+)
+
+
+@pytest.mark.parametrize("harness_class", [XHarness, MastodonHarness, RedditHarness])
+async def test_every_served_message_is_delivered_exactly_once(
+    harness_class: type[SandboxHarness],
+) -> None:
+    sandbox = Sandbox(SEED, messages=MESSAGES, faults=BAD_DAY)
+    async with harness_class.running(sandbox) as harness:
+        connector = harness.connector()
+        delivered: list[str] = []
+        quarantined: list[str | None] = []
+        failures = 0
+        cursor = None
+        platform = harness.platform
+        for poll in range(400):
+            if sandbox.pending(platform) and poll % 2 == 0:
+                sandbox.release(3, platform)
+            try:
+                batch = await connector.fetch(cursor)
+            except ConnectorError:
+                failures += 1
+                continue
+            delivered += ids(batch.messages)
+            quarantined += [q.external_id for q in batch.quarantined]
+            cursor = batch.cursor
+            if not sandbox.pending(platform) and not batch.more and poll > 300:
+                break
+        assert failures, "the bad day had faults"
+        assert len(delivered) == len(set(delivered)), "a message was delivered twice"
+        visible = {m.external_id for m in sandbox.released(platform) if harness.visible(m)}
+        # Reddit serves every comment of a subreddit; the connector keeps the ones it wants.
+        served = set(sandbox.served_ids(platform)) & visible
+        missing = served - set(delivered)
+        assert not missing, f"served but never delivered: {sorted(missing)[:5]}"
+        assert set(delivered) <= visible
+        broken = set(sandbox.corrupted[platform])
+        named = [q for q in quarantined if q is not None]
+        assert quarantined and set(named) <= broken
+        assert len(named) == len(set(named)), "a bad item was quarantined twice"
+        assert visible == set(delivered) | (broken & visible)
+
+
+async def test_mastodon_follows_links_only_to_its_own_server() -> None:
+    hits: list[str] = []
+
+    async def notifications(request: web.Request) -> web.Response:
+        hits.append(request.path_qs)
+        page = [
+            {
+                "id": str(100 - i),
+                "type": "mention",
+                "created_at": "2026-03-02T08:00:00.000Z",
+                "account": {"id": "1", "acct": "someone@else.example"},
+                "status": {
+                    "id": str(900 - i),
+                    "created_at": "2026-03-02T08:00:00.000Z",
+                    "content": "<p>@acme hi</p>",
+                    "account": {"id": "1", "acct": "someone@else.example"},
+                },
+            }
+            for i in range(2)
+        ]
+        link = '<https://elsewhere.example/api/v1/notifications?max_id=99>; rel="next"'
+        return web.json_response(page, headers={"Link": link})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/notifications", notifications)
+    async with TestServer(app, host="127.0.0.1") as server:
+        config = MastodonConnector.Config(
+            base_url=str(server.make_url("")), access_token="t", limit=2, max_pages=3
+        )
+        async with aiohttp.ClientSession() as http:
+            batch = await MastodonConnector(config, http).fetch(None)
+    assert len(hits) == 1, "the token never goes to another host"
+    assert ids(batch.messages) == ["899", "900"]
+    assert batch.cursor is not None and batch.cursor["notifications"] == {"min_id": "100"}
