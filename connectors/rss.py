@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import calendar
+import xml.sax
 import hashlib
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -10,7 +12,7 @@ from typing import Any, ClassVar
 import aiohttp
 import feedparser
 from bs4 import BeautifulSoup
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 
 from socialcrm.connector import (
     Author,
@@ -43,6 +45,9 @@ class RssConnector:
         #: empty keeps every entry (a feed that is about the brand already).
         keywords: list[str] = Field(default_factory=list)
         timeout_s: float = 30.0
+        #: HTTP basic credentials, for feeds behind a login (review-site partner feeds).
+        username: str | None = None
+        password: SecretStr | None = None
 
     def __init__(self, config: Config, http: aiohttp.ClientSession) -> None:
         self.config = config
@@ -53,6 +58,10 @@ class RssConnector:
         """Get the feed (conditionally, with ETag/Last-Modified) and return unseen entries."""
         cursor = dict(cursor or {})
         headers = {}
+        if self.config.username is not None:
+            secret = self.config.password.get_secret_value() if self.config.password else ""
+            token = base64.b64encode(f"{self.config.username}:{secret}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
         if cursor.get("etag"):
             headers["If-None-Match"] = cursor["etag"]
         if cursor.get("modified"):
@@ -78,6 +87,10 @@ class RssConnector:
         parsed = feedparser.parse(body)
         if not parsed.entries and (parsed.bozo or not parsed.get("version")):
             raise MalformedPayload(f"not a feed: {parsed.get('bozo_exception')!r}")
+        problem = parsed.get("bozo_exception")
+        if isinstance(problem, xml.sax.SAXParseException) and "entity" not in str(problem):
+            # Broken XML (a cut-off answer): what parsed may be a part; try the whole again.
+            raise MalformedPayload(f"feed is not well-formed XML: {problem}")
         seen = list(cursor.get("seen", []))
         known = set(seen)
         batch = Batch()
@@ -126,12 +139,20 @@ class RssConnector:
             external_id=ident,
             text=text,
             subject=title[:998] or None,
-            author=Author(name=(entry.get("author") or None)),
+            author=_author(entry),
             created_at=created,
             url=entry.get("link"),
             direct=False,
             raw={"feed": self.config.url, "id": entry.get("id"), "link": entry.get("link")},
         )
+
+
+def _author(entry: Any) -> Author:
+    """A reviewer: a name, and an address when the feed gives one (a site's user name is
+    their handle there)."""
+    detail = entry.get("author_detail") or {}
+    name = (detail.get("name") or entry.get("author") or "").strip() or None
+    return Author(name=name, email=detail.get("email") or None, handle=name)
 
 
 def _entry_id(entry: Any) -> str:

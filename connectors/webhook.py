@@ -43,7 +43,7 @@ TIMESTAMP_HEADER = "X-Socialcrm-Timestamp"
 MAX_BODY = 1_000_000
 
 
-class Refused(Exception):
+class Refused(AuthError):
     """A request that is not let in; ``status`` is the HTTP answer, the message says why."""
 
     def __init__(self, status: int, reason: str) -> None:

@@ -7,6 +7,8 @@ the suite check what is particular to each platform.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
@@ -605,3 +607,213 @@ async def test_mastodon_follows_links_only_to_its_own_server() -> None:
     assert len(hits) == 1, "the token never goes to another host"
     assert ids(batch.messages) == ["899", "900"]
     assert batch.cursor is not None and batch.cursor["notifications"] == {"min_id": "100"}
+
+
+# -- RSS and webhooks in the same suite ------------------------------------------------------
+
+
+class FeedHarness:
+    """A review feed on a local server, with basic auth and the faults a feed host shows."""
+
+    page_size = 25
+    faults = frozenset({"rate_limit", "server_error", "timeout", "truncated", "html"})
+    USER, PASSWORD = "partner", "feed-password"
+
+    def __init__(self, server: TestServer) -> None:
+        self.server = server
+        self.entries: list[str] = []
+        self.pending: list[str] = []
+        self.last_retry_after: float | None = None
+        self._sessions: list[aiohttp.ClientSession] = []
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls) -> AsyncIterator[FeedHarness]:
+        app = web.Application()
+        holder: list[FeedHarness] = []
+
+        async def feed(request: web.Request) -> web.StreamResponse:
+            return await holder[0].answer(request)
+
+        app.router.add_get("/feed.xml", feed)
+        async with TestServer(app, host="127.0.0.1") as server:
+            harness = cls(server)
+            holder.append(harness)
+            try:
+                yield harness
+            finally:
+                for session in harness._sessions:
+                    await session.close()
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        token = base64.b64encode(f"{self.USER}:{self.PASSWORD}".encode()).decode()
+        expected = f"Basic {token}"
+        if request.headers.get("Authorization") != expected:
+            return web.Response(status=401, text="login required")
+        fault = self.pending.pop(0) if self.pending else None
+        if fault == "rate_limit":
+            self.last_retry_after = 120.0
+            return web.Response(status=429, headers={"Retry-After": "120"}, text="slow down")
+        if fault == "server_error":
+            return web.Response(status=503, text="upstream down")
+        if fault == "timeout":
+            await asyncio.sleep(CLIENT_TIMEOUT_S * 3)
+        items = "".join(
+            f"<item><guid>{g}</guid><title>Acme review</title><link>{g}</link>"
+            f"<description>Review {g}: the Acme blender arrived broken</description>"
+            f"<author>reviewer@example.com (Reviewer)</author></item>"
+            for g in self.entries[-200:]
+        )
+        body = f'<?xml version="1.0"?><rss version="2.0"><channel><title>Reviews</title>{items}</channel></rss>'
+        if fault == "truncated":
+            body = body[: len(body) // 2]
+        if fault == "html":
+            body = "<html><body><h1>Down for maintenance</h1></body></html>"
+        return web.Response(text=body, content_type="application/rss+xml")
+
+    def connector(self, *, valid_credentials: bool = True) -> Connector:
+        from connectors.rss import RssConnector
+
+        session = aiohttp.ClientSession()
+        self._sessions.append(session)
+        config = RssConnector.Config.model_validate(
+            {
+                "url": str(self.server.make_url("/feed.xml")),
+                "keywords": ["acme"],
+                "timeout_s": CLIENT_TIMEOUT_S,
+                "username": self.USER,
+                "password": self.PASSWORD if valid_credentials else "wrong",
+            }
+        )
+        return RssConnector(config, session)
+
+    async def publish(self, count: int) -> list[str]:
+        start = len(self.entries)
+        new = [f"https://reviews.example/acme/{i}" for i in range(start, start + count)]
+        self.entries.extend(new)
+        return new
+
+    def inject(self, fault: str) -> None:
+        self.pending.append(fault)
+
+    def rate_limit_wait_s(self) -> float | None:
+        return self.last_retry_after
+
+    def replies(self) -> list[tuple[str, str]] | None:
+        return None  # review feeds take no replies
+
+
+class TestRssConnector(ConnectorSuite):
+    @pytest.fixture
+    async def harness(self) -> AsyncIterator[FeedHarness]:
+        async with FeedHarness.running() as harness:
+            yield harness
+
+
+class WebhookHarness:
+    """Pushed messages, signed as a sending system would, and a callback that takes replies."""
+
+    page_size = 5
+    faults = frozenset({"bad_item"})
+    SECRET = "conformance-webhook-secret"
+
+    def __init__(self, server: TestServer) -> None:
+        self.server = server
+        self.bodies: list[tuple[bytes, dict[str, str]]] = []
+        self.posted: list[tuple[str, str]] = []
+        self.count = 0
+        self._sessions: list[aiohttp.ClientSession] = []
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls) -> AsyncIterator[WebhookHarness]:
+        app = web.Application()
+        holder: list[WebhookHarness] = []
+
+        async def reply(request: web.Request) -> web.Response:
+            data = await request.json()
+            holder[0].posted.append((data["in_reply_to"], data["text"]))
+            return web.json_response({"id": f"reply-{len(holder[0].posted)}"})
+
+        app.router.add_post("/replies", reply)
+        async with TestServer(app, host="127.0.0.1") as server:
+            harness = cls(server)
+            holder.append(harness)
+            try:
+                yield harness
+            finally:
+                for session in harness._sessions:
+                    await session.close()
+
+    def connector(self, *, valid_credentials: bool = True) -> Connector:
+        from connectors.webhook import WebhookConnector
+
+        session = aiohttp.ClientSession()
+        self._sessions.append(session)
+        config = WebhookConnector.Config.model_validate(
+            {
+                "secret": self.SECRET if valid_credentials else "another-secret-entirely",
+                "reply_url": str(self.server.make_url("/replies")),
+            }
+        )
+        return WebhookConnector(config, session)
+
+    async def publish(self, count: int) -> list[str]:
+        items: list[dict[str, Any]] = []
+        for _ in range(count):
+            self.count += 1
+            items.append(
+                {
+                    "id": f"form-{self.count}",
+                    "text": f"Order {self.count} never arrived",
+                    "author": {"email": f"c{self.count}@example.com"},
+                }
+            )
+        self.bodies.append(self._signed(items))
+        return [i["id"] for i in items]
+
+    def _signed(self, items: list[dict[str, Any]]) -> tuple[bytes, dict[str, str]]:
+        import json
+        import time
+
+        from connectors.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+
+        body = json.dumps(items).encode()
+        ts = str(int(time.time()))
+        return body, {TIMESTAMP_HEADER: ts, SIGNATURE_HEADER: sign(self.SECRET, ts, body)}
+
+    async def receive(self, connector: Any, cursor: Any) -> Any:
+        """What the daemon's endpoint does with each pushed request."""
+        from socialcrm.connector import Batch
+
+        batch = Batch(cursor=dict(cursor or {}))
+        while self.bodies:
+            body, headers = self.bodies.pop(0)
+            connector.verify(headers, body)
+            got = connector.parse(body)
+            batch.messages.extend(got.messages)
+            batch.quarantined.extend(got.quarantined)
+        return batch
+
+    def inject(self, fault: str) -> None:
+        """Break one item of the last push (the sending system sent it without its text)."""
+        import json
+
+        assert fault == "bad_item" and self.bodies
+        body, _ = self.bodies.pop()
+        items = json.loads(body)
+        del items[len(items) // 2]["text"]
+        self.bodies.append(self._signed(items))
+
+    def rate_limit_wait_s(self) -> float | None:
+        return None
+
+    def replies(self) -> list[tuple[str, str]] | None:
+        return self.posted
+
+
+class TestWebhookConnector(ConnectorSuite):
+    @pytest.fixture
+    async def harness(self) -> AsyncIterator[WebhookHarness]:
+        async with WebhookHarness.running() as harness:
+            yield harness
