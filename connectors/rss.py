@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 import calendar
-import xml.sax
 import hashlib
+import xml.sax
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
