@@ -664,7 +664,10 @@ class FeedHarness:
             f"<author>reviewer@example.com (Reviewer)</author></item>"
             for g in self.entries[-200:]
         )
-        body = f'<?xml version="1.0"?><rss version="2.0"><channel><title>Reviews</title>{items}</channel></rss>'
+        body = (
+            '<?xml version="1.0"?><rss version="2.0"><channel><title>Reviews</title>'
+            f"{items}</channel></rss>"
+        )
         if fault == "truncated":
             body = body[: len(body) // 2]
         if fault == "html":
