@@ -1,0 +1,114 @@
+"""End to end with the sandbox: a complaint arrives, a draft waits, a person approves it, and the
+reply appears on the platform exactly once, threaded to the original; the ticket records the
+first response time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import sqlalchemy as sa
+from aiohttp.test_utils import TestServer
+
+from socialcrm.chatops.commands import Actor, Commands
+from socialcrm.config import Config
+from socialcrm.daemon import Daemon
+from socialcrm.db import Store
+from socialcrm.demo import sandbox_sources
+from socialcrm.models import Message, Reply, Ticket
+from socialcrm.sandbox.server import Platform, Sandbox, make_app
+from socialcrm.sources import make_source
+
+APPROVER = Actor("dana", "approver", "slack")
+
+
+@pytest.fixture
+async def running(config: Config, store: Store) -> AsyncIterator[tuple[Daemon, Sandbox]]:
+    sandbox = Sandbox(11, messages=400)
+    async with TestServer(make_app(sandbox), host="127.0.0.1") as server:
+        base = str(server.make_url("")).rstrip("/")
+        cfg = config.model_copy(
+            update={
+                "sources": Config.model_validate(
+                    {"sources": sandbox_sources(sandbox, base, interval="0")}
+                ).sources
+            }
+        )
+        daemon = Daemon(cfg, store)
+        for i, src in enumerate(cfg.sources):
+            daemon.poller.add(make_source(src, i))
+        daemon.sender.connectors = {n: s.connector for n, s in daemon.poller.sources.items()}
+        try:
+            yield daemon, sandbox
+        finally:
+            await daemon.stop()
+
+
+async def first_complaint_draft(store: Store, channel: str) -> tuple[Reply, Message]:
+    async with store.reader() as s:
+        row = (
+            await s.execute(
+                sa.select(Reply, Message)
+                .join(Message, Message.id == Reply.message_id)
+                .where(
+                    Reply.status == "draft", Reply.channel == channel, Reply.ticket_id.is_not(None)
+                )  # type: ignore[union-attr]
+                .order_by(Reply.id)
+                .limit(1)
+            )
+        ).first()
+    assert row is not None, f"no draft for a {channel} ticket"
+    return row[0], row[1]
+
+
+@pytest.mark.parametrize(("platform", "source"), [("x", "x-acme"), ("mastodon", "mastodon-acme")])
+async def test_complaint_to_approved_reply_on_the_platform(
+    running: tuple[Daemon, Sandbox], store: Store, platform: Platform, source: str
+) -> None:
+    daemon, sandbox = running
+    sandbox.release(120, platform)
+    out = await daemon.poller.poll(source)
+    assert out.error is None and out.result.stored > 0
+    reply, original = await first_complaint_draft(store, platform)
+    commands = Commands(daemon.config, store)
+    assert "approved by dana" in await commands.run(APPROVER, f"approve {reply.id}")
+    assert await daemon.sender.send_due() == 1
+    assert await daemon.sender.send_due() == 0
+    posted = sandbox.replies_to(original.external_id)
+    assert len(posted) == 1, "the reply reached the platform exactly once"
+    assert posted[0].text.strip()
+    async with store.reader() as s:
+        r = await s.get(Reply, reply.id)
+        t = await s.get(Ticket, reply.ticket_id)
+    assert r is not None and r.status == "sent" and r.external_id == posted[0].external_id
+    assert t is not None and t.first_response_at is not None and t.status == "pending"
+    # The platform's copy of our reply comes back on the next poll: it is not a new ticket.
+    await daemon.poller.poll(source)
+    async with store.reader() as s:
+        outbound = (
+            (
+                await s.execute(
+                    sa.select(Message).where(Message.external_id == posted[0].external_id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert len(outbound) == 1 and outbound[0].direction == "outbound"
+
+
+async def test_sender_wakes_on_approval(running: tuple[Daemon, Sandbox], store: Store) -> None:
+    daemon, sandbox = running
+    sandbox.release(120, "x")
+    await daemon.poller.poll("x-acme")
+    reply, original = await first_complaint_draft(store, "x")
+    daemon.sender.start()
+    await Commands(daemon.config, store).run(APPROVER, f"approve {reply.id}")
+    daemon.sender.wake()
+    for _ in range(100):
+        if sandbox.replies_to(original.external_id):
+            break
+        await asyncio.sleep(0.05)
+    assert len(sandbox.replies_to(original.external_id)) == 1
