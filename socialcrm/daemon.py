@@ -14,12 +14,17 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from socialcrm.chatops.cards import CardNotifier
+from socialcrm.chatops.commands import Commands
+from socialcrm.chatops.mattermost import add_mattermost_routes
+from socialcrm.chatops.slack import add_slack_routes
 from socialcrm.config import Config
 from socialcrm.connector import Batch
 from socialcrm.db import Store
@@ -121,6 +126,10 @@ class Daemon:
         self.metrics = Metrics()
         self.poller.on_result = self.metrics.record
         self.sender = Sender(store, {})
+        self.commands = Commands(config, store)
+        #: The daemon's own HTTP session, for chat (answers to Slack, approval cards).
+        self.http: aiohttp.ClientSession | None = None
+        self.cards: CardNotifier | None = None
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self.runner: web.AppRunner | None = None
         self.started_at = utcnow()
@@ -135,6 +144,11 @@ class Daemon:
                 self.poller.add(make_source(cfg, i))
         await self.poller.load_state()
         self.sender.connectors = {n: s.connector for n, s in self.poller.sources.items()}
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        if self.config.slack is not None:
+            self.cards = CardNotifier.from_config(self.store, self.config, self.http)
+            self.sender.on_change = self.cards.changed
+            self.cards.start(tick_s=1.0)
         self.sender.start()
         count = max(1, len(self.poller.sources))
         for n, src in enumerate(self.poller.sources.values()):
@@ -179,6 +193,8 @@ class Daemon:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         await self.sender.stop()
+        if self.cards is not None:
+            await self.cards.stop()
         if self.runner is not None:
             await self.runner.cleanup()
         for src in self.poller.sources.values():
@@ -187,6 +203,8 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await close()
             await src.http.close()
+        if self.http is not None:
+            await self.http.close()
         self._stopped.set()
 
     # -- HTTP ------------------------------------------------------------------------------
@@ -197,6 +215,17 @@ class Daemon:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics_view)
         app.router.add_post("/hooks/inbound/{source}", self.inbound_webhook)
+        if self.config.slack is not None and self.http is not None:
+            add_slack_routes(
+                app,
+                self.commands,
+                self.config,
+                on_approved=self.sender.wake,
+                cards=self.cards,
+                session=self.http,
+            )
+        if self.config.mattermost is not None:
+            add_mattermost_routes(app, self.commands, self.config, on_approved=self.sender.wake)
         return app
 
     def health(self) -> dict[str, Any]:

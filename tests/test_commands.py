@@ -117,7 +117,6 @@ async def test_agent_rejects_with_a_reason(loaded: Commands, store: Store) -> No
         ("show 999", "no reply #999"),
         ("ticket 999", "no ticket #999"),
         ("tickets weird", "unknown status 'weird'"),
-        ('edit 1 "unclosed', "cannot read that command"),
         ("customer nobody@nowhere.example", "no customer matches"),
     ],
 )
@@ -150,3 +149,10 @@ async def test_mute_a_source(config: Config, store: Store) -> None:
         await commands.run(AGENT, "mute nope 1h")
     with pytest.raises(CommandError, match="expected a duration"):
         await commands.run(AGENT, "mute x-main soon")
+
+
+async def test_edit_takes_the_text_as_typed(loaded: Commands, store: Store) -> None:
+    await loaded.run(APPROVER, "edit 1 We're on it, Jane — a new one ships today.")
+    assert (await reply(store, 1)).final_text == "We're on it, Jane — a new one ships today."
+    await loaded.run(APPROVER, 'edit 2 "Quoted as a whole"')
+    assert (await reply(store, 2)).final_text == "Quoted as a whole"

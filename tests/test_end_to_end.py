@@ -112,3 +112,66 @@ async def test_sender_wakes_on_approval(running: tuple[Daemon, Sandbox], store: 
             break
         await asyncio.sleep(0.05)
     assert len(sandbox.replies_to(original.external_id)) == 1
+
+
+async def test_slack_card_click_sends_the_reply_once(config: Config, store: Store) -> None:
+    """X complaint -> draft -> card in Slack -> an approver clicks Approve -> one threaded reply."""
+    from aiohttp.test_utils import TestClient
+
+    from socialcrm.sandbox.slack import SlackWorkspace, make_slack_app
+
+    sandbox = Sandbox(11, messages=400)
+    workspace = SlackWorkspace(
+        signing_secret="slack-signing-secret-for-tests",
+        bot_token="xoxb-sandbox",
+        channels={"C0APPROVALS": "approvals"},
+        users={"U0DANA": "dana"},
+    )
+    async with (
+        TestServer(make_app(sandbox), host="127.0.0.1") as platforms,
+        TestServer(make_slack_app(workspace), host="127.0.0.1") as slack,
+    ):
+        base = str(platforms.make_url("")).rstrip("/")
+        slack_base = str(slack.make_url("")).rstrip("/")
+        workspace.base_url = slack_base
+        cfg = Config.model_validate(
+            {
+                "sources": sandbox_sources(sandbox, base, interval="0"),
+                "slack": {
+                    "signing_secret": "slack-signing-secret-for-tests",
+                    "bot_token": "xoxb-sandbox",
+                    "channel": "C0APPROVALS",
+                    "api_base": f"{slack_base}/api/",
+                },
+                "staff": [{"name": "dana", "role": "approver", "slack_id": "U0DANA"}],
+                "base_dir": config.base_dir,
+            }
+        )
+        daemon = Daemon(cfg, store)
+        await daemon.start("127.0.0.1", 0)
+        try:
+            sandbox.release(120, "x")
+            await daemon.poller.poll("x-acme")
+            reply, original = await first_complaint_draft(store, "x")
+            assert daemon.cards is not None
+            await daemon.cards.sync()
+            card = workspace.card(reply.id)
+            assert original.external_id in str(card.blocks) or card.text
+            async with TestClient(TestServer(daemon.app(), host="127.0.0.1")) as client:
+                body, headers = workspace.click(card, "approve", "U0DANA")
+                resp = await client.post("/slack/interactions", data=body, headers=headers)
+                assert resp.status == 200
+                for _ in range(200):
+                    if sandbox.replies_to(original.external_id):
+                        break
+                    await asyncio.sleep(0.05)
+            assert len(sandbox.replies_to(original.external_id)) == 1
+            await asyncio.sleep(0.3)
+            assert len(sandbox.replies_to(original.external_id)) == 1, "sent exactly once"
+            async with store.reader() as s:
+                t = await s.get(Ticket, reply.ticket_id)
+            assert t is not None and t.first_response_at is not None
+            await daemon.cards.sync()
+            assert card.updates, "the card shows the decision"
+        finally:
+            await daemon.stop()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import shlex
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -90,10 +89,8 @@ class Commands:
 
     async def run(self, actor: Actor, line: str) -> str:
         """Parse and run one command line; the answer is text for the person."""
-        try:
-            words = shlex.split(line)
-        except ValueError as err:
-            raise CommandError(f"cannot read that command: {err}") from err
+        # Plain words, not shell quoting: "We're on it" is a reply text, not a syntax error.
+        words = line.split()
         if not words:
             return await self.help(actor)
         name, rest = words[0].lower(), line.strip()[len(words[0]) :].strip()
@@ -426,8 +423,10 @@ def _bind(fn: Callable[..., Any], name: str, rest: str) -> list[Any]:
                 raise CommandError(f"usage: {name} {' '.join(q.name.upper() for q in params)}")
             break
         if last and p.annotation in ("str", str):
-            # The last text argument takes the rest of the line as typed.
+            # The last text argument takes the rest of the line as typed (outer quotes dropped).
             value: Any = rest.split(None, i)[i] if i else rest
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
             words = []
         else:
             value = words.pop(0)

@@ -1,0 +1,548 @@
+"""Approval cards in Slack: one Block Kit message per draft, kept in step with the reply.
+
+:class:`CardNotifier` posts a card for every draft that has none and updates a card whenever
+the reply's state differs from what the card last showed (``Reply.chat_shown``). The store is
+the only queue: a card that Slack refused (rate limit, channel not found, network) is simply
+tried again on the next :meth:`CardNotifier.sync`, so running it every second, after every
+approval, or from two places at once in one process loses nothing and posts nothing twice.
+
+The wording is in ``templates/chat/card.j2``; this module only arranges it into blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Self
+
+import aiohttp
+import jinja2
+import sqlalchemy as sa
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from socialcrm import responder
+from socialcrm.config import Config
+from socialcrm.db import Store
+from socialcrm.models import Customer, Message, Reply, Ticket
+from socialcrm.responder import template_environment
+
+log = logging.getLogger(__name__)
+
+#: Button action ids on a card; the button's ``value`` is the reply id.
+ACTIONS: Final = ("approve", "edit", "reject")
+#: ``callback_id`` of the two modals, and the block/action id of their one input.
+EDIT_CALLBACK: Final = "socialcrm_edit"
+REJECT_CALLBACK: Final = "socialcrm_reject"
+TEXT_INPUT: Final = "text"
+REASON_INPUT: Final = "reason"
+#: Message metadata ``event_type`` of a card (its payload carries the reply id).
+CARD_EVENT: Final = "socialcrm_reply"
+#: Reply states that can still change; a reply in any other state is settled.
+UNSETTLED: Final = ("draft", "approved", "sending")
+#: Cards posted or updated per round at most (Slack allows about one message a second).
+BATCH: Final = 50
+#: Every so often the whole reply table is checked, not only the unsettled part.
+SWEEP_S: Final = 60.0
+TICK_S: Final = 1.0
+#: Slack's limits: a section's text, and a plain-text input's value.
+SECTION_LIMIT: Final = 3000
+INPUT_LIMIT: Final = 3000
+#: Slack errors that concern one card only; any other error stops the round.
+_CARD_ERRORS: Final = frozenset(
+    {
+        "invalid_blocks",
+        "invalid_blocks_format",
+        "msg_too_long",
+        "no_text",
+        "invalid_metadata_format",
+        "invalid_metadata_schema",
+        "metadata_too_large",
+        "message_not_found",
+        "cant_update_message",
+        "edit_window_closed",
+    }
+)
+_GONE: Final = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
+
+#: Short labels of the card and its modals (the prose is in card.j2).
+LABELS: Final = {
+    "approve": "Approve",
+    "edit": "Edit",
+    "reject": "Reject",
+    "edit_title": "Edit reply #{id}",
+    "edit_submit": "Approve",
+    "edit_label": "Reply text",
+    "edit_hint": "Approving sends this text instead of the draft; the audit keeps both.",
+    "reject_title": "Reject reply #{id}",
+    "reject_submit": "Reject",
+    "reject_label": "Why is it rejected?",
+    "cancel": "Cancel",
+}
+
+
+def escape_mrkdwn(text: str) -> str:
+    """Escape ``&``, ``<`` and ``>`` as Slack's mrkdwn requires for text it must not parse."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _finalize(value: Any) -> Any:
+    return escape_mrkdwn(value) if isinstance(value, str) else value
+
+
+def _environment() -> jinja2.Environment:
+    env = template_environment(None)
+    # Every {{ value }} is escaped on output; the template's own text is mrkdwn as written.
+    env.finalize = _finalize
+    return env
+
+
+_ENV: Final = _environment()
+
+
+def _macros() -> Any:
+    return _ENV.get_template("chat/card.j2").module
+
+
+def clamp(text: str, limit: int) -> str:
+    """Cut escaped mrkdwn to ``limit`` characters without splitting an ``&amp;``-style entity."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    amp = cut.rfind("&", max(0, len(cut) - 5))
+    if amp != -1 and ";" not in cut[amp:]:
+        cut = cut[:amp]
+    return cut + "…"
+
+
+def _safe_link(url: str | None) -> str | None:
+    # A link's URL sits inside <...|...>: only a plain web address may go there.
+    if not url or not url.startswith(("https://", "http://")):
+        return None
+    if any(ch in url for ch in "|<> \t\r\n") or len(url) > 2000:
+        return None
+    return url
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    """What an approval card shows: the reply, the message it answers, the ticket, the customer."""
+
+    reply: Reply
+    msg: Message
+    ticket: Ticket | None
+    customer: Customer | None
+
+    @property
+    def reply_id(self) -> int:
+        """The reply's id."""
+        assert self.reply.id is not None
+        return self.reply.id
+
+
+def _select() -> Any:
+    return (
+        sa.select(Reply, Message, Ticket, Customer)
+        .join(Message, Message.id == Reply.message_id)
+        .outerjoin(Ticket, Ticket.id == Reply.ticket_id)
+        .outerjoin(Customer, Customer.id == Reply.customer_id)
+    )
+
+
+async def load_card(store: Store, reply_id: int) -> Card | None:
+    """The card of one reply, read fresh from the store."""
+    async with store.reader() as s:
+        row = (await s.execute(_select().where(Reply.id == reply_id))).first()
+    return Card(*row) if row is not None else None
+
+
+def message_mrkdwn(card: Card) -> str:
+    """The customer's message as a mrkdwn quote (escaped), with a link to it if it has one."""
+    return clamp(_macros().message(card.msg, _safe_link(card.msg.url)).strip(), SECTION_LIMIT)
+
+
+def card_text(card: Card) -> str:
+    """The card's plain notification text."""
+    return str(_macros().fallback(card.reply, card.msg)).strip()[:3000]
+
+
+def card_blocks(card: Card) -> list[dict[str, Any]]:
+    """The Block Kit blocks of a card: buttons while it is a draft, the outcome afterwards."""
+    m = _macros()
+    rid = card.reply_id
+
+    def section(block_id: str, text: str) -> dict[str, Any]:
+        return {
+            "type": "section",
+            "block_id": block_id,
+            "text": {"type": "mrkdwn", "text": clamp(text.strip(), SECTION_LIMIT)},
+        }
+
+    blocks = [
+        section("head", m.head(card.reply, card.msg, card.ticket)),
+        section("message", message_mrkdwn(card)),
+        {
+            "type": "context",
+            "block_id": "customer",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": clamp(m.customer(card.customer, card.ticket).strip(), SECTION_LIMIT),
+                }
+            ],
+        },
+        section("draft", m.draft(card.reply)),
+    ]
+    if card.reply.status == "draft":
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": "decide",
+                "elements": [
+                    _button("approve", rid, style="primary"),
+                    _button("edit", rid),
+                    _button("reject", rid, style="danger"),
+                ],
+            }
+        )
+    else:
+        blocks.append(section("outcome", m.outcome(card.reply)))
+    return blocks
+
+
+def _button(action: str, reply_id: int, style: str | None = None) -> dict[str, Any]:
+    button: dict[str, Any] = {
+        "type": "button",
+        "action_id": action,
+        "text": {"type": "plain_text", "text": LABELS[action]},
+        "value": str(reply_id),
+    }
+    if style:
+        button["style"] = style
+    return button
+
+
+def _plain(text: str) -> dict[str, Any]:
+    return {"type": "plain_text", "text": text}
+
+
+def _metadata(card: Card, channel: str, ts: str) -> str:
+    return json.dumps({"reply_id": card.reply_id, "channel": channel, "ts": ts})
+
+
+def edit_modal(card: Card, channel: str, ts: str) -> dict[str, Any]:
+    """The Edit modal: the customer's message, and the draft to change and approve."""
+    text = card.reply.final_text or card.reply.draft_text
+    return {
+        "type": "modal",
+        "callback_id": EDIT_CALLBACK,
+        "private_metadata": _metadata(card, channel, ts),
+        "title": _plain(LABELS["edit_title"].format(id=card.reply_id)),
+        "submit": _plain(LABELS["edit_submit"]),
+        "close": _plain(LABELS["cancel"]),
+        "blocks": [
+            {
+                "type": "section",
+                "block_id": "message",
+                "text": {"type": "mrkdwn", "text": message_mrkdwn(card)},
+            },
+            {
+                "type": "input",
+                "block_id": TEXT_INPUT,
+                "label": _plain(LABELS["edit_label"]),
+                "hint": _plain(LABELS["edit_hint"]),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": TEXT_INPUT,
+                    "multiline": True,
+                    "initial_value": text,
+                    "max_length": INPUT_LIMIT,
+                },
+            },
+        ],
+    }
+
+
+def reject_modal(card: Card, channel: str, ts: str) -> dict[str, Any]:
+    """The Reject modal: one line for the reason."""
+    return {
+        "type": "modal",
+        "callback_id": REJECT_CALLBACK,
+        "private_metadata": _metadata(card, channel, ts),
+        "title": _plain(LABELS["reject_title"].format(id=card.reply_id)),
+        "submit": _plain(LABELS["reject_submit"]),
+        "close": _plain(LABELS["cancel"]),
+        "blocks": [
+            {
+                "type": "section",
+                "block_id": "message",
+                "text": {"type": "mrkdwn", "text": message_mrkdwn(card)},
+            },
+            {
+                "type": "input",
+                "block_id": REASON_INPUT,
+                "label": _plain(LABELS["reject_label"]),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": REASON_INPUT,
+                    "max_length": 500,
+                },
+            },
+        ],
+    }
+
+
+class _StopRound(Exception):
+    """Slack refused in a way that concerns every card (rate limit, channel, token, network)."""
+
+
+class CardNotifier:
+    """Posts and updates approval cards in one Slack channel, from the state of the store."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: AsyncWebClient,
+        channel: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.channel = channel
+        self.clock = clock
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        #: Replies below this id were settled, with their card in step, at the last round.
+        self._floor = 0
+        self._next_sweep = 0.0
+        self._paused_until = 0.0
+        self._problem: str | None = None
+
+    @classmethod
+    def from_config(cls, store: Store, config: Config, session: aiohttp.ClientSession) -> Self:
+        """A notifier for ``config.slack``, talking to ``api_base`` through ``session``."""
+        if config.slack is None:
+            raise ValueError("Slack is not configured (no slack: section)")
+        client = AsyncWebClient(
+            token=config.slack.bot_token.get_secret_value(),
+            base_url=config.slack.api_base,
+            session=session,
+        )
+        return cls(store, client, config.slack.channel)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Something changed: sync now rather than at the next tick."""
+        self._wake.set()
+
+    def changed(self, reply_id: int) -> None:
+        """A reply changed state (the hook for ``Sender.on_change``)."""
+        self.wake()
+
+    def start(self, tick_s: float = TICK_S) -> None:
+        """Run :meth:`sync` in the background every ``tick_s`` and whenever woken."""
+        self._task = asyncio.create_task(self._loop(tick_s), name="socialcrm-cards")
+
+    async def stop(self) -> None:
+        """Stop the loop (a card in flight is finished or retried on the next start)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self, tick_s: float) -> None:
+        while True:
+            try:
+                await self.sync()
+            except Exception:  # the loop must outlive one bad round; it logs and goes on
+                log.exception("approval card round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), tick_s)
+            self._wake.clear()
+
+    # -- one round -------------------------------------------------------------------------
+
+    async def sync(self) -> int:
+        """Post missing cards and update changed ones; returns how many Slack accepted."""
+        async with self._lock:
+            now = self.clock()
+            if now < self._paused_until:
+                return 0
+            if now >= self._next_sweep:
+                self._floor = 0
+                self._next_sweep = now + SWEEP_S
+            done = 0
+            try:
+                done += await self._post_missing()
+                done += await self._update_changed()
+            except _StopRound:
+                return done
+            if self._problem is not None:
+                log.info("Slack approval cards work again")
+                self._problem = None
+            return done
+
+    async def _post_missing(self) -> int:
+        async with self.store.reader() as s:
+            rows = (
+                await s.execute(
+                    _select()
+                    .where(Reply.status == "draft", Reply.chat_ts.is_(None))
+                    .order_by(*responder.queue_order())
+                    .limit(BATCH)
+                )
+            ).all()
+        posted = 0
+        for row in rows:
+            card = Card(*row)
+            answer = await self._call(
+                card,
+                "chat.postMessage",
+                channel=self.channel,
+                text=card_text(card),
+                blocks=card_blocks(card),
+                metadata={"event_type": CARD_EVENT, "event_payload": {"reply_id": card.reply_id}},
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+            if answer is None:
+                continue
+            async with self.store.session() as s:
+                stored = await s.execute(
+                    sa.update(Reply)
+                    .where(Reply.id == card.reply_id, Reply.chat_ts.is_(None))
+                    .values(
+                        chat_channel=answer["channel"],
+                        chat_ts=answer["ts"],
+                        chat_shown=card.reply.status,
+                    )
+                )
+            if stored.rowcount == 0:
+                log.warning(
+                    "reply %s got a second approval card (%s) from another process",
+                    card.reply_id,
+                    answer["ts"],
+                )
+            posted += 1
+        return posted
+
+    async def _update_changed(self) -> int:
+        async with self.store.reader() as s:
+            unsettled = (
+                await s.execute(sa.select(sa.func.min(Reply.id)).where(Reply.status.in_(UNSETTLED)))
+            ).scalar()
+            top = (await s.execute(sa.select(sa.func.max(Reply.id)))).scalar() or 0
+            rows = (
+                await s.execute(
+                    _select()
+                    .where(
+                        Reply.id >= self._floor,
+                        Reply.chat_ts.is_not(None),
+                        sa.or_(Reply.chat_shown.is_(None), Reply.chat_shown != Reply.status),
+                    )
+                    .order_by(Reply.id)
+                    .limit(BATCH)
+                )
+            ).all()
+        # Replies settled now (and not listed below) cannot change again: the next rounds
+        # start at the first reply that still can.
+        floor = min(unsettled if unsettled is not None else top + 1, top + 1)
+        if len(rows) == BATCH:
+            floor = min(floor, rows[-1][0].id + 1)
+        updated = 0
+        for row in rows:  # a _StopRound leaves the floor where it was
+            card = Card(*row)
+            if await self._update(card):
+                updated += 1
+            else:
+                floor = min(floor, card.reply_id)
+        self._floor = floor
+        return updated
+
+    async def _update(self, card: Card) -> bool:
+        reply = card.reply
+        answer = await self._call(
+            card,
+            "chat.update",
+            channel=reply.chat_channel,
+            ts=reply.chat_ts,
+            text=card_text(card),
+            blocks=card_blocks(card),
+            metadata={"event_type": CARD_EVENT, "event_payload": {"reply_id": card.reply_id}},
+        )
+        if answer is None:
+            return False
+        async with self.store.session() as s:
+            # Only if the reply is still as shown: a newer state is shown by the next round.
+            await s.execute(
+                sa.update(Reply)
+                .where(
+                    Reply.id == card.reply_id,
+                    Reply.chat_ts == reply.chat_ts,
+                    Reply.status == reply.status,
+                )
+                .values(chat_shown=reply.status)
+            )
+        return True
+
+    async def _call(self, card: Card, method: str, **args: Any) -> dict[str, Any] | None:
+        """One Web API call for a card: its answer, or None if only this card failed."""
+        try:
+            if method == "chat.postMessage":
+                response = await self.client.chat_postMessage(**args)
+            else:
+                response = await self.client.chat_update(**args)
+        except SlackApiError as err:
+            error = str(err.response.get("error") or f"HTTP {err.response.status_code}")
+            if err.response.status_code == 429 or error == "ratelimited":
+                wait_s = _retry_after_s(err.response.headers)
+                self._paused_until = self.clock() + wait_s
+                self._report(f"rate limited by Slack; cards wait {wait_s:g}s")
+                raise _StopRound from err
+            if error in _GONE:
+                await self._card_gone(card, error)
+                return None
+            if error in _CARD_ERRORS:
+                self._report(f"Slack refused the card of reply #{card.reply_id}: {error}")
+                return None
+            self._report(f"Slack refused {method}: {error}")
+            raise _StopRound from err
+        except (aiohttp.ClientError, TimeoutError) as err:
+            self._report(f"cannot reach Slack: {err!r}")
+            raise _StopRound from err
+        return dict(response.data) if isinstance(response.data, dict) else None
+
+    async def _card_gone(self, card: Card, error: str) -> None:
+        """The card was deleted in Slack: a draft gets a new one, a decided reply none."""
+        reply = card.reply
+        log.warning("the card of reply %s cannot be updated (%s)", card.reply_id, error)
+        async with self.store.session() as s:
+            stmt = sa.update(Reply).where(Reply.id == card.reply_id, Reply.chat_ts == reply.chat_ts)
+            if reply.status == "draft":
+                await s.execute(stmt.values(chat_channel=None, chat_ts=None, chat_shown=None))
+            else:
+                await s.execute(
+                    stmt.where(Reply.status == reply.status).values(chat_shown=reply.status)
+                )
+
+    def _report(self, problem: str) -> None:
+        # Once when it starts failing (or fails differently), not every second.
+        if problem != self._problem:
+            log.warning("%s", problem)
+            self._problem = problem
+
+
+def _retry_after_s(headers: Any) -> float:
+    try:
+        return max(1.0, float(headers.get("Retry-After", 1)))
+    except (TypeError, ValueError):
+        return 1.0
