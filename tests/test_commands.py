@@ -136,7 +136,9 @@ async def test_tickets_customer_assign_close(loaded: Commands, store: Store) -> 
 
 
 async def test_mute_a_source(config: Config, store: Store) -> None:
-    cfg = Config.model_validate({"sources": [{"name": "x-main", "type": "x"}], "base_dir": config.base_dir})
+    cfg = Config.model_validate(
+        {"sources": [{"name": "x-main", "type": "x"}], "base_dir": config.base_dir}
+    )
     commands = Commands(cfg, store)
     with pytest.raises(CommandError, match="mute needs the agent role"):
         await commands.run(VIEWER, "mute x-main 2h")
