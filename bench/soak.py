@@ -72,18 +72,27 @@ async def soak(
         store = Store(url)
         served = {i for p in PLATFORMS for i in sandbox.served_ids(p)}
         stored: list[str] = []
-        for _ in range(120):
+        # Sources that were backing off (a 90 s timeout fault, a 429 burst) catch up within a
+        # few of their backoffs; give them up to 15 minutes, and say how long it took.
+        caught_up = time.monotonic()
+        for _ in range(900):
             async with store.reader() as s:
                 stored = list((await s.execute(sa.select(Message.external_id))).scalars())
             if served <= set(stored):
                 break
             await asyncio.sleep(1)
+        catch_up_s = time.monotonic() - caught_up
         await store.dispose()
         status = await daemon.terminate()
     finally:
         await daemon.kill()
         await runner.cleanup()
     injected = sum(1 for _ in sandbox.faults.events)
+    missing = served - set(stored)
+    by_platform = {p: len(missing & set(sandbox.served_ids(p))) for p in PLATFORMS}
+    if missing:
+        print("lost by platform:", by_platform, "e.g.", sorted(missing)[:5])
+        print("daemon log:", workdir / "daemon.log")
     return {
         "minutes": minutes,
         "served": len(served),
@@ -94,6 +103,7 @@ async def soak(
         "rss_start_mib": rss_start / 1024,
         "rss_end_mib": rss_end / 1024,
         "rss_max_mib": max(samples or [rss_end]) / 1024,
+        "catch_up_s": catch_up_s,
         "exit_status": status,
     }
 

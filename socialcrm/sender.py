@@ -61,7 +61,7 @@ class Sender:
         #: Called with each reply whose state changed here (to update its chat card).
         self.on_change: Callable[[int], None] | None = None
 
-    def wake(self) -> None:
+    def wake(self, _reply_id: int | None = None) -> None:
         """Something was approved: look now rather than at the next tick."""
         self._wake.set()
 
