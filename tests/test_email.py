@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import sqlalchemy as sa
 from pydantic import ValidationError
 
 from connectors.imap import ImapConnector, reply_subject
@@ -973,3 +974,68 @@ def test_config_rejects(bad: dict[str, Any]) -> None:
     settings = {"host": "h", "username": "u", "password": "p", "from_address": "s@acme.example"}
     with pytest.raises(ValidationError):
         ImapConnector.Config.model_validate({**settings, **bad})
+
+
+async def test_email_complaint_to_approved_reply_end_to_end(
+    dovecot: Dovecot, mailbox: str, smtp: SmtpSink, store: Any, config: Any
+) -> None:
+    """A complaint in the inbox -> ticket and draft -> approved -> one threaded SMTP reply."""
+    from socialcrm.chatops.commands import Actor, Commands
+    from socialcrm.config import Config
+    from socialcrm.daemon import Daemon
+    from socialcrm.models import Reply, Ticket
+    from socialcrm.sources import make_source
+
+    complaint = (
+        b"From: Carol Customer <carol@example.org>\r\n"
+        b"To: support@acme.example\r\n"
+        b"Subject: My blender arrived broken\r\n"
+        b"Message-ID: <complaint-1@example.org>\r\n"
+        b"Date: Mon, 02 Mar 2026 09:00:00 +0000\r\n"
+        b"\r\n"
+        b"Hello, my order 4711 arrived broken and nobody answers my calls. This is awful.\r\n"
+    )
+    await dovecot.append(complaint, mailbox=mailbox)
+    settings = dovecot.settings(
+        mailbox=mailbox, smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_tls="none"
+    )
+    cfg = Config.model_validate(
+        {
+            "sources": [{"name": "inbox", "type": "imap", "interval": 0, **settings}],
+            "base_dir": config.base_dir,
+        }
+    )
+    daemon = Daemon(cfg, store)
+    daemon.poller.add(make_source(cfg.sources[0], 0))
+    daemon.sender.connectors = {n: s.connector for n, s in daemon.poller.sources.items()}
+    try:
+        out = await daemon.poller.poll("inbox")
+        assert out.error is None and out.result.tickets_opened == 1 and out.result.drafts == 1
+        async with store.reader() as s:
+            reply = (await s.execute(sa.select(Reply))).scalar_one()
+        await Commands(cfg, store).run(Actor("dana", "approver", "cli"), f"approve {reply.id}")
+        assert await daemon.sender.send_due() == 1
+        assert await daemon.sender.send_due() == 0
+        assert len(smtp.received) == 1
+        sent = smtp.received[0].message
+        assert smtp.received[0].rcpt_tos == ["carol@example.org"]
+        assert sent["In-Reply-To"] == "<complaint-1@example.org>"
+        assert "<complaint-1@example.org>" in sent["References"]
+        assert sent["Subject"] == f"Re: My blender arrived broken [#{reply.ticket_id}]"
+        async with store.reader() as s:
+            ticket = await s.get(Ticket, reply.ticket_id)
+        assert ticket is not None and ticket.first_response_at is not None
+        # The customer answers the reply: it threads into the same ticket by In-Reply-To.
+        answer = (
+            b"From: Carol Customer <carol@example.org>\r\nTo: support@acme.example\r\n"
+            b"Subject: " + sent["Subject"].encode() + b"\r\n"
+            b"Message-ID: <answer-1@example.org>\r\nIn-Reply-To: "
+            + sent["Message-ID"].encode()
+            + b"\r\n"
+            b"Date: Tue, 03 Mar 2026 09:00:00 +0000\r\n\r\nThanks, it is still broken though.\r\n"
+        )
+        await dovecot.append(answer, mailbox=mailbox)
+        out = await daemon.poller.poll("inbox")
+        assert out.result.tickets_threaded == 1 and out.result.tickets_opened == 0
+    finally:
+        await daemon.stop()
