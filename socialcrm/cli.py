@@ -12,8 +12,10 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import click
 import sqlalchemy as sa
@@ -439,6 +441,74 @@ _chat_command("reject", "reply_id", "reason", rest=True)
 _chat_command("assign", "ticket_id", "user")
 _chat_command("close", "ticket_id")
 _chat_command("resolve", "ticket_id")
+_chat_command("mute", "source", "duration")
+
+
+@main.command("report")
+@click.option("--period", default="7d", show_default=True, help="Length, e.g. 24h, 7d, 30d.")
+@click.option(
+    "--end",
+    default=None,
+    help="Last day of the period (YYYY-MM-DD, whole days in brand.timezone) or an ISO time; "
+    "default: now.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["html", "md", "json", "csv"]),
+    default="md",
+    show_default=True,
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write here instead of standard output.",
+)
+@click.pass_context
+@async_command
+async def report_command(
+    ctx: click.Context, period: str, end: str | None, fmt: str, output: Path | None
+) -> None:
+    """Sentiment and service report for a period, compared with the period before it."""
+    from socialcrm.durations import parse_duration
+    from socialcrm.reports import build_report, ending_now, render
+
+    config = _load(ctx)
+    try:
+        span = parse_duration(period)
+    except ValueError as err:
+        raise CliError(f"--period: {err}, got {period!r}") from err
+    if not timedelta(hours=1) <= span <= timedelta(days=3660):
+        raise CliError("--period: a report covers between 1h and 3660d")
+    tz = ZoneInfo(config.brand.timezone)
+    if end is None:
+        until = ending_now(utcnow())
+    else:
+        try:
+            if len(end) == 10:  # a day: the period ends at the midnight after it
+                until = datetime.combine(date.fromisoformat(end), time(), tz) + timedelta(days=1)
+            else:
+                until = datetime.fromisoformat(end)
+                until = until if until.tzinfo else until.replace(tzinfo=tz)
+        except ValueError as err:
+            raise CliError(f"--end: expected YYYY-MM-DD or an ISO time, got {end!r}") from err
+    templates = config.reports.templates_dir
+    templates_dir = config.base_dir / templates if templates is not None else None
+    async with _store(config) as store:
+        found = await build_report(
+            store, period=span, end=until, brand=config.brand.name, tz=config.brand.timezone
+        )
+    text = render(found, fmt, templates_dir=templates_dir)  # type: ignore[arg-type]
+    if output is None:
+        click.echo(text, nl=not text.endswith("\n"))
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise CliError(f"cannot write {output}: {err.strerror}") from err
+    click.echo(f"report written to {output} ({len(text.encode()):,} bytes)", err=True)
 
 
 # -- quarantine -------------------------------------------------------------------------------

@@ -10,12 +10,11 @@ import os
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -25,10 +24,12 @@ from pydantic import (
 )
 
 from socialcrm import yamldoc
+from socialcrm.alerts import AlertsConfig
+from socialcrm.durations import Duration
+from socialcrm.reports.digest import ReportsConfig
+from socialcrm.sla import SlaConfig
+from socialcrm.spikes import SpikeConfig
 
-_DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*)+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
-_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -38,27 +39,6 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-def parse_duration(value: Any) -> timedelta:
-    """``"90s"``, ``"5m"``, ``"1h30m"``, ``"7d"`` or a number of seconds -> timedelta."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ValueError('expected a duration like "60s"')
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError('expected a duration like "60s" (not negative)')
-        return timedelta(seconds=value)
-    if isinstance(value, str) and re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", value):
-        return timedelta(seconds=float(value))  # a bare number is seconds
-    if isinstance(value, str) and _DURATION_RE.match(value):
-        total = sum(float(n) * _UNIT_S[u] for n, u in _DURATION_PART.findall(value))
-        return timedelta(seconds=total)
-    raise ValueError('expected a duration like "60s"')
-
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
 class _Section(BaseModel):
@@ -210,6 +190,14 @@ class Config(_Section):
     staff: list[StaffMember] = Field(default_factory=list)
     slack: SlackConfig | None = None
     mattermost: MattermostConfig | None = None
+    #: Where alerts go (Slack, e-mail, signed webhooks), with routes, cooldowns and retries.
+    alerts: AlertsConfig = AlertsConfig()
+    #: First-response and resolution targets per priority, optionally in business hours.
+    sla: SlaConfig = SlaConfig()
+    #: Spikes of (negative) mentions per source.
+    spikes: SpikeConfig = SpikeConfig()
+    #: Scheduled digests.
+    reports: ReportsConfig = ReportsConfig()
     #: Folder the config file lives in; relative paths are resolved against it.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -17,10 +18,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from socialcrm.alerts import AlertDispatcher
 from socialcrm.chatops.cards import CardNotifier
 from socialcrm.chatops.commands import Commands
 from socialcrm.chatops.mattermost import add_mattermost_routes
@@ -30,10 +33,13 @@ from socialcrm.connector import Batch
 from socialcrm.db import Store
 from socialcrm.models import utcnow
 from socialcrm.pipeline import Pipeline
+from socialcrm.reports.digest import DigestConfig, send_digest
 from socialcrm.rules import RuleSet
 from socialcrm.scoring import ScoringPool
 from socialcrm.sender import Sender
+from socialcrm.sla import SlaPolicy, check_sla
 from socialcrm.sources import Poller, PollOutcome, Source, make_source
+from socialcrm.spikes import check_spikes
 
 log = logging.getLogger(__name__)
 # APScheduler warns on every skipped run of a job that is still running; one poll per source
@@ -79,6 +85,12 @@ class Metrics:
             "Seconds since the last successful poll",
             ["source"],
             registry=r,
+        )
+        self.alerts_sent = Counter(
+            "socialcrm_alert_deliveries_total", "Alerts delivered to a sink", registry=r
+        )
+        self.job_errors = Counter(
+            "socialcrm_job_errors_total", "Failed housekeeping jobs", ["job"], registry=r
         )
         self.webhooks = Counter(
             "socialcrm_webhook_requests_total",
@@ -130,6 +142,8 @@ class Daemon:
         #: The daemon's own HTTP session, for chat (answers to Slack, approval cards).
         self.http: aiohttp.ClientSession | None = None
         self.cards: CardNotifier | None = None
+        self.alerts: AlertDispatcher | None = None
+        self.sla = SlaPolicy(config.sla)
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self.runner: web.AppRunner | None = None
         self.started_at = utcnow()
@@ -150,6 +164,14 @@ class Daemon:
             self.sender.on_change = self.cards.changed
             self.cards.start(tick_s=1.0)
         self.sender.start()
+        self.alerts = AlertDispatcher(
+            self.store,
+            self.config.alerts,
+            self.http,
+            brand=self.config.brand.name,
+            base_dir=self.config.base_dir,
+        )
+        self._schedule_housekeeping()
         count = max(1, len(self.poller.sources))
         for n, src in enumerate(self.poller.sources.values()):
             interval = src.config.interval.total_seconds()
@@ -182,6 +204,66 @@ class Daemon:
             port,
             len(self.poller.sources),
         )
+
+    def _schedule_housekeeping(self) -> None:
+        """Alert delivery, SLA checks, spike detection and digests, each one run at a time."""
+        cfg = self.config
+        jobs: list[tuple[str, BaseTrigger, Callable[[], Any]]] = [
+            ("alerts", _every(cfg.alerts.interval), self._deliver_alerts),
+        ]
+        if cfg.sla.enabled:
+            jobs.append(("sla", _every(cfg.sla.interval), self._check_sla))
+        if cfg.spikes.enabled:
+            jobs.append(("spikes", _every(cfg.spikes.interval), self._check_spikes))
+        for digest in cfg.reports.digests:
+            jobs.append(
+                (
+                    f"digest:{digest.name}",
+                    digest.trigger(cfg.brand.timezone),
+                    functools.partial(self._send_digest, digest),
+                )
+            )
+        for name, trigger, fn in jobs:
+            self.scheduler.add_job(
+                self._guarded,
+                trigger,
+                args=[name, fn],
+                id=name,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=3600,
+            )
+
+    async def _guarded(self, name: str, fn: Callable[[], Any]) -> None:
+        """Run one housekeeping job; a failure is logged and counted, and the next run tries."""
+        try:
+            await fn()
+        except Exception:
+            self.metrics.job_errors.labels(name).inc()
+            log.exception("%s job failed; it runs again on schedule", name)
+
+    async def _deliver_alerts(self) -> None:
+        assert self.alerts is not None
+        self.metrics.alerts_sent.inc(await self.alerts.deliver_due())
+
+    async def _check_sla(self) -> None:
+        await check_sla(self.store, self.sla, utcnow())
+
+    async def _check_spikes(self) -> None:
+        await check_spikes(self.store, self.config.spikes, utcnow())
+
+    async def _send_digest(self, digest: DigestConfig) -> None:
+        cfg = self.config
+        templates = cfg.reports.templates_dir
+        await send_digest(
+            self.store,
+            digest,
+            brand=cfg.brand.name,
+            tz=cfg.brand.timezone,
+            now=utcnow(),
+            templates_dir=cfg.base_dir / templates if templates is not None else None,
+        )
+        await self._deliver_alerts()
 
     async def stop(self) -> None:
         """Stop polling, let polls in flight finish their batch, and close everything."""
@@ -289,6 +371,11 @@ class Daemon:
             },
             status=202,
         )
+
+
+def _every(interval: timedelta) -> IntervalTrigger:
+    """An interval trigger whose first run is one interval from now."""
+    return IntervalTrigger(seconds=max(1.0, interval.total_seconds()))
 
 
 def _problem(status: int, detail: str) -> web.Response:

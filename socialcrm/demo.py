@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import socket
 from collections import Counter
+from datetime import timedelta
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ from socialcrm.config import Config
 from socialcrm.connector import Batch, InboundMessage
 from socialcrm.daemon import Daemon
 from socialcrm.db import Store, open_store
-from socialcrm.models import Alert, Message, Reply, Ticket
+from socialcrm.models import Alert, Message, Reply, Ticket, utcnow
 from socialcrm.rules import RuleSet
 from socialcrm.sandbox.server import Sandbox, serve
+from socialcrm.sandbox.traffic import DEFAULT_START
 from socialcrm.scoring import ScoringPool
 
 #: Messages generated for the demo; those on X, Mastodon and Reddit are served by the sandbox,
@@ -90,7 +92,10 @@ async def run_demo(directory: Path, count: int = DEMO_MESSAGES) -> None:
     db = (directory / "socialcrm.db").resolve()
     for old in directory.glob("socialcrm.db*"):
         old.unlink()
-    sandbox = Sandbox(7, messages=count)
+    # The traffic is the same every time, but it happened during the last few hours, so that
+    # reports and SLA due times read as they would on a real day.
+    start = (utcnow() - timedelta(hours=4)).replace(second=0, microsecond=0)
+    sandbox = Sandbox(7, messages=count, start=start)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     config = Config.model_validate(
@@ -108,7 +113,7 @@ async def run_demo(directory: Path, count: int = DEMO_MESSAGES) -> None:
     daemon = Daemon(config, store, rules=rules, scoring=scoring)
     try:
         await _import_customers(store)
-        await _ingest_other_channels(daemon)
+        await _ingest_other_channels(daemon, start - DEFAULT_START)
         await daemon.start("127.0.0.1", free_port())
         total = sum(len(sandbox.messages[p]) for p in ("x", "mastodon", "reddit"))
         click.echo(f"Sandbox on {base} is serving {total} mentions on X, Mastodon and Reddit;")
@@ -134,7 +139,8 @@ async def run_demo(directory: Path, count: int = DEMO_MESSAGES) -> None:
         f"  socialcrm -c {directory}/config.yaml show ID\n"
         f"  socialcrm -c {directory}/config.yaml approve ID\n"
         f"  socialcrm -c {directory}/config.yaml tickets list\n"
-        f"  socialcrm -c {directory}/config.yaml customers show HANDLE"
+        f"  socialcrm -c {directory}/config.yaml customers show HANDLE\n"
+        f"  socialcrm -c {directory}/config.yaml report --period 1d"
     )
 
 
@@ -144,7 +150,7 @@ async def _import_customers(store: Store) -> None:
         await customers_mod.import_customers(s, customers_mod.parse_csv(text), "demo", "cli")
 
 
-async def _ingest_other_channels(daemon: Daemon) -> None:
+async def _ingest_other_channels(daemon: Daemon, shift: timedelta) -> None:
     """Email, review and web-form examples from the bundled file (they need real servers)."""
     from socialcrm.cli import parse_line
 
@@ -153,7 +159,7 @@ async def _ingest_other_channels(daemon: Daemon) -> None:
     for n, line in enumerate(text.splitlines(), 1):
         item = parse_line(n, line)
         if isinstance(item, InboundMessage) and item.channel in ("email", "rss", "webhook"):
-            batch.messages.append(item)
+            batch.messages.append(item.model_copy(update={"created_at": item.created_at + shift}))
     await daemon.pipeline.ingest(batch, "examples", save_cursor=False)
 
 

@@ -67,6 +67,13 @@ def _json(default: Any) -> Any:
 class Customer(SQLModel, table=True):
     """One person or account, with every identity they use across channels."""
 
+    __table_args__ = (
+        # Reports: new customers, the 80/20 view by value, the most followed authors.
+        sa.Index("ix_customer_first_seen_at", "first_seen_at"),
+        sa.Index("ix_customer_lifetime_value", "lifetime_value", "id"),
+        sa.Index("ix_customer_reach", "reach", "id"),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     name: str | None = Field(default=None, max_length=512)
     email: str | None = Field(default=None, max_length=320, index=True)
@@ -113,7 +120,20 @@ class Identity(SQLModel, table=True):
 class Ticket(SQLModel, table=True):
     """A customer's case: opened by a message, threaded, worked and resolved by staff."""
 
-    __table_args__ = (sa.Index("ix_ticket_customer_status", "customer_id", "status"),)
+    __table_args__ = (
+        sa.Index("ix_ticket_customer_status", "customer_id", "status"),
+        # Reports (service figures, SLA compliance) and the SLA check.
+        sa.Index("ix_ticket_report_opened", "opened_at", "team"),
+        sa.Index("ix_ticket_report_first_response", "first_response_at", "opened_at", "team"),
+        sa.Index("ix_ticket_report_resolved", "resolved_at", "opened_at", "team"),
+        sa.Index(
+            "ix_ticket_report_first_response_due",
+            "first_response_due_at",
+            "first_response_at",
+            "team",
+        ),
+        sa.Index("ix_ticket_report_resolution_due", "resolution_due_at", "resolved_at", "team"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     customer_id: int = Field(foreign_key="customer.id")
@@ -135,8 +155,8 @@ class Ticket(SQLModel, table=True):
     tags: list[str] = _json(list)
     opened_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     last_message_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
-    first_response_due_at: datetime | None = _ts(index=True)
-    resolution_due_at: datetime | None = _ts(index=True)
+    first_response_due_at: datetime | None = _ts()
+    resolution_due_at: datetime | None = _ts()
     first_response_at: datetime | None = _ts()
     resolved_at: datetime | None = _ts()
     closed_at: datetime | None = _ts()
@@ -152,6 +172,19 @@ class Message(SQLModel, table=True):
         sa.UniqueConstraint("channel", "external_id", name="uq_message_channel_external"),
         sa.Index("ix_message_received", "received_at"),
         sa.Index("ix_message_customer", "customer_id", "created_at"),
+        # Every report aggregate over messages reads only these columns (an index-only scan).
+        sa.Index(
+            "ix_message_report",
+            "created_at",
+            "direction",
+            "ignored",
+            "channel",
+            "source",
+            "sentiment",
+            "intent",
+            "customer_id",
+            "tags",
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)

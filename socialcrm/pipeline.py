@@ -29,6 +29,7 @@ from socialcrm.responder import Responder
 from socialcrm.rules import Decision, RuleContext, RuleSet
 from socialcrm.scoring import ScoringPool, analyse_batch
 from socialcrm.sentiment import Score, SentimentScorer
+from socialcrm.sla import SlaPolicy
 from socialcrm.tickets import Threader, TicketView, ticket_tag
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class Pipeline:
             config.responder, config.brand.name, config.base_dir
         )
         self.priority = PriorityModel(config.priority)
+        self.sla = SlaPolicy(config.sla) if config.sla.enabled else None
         self.tz = ZoneInfo(config.brand.timezone)
         self.clock = clock
         self.brand_handles = {h.lower().lstrip("@") for h in config.brand.handles}
@@ -233,7 +235,7 @@ class Pipeline:
         await resolver.load(msgs)
         idents = [resolver.resolve(m) for m in msgs]
         known_ids = {i.customer.id for i in idents if i.customer.id is not None}
-        threader = Threader(session, self.config.tickets)
+        threader = Threader(session, self.config.tickets, self.sla)
         await threader.load(msgs, known_ids)
 
         planned: list[_Planned] = []

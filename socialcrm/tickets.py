@@ -22,6 +22,7 @@ from socialcrm.db import executemany, keys_in
 from socialcrm.identity import insert_returning_ids
 from socialcrm.models import AuditEvent, Message, Ticket, utcnow
 from socialcrm.priority import higher
+from socialcrm.sla import SlaPolicy
 
 STATUSES = ("open", "pending", "resolved", "closed")
 #: Columns every TicketView carries; they are written back as they stand.
@@ -34,7 +35,15 @@ _CORE = (
     "conversation_id",
 )
 #: Columns the pipeline only ever sets (never clears) on a stored ticket.
-_SET_ONLY = ("priority_reason", "intent", "team", "queue", "assignee")
+_SET_ONLY = (
+    "priority_reason",
+    "intent",
+    "team",
+    "queue",
+    "assignee",
+    "first_response_due_at",
+    "resolution_due_at",
+)
 #: Statuses a new message can thread into (resolved ones are reopened).
 _THREADABLE = ("open", "pending", "resolved")
 TICKET_TAG_RE = re.compile(r"\[#(\d{1,12})\]")
@@ -63,6 +72,8 @@ class TicketView:
     last_message_at: datetime
     resolved_at: datetime | None
     conversation_id: str | None
+    #: When the ticket opened (its SLA clock starts then); None for one not loaded with it.
+    opened_at: datetime | None = None
     #: Customer object of a ticket opened in this batch (its id is known only after flush).
     customer_ref: Any = None
     new: bool = False
@@ -86,9 +97,13 @@ class TicketView:
 class Threader:
     """Finds or opens the ticket of each message in a batch, with a few queries in all."""
 
-    def __init__(self, session: AsyncSession, config: TicketConfig) -> None:
+    def __init__(
+        self, session: AsyncSession, config: TicketConfig, sla: SlaPolicy | None = None
+    ) -> None:
         self.session = session
         self.config = config
+        #: Due times are stamped on tickets when they open and when their priority changes.
+        self.sla = sla
         self._by_id: dict[int, TicketView] = {}
         self._by_customer: dict[int, list[TicketView]] = {}
         self._by_conversation: dict[tuple[str, str], TicketView] = {}
@@ -151,6 +166,7 @@ class Threader:
                 Ticket.last_message_at,
                 Ticket.resolved_at,
                 Ticket.conversation_id,
+                Ticket.opened_at,
             ).where(sa.or_(*wanted))
             for t in (await self.session.execute(q2)).all():
                 self._add(
@@ -165,6 +181,7 @@ class Threader:
                         last_message_at=t.last_message_at,
                         resolved_at=t.resolved_at,
                         conversation_id=t.conversation_id,
+                        opened_at=t.opened_at,
                     )
                 )
         for key, tid in msg_ticket.items():
@@ -251,6 +268,7 @@ class Threader:
             conversation_id=m.conversation_id or (m.external_id if m.channel != "email" else None),
             customer_ref=customer_ref,
             new=True,
+            opened_at=m.created_at,
         )
         t.fields.update(subject=subject[:500], opened_at=m.created_at)
         self._new.append(t)
@@ -282,6 +300,8 @@ class Threader:
             label = priority if t.new and t.added == 0 else higher(priority, t.priority)
             if label != t.priority:
                 t.set(priority=label)
+                if not t.new:
+                    self._stamp_due(t)
         if score > t.priority_score or (t.new and t.added == 0):
             t.set(priority_score=score, priority_reason=reason())
         if updates:
@@ -290,8 +310,16 @@ class Threader:
         t.reopened += int(reopened)
         return reopened
 
+    def _stamp_due(self, t: TicketView) -> None:
+        """Due times for the ticket's priority, counted from when it opened (not from now)."""
+        if self.sla is not None and t.opened_at is not None:
+            first, resolution = self.sla.due(t.opened_at, t.priority)
+            t.set(first_response_due_at=first, resolution_due_at=resolution)
+
     async def flush(self, now: datetime) -> None:
         """Insert new tickets and write back changed ones."""
+        for t in self._new:
+            self._stamp_due(t)
         if self._new:
             rows = [
                 {

@@ -189,3 +189,61 @@ def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[st
 def test_every_command_has_help(cli: CliRunner, path: tuple[str, ...]) -> None:
     out = run(cli, *path, "--help").output
     assert "Usage:" in out and len(out.splitlines()) > 3
+
+
+def test_report_in_every_format(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    f = jsonl(
+        tmp_path / "in.jsonl",
+        [
+            mention("1", "@acme my order is two weeks late, terrible service"),
+            mention("2", "@acme <b>love</b> the new app, great work", "u2", "bob"),
+        ],
+    )
+    run(cli, "ingest", str(f))
+    md = run(cli, "report", "--period", "1d").output
+    assert "| Messages | 2 | 0 |" in md
+    data = json.loads(run(cli, "report", "--period", "1d", "--format", "json").output)
+    assert data["overall"]["current"]["total"] == 2
+    assert data["overall"]["current"]["positive"] == data["overall"]["current"]["negative"] == 1
+    csv_text = run(cli, "report", "--period", "1d", "--format", "csv").output
+    assert "headline,messages,all,,2,0,2" in csv_text.splitlines()
+    out = run(cli, "report", "--period", "1d", "--format", "html", "-o", "r.html")
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "report written to r.html" in out.output
+    assert "<svg" in page and "&lt;b&gt;love&lt;/b&gt;" in page
+    # Whole days that ended long ago hold nothing.
+    old = json.loads(
+        run(cli, "report", "--end", "2020-01-31", "--period", "7d", "--format", "json").output
+    )
+    assert old["empty"] is True
+    assert old["period"]["end"].startswith("2020-02-01T00:00")
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--period", "soon"], "--period: expected a duration like \"60s\", got 'soon'"),
+        (["--period", "10m"], "--period: a report covers between 1h and 3660d"),
+        (["--end", "last tuesday"], "--end: expected YYYY-MM-DD or an ISO time"),
+        (["--format", "pdf"], "Invalid value for '--format'"),
+    ],
+)
+def test_report_bad_options_are_one_line(cli: CliRunner, args: list[str], problem: str) -> None:
+    run(cli, "init")
+    res = run(cli, "report", *args, code=2)
+    assert problem in res.output
+    assert "Traceback" not in res.output
+
+
+def test_mute_from_the_command_line(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        config.read_text()
+        + "\nsources:\n  - {name: reviews, type: rss, url: 'https://r.example/f'}\n"
+    )
+    config.write_text(config.read_text().replace("sources: []\n", ""))
+    assert "Source reviews is muted until" in run(cli, "mute", "reviews", "2h").output
+    assert "no source named 'nope'" in run(cli, "mute", "nope", "2h", code=2).output
+    assert "Source reviews is polled again." in run(cli, "mute", "reviews", "0").output

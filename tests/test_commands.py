@@ -158,3 +158,25 @@ async def test_edit_takes_the_text_as_typed(loaded: Commands, store: Store) -> N
     assert (await reply(store, 1)).final_text == "We're on it, Jane — a new one ships today."
     await loaded.run(APPROVER, 'edit 2 "Quoted as a whole"')
     assert (await reply(store, 2)).final_text == "Quoted as a whole"
+
+
+async def test_report_summarises_the_last_period(loaded: Commands) -> None:
+    out = await loaded.run(VIEWER, "report 24h")
+    assert out.startswith("Acme, ")
+    assert "Messages: 2 (" in out  # both complaints of the fixture, written just now
+    assert "negative 100.0%" in out
+    assert "Tickets: 2 opened, 0 resolved, 2 open at the end" in out
+    assert "Messages: 2 (" in await loaded.run(VIEWER, "report")  # 7d unless said
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("report soon", "expected a duration like \"60s\", got 'soon'"),
+        ("report 5m", "a report covers between 1h and 366d"),
+        ("report 7 days", "expected a duration like \"60s\", got '7 days'"),
+    ],
+)
+async def test_report_refuses_bad_periods(loaded: Commands, line: str, problem: str) -> None:
+    with pytest.raises(CommandError, match=problem):
+        await loaded.run(VIEWER, line)

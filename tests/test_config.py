@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from socialcrm.config import STARTER_CONFIG, ConfigError, load_config, parse_duration
+from socialcrm.config import STARTER_CONFIG, ConfigError, load_config
+from socialcrm.durations import parse_duration
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -141,3 +142,10 @@ def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
     (tmp_path / "more.yaml").write_text("rules: []\n")
     cfg = load_config(write(tmp_path, "rules: [more.yaml]\ndefault_rules: false\n"))
     assert cfg.rule_paths() == [tmp_path / "more.yaml"]
+
+
+def test_the_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parent.parent / "config.example.yaml"
+    config = load_config(example)
+    assert config.sla.targets["urgent"].first_response.total_seconds() == 3600
+    assert config.alerts.sinks == [] and config.reports.digests == []

@@ -6,6 +6,7 @@ answers the tests control, and the daemon's own webhook endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -23,8 +24,11 @@ from connectors.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from socialcrm.config import Config
 from socialcrm.daemon import Daemon
 from socialcrm.db import Store
-from socialcrm.models import Alert, Message, Quarantine, SourceState
+from socialcrm.demo import free_port
+from socialcrm.models import Alert, Customer, Message, Quarantine, SourceState, Ticket, utcnow
+from socialcrm.sla import SlaConfig, SlaPolicy
 from socialcrm.sources import SourceSetupError, backoff_s, make_source
+from tests.test_alerts import WEBHOOK_SECRET, Receiver
 
 SECRET = "a-webhook-secret-of-some-length"
 
@@ -372,3 +376,57 @@ async def test_stop_waits_for_the_poll_in_hand(
     out = await poll
     assert out.error is None
     assert await count(store, Message) == out.result.stored == 50
+
+
+# -- housekeeping: SLA checks and alert delivery ------------------------------------------------
+
+
+async def test_sla_breach_is_written_and_delivered_by_the_running_daemon(
+    config: Config, store: Store
+) -> None:
+    receiver = Receiver(WEBHOOK_SECRET)
+    app = web.Application()
+    app.router.add_post("/alerts", receiver.handle)
+    opened = utcnow() - timedelta(hours=2)
+    policy = SlaPolicy(SlaConfig())
+    async with store.session() as s:
+        cust = Customer(name="Cora")
+        s.add(cust)
+        await s.flush()
+        assert cust.id is not None
+        first, resolution = policy.due(opened, "urgent")
+        s.add(
+            Ticket(
+                customer_id=cust.id,
+                channel="x",
+                source="x-acme",
+                priority="urgent",
+                opened_at=opened,
+                first_response_due_at=first,
+                resolution_due_at=resolution,
+            )
+        )
+    async with TestServer(app, host="127.0.0.1") as hook:
+        sink = {"type": "webhook", "name": "pager", "url": str(hook.make_url("/alerts"))}
+        cfg = Config.model_validate(
+            {
+                **config.model_dump(exclude={"base_dir"}),
+                "base_dir": config.base_dir,
+                "alerts": {"sinks": [{**sink, "secret": WEBHOOK_SECRET}], "interval": "1s"},
+                "sla": {"interval": "1s"},
+            }
+        )
+        daemon = Daemon(cfg, store)
+        await daemon.start("127.0.0.1", free_port())
+        try:
+            for _ in range(100):  # up to 20 s
+                if receiver.received:
+                    break
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(2.5)  # two more rounds of both jobs: nothing new
+        finally:
+            await daemon.stop()
+    assert [a["kind"] for a in receiver.received] == ["sla_breach"]
+    assert receiver.received[0]["detail"]["target"] == "first_response"
+    assert receiver.bad_signatures == 0
+    assert await count(store, Alert, Alert.kind == "sla_breach", Alert.status == "delivered") == 1

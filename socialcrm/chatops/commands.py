@@ -19,8 +19,9 @@ import jinja2
 import sqlalchemy as sa
 
 from socialcrm import responder, tickets
-from socialcrm.config import Config, parse_duration
+from socialcrm.config import Config
 from socialcrm.db import Store
+from socialcrm.durations import parse_duration
 from socialcrm.models import (
     AuditEvent,
     Customer,
@@ -31,6 +32,7 @@ from socialcrm.models import (
     Ticket,
     utcnow,
 )
+from socialcrm.reports import build_report, ending_now, summary
 from socialcrm.responder import ReplyError, Responder, template_environment
 from socialcrm.tickets import TicketError
 
@@ -328,6 +330,29 @@ class Commands:
         if until is None:
             return f"Source {source} is polled again."
         return f"Source {source} is muted until {until:%Y-%m-%d %H:%M} UTC."
+
+    @command("viewer")
+    async def report(self, actor: Actor, period: str = "7d") -> str:
+        """report [PERIOD] — how customers felt and how the service did, e.g. report 24h.
+
+        PERIOD (7d unless given; 1h to 366d) ends now and is compared with the one before it.
+        The whole report, with charts, is `socialcrm report` on the command line.
+        """
+        try:
+            span = parse_duration(period)
+        except ValueError as err:
+            raise CommandError(f"{err}, got {period!r}") from err
+        if not timedelta(hours=1) <= span <= timedelta(days=366):
+            raise CommandError("a report covers between 1h and 366d")
+        templates = self.config.reports.templates_dir
+        found = await build_report(
+            self.store,
+            period=span,
+            end=ending_now(utcnow()),
+            brand=self.config.brand.name,
+            tz=self.config.brand.timezone,
+        )
+        return summary(found, templates_dir=self.config.base_dir / templates if templates else None)
 
     @command("viewer")
     async def customer(self, actor: Actor, who: str) -> str:

@@ -1,0 +1,944 @@
+"""The alert outbox: pending Alert rows delivered to Slack, email and signed JSON webhooks.
+
+Alerts are written first (in the transaction of whatever raised them: the pipeline's
+escalations, the sources' ``source_auth``/``source_failing``, the sender's
+``reply_failed``/``reply_needs_check``, :mod:`socialcrm.sla`, :mod:`socialcrm.spikes`) and
+delivered from the table afterwards by :class:`AlertDispatcher`, so an alert outlives a
+crash or a sink that is down.
+
+Delivery, per round (:meth:`AlertDispatcher.deliver_due`):
+
+1. Claim: in one short transaction, pick ``pending`` alerts whose ``next_attempt_at`` is due
+   (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) and lease them (``next_attempt_at`` moves a
+   ``lease`` ahead, so a crashed round is picked up again). A fresh alert is checked for
+   duplicates first: when an alert with the same ``dedupe_key`` reached a sink within the
+   kind's cooldown, or an older one is still on its way, it is marked ``delivered`` as a
+   duplicate (``detail["_delivery"]["duplicate_of"]``) and sent nowhere. Otherwise it is
+   routed (kind, severity, ticket priority -> sink names) and the route is kept with it.
+2. Send: outside any transaction, each alert goes to each of its sinks that is due. A sink
+   that fails because it is down (refused connection, timeout, 5xx, 429, bad credentials)
+   is not tried again in this round; the alerts that were due for it count a failed attempt
+   and wait, with the sink's ``Retry-After`` when it gave one.
+3. Record: per alert, in a short transaction, each sink's outcome is merged into
+   ``detail["_delivery"]["sinks"][name]`` (``state`` pending | sent | failed, ``attempts``,
+   ``next_at``, ``sent_at``, ``error``). Retries back off exponentially per alert x sink; a
+   sink that has failed ``max_attempts`` times for an alert gives up on it. The alert is
+   ``delivered`` when every sink took it, ``failed`` when any sink gave up (``delivered_at``
+   still says when the first sink took it), else it stays ``pending`` until its earliest
+   retry.
+
+A sink that recovers therefore gets every alert it missed exactly once, and a sink that
+worked is never sent an alert again because another one failed. (A crash between a send
+and its record sends that one alert to that one sink again when the lease runs out; the
+webhook's ``X-Socialcrm-Delivery`` header lets a receiver drop such a repeat.)
+
+Text comes from ``templates/alerts/`` (a ``templates_dir`` overrides them): for each
+format, ``alerts/<kind>.<format>.j2``, then ``alerts/<family>.<format>.j2`` (``sla`` for
+``sla_warning``), then ``alerts/default.<format>.j2``. Formats: ``slack`` (mrkdwn, every
+value escaped), ``text`` (plain: email body, webhook ``text``), ``subject`` (one line) and
+``html`` (the email's HTML part, autoescaped).
+
+Wiring: ``AlertsConfig`` is ``Config.alerts``; the daemon builds one ``AlertDispatcher`` with
+its shared ``aiohttp.ClientSession`` and runs ``deliver_due`` every ``AlertsConfig.interval``
+(one at a time). Code that raises alerts calls :func:`raise_alert` in its own transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid, parsedate_to_datetime
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, Protocol
+
+import aiohttp
+import aiosmtplib
+import jinja2
+import sqlalchemy as sa
+from markupsafe import Markup
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from socialcrm.db import Store
+from socialcrm.durations import Duration
+from socialcrm.models import Alert, utcnow
+
+log = logging.getLogger(__name__)
+
+Severity = Literal["info", "warning", "critical"]
+SEVERITY_RANK: Final[dict[str, int]] = {"info": 0, "warning": 1, "critical": 2}
+Priority = Literal["low", "normal", "high", "urgent"]
+
+#: Key of ``Alert.detail`` that holds delivery state; never shown in alert text.
+DELIVERY_KEY: Final = "_delivery"
+DEFAULT_COOLDOWN: Final = timedelta(hours=1)
+SIGNATURE_HEADER: Final = "X-Socialcrm-Signature"
+TIMESTAMP_HEADER: Final = "X-Socialcrm-Timestamp"
+DELIVERY_HEADER: Final = "X-Socialcrm-Delivery"
+#: PostgreSQL advisory locks taken by this module use this class (two-key form).
+_LOCK_CLASS: Final = 0x50C1A1CA
+_NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+_KIND_RE: Final = re.compile(r"^[a-z0-9_]{1,64}$")
+#: Slack's own mentions, the only raw mrkdwn allowed in ``mention``.
+_MENTION_RE: Final = r"^<(!here|!channel|!everyone|@[UW][A-Z0-9]+|!subteam\^[A-Z0-9]+)>$"
+_SLACK_TEXT_LIMIT: Final = 39000
+_SUBJECT_LIMIT: Final = 200
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+class SlackSinkConfig(_Section):
+    """Alerts posted to a Slack channel with ``chat.postMessage``."""
+
+    type: Literal["slack"]
+    name: str = Field(pattern=_NAME_PATTERN)
+    token: SecretStr
+    #: Channel id (C0123456789) or name.
+    channel: str = Field(min_length=1, max_length=80)
+    api_base: str = "https://slack.com/api/"
+    #: Put in front of critical alerts, e.g. ``<!here>`` or ``<!subteam^S0123>``.
+    mention: str | None = Field(default=None, pattern=_MENTION_RE)
+    timeout_s: float = 10.0
+
+
+class EmailSinkConfig(_Section):
+    """Alerts mailed over SMTP to fixed addresses."""
+
+    type: Literal["email"]
+    name: str = Field(pattern=_NAME_PATTERN)
+    host: str
+    port: int = 587
+    #: starttls: plain connection upgraded (587); tls: TLS from the start (465); none: local relay.
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = None
+    from_addr: str = Field(pattern=r"^[^@\s<>]+@[^@\s<>]+$")
+    to: list[Annotated[str, Field(pattern=r"^[^@\s<>,]+@[^@\s<>,]+$")]] = Field(min_length=1)
+    timeout_s: float = 20.0
+
+
+class WebhookSinkConfig(_Section):
+    """Alerts POSTed as JSON, signed like our inbound webhooks (HMAC-SHA256)."""
+
+    type: Literal["webhook"]
+    name: str = Field(pattern=_NAME_PATTERN)
+    url: str = Field(pattern=r"^https?://\S+$")
+    secret: SecretStr = Field(min_length=16)
+    timeout_s: float = 10.0
+
+
+SinkConfig = Annotated[
+    SlackSinkConfig | EmailSinkConfig | WebhookSinkConfig, Field(discriminator="type")
+]
+
+
+class AlertRoute(_Section):
+    """Alerts this route matches go to its sinks; every matching route adds its sinks."""
+
+    #: Kinds matched; ``sla_*`` matches by prefix; empty: every kind.
+    kinds: list[str] = Field(default_factory=list)
+    min_severity: Severity = "info"
+    #: Ticket priorities matched (``detail.priority``); empty: any, with or without one.
+    priorities: list[Priority] = Field(default_factory=list)
+    sinks: list[str] = Field(min_length=1)
+
+    def matches(self, kind: str, severity: str, priority: str | None) -> bool:
+        """True when an alert of this kind, severity and priority takes this route."""
+        if self.kinds and not any(
+            kind.startswith(k[:-1]) if k.endswith("*") else kind == k for k in self.kinds
+        ):
+            return False
+        if SEVERITY_RANK.get(severity, 1) < SEVERITY_RANK[self.min_severity]:
+            return False
+        return not self.priorities or priority in self.priorities
+
+
+class AlertsConfig(_Section):
+    """Where alerts go, how often the same one may be repeated, and how hard we retry."""
+
+    sinks: list[SinkConfig] = Field(default_factory=list)
+    routes: list[AlertRoute] = Field(default_factory=list)
+    #: Sinks of an alert no route matches; None: every sink.
+    default_sinks: list[str] | None = None
+    #: An alert with the same dedupe key as one sent this recently is not sent again.
+    cooldown: Duration = DEFAULT_COOLDOWN
+    #: Per-kind cooldowns, e.g. ``{escalation: 30m, source_failing: 6h}``.
+    cooldowns: dict[str, Duration] = Field(default_factory=dict)
+    #: A sink gives up on an alert after this many failed attempts (it is then ``failed``).
+    max_attempts: int = Field(default=12, ge=1)
+    backoff_base: Duration = timedelta(seconds=30)
+    backoff_max: Duration = timedelta(hours=1)
+    #: Retries are spread by up to this fraction either way, so they do not come in step.
+    backoff_jitter: float = Field(default=0.1, ge=0.0, le=0.5)
+    #: A claimed alert is left alone this long; after a crash it is picked up again.
+    lease: Duration = timedelta(minutes=10)
+    #: Alerts claimed per round.
+    batch_size: int = Field(default=50, ge=1)
+    #: How often the daemon should call ``deliver_due``.
+    interval: Duration = timedelta(seconds=5)
+    #: Link to a ticket in alert text, with ``{id}``: ``https://crm.example/tickets/{id}``.
+    ticket_url: str | None = Field(default=None, pattern=r"^https?://\S*\{id\}\S*$")
+    #: Folder searched for ``alerts/*.j2`` before the shipped templates.
+    templates_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _known_sinks(self) -> AlertsConfig:
+        names = [s.name for s in self.sinks]
+        if len(set(names)) != len(names):
+            raise ValueError("two alert sinks have the same name")
+        wanted = [n for r in self.routes for n in r.sinks] + list(self.default_sinks or [])
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise ValueError(f"routes name alert sinks that are not configured: {unknown}")
+        return self
+
+    @field_validator("cooldowns")
+    @classmethod
+    def _kinds(cls, v: dict[str, timedelta]) -> dict[str, timedelta]:
+        for kind in v:
+            if not _KIND_RE.match(kind):
+                raise ValueError(f"{kind!r} is not an alert kind")
+        return v
+
+    def cooldown_for(self, kind: str) -> timedelta:
+        """The cooldown of one kind of alert."""
+        return self.cooldowns.get(kind, self.cooldown)
+
+    def sinks_for(self, kind: str, severity: str, priority: str | None) -> list[str]:
+        """The names of the sinks an alert goes to, in the order the sinks are configured."""
+        chosen = {n for r in self.routes if r.matches(kind, severity, priority) for n in r.sinks}
+        if not chosen:
+            default = self.default_sinks
+            chosen = {s.name for s in self.sinks} if default is None else set(default)
+        return [s.name for s in self.sinks if s.name in chosen]
+
+
+# -- raising alerts ---------------------------------------------------------------------------
+
+
+async def lock_key(session: AsyncSession, key: str) -> None:
+    """Serialise transactions that work on ``key`` (PostgreSQL; SQLite writers queue anyway)."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:cls, hashtext(:key))"),
+            {"cls": _LOCK_CLASS, "key": key},
+        )
+
+
+async def raise_alert(
+    session: AsyncSession,
+    kind: str,
+    dedupe_key: str,
+    title: str,
+    detail: Mapping[str, Any] | None = None,
+    severity: Severity = "warning",
+    *,
+    ticket_id: int | None = None,
+    customer_id: int | None = None,
+    message_id: int | None = None,
+    cooldown: timedelta | None = DEFAULT_COOLDOWN,
+    now: datetime | None = None,
+) -> Alert | None:
+    """Write an alert unless one with the same key was written within ``cooldown``.
+
+    ``cooldown=None`` means once ever per key. Pass ``AlertsConfig.cooldown_for(kind)`` for
+    the configured cooldown. Returns the new (flushed) alert, or None when it was held back.
+    """
+    now = now or utcnow()
+    dedupe_key = dedupe_key[:512]
+    await lock_key(session, dedupe_key)
+    q = sa.select(col(Alert.id)).where(col(Alert.dedupe_key) == dedupe_key)
+    if cooldown is not None:
+        q = q.where(col(Alert.created_at) > now - cooldown)
+    if (await session.execute(q.limit(1))).first() is not None:
+        return None
+    clean = {k: v for k, v in (detail or {}).items() if k != DELIVERY_KEY}
+    alert = Alert(
+        kind=kind,
+        dedupe_key=dedupe_key,
+        severity=severity,
+        title=title[:512],
+        detail=clean,
+        ticket_id=ticket_id,
+        customer_id=customer_id,
+        message_id=message_id,
+        status="pending",
+        created_at=now,
+    )
+    session.add(alert)
+    await session.flush()
+    return alert
+
+
+# -- what sinks see ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AlertView:
+    """An alert as sinks and templates see it: no delivery state, links resolved."""
+
+    id: int
+    kind: str
+    severity: str
+    title: str
+    detail: Mapping[str, Any]
+    ticket_id: int | None
+    customer_id: int | None
+    message_id: int | None
+    created_at: datetime
+    #: Web links: ``ticket`` (from ``ticket_url``) and ``message`` (the post, if public).
+    links: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def priority(self) -> str | None:
+        """The ticket priority the alert is about, if it says."""
+        value = self.detail.get("priority")
+        return value if isinstance(value, str) else None
+
+    def payload(self, text: str) -> dict[str, Any]:
+        """The JSON document a webhook receives."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "severity": self.severity,
+            "title": self.title,
+            "text": text,
+            "detail": dict(self.detail),
+            "ticket_id": self.ticket_id,
+            "customer_id": self.customer_id,
+            "message_id": self.message_id,
+            "created_at": self.created_at.isoformat(),
+            "links": dict(self.links),
+        }
+
+
+def safe_url(url: Any) -> str | None:
+    """A plain http(s) address that can sit in a link, or None."""
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+        return None
+    if len(url) > 2000 or any(ch in url for ch in "|<> \t\r\n\"'`"):
+        return None
+    return url
+
+
+def view_of(alert: Alert, ticket_url: str | None = None) -> AlertView:
+    """The view of a stored alert."""
+    detail = {k: v for k, v in (alert.detail or {}).items() if k != DELIVERY_KEY}
+    links: dict[str, str] = {}
+    if ticket_url and alert.ticket_id is not None:
+        links["ticket"] = ticket_url.replace("{id}", str(alert.ticket_id))
+    message_url = safe_url(detail.get("url"))
+    if message_url:
+        links["message"] = message_url
+    assert alert.id is not None
+    return AlertView(
+        id=alert.id,
+        kind=alert.kind,
+        severity=alert.severity,
+        title=alert.title,
+        detail=detail,
+        ticket_id=alert.ticket_id,
+        customer_id=alert.customer_id,
+        message_id=alert.message_id,
+        created_at=alert.created_at,
+        links=links,
+    )
+
+
+# -- text -------------------------------------------------------------------------------------
+
+Format = Literal["slack", "text", "subject", "html"]
+
+
+def escape_mrkdwn(text: str) -> str:
+    """Escape ``&``, ``<`` and ``>``: Slack then shows the text and parses nothing in it."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _slack_finalize(value: Any) -> Any:
+    if isinstance(value, Markup):  # built by our own filters, already escaped
+        return str(value)
+    return escape_mrkdwn(value) if isinstance(value, str) else value
+
+
+def _slack_link(url: Any, label: Any) -> Markup:
+    text = escape_mrkdwn(str(label)).replace("|", "¦")
+    target = safe_url(url)
+    return Markup(f"<{target}|{text}>" if target else text)
+
+
+def _slack_quote(text: Any, limit: int = 1500) -> Markup:
+    body = str(text or "").strip()
+    if len(body) > limit:
+        body = body[: limit - 1] + "…"
+    lines = body.splitlines() or [""]
+    return Markup("\n".join(f">{escape_mrkdwn(line)}" for line in lines))
+
+
+def _one_line(text: Any, limit: int = 200) -> str:
+    flat = " ".join(str(text or "").split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _when(value: Any) -> str:
+    moment: datetime | None = value if isinstance(value, datetime) else None
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            moment = datetime.fromisoformat(value)
+    if moment is None:
+        return str(value)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _ago(seconds: Any) -> str:
+    try:
+        s = abs(int(seconds))
+    except (TypeError, ValueError):
+        return str(seconds)
+    if s < 3600:
+        return f"{max(1, s // 60)}m"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600}h"
+
+
+class AlertRenderer:
+    """Alert text per format from the templates, each format escaped as its sink needs."""
+
+    def __init__(self, templates_dir: Path | None = None, brand: str = "Acme") -> None:
+        from socialcrm.responder import template_environment
+
+        self.brand = brand
+        self.envs: dict[str, jinja2.Environment] = {}
+        for fmt in ("slack", "text", "subject", "html"):
+            env = template_environment(templates_dir)
+            env.filters["when"] = _when
+            env.filters["duration"] = _ago
+            env.filters["one_line"] = _one_line
+            if fmt == "slack":
+                env.finalize = _slack_finalize
+                env.filters["link"] = _slack_link
+                env.filters["quote"] = _slack_quote
+            elif fmt == "html":
+                env.autoescape = True
+            self.envs[fmt] = env
+
+    def render(self, fmt: Format, alert: AlertView, **extra: Any) -> str:
+        """The alert's text in one format (``alerts/<kind>.<fmt>.j2`` or a fallback)."""
+        env = self.envs[fmt]
+        names = [f"alerts/default.{fmt}.j2"]
+        if _KIND_RE.match(alert.kind):
+            family = alert.kind.split("_", 1)[0]
+            names[:0] = [f"alerts/{alert.kind}.{fmt}.j2", f"alerts/{family}.{fmt}.j2"]
+        context = {
+            "alert": alert,
+            "detail": alert.detail,
+            "links": alert.links,
+            "brand": self.brand,
+            "mention": None,
+            **extra,
+        }
+        text = env.select_template(names).render(**context).strip()
+        if fmt == "subject":
+            return _one_line(text, _SUBJECT_LIMIT)
+        return text
+
+
+# -- sinks ------------------------------------------------------------------------------------
+
+
+class SinkError(Exception):
+    """A delivery that did not happen.
+
+    ``sink_down``: the sink cannot take anything now (skip it for the rest of the round);
+    False: only this alert was refused. ``retry_after_s``: what the sink asked us to wait.
+    """
+
+    def __init__(
+        self, reason: str, *, sink_down: bool = True, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.sink_down = sink_down
+        self.retry_after_s = retry_after_s
+
+
+class AlertSink(Protocol):
+    """Somewhere alerts are delivered; ``send`` raises :class:`SinkError` when it did not."""
+
+    name: str
+
+    async def send(self, alert: AlertView) -> None:
+        """Deliver one alert."""
+        ...
+
+
+def _retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds from a ``Retry-After`` header (seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    with contextlib.suppress(ValueError):
+        return max(0.0, float(value))
+    with contextlib.suppress(TypeError, ValueError, IndexError):
+        when = parsedate_to_datetime(value)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - now).total_seconds())
+    return None
+
+
+#: Slack answers that concern one message rather than the token or channel.
+_SLACK_MESSAGE_ERRORS: Final = frozenset(
+    {"msg_too_long", "no_text", "invalid_blocks", "invalid_blocks_format", "too_many_attachments"}
+)
+
+
+class SlackSink:
+    """Posts alerts to a Slack channel."""
+
+    def __init__(
+        self,
+        config: SlackSinkConfig,
+        http: aiohttp.ClientSession,
+        renderer: AlertRenderer,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.renderer = renderer
+        self.clock = clock
+        # No retry handlers: the outbox owns retries and their timing.
+        self.client = AsyncWebClient(
+            token=config.token.get_secret_value(),
+            base_url=config.api_base,
+            session=http,
+            timeout=int(config.timeout_s),
+            retry_handlers=[],
+        )
+
+    async def send(self, alert: AlertView) -> None:
+        """``chat.postMessage`` with the alert's mrkdwn text."""
+        mention = self.config.mention if alert.severity == "critical" else None
+        text = self.renderer.render("slack", alert, mention=Markup(mention) if mention else None)[
+            :_SLACK_TEXT_LIMIT
+        ]
+        try:
+            async with asyncio.timeout(self.config.timeout_s):
+                await self.client.chat_postMessage(
+                    channel=self.config.channel,
+                    text=text,
+                    mrkdwn=True,
+                    unfurl_links=False,
+                    unfurl_media=False,
+                )
+        except SlackApiError as err:
+            resp = err.response
+            status = getattr(resp, "status_code", 0)
+            data = getattr(resp, "data", None)
+            code = data.get("error", "") if isinstance(data, dict) else ""
+            headers = getattr(resp, "headers", None) or {}
+            wait = _retry_after(headers.get("Retry-After"), self.clock())
+            raise SinkError(
+                f"slack {status} {code or 'error'}",
+                sink_down=code not in _SLACK_MESSAGE_ERRORS,
+                retry_after_s=wait,
+            ) from err
+        except (SlackClientError, aiohttp.ClientError, TimeoutError, OSError) as err:
+            raise SinkError(f"slack unreachable: {err!r}"[:300]) from err
+
+
+class EmailSink:
+    """Mails alerts over SMTP: a plain-text body with an HTML alternative."""
+
+    def __init__(
+        self,
+        config: EmailSinkConfig,
+        renderer: AlertRenderer,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.renderer = renderer
+        self.clock = clock
+
+    def message(self, alert: AlertView) -> EmailMessage:
+        """The mail for one alert."""
+        cfg = self.config
+        text = self.renderer.render("text", alert)
+        msg = EmailMessage()
+        msg["Subject"] = self.renderer.render("subject", alert)
+        msg["From"] = cfg.from_addr
+        msg["To"] = ", ".join(cfg.to)
+        msg["Date"] = format_datetime(self.clock().astimezone(UTC))
+        msg["Message-ID"] = make_msgid(f"alert-{alert.id}", cfg.from_addr.rpartition("@")[2])
+        msg["Auto-Submitted"] = "auto-generated"
+        msg["X-Socialcrm-Alert"] = f"{alert.kind} {alert.id}"
+        msg.set_content(text)
+        msg.add_alternative(self.renderer.render("html", alert, text=text), subtype="html")
+        return msg
+
+    async def send(self, alert: AlertView) -> None:
+        """Send the alert's mail to every configured address."""
+        cfg = self.config
+        msg = self.message(alert)
+        try:
+            await aiosmtplib.send(
+                msg,
+                hostname=cfg.host,
+                port=cfg.port,
+                username=cfg.username,
+                password=cfg.password.get_secret_value() if cfg.password else None,
+                use_tls=cfg.security == "tls",
+                start_tls=cfg.security == "starttls",
+                timeout=cfg.timeout_s,
+            )
+        except aiosmtplib.SMTPResponseException as err:
+            # 5xx to a message is about the message (too big, refused content); 4xx is
+            # the server asking us to come back later; auth failures concern everything.
+            auth = isinstance(err, aiosmtplib.SMTPAuthenticationError)
+            raise SinkError(
+                f"smtp {err.code} {err.message}"[:300], sink_down=auth or err.code < 500
+            ) from err
+        except aiosmtplib.SMTPRecipientsRefused as err:
+            raise SinkError(f"smtp refused every recipient: {err!r}"[:300]) from err
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
+            raise SinkError(f"smtp unreachable: {err!r}"[:300]) from err
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex>`` HMAC of ``{timestamp}.{body}``, as our inbound webhooks expect."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"sha256={mac.hexdigest()}"
+
+
+class WebhookSink:
+    """POSTs alerts as signed JSON."""
+
+    def __init__(
+        self,
+        config: WebhookSinkConfig,
+        http: aiohttp.ClientSession,
+        renderer: AlertRenderer,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.http = http
+        self.renderer = renderer
+        self.clock = clock
+
+    def request(self, alert: AlertView) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of the POST for one alert."""
+        payload = alert.payload(self.renderer.render("text", alert))
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        timestamp = str(int(self.clock().timestamp()))
+        headers = {
+            "Content-Type": "application/json",
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(self.config.secret.get_secret_value(), timestamp, body),
+            DELIVERY_HEADER: str(alert.id),
+        }
+        return body, headers
+
+    async def send(self, alert: AlertView) -> None:
+        """POST the alert; any 2xx is delivered."""
+        body, headers = self.request(alert)
+        try:
+            async with (
+                asyncio.timeout(self.config.timeout_s),
+                self.http.post(self.config.url, data=body, headers=headers) as resp,
+            ):
+                if 200 <= resp.status < 300:
+                    return
+                wait = _retry_after(resp.headers.get("Retry-After"), self.clock())
+                down = resp.status in (401, 403, 404, 408, 429) or resp.status >= 500
+                raise SinkError(
+                    f"webhook answered {resp.status}", sink_down=down, retry_after_s=wait
+                )
+        except (aiohttp.ClientError, TimeoutError, OSError) as err:
+            raise SinkError(f"webhook unreachable: {err!r}"[:300]) from err
+
+
+def make_sink(
+    config: SlackSinkConfig | EmailSinkConfig | WebhookSinkConfig,
+    http: aiohttp.ClientSession,
+    renderer: AlertRenderer,
+    clock: Callable[[], datetime] = utcnow,
+) -> AlertSink:
+    """The sink a sink config describes."""
+    if isinstance(config, SlackSinkConfig):
+        return SlackSink(config, http, renderer, clock)
+    if isinstance(config, EmailSinkConfig):
+        return EmailSink(config, renderer, clock)
+    return WebhookSink(config, http, renderer, clock)
+
+
+# -- the dispatcher ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Result:
+    ok: bool
+    error: str = ""
+    #: Give up on this alert for this sink now (the sink is gone from the config).
+    final: bool = False
+    #: The sink cannot take anything now: not tried again in this round.
+    sink_down: bool = False
+    retry_after_s: float | None = None
+
+
+@dataclass(slots=True)
+class _Claimed:
+    view: AlertView
+    sinks: list[str]
+
+
+class AlertDispatcher:
+    """Delivers pending alerts to their sinks, with dedupe, cooldown, routing and retries."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: AlertsConfig,
+        http: aiohttp.ClientSession,
+        clock: Callable[[], datetime] = utcnow,
+        *,
+        brand: str = "Acme",
+        base_dir: Path | None = None,
+        sinks: Mapping[str, AlertSink] | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        templates = config.templates_dir
+        if templates is not None and not templates.is_absolute() and base_dir is not None:
+            templates = base_dir / templates
+        self.renderer = AlertRenderer(templates, brand)
+        self.sinks: dict[str, AlertSink] = (
+            dict(sinks)
+            if sinks is not None
+            else {c.name: make_sink(c, http, self.renderer, clock) for c in config.sinks}
+        )
+        self._lock = asyncio.Lock()
+
+    async def deliver_due(self) -> int:
+        """One round: claim due alerts, send them, record the outcome; returns messages sent."""
+        async with self._lock:
+            claimed = await self._claim(self.clock())
+            sent = 0
+            down: dict[str, _Result] = {}
+            for item in claimed:
+                results: dict[str, _Result] = {}
+                for name in item.sinks:
+                    if name in down:
+                        results[name] = down[name]
+                        continue
+                    result = await self._send(name, item.view)
+                    results[name] = result
+                    sent += result.ok
+                    if result.sink_down:
+                        # The alerts due for it in this round wait as this one does.
+                        down[name] = result
+                await self._record(item.view.id, results, self.clock())
+            return sent
+
+    async def _send(self, name: str, alert: AlertView) -> _Result:
+        sink = self.sinks.get(name)
+        if sink is None:
+            return _Result(ok=False, error="the sink is no longer configured", final=True)
+        try:
+            await sink.send(alert)
+        except SinkError as err:
+            log.warning("alert %s not delivered to %s: %s", alert.id, name, err)
+            return _Result(
+                ok=False,
+                error=str(err)[:300],
+                sink_down=err.sink_down,
+                retry_after_s=err.retry_after_s,
+            )
+        except jinja2.TemplateError as err:
+            log.error("alert %s: template error for %s: %s", alert.id, name, err)
+            return _Result(ok=False, error=f"template: {err}"[:300])
+        except Exception as err:  # a bug in a sink must not stop the other alerts
+            log.exception("alert %s: sink %s failed", alert.id, name)
+            return _Result(ok=False, error=repr(err)[:300], sink_down=True)
+        return _Result(ok=True)
+
+    async def _claim(self, now: datetime) -> list[_Claimed]:
+        """Lease the due alerts; settle fresh duplicates and unrouted alerts on the way."""
+        out: list[_Claimed] = []
+        async with self.store.session() as s:
+            q = (
+                sa.select(Alert)
+                .where(
+                    col(Alert.status) == "pending",
+                    sa.or_(
+                        col(Alert.next_attempt_at).is_(None),
+                        col(Alert.next_attempt_at) <= now,
+                    ),
+                )
+                .order_by(col(Alert.id))
+                .limit(self.config.batch_size)
+                .with_for_update(skip_locked=True)
+            )
+            for alert in (await s.execute(q)).scalars().all():
+                delivery = dict(alert.detail.get(DELIVERY_KEY) or {})
+                sinks: dict[str, dict[str, Any]] = {
+                    k: dict(v) for k, v in (delivery.get("sinks") or {}).items()
+                }
+                if "routed" not in delivery:
+                    dup = await self._duplicate_of(s, alert, now)
+                    if dup is not None:
+                        self._settle(alert, {"duplicate_of": dup, "routed": []}, "delivered", now)
+                        log.info("alert %s is a repeat of %s: not sent", alert.id, dup)
+                        continue
+                    view = view_of(alert)
+                    routed = self.config.sinks_for(alert.kind, alert.severity, view.priority)
+                    if not routed:
+                        self._settle(alert, {"routed": []}, "delivered", now)
+                        log.info("alert %s (%s) goes to no sink", alert.id, alert.kind)
+                        continue
+                    delivery = {"routed": routed}
+                    sinks = {n: {"state": "pending", "attempts": 0} for n in routed}
+                due = [
+                    n
+                    for n, st in sinks.items()
+                    if st.get("state") == "pending" and _at(st.get("next_at"), now) <= now
+                ]
+                alert.detail = {**alert.detail, DELIVERY_KEY: {**delivery, "sinks": sinks}}
+                if not due:
+                    alert.next_attempt_at = _next_at(sinks, now)
+                    continue
+                alert.next_attempt_at = now + self.config.lease
+                out.append(_Claimed(view_of(alert, self.config.ticket_url), due))
+        return out
+
+    @staticmethod
+    def _settle(alert: Alert, delivery: dict[str, Any], status: str, now: datetime) -> None:
+        alert.detail = {**alert.detail, DELIVERY_KEY: delivery}
+        alert.status = status
+        alert.delivered_at = now
+        alert.next_attempt_at = None
+
+    async def _duplicate_of(self, s: AsyncSession, alert: Alert, now: datetime) -> int | None:
+        """The alert this one repeats: same key, sent within the cooldown, or still on its way."""
+        since = now - self.config.cooldown_for(alert.kind)
+        q = (
+            sa.select(col(Alert.id))
+            .where(
+                col(Alert.dedupe_key) == alert.dedupe_key,
+                col(Alert.id) != alert.id,
+                sa.or_(
+                    # Reached at least one sink recently (duplicates never made an attempt).
+                    sa.and_(col(Alert.delivered_at) > since, col(Alert.attempts) > 0),
+                    sa.and_(col(Alert.status) == "pending", col(Alert.id) < alert.id),
+                ),
+            )
+            .order_by(col(Alert.id))
+            .limit(1)
+        )
+        found = (await s.execute(q)).scalar_one_or_none()
+        return int(found) if found is not None else None
+
+    async def _record(self, alert_id: int, results: Mapping[str, _Result], now: datetime) -> None:
+        """Merge one alert's sink outcomes into its row."""
+        async with self.store.session() as s:
+            alert = await s.get(Alert, alert_id, with_for_update=True)
+            if alert is None:
+                return
+            delivery = dict(alert.detail.get(DELIVERY_KEY) or {})
+            sinks = {k: dict(v) for k, v in (delivery.get("sinks") or {}).items()}
+            tried = 0
+            for name, res in results.items():
+                st = sinks.setdefault(name, {"state": "pending", "attempts": 0})
+                if st.get("state") != "pending":
+                    continue  # settled meanwhile (another round after a lease ran out)
+                tried += 1
+                st["attempts"] = int(st.get("attempts", 0)) + 1
+                if res.ok:
+                    st.update(state="sent", sent_at=now.isoformat())
+                    st.pop("next_at", None)
+                    st.pop("error", None)
+                    continue
+                st["error"] = res.error
+                if res.final or st["attempts"] >= self.config.max_attempts:
+                    st["state"] = "failed"
+                    st.pop("next_at", None)
+                    log.error(
+                        "alert %s: %s gave up after %d attempt(s): %s",
+                        alert_id,
+                        name,
+                        st["attempts"],
+                        res.error,
+                    )
+                else:
+                    wait = self.backoff(alert_id, name, st["attempts"], res.retry_after_s)
+                    st["next_at"] = (now + wait).isoformat()
+            alert.attempts += tried
+            if alert.delivered_at is None and any(st["state"] == "sent" for st in sinks.values()):
+                alert.delivered_at = now
+            states = {st["state"] for st in sinks.values()}
+            if "pending" in states:
+                alert.next_attempt_at = _next_at(sinks, now)
+            else:
+                alert.status = "failed" if "failed" in states else "delivered"
+                alert.next_attempt_at = None
+            alert.detail = {**alert.detail, DELIVERY_KEY: {**delivery, "sinks": sinks}}
+
+    def backoff(
+        self, alert_id: int, sink: str, attempts: int, retry_after_s: float | None = None
+    ) -> timedelta:
+        """Wait before attempt ``attempts + 1``: the sink's Retry-After, else exponential."""
+        cfg = self.config
+        if retry_after_s is not None:
+            return timedelta(seconds=min(retry_after_s, 86400.0))
+        base = cfg.backoff_base * (1 << min(max(attempts - 1, 0), 30))
+        wait = min(base, cfg.backoff_max)
+        if cfg.backoff_jitter:
+            # Deterministic spread: the same alert x sink always gets the same share.
+            digest = hashlib.blake2b(f"{alert_id}:{sink}:{attempts}".encode(), digest_size=4)
+            unit = int.from_bytes(digest.digest(), "big") / 0xFFFFFFFF
+            wait = wait * (1 + cfg.backoff_jitter * (2 * unit - 1))
+        return wait
+
+
+def _at(value: Any, default: datetime) -> datetime:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(value)
+    return default
+
+
+def _next_at(sinks: Mapping[str, Mapping[str, Any]], now: datetime) -> datetime:
+    pending = [_at(st.get("next_at"), now) for st in sinks.values() if st["state"] == "pending"]
+    return min(pending, default=now)
+
+
+def delivery_state(alert: Alert) -> dict[str, Any]:
+    """The per-sink delivery state kept in an alert (empty before its first round)."""
+    state = alert.detail.get(DELIVERY_KEY) if alert.detail else None
+    return dict(state) if isinstance(state, dict) else {}

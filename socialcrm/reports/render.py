@@ -1,0 +1,352 @@
+"""Turn a Report into html, md, json or csv.
+
+- ``json``: the whole report as one object (numbers, ISO 8601 times, derived figures such as
+  ``net_sentiment`` included).
+- ``csv``: one flat table, UTF-8 with a header row, columns
+  ``section, metric, key, bucket, current, previous, change``:
+  ``section`` is ``headline`` (key ``all``), ``channel``, ``source``, ``intent``, ``tag``,
+  ``term``, ``team`` or ``series``; ``metric`` is what is counted (``messages``, ``positive``,
+  ``neutral``, ``negative``, ``unscored``, ``net_sentiment``, ``tickets_opened``...);
+  ``key`` names the channel, source, topic or team (``all`` for everything); ``bucket`` is the
+  day (``YYYY-MM-DD``) or hour (``YYYY-MM-DD HH:00``) of a ``series`` row, empty otherwise;
+  ``current`` and ``previous`` are the values in the two periods (for a series row, previous
+  is the same bucket position in the previous period); ``change`` is current - previous.
+  Shares and net sentiment are fractions (0.25, not 25%); durations are seconds.
+- ``md``: readable text with tables (customer text is escaped for Markdown and HTML).
+- ``html``: one self-contained page: inline CSS and inline SVG charts, no script, nothing
+  fetched; readable in a browser and in e-mail clients (the tables carry every figure for
+  clients that do not show SVG). Templates are autoescaped.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import math
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+import orjson
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
+
+from socialcrm.reports.data import Breakdown, Report, TeamPeriod, change
+
+Format = Literal["html", "md", "json", "csv"]
+FORMATS: tuple[Format, ...] = ("html", "md", "json", "csv")
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+#: Shown for a figure that does not exist (no data, or nothing to compare with).
+NONE = "\u2013"
+#: A real minus sign reads better than a hyphen in tables.
+MINUS = "\u2212"
+CSV_COLUMNS = ("section", "metric", "key", "bucket", "current", "previous", "change")
+
+
+def render(report: Report, fmt: Format, *, templates_dir: Path | None = None) -> str:
+    """The report in one format; ``templates_dir`` may hold a ``reports/`` override."""
+    if fmt == "json":
+        return to_json(report)
+    if fmt == "csv":
+        return to_csv(report)
+    if fmt == "md":
+        return (
+            _environment(templates_dir, html=False)
+            .get_template("reports/report.md.j2")
+            .render(r=report, **_helpers(report))
+        )
+    if fmt == "html":
+        from socialcrm.reports import charts  # matplotlib loads only for html
+
+        env = _environment(templates_dir, html=True)
+        svgs = {name: Markup(svg) for name, svg in charts.charts(report).items()}
+        return env.get_template("reports/report.html.j2").render(
+            r=report, charts=svgs, **_helpers(report)
+        )
+    raise ValueError(f"unknown report format {fmt!r} (one of {', '.join(FORMATS)})")
+
+
+def summary(report: Report, *, templates_dir: Path | None = None) -> str:
+    """A few lines of the report's headline figures, for chat answers and digests."""
+    env = _environment(templates_dir, html=False)
+    text = env.get_template("reports/summary.txt.j2").render(r=report, **_helpers(report))
+    return "\n".join(line.rstrip() for line in text.strip().splitlines())
+
+
+# ---------------------------------------------------------------------------------------------
+# json
+
+
+def as_data(value: Any) -> Any:
+    """Plain JSON-able data: dataclasses with their derived figures, ISO times."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {f.name: as_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        for name in getattr(value, "derived", ()):
+            out[name] = as_data(getattr(value, name))
+        return out
+    if isinstance(value, dict):
+        return {str(k): as_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [as_data(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(report: Report) -> str:
+    """The whole report as indented JSON."""
+    return orjson.dumps(as_data(report), option=orjson.OPT_INDENT_2).decode() + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# csv
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value  # never a formula in a spreadsheet
+    if isinstance(value, float):
+        return round(value, 6)
+    return "" if value is None else value
+
+
+def _csv_rows(report: Report) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
+
+    def add(section: str, metric: str, key: str, cur: Any, prev: Any, bucket: str = "") -> None:
+        diff = change(cur, prev) if _number(cur) and _number(prev) else None
+        rows.append((section, metric, key, bucket, cur, prev, diff))
+
+    def sentiment(section: str, b: Breakdown) -> None:
+        add(section, "messages", b.key, b.current.total, b.previous.total)
+        for cls in ("positive", "neutral", "negative", "unscored"):
+            add(section, cls, b.key, getattr(b.current, cls), getattr(b.previous, cls))
+        add(section, "net_sentiment", b.key, b.current.net_sentiment, b.previous.net_sentiment)
+
+    sentiment("headline", report.overall)
+    add("headline", "ignored", "all", report.ignored.current, report.ignored.previous)
+    c = report.customers
+    add("headline", "new_customers", "all", c.new.current, c.new.previous)
+    split = c.value_split
+    add("headline", "top20_messages", "all", split.top.current.total, split.top.previous.total)
+    add(
+        "headline",
+        "top20_net_sentiment",
+        "all",
+        split.top.current.net_sentiment,
+        split.top.previous.net_sentiment,
+    )
+    add(
+        "headline",
+        "rest_net_sentiment",
+        "all",
+        split.rest.current.net_sentiment,
+        split.rest.previous.net_sentiment,
+    )
+    _service_rows(
+        add, "headline", "all", report.service.total.current, report.service.total.previous
+    )
+    for b in report.channels:
+        sentiment("channel", b)
+    for b in report.sources:
+        sentiment("source", b)
+    for section, counts in (
+        ("intent", report.topics.intents),
+        ("tag", report.topics.tags),
+        ("term", report.topics.terms),
+    ):
+        for t in counts:
+            add(
+                section,
+                "messages" if section != "term" else "sampled_messages",
+                t.key,
+                t.current,
+                t.previous,
+            )
+    for team in report.service.teams:
+        _service_rows(add, "team", team.team, team.current, team.previous)
+    period = report.period
+    for b in (report.overall, *report.channels):
+        for i, label in enumerate(period.buckets):
+            cur = b.series[i]
+            prev = b.previous_series[i] if i < len(b.previous_series) else None
+            add("series", "messages", b.key, cur.total, prev.total if prev else None, label)
+            if b is report.overall:
+                for cls in ("positive", "neutral", "negative", "unscored"):
+                    add(
+                        "series",
+                        cls,
+                        b.key,
+                        getattr(cur, cls),
+                        getattr(prev, cls) if prev else None,
+                        label,
+                    )
+            add(
+                "series",
+                "net_sentiment",
+                b.key,
+                cur.net_sentiment,
+                prev.net_sentiment if prev else None,
+                label,
+            )
+    return rows
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _service_rows(add: Any, section: str, key: str, cur: TeamPeriod, prev: TeamPeriod) -> None:
+    add(section, "tickets_opened", key, cur.opened, prev.opened)
+    add(section, "tickets_resolved", key, cur.resolved, prev.resolved)
+    add(section, "backlog", key, cur.backlog, prev.backlog)
+    add(
+        section,
+        "first_response_median_s",
+        key,
+        cur.first_response.median_s,
+        prev.first_response.median_s,
+    )
+    add(section, "first_response_p90_s", key, cur.first_response.p90_s, prev.first_response.p90_s)
+    add(section, "resolution_median_s", key, cur.resolution.median_s, prev.resolution.median_s)
+    add(section, "resolution_p90_s", key, cur.resolution.p90_s, prev.resolution.p90_s)
+    add(
+        section,
+        "first_response_sla",
+        key,
+        cur.first_response_sla.compliance,
+        prev.first_response_sla.compliance,
+    )
+    add(
+        section,
+        "resolution_sla",
+        key,
+        cur.resolution_sla.compliance,
+        prev.resolution_sla.compliance,
+    )
+
+
+def to_csv(report: Report) -> str:
+    """Headline figures, breakdowns and the per-bucket series as one flat table."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in _csv_rows(report):
+        writer.writerow([_cell(v) for v in row])
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# md and html
+
+
+@functools.lru_cache(maxsize=8)
+def _environment(extra_dir: Path | None, *, html: bool) -> ImmutableSandboxedEnvironment:
+    loaders: list[jinja2.BaseLoader] = []
+    if extra_dir is not None:
+        loaders.append(jinja2.FileSystemLoader(str(extra_dir)))
+    loaders.append(jinja2.FileSystemLoader(str(TEMPLATES_DIR)))
+    env = ImmutableSandboxedEnvironment(
+        loader=jinja2.ChoiceLoader(loaders),
+        undefined=jinja2.StrictUndefined,
+        autoescape=html,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        num=fmt_num,
+        pct=fmt_pct,
+        net=fmt_net,
+        points=fmt_points,
+        change=fmt_change,
+        signed=fmt_signed,
+        dur=fmt_duration,
+        md=md_escape,
+        when=fmt_when,
+    )
+    return env
+
+
+def _helpers(report: Report) -> dict[str, Any]:
+    return {"fmt_change": fmt_change, "fmt_points": fmt_points, "fmt_signed": fmt_signed}
+
+
+def fmt_num(value: Any) -> str:
+    """1234567 -> '1,234,567'; None -> an en dash."""
+    if value is None:
+        return NONE
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.2f}"
+    return f"{int(value):,}"
+
+
+def fmt_signed(value: Any) -> str:
+    """A count change with its sign: '+12', '-3' (with a minus sign), '0'."""
+    if value is None:
+        return NONE
+    return f"{int(value):+,}".replace("-", MINUS)
+
+
+def fmt_pct(value: Any, digits: int = 1) -> str:
+    """0.1234 -> '12.3%'."""
+    if value is None:
+        return NONE
+    return f"{100 * value:.{digits}f}%"
+
+
+def fmt_net(value: Any) -> str:
+    """Net sentiment -1..+1 shown as -100..+100: 0.25 -> '+25'."""
+    if value is None:
+        return NONE
+    return f"{100 * value:+.0f}".replace("-", MINUS)
+
+
+def fmt_points(value: Any) -> str:
+    """A change in net sentiment, in points of the -100..+100 scale."""
+    if value is None:
+        return NONE
+    return f"{100 * value:+.0f} pts".replace("-", MINUS)
+
+
+def fmt_change(value: Any) -> str:
+    """A relative change: 0.25 -> '+25%'."""
+    if value is None:
+        return NONE
+    return f"{100 * value:+.0f}%".replace("-", MINUS)
+
+
+def fmt_duration(seconds: Any) -> str:
+    """Seconds as '45s', '12m', '3h 05m' or '2d 4h'."""
+    if seconds is None:
+        return NONE
+    s = round(float(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def fmt_when(value: datetime, tz: str = "UTC") -> str:
+    """A time in the report's zone, to the minute."""
+    from zoneinfo import ZoneInfo
+
+    return value.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+
+
+def md_escape(value: Any) -> str:
+    """Untrusted text for one Markdown table cell or line: one line, markup inert."""
+    text = " ".join(str(value if value is not None else "").split())
+    text = text.replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", text)
