@@ -1,7 +1,8 @@
-"""Mastodon: mentions of the brand (notifications) and hashtag timelines; replies as statuses.
+"""Mastodon: mentions of the brand (notifications), hashtag timelines and full-text searches;
+replies as statuses.
 
 Plain aiohttp on the core's session (there is no good async Mastodon library). The cursor keeps
-one state per stream, ``notifications`` and ``tag:<name>``::
+one state per stream, ``notifications``, ``tag:<name>`` and ``search:<query>``::
 
     {"min_id": "34975861"}     # the newest id stored; the next walk starts right after it
 
@@ -11,6 +12,11 @@ new stream is first read backwards from the newest, following ``rel="next"``, fo
 ``backfill_pages`` pages (over as many fetches as ``max_pages`` makes it take; meanwhile the
 state is ``{"top", "max_id", "pages"}``); older history is not fetched. ``recent`` keeps the
 status ids delivered lately, so a status found by two streams is delivered once.
+
+Searches (``GET /api/v2/search?type=statuses``) answer a Search entity without a ``Link``
+header; they page with the same ``min_id``/``max_id`` parameters, so the page's edges are
+taken from the statuses themselves and the walk is the same. (Status search needs the
+server's full-text search; without it a server finds only statuses the account has seen.)
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ RECENT_KEEP = 300
 #: Mastodon's page-size caps: notifications 80, timelines 40.
 NOTIFICATIONS_MAX = 80
 TIMELINE_MAX = 40
+SEARCH_MAX = 40
 
 
 class MastodonConnector:
@@ -64,6 +71,8 @@ class MastodonConnector:
         mentions: bool = True
         #: Hashtags to follow (without ``#``).
         hashtags: list[str] = Field(default_factory=list)
+        #: Full-text searches of statuses, e.g. ``["acme blender"]`` (every word must match).
+        search: list[str] = Field(default_factory=list)
         #: Items per page (timelines are capped at 40 by Mastodon).
         limit: int = Field(default=40, ge=1, le=NOTIFICATIONS_MAX)
         #: Pages per stream in one fetch; the rest comes with the next (``Batch.more``).
@@ -96,6 +105,7 @@ class MastodonConnector:
         seen: dict[str, None] = dict.fromkeys(recent)
         streams: list[str] = ["notifications"] if self.config.mentions else []
         streams += [f"tag:{tag.lower()}" for tag in self.config.hashtags]
+        streams += [f"search:{q}" for q in self.config.search]
         for stream in streams:
             state[stream], more = await self._walk(
                 stream, dict(state.get(stream) or {}), batch, seen
@@ -113,6 +123,9 @@ class MastodonConnector:
         if stream == "notifications":
             path, limit = "/api/v1/notifications", self.config.limit
             params: list[tuple[str, str]] = [("types[]", "mention"), ("limit", str(limit))]
+        elif stream.startswith("search:"):
+            path, limit = "/api/v2/search", min(self.config.limit, SEARCH_MAX)
+            params = [("q", stream.split(":", 1)[1]), ("type", "statuses"), ("limit", str(limit))]
         else:
             tag = stream.split(":", 1)[1]
             path, limit = f"/api/v1/timelines/tag/{tag}", min(self.config.limit, TIMELINE_MAX)
@@ -207,6 +220,13 @@ class MastodonConnector:
             items = json.loads(body)
         except ValueError as err:
             raise MalformedPayload(f"Mastodon answered with broken JSON: {err}") from err
+        if stream.startswith("search:"):
+            statuses = items.get("statuses") if isinstance(items, dict) else None
+            if not isinstance(statuses, list):
+                raise MalformedPayload(
+                    f"Mastodon answered no statuses to a search: {_detail(body)}"
+                )
+            return statuses, _search_links(url, statuses)
         if not isinstance(items, list):
             raise MalformedPayload(f"Mastodon answered {type(items).__name__}, not a list")
         return items, links
@@ -336,6 +356,18 @@ def _digest(status: Any) -> str:
     """A stable key for a broken status that has no id."""
     text = json.dumps(status, ensure_ascii=False, sort_keys=True, default=str)
     return "sha1:" + hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:20]
+
+
+def _search_links(url: URL, statuses: list[Any]) -> dict[str, URL]:
+    """The ``Link`` a timeline would have sent for this page of search results."""
+    ids = [s["id"] for s in statuses if isinstance(s, dict) and isinstance(s.get("id"), str)]
+    if not ids:
+        return {}
+    query = {k: v for k, v in url.query.items() if k not in ("min_id", "max_id", "offset")}
+    return {
+        "next": url.with_query({**query, "max_id": min(ids, key=_id_key)}),
+        "prev": url.with_query({**query, "min_id": max(ids, key=_id_key)}),
+    }
 
 
 def _bound(links: dict[str, URL], rel: str, param: str) -> list[str]:

@@ -10,8 +10,11 @@ stand-in misbehave) and subclass :class:`ConnectorSuite` with a ``harness`` fixt
             async with FeedHarness.running() as harness:
                 yield harness
 
-A test needing a fault the harness does not list in ``faults`` is skipped, and so is the send()
-test when ``replies()`` answers None (the channel takes no replies). The suite gets batches with
+The suite comes in parts, and a connector's test class takes the parts that apply to its
+channel: :class:`ConnectorSuite` (every connector), :class:`RateLimitSuite`,
+:class:`FailureSuite` (passing failures and broken answers, run for each fault the class lists
+in ``faults``), :class:`BadItemSuite` and :class:`ReplySuite`. Nothing is skipped: a test that
+does not apply to a channel is not part of its class. The suite gets batches with
 ``connector.fetch(cursor)``; a harness for a push connector (webhook) may define
 ``async receive(connector, cursor) -> Batch`` to hand over what ``publish`` pushed instead. The
 suite never sleeps and asserts no timings; the harness owns every server and session and closes
@@ -104,12 +107,7 @@ def ids(messages: list[InboundMessage]) -> list[str]:
 
 
 class ConnectorSuite:
-    """The conformance tests; a subclass provides the ``harness`` fixture."""
-
-    def need(self, harness: ConnectorHarness, fault: str) -> None:
-        """Skip unless the harness can serve ``fault``."""
-        if fault not in harness.faults:
-            pytest.skip(f"this harness cannot serve {fault!r}")
+    """The tests every connector passes; a subclass provides the ``harness`` fixture."""
 
     async def test_messages_are_well_formed(self, harness: ConnectorHarness) -> None:
         published = await harness.publish(3)
@@ -146,8 +144,16 @@ class ConnectorSuite:
         assert sorted(everything) == sorted(first + second)
         assert again == [], "a poll with nothing new returns nothing"
 
+    async def test_refused_credentials_are_an_auth_error(self, harness: ConnectorHarness) -> None:
+        await harness.publish(1)
+        with pytest.raises(AuthError):
+            await fetch(harness, harness.connector(valid_credentials=False), None)
+
+
+class RateLimitSuite:
+    """For channels with rate limits: a 429 is retryable after the platform's reset."""
+
     async def test_rate_limit_is_retryable_after_the_reset(self, harness: ConnectorHarness) -> None:
-        self.need(harness, "rate_limit")
         published = await harness.publish(2)
         connector = harness.connector()
         harness.inject("rate_limit")
@@ -159,11 +165,32 @@ class ConnectorSuite:
         messages, _ = await drain(connector, None, harness)
         assert sorted(ids(messages)) == sorted(published), "nothing lost to the 429"
 
-    @pytest.mark.parametrize("fault", ["server_error", "timeout"])
+
+class FailureSuite:
+    """For fetching connectors: passing failures and broken answers lose nothing.
+
+    Each test runs once for each of its faults that the class lists in ``faults``.
+    """
+
+    faults: frozenset[str] = frozenset()
+    #: The faults each test may run with.
+    FAULTS_OF: dict[str, tuple[str, ...]] = {
+        "test_passing_failures_are_retryable": ("server_error", "timeout"),
+        "test_a_broken_response_fails_the_fetch": ("truncated", "html", "bad_envelope"),
+    }
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """Parametrize ``fault`` with the faults this connector's stand-in can serve."""
+        candidates = self.FAULTS_OF.get(metafunc.function.__name__)
+        if candidates is None:
+            return
+        served = [f for f in candidates if f in self.faults]
+        assert served, f"{type(self).__name__} serves none of {candidates}; drop FailureSuite"
+        metafunc.parametrize("fault", served)
+
     async def test_passing_failures_are_retryable(
         self, harness: ConnectorHarness, fault: str
     ) -> None:
-        self.need(harness, fault)
         published = await harness.publish(2)
         connector = harness.connector()
         harness.inject(fault)
@@ -172,16 +199,9 @@ class ConnectorSuite:
         messages, _ = await drain(connector, None, harness)
         assert sorted(ids(messages)) == sorted(published)
 
-    async def test_refused_credentials_are_an_auth_error(self, harness: ConnectorHarness) -> None:
-        await harness.publish(1)
-        with pytest.raises(AuthError):
-            await fetch(harness, harness.connector(valid_credentials=False), None)
-
-    @pytest.mark.parametrize("fault", ["truncated", "html", "bad_envelope"])
     async def test_a_broken_response_fails_the_fetch(
         self, harness: ConnectorHarness, fault: str
     ) -> None:
-        self.need(harness, fault)
         published = await harness.publish(3)
         connector = harness.connector()
         harness.inject(fault)
@@ -190,10 +210,13 @@ class ConnectorSuite:
         messages, _ = await drain(connector, None, harness)
         assert sorted(ids(messages)) == sorted(published), "nothing lost to the bad answer"
 
+
+class BadItemSuite:
+    """One item that cannot be read is quarantined; the rest of the batch goes on."""
+
     async def test_a_bad_item_is_quarantined_and_the_rest_goes_on(
         self, harness: ConnectorHarness
     ) -> None:
-        self.need(harness, "bad_item")
         published = await harness.publish(harness.page_size)
         connector = harness.connector()
         harness.inject("bad_item")
@@ -213,9 +236,11 @@ class ConnectorSuite:
         after, _ = await drain(connector, cursor, harness)
         assert after == [], "the cursor moved past the bad item"
 
+
+class ReplySuite:
+    """For channels that take replies: one send is one reply, threaded to the message."""
+
     async def test_send_posts_exactly_one_threaded_reply(self, harness: ConnectorHarness) -> None:
-        if harness.replies() is None:
-            pytest.skip("this channel takes no replies")
         await harness.publish(2)
         connector = harness.connector()
         assert isinstance(connector, ReplyingConnector)

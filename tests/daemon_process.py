@@ -1,15 +1,28 @@
-"""Running ``socialcrm run`` as a real process, for kill and soak tests (and bench scripts)."""
+"""Running ``socialcrm run`` as a real process against the sandbox: the kill and soak tests
+and their long versions in ``bench/``."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import random
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import yaml
+from aiohttp import web
+
+from socialcrm.cli import fault_mix
+from socialcrm.db import Store
+from socialcrm.demo import free_port, sandbox_sources
+from socialcrm.models import Message
+from socialcrm.sandbox.faults import Faults
+from socialcrm.sandbox.server import PLATFORMS, Sandbox, serve
 
 
 def write_config(path: Path, database: str, sources: list[dict[str, Any]], **extra: Any) -> Path:
@@ -61,3 +74,175 @@ class DaemonProcess:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
         return await asyncio.wait_for(self.proc.wait(), timeout_s)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class SandboxRun:
+    """The sandbox serving X, Mastodon and Reddit on a local port, and a daemon process
+    polling it into ``database``: what the soak and the kill loop drive."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        database: str,
+        *,
+        seed: int,
+        rate: float,
+        minutes: float,
+        faults: Faults | None = None,
+        source_timeout_s: float = 5.0,
+    ) -> None:
+        # Enough traffic to release ``rate`` per second for ``minutes``, with room to spare.
+        self.sandbox = Sandbox(
+            seed,
+            messages=int(rate * minutes * 60 * 1.6) + 500,
+            release_per_s=rate,
+            faults=faults,
+        )
+        self.workdir = workdir
+        self.database = database
+        self.port = free_port()
+        sources = sandbox_sources(self.sandbox, f"http://127.0.0.1:{self.port}", interval="1s")
+        for src in sources:
+            if src["type"] != "x":  # X's calls use the core's session timeout
+                src["timeout_s"] = source_timeout_s
+        self.daemon = DaemonProcess(
+            write_config(workdir / "config.yaml", database, sources), workdir / "daemon.log"
+        )
+        self.runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> SandboxRun:
+        self.runner = await serve(self.sandbox, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.daemon.kill()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    def served(self) -> set[str]:
+        """Every external id the sandbox has served intact."""
+        return {i for p in PLATFORMS for i in self.sandbox.served_ids(p)}
+
+    async def stored(self) -> list[str]:
+        """External ids of the stored messages, repeats included."""
+        store = Store(self.database)
+        try:
+            async with store.reader() as s:
+                return list((await s.execute(sa.select(Message.external_id))).scalars())
+        finally:
+            await store.dispose()
+
+    async def catch_up(self, limit_s: float) -> tuple[list[str], float]:
+        """Stop releasing, wait until everything served is stored; (stored, seconds taken)."""
+        self.sandbox.release_per_s = None
+        began = time.monotonic()
+        stored: list[str] = []
+        while time.monotonic() - began < limit_s:
+            stored = await self.stored()
+            if self.served() <= set(stored):
+                break
+            await asyncio.sleep(1)
+        return stored, time.monotonic() - began
+
+    def figures(self, stored: list[str]) -> dict[str, Any]:
+        """Served, stored, lost and stored twice, and where the losses were."""
+        served = self.served()
+        missing = served - set(stored)
+        return {
+            "served": len(served),
+            "stored": len(stored),
+            "lost": len(missing),
+            "duplicates": len(stored) - len(set(stored)),
+            "lost_by_platform": {
+                p: len(missing & set(self.sandbox.served_ids(p))) for p in PLATFORMS
+            },
+        }
+
+
+async def soak(
+    workdir: Path,
+    database: str,
+    *,
+    minutes: float,
+    faults: float,
+    rate: float,
+    warmup_s: float = 15.0,
+    timeout_delay_s: float | None = None,
+    rate_limit_reset_s: float | None = None,
+    catch_up_limit_s: float = 900.0,
+) -> dict[str, Any]:
+    """The daemon polls the faulty sandbox for ``minutes``; memory, losses and repeats."""
+    mix = fault_mix(11, faults) if faults else None
+    if mix is not None and timeout_delay_s is not None:
+        mix = dataclasses.replace(mix, timeout_delay_s=timeout_delay_s)
+    if mix is not None and rate_limit_reset_s is not None:
+        mix = dataclasses.replace(mix, rate_limit_reset_s=rate_limit_reset_s)
+    async with SandboxRun(
+        workdir, database, seed=11, rate=rate, minutes=minutes, faults=mix
+    ) as run:
+        await run.daemon.start()
+        assert run.daemon.proc is not None
+        await asyncio.sleep(warmup_s)  # start-up, first polls, caches warm
+        rss_start = rss_kib(run.daemon.proc.pid)
+        deadline = time.monotonic() + minutes * 60
+        samples = []
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(30.0, max(1.0, deadline - time.monotonic())))
+            if run.daemon.proc.returncode is not None:
+                raise RuntimeError(f"the daemon died: see {workdir / 'daemon.log'}")
+            samples.append(rss_kib(run.daemon.proc.pid))
+        rss_end = rss_kib(run.daemon.proc.pid)
+        # Sources that were backing off (a timeout fault, a 429 burst) catch up within a few
+        # of their backoffs.
+        stored, catch_up_s = await run.catch_up(catch_up_limit_s)
+        status = await run.daemon.terminate()
+        return {
+            "minutes": minutes,
+            **run.figures(stored),
+            "faults_injected": sum(1 for _ in run.sandbox.faults.events),
+            "rss_start_mib": rss_start / 1024,
+            "rss_end_mib": rss_end / 1024,
+            "rss_max_mib": max(samples or [rss_end]) / 1024,
+            "catch_up_s": catch_up_s,
+            "exit_status": status,
+        }
+
+
+async def kill_loop(
+    workdir: Path,
+    database: str,
+    *,
+    kills: int,
+    seed: int,
+    rate: float = 20.0,
+    up_s: tuple[float, float] = (1.5, 4.0),
+    catch_up_limit_s: float = 120.0,
+) -> dict[str, Any]:
+    """SIGKILL the daemon ``kills`` times at random moments while the sandbox feeds it, then
+    run it once more, cleanly: everything served must be stored exactly once."""
+    rng = random.Random(seed)
+    minutes = kills * up_s[1] / 60 + 2
+    async with SandboxRun(workdir, database, seed=seed, rate=rate, minutes=minutes) as run:
+        for _ in range(kills):
+            await run.daemon.start()
+            await asyncio.sleep(rng.uniform(*up_s))
+            await run.daemon.kill()
+        served_before_last_run = len(run.served())
+        await run.daemon.start()
+        stored, catch_up_s = await run.catch_up(catch_up_limit_s)
+        status = await run.daemon.terminate()
+        return {
+            "kills": kills,
+            "served_while_killing": served_before_last_run,
+            **run.figures(stored),
+            "catch_up_s": catch_up_s,
+            "exit_status": status,
+        }

@@ -36,7 +36,16 @@ from socialcrm.sandbox.mastodon import tags_of
 from socialcrm.sandbox.reddit import search_matcher
 from socialcrm.sandbox.server import Platform, Sandbox, make_app
 from socialcrm.sandbox.x import BRAND_USER_ID, query_matcher
-from tests.connector_suite import ConnectorHarness, ConnectorSuite, drain, ids
+from tests.connector_suite import (
+    BadItemSuite,
+    ConnectorHarness,
+    ConnectorSuite,
+    FailureSuite,
+    RateLimitSuite,
+    ReplySuite,
+    drain,
+    ids,
+)
 
 SEED = 11
 MESSAGES = 700
@@ -166,6 +175,19 @@ class MastodonHarness(SandboxHarness):
         return MastodonConnector(MastodonConnector.Config.model_validate(settings), self.session())
 
 
+class MastodonSearchHarness(MastodonHarness):
+    """The same platform, read only through full-text search (``/api/v2/search``)."""
+
+    def visible(self, message: InboundMessage) -> bool:
+        return QUERY in message.text.lower()
+
+    def connector(self, *, valid_credentials: bool = True, **changes: Any) -> MastodonConnector:
+        return super().connector(
+            valid_credentials=valid_credentials,
+            **{"mentions": False, "hashtags": [], "search": [QUERY], **changes},
+        )
+
+
 class RedditHarness(SandboxHarness):
     platform: ClassVar[Platform] = "reddit"
     path_prefix: ClassVar[str | None] = "/search"
@@ -201,21 +223,40 @@ class RedditHarness(SandboxHarness):
 # -- the conformance suite, three times ---------------------------------------------------------
 
 
-class TestXConformance(ConnectorSuite):
+class TestXConformance(ConnectorSuite, RateLimitSuite, FailureSuite, BadItemSuite, ReplySuite):
+    faults = XHarness.faults
+
     @pytest.fixture
     async def harness(self) -> AsyncIterator[ConnectorHarness]:
         async with XHarness.running() as harness:
             yield harness
 
 
-class TestMastodonConformance(ConnectorSuite):
+class TestMastodonConformance(
+    ConnectorSuite, RateLimitSuite, FailureSuite, BadItemSuite, ReplySuite
+):
+    faults = MastodonHarness.faults
+
     @pytest.fixture
     async def harness(self) -> AsyncIterator[ConnectorHarness]:
         async with MastodonHarness.running() as harness:
             yield harness
 
 
-class TestRedditConformance(ConnectorSuite):
+class TestMastodonSearchConformance(
+    ConnectorSuite, RateLimitSuite, FailureSuite, BadItemSuite, ReplySuite
+):
+    faults = MastodonSearchHarness.faults
+
+    @pytest.fixture
+    async def harness(self) -> AsyncIterator[ConnectorHarness]:
+        async with MastodonSearchHarness.running() as harness:
+            yield harness
+
+
+class TestRedditConformance(ConnectorSuite, RateLimitSuite, FailureSuite, BadItemSuite, ReplySuite):
+    faults = RedditHarness.faults
+
     @pytest.fixture
     async def harness(self) -> AsyncIterator[ConnectorHarness]:
         async with RedditHarness.running() as harness:
@@ -616,12 +657,16 @@ class FeedHarness:
     """A review feed on a local server, with basic auth and the faults a feed host shows."""
 
     page_size = 25
-    faults = frozenset({"rate_limit", "server_error", "timeout", "truncated", "html"})
+    faults = frozenset(
+        {"rate_limit", "server_error", "timeout", "truncated", "html", "bad_envelope", "bad_item"}
+    )
     USER, PASSWORD = "partner", "feed-password"
 
     def __init__(self, server: TestServer) -> None:
         self.server = server
         self.entries: list[str] = []
+        #: Entries the feed host garbles for good (a reviewer name longer than any we keep).
+        self.broken: set[str] = set()
         self.pending: list[str] = []
         self.last_retry_after: float | None = None
         self._sessions: list[aiohttp.ClientSession] = []
@@ -658,10 +703,13 @@ class FeedHarness:
             return web.Response(status=503, text="upstream down")
         if fault == "timeout":
             await asyncio.sleep(CLIENT_TIMEOUT_S * 3)
+        if fault == "bad_item":
+            self.broken.add(self.entries[len(self.entries) // 2])
         items = "".join(
             f"<item><guid>{g}</guid><title>Acme review</title><link>{g}</link>"
             f"<description>Review {g}: the Acme blender arrived broken</description>"
-            f"<author>reviewer@example.com (Reviewer)</author></item>"
+            f"<author>reviewer@example.com ({'R' * 600 if g in self.broken else 'Reviewer'})"
+            "</author></item>"
             for g in self.entries[-200:]
         )
         body = (
@@ -672,6 +720,9 @@ class FeedHarness:
             body = body[: len(body) // 2]
         if fault == "html":
             body = "<html><body><h1>Down for maintenance</h1></body></html>"
+        if fault == "bad_envelope":  # well-formed XML, but an error document, not a feed
+            body = '<?xml version="1.0"?><error><code>503</code><message>busy</message></error>'
+
         return web.Response(text=body, content_type="application/rss+xml")
 
     def connector(self, *, valid_credentials: bool = True) -> Connector:
@@ -706,7 +757,11 @@ class FeedHarness:
         return None  # review feeds take no replies
 
 
-class TestRssConnector(ConnectorSuite):
+class TestRssConnector(ConnectorSuite, RateLimitSuite, FailureSuite, BadItemSuite):
+    """Review feeds take no replies."""
+
+    faults = FeedHarness.faults
+
     @pytest.fixture
     async def harness(self) -> AsyncIterator[FeedHarness]:
         async with FeedHarness.running() as harness:
@@ -815,7 +870,11 @@ class WebhookHarness:
         return self.posted
 
 
-class TestWebhookConnector(ConnectorSuite):
+class TestWebhookConnector(ConnectorSuite, BadItemSuite, ReplySuite):
+    """Pushed, not fetched: no rate limits, passing failures or broken answers to survive."""
+
+    faults = WebhookHarness.faults
+
     @pytest.fixture
     async def harness(self) -> AsyncIterator[WebhookHarness]:
         async with WebhookHarness.running() as harness:

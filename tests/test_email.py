@@ -36,7 +36,7 @@ from socialcrm.connector import (
 )
 from socialcrm.pipeline import Pipeline
 from tests.conftest import need
-from tests.connector_suite import ConnectorHarness, ConnectorSuite
+from tests.connector_suite import BadItemSuite, ConnectorHarness, ConnectorSuite, FailureSuite
 from tests.email_server import Dovecot, ImapProxy, SmtpSink, dovecot_missing, free_port
 
 CORPUS = Path(__file__).parent / "data" / "emails"
@@ -432,7 +432,11 @@ class ImapHarness:
             await c.close()
 
 
-class TestImapConformance(ConnectorSuite):
+class TestImapConformance(ConnectorSuite, FailureSuite, BadItemSuite):
+    """IMAP has no rate limits or HTML error pages; replies go over SMTP (tested below)."""
+
+    faults = ImapHarness.faults
+
     @pytest.fixture
     async def harness(self, dovecot: Dovecot, mailbox: str) -> AsyncIterator[ConnectorHarness]:
         proxy = ImapProxy(dovecot.port)

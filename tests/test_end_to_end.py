@@ -19,6 +19,7 @@ from socialcrm.db import Store
 from socialcrm.demo import sandbox_sources
 from socialcrm.models import Message, Reply, Ticket
 from socialcrm.sandbox.server import Platform, Sandbox, make_app
+from socialcrm.sender import TICK_S
 from socialcrm.sources import make_source
 
 APPROVER = Actor("dana", "approver", "slack")
@@ -77,7 +78,7 @@ async def test_complaint_to_approved_reply_on_the_platform(
     assert await daemon.sender.send_due() == 1
     assert await daemon.sender.send_due() == 0
     posted = sandbox.replies_to(original.external_id)
-    assert len(posted) == 1, "the reply reached the platform exactly once"
+    assert len(sandbox.replies) == len(posted) == 1, "one reply, threaded to the original"
     assert posted[0].text.strip()
     async with store.reader() as s:
         r = await s.get(Reply, reply.id)
@@ -99,23 +100,34 @@ async def test_complaint_to_approved_reply_on_the_platform(
     assert len(outbound) == 1 and outbound[0].direction == "outbound"
 
 
-async def test_sender_wakes_on_approval(running: tuple[Daemon, Sandbox], store: Store) -> None:
+async def test_approval_from_another_process_goes_out_on_the_next_tick(
+    running: tuple[Daemon, Sandbox], store: Store
+) -> None:
+    """The CLI approves in its own process: nobody wakes the daemon's sender, its tick does."""
     daemon, sandbox = running
     sandbox.release(120, "x")
     await daemon.poller.poll("x-acme")
     reply, original = await first_complaint_draft(store, "x")
     daemon.sender.start()
     await Commands(daemon.config, store).run(APPROVER, f"approve {reply.id}")
-    daemon.sender.wake()
-    for _ in range(100):
-        if sandbox.replies_to(original.external_id):
+    for _ in range(int(3 * TICK_S / 0.05)):
+        if sandbox.replies:
             break
         await asyncio.sleep(0.05)
-    assert len(sandbox.replies_to(original.external_id)) == 1
+    assert len(sandbox.replies) == 1
+    assert sandbox.replies[0].in_reply_to == original.external_id
 
 
-async def test_slack_card_click_sends_the_reply_once(config: Config, store: Store) -> None:
-    """X complaint -> draft -> card in Slack -> an approver clicks Approve -> one threaded reply."""
+def mrkdwn(text: str) -> str:
+    """Text as an approval card shows it (Slack's three escapes)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+@pytest.mark.parametrize(("platform", "source"), [("x", "x-acme"), ("mastodon", "mastodon-acme")])
+async def test_slack_card_click_sends_the_reply_once(
+    config: Config, store: Store, platform: Platform, source: str
+) -> None:
+    """Complaint -> draft -> card in Slack -> an approver clicks Approve -> one threaded reply."""
     from aiohttp.test_utils import TestClient
 
     from socialcrm.sandbox.slack import SlackWorkspace, make_slack_app
@@ -150,28 +162,37 @@ async def test_slack_card_click_sends_the_reply_once(config: Config, store: Stor
         daemon = Daemon(cfg, store)
         await daemon.start("127.0.0.1", 0)
         try:
-            sandbox.release(120, "x")
-            await daemon.poller.poll("x-acme")
-            reply, original = await first_complaint_draft(store, "x")
+            sandbox.release(120, platform)
+            await daemon.poller.poll(source)
+            reply, original = await first_complaint_draft(store, platform)
             assert daemon.cards is not None
             await daemon.cards.sync()
             card = workspace.card(reply.id)
-            assert original.external_id in str(card.blocks) or card.text
+            shown = card.all_text()
+            # The card carries the customer's words, the draft, and the buttons to decide.
+            assert mrkdwn(original.text.splitlines()[0][:60]) in shown
+            assert mrkdwn(reply.draft_text.splitlines()[0][:60]) in shown
+            assert {"approve", "edit", "reject"} <= set(card.buttons())
             async with TestClient(TestServer(daemon.app(), host="127.0.0.1")) as client:
                 body, headers = workspace.click(card, "approve", "U0DANA")
                 resp = await client.post("/slack/interactions", data=body, headers=headers)
                 assert resp.status == 200
+                # Nothing here wakes the sender: the approval itself does.
                 for _ in range(200):
-                    if sandbox.replies_to(original.external_id):
+                    if sandbox.replies:
                         break
                     await asyncio.sleep(0.05)
-            assert len(sandbox.replies_to(original.external_id)) == 1
             await asyncio.sleep(0.3)
-            assert len(sandbox.replies_to(original.external_id)) == 1, "sent exactly once"
+            assert len(sandbox.replies) == 1, "exactly one reply reached the platform"
+            assert sandbox.replies[0].in_reply_to == original.external_id, "threaded"
             async with store.reader() as s:
                 t = await s.get(Ticket, reply.ticket_id)
-            assert t is not None and t.first_response_at is not None
+                r = await s.get(Reply, reply.id)
+            assert r is not None and r.status == "sent" and r.decided_by == "dana"
+            assert t is not None and t.first_response_at is not None and t.status == "pending"
             await daemon.cards.sync()
-            assert card.updates, "the card shows the decision"
+            assert card.updates, "the card was updated"
+            assert f"Sent on {platform}" in card.all_text()
+            assert card.buttons() == {}, "a decided card has no buttons left"
         finally:
             await daemon.stop()

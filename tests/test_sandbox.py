@@ -318,6 +318,36 @@ async def test_mastodon_tag_timeline_is_public_but_checks_a_sent_token(
     assert await resp.json() == {"error": "The access token is invalid"}
 
 
+async def test_mastodon_search_answers_a_search_entity_paged_by_ids(
+    client: TestClient[Any, Any], sandbox: Sandbox
+) -> None:
+    expected = [m.external_id for m in sandbox.released("mastodon") if "acme" in m.text.lower()][
+        ::-1
+    ]
+    params = {"q": "Acme", "type": "statuses", "limit": "7"}
+    resp = await client.get("/mastodon/api/v2/search", params=params, headers=MASTODON)
+    body = await resp.json()
+    assert set(body) == {"accounts", "statuses", "hashtags"}
+    assert "Link" not in resp.headers  # search pages by ids, not by Link
+    assert [s["id"] for s in body["statuses"]] == expected[:7]
+    older = {**params, "max_id": expected[6]}
+    page = await (
+        await client.get("/mastodon/api/v2/search", params=older, headers=MASTODON)
+    ).json()
+    assert [s["id"] for s in page["statuses"]] == expected[7:14]
+    newer = {**params, "min_id": expected[10]}
+    page = await (
+        await client.get("/mastodon/api/v2/search", params=newer, headers=MASTODON)
+    ).json()
+    assert [s["id"] for s in page["statuses"]] == expected[3:10]
+    missing = await client.get("/mastodon/api/v2/search", headers=MASTODON)
+    assert missing.status == 400 and "error" in await missing.json()
+    refused = await client.get(
+        "/mastodon/api/v2/search", params=params, headers={"Authorization": "Bearer wrong"}
+    )
+    assert refused.status == 401
+
+
 async def test_mastodon_post_status_honours_idempotency(
     client: TestClient[Any, Any], sandbox: Sandbox
 ) -> None:

@@ -27,7 +27,7 @@ from socialcrm.connector import Author, Batch, InboundMessage
 from socialcrm.db import Store
 from socialcrm.models import Alert, Message, Reply, Ticket, utcnow
 from socialcrm.pipeline import Pipeline
-from socialcrm.sender import SENDING_GRACE, Sender
+from socialcrm.sender import MAX_ATTEMPTS, SENDING_GRACE, Sender
 from socialcrm.sources import make_source
 
 SECRET = "a-webhook-secret-of-some-length"
@@ -240,3 +240,35 @@ async def test_killed_mid_send_is_flagged_and_never_sent_twice(
     clock.now += timedelta(days=1)
     await sender.send_due()
     assert len(server.received) == 1  # the one the child sent, never a second
+
+
+async def test_rate_limits_without_a_reset_back_off_then_give_up(
+    setup: tuple[Sender, Clock], store: Store, platform: tuple[Platform, str]
+) -> None:
+    sender, clock = setup
+    server, _ = platform
+    server.answers = [(429, {})] * MAX_ATTEMPTS  # the platform never says when to come back
+    await approve(store)
+    waits = []
+    for attempt in range(1, MAX_ATTEMPTS):
+        assert await sender.send_due() == 0
+        r = await reply(store)
+        assert r.status == "approved" and r.next_attempt_at is not None
+        wait = (r.next_attempt_at - clock.now).total_seconds()
+        # Exponential with jitter: half to all of 5 s x 2^(attempt-1), at most 10 minutes.
+        ceiling = min(600.0, 5.0 * 2 ** (attempt - 1))
+        assert ceiling / 2 <= wait <= ceiling
+        waits.append(wait)
+        assert await sender.send_due() == 0, "not before its time"
+        clock.now = r.next_attempt_at
+    assert waits[-1] > waits[0]
+    assert await sender.send_due() == 0
+    r = await reply(store)
+    assert r.status == "failed" and f"gave up after {MAX_ATTEMPTS} tries" in (r.last_error or "")
+    assert len(server.received) == MAX_ATTEMPTS
+    async with store.reader() as s:
+        alerts = list((await s.execute(sa.select(Alert))).scalars())
+    assert [a.kind for a in alerts] == ["reply_failed"]
+    assert alerts[0].detail["approved_by"]
+    clock.now += timedelta(days=1)
+    assert await sender.send_due() == 0 and len(server.received) == MAX_ATTEMPTS

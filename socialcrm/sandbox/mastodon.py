@@ -38,6 +38,7 @@ BRAND_ACCOUNT_ID: Final = "109348264712345678"
 NOTIFICATION_BASE: Final = 34_900_000
 NOTIFICATION_LIMIT: Final = (40, 80)  # default, max
 TIMELINE_LIMIT: Final = (20, 40)
+SEARCH_LIMIT: Final = (20, 40)
 _MARKUP: Final = re.compile(
     r"(?P<url>https?://[^\s<]+)"
     r"|(?P<mention>(?<![\w/@])@(?P<user>\w+)(?:@(?P<domain>[\w.-]*\w))?)"
@@ -100,6 +101,7 @@ class MastodonStandIn(StandIn):
         return [
             web.get("/api/v1/notifications", self.notifications),
             web.get("/api/v1/timelines/tag/{hashtag}", self.tag_timeline),
+            web.get("/api/v2/search", self.search),
             web.post("/api/v1/statuses", self.post_status),
             web.get("/api/v1/accounts/verify_credentials", self.verify_credentials),
         ]
@@ -365,6 +367,48 @@ class MastodonStandIn(StandIn):
         return json_answer(
             body, headers=_links(request, [k for k, _ in page], limit, query, carried)
         )
+
+    async def search(self, request: web.Request) -> web.Response:
+        """``GET /api/v2/search``: statuses with every word of ``q`` (full-text search on).
+
+        The answer is the Search entity (``accounts``, ``statuses``, ``hashtags``); statuses come
+        newest first and page with ``max_id``/``min_id`` (or ``offset``); there is no ``Link``
+        header. Without ``type`` the accounts and hashtags found would be listed too: none here.
+        """
+        query = request.query
+        words = [w.lstrip("#").lower() for w in query.get("q", "").split()]
+        if not words:
+            return json_answer({"error": "Validation failed: q is missing"}, 400)
+        wanted_type = query.get("type")
+        if wanted_type not in (None, "", "accounts", "hashtags", "statuses"):
+            return json_answer(
+                {"error": "Validation failed: type is not included in the list"}, 422
+            )
+        messages = self.sandbox.messages["mastodon"]
+
+        def wanted(message: InboundMessage) -> bool:
+            text = message.text.lower()
+            return all(w in text for w in words)
+
+        indexes = self.visible("search:" + " ".join(words), wanted)
+        if wanted_type in ("accounts", "hashtags"):
+            indexes = []
+        keyed = [(int(messages[i].external_id), i) for i in indexes]
+        limit = _limit(query, SEARCH_LIMIT)
+        offset = query.get("offset", "0")
+        skip = int(offset) if offset.isdigit() else 0
+        if skip:
+            keyed = keyed[: max(0, len(keyed) - skip)]
+        page = _paginate(keyed, query, limit)
+        ids = [messages[i].external_id for _, i in page]
+        broken = self.broken(ids)
+        statuses = []
+        for _, i in page:
+            status = self.status(messages[i])
+            statuses.append(self._corrupt(status) if status["id"] in broken else status)
+        request[SERVED] = [i for i in ids if i not in broken]
+        request[CORRUPTED] = [i for i in ids if i in broken]
+        return json_answer({"accounts": [], "statuses": statuses, "hashtags": []})
 
     async def post_status(self, request: web.Request) -> web.Response:
         """``POST /api/v1/statuses`` (form or JSON; ``Idempotency-Key`` honoured)."""
