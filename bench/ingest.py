@@ -45,9 +45,13 @@ def vader_alone(texts: list[str]) -> float:
 
 
 async def pipeline_run(
-    messages: list[InboundMessage], url: str | None, batch: int
+    messages: list[InboundMessage], url: str | None, batch: int, *, pool: bool = True
 ) -> tuple[float, dict[str, int]]:
-    """Messages per second through the whole pipeline into a fresh database."""
+    """Messages per second through the whole pipeline into a fresh database.
+
+    ``pool``: sentiment and the rules' text matching in a worker process, as ``socialcrm run``
+    and ``socialcrm ingest`` do; otherwise in a thread of this process (one core for all).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         db_url = url or f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
         config = Config.model_validate(
@@ -55,10 +59,13 @@ async def pipeline_run(
         )
         store = await open_store(config.database_url())
         rules = RuleSet.load(config.rule_paths())
-        scoring = ScoringPool(LEXICON, rules)
+        scoring = ScoringPool(LEXICON, rules) if pool else None
         pipeline = Pipeline(config, store, rules=rules, scoring=scoring)
-        # Start the worker and warm it up outside the timed part.
-        await scoring.analyse([("warm up the language detector please", None)])
+        # Start the worker (or load the scorer) and warm it up outside the timed part.
+        if scoring is not None:
+            await scoring.analyse([("warm up the language detector please", None)])
+        else:
+            await pipeline.ingest(Batch(messages=messages[:50]), "warm-up", save_cursor=False)
         tune_gc()  # as `socialcrm ingest` and the daemon do
 
         async def batches() -> AsyncIterator[Batch]:
@@ -72,7 +79,8 @@ async def pipeline_run(
             k: getattr(r, k)
             for k in ("stored", "tickets_opened", "drafts", "escalations", "new_customers")
         }
-        scoring.close()
+        if scoring is not None:
+            scoring.close()
         await store.dispose()
         return rate, totals
 
@@ -96,12 +104,23 @@ def main() -> None:
     for i in range(args.rounds):
         vader = vader_alone(texts)
         full, totals = asyncio.run(pipeline_run(messages, args.database, args.batch))
-        rounds.append((full / vader, vader, full))
-        print(f"  round {i + 1}: VADER {vader:7.0f} texts/s, pipeline {full:7.0f} messages/s")
-    ratio, vader, full = sorted(rounds)[len(rounds) // 2]
-    print(f"VADER alone:   {vader:9.0f} texts/s")
-    print(f"full pipeline: {full:9.0f} messages/s  ({args.database or 'fresh SQLite file'})")
+        single, _ = asyncio.run(pipeline_run(messages, args.database, args.batch, pool=False))
+        rounds.append((full / vader, vader, full, single))
+        print(
+            f"  round {i + 1}: VADER {vader:7.0f} texts/s, pipeline {full:7.0f} messages/s "
+            f"(one process: {single:7.0f})"
+        )
+    ratio, vader, full, single = sorted(rounds)[len(rounds) // 2]
+    print(f"VADER alone:   {vader:9.0f} texts/s  (one process, one core)")
+    print(
+        f"full pipeline: {full:9.0f} messages/s  ({args.database or 'fresh SQLite file'}; "
+        "sentiment in a worker process, as the daemon runs it)"
+    )
     print(f"ratio:         {ratio:9.1%}  (median of {len(rounds)} rounds; target >= 50%)")
+    print(
+        f"one process:   {single:9.0f} messages/s  ({single / vader:.1%} of VADER alone; "
+        "everything on one core, for comparison)"
+    )
     print("pipeline did:  " + ", ".join(f"{k} {v}" for k, v in totals.items()))
     sys.exit(0 if ratio >= 0.5 else 1)
 

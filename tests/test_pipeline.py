@@ -630,3 +630,92 @@ async def test_scoring_process_gives_the_same_result(
         s = inline.scorer.score(m.text, m.lang)
         assert pooled[m.external_id][0] == s.compound
     assert len({v[1] for v in pooled.values()}) > 3  # intents came out of the rules
+
+
+# -- what the rules decide lands on the ticket ----------------------------------------------
+
+
+async def test_rule_team_queue_and_assignee_land_on_the_ticket(
+    config: Config, store: Store, scorer: SentimentScorer, tmp_path: Any
+) -> None:
+    pack = tmp_path / "routing.yaml"
+    pack.write_text(
+        """
+rules:
+  - name: billing
+    when: {keywords: [invoice, refund]}
+    then:
+      - intent: billing
+      - open_ticket: {team: billing, queue: refunds}
+      - assign: dana
+  - name: everything-else
+    when: {direct: true}
+    then:
+      - open_ticket
+""",
+        encoding="utf-8",
+    )
+    cfg = config.model_copy(update={"rules": [pack], "default_rules": False})
+    pipeline = Pipeline(cfg, store, rules=RuleSet.load(cfg.rule_paths()), scorer=scorer)
+    await ingest(
+        pipeline,
+        msg("@acme where is my refund for invoice 7?", user="1", handle="ann"),
+        msg("@acme the app is slow today", user="2", handle="bob"),
+    )
+    by_handle = {}
+    for t in await rows(store, Ticket):
+        m = (await rows(store, Message, Message.ticket_id == t.id))[0]
+        by_handle[m.author_handle] = t
+    billing, other = by_handle["ann"], by_handle["bob"]
+    assert (billing.team, billing.queue, billing.assignee, billing.intent) == (
+        "billing",
+        "refunds",
+        "dana",
+        "billing",
+    )
+    assert (other.team, other.queue, other.assignee) == (None, None, None)
+
+
+async def test_priority_weights_come_from_the_config(
+    config: Config, store: Store, scorer: SentimentScorer
+) -> None:
+    text = "@acme the app keeps crashing and support is useless"
+    scores = []
+    for weight in (30.0, 90.0):
+        cfg = Config.model_validate(
+            {
+                **config.model_dump(exclude={"base_dir"}),
+                "base_dir": config.base_dir,
+                "priority": {"weights": {"negative": weight}},
+            }
+        )
+        pipeline = Pipeline(cfg, store, rules=RuleSet.load(cfg.rule_paths()), scorer=scorer)
+        await ingest(pipeline, msg(text, user=f"w{weight}", handle=f"w{int(weight)}"))
+        (t,) = await rows(store, Ticket, Ticket.id == await count(store, Ticket))
+        scores.append(t.priority_score)
+        assert "negative" in t.priority_reason
+    # Tripling the weight of negativity raises the score by twice the first negative part.
+    compound = (await rows(store, Message))[0].sentiment
+    assert compound is not None and compound < 0
+    assert scores[1] - scores[0] == pytest.approx(60.0 * -compound, abs=0.5)
+
+
+async def test_ticket_tag_in_the_text_threads_across_channels(
+    pipeline: Pipeline, store: Store
+) -> None:
+    await ingest(pipeline, msg("@acme my order is late, terrible service"))
+    (t,) = await rows(store, Ticket)
+    r = await ingest(
+        pipeline,
+        msg(
+            f"About ticket [#{t.id}]: still nothing arrived",
+            "email",
+            user=None,
+            handle=None,
+            email="jane@example.com",
+            at=T0 + timedelta(days=2),
+        ),
+    )
+    assert r.tickets_threaded == 1 and r.tickets_opened == 0
+    assert await count(store, Ticket) == 1
+    assert await count(store, Message, Message.ticket_id == t.id) == 2
