@@ -38,6 +38,7 @@ from socialcrm.pipeline import Pipeline
 from tests.conftest import need
 from tests.connector_suite import BadItemSuite, ConnectorHarness, ConnectorSuite, FailureSuite
 from tests.email_server import Dovecot, ImapProxy, SmtpSink, dovecot_missing, free_port
+from tests.slack_stand_in import slack_stand_in
 
 CORPUS = Path(__file__).parent / "data" / "emails"
 
@@ -983,12 +984,11 @@ def test_config_rejects(bad: dict[str, Any]) -> None:
 async def test_email_complaint_to_approved_reply_end_to_end(
     dovecot: Dovecot, mailbox: str, smtp: SmtpSink, store: Any, config: Any
 ) -> None:
-    """A complaint in the inbox -> ticket and draft -> approved -> one threaded SMTP reply."""
-    from socialcrm.chatops.commands import Actor, Commands
+    """A complaint in the inbox -> ticket and draft -> card in Slack -> an approver clicks
+    Approve -> one threaded SMTP reply; the customer's answer threads into the ticket."""
     from socialcrm.config import Config
     from socialcrm.daemon import Daemon
     from socialcrm.models import Reply, Ticket
-    from socialcrm.sources import make_source
 
     complaint = (
         b"From: Carol Customer <carol@example.org>\r\n"
@@ -1003,43 +1003,48 @@ async def test_email_complaint_to_approved_reply_end_to_end(
     settings = dovecot.settings(
         mailbox=mailbox, smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_tls="none"
     )
-    cfg = Config.model_validate(
-        {
-            "sources": [{"name": "inbox", "type": "imap", "interval": 0, **settings}],
-            "base_dir": config.base_dir,
-        }
-    )
-    daemon = Daemon(cfg, store)
-    daemon.poller.add(make_source(cfg.sources[0], 0))
-    daemon.sender.connectors = {n: s.connector for n, s in daemon.poller.sources.items()}
-    try:
-        out = await daemon.poller.poll("inbox")
-        assert out.error is None and out.result.tickets_opened == 1 and out.result.drafts == 1
-        async with store.reader() as s:
-            reply = (await s.execute(sa.select(Reply))).scalar_one()
-        await Commands(cfg, store).run(Actor("dana", "approver", "cli"), f"approve {reply.id}")
-        assert await daemon.sender.send_due() == 1
-        assert await daemon.sender.send_due() == 0
-        assert len(smtp.received) == 1
-        sent = smtp.received[0].message
-        assert smtp.received[0].rcpt_tos == ["carol@example.org"]
-        assert sent["In-Reply-To"] == "<complaint-1@example.org>"
-        assert "<complaint-1@example.org>" in sent["References"]
-        assert sent["Subject"] == f"Re: My blender arrived broken [#{reply.ticket_id}]"
-        async with store.reader() as s:
-            ticket = await s.get(Ticket, reply.ticket_id)
-        assert ticket is not None and ticket.first_response_at is not None
-        # The customer answers the reply: it threads into the same ticket by In-Reply-To.
-        answer = (
-            b"From: Carol Customer <carol@example.org>\r\nTo: support@acme.example\r\n"
-            b"Subject: " + sent["Subject"].encode() + b"\r\n"
-            b"Message-ID: <answer-1@example.org>\r\nIn-Reply-To: "
-            + sent["Message-ID"].encode()
-            + b"\r\n"
-            b"Date: Tue, 03 Mar 2026 09:00:00 +0000\r\n\r\nThanks, it is still broken though.\r\n"
+    async with slack_stand_in() as slack:
+        cfg = Config.model_validate(
+            {
+                "sources": [{"name": "inbox", "type": "imap", "interval": 0, **settings}],
+                **slack.settings(),
+                "base_dir": config.base_dir,
+            }
         )
-        await dovecot.append(answer, mailbox=mailbox)
-        out = await daemon.poller.poll("inbox")
-        assert out.result.tickets_threaded == 1 and out.result.tickets_opened == 0
-    finally:
-        await daemon.stop()
+        daemon = Daemon(cfg, store)
+        await daemon.start("127.0.0.1", 0)
+        try:
+            out = await daemon.poller.poll("inbox")
+            assert out.error is None and out.result.tickets_opened == 1
+            assert out.result.drafts == 1
+            async with store.reader() as s:
+                reply = (await s.execute(sa.select(Reply))).scalar_one()
+            card = await slack.approve(daemon, reply.id, lambda: bool(smtp.received))
+            await asyncio.sleep(0.3)
+            assert len(smtp.received) == 1, "one mail, once"
+            sent = smtp.received[0].message
+            assert smtp.received[0].rcpt_tos == ["carol@example.org"]
+            assert sent["In-Reply-To"] == "<complaint-1@example.org>"
+            assert "<complaint-1@example.org>" in sent["References"]
+            assert sent["Subject"] == f"Re: My blender arrived broken [#{reply.ticket_id}]"
+            async with store.reader() as s:
+                ticket = await s.get(Ticket, reply.ticket_id)
+            assert ticket is not None and ticket.first_response_at is not None
+            assert daemon.cards is not None
+            await daemon.cards.sync()
+            assert "Sent on email" in card.all_text()
+            # The customer answers the reply: it threads into the same ticket by In-Reply-To.
+            answer = (
+                b"From: Carol Customer <carol@example.org>\r\nTo: support@acme.example\r\n"
+                b"Subject: " + sent["Subject"].encode() + b"\r\n"
+                b"Message-ID: <answer-1@example.org>\r\nIn-Reply-To: "
+                + sent["Message-ID"].encode()
+                + b"\r\n"
+                b"Date: Tue, 03 Mar 2026 09:00:00 +0000\r\n\r\n"
+                b"Thanks, it is still broken though.\r\n"
+            )
+            await dovecot.append(answer, mailbox=mailbox)
+            out = await daemon.poller.poll("inbox")
+            assert out.result.tickets_threaded == 1 and out.result.tickets_opened == 0
+        finally:
+            await daemon.stop()

@@ -21,6 +21,7 @@ from socialcrm.models import Message, Reply, Ticket
 from socialcrm.sandbox.server import Platform, Sandbox, make_app
 from socialcrm.sender import TICK_S
 from socialcrm.sources import make_source
+from tests.slack_stand_in import slack_stand_in
 
 APPROVER = Actor("dana", "approver", "slack")
 
@@ -128,34 +129,16 @@ async def test_slack_card_click_sends_the_reply_once(
     config: Config, store: Store, platform: Platform, source: str
 ) -> None:
     """Complaint -> draft -> card in Slack -> an approver clicks Approve -> one threaded reply."""
-    from aiohttp.test_utils import TestClient
-
-    from socialcrm.sandbox.slack import SlackWorkspace, make_slack_app
-
     sandbox = Sandbox(11, messages=400)
-    workspace = SlackWorkspace(
-        signing_secret="slack-signing-secret-for-tests",
-        bot_token="xoxb-sandbox",
-        channels={"C0APPROVALS": "approvals"},
-        users={"U0DANA": "dana"},
-    )
     async with (
         TestServer(make_app(sandbox), host="127.0.0.1") as platforms,
-        TestServer(make_slack_app(workspace), host="127.0.0.1") as slack,
+        slack_stand_in() as slack,
     ):
         base = str(platforms.make_url("")).rstrip("/")
-        slack_base = str(slack.make_url("")).rstrip("/")
-        workspace.base_url = slack_base
         cfg = Config.model_validate(
             {
                 "sources": sandbox_sources(sandbox, base, interval="0"),
-                "slack": {
-                    "signing_secret": "slack-signing-secret-for-tests",
-                    "bot_token": "xoxb-sandbox",
-                    "channel": "C0APPROVALS",
-                    "api_base": f"{slack_base}/api/",
-                },
-                "staff": [{"name": "dana", "role": "approver", "slack_id": "U0DANA"}],
+                **slack.settings(),
                 "base_dir": config.base_dir,
             }
         )
@@ -167,21 +150,13 @@ async def test_slack_card_click_sends_the_reply_once(
             reply, original = await first_complaint_draft(store, platform)
             assert daemon.cards is not None
             await daemon.cards.sync()
-            card = workspace.card(reply.id)
+            card = slack.workspace.card(reply.id)
             shown = card.all_text()
             # The card carries the customer's words, the draft, and the buttons to decide.
             assert mrkdwn(original.text.splitlines()[0][:60]) in shown
             assert mrkdwn(reply.draft_text.splitlines()[0][:60]) in shown
             assert {"approve", "edit", "reject"} <= set(card.buttons())
-            async with TestClient(TestServer(daemon.app(), host="127.0.0.1")) as client:
-                body, headers = workspace.click(card, "approve", "U0DANA")
-                resp = await client.post("/slack/interactions", data=body, headers=headers)
-                assert resp.status == 200
-                # Nothing here wakes the sender: the approval itself does.
-                for _ in range(200):
-                    if sandbox.replies:
-                        break
-                    await asyncio.sleep(0.05)
+            await slack.approve(daemon, reply.id, lambda: bool(sandbox.replies))
             await asyncio.sleep(0.3)
             assert len(sandbox.replies) == 1, "exactly one reply reached the platform"
             assert sandbox.replies[0].in_reply_to == original.external_id, "threaded"
