@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.daemon_process import kill_loop
+from tests.daemon_process import kill_loop, print_figures
 
 
 def main() -> None:
@@ -32,11 +32,7 @@ def main() -> None:
         r = asyncio.run(
             kill_loop(Path(tmp), database, kills=args.kills, seed=args.seed, rate=args.rate)
         )
-    for k, v in r.items():
-        print(f"{k:22s} {v:.1f}" if isinstance(v, float) else f"{k:22s} {v}")
-    ok = r["lost"] == 0 and r["duplicates"] == 0 and r["exit_status"] == 0
-    print("OK" if ok else "FAILED")
-    sys.exit(0 if ok else 1)
+    sys.exit(print_figures(r))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.daemon_process import soak
+from tests.daemon_process import print_figures, soak
 
 
 def main() -> None:
@@ -33,11 +33,7 @@ def main() -> None:
         r = asyncio.run(
             soak(Path(tmp), database, minutes=args.minutes, faults=args.faults, rate=args.rate)
         )
-    for k, v in r.items():
-        print(f"{k:16s} {v:.1f}" if isinstance(v, float) else f"{k:16s} {v}")
-    ok = r["lost"] == 0 and r["duplicates"] == 0 and r["exit_status"] == 0
-    print("OK" if ok else "FAILED")
-    sys.exit(0 if ok else 1)
+    sys.exit(print_figures(r))
 
 
 if __name__ == "__main__":

@@ -79,8 +79,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from socialcrm.db import Store
-from socialcrm.durations import Duration
 from socialcrm.models import Alert, utcnow
+from socialcrm.timespec import Duration
 
 log = logging.getLogger(__name__)
 

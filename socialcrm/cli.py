@@ -472,16 +472,14 @@ async def report_command(
     ctx: click.Context, period: str, end: str | None, fmt: str, output: Path | None
 ) -> None:
     """Sentiment and service report for a period, compared with the period before it."""
-    from socialcrm.durations import parse_duration
     from socialcrm.reports import build_report, ending_now, render
+    from socialcrm.timespec import parse_period
 
     config = _load(ctx)
     try:
-        span = parse_duration(period)
+        span = parse_period(period, timedelta(days=3660))
     except ValueError as err:
-        raise CliError(f"--period: {err}, got {period!r}") from err
-    if not timedelta(hours=1) <= span <= timedelta(days=3660):
-        raise CliError("--period: a report covers between 1h and 3660d")
+        raise CliError(f"--period: {err}") from err
     tz = ZoneInfo(config.brand.timezone)
     if end is None:
         until = ending_now(utcnow())
@@ -652,7 +650,8 @@ async def demo(directory: Path, messages: int) -> None:
 async def sandbox(
     host: str, port: int, seed: int, messages: int, rate: float, faults: float
 ) -> None:
-    """Serve local stand-ins for X, Mastodon and Reddit (for trying socialcrm without accounts)."""
+    """Serve local stand-ins for X, Mastodon, Reddit and Slack (to try socialcrm without
+    accounts)."""
     from socialcrm.sandbox.server import Sandbox, serve
 
     box = Sandbox(
@@ -663,8 +662,8 @@ async def sandbox(
     )
     runner = await serve(box, host, port)
     click.echo(
-        f"sandbox on http://{host}:{port}: X at /x, Mastodon at /mastodon, Reddit at /reddit "
-        f"({rate}/s, faults {faults:.0%}); Ctrl-C to stop"
+        f"sandbox on http://{host}:{port}: X at /x, Mastodon at /mastodon, Reddit at /reddit, "
+        f"Slack at /slack ({rate}/s, faults {faults:.0%}); Ctrl-C to stop"
     )
     try:
         await asyncio.Event().wait()

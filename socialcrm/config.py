@@ -11,7 +11,6 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -25,10 +24,10 @@ from pydantic import (
 
 from socialcrm import yamldoc
 from socialcrm.alerts import AlertsConfig
-from socialcrm.durations import Duration
 from socialcrm.reports.digest import ReportsConfig
 from socialcrm.sla import SlaConfig
 from socialcrm.spikes import SpikeConfig
+from socialcrm.timespec import Duration, TimeZoneName
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -51,18 +50,9 @@ class BrandConfig(_Section):
     name: str = "Acme"
     #: The brand's own accounts (replies from these are ours, not customers').
     handles: list[str] = Field(default_factory=list)
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     #: Per-brand VADER lexicon overrides: word -> valence (-4 .. 4).
     lexicon: dict[str, float] = Field(default_factory=dict)
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as err:
-            raise ValueError(f'expected a time zone like "Europe/Berlin", got "{v}"') from err
-        return v
 
     @field_validator("lexicon")
     @classmethod

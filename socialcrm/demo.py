@@ -86,6 +86,21 @@ def sandbox_sources(sandbox: Sandbox, base: str, interval: str = "1s") -> list[d
     ]
 
 
+def sandbox_chat(sandbox: Sandbox, base: str) -> dict[str, Any]:
+    """The ``slack`` and ``staff`` settings that post approval cards to the Slack stand-in."""
+    from socialcrm.sandbox.server import SLACK_APPROVER, SLACK_CHANNEL
+
+    return {
+        "slack": {
+            "signing_secret": sandbox.slack.signing_secret,
+            "bot_token": sandbox.slack.bot_token,
+            "channel": SLACK_CHANNEL,
+            "api_base": f"{base}/slack/api/",
+        },
+        "staff": [{"name": "dana", "role": "approver", "slack_id": SLACK_APPROVER}],
+    }
+
+
 async def run_demo(directory: Path, count: int = DEMO_MESSAGES) -> None:
     """Run the demo into ``directory`` and print what happened."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -103,6 +118,7 @@ async def run_demo(directory: Path, count: int = DEMO_MESSAGES) -> None:
             "database": f"sqlite:///{db}",
             "brand": {"name": sandbox.brand, "handles": [sandbox.brand_handle]},
             "sources": sandbox_sources(sandbox, base),
+            **sandbox_chat(sandbox, base),
             "base_dir": directory.resolve(),
         }
     )
@@ -124,6 +140,10 @@ async def run_demo(directory: Path, count: int = DEMO_MESSAGES) -> None:
             await asyncio.sleep(0.5)
             click.echo(".", nl=False)
         await _wait_until_stored(store, sandbox)
+        if daemon.cards is not None:
+            for _ in range(20):  # post the approval cards still due, a batch at a time
+                if not await daemon.cards.sync():
+                    break
         click.echo(" done.\n")
     finally:
         await daemon.stop()
@@ -133,6 +153,11 @@ async def run_demo(directory: Path, count: int = DEMO_MESSAGES) -> None:
         await _summary(config, store)
     finally:
         await store.dispose()
+    cards = sum(1 for m in sandbox.slack.messages if m.channel == "C0APPROVALS")
+    click.echo(
+        f"\n{cards} approval cards (Approve / Edit / Reject) were posted to #approvals in the "
+        "Slack stand-in."
+    )
     (directory / "config.yaml").write_text(f"database: sqlite:///{db}\n", encoding="utf-8")
     click.echo(
         f"\nLook around:\n  socialcrm -c {directory}/config.yaml queue\n"

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final, Literal, cast
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -43,8 +43,8 @@ from sqlmodel import col
 
 from socialcrm.alerts import lock_key, raise_alert
 from socialcrm.db import Store
-from socialcrm.durations import Duration
 from socialcrm.models import Alert, Ticket
+from socialcrm.timespec import Duration, TimeZoneName
 
 log = logging.getLogger(__name__)
 
@@ -93,22 +93,13 @@ DEFAULT_TARGETS: Final[dict[Priority, SlaTarget]] = {
 class BusinessHoursConfig(_Section):
     """When the team works: opening hours per weekday in a time zone, and holidays."""
 
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     #: ``"HH:MM-HH:MM"`` ranges per weekday (``24:00`` ends at midnight); a missing day is closed.
     week: dict[Weekday, list[str]] = Field(
         default_factory=lambda: {d: ["09:00-17:00"] for d in WEEKDAYS[:5]}
     )
     #: Whole days the team does not work (local dates).
     holidays: list[date] = Field(default_factory=list)
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as err:
-            raise ValueError(f'expected a time zone like "Europe/Berlin", got "{v}"') from err
-        return v
 
     @field_validator("week")
     @classmethod

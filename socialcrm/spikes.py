@@ -50,8 +50,8 @@ from sqlmodel import col
 
 from socialcrm.alerts import lock_key, raise_alert
 from socialcrm.db import Store
-from socialcrm.durations import Duration
 from socialcrm.models import Alert, Message
+from socialcrm.timespec import Duration
 
 log = logging.getLogger(__name__)
 

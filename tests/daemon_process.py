@@ -237,6 +237,12 @@ async def kill_loop(
             await run.daemon.kill()
         served_before_last_run = len(run.served())
         await run.daemon.start()
+        # The last run must be up and polling (new mentions keep coming) before it is judged
+        # and stopped: a SIGTERM before its signal handlers exist would end it uncleanly.
+        for _ in range(int(catch_up_limit_s / 0.1)):
+            if len(run.served()) > served_before_last_run:
+                break
+            await asyncio.sleep(0.1)
         stored, catch_up_s = await run.catch_up(catch_up_limit_s)
         status = await run.daemon.terminate()
         return {
@@ -246,3 +252,12 @@ async def kill_loop(
             "catch_up_s": catch_up_s,
             "exit_status": status,
         }
+
+
+def print_figures(figures: dict[str, Any]) -> int:
+    """Print a soak's or a kill loop's figures and OK or FAILED; the exit status."""
+    for k, v in figures.items():
+        print(f"{k:22s} {v:.1f}" if isinstance(v, float) else f"{k:22s} {v}")
+    ok = figures["lost"] == 0 and figures["duplicates"] == 0 and figures["exit_status"] == 0
+    print("OK" if ok else "FAILED")
+    return 0 if ok else 1

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from socialcrm.config import STARTER_CONFIG, ConfigError, load_config
-from socialcrm.durations import parse_duration
+from socialcrm.timespec import parse_duration
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -29,6 +29,8 @@ def test_demo_runs_end_to_end_and_leaves_a_store_to_explore(
     summary = re.search(r"^(\d+) tickets opened, (\d+) drafts waiting", text, re.M)
     assert summary is not None and int(summary.group(1)) > 0 and int(summary.group(2)) > 0
     assert "== The approval queue ==" in text and "Look around:" in text
+    cards = re.search(r"^(\d+) approval cards .* posted to #approvals", text, re.M)
+    assert cards is not None and int(cards.group(1)) == int(summary.group(2)), "a card a draft"
 
     # What it tells the newcomer to try next works on what it left behind.
     config = str(tmp_path / "demo" / "config.yaml")

@@ -21,7 +21,6 @@ import sqlalchemy as sa
 from socialcrm import responder, tickets
 from socialcrm.config import Config
 from socialcrm.db import Store
-from socialcrm.durations import parse_duration
 from socialcrm.models import (
     AuditEvent,
     Customer,
@@ -35,6 +34,7 @@ from socialcrm.models import (
 from socialcrm.reports import build_report, ending_now, summary
 from socialcrm.responder import ReplyError, Responder, template_environment
 from socialcrm.tickets import TicketError
+from socialcrm.timespec import parse_duration, parse_period
 
 log = logging.getLogger(__name__)
 
@@ -339,11 +339,9 @@ class Commands:
         The whole report, with charts, is `socialcrm report` on the command line.
         """
         try:
-            span = parse_duration(period)
+            span = parse_period(period, timedelta(days=366))
         except ValueError as err:
-            raise CommandError(f"{err}, got {period!r}") from err
-        if not timedelta(hours=1) <= span <= timedelta(days=366):
-            raise CommandError("a report covers between 1h and 366d")
+            raise CommandError(str(err)) from err
         templates = self.config.reports.templates_dir
         found = await build_report(
             self.store,

@@ -20,10 +20,10 @@ from sqlmodel import col
 
 from socialcrm.alerts import raise_alert
 from socialcrm.db import Store
-from socialcrm.durations import Duration
 from socialcrm.models import Alert
 from socialcrm.reports.data import build_report
 from socialcrm.reports.render import render, summary
+from socialcrm.timespec import Duration
 
 
 class _Section(BaseModel):

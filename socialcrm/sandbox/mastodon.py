@@ -340,6 +340,19 @@ class MastodonStandIn(StandIn):
             body, headers=_links(request, [k for k, _ in page], limit, query, carried)
         )
 
+    def _statuses(self, request: web.Request, indexes: list[int]) -> list[dict[str, Any]]:
+        """A page of statuses (some broken, as faults decide), recorded as served."""
+        messages = self.sandbox.messages["mastodon"]
+        ids = [messages[i].external_id for i in indexes]
+        broken = self.broken(ids)
+        statuses = []
+        for i in indexes:
+            status = self.status(messages[i])
+            statuses.append(self._corrupt(status) if status["id"] in broken else status)
+        request[SERVED] = [i for i in ids if i not in broken]
+        request[CORRUPTED] = [i for i in ids if i in broken]
+        return statuses
+
     async def tag_timeline(self, request: web.Request) -> web.Response:
         """``GET /api/v1/timelines/tag/:hashtag``: public statuses with the tag, newest first."""
         tag = request.match_info["hashtag"].lstrip("#").lower()
@@ -355,14 +368,7 @@ class MastodonStandIn(StandIn):
         keyed = [(int(messages[i].external_id), i) for i in indexes]
         limit = _limit(query, TIMELINE_LIMIT)
         page = _paginate(keyed, query, limit)
-        ids = [messages[i].external_id for _, i in page]
-        broken = self.broken(ids)
-        body = []
-        for _, i in page:
-            status = self.status(messages[i])
-            body.append(self._corrupt(status) if status["id"] in broken else status)
-        request[SERVED] = [i for i in ids if i not in broken]
-        request[CORRUPTED] = [i for i in ids if i in broken]
+        body = self._statuses(request, [i for _, i in page])
         carried = ("limit", "any[]", "all[]", "none[]", "local", "remote", "only_media")
         return json_answer(
             body, headers=_links(request, [k for k, _ in page], limit, query, carried)
@@ -400,14 +406,7 @@ class MastodonStandIn(StandIn):
         if skip:
             keyed = keyed[: max(0, len(keyed) - skip)]
         page = _paginate(keyed, query, limit)
-        ids = [messages[i].external_id for _, i in page]
-        broken = self.broken(ids)
-        statuses = []
-        for _, i in page:
-            status = self.status(messages[i])
-            statuses.append(self._corrupt(status) if status["id"] in broken else status)
-        request[SERVED] = [i for i in ids if i not in broken]
-        request[CORRUPTED] = [i for i in ids if i in broken]
+        statuses = self._statuses(request, [i for _, i in page])
         return json_answer({"accounts": [], "statuses": statuses, "hashtags": []})
 
     async def post_status(self, request: web.Request) -> web.Response:

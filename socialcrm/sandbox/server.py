@@ -37,6 +37,7 @@ from aiohttp.typedefs import Middleware
 
 from socialcrm.connector import InboundMessage
 from socialcrm.sandbox.faults import FaultEvent, FaultKind, FaultPlan, Faults
+from socialcrm.sandbox.slack import SlackWorkspace, make_slack_app
 from socialcrm.sandbox.traffic import DEFAULT_START, TrafficGenerator
 
 if TYPE_CHECKING:
@@ -81,6 +82,11 @@ class Credentials:
     reddit_username: str | None = None
     reddit_password: str = "sandbox-reddit-password"
     reddit_token_ttl_s: int = 86_400
+
+
+#: The Slack stand-in's approvals channel and its approver (dana), as the demo configures them.
+SLACK_CHANNEL: Final = "C0APPROVALS"
+SLACK_APPROVER: Final = "U0DANA"
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,10 @@ class Sandbox:
         self.x: XStandIn = XStandIn(self)
         self.mastodon: MastodonStandIn = MastodonStandIn(self)
         self.reddit: RedditStandIn = RedditStandIn(self)
+        #: The Slack workspace (served under ``/slack``): an approvals channel and one approver.
+        self.slack = SlackWorkspace(
+            channels={SLACK_CHANNEL: "approvals"}, users={SLACK_APPROVER: "dana"}
+        )
         if released:
             self.release(released)
 
@@ -456,7 +466,8 @@ def _damage(standin: StandIn, answer: web.Response, kind: FaultKind) -> web.Resp
 
 
 def make_app(sandbox: Sandbox) -> web.Application:
-    """The aiohttp app serving all three stand-ins under ``/x``, ``/mastodon`` and ``/reddit``.
+    """The aiohttp app serving the stand-ins under ``/x``, ``/mastodon``, ``/reddit`` and
+    ``/slack`` (the Web API at ``/slack/api/``).
 
     ``GET /`` answers a JSON summary of the sandbox's state.
     """
@@ -479,12 +490,15 @@ def make_app(sandbox: Sandbox) -> web.Application:
         sub = web.Application(middlewares=[sandbox.middleware(standin)])
         sub.router.add_routes(standin.routes())
         app.add_subapp(f"/{standin.platform}", sub)
+    app.add_subapp("/slack", make_slack_app(sandbox.slack))
     return app
 
 
 async def serve(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 8765) -> web.AppRunner:
     """Start serving ``sandbox`` on ``host:port`` and return the runner; stop it with
-    ``await runner.cleanup()``. Base URLs: ``http://host:port/x``, ``/mastodon``, ``/reddit``."""
+    ``await runner.cleanup()``. Base URLs: ``http://host:port/x``, ``/mastodon``, ``/reddit``,
+    ``/slack``."""
+    sandbox.slack.base_url = f"http://{host}:{port}/slack"
     runner = web.AppRunner(make_app(sandbox), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -1,12 +1,14 @@
-"""Durations as people write them in config and chat: ``"90s"``, ``"5m"``, ``"1h30m"``, ``"7d"``."""
+"""Times as people write them in config and chat: durations (``"90s"``, ``"5m"``, ``"1h30m"``,
+``"7d"``) and time zones (``"Europe/Berlin"``)."""
 
 from __future__ import annotations
 
 import re
 from datetime import timedelta
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 
 _DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*)+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
@@ -33,3 +35,27 @@ def parse_duration(value: Any) -> timedelta:
 
 #: A pydantic field type that takes any of the forms :func:`parse_duration` reads.
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def known_time_zone(name: str) -> str:
+    """``name`` if it is an IANA time zone this machine knows; a ValueError that says so if not."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as err:
+        raise ValueError(f'expected a time zone like "Europe/Berlin", got "{name}"') from err
+    return name
+
+
+#: A pydantic field type for an IANA time zone name.
+TimeZoneName = Annotated[str, AfterValidator(known_time_zone)]
+
+
+def parse_period(text: str, longest: timedelta) -> timedelta:
+    """A report period as typed (``"24h"``, ``"7d"``): between an hour and ``longest``."""
+    try:
+        span = parse_duration(text)
+    except ValueError as err:
+        raise ValueError(f"{err}, got {text!r}") from err
+    if not timedelta(hours=1) <= span <= longest:
+        raise ValueError(f"a report covers between 1h and {longest.days}d")
+    return span
