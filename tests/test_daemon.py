@@ -7,6 +7,8 @@ answers the tests control, and the daemon's own webhook endpoint.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import random
 import time
@@ -21,6 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from connectors.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from socialcrm.chatops.commands import Actor, Commands
 from socialcrm.config import Config
 from socialcrm.daemon import Daemon
 from socialcrm.db import Store
@@ -283,12 +286,23 @@ async def test_healthz_and_metrics(
 
 
 def signed(body: bytes, ts: float | None = None, secret: str = SECRET) -> dict[str, str]:
+    """Headers as a sending system following the README signs them (not with our own code)."""
     stamp = str(int(ts if ts is not None else time.time()))
+    mac = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
     return {
         TIMESTAMP_HEADER: stamp,
-        SIGNATURE_HEADER: sign(secret, stamp, body),
+        SIGNATURE_HEADER: f"sha256={mac}",
         "Content-Type": "application/json",
     }
+
+
+def test_signature_matches_a_reference_value() -> None:
+    # printf '%s' '1772442000.{"id":"f-1","text":"hello"}' |
+    #     openssl dgst -sha256 -hmac 'a-webhook-secret-of-some-length'
+    reference = "3b7ab8a4ee9ed27718e2d02f28d3c046565c8aa35dc58920f11086ad55a9cee6"
+    body = b'{"id":"f-1","text":"hello"}'
+    assert sign(SECRET, "1772442000", body) == f"sha256={reference}"
+    assert signed(body, 1772442000)[SIGNATURE_HEADER] == f"sha256={reference}"
 
 
 def form(i: int, **extra: Any) -> dict[str, Any]:
@@ -430,3 +444,48 @@ async def test_sla_breach_is_written_and_delivered_by_the_running_daemon(
     assert receiver.received[0]["detail"]["target"] == "first_response"
     assert receiver.bad_signatures == 0
     assert await count(store, Alert, Alert.kind == "sla_breach", Alert.status == "delivered") == 1
+
+
+async def test_scheduler_polls_one_source_at_a_time_and_skips_it_while_muted(
+    config: Config, store: Store
+) -> None:
+    """A feed slower than its interval is never fetched twice at once; a muted one not at all."""
+    active = 0
+    most = 0
+    hits = 0
+
+    async def slow_feed(request: web.Request) -> web.Response:
+        nonlocal active, most, hits
+        hits += 1
+        active += 1
+        most = max(most, active)
+        try:
+            await asyncio.sleep(0.5)  # five intervals long
+        finally:
+            active -= 1
+        xml = '<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>'
+        return web.Response(text=xml, content_type="application/rss+xml")
+
+    app = web.Application()
+    app.router.add_get("/feed", slow_feed)
+    async with TestServer(app, host="127.0.0.1") as feed:
+        source = {
+            "name": "slow",
+            "type": "rss",
+            "url": str(feed.make_url("/feed")),
+            "interval": "0.1s",
+            "jitter": 0,
+        }
+        daemon = Daemon(daemon_config(config, [source]), store)
+        await daemon.start("127.0.0.1", free_port())
+        try:
+            await asyncio.sleep(2.2)
+            assert most == 1, "two polls of one source overlapped"
+            assert 2 <= hits <= 5, hits  # back to back, not piled up
+            await Commands(daemon.config, store).run(Actor("ann", "agent", "cli"), "mute slow 1h")
+            await asyncio.sleep(0.6)  # the poll in hand ends
+            before = hits
+            await asyncio.sleep(1.0)
+            assert hits == before, "a muted source was polled"
+        finally:
+            await daemon.stop()
