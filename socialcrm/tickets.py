@@ -306,6 +306,10 @@ class Threader:
             t.set(priority_score=score, priority_reason=reason())
         if updates:
             t.set(**updates)
+        if reopened and self.sla is not None:
+            # A reopened ticket gets a new resolution target, counted from the new message.
+            target = self.sla.target(t.priority).resolution
+            t.set(resolution_due_at=self.sla.add(m.created_at, target, t.priority))
         t.added += 1
         t.reopened += int(reopened)
         return reopened

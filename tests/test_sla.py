@@ -409,3 +409,45 @@ async def test_pipeline_stamps_due_times_and_moves_them_with_the_priority(
     )
     assert raised.first_response_due_at is not None and first.first_response_due_at is not None
     assert raised.first_response_due_at < first.first_response_due_at
+
+
+async def test_a_reopened_ticket_gets_a_new_resolution_target(
+    pipeline: Pipeline, store: Store
+) -> None:
+    from socialcrm import tickets
+
+    policy = SlaPolicy(SlaConfig())
+    opened = datetime(2026, 3, 2, 9, tzinfo=UTC)
+    jane = Author(user_id="42", handle="jane")
+    first = InboundMessage(
+        channel="x",
+        external_id="1",
+        text="@acme my order never came",
+        author=jane,
+        created_at=opened,
+    )
+    await pipeline.ingest(Batch(messages=[first]), "x")
+    async with store.session() as s:
+        (ticket,) = (await s.execute(sa.select(Ticket))).scalars()
+        await tickets.set_status(s, ticket.id, "resolved", "dana", "cli")
+    again_at = opened + timedelta(days=3)
+    again = InboundMessage(
+        channel="x",
+        external_id="2",
+        text="@acme it broke again, same order",
+        author=jane,
+        created_at=again_at,
+    )
+    result = await pipeline.ingest(Batch(messages=[again]), "x")
+    assert result.tickets_reopened == 1
+    async with store.reader() as s:
+        (t,) = (await s.execute(sa.select(Ticket))).scalars()
+    assert t.status == "open"
+    assert t.resolution_due_at == policy.add(
+        again_at, policy.target(t.priority).resolution, t.priority
+    )
+    # Nobody ever answered: that target was missed. The resolution target is not, yet.
+    await check_sla(store, policy, again_at + timedelta(minutes=1))
+    assert [k for k in await sla_alerts(store) if k[0].startswith("sla_")] == [
+        ("sla_breach", f"sla_breach:first_response:{t.id}")
+    ]
