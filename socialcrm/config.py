@@ -324,4 +324,22 @@ staff: []
 #  - name: dana
 #    role: approver        # viewer | agent | approver | admin
 #    slack_id: U012ABCDEF
+
+# Where alerts (escalations, SLA, spikes, failing sources, digests) go.
+alerts:
+  sinks: []
+#    - {type: slack, name: ops, token: ${SLACK_BOT_TOKEN}, channel: C0ALERTS}
+#    - {type: email, name: leads, host: smtp.example.com, from_addr: crm@example.com,
+#       username: crm@example.com, password: ${SMTP_PASSWORD}, to: [leads@example.com]}
+
+sla:
+  targets:
+    urgent: {first_response: 1h, resolution: 8h}
+    high: {first_response: 4h, resolution: 24h}
+    normal: {first_response: 8h, resolution: 72h}
+    low: {first_response: 24h, resolution: 168h}
+
+reports:
+  digests: []
+#    - {name: weekly, cron: "0 8 * * mon", period: 7d}
 """

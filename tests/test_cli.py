@@ -247,3 +247,15 @@ def test_mute_from_the_command_line(cli: CliRunner, tmp_path: Path) -> None:
     assert "Source reviews is muted until" in run(cli, "mute", "reviews", "2h").output
     assert "no source named 'nope'" in run(cli, "mute", "nope", "2h", code=2).output
     assert "Source reviews is polled again." in run(cli, "mute", "reviews", "0").output
+
+
+def test_db_upgrade_creates_then_keeps_the_schema(cli: CliRunner, tmp_path: Path) -> None:
+    from alembic.script import ScriptDirectory
+
+    from socialcrm.db import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    (tmp_path / "config.yaml").write_text("database: sqlite:///fresh.db\n", encoding="utf-8")
+    assert run(cli, "db", "upgrade").output.strip() == f"database at schema {head}"
+    assert (tmp_path / "fresh.db").exists()
+    assert run(cli, "db", "upgrade").output.strip() == f"database at schema {head}"
