@@ -32,6 +32,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from yarl import URL
 
 from socialcrm.connector import (
+    PASSING_ERRORS,
     Author,
     Batch,
     Channel,
@@ -44,6 +45,7 @@ from socialcrm.connector import (
     RetryableError,
     SentReceipt,
     error_for_status,
+    walk_each,
 )
 
 #: Status ids remembered in the cursor, newest first.
@@ -106,11 +108,14 @@ class MastodonConnector:
         streams: list[str] = ["notifications"] if self.config.mentions else []
         streams += [f"tag:{tag.lower()}" for tag in self.config.hashtags]
         streams += [f"search:{q}" for q in self.config.search]
-        for stream in streams:
+
+        async def walk(stream: str) -> bool:
             state[stream], more = await self._walk(
                 stream, dict(state.get(stream) or {}), batch, seen
             )
-            batch.more = batch.more or more
+            return more
+
+        batch.more = await walk_each(streams, walk)
         batch.messages.sort(key=lambda m: (m.created_at, _id_key(m.external_id)))
         fresh = list(seen)[len(recent) :]  # delivered or quarantined by this fetch
         state["recent"] = (fresh[::-1] + recent)[:RECENT_KEEP]
@@ -147,8 +152,13 @@ class MastodonConnector:
         """Walk forward from ``cursor`` (``min_id``, then ``rel="prev"``) to the newest."""
         url = URL(self._base + path).with_query([*params, ("min_id", cursor)])
         newest = cursor
-        for _ in range(self.config.max_pages):
-            items, links = await self._get_page(url, stream)
+        for n in range(self.config.max_pages):
+            try:
+                items, links = await self._get_page(url, stream)
+            except PASSING_ERRORS:
+                if n == 0:
+                    raise
+                break  # keep the pages read; the next fetch goes on from ``newest``
             keys = [k for k in (self._collect(i, stream, batch, seen) for i in items) if k]
             # The Link header bounds the page even when an item in it is unreadable.
             keys += _bound(links, "prev", "min_id")
@@ -174,8 +184,13 @@ class MastodonConnector:
         below: str | None = state.get("max_id")
         pages: int = state.get("pages", 0)
         url = URL(self._base + path).with_query([*params, *([("max_id", below)] if below else [])])
-        for _ in range(self.config.max_pages):
-            items, links = await self._get_page(url, stream)
+        for n in range(self.config.max_pages):
+            try:
+                items, links = await self._get_page(url, stream)
+            except PASSING_ERRORS:
+                if n == 0:
+                    raise
+                break  # keep the pages read; the next fetch goes on below ``below``
             pages += 1
             keys = [k for k in (self._collect(i, stream, batch, seen) for i in items) if k]
             if keys or links:

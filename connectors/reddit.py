@@ -31,6 +31,7 @@ import aiohttp
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from socialcrm.connector import (
+    PASSING_ERRORS,
     AuthError,
     Author,
     Batch,
@@ -45,6 +46,7 @@ from socialcrm.connector import (
     RetryableError,
     SentReceipt,
     error_for_status,
+    walk_each,
 )
 
 #: Renew a token this long before Reddit says it expires.
@@ -123,9 +125,12 @@ class RedditConnector:
             streams.append("search")
         if self._subreddits:
             streams.append("comments")
-        for stream in streams:
+
+        async def walk(stream: Stream) -> bool:
             state[stream], more = await self._walk(stream, dict(state.get(stream) or {}), batch)
-            batch.more = batch.more or more
+            return more
+
+        batch.more = await walk_each(streams, walk)
         batch.messages.sort(key=lambda m: m.created_at)
         batch.cursor = state
         return batch
@@ -146,9 +151,14 @@ class RedditConnector:
             path = f"/r/{self._subreddits}/comments"
             params = {}
         params.update(limit=str(self.config.limit), raw_json="1")
-        for _ in range(self.config.max_pages):
-            listing = await self._get(path, {**params, **({"after": after} if after else {})})
-            children, next_after = _children(listing)
+        for n in range(self.config.max_pages):
+            try:
+                listing = await self._get(path, {**params, **({"after": after} if after else {})})
+                children, next_after = _children(listing)
+            except PASSING_ERRORS:
+                if n == 0:
+                    raise
+                break  # keep the pages read; the next fetch goes on ``after`` them
             reached = False
             for child in children:
                 name, created = _peek(child)

@@ -31,6 +31,7 @@ from tweepy.asynchronous import AsyncClient
 from yarl import URL
 
 from socialcrm.connector import (
+    PASSING_ERRORS,
     AuthError,
     Author,
     Batch,
@@ -47,6 +48,7 @@ from socialcrm.connector import (
     SentReceipt,
     error_for_status,
     retry_after_s,
+    walk_each,
 )
 
 #: The origin tweepy sends every request to, and X's current name for it.
@@ -193,11 +195,14 @@ class XConnector:
             streams.append("mentions")
         if self.config.search_query:
             streams.append("search")
-        for stream in streams:
+
+        async def walk(stream: Stream) -> bool:
             state[stream], more = await self._walk(
                 stream, dict(state.get(stream) or {}), batch, seen
             )
-            batch.more = batch.more or more
+            return more
+
+        batch.more = await walk_each(streams, walk)
         batch.messages.sort(key=lambda m: (m.created_at, int(m.external_id)))
         fresh = list(seen)[len(recent) :]  # delivered or quarantined by this fetch
         state["recent"] = (fresh[::-1] + recent)[:RECENT_KEEP]
@@ -211,9 +216,14 @@ class XConnector:
         until: str | None = state.get("until_id")
         newest: str | None = state.get("newest_id")
         token: str | None = None
-        for _ in range(self.config.max_pages):
-            page = await self._page(stream, since, until, token)
-            data, users, meta = _envelope(page)
+        for n in range(self.config.max_pages):
+            try:
+                page = await self._page(stream, since, until, token)
+                data, users, meta = _envelope(page)
+            except PASSING_ERRORS:
+                if n == 0:
+                    raise
+                break  # keep the pages read; the next fetch goes on from ``until_id``
             if newest is None and meta.get("newest_id"):
                 newest = str(meta["newest_id"])
             for item in data:

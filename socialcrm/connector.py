@@ -10,9 +10,9 @@ from __future__ import annotations
 import email.utils
 import importlib.metadata
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -169,6 +169,32 @@ class MalformedPayload(ConnectorError):
     Raised for a whole response (truncated JSON, a missing envelope); a single bad item in
     an otherwise good page goes to ``Batch.quarantined`` instead.
     """
+
+
+#: Failures that pass: a walk that made progress keeps it and stops there (see ``walk_each``).
+PASSING_ERRORS: tuple[type[ConnectorError], ...] = (RetryableError, MalformedPayload)
+
+_S = TypeVar("_S")
+
+
+async def walk_each(streams: Sequence[_S], walk: Callable[[_S], Awaitable[bool]]) -> bool:
+    """Walk each stream in turn (``walk`` stores its state and says whether it has more).
+
+    A passing failure (:data:`PASSING_ERRORS`) ends the fetch: raised when nothing was read
+    yet, otherwise swallowed, so the batch keeps what the earlier streams read and says it has
+    more (the next fetch meets the failure again if it lasts). A connector's page loop does the
+    same within a stream. At a fault rate where few fetches of many pages would succeed whole,
+    every fetch still moves its cursor forward.
+    """
+    more = False
+    for n, stream in enumerate(streams):
+        try:
+            more = await walk(stream) or more
+        except PASSING_ERRORS:
+            if n == 0:
+                raise
+            return True
+    return more
 
 
 #: Rate-limit headers, each a different dialect: seconds to wait, or when the window resets.

@@ -213,17 +213,17 @@ class Poller:
         except RetryableError as err:
             out.error = f"retryable: {err}"
             wait = err.retry_after_s
-            await self._failed(src, err, wait)
+            await self._failed(src, err, wait, progressed=out.fetches > 0)
         except FatalError as err:
             out.error = f"fatal: {err}"
             await self._failed(src, err, None, alert=True)
         except ConnectorError as err:  # MalformedPayload and friends: try again later
             out.error = f"{type(err).__name__}: {err}"
-            await self._failed(src, err, None)
+            await self._failed(src, err, None, progressed=out.fetches > 0)
         except (aiohttp.ClientError, TimeoutError) as err:
             # A connector that let a transport error through: still a passing failure.
             out.error = f"transport: {err!r}"
-            await self._failed(src, err, None)
+            await self._failed(src, err, None, progressed=out.fetches > 0)
         finally:
             src.busy = False
             self._busy -= 1
@@ -258,11 +258,21 @@ class Poller:
         await self._save_health(src, "ok")
 
     async def _failed(
-        self, src: Source, err: BaseException, retry_after: float | None, alert: bool = False
+        self,
+        src: Source,
+        err: BaseException,
+        retry_after: float | None,
+        alert: bool = False,
+        *,
+        progressed: bool = False,
     ) -> None:
-        src.failures += 1
+        # A poll that stored something before it failed is not a source getting worse: its
+        # wait does not grow, or a flaky platform with a backlog would be polled ever more
+        # rarely and fall ever further behind.
+        src.failures = max(src.failures, 1) if progressed else src.failures + 1
+        steps = 1 if progressed else src.failures
         # The platform's own reset time wins over our computed wait.
-        wait = retry_after if retry_after is not None else backoff_s(src.failures, self.rng)
+        wait = retry_after if retry_after is not None else backoff_s(steps, self.rng)
         src.not_before = self.clock() + wait
         src.last_error = str(err)[:1000]
         if src.failures == 1:

@@ -879,3 +879,43 @@ class TestWebhookConnector(ConnectorSuite, BadItemSuite, ReplySuite):
     async def harness(self) -> AsyncIterator[WebhookHarness]:
         async with WebhookHarness.running() as harness:
             yield harness
+
+
+# -- progress on a flaky platform ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "harness_class", [XHarness, MastodonHarness, MastodonSearchHarness, RedditHarness]
+)
+async def test_each_fetch_keeps_what_it_read_when_a_later_page_fails(
+    harness_class: type[SandboxHarness],
+) -> None:
+    """A third of the requests fail. A fetch of thirty pages almost never succeeds whole, but
+    every fetch keeps the pages it read before the failure, so the backlog arrives once each
+    in a bounded number of fetches instead of never."""
+    faults = Faults(seed=5, server_error=0.3, timeout_delay_s=3.0)
+    sandbox = Sandbox(SEED, messages=4000, faults=faults)
+    async with harness_class.running(sandbox) as harness:
+        published = await harness.publish(harness.page_size * 30)
+        changes: dict[str, Any] = {"max_pages": 100}
+        if harness_class in (MastodonHarness, MastodonSearchHarness):
+            changes["backfill_pages"] = 100
+        connector = harness.connector(**changes)
+        cursor = None
+        got: list[InboundMessage] = []
+        failed = 0
+        for _ in range(200):
+            try:
+                batch = await connector.fetch(cursor)
+            except RetryableError:
+                failed += 1  # nothing read: the cursor stays where it was
+                continue
+            got += batch.messages
+            cursor = batch.cursor
+            if not batch.more:
+                break
+        else:
+            raise AssertionError(f"no end after 200 fetches; {len(got)} of {len(published)} read")
+    assert failed > 0, "the platform did misbehave"
+    assert len(ids(got)) == len(set(ids(got))), "a message came twice"
+    assert sorted(ids(got)) == sorted(published)
