@@ -571,6 +571,33 @@ def test_a_rate_limit_fault_is_a_burst() -> None:
         assert kinds[start : start + 3] == ["rate_limit"] * 3
 
 
+def test_a_rate_limit_burst_ends_when_its_window_resets() -> None:
+    """A client that waits for the reset is served; one that hammers gets the whole burst."""
+    plan = FaultPlan(Faults(seed=1, rate_limit=1.0, rate_limit_burst=3, rate_limit_reset_s=30))
+    assert plan.decide("x", "/2/tweets", now=1000.0)[1] == "rate_limit"
+    assert plan.reset_at("x") == 1030.0
+    assert plan.decide("x", "/2/tweets", now=1010.0)[1] == "rate_limit"  # too early
+    # Past the reset the burst is over (this plan's dice still say rate_limit: a new one).
+    assert plan.decide("x", "/2/tweets", now=1031.0)[1] == "rate_limit"
+    assert plan.reset_at("x") == 1061.0, "a new burst with its own window"
+
+    def longest_run(kinds: list[str | None]) -> int:
+        run = best = 0
+        for k in kinds:
+            run = run + 1 if k == "rate_limit" else 0
+            best = max(best, run)
+        return best
+
+    settings = Faults(seed=1, rate_limit=0.02, rate_limit_burst=3, rate_limit_reset_s=30)
+    patient = FaultPlan(settings)  # asks again only after each reset
+    hasty = FaultPlan(settings)  # asks again at once
+    waited = [patient.decide("x", "/2/tweets", now=1000.0 + 40 * i)[1] for i in range(2000)]
+    hurried = [hasty.decide("x", "/2/tweets", now=1000.0 + 0.01 * i)[1] for i in range(2000)]
+    assert "rate_limit" in waited
+    assert longest_run(waited) < 3  # (two dice picks may follow each other)
+    assert longest_run(hurried) == 3
+
+
 def test_fault_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="between 0 and 1"):
         Faults(server_error=1.5)

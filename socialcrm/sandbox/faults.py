@@ -45,7 +45,8 @@ class Faults:
 
     seed: int = 0
     rate_limit: float = 0.0
-    #: Requests answered 429 in a row once a rate-limit fault starts.
+    #: Requests answered 429 in a row once a rate-limit fault starts, at most: the burst ends
+    #: when its reset time has come, as a real window would (a client that waits gets one 429).
     rate_limit_burst: int = 3
     #: The reset header of a fault-made 429 lies this far in the future.
     rate_limit_reset_s: float = 30.0
@@ -117,6 +118,8 @@ class FaultPlan:
         self.events: list[FaultEvent] = []
         self._requests: dict[str, int] = {}
         self._burst_left: dict[str, int] = {}
+        #: When the running burst's window resets (epoch seconds), per platform.
+        self._burst_until: dict[str, float] = {}
         self._forced: dict[str, deque[_Forced]] = {}
         self._forced_items: dict[str, int] = {}
         self._bad_items: dict[tuple[str, str], bool] = {}
@@ -142,8 +145,13 @@ class FaultPlan:
         queue = self._forced.setdefault(platform, deque())
         queue.extend(_Forced(kind, path_prefix) for _ in range(count))
 
-    def decide(self, platform: str, path: str) -> tuple[int, FaultKind | None]:
-        """Number the request and pick its fault: forced first, then a burst, then the dice."""
+    def decide(
+        self, platform: str, path: str, now: float | None = None
+    ) -> tuple[int, FaultKind | None]:
+        """Number the request and pick its fault: forced first, then a burst, then the dice.
+
+        With ``now`` (epoch seconds) a rate-limit burst lasts until its reset time at most.
+        """
         n = self._requests.get(platform, 0) + 1
         self._requests[platform] = n
         queue = self._forced.get(platform)
@@ -153,8 +161,11 @@ class FaultPlan:
                     queue.remove(forced)
                     return n, forced.kind
         if self._burst_left.get(platform, 0) > 0:
-            self._burst_left[platform] -= 1
-            return n, "rate_limit"
+            until = self._burst_until.get(platform)
+            if now is None or until is None or now < until:
+                self._burst_left[platform] -= 1
+                return n, "rate_limit"
+            self._burst_left[platform] = 0  # the window has reset: the burst is over
         cfg = self.config
         if not any(getattr(cfg, kind) for kind in REQUEST_FAULTS):
             return n, None
@@ -165,8 +176,14 @@ class FaultPlan:
             if r < edge:
                 if kind == "rate_limit":
                     self._burst_left[platform] = cfg.rate_limit_burst - 1
+                    if now is not None:
+                        self._burst_until[platform] = now + cfg.rate_limit_reset_s
                 return n, kind
         return n, None
+
+    def reset_at(self, platform: str) -> float | None:
+        """When the platform's current rate-limit burst resets (epoch seconds), if one ran."""
+        return self._burst_until.get(platform)
 
     def take_forced_item(self, platform: str) -> bool:
         """True once for each forced ``bad_item`` (the page being built breaks one item)."""

@@ -296,11 +296,14 @@ class Sandbox:
             bucket, limit, window_s = standin.bucket(request)
             win = self._window(platform, bucket, window_s, now)
             win.used += 1
-            n, kind = self.faults.decide(platform, path)
+            n, kind = self.faults.decide(platform, path, now)
             over = self.enforce_rate_limits and win.used > limit
             if kind == "rate_limit" or over:
                 faulted = kind == "rate_limit"
-                reset_at = now + cfg.rate_limit_reset_s if faulted else win.start + window_s
+                if faulted:  # every 429 of a burst names the same reset
+                    reset_at = self.faults.reset_at(platform) or now + cfg.rate_limit_reset_s
+                else:
+                    reset_at = win.start + window_s
                 headers = standin.rate_headers(limit, 0, win.used, reset_at, now)
                 limited = standin.error(429)
                 limited.headers.update(headers)
