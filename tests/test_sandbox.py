@@ -595,7 +595,7 @@ def test_a_rate_limit_burst_ends_when_its_window_resets() -> None:
     hurried = [hasty.decide("x", "/2/tweets", now=1000.0 + 0.01 * i)[1] for i in range(2000)]
     assert "rate_limit" in waited
     assert longest_run(waited) < 3  # (two dice picks may follow each other)
-    assert longest_run(hurried) == 3
+    assert longest_run(hurried) >= 3  # whole bursts
 
 
 def test_fault_settings_are_checked() -> None:
