@@ -211,6 +211,8 @@ async def soak(
             "rss_start_mib": rss_start / 1024,
             "rss_end_mib": rss_end / 1024,
             "rss_max_mib": max(samples or [rss_end]) / 1024,
+            # Every 30 s: growth that levels off is the SQLite page cache (64 MiB) filling up.
+            "rss_every_30s_mib": [round(k / 1024) for k in samples],
             "catch_up_s": catch_up_s,
             "exit_status": status,
         }
