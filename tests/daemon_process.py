@@ -164,6 +164,11 @@ class SandboxRun:
             "lost_by_platform": {
                 p: len(missing & set(self.sandbox.served_ids(p))) for p in PLATFORMS
             },
+            # For the post-mortem of a loss: which ones, and whether they were also served broken.
+            "lost_sample": sorted(missing)[:10],
+            "lost_also_corrupted": sorted(
+                i for p in PLATFORMS for i in set(self.sandbox.corrupted[p]) & missing
+            )[:10],
         }
 
 

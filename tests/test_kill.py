@@ -21,7 +21,7 @@ async def test_sigkill_loses_and_duplicates_nothing(store: Store, tmp_path: Path
     r = await kill_loop(tmp_path, store.url, kills=4, seed=42)
     assert r["served_while_killing"] > 0, "the daemon never polled: see daemon.log"
     assert r["duplicates"] == 0, "a message was stored twice"
-    assert r["lost"] == 0, f"served messages were lost: {r['lost_by_platform']}"
+    assert r["lost"] == 0, f"served messages were lost: {r}"
     assert r["stored"] == r["served"]
     assert r["exit_status"] == 0, "SIGTERM is a clean exit"
     async with store.reader() as s:
