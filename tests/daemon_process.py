@@ -207,8 +207,11 @@ async def soak(
         rss_end = rss_kib(run.daemon.proc.pid)
         # Sources that were backing off (a timeout fault, a 429 burst) catch up within a few
         # of their backoffs.
-        stored, catch_up_s = await run.catch_up(catch_up_limit_s)
+        _, catch_up_s = await run.catch_up(catch_up_limit_s)
         status = await run.daemon.terminate()
+        # Counted after the stop: a poll still running at the catch-up's last look may have
+        # been served more, and a clean stop stores the batch in hand.
+        stored = await run.stored()
         return {
             "minutes": minutes,
             **run.figures(stored),
@@ -250,8 +253,11 @@ async def kill_loop(
             if len(run.served()) > served_before_last_run:
                 break
             await asyncio.sleep(0.1)
-        stored, catch_up_s = await run.catch_up(catch_up_limit_s)
+        _, catch_up_s = await run.catch_up(catch_up_limit_s)
         status = await run.daemon.terminate()
+        # Counted after the stop: a poll still running at the catch-up's last look may have
+        # been served more, and a clean stop stores the batch in hand.
+        stored = await run.stored()
         return {
             "kills": kills,
             "served_while_killing": served_before_last_run,
