@@ -153,12 +153,10 @@ class MastodonConnector:
         url = URL(self._base + path).with_query([*params, ("min_id", cursor)])
         newest = cursor
         for n in range(self.config.max_pages):
-            try:
-                items, links = await self._get_page(url, stream)
-            except PASSING_ERRORS:
-                if n == 0:
-                    raise
+            page = await self._next_page(url, stream, n)
+            if page is None:
                 break  # keep the pages read; the next fetch goes on from ``newest``
+            items, links = page
             keys = [k for k in (self._collect(i, stream, batch, seen) for i in items) if k]
             # The Link header bounds the page even when an item in it is unreadable.
             keys += _bound(links, "prev", "min_id")
@@ -185,12 +183,10 @@ class MastodonConnector:
         pages: int = state.get("pages", 0)
         url = URL(self._base + path).with_query([*params, *([("max_id", below)] if below else [])])
         for n in range(self.config.max_pages):
-            try:
-                items, links = await self._get_page(url, stream)
-            except PASSING_ERRORS:
-                if n == 0:
-                    raise
+            page = await self._next_page(url, stream, n)
+            if page is None:
                 break  # keep the pages read; the next fetch goes on below ``below``
+            items, links = page
             pages += 1
             keys = [k for k in (self._collect(i, stream, batch, seen) for i in items) if k]
             if keys or links:
@@ -204,6 +200,17 @@ class MastodonConnector:
                 return ({"min_id": top} if top else {}), False
             url = follow
         return {"top": top, "max_id": below, "pages": pages}, True
+
+    async def _next_page(
+        self, url: URL, stream: str, n: int
+    ) -> tuple[list[Any], dict[str, URL]] | None:
+        """Page ``n`` of a walk; None when a passing failure stops a walk that read pages."""
+        try:
+            return await self._get_page(url, stream)
+        except PASSING_ERRORS:
+            if n == 0:
+                raise
+            return None
 
     async def _get_page(self, url: URL, stream: str) -> tuple[list[Any], dict[str, URL]]:
         try:
