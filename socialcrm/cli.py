@@ -492,13 +492,11 @@ async def report_command(
                 until = until if until.tzinfo else until.replace(tzinfo=tz)
         except ValueError as err:
             raise CliError(f"--end: expected YYYY-MM-DD or an ISO time, got {end!r}") from err
-    templates = config.reports.templates_dir
-    templates_dir = config.base_dir / templates if templates is not None else None
     async with _store(config) as store:
         found = await build_report(
             store, period=span, end=until, brand=config.brand.name, tz=config.brand.timezone
         )
-    text = render(found, fmt, templates_dir=templates_dir)  # type: ignore[arg-type]
+    text = render(found, fmt, templates_dir=config.report_templates())  # type: ignore[arg-type]
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))
         return

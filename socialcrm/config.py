@@ -226,7 +226,16 @@ class Config(_Section):
     def rule_paths(self) -> list[Path]:
         """Every rule file to load, shipped pack first, resolved against the config folder."""
         paths = [shipped_rules_dir() / "default.yaml"] if self.default_rules else []
-        return paths + [p if p.is_absolute() else self.base_dir / p for p in self.rules]
+        return paths + [self.resolve(p) for p in self.rules]
+
+    def resolve(self, path: Path) -> Path:
+        """A path from the config file, relative to the folder the file is in."""
+        return path if path.is_absolute() else self.base_dir / path
+
+    def report_templates(self) -> Path | None:
+        """The folder of report template overrides (``reports.templates_dir``), if any."""
+        found = self.reports.templates_dir
+        return self.resolve(found) if found is not None else None
 
     def database_url(self) -> str:
         """The database URL, with a relative SQLite path resolved against the config folder."""

@@ -254,14 +254,13 @@ class Daemon:
 
     async def _send_digest(self, digest: DigestConfig) -> None:
         cfg = self.config
-        templates = cfg.reports.templates_dir
         await send_digest(
             self.store,
             digest,
             brand=cfg.brand.name,
             tz=cfg.brand.timezone,
             now=utcnow(),
-            templates_dir=cfg.base_dir / templates if templates is not None else None,
+            templates_dir=cfg.report_templates(),
         )
         await self._deliver_alerts()
 

@@ -342,7 +342,6 @@ class Commands:
             span = parse_period(period, timedelta(days=366))
         except ValueError as err:
             raise CommandError(str(err)) from err
-        templates = self.config.reports.templates_dir
         found = await build_report(
             self.store,
             period=span,
@@ -350,7 +349,7 @@ class Commands:
             brand=self.config.brand.name,
             tz=self.config.brand.timezone,
         )
-        return summary(found, templates_dir=self.config.base_dir / templates if templates else None)
+        return summary(found, templates_dir=self.config.report_templates())
 
     @command("viewer")
     async def customer(self, actor: Actor, who: str) -> str:
