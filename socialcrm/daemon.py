@@ -23,6 +23,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from socialcrm import memory
 from socialcrm.alerts import AlertDispatcher
 from socialcrm.chatops.cards import CardNotifier
 from socialcrm.chatops.commands import Commands
@@ -53,9 +54,10 @@ STOP_GRACE_S = 60.0
 class Metrics:
     """The daemon's Prometheus metrics, in a registry of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, sqlite: bool = False) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        memory.register(r, sqlite)
         self.stored = Counter(
             "socialcrm_messages_stored_total", "Messages stored", ["source"], registry=r
         )
@@ -135,7 +137,7 @@ class Daemon:
         self.scoring = scoring
         self.pipeline = Pipeline(config, store, rules=self.rules, scoring=scoring)
         self.poller = Poller(store, self.pipeline, clock=clock)
-        self.metrics = Metrics()
+        self.metrics = Metrics(sqlite=store.is_sqlite)
         self.poller.on_result = self.metrics.record
         self.sender = Sender(store, {})
         self.commands = Commands(config, store)

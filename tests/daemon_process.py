@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import sqlalchemy as sa
 import yaml
 from aiohttp import web
@@ -41,9 +42,10 @@ class DaemonProcess:
         self.config = config
         self.log = log
         self.proc: asyncio.subprocess.Process | None = None
+        self.port = free_port()
 
     async def start(self) -> None:
-        """Start the daemon (HTTP on a free port; it is not needed here)."""
+        """Start the daemon, serving HTTP on ``port``."""
         out = self.log.open("ab")
         try:
             self.proc = await asyncio.create_subprocess_exec(
@@ -54,7 +56,7 @@ class DaemonProcess:
                 str(self.config),
                 "run",
                 "--port",
-                "0",
+                str(self.port),
                 stdout=out,
                 stderr=out,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -74,6 +76,19 @@ class DaemonProcess:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
         return await asyncio.wait_for(self.proc.wait(), timeout_s)
+
+    async def metrics(self) -> dict[str, float]:
+        """The daemon's /metrics, unlabelled samples only: {name: value}."""
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            resp.raise_for_status()
+            text = await resp.text()
+        out = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if line and not line.startswith("#") and "{" not in name:
+                out[name] = float(value)
+        return out
 
 
 def rss_kib(pid: int) -> int:
@@ -172,6 +187,55 @@ class SandboxRun:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class MemorySample:
+    """The daemon's memory at one moment, in MiB (see ``socialcrm.memory``)."""
+
+    rss: float
+    python_blocks: int
+    #: The C allocator: handed out (SQLite's share included) and held but free.
+    malloc_in_use: float
+    malloc_free: float
+    sqlite: float | None
+
+
+async def _memory(daemon: DaemonProcess) -> MemorySample:
+    assert daemon.proc is not None
+    m = await daemon.metrics()
+    sqlite = m.get("socialcrm_sqlite_memory_bytes")
+    return MemorySample(
+        rss=rss_kib(daemon.proc.pid) / 1024,
+        python_blocks=int(m["socialcrm_python_allocated_blocks"]),
+        malloc_in_use=m["socialcrm_malloc_in_use_bytes"] / 2**20,
+        malloc_free=m["socialcrm_malloc_free_bytes"] / 2**20,
+        sqlite=None if sqlite is None else sqlite / 2**20,
+    )
+
+
+def memory_figures(samples: list[MemorySample]) -> dict[str, Any]:
+    """Start, end, growth over the second half of the run, and every sample.
+
+    The second half is what is judged: the first fills caches (SQLite's pages, compiled rules
+    and templates, connection pools) and is expected to grow.
+    """
+    first, mid, last = samples[0], samples[len(samples) // 2], samples[-1]
+    out: dict[str, Any] = {
+        "rss_start_mib": first.rss,
+        "rss_end_mib": last.rss,
+        "rss_max_mib": max(s.rss for s in samples),
+        "rss_growth_second_half_mib": last.rss - mid.rss,
+        "malloc_in_use_growth_second_half_mib": last.malloc_in_use - mid.malloc_in_use,
+        "python_blocks_growth_second_half": last.python_blocks - mid.python_blocks,
+        "rss_every_30s_mib": [round(s.rss) for s in samples],
+        "malloc_in_use_every_30s_mib": [round(s.malloc_in_use) for s in samples],
+        "malloc_free_every_30s_mib": [round(s.malloc_free) for s in samples],
+        "python_blocks_every_30s_k": [round(s.python_blocks / 1000) for s in samples],
+    }
+    if last.sqlite is not None:
+        out["sqlite_every_30s_mib"] = [round(s.sqlite or 0.0) for s in samples]
+    return out
+
+
 async def soak(
     workdir: Path,
     database: str,
@@ -196,15 +260,13 @@ async def soak(
         await run.daemon.start()
         assert run.daemon.proc is not None
         await asyncio.sleep(warmup_s)  # start-up, first polls, caches warm
-        rss_start = rss_kib(run.daemon.proc.pid)
+        memory = [await _memory(run.daemon)]
         deadline = time.monotonic() + minutes * 60
-        samples = []
         while time.monotonic() < deadline:
             await asyncio.sleep(min(30.0, max(1.0, deadline - time.monotonic())))
             if run.daemon.proc.returncode is not None:
                 raise RuntimeError(f"the daemon died: see {workdir / 'daemon.log'}")
-            samples.append(rss_kib(run.daemon.proc.pid))
-        rss_end = rss_kib(run.daemon.proc.pid)
+            memory.append(await _memory(run.daemon))
         # Sources that were backing off (a timeout fault, a 429 burst) catch up within a few
         # of their backoffs.
         _, catch_up_s = await run.catch_up(catch_up_limit_s)
@@ -216,11 +278,7 @@ async def soak(
             "minutes": minutes,
             **run.figures(stored),
             "faults_injected": sum(1 for _ in run.sandbox.faults.events),
-            "rss_start_mib": rss_start / 1024,
-            "rss_end_mib": rss_end / 1024,
-            "rss_max_mib": max(samples or [rss_end]) / 1024,
-            # Every 30 s: growth that levels off is the SQLite page cache (64 MiB) filling up.
-            "rss_every_30s_mib": [round(k / 1024) for k in samples],
+            **memory_figures(memory),
             "catch_up_s": catch_up_s,
             "exit_status": status,
         }
