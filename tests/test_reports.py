@@ -10,17 +10,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from socialcrm.db import Store
 from socialcrm.models import Customer, Message, Ticket
 from socialcrm.reports import build_report, render
-from socialcrm.reports.data import Report
+from socialcrm.reports.data import Report, _message_facts, window
 
 END = datetime(2026, 4, 8, tzinfo=UTC)
 WEEK = timedelta(days=7)
@@ -448,3 +450,71 @@ async def test_hourly_for_short_periods(store: Store) -> None:
 async def test_bad_arguments(store: Store, period: timedelta, end: datetime) -> None:
     with pytest.raises(ValueError):
         await build_report(store, period=period, end=end, brand="Acme")
+
+
+# ---------------------------------------------------------------------------------------------
+# The rollups the message figures are read from agree with counting the messages themselves.
+
+
+async def _random_messages(store: Store, seed: int) -> None:
+    """Messages of every kind spread over 2026-03-01..04-10 (both DST changes of New York
+    and Lord Howe), then some changed and some deleted: the rollups' triggers see all three."""
+    rng = random.Random(seed)
+    begin = datetime(2026, 3, 1, tzinfo=UTC)
+    rows = []
+    for i in range(600):
+        rows.append(
+            Message(
+                channel=rng.choice(["x", "mastodon", "email"]),
+                source=rng.choice(["a", "b"]),
+                external_id=f"r{i}",
+                direction="outbound" if rng.random() < 0.1 else "inbound",
+                sentiment=rng.choice([None, -0.9, -0.05, -0.04, 0.0, 0.04, 0.05, 0.6]),
+                intent=rng.choice([None, "", "praise", "billing"]),
+                tags=rng.sample(["vip", "late", "spam", "late"], rng.randint(0, 3)),
+                ignored=rng.random() < 0.1,
+                created_at=begin + timedelta(seconds=rng.randrange(40 * 86400)),
+            )
+        )
+    async with store.session() as s:
+        s.add_all(rows)
+    async with store.session() as s:
+        m = Message.__table__.c  # type: ignore[attr-defined]
+        ids = [r.id for r in rows]
+        for i in rng.sample(ids, 40):
+            await s.execute(
+                sa.update(Message.__table__)  # type: ignore[arg-type]
+                .where(m.id == i)
+                .values(
+                    sentiment=rng.choice([None, -0.5, 0.5]),
+                    tags=["moved"],
+                    ignored=rng.random() < 0.5,
+                    created_at=begin + timedelta(seconds=rng.randrange(40 * 86400)),
+                )
+            )
+        await s.execute(
+            sa.delete(Message.__table__).where(m.id.in_(rng.sample(ids, 30)))  # type: ignore[arg-type]
+        )
+
+
+@pytest.mark.parametrize(
+    "tz", ["UTC", "Asia/Kathmandu", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"]
+)
+async def test_rollups_agree_with_the_messages(store: Store, tz: str) -> None:
+    await _random_messages(store, seed=len(tz))
+    rng = random.Random(tz)
+    ends = [datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 3, 20, 7, 45, tzinfo=UTC)] + [
+        datetime(2026, 3, 3, tzinfo=UTC) + timedelta(minutes=rng.randrange(38 * 1440))
+        for _ in range(4)
+    ]
+    periods = [timedelta(minutes=10), timedelta(hours=5), timedelta(days=2), timedelta(days=9)]
+    compared = 0
+    for end in ends:
+        for period in periods:
+            w, info = window(end, period, tz)
+            async with store.reader() as s:
+                from_rollups = await _message_facts(s, w, info)
+                from_messages = await _message_facts(s, w, info, rollups=False)
+            assert from_rollups == from_messages, (end, period)
+            compared += from_messages.overall.current.total + from_messages.ignored.current
+    assert compared > 500, "the windows held messages"

@@ -41,7 +41,7 @@ async def test_downgrade_and_upgrade_again(store: Store) -> None:
     await store.downgrade("base")
     assert await store.current_revision() is None
     await store.upgrade("head")
-    assert await store.current_revision() == "0003"
+    assert await store.current_revision() == "0004"
 
 
 async def test_sqlite_pragmas(tmp_path: Path) -> None:

@@ -50,9 +50,11 @@ from sqlmodel import SQLModel
 
 import socialcrm.models as _models  # noqa: F401  (registers the tables in the metadata)
 from socialcrm.db import Store
-from socialcrm.models import UTCDateTime, utcnow
+from socialcrm.models import ROLLUP_SLOT_S, ROLLUP_TAG_CHARS, UTCDateTime, utcnow
 
 M = SQLModel.metadata.tables["message"]
+R = SQLModel.metadata.tables["message_rollup"]
+TR = SQLModel.metadata.tables["topic_rollup"]
 C = SQLModel.metadata.tables["customer"]
 T = SQLModel.metadata.tables["ticket"]
 IDENT = SQLModel.metadata.tables["identity"]
@@ -78,6 +80,10 @@ QUOTE_CHARS = 500
 #: Queries running at once (each on its own read session): the report's aggregates are
 #: independent, and two databases sessions use two cores.
 PARALLEL_QUERIES = 4
+
+#: PostgreSQL's memory for each sort or hash of a report query (the server's default, 4 MB,
+#: spills the per-customer counts of a busy week to disk).
+WORK_MEM = "64MB"
 
 BucketUnit = Literal["day", "hour"]
 Flag = Literal[0, 1]  # 1 = current period, 0 = previous period
@@ -580,8 +586,10 @@ class _MessageFacts:
     tags: tuple[Count, ...]
 
 
-class _SeriesBuilder:
-    def __init__(self, w: _Window, period: Period) -> None:
+class _FactsBuilder:
+    """Folds message counts (from the rollups or from the messages) into the report's facts."""
+
+    def __init__(self, period: Period) -> None:
         self.index = [
             {b: i for i, b in enumerate(period.previous_buckets)},
             {b: i for i, b in enumerate(period.buckets)},
@@ -589,8 +597,31 @@ class _SeriesBuilder:
         self.sizes = [len(period.previous_buckets), len(period.buckets)]
         # key -> flag -> bucket index -> [pos, neu, neg, uns]
         self.cells: dict[str, list[list[list[int]]]] = {}
+        self.ignored = [0, 0]
+        self.topics: dict[str, list[Counter[str]]] = {
+            "intent": [Counter(), Counter()],
+            "tag": [Counter(), Counter()],
+        }
 
-    def add(self, key: str, flag: int, bucket: str, cls: int, n: int) -> None:
+    def add(
+        self, flag: int, bucket: str, channel: str, source: str, ignored: bool, cls: int, n: int
+    ) -> None:
+        """``n`` messages of one bucket, channel, source, ignored flag and sentiment class."""
+        if not n:  # a rollup row whose messages were all deleted or changed
+            return
+        if ignored:
+            self.ignored[flag] += n
+            return
+        for key in ("", f"c:{channel}", f"s:{source}"):
+            self._cell(key, flag, bucket, cls, n)
+
+    def add_topic(self, flag: int, kind: str, key: str, n: int) -> None:
+        """``n`` messages with an intent or a tag."""
+        if not n:
+            return
+        self.topics[kind][flag][key] += n
+
+    def _cell(self, key: str, flag: int, bucket: str, cls: int, n: int) -> None:
         cells = self.cells.get(key)
         if cells is None:
             cells = self.cells[key] = [[[0, 0, 0, 0] for _ in range(s)] for s in self.sizes]
@@ -600,20 +631,26 @@ class _SeriesBuilder:
         slot = {1: 0, 0: 1, -1: 2, 2: 3}[cls]
         cells[flag][i][slot] += n
 
-    def build(self, key: str) -> Breakdown:
+    def breakdown(self, key: str, name: str) -> Breakdown:
         cells = self.cells.get(key) or [[[0, 0, 0, 0] for _ in range(s)] for s in self.sizes]
         prev = tuple(Sentiment(*c) for c in cells[0])
         cur = tuple(Sentiment(*c) for c in cells[1])
-        return Breakdown(
-            key=key,
-            current=sum(cur, Sentiment()),
-            previous=sum(prev, Sentiment()),
-            series=cur,
-            previous_series=prev,
-        )
+        return Breakdown(name, sum(cur, Sentiment()), sum(prev, Sentiment()), cur, prev)
 
-    def keys(self, prefix: str) -> list[str]:
-        return [k for k in self.cells if k.startswith(prefix)]
+    def breakdowns(self, prefix: str) -> tuple[Breakdown, ...]:
+        rows = [self.breakdown(k, k[len(prefix) :]) for k in self.cells if k.startswith(prefix)]
+        return tuple(sorted(rows, key=lambda r: (-r.current.total, -r.previous.total, r.key)))
+
+    def facts(self) -> _MessageFacts:
+        intents, tags = self.topics["intent"], self.topics["tag"]
+        return _MessageFacts(
+            overall=self.breakdown("", "all"),
+            channels=self.breakdowns("c:"),
+            sources=self.breakdowns("s:"),
+            ignored=Count("ignored", self.ignored[1], self.ignored[0]),
+            intents=_top_counts(intents[1], intents[0], TOP_TOPICS),
+            tags=_top_counts(tags[1], tags[0], TOP_TOPICS),
+        )
 
 
 def _top_counts(current: Counter[str], previous: Counter[str], n: int) -> tuple[Count, ...]:
@@ -621,58 +658,156 @@ def _top_counts(current: Counter[str], previous: Counter[str], n: int) -> tuple[
     return tuple(Count(k, current[k], previous[k]) for k in keys[:n])
 
 
-async def _message_facts(session: AsyncSession, w: _Window, period: Period) -> _MessageFacts:
-    """Series, channels, sources, ignored, intents and tags from one GROUP BY."""
+@dataclass(frozen=True, slots=True)
+class _Slots:
+    """How the window splits between the rollups' 15-minute slots and the messages.
+
+    The slots in ``[first, stop)`` lie wholly in one period and come from the rollups, except
+    those in ``cut``: a period boundary that is not on a quarter hour cuts its slot, whose part
+    in the window (``ranges``) is counted from the messages.
+    """
+
+    first: int
+    stop: int
+    #: The first slot of the current period.
+    current: int
+    cut: tuple[int, ...]
+    ranges: tuple[tuple[datetime, datetime], ...]
+
+    @classmethod
+    def of(cls, w: _Window) -> _Slots:
+        slot_len = timedelta(seconds=ROLLUP_SLOT_S)
+
+        def floor(t: datetime) -> int:
+            return (t - _EPOCH) // slot_len
+
+        def ceil(t: datetime) -> int:
+            return -((_EPOCH - t) // slot_len)
+
+        cut = sorted({floor(t) for t in (w.previous_start, w.start, w.end) if floor(t) != ceil(t)})
+        ranges = [
+            (max(_EPOCH + slot_len * s, w.previous_start), min(_EPOCH + slot_len * (s + 1), w.end))
+            for s in cut
+        ]
+        return cls(
+            first=ceil(w.previous_start),
+            stop=floor(w.end),
+            current=ceil(w.start),
+            cut=tuple(cut),
+            ranges=tuple((a, b) for a, b in ranges if a < b),
+        )
+
+    def where(self, column: sa.ColumnElement[int]) -> list[sa.ColumnElement[bool]]:
+        """The rollup rows of the slots wholly in the window."""
+        out = [column >= self.first, column < self.stop]
+        if self.cut:
+            out.append(column.not_in(self.cut))
+        return out
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _local_bucket_sql(slot: sa.ColumnElement[int], w: _Window) -> sa.ColumnElement[int]:
+    """The local day (hour) of a slot, counted from the epoch: integer arithmetic on both
+    databases, one offset per stretch of the window with one UTC offset."""
+    width = 86400 if w.unit == "day" else 3600
+    spans = _offsets(w.previous_start, w.end, w.zone)
+
+    def number(value: int) -> sa.ColumnElement[int]:
+        return sa.literal_column(str(value), sa.BigInteger)
+
+    def local(offset_minutes: int) -> sa.ColumnElement[int]:
+        return (slot * number(ROLLUP_SLOT_S) + number(offset_minutes * 60)) // number(width)
+
+    whens = [
+        (slot < (until - _EPOCH) // timedelta(seconds=ROLLUP_SLOT_S), local(off))
+        for (_, off), (until, _) in itertools.pairwise(spans)
+    ]
+    last = local(spans[-1][1])
+    return sa.case(*whens, else_=last) if whens else last
+
+
+def _local_label(number: int, unit: BucketUnit) -> str:
+    if unit == "day":
+        return (_EPOCH + timedelta(days=number)).date().isoformat()
+    return (_EPOCH + timedelta(hours=number)).strftime("%Y-%m-%d %H:00")
+
+
+async def _rollup_facts(
+    session: AsyncSession, w: _Window, slots: _Slots, facts: _FactsBuilder
+) -> None:
+    """Counts of the slots wholly in the window, from the rollups."""
+    flag = sa.case((R.c.slot >= slots.current, 1), else_=0).label("p")
+    bucket = _local_bucket_sql(R.c.slot, w).label("b")
+    keys = [flag, bucket, R.c.channel, R.c.source, R.c.ignored, R.c.sentiment]
+    q = sa.select(*keys, sa.func.sum(R.c.n)).where(*slots.where(R.c.slot)).group_by(*_by(*keys))
+    row: Any
+    for row in await session.execute(q):
+        p, b, channel, source, ignored, cls, n = row
+        facts.add(p, _local_label(int(b), w.unit), channel, source, ignored, cls, int(n))
+    topic_flag = sa.case((TR.c.slot >= slots.current, 1), else_=0).label("p")
+    q = (
+        sa.select(topic_flag, TR.c.kind, TR.c.key, sa.func.sum(TR.c.n))
+        .where(*slots.where(TR.c.slot))
+        .group_by(*_by(topic_flag, TR.c.kind, TR.c.key))
+    )
+    topic: Any
+    for topic in await session.execute(q):
+        p, kind, key, n = topic
+        if kind in facts.topics:
+            facts.add_topic(p, kind, key, int(n))
+
+
+async def _raw_facts(
+    session: AsyncSession,
+    w: _Window,
+    ranges: Sequence[tuple[datetime, datetime]],
+    facts: _FactsBuilder,
+) -> None:
+    """Counts of the messages in ``ranges``, from the messages themselves."""
+    if not ranges:
+        return
     dialect = session.get_bind().dialect.name
     flag = w.flag(M.c.created_at).label("p")
     bucket = _bucket_sql(dialect, M.c.created_at, w).label("b")
     cls = _class_sql().label("c")
     keys = [flag, bucket, M.c.channel, M.c.source, M.c.ignored, cls, M.c.intent, M.c.tags]
+    within = [sa.and_(M.c.created_at >= _ts(a), M.c.created_at < _ts(b)) for a, b in ranges]
     q = (
         sa.select(*keys, sa.func.count().label("n"))
-        .where(w.both(M.c.created_at), M.c.direction == "inbound")
+        .where(sa.or_(*within), M.c.direction == "inbound")
         .group_by(*_by(*keys))
     )
-    series = _SeriesBuilder(w, period)
-    ignored = [0, 0]
-    intents: list[Counter[str]] = [Counter(), Counter()]
-    tags: list[Counter[str]] = [Counter(), Counter()]
     row: Any
     for row in await session.execute(q):
         p, b, channel, source, is_ignored, c, intent, tag_list, n = row
+        facts.add(p, _bucket_label(b, w.unit), channel, source, is_ignored, c, n)
         if is_ignored:
-            ignored[p] += n
             continue
-        label = _bucket_label(b, w.unit)
-        series.add("", p, label, c, n)
-        series.add(f"c:{channel}", p, label, c, n)
-        series.add(f"s:{source}", p, label, c, n)
         if intent:
-            intents[p][intent] += n
+            facts.add_topic(p, "intent", intent, n)
         for tag in set(tag_list or ()):
-            tags[p][str(tag)] += n
-
-    def breakdowns(prefix: str) -> tuple[Breakdown, ...]:
-        rows = [series.build(k) for k in series.keys(prefix)]
-        rows = [
-            Breakdown(r.key[2:], r.current, r.previous, r.series, r.previous_series) for r in rows
-        ]
-        return tuple(sorted(rows, key=lambda r: (-r.current.total, -r.previous.total, r.key)))
-
-    return _MessageFacts(
-        overall=Breakdown("all", *_fields(series.build(""))),
-        channels=breakdowns("c:"),
-        sources=breakdowns("s:"),
-        ignored=Count("ignored", ignored[1], ignored[0]),
-        intents=_top_counts(intents[1], intents[0], TOP_TOPICS),
-        tags=_top_counts(tags[1], tags[0], TOP_TOPICS),
-    )
+            facts.add_topic(p, "tag", str(tag)[:ROLLUP_TAG_CHARS], n)
 
 
-def _fields(
-    b: Breakdown,
-) -> tuple[Sentiment, Sentiment, tuple[Sentiment, ...], tuple[Sentiment, ...]]:
-    return b.current, b.previous, b.series, b.previous_series
+async def _message_facts(
+    session: AsyncSession, w: _Window, period: Period, *, rollups: bool = True
+) -> _MessageFacts:
+    """Series, channels, sources, ignored, intents and tags.
+
+    From the rollups for the quarter hours wholly in the window and from the messages for the
+    (at most three) quarter hours a period boundary cuts; ``rollups=False`` counts everything
+    from the messages (the reference the rollups are tested against).
+    """
+    facts = _FactsBuilder(period)
+    if rollups:
+        slots = _Slots.of(w)
+        await _rollup_facts(session, w, slots, facts)
+        await _raw_facts(session, w, slots.ranges, facts)
+    else:
+        await _raw_facts(session, w, [(w.previous_start, w.end)], facts)
+    return facts.facts()
 
 
 async def _quotes(session: AsyncSession, w: _Window, negative: bool) -> tuple[Quote, ...]:
@@ -809,66 +944,131 @@ def _eligible() -> list[sa.ColumnElement[bool]]:
     return [C.c.merged_into_id.is_(None), C.c.lifecycle_stage != "prospect"]
 
 
-async def _value_split(session: AsyncSession, w: _Window) -> tuple[int, int, float | None, Any]:
-    """(customers, top k, threshold, rows of (p, top, authors, n, pos, neg, uns))."""
+@dataclass(frozen=True, slots=True)
+class _Activity:
+    """The customers' side of the messages: the 80/20 split and the most active authors."""
+
+    #: Non-merged customers past the prospect stage, and how many are in the top group.
+    population: int
+    top_k: int
+    threshold: float | None
+    #: Authors (current, previous) and the messages of the top group in each period.
+    top_authors: tuple[int, int]
+    top_current: Sentiment
+    top_previous: Sentiment
+    #: Authors (current, previous) of everyone else.
+    rest_authors: tuple[int, int]
+    #: The customers with the most messages in the current period, with their counts.
+    active: tuple[tuple[int, Sentiment], ...]
+
+    def value_split(self, overall: Breakdown) -> ValueSplit:
+        """The 80/20 view; everyone else wrote the rest of ``overall``'s messages."""
+        return ValueSplit(
+            customers=self.population,
+            top_customers=self.top_k,
+            threshold=self.threshold,
+            top=Group(*self.top_authors, self.top_current, self.top_previous),
+            rest=Group(
+                *self.rest_authors,
+                overall.current - self.top_current,
+                overall.previous - self.top_previous,
+            ),
+        )
+
+
+def _period_sums(current: sa.ColumnElement[bool]) -> list[sa.ColumnElement[Any]]:
+    """Per customer: messages and sentiment classes in the current (c) and previous (p)
+    period, in the order ``_sentiment_of`` takes them."""
+    s = M.c.sentiment
+    out: list[sa.ColumnElement[Any]] = []
+    for name, here in (("c", current), ("p", sa.not_(current))):
+        for col, cond in (
+            ("n", here),
+            ("pos", sa.and_(here, s >= POSITIVE_AT)),
+            ("neg", sa.and_(here, s <= NEGATIVE_AT)),
+            ("uns", sa.and_(here, s.is_(None))),
+        ):
+            out.append(sa.func.sum(sa.case((cond, 1), else_=0)).label(f"{col}_{name}"))
+    return out
+
+
+async def _activity(session: AsyncSession, w: _Window) -> _Activity:
+    """One pass over the period's messages per customer serves the 80/20 split (joined to the
+    customers' value) and the most active authors."""
     population = int(
         (await session.execute(sa.select(sa.func.count()).where(*_eligible()))).scalar_one()
     )
     k = math.ceil(population * TOP_SHARE)
-    if not k:
-        return population, 0, None, []
-    ranked = sa.select(C.c.id, C.c.lifetime_value).where(*_eligible())
-    # Ties go to the newer customer: (value desc, id desc) is an index's order read backwards.
-    ranked = ranked.order_by(C.c.lifetime_value.desc(), C.c.id.desc())
-    last = (await session.execute(ranked.offset(k - 1).limit(1))).one()
+    last = None
+    if k:
+        # Ties go to the newer customer: (value desc, id desc) is an index's order backwards.
+        ranked = sa.select(C.c.id, C.c.lifetime_value).where(*_eligible())
+        ranked = ranked.order_by(C.c.lifetime_value.desc(), C.c.id.desc())
+        last = (await session.execute(ranked.offset(k - 1).limit(1))).one()
     per = (
-        sa.select(M.c.customer_id, w.flag(M.c.created_at).label("p"), *_sentiment_sums())
+        sa.select(M.c.customer_id.label("cid"), *_period_sums(M.c.created_at >= w.start))
         .where(*_counted(w), M.c.customer_id.is_not(None))
-        .group_by(M.c.customer_id, sa.literal_column("p"))
+        .group_by(M.c.customer_id)
+        .cte("per")
+    )
+    if last is not None:
+        # The k-th customer by (value desc, id desc) bounds the top group: no second sort.
+        value = sa.bindparam("v", last.lifetime_value, type_=C.c.lifetime_value.type)
+        is_top = sa.and_(
+            *_eligible(),
+            sa.or_(
+                C.c.lifetime_value > value, sa.and_(C.c.lifetime_value == value, C.c.id >= last.id)
+            ),
+        )
+        top: sa.ColumnElement[int] = sa.case((is_top, 1), else_=0)
+    else:
+        top = sa.literal(0)
+    sums = [c for c in per.c if c.name != "cid"]
+
+    def authors(name: str) -> sa.ColumnElement[Any]:
+        return sa.func.sum(sa.case((per.c[f"n_{name}"] > 0, 1), else_=0))
+
+    split = (
+        sa.select(
+            sa.literal(0).label("part"),
+            top.label("key"),
+            authors("c"),
+            authors("p"),
+            *(sa.func.sum(c) for c in sums),
+        )
+        .select_from(per.join(C, C.c.id == per.c.cid))
+        .group_by(sa.literal_column("key"))
+    )
+    busiest = (
+        sa.select(per)
+        .where(per.c.n_c > 0)
+        .order_by(per.c.n_c.desc(), per.c.cid)
+        .limit(TOP_AUTHORS)
         .subquery()
     )
-    # The k-th customer by (value desc, id desc) bounds the top group: no second sort.
-    value = sa.bindparam("v", last.lifetime_value, type_=C.c.lifetime_value.type)
-    is_top = sa.and_(
-        *_eligible(),
-        sa.or_(C.c.lifetime_value > value, sa.and_(C.c.lifetime_value == value, C.c.id >= last.id)),
+    active = sa.select(sa.literal(1), busiest.c.cid, sa.literal(0), sa.literal(0), *busiest.c[1:])
+    groups: dict[int, tuple[int, int, Sentiment, Sentiment]] = {}
+    busy: list[tuple[int, Sentiment]] = []
+    row: Any
+    for row in await session.execute(sa.union_all(split, active)):
+        part, key, authors_c, authors_p, *n = (int(v or 0) for v in row)
+        if part == 0:
+            groups[key] = (authors_c, authors_p, _sentiment_of(*n[:4]), _sentiment_of(*n[4:]))
+        else:
+            busy.append((key, _sentiment_of(*n[:4])))
+    busy.sort(key=lambda a: (-a[1].total, a[0]))
+    top_c, top_p, top_current, top_previous = groups.get(1, (0, 0, Sentiment(), Sentiment()))
+    rest_c, rest_p, _, _ = groups.get(0, (0, 0, Sentiment(), Sentiment()))
+    return _Activity(
+        population=population,
+        top_k=k,
+        threshold=None if last is None else float(last.lifetime_value),
+        top_authors=(top_c, top_p),
+        top_current=top_current,
+        top_previous=top_previous,
+        rest_authors=(rest_c, rest_p),
+        active=tuple(busy),
     )
-    top = sa.case((is_top, 1), else_=0).label("top")
-    q = (
-        sa.select(
-            per.c.p,
-            top,
-            sa.func.count().label("authors"),
-            sa.func.sum(per.c.n),
-            sa.func.sum(per.c.pos),
-            sa.func.sum(per.c.neg),
-            sa.func.sum(per.c.uns),
-        )
-        .select_from(per.join(C, C.c.id == per.c.customer_id))
-        .group_by(per.c.p, sa.literal_column("top"))
-    )
-    rows = (await session.execute(q)).all()
-    return population, k, float(last.lifetime_value), rows
-
-
-async def _active_ids(session: AsyncSession, w: _Window) -> list[tuple[int, Sentiment]]:
-    """The customers with the most messages in the current period."""
-    n = sa.func.count().label("n")
-    q = (
-        sa.select(M.c.customer_id, *_sentiment_sums())
-        .where(
-            w.current(M.c.created_at),
-            M.c.direction == "inbound",
-            M.c.ignored.is_(False),
-            M.c.customer_id.is_not(None),
-        )
-        .group_by(M.c.customer_id)
-        .order_by(n.desc(), M.c.customer_id)
-        .limit(TOP_AUTHORS)
-    )
-    return [
-        (r.customer_id, _sentiment_of(r.n, r.pos, r.neg, r.uns)) for r in await session.execute(q)
-    ]
 
 
 async def _influential_ids(session: AsyncSession, w: _Window) -> list[int]:
@@ -1084,41 +1284,48 @@ async def _percentiles(
             key = (p, _TOTAL if total else team)
             out[key] = Durations(n, _seconds(median), _seconds(p90))
         return out
-    # SQLite has no percentile function: rank each duration within its team and within all
-    # teams, keep only the rows either side of each percentile's position, interpolate here.
-    by_team = [inner.c.p, inner.c.team]
+    # SQLite has no percentile function: count each group, rank each duration within its team
+    # and within all teams (one sort each), keep only the rows at each percentile's position
+    # and the next, interpolate here.
+    sizes: dict[tuple[int, str | None], int] = {}
+    totals: Counter[int] = Counter()
+    counted: Any = sa.select(inner.c.p, inner.c.team, sa.func.count()).group_by(
+        inner.c.p, inner.c.team
+    )
+    for p, team, n in await session.execute(counted):
+        sizes[(p, team)] = n
+        totals[p] += n
+    if not sizes:
+        return out
     ranked = sa.select(
         inner.c.p,
         inner.c.team,
         inner.c.d,
-        # The counts use the same window (whole frame) as the ranks, so each pair shares a sort.
-        sa.func.row_number().over(partition_by=by_team, order_by=inner.c.d).label("rt"),
-        sa.func.count()
-        .over(partition_by=by_team, order_by=inner.c.d, rows=(None, None))
-        .label("nt"),
+        sa.func.row_number()
+        .over(partition_by=[inner.c.p, inner.c.team], order_by=inner.c.d)
+        .label("rt"),
         sa.func.row_number().over(partition_by=inner.c.p, order_by=inner.c.d).label("ra"),
-        sa.func.count()
-        .over(partition_by=inner.c.p, order_by=inner.c.d, rows=(None, None))
-        .label("na"),
     ).subquery()
-
-    def near(rank: Any, n: Any) -> sa.ColumnElement[bool]:
-        spots = []
-        for q in (0.5, 0.9):
-            low = sa.cast((n - 1) * q, sa.Integer) + 1
-            spots += [rank == low, rank == low + 1]
-        return sa.or_(*spots)
-
-    q = sa.select(ranked).where(
-        sa.or_(near(ranked.c.rt, ranked.c.nt), near(ranked.c.ra, ranked.c.na))
-    )
-    picked: dict[tuple[int, str | None], tuple[int, dict[int, float]]] = {}
+    by_team = set().union(*map(_ranks, sizes.values()))
+    by_all = set().union(*map(_ranks, totals.values()))
+    q = sa.select(ranked).where(sa.or_(ranked.c.rt.in_(by_team), ranked.c.ra.in_(by_all)))
+    picked: dict[tuple[int, str | None], dict[int, float]] = {}
     for r in await session.execute(q):
-        for key, rank, n in (((r.p, r.team), r.rt, r.nt), ((r.p, _TOTAL), r.ra, r.na)):
-            picked.setdefault(key, (n, {}))[1][rank - 1] = float(r.d)
-    for key, (n, values) in picked.items():
-        out[key] = Durations(n, _interpolate(values, n, 0.5), _interpolate(values, n, 0.9))
+        for key, rank, n in (
+            ((r.p, r.team), r.rt, sizes[(r.p, r.team)]),
+            ((r.p, _TOTAL), r.ra, totals[r.p]),
+        ):
+            if rank in _ranks(n):
+                picked.setdefault(key, {})[rank - 1] = float(r.d)
+    for (p, team), n in [*sizes.items(), *(((p, _TOTAL), n) for p, n in totals.items())]:
+        values = picked.get((p, team), {})
+        out[(p, team)] = Durations(n, _interpolate(values, n, 0.5), _interpolate(values, n, 0.9))
     return out
+
+
+def _ranks(n: int) -> set[int]:
+    """1-based ranks of the values percentile_cont(0.5) and (0.9) of n values interpolate."""
+    return {r for q in (0.5, 0.9) for r in (int((n - 1) * q) + 1, int((n - 1) * q) + 2) if r <= n}
 
 
 def _interpolate(values: dict[int, float], n: int, q: float) -> float | None:
@@ -1187,6 +1394,25 @@ def _service(
 # The whole report.
 
 
+def window(end: datetime, period: timedelta, tz: str) -> tuple[_Window, Period]:
+    """The two periods ending at ``end`` and their local buckets in the zone ``tz``."""
+    zone = ZoneInfo(tz)
+    end = end.astimezone(UTC)
+    start = end - period
+    unit: BucketUnit = "hour" if period <= HOURLY_UP_TO else "day"
+    w = _Window(start - period, start, end, zone, unit)
+    info = Period(
+        start=start,
+        end=end,
+        previous_start=w.previous_start,
+        tz=zone.key,
+        unit=unit,
+        buckets=_labels(start, end, zone, unit),
+        previous_buckets=_labels(w.previous_start, start, zone, unit),
+    )
+    return w, info
+
+
 def ending_now(now: datetime) -> datetime:
     """The end of a period that takes in everything up to ``now``: the next whole minute."""
     return now.replace(second=0, microsecond=0) + timedelta(minutes=1)
@@ -1206,43 +1432,31 @@ async def build_report(
         raise ValueError("end must be timezone-aware")
     if period <= timedelta(0):
         raise ValueError("period must be positive")
-    zone = ZoneInfo(tz)
-    end = end.astimezone(UTC)
-    start = end - period
-    unit: BucketUnit = "hour" if period <= HOURLY_UP_TO else "day"
-    w = _Window(start - period, start, end, zone, unit)
-    info = Period(
-        start=start,
-        end=end,
-        previous_start=w.previous_start,
-        tz=zone.key,
-        unit=unit,
-        buckets=_labels(start, end, zone, unit),
-        previous_buckets=_labels(w.previous_start, start, zone, unit),
-    )
+    w, info = window(end, period, tz)
     limit = asyncio.Semaphore(PARALLEL_QUERIES)
 
     async def read(job: Callable[[AsyncSession], Awaitable[_T]]) -> _T:
         async with limit, store.reader() as session:
+            if not store.is_sqlite:
+                # Per-customer counts hash a few hundred thousand groups: in memory, not on disk.
+                await session.execute(sa.text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
             return await job(session)
 
     # Started longest first: with two cores, the big scans should not wait behind small ones.
     facts_job = asyncio.create_task(read(lambda s: _message_facts(s, w, info)))
-    split_job = asyncio.create_task(read(lambda s: _value_split(s, w)))
+    activity_job = asyncio.create_task(read(lambda s: _activity(s, w)))
     first_job = asyncio.create_task(read(lambda s: _percentiles(s, w, T.c.first_response_at)))
     resolution_job = asyncio.create_task(read(lambda s: _percentiles(s, w, T.c.resolved_at)))
     counts_job = asyncio.create_task(read(lambda s: _ticket_counts(s, w)))
-    active_job = asyncio.create_task(read(lambda s: _active_ids(s, w)))
     negative_job = asyncio.create_task(read(lambda s: _quotes(s, w, negative=True)))
     positive_job = asyncio.create_task(read(lambda s: _quotes(s, w, negative=False)))
     sample_job = asyncio.create_task(read(lambda s: _term_sample(s, w)))
     new_job = asyncio.create_task(read(lambda s: _newcomers(s, w)))
     influential_job = asyncio.create_task(read(lambda s: _influential_ids(s, w)))
     try:
-        active = await active_job
+        activity = await activity_job
         infl = await influential_job
         facts = await facts_job
-        split = await split_job
         first = await first_job
         resolution = await resolution_job
         counts = await counts_job
@@ -1251,35 +1465,12 @@ async def build_report(
         sample = await sample_job
         new = await new_job
     finally:
-        jobs = (facts_job, split_job, first_job, resolution_job, counts_job, active_job)
+        jobs = (facts_job, activity_job, first_job, resolution_job, counts_job)
         for job in (*jobs, negative_job, positive_job, sample_job, new_job, influential_job):
             job.cancel()  # a failed query stops the others (a no-op for finished ones)
-    known = dict(active)
+    active = activity.active
     ids = list(dict.fromkeys([i for i, _ in active] + infl))
-    authors = await read(lambda s: _authors(s, w, ids, known))
-
-    population, k, threshold, split_rows = split
-    top: dict[int, tuple[int, Sentiment]] = {}
-    rest_authors = [0, 0]
-    for p, is_top, n_authors, n, pos, neg, uns in split_rows:
-        if is_top:
-            top[p] = (int(n_authors), _sentiment_of(n, pos, neg, uns))
-        else:
-            rest_authors[p] = int(n_authors)
-    top_cur = top.get(1, (0, Sentiment()))
-    top_prev = top.get(0, (0, Sentiment()))
-    value_split = ValueSplit(
-        customers=population,
-        top_customers=k,
-        threshold=threshold,
-        top=Group(top_cur[0], top_prev[0], top_cur[1], top_prev[1]),
-        rest=Group(
-            rest_authors[1],
-            rest_authors[0],
-            facts.overall.current - top_cur[1],
-            facts.overall.previous - top_prev[1],
-        ),
-    )
+    authors = await read(lambda s: _authors(s, w, ids, dict(active)))
     terms, sample_size, previous_sample_size = _terms(sample, brand)
     new_count, new_by_stage, newcomers = new
     return Report(
@@ -1300,7 +1491,7 @@ async def build_report(
             terms_previous_sample=previous_sample_size,
         ),
         customers=Customers(
-            value_split=value_split,
+            value_split=activity.value_split(facts.overall),
             most_active=tuple(authors[i] for i, _ in active if i in authors),
             most_influential=tuple(authors[i] for i in infl if i in authors),
             new=new_count,
