@@ -182,6 +182,27 @@ async def db_upgrade(ctx: click.Context) -> None:
         await store.dispose()
 
 
+@db_group.command("rebuild-rollups")
+@click.pass_context
+@async_command
+async def db_rebuild_rollups(ctx: click.Context) -> None:
+    """Count every stored message into the report's rollups anew (after messages were
+    imported, corrected or deleted in SQL rather than by socialcrm)."""
+    from socialcrm import rollups
+
+    config = _load(ctx)
+    store = await open_store(config.database_url())
+    try:
+        async with store.session() as session:
+            await store.lock_ingest(session)  # no batch lands while the counts are redone
+            await rollups.rebuild(session)
+            rows = await session.execute(sa.text("SELECT count(*), sum(n) FROM message_rollup"))
+            slots, messages = rows.one()
+        click.echo(f"rollups rebuilt: {messages or 0} messages in {slots} rollup rows")
+    finally:
+        await store.dispose()
+
+
 # -- the daemon -------------------------------------------------------------------------------
 
 

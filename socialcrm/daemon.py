@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 # at a time is what we asked for, so only its errors are worth a line.
 logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
+#: How often the C allocator's free memory is handed back to the system.
+TRIM_EVERY = timedelta(minutes=5)
 #: Longest time a stop waits for polls in flight to finish their batch.
 STOP_GRACE_S = 60.0
 
@@ -208,10 +210,12 @@ class Daemon:
         )
 
     def _schedule_housekeeping(self) -> None:
-        """Alert delivery, SLA checks, spike detection and digests, each one run at a time."""
+        """Alert delivery, memory trims, SLA checks, spike detection and digests, each one run
+        at a time."""
         cfg = self.config
         jobs: list[tuple[str, BaseTrigger, Callable[[], Any]]] = [
             ("alerts", _every(cfg.alerts.interval), self._deliver_alerts),
+            ("memory", _every(TRIM_EVERY), self._trim_memory),
         ]
         if cfg.sla.enabled:
             jobs.append(("sla", _every(cfg.sla.interval), self._check_sla))
@@ -247,6 +251,9 @@ class Daemon:
     async def _deliver_alerts(self) -> None:
         assert self.alerts is not None
         self.metrics.alerts_sent.inc(await self.alerts.deliver_due())
+
+    async def _trim_memory(self) -> None:
+        await asyncio.to_thread(memory.trim)
 
     async def _check_sla(self) -> None:
         await check_sla(self.store, self.sla, utcnow())
@@ -390,8 +397,9 @@ def _problem(status: int, detail: str) -> web.Response:
 async def run(config: Config, host: str, port: int) -> None:
     """``socialcrm run``: start everything and serve until SIGTERM or SIGINT, then stop cleanly."""
     from socialcrm.db import open_store
-    from socialcrm.runtime import tune_gc
+    from socialcrm.runtime import tune_allocator, tune_gc
 
+    tune_allocator()
     # Signals first: a stop asked for during start-up still ends in a clean exit.
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

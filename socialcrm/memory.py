@@ -1,5 +1,7 @@
 """Where the daemon's memory goes, for /metrics: enough to tell a leak from a cache or an
-allocator that keeps freed memory.
+allocator that keeps freed memory; and the two settings the daemon applies to glibc's
+allocator so that memory freed is memory given back: fewer arenas (``limit_arenas``, at start)
+and ``trim`` every few minutes.
 
 - Resident memory of the whole process (prometheus_client's process collector).
 - Memory blocks the Python interpreter has allocated (``sys.getallocatedblocks``): objects
@@ -60,6 +62,36 @@ def malloc_bytes() -> tuple[int, int] | None:
         return None
     info = fn()
     return info.uordblks + info.hblkhd, info.fordblks
+
+
+def trim() -> bool:
+    """Hand the C allocator's free memory back to the system; False when it cannot.
+
+    glibc keeps memory that threads (the database drivers' among them) have freed, in one
+    arena per thread, for reuse; over hours that shows as resident memory creeping up with
+    nothing in use. ``malloc_trim`` returns the free pages of every arena.
+    """
+    fn = _library("c", "malloc_trim", ctypes.c_int)
+    if fn is None:
+        return False
+    fn(ctypes.c_size_t(0))
+    return True
+
+
+#: glibc's mallopt parameter for the number of malloc arenas.
+_M_ARENA_MAX = -8
+
+
+def limit_arenas(arenas: int) -> bool:
+    """Let the C allocator keep at most ``arenas`` arenas; False when it cannot.
+
+    glibc gives each thread that allocates concurrently an arena of its own (up to eight per
+    core), and memory freed in one arena is only reused by that arena: with a thread per
+    database connection, freed memory piles up across arenas. Called before those threads
+    start, like setting ``MALLOC_ARENA_MAX`` in the environment.
+    """
+    fn = _library("c", "mallopt", ctypes.c_int)
+    return fn is not None and bool(fn(_M_ARENA_MAX, arenas))
 
 
 def register(registry: CollectorRegistry, sqlite: bool) -> None:

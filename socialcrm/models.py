@@ -330,9 +330,9 @@ ROLLUP_TAG_CHARS = 200
 class MessageRollup(SQLModel, table=True):
     """Inbound messages per 15-minute UTC slot, channel, source, ignored and sentiment class.
 
-    Kept by triggers on ``message`` (migration 0004), whoever writes the messages; reports
-    read it instead of the messages. Sentiment: 1 positive, -1 negative, 0 neutral (and every
-    ignored message), 2 unscored.
+    Kept by ``socialcrm.rollups`` in each batch's transaction; reports read it instead of the
+    messages. Sentiment: 1 positive, -1 negative, 0 neutral (and every ignored message),
+    2 unscored.
     """
 
     __tablename__ = "message_rollup"
@@ -353,7 +353,7 @@ class MessageRollup(SQLModel, table=True):
 class TopicRollup(SQLModel, table=True):
     """Intents and tags of the inbound messages that are not ignored, per 15-minute slot.
 
-    Kept by the same triggers; ``kind`` is ``intent`` or ``tag`` (each tag counts once a
+    Kept with ``MessageRollup``; ``kind`` is ``intent`` or ``tag`` (each tag counts once a
     message; ``key`` keeps the first 200 characters of a tag).
     """
 

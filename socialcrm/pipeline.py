@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from socialcrm import rollups
 from socialcrm.config import Config
 from socialcrm.connector import Batch, Cursor, InboundMessage, Quarantined
 from socialcrm.db import Store, executemany, keys_in
@@ -262,6 +263,7 @@ class Pipeline:
             p.row["ticket_id"] = p.ticket.id if p.ticket is not None else None
             rows.append(p.row)
         ids = await insert_returning_ids(session, Message, rows)
+        await rollups.add(session, rows)
         await self._drafts_and_alerts(session, planned, ids, source, now, result)
 
         if bad:

@@ -8,6 +8,7 @@ import dataclasses
 import os
 import random
 import signal
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,24 @@ class DaemonProcess:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
         return await asyncio.wait_for(self.proc.wait(), timeout_s)
+
+    async def wait_up(self, timeout_s: float = 60.0) -> None:
+        """Until the daemon answers /healthz (its sources are scheduled by then)."""
+        url = f"http://127.0.0.1:{self.port}/healthz"
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as http:
+            while True:
+                if self.proc is None or self.proc.returncode is not None:
+                    raise RuntimeError(f"the daemon exited: see {self.log}")
+                try:
+                    async with http.get(url) as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the daemon did not come up: see {self.log}")
+                await asyncio.sleep(0.05)
 
     async def metrics(self) -> dict[str, float]:
         """The daemon's /metrics, unlabelled samples only: {name: value}."""
@@ -212,26 +231,48 @@ async def _memory(daemon: DaemonProcess) -> MemorySample:
     )
 
 
-def memory_figures(samples: list[MemorySample]) -> dict[str, Any]:
-    """Start, end, growth over the second half of the run, and every sample.
+#: Most a memory figure may grow from the middle third of a soak to its last third (medians,
+#: which the garbage collector's and the allocator's ups and downs do not move).
+FLAT_WITHIN = 0.05
 
-    The second half is what is judged: the first fills caches (SQLite's pages, compiled rules
-    and templates, connection pools) and is expected to grow.
+
+def _trend(values: list[float]) -> tuple[float, float]:
+    """(median of the middle third, median of the last third)."""
+    third = max(1, len(values) // 3)
+    return statistics.median(values[third : 2 * third] or values), statistics.median(
+        values[-third:]
+    )
+
+
+def memory_figures(samples: list[MemorySample]) -> dict[str, Any]:
+    """Start, end, the trend of each figure over the run's later part, and every sample.
+
+    The first third is left out of the judgement: it fills caches (SQLite's pages, compiled
+    rules and templates, connection pools) and is expected to grow. Memory is flat when
+    resident memory, the C allocator's memory in use and the interpreter's blocks each grow
+    by at most FLAT_WITHIN from the middle third to the last.
     """
-    first, mid, last = samples[0], samples[len(samples) // 2], samples[-1]
     out: dict[str, Any] = {
-        "rss_start_mib": first.rss,
-        "rss_end_mib": last.rss,
+        "rss_start_mib": samples[0].rss,
+        "rss_end_mib": samples[-1].rss,
         "rss_max_mib": max(s.rss for s in samples),
-        "rss_growth_second_half_mib": last.rss - mid.rss,
-        "malloc_in_use_growth_second_half_mib": last.malloc_in_use - mid.malloc_in_use,
-        "python_blocks_growth_second_half": last.python_blocks - mid.python_blocks,
-        "rss_every_30s_mib": [round(s.rss) for s in samples],
-        "malloc_in_use_every_30s_mib": [round(s.malloc_in_use) for s in samples],
-        "malloc_free_every_30s_mib": [round(s.malloc_free) for s in samples],
-        "python_blocks_every_30s_k": [round(s.python_blocks / 1000) for s in samples],
     }
-    if last.sqlite is not None:
+    flat = True
+    for name, values in (
+        ("rss_mib", [s.rss for s in samples]),
+        ("malloc_in_use_mib", [s.malloc_in_use for s in samples]),
+        ("python_blocks", [float(s.python_blocks) for s in samples]),
+    ):
+        middle, last = _trend(values)
+        growth = (last - middle) / middle if middle else 0.0
+        out[f"{name}_middle_to_last_third"] = f"{middle:.1f} -> {last:.1f} ({growth:+.1%})"
+        flat = flat and growth <= FLAT_WITHIN
+    out["memory_flat"] = flat
+    out["rss_every_30s_mib"] = [round(s.rss) for s in samples]
+    out["malloc_in_use_every_30s_mib"] = [round(s.malloc_in_use) for s in samples]
+    out["malloc_free_every_30s_mib"] = [round(s.malloc_free) for s in samples]
+    out["python_blocks_every_30s_k"] = [round(s.python_blocks / 1000) for s in samples]
+    if samples[-1].sqlite is not None:
         out["sqlite_every_30s_mib"] = [round(s.sqlite or 0.0) for s in samples]
     return out
 
@@ -259,7 +300,8 @@ async def soak(
     ) as run:
         await run.daemon.start()
         assert run.daemon.proc is not None
-        await asyncio.sleep(warmup_s)  # start-up, first polls, caches warm
+        await run.daemon.wait_up()
+        await asyncio.sleep(warmup_s)  # first polls, caches warm
         memory = [await _memory(run.daemon)]
         deadline = time.monotonic() + minutes * 60
         while time.monotonic() < deadline:
@@ -301,6 +343,10 @@ async def kill_loop(
     async with SandboxRun(workdir, database, seed=seed, rate=rate, minutes=minutes) as run:
         for _ in range(kills):
             await run.daemon.start()
+            # Half the kills count from the start (some land in start-up), half from when the
+            # daemon is up and polling: on a slow machine start-up alone can outlast up_s.
+            if rng.random() < 0.5:
+                await run.daemon.wait_up()
             await asyncio.sleep(rng.uniform(*up_s))
             await run.daemon.kill()
         served_before_last_run = len(run.served())
@@ -330,5 +376,6 @@ def print_figures(figures: dict[str, Any]) -> int:
     for k, v in figures.items():
         print(f"{k:22s} {v:.1f}" if isinstance(v, float) else f"{k:22s} {v}")
     ok = figures["lost"] == 0 and figures["duplicates"] == 0 and figures["exit_status"] == 0
+    ok = ok and figures.get("memory_flat", True)
     print("OK" if ok else "FAILED")
     return 0 if ok else 1

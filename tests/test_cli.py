@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -259,3 +261,31 @@ def test_db_upgrade_creates_then_keeps_the_schema(cli: CliRunner, tmp_path: Path
     assert run(cli, "db", "upgrade").output.strip() == f"database at schema {head}"
     assert (tmp_path / "fresh.db").exists()
     assert run(cli, "db", "upgrade").output.strip() == f"database at schema {head}"
+
+
+def test_db_rebuild_rollups_after_messages_were_deleted_in_sql(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    run(cli, "init")
+    two_hours_ago = datetime.now(UTC) - timedelta(hours=2)  # in whole rollup slots
+    lines = [
+        InboundMessage(
+            channel="x",
+            external_id=str(i),
+            text=f"@acme order {i} is late",
+            author=Author(user_id="u1", handle="jane"),
+            created_at=two_hours_ago,
+        ).model_dump_json()
+        for i in range(3)
+    ]
+    run(cli, "ingest", str(jsonl(tmp_path / "in.jsonl", lines)))
+    assert "| Messages | 3 | 0 |" in run(cli, "report", "--period", "1d").output
+    db = sqlite3.connect(tmp_path / "socialcrm.db")
+    with db:
+        db.execute("DELETE FROM message WHERE external_id = '1'")
+    db.close()
+    # The rollups count what was written through socialcrm until they are rebuilt.
+    assert "| Messages | 3 | 0 |" in run(cli, "report", "--period", "1d").output
+    out = run(cli, "db", "rebuild-rollups").output
+    assert out.strip() == "rollups rebuilt: 2 messages in 1 rollup rows"
+    assert "| Messages | 2 | 0 |" in run(cli, "report", "--period", "1d").output

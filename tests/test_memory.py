@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -59,3 +63,39 @@ def test_gauges_in_the_registry() -> None:
     other = CollectorRegistry()
     memory.register(other, sqlite=False)
     assert other.get_sample_value("socialcrm_sqlite_memory_bytes") is None
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_trim_gives_freed_memory_back() -> None:
+    if memory.malloc_bytes() is None:
+        need("glibc", "the C library is not glibc (no malloc_trim)")
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    # 80 MB in small blocks, all freed but the last: the heap cannot shrink from its top, so
+    # the freed pages stay resident until trimmed.
+    blocks = [libc.malloc(4000) for _ in range(20_000)]
+    for b in blocks:
+        ctypes.memset(b, 1, 4000)
+    for b in blocks[:-1]:
+        libc.free(b)
+    held = _rss_mib()
+    assert memory.trim()
+    assert held - _rss_mib() > 40
+    libc.free(blocks[-1])
+
+
+def test_the_daemon_limits_the_allocators_arenas() -> None:
+    if memory.malloc_bytes() is None:
+        need("glibc", "the C library is not glibc (no mallopt)")
+    # In a child process: the setting is process-wide.
+    code = (
+        "from socialcrm import runtime, memory; assert memory.limit_arenas(runtime.MALLOC_ARENAS)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -29,7 +29,9 @@ async def test_short_soak_with_faults(store: Store, tmp_path: Path) -> None:
         catch_up_limit_s=180.0,
     )
     assert r["faults_injected"] > 20, "the sandbox misbehaved as asked"
-    assert r["served"] > 300
+    # 15 mentions/s from the daemon's first request for about half a minute, of which the
+    # share on X, Mastodon and Reddit (about two thirds) is served: some 300 on an idle machine.
+    assert r["served"] > 200
     assert r["duplicates"] == 0, "a message was stored twice"
     assert r["lost"] == 0, f"served messages were lost: {r}"
     assert r["exit_status"] == 0

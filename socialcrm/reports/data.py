@@ -51,6 +51,7 @@ from sqlmodel import SQLModel
 import socialcrm.models as _models  # noqa: F401  (registers the tables in the metadata)
 from socialcrm.db import Store
 from socialcrm.models import ROLLUP_SLOT_S, ROLLUP_TAG_CHARS, UTCDateTime, utcnow
+from socialcrm.rollups import NEGATIVE_AT, POSITIVE_AT
 
 M = SQLModel.metadata.tables["message"]
 R = SQLModel.metadata.tables["message_rollup"]
@@ -59,8 +60,6 @@ C = SQLModel.metadata.tables["customer"]
 T = SQLModel.metadata.tables["ticket"]
 IDENT = SQLModel.metadata.tables["identity"]
 
-POSITIVE_AT = 0.05
-NEGATIVE_AT = -0.05
 #: The 80/20 view: the top share of customers by lifetime value.
 TOP_SHARE = 0.2
 #: Period length up to which the series is per hour instead of per day.
