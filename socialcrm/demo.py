@@ -141,9 +141,13 @@ async def run_demo(directory: Path, count: int = DEMO_MESSAGES) -> None:
             click.echo(".", nl=False)
         await _wait_until_stored(store, sandbox)
         if daemon.cards is not None:
-            for _ in range(20):  # post the approval cards still due, a batch at a time
-                if not await daemon.cards.sync():
+            # Post the approval cards still due, a batch at a time; a round that Slack's rate
+            # limit paused posts nothing, and the next one after the pause goes on.
+            for _ in range(120):
+                if not await daemon.cards.missing():
                     break
+                if not await daemon.cards.sync():
+                    await asyncio.sleep(0.5)
         click.echo(" done.\n")
     finally:
         await daemon.stop()

@@ -298,7 +298,9 @@ async def test_a_refused_post_is_tried_again_next_round(
     assert await world.cards.sync() == 0
     assert (await reply(store, 1)).chat_ts is None
     assert world.workspace.messages == []
+    assert await world.cards.missing() == 3
     assert await world.cards.sync() == 3
+    assert await world.cards.missing() == 0
     assert (await reply(store, 1)).chat_ts == world.workspace.card(1).ts
     assert len(world.workspace.messages) == 3
 

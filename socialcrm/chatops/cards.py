@@ -391,6 +391,12 @@ class CardNotifier:
                 self._problem = None
             return done
 
+    async def missing(self) -> int:
+        """Drafts that have no card yet."""
+        async with self.store.reader() as s:
+            q = sa.select(sa.func.count()).where(Reply.status == "draft", Reply.chat_ts.is_(None))
+            return int((await s.execute(q)).scalar_one())
+
     async def _post_missing(self) -> int:
         async with self.store.reader() as s:
             rows = (
