@@ -4,8 +4,9 @@ Every figure is computed by the database (GROUP BY, COUNT, SUM, window functions
 ``percentile_cont``); Python only folds the aggregated rows (a few thousand at most) into the
 report and never loads the period's messages. Volume, sentiment, channels, sources, intents
 and tags are summed from the rollups (``socialcrm.rollups``: counts per 15-minute UTC slot),
-except in the quarter hours a period boundary cuts, which are counted from the messages. The one exception is the list of content words:
-the texts of a bounded, evenly spread sample of the period's scored messages (``TERM_SLICES``
+except in the quarter hours a period boundary cuts, which are counted from the messages.
+The one exception to "no messages in Python" is the list of content words: the texts of a
+bounded, evenly spread sample of the period's scored messages (``TERM_SLICES``
 time slices x ``TERM_SLICE_ROWS`` messages each, so at most a few thousand texts whatever the
 volume) are tokenised here, because neither database can split text into words portably.
 
