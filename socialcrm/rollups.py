@@ -30,7 +30,7 @@ from socialcrm.models import ROLLUP_SLOT_S, ROLLUP_TAG_CHARS, MessageRollup, Top
 POSITIVE_AT = 0.05
 NEGATIVE_AT = -0.05
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SLOT = timedelta(seconds=ROLLUP_SLOT_S)
 _R: sa.Table = MessageRollup.__table__  # type: ignore[attr-defined]
 _T: sa.Table = TopicRollup.__table__  # type: ignore[attr-defined]
@@ -38,7 +38,12 @@ _T: sa.Table = TopicRollup.__table__  # type: ignore[attr-defined]
 
 def slot_of(at: datetime) -> int:
     """The 15-minute UTC slot of an aware timestamp."""
-    return (at - _EPOCH) // _SLOT
+    return (at - EPOCH) // _SLOT
+
+
+def slot_start(slot: int) -> datetime:
+    """When a slot begins."""
+    return EPOCH + _SLOT * slot
 
 
 def sentiment_class(sentiment: float | None, ignored: bool) -> int:

@@ -54,7 +54,7 @@ from sqlmodel import SQLModel
 import socialcrm.models as _models  # noqa: F401  (registers the tables in the metadata)
 from socialcrm.db import Store
 from socialcrm.models import ROLLUP_SLOT_S, ROLLUP_TAG_CHARS, UTCDateTime, utcnow
-from socialcrm.rollups import NEGATIVE_AT, POSITIVE_AT
+from socialcrm.rollups import EPOCH, NEGATIVE_AT, POSITIVE_AT, slot_of, slot_start
 
 M = SQLModel.metadata.tables["message"]
 R = SQLModel.metadata.tables["message_rollup"]
@@ -531,13 +531,25 @@ def _class_sql() -> sa.ColumnElement[int]:
     )
 
 
-def _sentiment_sums() -> list[sa.ColumnElement[Any]]:
+def _sentiment_sums(
+    within: sa.ColumnElement[bool] | None = None, suffix: str = ""
+) -> list[sa.ColumnElement[Any]]:
+    """n, pos, neg, uns (in the order ``_sentiment_of`` takes them) of the rows, or of those
+    ``within`` a condition, labelled with ``suffix``."""
     s = M.c.sentiment
+
+    def count(cond: sa.ColumnElement[bool] | None) -> sa.ColumnElement[Any]:
+        if within is not None:
+            cond = within if cond is None else sa.and_(within, cond)
+        if cond is None:
+            return sa.func.count()
+        return sa.func.sum(sa.case((cond, 1), else_=0))
+
     return [
-        sa.func.count().label("n"),
-        sa.func.sum(sa.case((s >= POSITIVE_AT, 1), else_=0)).label("pos"),
-        sa.func.sum(sa.case((s <= NEGATIVE_AT, 1), else_=0)).label("neg"),
-        sa.func.sum(sa.case((s.is_(None), 1), else_=0)).label("uns"),
+        count(None).label(f"n{suffix}"),
+        count(s >= POSITIVE_AT).label(f"pos{suffix}"),
+        count(s <= NEGATIVE_AT).label(f"neg{suffix}"),
+        count(s.is_(None)).label(f"uns{suffix}"),
     ]
 
 
@@ -609,8 +621,6 @@ class _FactsBuilder:
         self, flag: int, bucket: str, channel: str, source: str, ignored: bool, cls: int, n: int
     ) -> None:
         """``n`` messages of one bucket, channel, source, ignored flag and sentiment class."""
-        if not n:  # a rollup row whose messages were all deleted or changed
-            return
         if ignored:
             self.ignored[flag] += n
             return
@@ -619,8 +629,6 @@ class _FactsBuilder:
 
     def add_topic(self, flag: int, kind: str, key: str, n: int) -> None:
         """``n`` messages with an intent or a tag."""
-        if not n:
-            return
         self.topics[kind][flag][key] += n
 
     def _cell(self, key: str, flag: int, bucket: str, cls: int, n: int) -> None:
@@ -678,22 +686,18 @@ class _Slots:
 
     @classmethod
     def of(cls, w: _Window) -> _Slots:
-        slot_len = timedelta(seconds=ROLLUP_SLOT_S)
-
-        def floor(t: datetime) -> int:
-            return (t - _EPOCH) // slot_len
-
         def ceil(t: datetime) -> int:
-            return -((_EPOCH - t) // slot_len)
+            slot = slot_of(t)
+            return slot if slot_start(slot) == t else slot + 1
 
-        cut = sorted({floor(t) for t in (w.previous_start, w.start, w.end) if floor(t) != ceil(t)})
+        bounds = (w.previous_start, w.start, w.end)
+        cut = sorted({slot_of(t) for t in bounds if slot_of(t) != ceil(t)})
         ranges = [
-            (max(_EPOCH + slot_len * s, w.previous_start), min(_EPOCH + slot_len * (s + 1), w.end))
-            for s in cut
+            (max(slot_start(s), w.previous_start), min(slot_start(s + 1), w.end)) for s in cut
         ]
         return cls(
             first=ceil(w.previous_start),
-            stop=floor(w.end),
+            stop=slot_of(w.end),
             current=ceil(w.start),
             cut=tuple(cut),
             ranges=tuple((a, b) for a, b in ranges if a < b),
@@ -705,9 +709,6 @@ class _Slots:
         if self.cut:
             out.append(column.not_in(self.cut))
         return out
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _local_bucket_sql(slot: sa.ColumnElement[int], w: _Window) -> sa.ColumnElement[int]:
@@ -723,8 +724,7 @@ def _local_bucket_sql(slot: sa.ColumnElement[int], w: _Window) -> sa.ColumnEleme
         return (slot * number(ROLLUP_SLOT_S) + number(offset_minutes * 60)) // number(width)
 
     whens = [
-        (slot < (until - _EPOCH) // timedelta(seconds=ROLLUP_SLOT_S), local(off))
-        for (_, off), (until, _) in itertools.pairwise(spans)
+        (slot < slot_of(until), local(off)) for (_, off), (until, _) in itertools.pairwise(spans)
     ]
     last = local(spans[-1][1])
     return sa.case(*whens, else_=last) if whens else last
@@ -732,8 +732,8 @@ def _local_bucket_sql(slot: sa.ColumnElement[int], w: _Window) -> sa.ColumnEleme
 
 def _local_label(number: int, unit: BucketUnit) -> str:
     if unit == "day":
-        return (_EPOCH + timedelta(days=number)).date().isoformat()
-    return (_EPOCH + timedelta(hours=number)).strftime("%Y-%m-%d %H:00")
+        return (EPOCH + timedelta(days=number)).date().isoformat()
+    return (EPOCH + timedelta(hours=number)).strftime("%Y-%m-%d %H:00")
 
 
 async def _rollup_facts(
@@ -978,22 +978,6 @@ class _Activity:
         )
 
 
-def _period_sums(current: sa.ColumnElement[bool]) -> list[sa.ColumnElement[Any]]:
-    """Per customer: messages and sentiment classes in the current (c) and previous (p)
-    period, in the order ``_sentiment_of`` takes them."""
-    s = M.c.sentiment
-    out: list[sa.ColumnElement[Any]] = []
-    for name, here in (("c", current), ("p", sa.not_(current))):
-        for col, cond in (
-            ("n", here),
-            ("pos", sa.and_(here, s >= POSITIVE_AT)),
-            ("neg", sa.and_(here, s <= NEGATIVE_AT)),
-            ("uns", sa.and_(here, s.is_(None))),
-        ):
-            out.append(sa.func.sum(sa.case((cond, 1), else_=0)).label(f"{col}_{name}"))
-    return out
-
-
 async def _activity(session: AsyncSession, w: _Window) -> _Activity:
     """One pass over the period's messages per customer serves the 80/20 split (joined to the
     customers' value) and the most active authors."""
@@ -1008,7 +992,11 @@ async def _activity(session: AsyncSession, w: _Window) -> _Activity:
         ranked = ranked.order_by(C.c.lifetime_value.desc(), C.c.id.desc())
         last = (await session.execute(ranked.offset(k - 1).limit(1))).one()
     per = (
-        sa.select(M.c.customer_id.label("cid"), *_period_sums(M.c.created_at >= w.start))
+        sa.select(
+            M.c.customer_id.label("cid"),
+            *_sentiment_sums(M.c.created_at >= w.start, "_c"),
+            *_sentiment_sums(M.c.created_at < w.start, "_p"),
+        )
         .where(*_counted(w), M.c.customer_id.is_not(None))
         .group_by(M.c.customer_id)
         .cte("per")
