@@ -110,14 +110,6 @@ class DaemonProcess:
         return out
 
 
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 class SandboxRun:
     """The sandbox serving X, Mastodon and Reddit on a local port, and a daemon process
     polling it into ``database``: what the soak and the kill loop drive."""
@@ -219,11 +211,10 @@ class MemorySample:
 
 
 async def _memory(daemon: DaemonProcess) -> MemorySample:
-    assert daemon.proc is not None
     m = await daemon.metrics()
     sqlite = m.get("socialcrm_sqlite_memory_bytes")
     return MemorySample(
-        rss=rss_kib(daemon.proc.pid) / 1024,
+        rss=m["process_resident_memory_bytes"] / 2**20,
         python_blocks=int(m["socialcrm_python_allocated_blocks"]),
         malloc_in_use=m["socialcrm_malloc_in_use_bytes"] / 2**20,
         malloc_free=m["socialcrm_malloc_free_bytes"] / 2**20,
