@@ -504,6 +504,15 @@ async def test_legal_words_escalate_once_per_reason(pipeline: Pipeline, store: S
     assert t.priority == "urgent"
 
 
+async def test_a_churn_threat_escalates_with_its_reason(pipeline: Pipeline, store: Store) -> None:
+    r = await ingest(pipeline, msg("@acme third late order, I'm cancelling my subscription"))
+    assert r.escalations == 1
+    (alert,) = await rows(store, Alert)
+    assert alert.kind == "escalation" and "Churn threat" in alert.title + str(alert.detail)
+    (t,) = await rows(store, Ticket)
+    assert t.intent == "churn" and t.priority == "high"
+
+
 async def test_spam_is_stored_but_ignored(pipeline: Pipeline, store: Store) -> None:
     r = await ingest(
         pipeline,
