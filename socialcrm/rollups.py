@@ -46,6 +46,19 @@ def slot_start(slot: int) -> datetime:
     return EPOCH + _SLOT * slot
 
 
+def class_sql(
+    sentiment: sa.ColumnElement[Any], ignored: sa.ColumnElement[Any] | None = None
+) -> sa.ColumnElement[int]:
+    """``sentiment_class`` in SQL (with ``ignored`` None, the class of the score alone)."""
+    whens: list[tuple[sa.ColumnElement[bool], int]] = [] if ignored is None else [(ignored, 0)]
+    whens += [
+        (sentiment.is_(None), 2),
+        (sentiment >= POSITIVE_AT, 1),
+        (sentiment <= NEGATIVE_AT, -1),
+    ]
+    return sa.case(*whens, else_=0)
+
+
 def sentiment_class(sentiment: float | None, ignored: bool) -> int:
     """1 positive, -1 negative, 0 neutral (and ignored), 2 unscored."""
     if ignored:
@@ -108,10 +121,9 @@ async def add(session: AsyncSession, rows: Iterable[Mapping[str, Any]]) -> None:
 
 
 def _rebuild_sql(dialect: str) -> list[str]:
-    cls = (
-        "CASE WHEN m.ignored THEN 0 WHEN m.sentiment IS NULL THEN 2 "
-        f"WHEN m.sentiment >= {POSITIVE_AT} THEN 1 WHEN m.sentiment <= {NEGATIVE_AT} THEN -1 "
-        "ELSE 0 END"
+    cls = class_sql(sa.literal_column("m.sentiment"), sa.literal_column("m.ignored")).compile(
+        dialect=postgresql.dialect() if dialect == "postgresql" else sqlite.dialect(),
+        compile_kwargs={"literal_binds": True},
     )
     if dialect == "postgresql":
         slot = f"floor(extract(epoch FROM m.created_at) / {ROLLUP_SLOT_S})::bigint"

@@ -54,7 +54,7 @@ from sqlmodel import SQLModel
 import socialcrm.models as _models  # noqa: F401  (registers the tables in the metadata)
 from socialcrm.db import Store
 from socialcrm.models import ROLLUP_SLOT_S, ROLLUP_TAG_CHARS, UTCDateTime, utcnow
-from socialcrm.rollups import EPOCH, NEGATIVE_AT, POSITIVE_AT, slot_of, slot_start
+from socialcrm.rollups import EPOCH, NEGATIVE_AT, POSITIVE_AT, class_sql, slot_of, slot_start
 
 M = SQLModel.metadata.tables["message"]
 R = SQLModel.metadata.tables["message_rollup"]
@@ -520,17 +520,6 @@ def _ts(value: datetime) -> sa.BindParameter[datetime]:
 # Shared SQL pieces.
 
 
-def _class_sql() -> sa.ColumnElement[int]:
-    """1 positive, -1 negative, 0 neutral, 2 unscored."""
-    s = M.c.sentiment
-    return sa.case(
-        (s.is_(None), 2),
-        (s >= POSITIVE_AT, 1),
-        (s <= NEGATIVE_AT, -1),
-        else_=0,
-    )
-
-
 def _sentiment_sums(
     within: sa.ColumnElement[bool] | None = None, suffix: str = ""
 ) -> list[sa.ColumnElement[Any]]:
@@ -773,7 +762,7 @@ async def _raw_facts(
     dialect = session.get_bind().dialect.name
     flag = w.flag(M.c.created_at).label("p")
     bucket = _bucket_sql(dialect, M.c.created_at, w).label("b")
-    cls = _class_sql().label("c")
+    cls = class_sql(M.c.sentiment).label("c")
     keys = [flag, bucket, M.c.channel, M.c.source, M.c.ignored, cls, M.c.intent, M.c.tags]
     within = [sa.and_(M.c.created_at >= _ts(a), M.c.created_at < _ts(b)) for a, b in ranges]
     q = (
