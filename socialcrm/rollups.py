@@ -120,12 +120,11 @@ async def add(session: AsyncSession, rows: Iterable[Mapping[str, Any]]) -> None:
         )
 
 
-def _rebuild_sql(dialect: str) -> list[str]:
+def _rebuild_sql(dialect: sa.Dialect) -> list[str]:
     cls = class_sql(sa.literal_column("m.sentiment"), sa.literal_column("m.ignored")).compile(
-        dialect=postgresql.dialect() if dialect == "postgresql" else sqlite.dialect(),
-        compile_kwargs={"literal_binds": True},
+        dialect=dialect, compile_kwargs={"literal_binds": True}
     )
-    if dialect == "postgresql":
+    if dialect.name == "postgresql":
         slot = f"floor(extract(epoch FROM m.created_at) / {ROLLUP_SLOT_S})::bigint"
         tag = f"left(t, {ROLLUP_TAG_CHARS})"
         tags = (
@@ -154,5 +153,5 @@ def _rebuild_sql(dialect: str) -> list[str]:
 
 async def rebuild(session: AsyncSession) -> None:
     """Count every stored message into the rollups anew, in one transaction."""
-    for stmt in _rebuild_sql(session.get_bind().dialect.name):
+    for stmt in _rebuild_sql(session.get_bind().dialect):
         await session.execute(sa.text(stmt))
