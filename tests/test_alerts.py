@@ -39,6 +39,8 @@ from socialcrm.alerts import (
 )
 from socialcrm.db import Store
 from socialcrm.models import Alert, Customer, Ticket
+from socialcrm.sla import SlaConfig, SlaPolicy, check_sla
+from socialcrm.spikes import Example, RisingWord, Spike
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 WEBHOOK_SECRET = "whsec-0123456789abcdef"
@@ -754,3 +756,180 @@ def test_every_kind_renders_in_every_format() -> None:
         assert renderer.render("text", view).strip()
         assert renderer.render("subject", view).strip()
         assert renderer.render("html", view, text="x").startswith("<!doctype html>")
+
+
+async def test_sla_and_spike_alerts_say_what_happened_in_every_sink(
+    store: Store, sinks: Sinks
+) -> None:
+    """The key facts of SLA warnings and breaches and of spikes, in Slack, e-mail and JSON."""
+    policy = SlaPolicy(SlaConfig())
+    async with store.session() as s:
+        cust = Customer(name="Dana")
+        s.add(cust)
+        await s.flush()
+        assert cust.id is not None
+        tickets = []
+        # Urgent (first response 1h): due at 07:55, so 1h05m late at T0.
+        # High (first response 4h): due at 09:30; 80% of it is gone at T0.
+        for priority, opened, subject in [
+            ("urgent", T0 - timedelta(hours=2, minutes=5), HOSTILE_TITLE),
+            ("high", T0 - timedelta(hours=3, minutes=30), "Parcel lost & no answer"),
+        ]:
+            first, resolution = policy.due(opened, priority)
+            ticket = Ticket(
+                customer_id=cust.id,
+                channel="x",
+                source="x-mentions",
+                subject=subject,
+                priority=priority,
+                team="care",
+                assignee="ann",
+                opened_at=opened,
+                first_response_due_at=first,
+                resolution_due_at=resolution,
+            )
+            s.add(ticket)
+            await s.flush()
+            tickets.append(ticket.id)
+    late, close = tickets
+    assert await check_sla(store, policy, T0) == 2
+    spike = Spike(
+        source="x-mentions",
+        started_at=T0 - timedelta(minutes=30),
+        window_start=T0 - timedelta(minutes=15),
+        window_end=T0,
+        metrics=("negative",),
+        negative=34,
+        total=41,
+        expected_negative=2.0,
+        expected_total=12.25,
+        score=9.3,
+        baseline="recent",
+        examples=(
+            Example(7, HOSTILE_TEXT, "x", "<!everyone>", "https://x.com/a/status/7", -0.95),
+            Example(8, "Checkout broken for hours, awful", "x", "bob", None, -0.8),
+        ),
+        rising_words=(RisingWord("checkout", 30, 1), RisingWord("broken", 21, 0)),
+    )
+    async with store.session() as s:
+        await raise_alert(
+            s, "spike", spike.dedupe_key, spike.title(), spike.detail(), spike.severity, now=T0
+        )
+    dispatcher = AlertDispatcher(store, sinks.config(), sinks.http, FakeClock())
+    assert await dispatcher.deliver_due() == 9
+    by_id = {a.kind: aid for aid, a in (await alerts_by_id(store)).items()}
+    assert set(by_id) == {"sla_breach", "sla_warning", "spike"}
+
+    marker = {
+        "sla_breach": f"Ticket #{late} missed",
+        "sla_warning": f"Ticket #{close} is close",
+        "spike": "spiked on x-mentions",
+    }
+
+    def slack_of(kind: str) -> str:
+        [text] = [p["text"] for p in sinks.slack.posted if marker[kind] in p["text"]]
+        return str(text)
+
+    def mail_of(kind: str) -> tuple[str, str, str]:
+        [msg] = [
+            m for m in sinks.smtp.box.messages if m["X-Socialcrm-Alert"] == f"{kind} {by_id[kind]}"
+        ]
+        plain, html = msg.get_body(("plain",)), msg.get_body(("html",))
+        assert plain is not None and html is not None
+        # Lines arrive ending in CRLF, as SMTP carries them.
+        text, page = (part.get_content().replace("\r\n", "\n") for part in (plain, html))
+        # A subject folded right after "Subject:" is read back with the fold's space.
+        return str(msg["Subject"]).strip(), text, page
+
+    def json_of(kind: str) -> dict[str, Any]:
+        [doc] = [d for d in sinks.receiver.received if d["id"] == by_id[kind]]
+        return doc
+
+    # -- the breach: which ticket, its priority, when it was due and how late it is.
+    text = slack_of("sla_breach")
+    assert text.startswith(f"<!here> :red_circle: *Ticket #{late} missed its first response")
+    assert "Priority *urgent*" in text and "team care" in text and "Assignee: ann" in text
+    assert "due 2026-03-02 07:55 UTC" in text and "1h05m late" in text
+    assert "opened 2026-03-02 06:55 UTC" in text
+    assert f"<https://crm.acme.example/tickets/{late}|open ticket #{late}>" in text
+    assert "&lt;!channel&gt; refund now" in text and "<!channel>" not in text
+    subject, plain, html = mail_of("sla_breach")
+    assert subject == (
+        f"[Acme critical] Ticket #{late} missed its first-response target (2026-03-02 07:55 UTC)"
+    )
+    for fact in (
+        f"Ticket #{late} missed its first response target.",
+        "Priority: urgent · x (x-mentions)",
+        "Due: 2026-03-02 07:55 UTC",
+        "1h05m late",
+        "Opened: 2026-03-02 06:55 UTC",
+        f"https://crm.acme.example/tickets/{late}",
+    ):
+        assert fact in plain
+        assert fact in html
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    doc = json_of("sla_breach")
+    assert (doc["kind"], doc["severity"], doc["ticket_id"]) == ("sla_breach", "critical", late)
+    assert doc["detail"]["target"] == "first_response"
+    assert doc["detail"]["priority"] == "urgent"
+    assert doc["detail"]["due_at"] == (T0 - timedelta(hours=1, minutes=5)).isoformat()
+    assert doc["detail"]["due_in_s"] == -3900
+    assert doc["detail"]["subject"] == HOSTILE_TITLE  # data, as written
+    assert doc["text"] == plain.strip()
+
+    # -- the warning: which ticket, its priority, when it is due and how long is left.
+    text = slack_of("sla_warning")
+    assert text.startswith(f":hourglass_flowing_sand: *Ticket #{close} is close to its first")
+    assert "Priority *high*" in text and "due 2026-03-02 09:30 UTC" in text and "in 30m" in text
+    assert ">Parcel lost &amp; no answer" in text
+    subject, plain, html = mail_of("sla_warning")
+    assert (
+        subject == f"[Acme warning] Ticket #{close} needs a first response by 2026-03-02 09:30 UTC"
+    )
+    for fact in (
+        f"Ticket #{close} is close to its first response target.",
+        "Priority: high",
+        "Due: 2026-03-02 09:30 UTC",
+        "in 30m",
+    ):
+        assert fact in plain
+        assert fact in html
+    doc = json_of("sla_warning")
+    assert (doc["ticket_id"], doc["detail"]["due_in_s"]) == (close, 1800)
+    assert doc["text"] == plain.strip()
+
+    # -- the spike: where and since when, the window, the count against the baseline,
+    # the words on the rise and the worst examples (escaped for Slack and HTML).
+    text = slack_of("spike")
+    assert text.startswith("<!here> :chart_with_upwards_trend: *Negative mentions spiked on")
+    assert "since 2026-03-02 08:30 UTC" in text
+    assert "Last 15m: *34* negative (usually ~2.0), *41* in all (usually ~12.2)" in text
+    assert "Words on the rise: `checkout`, `broken`" in text
+    assert ">&lt;!here&gt; hi &lt;@U0BOSS&gt; &amp; &lt;https://evil.example|click&gt;" in text
+    assert "— &lt;!everyone&gt; on x · <https://x.com/a/status/7|open>" in text
+    assert ">Checkout broken for hours, awful\n— bob on x" in text
+    rest = text[len("<!here> ") :]
+    for raw in ("<!here>", "<!everyone>", "<@U0BOSS>", "<https://evil", "<script>"):
+        assert raw not in rest
+    subject, plain, html = mail_of("spike")
+    assert subject == (
+        "[Acme critical] Negative mentions spiked on x-mentions: 34 in a window (usually ~2)"
+    )
+    for fact in (
+        "since 2026-03-02 08:30 UTC",
+        "Last 15m: 34 negative (usually about 2.0), 41 in all (usually about 12.2)",
+        "Words on the rise: checkout, broken",
+        "https://x.com/a/status/7",
+        'Checkout broken for hours, awful" — bob on x',
+    ):
+        assert fact in plain
+    assert "&lt;script&gt;x()&lt;/script&gt;" in html and "<script>" not in html
+    assert "Words on the rise: checkout, broken" in html and "41 in all" in html
+    doc = json_of("spike")
+    assert (doc["kind"], doc["severity"]) == ("spike", "critical")
+    assert doc["detail"]["window_start"] == (T0 - timedelta(minutes=15)).isoformat()
+    assert (doc["detail"]["negative"], doc["detail"]["expected_negative"]) == (34, 2.0)
+    assert [w["word"] for w in doc["detail"]["rising_words"]] == ["checkout", "broken"]
+    assert doc["detail"]["examples"][0]["text"] == HOSTILE_TEXT
+    assert doc["links"] == {}
+    assert doc["text"].replace("\r\n", "\n") == plain.strip()  # the example's CRLF, kept

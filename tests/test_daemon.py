@@ -14,24 +14,32 @@ import random
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from datetime import time as clock_time
 from email.utils import format_datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from apscheduler.events import EVENT_JOB_EXECUTED, JobExecutionEvent
+from apscheduler.triggers.interval import IntervalTrigger
 
 from connectors.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from socialcrm.chatops.commands import Actor, Commands
 from socialcrm.config import Config
+from socialcrm.connector import Batch
 from socialcrm.daemon import Daemon
 from socialcrm.db import Store
 from socialcrm.demo import free_port
 from socialcrm.models import Alert, Customer, Message, Quarantine, SourceState, Ticket, utcnow
+from socialcrm.pipeline import Pipeline
 from socialcrm.sla import SlaConfig, SlaPolicy
 from socialcrm.sources import SourceSetupError, backoff_s, make_source
-from tests.test_alerts import WEBHOOK_SECRET, Receiver
+from tests.test_alerts import WEBHOOK_SECRET, Receiver, Smtp, smtp  # noqa: F401  (the fixture)
+from tests.test_digest import HOSTILE, digest_sinks, mention, slack_workspace
+from tests.test_spikes import burst, message_row, store_rows
 
 SECRET = "a-webhook-secret-of-some-length"
 
@@ -489,3 +497,153 @@ async def test_scheduler_polls_one_source_at_a_time_and_skips_it_while_muted(
             assert hits == before, "a muted source was polled"
         finally:
             await daemon.stop()
+
+
+# -- housekeeping: spike checks and digests, scheduled from the config ---------------------------
+
+#: +05:45 all year: a cron read in UTC, or in whole hours, would fire at another minute.
+DIGEST_TZ = "Asia/Kathmandu"
+
+
+def next_local(now: datetime, hour: int, minute: int, weekday: int | None = None) -> datetime:
+    """The first wall-clock ``hour:minute`` in DIGEST_TZ after ``now`` (on ``weekday``)."""
+    zone = ZoneInfo(DIGEST_TZ)
+    today = now.astimezone(zone).date()
+    for n in range(8):
+        day = today + timedelta(days=n)
+        moment = datetime.combine(day, clock_time(hour, minute), tzinfo=zone)
+        if moment > now and (weekday is None or day.weekday() == weekday):
+            return moment
+    raise AssertionError("no such time within a week")
+
+
+async def test_the_daemon_schedules_spike_checks_and_digests_from_its_config(
+    config: Config,
+    store: Store,
+    pipeline: Pipeline,
+    smtp: Smtp,  # noqa: F811
+) -> None:
+    # The daemon reads the wall clock (utcnow) for digests and spikes, so the data is placed
+    # around the real now; the digest's period must not end while the test runs.
+    zone = ZoneInfo(DIGEST_TZ)
+    local = utcnow().astimezone(zone)
+    if (local + timedelta(minutes=1)).date() != local.date():
+        await asyncio.sleep(61)
+    # Yesterday (in the brand's zone) gets nine mentions; the daily digest covers them.
+    today = datetime.combine(utcnow().astimezone(zone).date(), clock_time(), tzinfo=zone)
+    yesterday = today - timedelta(days=1)
+    texts = [HOSTILE, "@acme love the new app, great work", "@acme my parcel is late again"]
+    msgs = [mention(n, texts[n % 3], yesterday + timedelta(hours=1 + 2 * n)) for n in range(9)]
+    await pipeline.ingest(Batch(messages=msgs), "x")
+
+    async with slack_workspace() as (workspace, api):
+        alerts = digest_sinks(smtp.port, api)
+        alerts["routes"].append({"kinds": ["spike"], "sinks": ["reports"]})
+        cfg = Config.model_validate(
+            {
+                **config.model_dump(exclude={"base_dir"}),
+                "base_dir": config.base_dir,
+                "brand": {**config.brand.model_dump(), "timezone": DIGEST_TZ},
+                # Rounds of delivery only when the test runs them: the digest sends its own.
+                "alerts": {**alerts, "interval": "1h"},
+                "spikes": {"interval": "45s", "sources": ["reviews"]},
+                "reports": {
+                    "digests": [
+                        {"name": "daily", "cron": "15 7 * * *", "period": "1d"},
+                        {"name": "weekly", "cron": "30 6 * * 1", "period": "7d"},
+                    ]
+                },
+            }
+        )
+        daemon = Daemon(cfg, store)
+        ran: list[str] = []
+
+        def record(event: JobExecutionEvent) -> None:
+            ran.append(event.job_id)
+
+        async def run_job(job_id: str) -> None:
+            """Bring a scheduled job forward to now and wait until the scheduler has run it."""
+            runs = ran.count(job_id)
+            job = daemon.scheduler.get_job(job_id)
+            assert job is not None
+            job.modify(next_run_time=datetime.now(UTC))
+            for _ in range(400):  # up to 20 s
+                if ran.count(job_id) > runs:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"{job_id} did not run")
+
+        started = datetime.now(UTC)
+        await daemon.start("127.0.0.1", free_port())
+        daemon.scheduler.add_listener(record, EVENT_JOB_EXECUTED)
+        try:
+            jobs = {job.id: job for job in daemon.scheduler.get_jobs()}
+            assert {"alerts", "sla", "spikes", "digest:daily", "digest:weekly"} <= set(jobs)
+            # The spike check every spikes.interval; each digest on its crontab, read in
+            # brand.timezone, with crontab's weekday numbers (1 is Monday).
+            spikes = jobs["spikes"].trigger
+            assert isinstance(spikes, IntervalTrigger)
+            assert spikes.interval == timedelta(seconds=45)
+            daily = jobs["digest:daily"].next_run_time
+            weekly = jobs["digest:weekly"].next_run_time
+            assert daily == next_local(started, 7, 15)
+            assert weekly == next_local(started, 6, 30, weekday=0)
+            assert daily.utcoffset() == weekly.utcoffset() == timedelta(hours=5, minutes=45)
+            assert weekly.strftime("%a %H:%M") == "Mon 06:30"
+
+            # The daily digest, run by the scheduler: written and delivered at once.
+            await run_job("digest:daily")
+            [post] = workspace.messages
+            assert len(smtp.box.messages) == 1
+            period = f"{yesterday:%Y-%m-%d} 00:00 to {today:%Y-%m-%d} 00:00"
+            assert post.text.startswith(f":bar_chart: *Acme report (daily): {period}*")
+            assert "Messages: 9 " in post.text and "<" not in post.text
+            assert (
+                smtp.box.messages[0]["Subject"].strip()
+                == f"[Acme info] Acme report (daily): {period}"
+            )
+            # Run again in the same period: nothing more. The cron still decides the next run.
+            await run_job("digest:daily")
+            assert len(workspace.messages) == len(smtp.box.messages) == 1
+            assert daemon.scheduler.get_job("digest:daily").next_run_time == next_local(
+                utcnow(), 7, 15
+            )
+
+            # An angry burst on "reviews" in the last hour, after hours of quiet.
+            width = 15 * 60
+            window = datetime.fromtimestamp(utcnow().timestamp() // width * width, UTC)
+            quiet = [
+                message_row(
+                    "lovely service, thanks",
+                    window - timedelta(minutes=20 * i),
+                    0.6,
+                    source="reviews",
+                )
+                for i in range(4, 24)
+            ]
+            angry = burst(window - timedelta(minutes=45), 60, 30, source="reviews")
+            await store_rows(store, [*quiet, *angry])
+            await run_job("spikes")
+            async with store.reader() as s:
+                [spike] = (await s.execute(sa.select(Alert).where(Alert.kind == "spike"))).scalars()
+            assert spike.status == "pending"  # written by the check, delivered by a round
+            assert spike.detail["started_at"] == (window - timedelta(minutes=45)).isoformat()
+            await run_job("alerts")
+            text = workspace.messages[-1].text
+            since = f"{window - timedelta(minutes=45):%Y-%m-%d %H:%M} UTC"
+            assert text.startswith(
+                "<!here> :chart_with_upwards_trend: *Negative mentions spiked on reviews*"
+                f" since {since}\n"
+            )
+            assert "Last 15m: *30* negative" in text and "`checkout`" in text
+            assert "I hate this &lt;script&gt;alert(1)&lt;/script&gt; &lt;!channel&gt;" in text
+            assert "<!channel>" not in text and "<script>" not in text
+            assert len(workspace.messages) == 2 and len(smtp.box.messages) == 1
+            for job_id in set(ran):  # a failed job is logged and counted, not raised
+                assert not daemon.metrics.registry.get_sample_value(
+                    "socialcrm_job_errors_total", {"job": job_id}
+                )
+        finally:
+            await daemon.stop()
+    assert await count(store, Alert, Alert.kind == "spike", Alert.status == "delivered") == 1
+    assert await count(store, Alert, Alert.kind == "digest", Alert.status == "delivered") == 1

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
 import sqlalchemy as sa
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from pydantic import ValidationError
 from sqlmodel import col
 
@@ -19,7 +25,8 @@ from socialcrm.db import Store
 from socialcrm.models import Alert
 from socialcrm.pipeline import Pipeline
 from socialcrm.reports.digest import DigestConfig, period_end, send_digest
-from tests.test_alerts import Smtp, smtp  # noqa: F401  (the fixture)
+from socialcrm.sandbox.slack import SlackWorkspace, make_slack_app
+from tests.test_alerts import WEBHOOK_SECRET, Receiver, Smtp, smtp  # noqa: F401  (the fixture)
 
 DAY = timedelta(days=1)
 MONDAY = datetime(2026, 3, 2, tzinfo=UTC)
@@ -143,3 +150,173 @@ def test_a_bad_digest_in_the_config_file_names_its_line_and_path(tmp_path: Path)
         load_config(path)
     assert "config.yaml:4: reports.digests[0].cron: " in str(err.value)
     assert "expected a crontab" in str(err.value)
+
+
+# -- the crontab --------------------------------------------------------------------------------
+
+
+def fire_days(cron: str, tz: str = "Europe/Berlin") -> list[str]:
+    """The weekdays a digest runs on in one week from Sunday 1 March 2026, all at 08:00."""
+    trigger = DigestConfig(name="d", cron=cron).trigger(tz)
+    zone = ZoneInfo(tz)
+    start = datetime(2026, 3, 1, tzinfo=zone)
+    days = []
+    fire = trigger.get_next_fire_time(None, start)
+    while fire is not None and fire < start + 7 * DAY:
+        assert (fire.tzinfo, fire.hour, fire.minute) == (zone, 8, 0)
+        days.append(fire.strftime("%a"))
+        fire = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
+    return days
+
+
+@pytest.mark.parametrize(
+    ("weekdays", "expected"),
+    [
+        ("1", "Mon"),
+        ("0", "Sun"),
+        ("7", "Sun"),
+        ("1-5", "Mon Tue Wed Thu Fri"),
+        ("5-7", "Sun Fri Sat"),
+        ("*/2", "Sun Tue Thu Sat"),
+        ("1-5/2", "Mon Wed Fri"),
+        ("mon", "Mon"),
+        ("sat,SUN", "Sun Sat"),
+        ("fri-sun", "Sun Fri Sat"),
+        ("*", "Sun Mon Tue Wed Thu Fri Sat"),
+    ],
+)
+def test_crontab_weekdays_count_from_sunday(weekdays: str, expected: str) -> None:
+    """As in crontab(5), 0 and 7 are Sunday (APScheduler 3 alone would read 1 as Tuesday)."""
+    assert " ".join(fire_days(f"0 8 * * {weekdays}")) == expected
+
+
+@pytest.mark.parametrize("weekdays", ["8", "tue-mon", "funday", "1-5/0"])
+def test_impossible_weekdays_are_refused(weekdays: str) -> None:
+    with pytest.raises(ValidationError, match="expected a crontab"):
+        DigestConfig.model_validate({"name": "weekly", "cron": f"0 8 * * {weekdays}"})
+
+
+# -- Slack, e-mail and the JSON webhook -----------------------------------------------------------
+
+SLACK_TOKEN = "xoxb-digest-bot"
+SLACK_CHANNEL = "C0REPORTS"
+
+
+@asynccontextmanager
+async def slack_workspace() -> AsyncIterator[tuple[SlackWorkspace, str]]:
+    """The Slack stand-in with a reports channel, and its Web API base URL."""
+    workspace = SlackWorkspace(bot_token=SLACK_TOKEN, channels={SLACK_CHANNEL: "reports"})
+    async with TestServer(make_slack_app(workspace), host="127.0.0.1") as server:
+        workspace.base_url = str(server.make_url("")).rstrip("/")
+        yield workspace, f"{workspace.base_url}/api/"
+
+
+def digest_sinks(smtp_port: int, slack_api: str, webhook_url: str | None = None) -> dict[str, Any]:
+    """An ``alerts`` section: digests to Slack, e-mail and (when given) a webhook."""
+    sinks: list[dict[str, Any]] = [
+        {
+            "type": "slack",
+            "name": "reports",
+            "token": SLACK_TOKEN,
+            "channel": SLACK_CHANNEL,
+            "api_base": slack_api,
+            "mention": "<!here>",
+        },
+        {
+            "type": "email",
+            "name": "leads",
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "security": "none",
+            "from_addr": "crm@acme.example",
+            "to": ["leads@acme.example"],
+        },
+    ]
+    if webhook_url is not None:
+        sinks.append(
+            {"type": "webhook", "name": "archive", "url": webhook_url, "secret": WEBHOOK_SECRET}
+        )
+    return {
+        "sinks": sinks,
+        "routes": [{"kinds": ["digest"], "sinks": [s["name"] for s in sinks]}],
+        "default_sinks": [],
+    }
+
+
+@dataclass
+class Webhook:
+    receiver: Receiver
+    url: str
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[Webhook]:
+    receiver = Receiver(WEBHOOK_SECRET)
+    app = web.Application(client_max_size=1024**2)  # aiohttp's default, like many receivers
+    app.router.add_post("/digests", receiver.handle)
+    async with TestServer(app, host="127.0.0.1") as server:
+        yield Webhook(receiver, str(server.make_url("/digests")))
+
+
+async def test_slack_email_and_webhook_each_get_the_digest_once_per_period(
+    pipeline: Pipeline,
+    store: Store,
+    smtp: Smtp,  # noqa: F811
+    webhook: Webhook,
+) -> None:
+    await seed(pipeline)
+    daily = DigestConfig(name="daily", cron="0 8 * * *", period="1d")  # type: ignore[arg-type]
+    at_eight = MONDAY + timedelta(hours=8)
+    brand = "Acme & Co"
+    alert = await send_digest(store, daily, brand=brand, tz="UTC", now=at_eight)
+    assert alert is not None
+    title = f"{brand} report (daily): 2026-03-01 00:00 to 2026-03-02 00:00"
+    summary = alert.detail["summary"]
+    assert alert.title == title and "Messages: 9 " in summary
+
+    async with slack_workspace() as (workspace, api), aiohttp.ClientSession() as http:
+        config = AlertsConfig.model_validate(digest_sinks(smtp.port, api, webhook.url))
+        assert await AlertDispatcher(store, config, http, lambda: at_eight).deliver_due() == 3
+        # Later the same morning, or from a second daemon on the same store: nothing more.
+        later = at_eight + timedelta(hours=1)
+        assert await send_digest(store, daily, brand=brand, tz="UTC", now=later) is None
+        for _ in range(2):
+            assert await AlertDispatcher(store, config, http, lambda: later).deliver_due() == 0
+
+    # Slack: one post in the channel, the title and the summary's figures in a code block,
+    # every character Slack would parse escaped; an info digest mentions nobody.
+    [post] = workspace.messages
+    assert post.channel == SLACK_CHANNEL and post.blocks == []
+    text = post.text
+    assert text.startswith(
+        ":bar_chart: *Acme &amp; Co report (daily): 2026-03-01 00:00 to 2026-03-02 00:00*\n```\n"
+    )
+    assert text.endswith("\n```")
+    body = text.split("```")[1]
+    assert body.startswith("\nAcme &amp; Co, ")
+    for figure in ("Messages: 9 ", "net sentiment", "Tickets: ", "First response: median"):
+        assert figure in body
+    # Figures and words only: no customer's text, nothing Slack would parse.
+    assert "<" not in text and ">" not in text and "worst service" not in text
+
+    # E-mail: the summary as text, the whole report as HTML, customer text escaped.
+    [mail] = smtp.box.messages
+    assert mail["Subject"].strip() == f"[Acme info] {title}"  # the dispatcher's brand
+    plain, html = mail.get_body(("plain",)), mail.get_body(("html",))
+    assert plain is not None and html is not None
+    assert "Messages: 9 " in plain.get_content()
+    page = html.get_content().replace("\r\n", "\n")
+    assert "<svg" in page and "&lt;script&gt;" in page and "<script>" not in page
+
+    # The webhook: the alert as data. Its detail keeps the report HTML the e-mail carried,
+    # escaped, so a receiver can archive or show the report; text is the plain summary.
+    [doc] = webhook.receiver.received
+    assert webhook.receiver.bad_signatures == 0
+    assert (doc["kind"], doc["severity"], doc["title"]) == ("digest", "info", title)
+    assert doc["text"] == f"{title}\n\n{summary}"
+    assert set(doc["detail"]) == {"digest", "start", "end", "summary", "report_html"}
+    assert doc["detail"]["end"] == MONDAY.isoformat()
+    assert doc["detail"]["report_html"].strip() == page.strip()
+    assert "<script>" not in doc["detail"]["report_html"]
+    [alert] = await digests(store)
+    assert alert.status == "delivered"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Final
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -34,7 +35,8 @@ class DigestConfig(_Section):
     """One scheduled report."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-    #: Five-field crontab in the brand's time zone, e.g. ``"0 8 * * mon"`` (Mondays 08:00).
+    #: Five-field crontab in the brand's time zone, e.g. ``"0 8 * * mon"`` (Mondays 08:00);
+    #: weekdays are names or numbers as in crontab(5), 0 or 7 for Sunday.
     cron: str
     #: The period the report covers, ending at the last local midnight (or the last full
     #: hour, for periods under a day) before the digest runs.
@@ -44,7 +46,7 @@ class DigestConfig(_Section):
     @classmethod
     def _crontab(cls, v: str) -> str:
         try:
-            CronTrigger.from_crontab(v)
+            _cron_trigger(v)
         except ValueError as err:
             raise ValueError(
                 f'expected a crontab like "0 8 * * mon" (minute hour day month weekday): {err}'
@@ -60,7 +62,54 @@ class DigestConfig(_Section):
 
     def trigger(self, tz: str) -> CronTrigger:
         """When the digest runs, in the brand's time zone."""
-        return CronTrigger.from_crontab(self.cron, timezone=ZoneInfo(tz))
+        return _cron_trigger(self.cron, ZoneInfo(tz))
+
+
+#: Crontab's weekday numbers: 0 (and 7) is Sunday.
+_CRON_DAYS: Final = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def _cron_day(text: str) -> int:
+    if text.isdigit() and int(text) <= 7:
+        return int(text)
+    if text in _CRON_DAYS:
+        return _CRON_DAYS.index(text)
+    raise ValueError(f"{text!r} is not a day of the week (0-7 or sun-sat)")
+
+
+def _weekdays(field: str) -> str:
+    """A crontab weekday field as day names, which APScheduler 3 reads as crontab does.
+
+    APScheduler 3 counts weekday numbers from Monday (``1`` would be Tuesday), so numbers,
+    ranges and steps are expanded here: ``1-5`` is ``mon,tue,wed,thu,fri``, ``*/2`` is
+    ``sun,tue,thu,sat``.
+    """
+    if field == "*":
+        return field
+    days: set[int] = set()
+    for part in field.lower().split(","):
+        span, slash, step_text = part.partition("/")
+        step = int(step_text) if slash else 1
+        if span == "*":
+            first, last = 0, 6
+        else:
+            start, dash, end = span.partition("-")
+            first = _cron_day(start)
+            last = _cron_day(end) if dash else (6 if slash else first)
+            if last == 0 and first > 0:
+                last = 7  # fri-sun
+        if step < 1 or first > last:
+            raise ValueError(f"{part!r} is not a range of weekdays")
+        days.update(day % 7 for day in range(first, last + 1, step))
+    return ",".join(_CRON_DAYS[day] for day in sorted(days))
+
+
+def _cron_trigger(expr: str, tz: ZoneInfo | None = None) -> CronTrigger:
+    """A crontab expression as a trigger, weekdays read as crontab reads them."""
+    fields = expr.split()
+    if len(fields) == 5:
+        fields[4] = _weekdays(fields[4])
+    return CronTrigger.from_crontab(" ".join(fields), timezone=tz)
 
 
 class ReportsConfig(_Section):
