@@ -426,6 +426,14 @@ def _ago(seconds: Any) -> str:
     return f"{s // 86400}d{(s % 86400) // 3600}h"
 
 
+def _due_in(seconds: Any) -> str:
+    """How far off the due time is, from seconds until due (negative once overdue): text like
+    ``, 1h05m late`` or ``, in 30m``, or nothing."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds:
+        return ""
+    return f", {_ago(seconds)} late" if seconds < 0 else f", in {_ago(seconds)}"
+
+
 class AlertRenderer:
     """Alert text per format from the templates, each format escaped as its sink needs."""
 
@@ -438,6 +446,7 @@ class AlertRenderer:
             env = template_environment(templates_dir)
             env.filters["when"] = _when
             env.filters["duration"] = _ago
+            env.filters["due_in"] = _due_in
             env.filters["one_line"] = _one_line
             if fmt == "slack":
                 env.finalize = _slack_finalize
