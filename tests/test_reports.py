@@ -380,7 +380,8 @@ async def test_markdown(report: Report) -> None:
 async def test_html(report: Report) -> None:
     html = render(report, "html")
     assert html.startswith("<!DOCTYPE html>")
-    assert html.count("<svg") == 3
+    # Volume and net sentiment by channel, the same by source, the distribution.
+    assert html.count("<svg") == 5
     assert "<script" not in html.lower()
     assert "javascript:" not in html.lower()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
@@ -412,7 +413,7 @@ async def test_hostile_names_in_charts(store: Store) -> None:
     report = await build_report(store, period=WEEK, end=END, brand="<b>Acme</b>")
     html = render(report, "html")
     assert "<script" not in html.lower() and "<img" not in html and "<b>" not in html
-    assert html.count("<svg") == 3 and html.count("</svg>") == 3
+    assert html.count("<svg") == 5 and html.count("</svg>") == 5
     assert 'href="https://ok.example/?a=&lt;b&gt;&amp;c=&#34;d&#34;"' in html
     md = render(report, "md")
     assert "<script>" not in md and "<b>" not in md

@@ -4,13 +4,17 @@ Text stays text (``svg.fonttype = 'none'``), so the SVG is small and readable by
 readers; matplotlib escapes it as XML. Labels never go through mathtext (``$`` is just a
 dollar sign) and are cut to ``LABEL_CHARS``. Each chart gets its own hash salt, so the ids
 inside two SVGs inlined in one page never collide, and the same report gives the same bytes.
+
+The volume and net sentiment charts come in two sets, by channel and by source, drawn by the
+same code: all messages, the previous period, and one line for each of the largest channels
+(sources), the rest summed as "other" (``render.top_series``, which the tables use too).
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import matplotlib
 
@@ -18,12 +22,13 @@ matplotlib.use("svg")  # before anything imports pyplot; the report never needs 
 
 from matplotlib import rc_context
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from socialcrm.reports.data import Breakdown, Report, Sentiment
+from socialcrm.reports.render import top_series
 
 LABEL_CHARS = 32
-#: Lines drawn per chart: the largest channels; the rest are summed as "other".
-MAX_LINES = 6
+By = Literal["channel", "source"]
 _STYLE: dict[str, Any] = {
     "svg.fonttype": "none",
     "text.parse_math": False,
@@ -87,19 +92,14 @@ def _ticks(labels: Sequence[str], unit: str) -> tuple[list[int], list[str]]:
     return idx, [short[i] for i in idx]
 
 
-def _lines(report: Report, rows: Sequence[Breakdown]) -> list[tuple[str, list[Sentiment]]]:
-    shown = list(rows[:MAX_LINES])
-    rest = rows[MAX_LINES:]
-    lines = [(_label(r.key), list(r.series)) for r in shown]
-    if rest:
-        n = len(report.period.buckets)
-        other = [sum((r.series[i] for r in rest), Sentiment()) for i in range(n)]
-        lines.append(("other", other))
-    return lines
+def _lines(report: Report, by: By) -> list[tuple[str, Sequence[Sentiment]]]:
+    """(label, series) of each line of a chart by channel (source): the largest ones, "other"."""
+    rows: Sequence[Breakdown] = report.channels if by == "channel" else report.sources
+    return [(_label(b.key), b.series) for b in top_series(rows)]
 
 
-def volume_chart(report: Report) -> str:
-    """Messages per bucket: the total against the previous period, and each channel."""
+def volume_chart(report: Report, by: By = "channel") -> str:
+    """Messages per bucket: the total against the previous period, and each channel (source)."""
     labels = report.period.buckets
     x = list(range(len(labels)))
     with rc_context(_rc()):
@@ -108,7 +108,7 @@ def volume_chart(report: Report) -> str:
         prev = [s.total for s in report.overall.previous_series][: len(x)]
         ax.plot(x, [s.total for s in report.overall.series], color="#111827", lw=2, label="all")
         ax.plot(range(len(prev)), prev, color="#111827", lw=1, ls="--", label="previous period")
-        for i, (name, series) in enumerate(_lines(report, report.channels)):
+        for i, (name, series) in enumerate(_lines(report, by)):
             ax.plot(
                 x, [s.total for s in series], color=_COLORS[i % len(_COLORS)], lw=1.2, label=name
             )
@@ -116,12 +116,13 @@ def volume_chart(report: Report) -> str:
         ax.set_xticks(ticks, names)
         ax.set_ylabel("messages")
         ax.set_ylim(bottom=0)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 2.5 messages
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
-        return _svg(fig, "Messages per " + report.period.unit)
+        return _svg(fig, f"Messages per {report.period.unit} by {by}")
 
 
-def sentiment_chart(report: Report) -> str:
-    """Net sentiment per bucket, all messages and each channel, from -100 to +100."""
+def sentiment_chart(report: Report, by: By = "channel") -> str:
+    """Net sentiment per bucket, all messages and each channel (source), from -100 to +100."""
     labels = report.period.buckets
     x = list(range(len(labels)))
 
@@ -135,14 +136,14 @@ def sentiment_chart(report: Report) -> str:
         prev = net(report.overall.previous_series)[: len(x)]
         ax.plot(x, net(report.overall.series), color="#111827", lw=2, label="all")
         ax.plot(range(len(prev)), prev, color="#111827", lw=1, ls="--", label="previous period")
-        for i, (name, series) in enumerate(_lines(report, report.channels)):
+        for i, (name, series) in enumerate(_lines(report, by)):
             ax.plot(x, net(series), color=_COLORS[i % len(_COLORS)], lw=1.2, label=name)
         ticks, names = _ticks(labels, report.period.unit)
         ax.set_xticks(ticks, names)
         ax.set_ylabel("net sentiment")
         ax.set_ylim(-100, 100)
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
-        return _svg(fig, "Net sentiment per " + report.period.unit)
+        return _svg(fig, f"Net sentiment per {report.period.unit} by {by}")
 
 
 def distribution_chart(report: Report) -> str:
@@ -170,11 +171,17 @@ def distribution_chart(report: Report) -> str:
 
 
 def charts(report: Report) -> dict[str, str]:
-    """Every chart of the report by name; none when the report is empty."""
+    """Every chart of the report by name; none when the report is empty.
+
+    ``volume`` and ``sentiment`` are by channel (the names older templates use),
+    ``source_volume`` and ``source_sentiment`` by source.
+    """
     if report.empty:
         return {}
     return {
-        "volume": volume_chart(report),
-        "sentiment": sentiment_chart(report),
+        "volume": volume_chart(report, "channel"),
+        "sentiment": sentiment_chart(report, "channel"),
+        "source_volume": volume_chart(report, "source"),
+        "source_sentiment": sentiment_chart(report, "source"),
         "distribution": distribution_chart(report),
     }

@@ -5,17 +5,26 @@
 - ``csv``: one flat table, UTF-8 with a header row, columns
   ``section, metric, key, bucket, current, previous, change``:
   ``section`` is ``headline`` (key ``all``), ``channel``, ``source``, ``intent``, ``tag``,
-  ``term``, ``team`` or ``series``; ``metric`` is what is counted (``messages``, ``positive``,
-  ``neutral``, ``negative``, ``unscored``, ``net_sentiment``, ``tickets_opened``...);
-  ``key`` names the channel, source, topic or team (``all`` for everything); ``bucket`` is the
-  day (``YYYY-MM-DD``) or hour (``YYYY-MM-DD HH:00``) of a ``series`` row, empty otherwise;
-  ``current`` and ``previous`` are the values in the two periods (for a series row, previous
-  is the same bucket position in the previous period); ``change`` is current - previous.
-  Shares and net sentiment are fractions (0.25, not 25%); durations are seconds.
+  ``term``, ``team``, ``new_customers`` (key a lifecycle stage), ``active_author``,
+  ``influential_author`` or ``newcomer`` (key the customer's name; metrics ``rank``,
+  ``customer_id``, ``reach``..., current period only), ``series`` (key ``all`` or a
+  channel) or ``source_series`` (key a source); ``metric`` is what is counted
+  (``messages``, ``positive``, ``neutral``, ``negative``, ``unscored``, ``net_sentiment``,
+  ``tickets_opened``, ``top20_messages``...); ``key`` names the channel, source, topic,
+  team or customer (``all`` for everything); ``bucket`` is the day
+  (``YYYY-MM-DD``) or hour (``YYYY-MM-DD HH:00``) of a ``series`` or ``source_series`` row,
+  empty otherwise; ``current`` and ``previous`` are the values in the two periods (for a
+  series row, previous is the same bucket position in the previous period); ``change`` is
+  current - previous. Shares and net sentiment are fractions (0.25, not 25%); durations are
+  seconds. Every channel and every source has its series rows (messages and net sentiment).
 - ``md``: readable text with tables (customer text is escaped for Markdown and HTML).
 - ``html``: one self-contained page: inline CSS and inline SVG charts, no script, nothing
   fetched; readable in a browser and in e-mail clients (the tables carry every figure for
   clients that do not show SVG). Templates are autoescaped.
+
+The per-bucket charts and tables of md and html show the ``SERIES_KEYS`` largest channels
+(sources) of the period one by one and the rest summed as one ``other (N)``
+(``top_series``), so that they stay readable with many sources.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import functools
 import io
 import math
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +45,7 @@ import orjson
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
-from socialcrm.reports.data import Breakdown, Report, TeamPeriod, change
+from socialcrm.reports.data import Breakdown, Report, Sentiment, TeamPeriod, change
 
 Format = Literal["html", "md", "json", "csv"]
 FORMATS: tuple[Format, ...] = ("html", "md", "json", "csv")
@@ -45,6 +55,8 @@ NONE = "\u2013"
 #: A real minus sign reads better than a hyphen in tables.
 MINUS = "\u2212"
 CSV_COLUMNS = ("section", "metric", "key", "bucket", "current", "previous", "change")
+#: Channels (sources) drawn or tabulated one by one per bucket; the rest are summed.
+SERIES_KEYS = 6
 
 
 def render(report: Report, fmt: Format, *, templates_dir: Path | None = None) -> str:
@@ -75,6 +87,26 @@ def summary(report: Report, *, templates_dir: Path | None = None) -> str:
     env = _environment(templates_dir, html=False)
     text = env.get_template("reports/summary.txt.j2").render(r=report, **_helpers(report))
     return "\n".join(line.rstrip() for line in text.strip().splitlines())
+
+
+def top_series(rows: Sequence[Breakdown], limit: int = SERIES_KEYS) -> tuple[Breakdown, ...]:
+    """The first ``limit`` breakdowns (the report lists the largest first) and the rest
+    summed as one named ``other (N)``; all of them when only one would be summed."""
+    if len(rows) <= limit + 1:
+        return tuple(rows)
+    rest = rows[limit:]
+
+    def summed(series: Sequence[tuple[Sentiment, ...]]) -> tuple[Sentiment, ...]:
+        return tuple(sum(bucket, Sentiment()) for bucket in zip(*series, strict=True))
+
+    other = Breakdown(
+        key=f"other ({len(rest)})",
+        current=sum((r.current for r in rest), Sentiment()),
+        previous=sum((r.previous for r in rest), Sentiment()),
+        series=summed([r.series for r in rest]),
+        previous_series=summed([r.previous_series for r in rest]),
+    )
+    return (*rows[:limit], other)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +181,27 @@ def _csv_rows(report: Report) -> list[tuple[Any, ...]]:
         split.rest.current.net_sentiment,
         split.rest.previous.net_sentiment,
     )
+    add("headline", "rest_messages", "all", split.rest.current.total, split.rest.previous.total)
+    add("headline", "top20_authors", "all", split.top.authors, split.top.previous_authors)
+    add("headline", "rest_authors", "all", split.rest.authors, split.rest.previous_authors)
+    previous_total = split.top.previous.total + split.rest.previous.total
+    add(
+        "headline",
+        "top20_message_share",
+        "all",
+        split.top_message_share,
+        split.top.previous.total / previous_total if previous_total else None,
+    )
+    add("headline", "ranked_customers", "all", split.customers, None)
+    add("headline", "top20_customers", "all", split.top_customers, None)
+    add("headline", "top20_threshold", "all", split.threshold, None)
+    add(
+        "headline",
+        "terms_sample",
+        "all",
+        report.topics.terms_sample,
+        report.topics.terms_previous_sample,
+    )
     _service_rows(
         add, "headline", "all", report.service.total.current, report.service.total.previous
     )
@@ -171,30 +224,53 @@ def _csv_rows(report: Report) -> list[tuple[Any, ...]]:
             )
     for team in report.service.teams:
         _service_rows(add, "team", team.team, team.current, team.previous)
+    for stage, count in c.new_by_stage.items():
+        add("new_customers", "customers", stage, count, None)
+    for section, people in (
+        ("active_author", c.most_active),
+        ("influential_author", c.most_influential),
+    ):
+        for rank, a in enumerate(people, 1):
+            add(section, "rank", a.name, rank, None)
+            add(section, "customer_id", a.name, a.customer_id, None)
+            add(section, "lifetime_value", a.name, a.lifetime_value, None)
+            add(section, "reach", a.name, a.reach, None)
+            add(section, "messages", a.name, a.messages.total, None)
+            add(section, "net_sentiment", a.name, a.messages.net_sentiment, None)
+    for rank, newcomer in enumerate(c.newcomers, 1):
+        add("newcomer", "rank", newcomer.name, rank, None)
+        add("newcomer", "customer_id", newcomer.name, newcomer.customer_id, None)
+        add("newcomer", "reach", newcomer.name, newcomer.reach, None)
     period = report.period
-    for b in (report.overall, *report.channels):
+
+    def series(section: str, b: Breakdown, *, classes: bool = False) -> None:
         for i, label in enumerate(period.buckets):
             cur = b.series[i]
             prev = b.previous_series[i] if i < len(b.previous_series) else None
-            add("series", "messages", b.key, cur.total, prev.total if prev else None, label)
-            if b is report.overall:
-                for cls in ("positive", "neutral", "negative", "unscored"):
-                    add(
-                        "series",
-                        cls,
-                        b.key,
-                        getattr(cur, cls),
-                        getattr(prev, cls) if prev else None,
-                        label,
-                    )
+            add(section, "messages", b.key, cur.total, prev.total if prev else None, label)
+            for cls in ("positive", "neutral", "negative", "unscored") if classes else ():
+                add(
+                    section,
+                    cls,
+                    b.key,
+                    getattr(cur, cls),
+                    getattr(prev, cls) if prev else None,
+                    label,
+                )
             add(
-                "series",
+                section,
                 "net_sentiment",
                 b.key,
                 cur.net_sentiment,
                 prev.net_sentiment if prev else None,
                 label,
             )
+
+    series("series", report.overall, classes=True)
+    for b in report.channels:
+        series("series", b)
+    for b in report.sources:
+        series("source_series", b)
     return rows
 
 
@@ -233,7 +309,8 @@ def _service_rows(add: Any, section: str, key: str, cur: TeamPeriod, prev: TeamP
 
 
 def to_csv(report: Report) -> str:
-    """Headline figures, breakdowns and the per-bucket series as one flat table."""
+    """Headline figures, breakdowns, customer lists and the per-bucket series as one flat
+    table."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -274,7 +351,16 @@ def _environment(extra_dir: Path | None, *, html: bool) -> ImmutableSandboxedEnv
 
 
 def _helpers(report: Report) -> dict[str, Any]:
-    return {"fmt_change": fmt_change, "fmt_points": fmt_points, "fmt_signed": fmt_signed}
+    return {
+        "fmt_change": fmt_change,
+        "fmt_points": fmt_points,
+        "fmt_signed": fmt_signed,
+        # The per-bucket tables: (what, the largest breakdowns and "other").
+        "series_by": [
+            ("channel", top_series(report.channels)),
+            ("source", top_series(report.sources)),
+        ],
+    }
 
 
 def fmt_num(value: Any) -> str:
