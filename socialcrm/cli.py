@@ -493,7 +493,7 @@ async def report_command(
     ctx: click.Context, period: str, end: str | None, fmt: str, output: Path | None
 ) -> None:
     """Sentiment and service report for a period, compared with the period before it."""
-    from socialcrm.reports import build_report, ending_now, render
+    from socialcrm.reports import build_report, ending_now, prepare, render
     from socialcrm.timespec import parse_period
 
     config = _load(ctx)
@@ -513,11 +513,15 @@ async def report_command(
                 until = until if until.tzinfo else until.replace(tzinfo=tz)
         except ValueError as err:
             raise CliError(f"--end: expected YYYY-MM-DD or an ISO time, got {end!r}") from err
+    templates = config.report_templates()
+    # matplotlib and the templates load in a thread while the queries run.
+    ready = asyncio.create_task(asyncio.to_thread(prepare, fmt, templates_dir=templates))  # type: ignore[arg-type]
     async with _store(config) as store:
         found = await build_report(
             store, period=span, end=until, brand=config.brand.name, tz=config.brand.timezone
         )
-    text = render(found, fmt, templates_dir=config.report_templates())  # type: ignore[arg-type]
+    await ready
+    text = render(found, fmt, templates_dir=templates)  # type: ignore[arg-type]
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))
         return

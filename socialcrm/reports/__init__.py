@@ -11,6 +11,15 @@ the CSV columns). Both are what the ``socialcrm report`` command and the schedul
 """
 
 from socialcrm.reports.data import Report, build_report, ending_now
-from socialcrm.reports.render import FORMATS, Format, render, summary
+from socialcrm.reports.render import FORMATS, Format, prepare, render, summary
 
-__all__ = ["FORMATS", "Format", "Report", "build_report", "ending_now", "render", "summary"]
+__all__ = [
+    "FORMATS",
+    "Format",
+    "Report",
+    "build_report",
+    "ending_now",
+    "prepare",
+    "render",
+    "summary",
+]

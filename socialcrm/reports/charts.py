@@ -170,6 +170,16 @@ def distribution_chart(report: Report) -> str:
         return _svg(fig, "Sentiment distribution")
 
 
+def warm_up() -> None:
+    """Draw one small throwaway chart, so that the first real one does not pay for loading the
+    fonts and the drawing machinery (run it in a thread while the report's queries run)."""
+    fig = Figure(figsize=(2, 1))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], label="warm up")
+    ax.legend()
+    _svg(fig, "warm-up")
+
+
 def charts(report: Report) -> dict[str, str]:
     """Every chart of the report by name; none when the report is empty.
 

@@ -59,6 +59,18 @@ CSV_COLUMNS = ("section", "metric", "key", "bucket", "current", "previous", "cha
 SERIES_KEYS = 6
 
 
+def prepare(fmt: Format, *, templates_dir: Path | None = None) -> None:
+    """Load and warm up what ``render`` needs for ``fmt`` (matplotlib and the fonts for html,
+    the compiled templates), so that calling this in a thread while ``build_report``'s queries
+    run takes that time off the report's."""
+    if fmt == "html":
+        from socialcrm.reports import charts
+
+        charts.warm_up()
+    if fmt in ("html", "md"):
+        _environment(templates_dir, html=fmt == "html").get_template(f"reports/report.{fmt}.j2")
+
+
 def render(report: Report, fmt: Format, *, templates_dir: Path | None = None) -> str:
     """The report in one format; ``templates_dir`` may hold a ``reports/`` override."""
     if fmt == "json":
