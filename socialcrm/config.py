@@ -130,6 +130,17 @@ class SourceConfig(BaseModel):
     interval: Duration = timedelta(seconds=60)
     jitter: Duration = timedelta(seconds=5)
     enabled: bool = True
+    #: One ``source_failing`` alert once every poll has failed for this long (rate limits,
+    #: 5xx, timeouts, malformed answers, unreachable); null: never. A fatal error (a request
+    #: that can never succeed) alerts at once either way.
+    failing_alert_after: Duration | None = timedelta(minutes=30)
+
+    @field_validator("failing_alert_after")
+    @classmethod
+    def _alert_after(cls, v: timedelta | None) -> timedelta | None:
+        if v is not None and v <= timedelta(0):
+            raise ValueError('expected a duration longer than 0s like "30m" (null: never alert)')
+        return v
 
     def settings(self) -> dict[str, Any]:
         """The connector-specific settings (everything but the common keys)."""
@@ -327,6 +338,7 @@ sources: []
 #  - name: x-mentions
 #    type: x
 #    interval: 60s
+#    failing_alert_after: 30m   # alert when every poll has failed this long; null: never
 #    bearer_token: ${X_BEARER_TOKEN}
 
 staff: []

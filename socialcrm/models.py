@@ -301,6 +301,8 @@ class SourceState(SQLModel, table=True):
     last_success_at: datetime | None = _ts()
     last_error: str | None = None
     last_error_at: datetime | None = _ts()
+    #: When the running failure streak began: no poll since has stored anything.
+    failing_since: datetime | None = _ts()
     messages_total: int = 0
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 

@@ -19,7 +19,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from socialcrm.alerts import raise_alert
 from socialcrm.connector import (
     AuthError,
     ConnectorError,
@@ -28,7 +30,7 @@ from socialcrm.connector import (
     RetryableError,
 )
 from socialcrm.db import Store
-from socialcrm.models import Alert, AuditEvent, Identity, Message, Reply, Ticket, utcnow
+from socialcrm.models import AuditEvent, Identity, Message, Reply, Ticket, utcnow
 from socialcrm.tickets import ticket_tag
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,8 @@ class Sender:
 
     async def flag_interrupted(self) -> int:
         """Replies left ``sending`` by a process that died: a person must check them."""
-        cutoff = self.clock() - SENDING_GRACE
+        now = self.clock()
+        cutoff = now - SENDING_GRACE
         async with self.store.session() as s:
             stuck = (
                 (
@@ -105,12 +108,13 @@ class Sender:
                 .all()
             )
             for r in stuck:
-                _flag(
+                await _flag(
                     s,
                     r,
                     "needs_check",
                     "the process stopped while this reply was being sent: check on the "
                     "platform whether it was posted; it will not be sent again by itself",
+                    now,
                 )
         for r in stuck:
             self._changed(r.id)
@@ -260,7 +264,7 @@ class Sender:
         async with self.store.session() as s:
             r = await s.get(Reply, reply.id, with_for_update=True)
             assert r is not None
-            _flag(s, r, status, why)
+            await _flag(s, r, status, why, self.clock())
         self._changed(reply.id)
 
     def _changed(self, reply_id: int | None) -> None:
@@ -298,20 +302,23 @@ _TITLES = {
 }
 
 
-def _flag(session: Any, r: Reply, status: str, why: str) -> None:
-    """Give a reply its final problem status, with an audit entry and an alert for a person."""
+async def _flag(session: AsyncSession, r: Reply, status: str, why: str, now: datetime) -> None:
+    """Give a reply its final problem status, with an audit entry and an alert for a person.
+
+    Both statuses are final, so the alert is raised once per reply and status."""
     r.status = status
     r.last_error = why[:2000]
     session.add(_audit(r, f"reply.{status}", {"error": why[:500]}))
-    session.add(
-        Alert(
-            kind=f"reply_{status}",
-            dedupe_key=f"reply_{status}:{r.id}",
-            severity="warning",
-            title=_TITLES[status].format(id=r.id),
-            detail={"reply_id": r.id, "error": why[:500], "approved_by": r.decided_by},
-            ticket_id=r.ticket_id,
-        )
+    await raise_alert(
+        session,
+        f"reply_{status}",
+        f"reply_{status}:{r.id}",
+        _TITLES[status].format(id=r.id),
+        {"reply_id": r.id, "error": why[:500], "approved_by": r.decided_by},
+        "warning",
+        ticket_id=r.ticket_id,
+        cooldown=None,
+        now=now,
     )
 
 

@@ -5,6 +5,15 @@ polls it one poll at a time, saves its cursor with the batch it came with, backs
 jitter when it fails (a rate-limit reset from the platform wins over the computed wait),
 pauses it and raises an alert when its credentials are refused, and keeps its health for
 ``/healthz`` and ``/metrics``. It logs once when a source fails and once when it recovers.
+
+A source whose every poll has failed for its ``failing_alert_after`` (rate limits, 5xx,
+timeouts, malformed answers, transport errors alike) raises one ``source_failing`` alert with
+the last error and since when; a fatal error (a request that can never succeed) raises it at
+once. One alert per failure streak: a successful poll, or one that stored something before it
+failed, ends the streak, and the next streak may alert again once the kind's cooldown allows
+(:func:`socialcrm.alerts.raise_alert`). The streak outlives a restart: its start and failure
+count are kept in the source's state row, and whether it has alerted already is read from the
+alerts table, so a daemon that restarts in a loop neither hides the alert nor repeats it.
 """
 
 from __future__ import annotations
@@ -16,13 +25,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import sqlalchemy as sa
 from pydantic import ValidationError
+from sqlmodel import col
 
 from socialcrm import yamldoc
+from socialcrm.alerts import Severity, raise_alert
 from socialcrm.config import SourceConfig
 from socialcrm.connector import (
     AuthError,
@@ -46,6 +57,8 @@ BACKOFF_MAX_S = 900.0
 #: Fetches in one poll while the connector says it has more (then the next poll goes on).
 MAX_FETCHES_PER_POLL = 50
 USER_AGENT = "socialcrm/0.1 (+self-hosted social CRM)"
+FAILING_KIND: Final = "source_failing"
+AUTH_KIND: Final = "source_auth"
 
 
 class SourceSetupError(ValueError):
@@ -86,6 +99,10 @@ class Source:
     #: Newest message time seen in the last batch, for lag.
     newest: datetime | None = None
     busy: bool = False
+    #: When the running failure streak began (no poll since has stored anything), if any.
+    failing_since: datetime | None = None
+    #: The running streak has its ``source_failing`` alert (here or before a restart).
+    failing_alerted: bool = False
 
     @property
     def name(self) -> str:
@@ -142,10 +159,13 @@ class Poller:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        wall_clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
         self.pipeline = pipeline
+        #: Monotonic seconds, for backoff; ``wall_clock`` for what is stored and alerted.
         self.clock = clock
+        self.wall_clock = wall_clock
         self.rng = rng or random.Random()
         self.sources: dict[str, Source] = {}
         self.stopping = False
@@ -159,15 +179,38 @@ class Poller:
         self.sources[source.name] = source
 
     async def load_state(self) -> None:
-        """Take paused flags and health from the store (a restart keeps a paused source paused)."""
+        """Take paused flags and health from the store (a restart keeps a paused source paused,
+        and a failing one failing, with its streak)."""
         async with self.store.reader() as s:
             rows = (await s.execute(sa.select(SourceState))).scalars().all()
+            keys = [f"{FAILING_KIND}:{row.source}" for row in rows if row.health == "failing"]
+            last_alerts: dict[str, datetime] = {}
+            if keys:
+                q = (
+                    sa.select(col(Alert.dedupe_key), sa.func.max(col(Alert.created_at)))
+                    .where(col(Alert.dedupe_key).in_(keys))
+                    .group_by(col(Alert.dedupe_key))
+                )
+                last_alerts = {str(k): at for k, at in (await s.execute(q)).all()}
         for row in rows:
             src = self.sources.get(row.source)
-            if src is not None:
-                src.paused = row.paused
-                src.last_success = row.last_success_at
-                src.last_error = row.last_error
+            if src is None:
+                continue
+            src.paused = row.paused
+            src.last_success = row.last_success_at
+            src.last_error = row.last_error
+            if row.health == "failing" and row.consecutive_failures > 0:
+                self._restore_streak(src, row, last_alerts.get(f"{FAILING_KIND}:{src.name}"))
+
+    @staticmethod
+    def _restore_streak(src: Source, row: SourceState, last_alert: datetime | None) -> None:
+        """Pick up a failure streak that a stopped process left: its failures, when it began,
+        and whether it has alerted (an alert raised since the streak began is its own)."""
+        src.failures = row.consecutive_failures
+        src.failing_since = row.failing_since or row.last_error_at
+        src.failing_alerted = last_alert is not None and (
+            src.failing_since is None or last_alert >= src.failing_since
+        )
 
     async def poll(self, name: str) -> PollOutcome:
         """One poll of one source: fetch until the connector has nothing more, ingest each batch."""
@@ -216,7 +259,7 @@ class Poller:
             await self._failed(src, err, wait, progressed=out.fetches > 0)
         except FatalError as err:
             out.error = f"fatal: {err}"
-            await self._failed(src, err, None, alert=True)
+            await self._failed(src, err, None, fatal=True)
         except ConnectorError as err:  # MalformedPayload and friends: try again later
             out.error = f"{type(err).__name__}: {err}"
             await self._failed(src, err, None, progressed=out.fetches > 0)
@@ -254,7 +297,9 @@ class Poller:
         src.failures = 0
         src.not_before = 0.0
         src.last_error = None
-        src.last_success = utcnow()
+        src.last_success = self.wall_clock()
+        src.failing_since = None
+        src.failing_alerted = False
         await self._save_health(src, "ok")
 
     async def _failed(
@@ -262,8 +307,8 @@ class Poller:
         src: Source,
         err: BaseException,
         retry_after: float | None,
-        alert: bool = False,
         *,
+        fatal: bool = False,
         progressed: bool = False,
     ) -> None:
         # A poll that stored something before it failed is not a source getting worse: its
@@ -279,9 +324,46 @@ class Poller:
             log.warning("source %s failing: %s (next try in %.0fs)", src.name, err, wait)
         else:
             log.debug("source %s still failing (%d): %s", src.name, src.failures, err)
+        now = self.wall_clock()
+        if progressed:
+            # It stored something: not down, so no streak runs (and a running one ends).
+            src.failing_since = None
+            src.failing_alerted = False
+        elif src.failing_since is None:
+            src.failing_since = now
         await self._save_health(src, "failing")
-        if alert:
-            await self._alert(src, "source_failing", f"Source {src.name} is failing: {err}")
+        await self._check_failing(src, err, now, fatal=fatal)
+
+    async def _check_failing(
+        self, src: Source, err: BaseException, now: datetime, *, fatal: bool
+    ) -> None:
+        """Raise the streak's one ``source_failing`` alert once it is due: at once for a fatal
+        error, else when every poll has failed for the source's ``failing_alert_after``."""
+        since = src.failing_since
+        if since is None or src.failing_alerted:
+            return
+        if not fatal:
+            after = src.config.failing_alert_after
+            if after is None or now - since < after:
+                return
+        title = (
+            f"Source {src.name} is failing: {err}"
+            if fatal
+            else f"Source {src.name} has been failing since {since:%Y-%m-%d %H:%M} UTC: {err}"
+        )
+        alert = await self._alert(
+            src,
+            FAILING_KIND,
+            title,
+            now,
+            failing_since=since.isoformat(),
+            failed_polls=src.failures,
+            last_success_at=src.last_success.isoformat() if src.last_success else None,
+        )
+        # Held back by the cooldown (a recent streak alerted): the next failed poll tries again.
+        src.failing_alerted = alert is not None
+        if alert is not None:
+            log.error("source %s failing since %s: alert %s raised", src.name, since, alert.id)
 
     async def _auth_failed(self, src: Source, err: AuthError) -> None:
         src.paused = True
@@ -290,7 +372,10 @@ class Poller:
         log.error("source %s paused: credentials refused (%s)", src.name, err)
         await self._save_health(src, "paused", paused_reason=f"credentials refused: {err}")
         await self._alert(
-            src, "source_auth", f"Source {src.name} needs new credentials; it is paused"
+            src,
+            AUTH_KIND,
+            f"Source {src.name} needs new credentials; it is paused",
+            self.wall_clock(),
         )
 
     async def _save_health(
@@ -306,23 +391,31 @@ class Poller:
             if paused_reason is not None:
                 state.paused_reason = paused_reason
             state.consecutive_failures = src.failures
+            state.failing_since = src.failing_since
+            now = self.wall_clock()
             if health == "ok":
                 state.last_success_at = src.last_success
             else:
                 state.last_error = src.last_error
-                state.last_error_at = utcnow()
-            state.updated_at = utcnow()
+                state.last_error_at = now
+            state.updated_at = now
 
-    async def _alert(self, src: Source, kind: str, title: str) -> None:
+    async def _alert(
+        self, src: Source, kind: str, title: str, now: datetime, **detail: Any
+    ) -> Alert | None:
+        """Raise a source alert through :func:`raise_alert`: one dedupe key per kind and
+        source, the kind's configured cooldown. None when the cooldown held it back."""
+        severity: Severity = "critical" if kind == AUTH_KIND else "warning"
         async with self.store.session() as s:
-            s.add(
-                Alert(
-                    kind=kind,
-                    dedupe_key=f"{kind}:{src.name}",
-                    severity="critical" if kind == "source_auth" else "warning",
-                    title=title[:500],
-                    detail={"source": src.name, "error": src.last_error},
-                )
+            return await raise_alert(
+                s,
+                kind,
+                f"{kind}:{src.name}",
+                title,
+                {"source": src.name, "error": src.last_error, **detail},
+                severity,
+                cooldown=self.pipeline.config.alerts.cooldown_for(kind),
+                now=now,
             )
 
     async def resume(self, name: str) -> None:
@@ -331,4 +424,6 @@ class Poller:
         src.paused = False
         src.failures = 0
         src.not_before = 0.0
+        src.failing_since = None
+        src.failing_alerted = False
         await self._save_health(src, "ok", paused_reason="")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
 
 from socialcrm.db import Store, StoreError, open_store
-from socialcrm.models import Customer, utcnow
+from socialcrm.models import Customer, SourceState, UTCDateTime, utcnow
 
 
 async def test_empty_database_is_upgraded_on_open(tmp_path: Path) -> None:
@@ -41,7 +42,28 @@ async def test_downgrade_and_upgrade_again(store: Store) -> None:
     await store.downgrade("base")
     assert await store.current_revision() is None
     await store.upgrade("head")
-    assert await store.current_revision() == "0004"
+    assert await store.current_revision() == "0005"
+
+
+async def test_a_failing_source_starts_its_streak_at_its_last_error(store: Store) -> None:
+    await store.downgrade("0004")
+    at = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    async with store.session() as s:
+        for name, health, failures in (("down", "failing", 3), ("fine", "ok", 0)):
+            await s.execute(
+                sa.text(
+                    "INSERT INTO sourcestate (source, health, paused, consecutive_failures, "
+                    "last_error_at, messages_total, updated_at) "
+                    "VALUES (:n, :h, false, :f, :at, 0, :at)"
+                ).bindparams(sa.bindparam("at", type_=UTCDateTime)),
+                {"n": name, "h": health, "f": failures, "at": at},
+            )
+    await store.upgrade("head")
+    async with store.reader() as s:
+        down = await s.get(SourceState, "down")
+        fine = await s.get(SourceState, "fine")
+    assert down is not None and down.failing_since == at
+    assert fine is not None and fine.failing_since is None
 
 
 async def test_sqlite_pragmas(tmp_path: Path) -> None:
