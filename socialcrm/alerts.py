@@ -262,11 +262,14 @@ async def raise_alert(
     message_id: int | None = None,
     cooldown: timedelta | None = DEFAULT_COOLDOWN,
     now: datetime | None = None,
+    status: Literal["pending", "grouped"] = "pending",
 ) -> Alert | None:
     """Write an alert unless one with the same key was written within ``cooldown``.
 
     ``cooldown=None`` means once ever per key. Pass ``AlertsConfig.cooldown_for(kind)`` for
     the configured cooldown. Returns the new (flushed) alert, or None when it was held back.
+    ``status="grouped"`` writes an alert that another one (``detail["grouped_in"]``) carries
+    to the sinks: it holds its key and history but is never delivered itself.
     """
     now = now or utcnow()
     dedupe_key = dedupe_key[:512]
@@ -286,7 +289,7 @@ async def raise_alert(
         ticket_id=ticket_id,
         customer_id=customer_id,
         message_id=message_id,
-        status="pending",
+        status=status,
         created_at=now,
     )
     session.add(alert)
@@ -351,6 +354,10 @@ def view_of(alert: Alert, ticket_url: str | None = None) -> AlertView:
     links: dict[str, str] = {}
     if ticket_url and alert.ticket_id is not None:
         links["ticket"] = ticket_url.replace("{id}", str(alert.ticket_id))
+    if ticket_url:  # an alert that lists tickets (grouped SLA alerts): "ticket:<id>"
+        for t in detail.get("tickets") or ():
+            if isinstance(t, dict) and isinstance(t.get("id"), int):
+                links[f"ticket:{t['id']}"] = ticket_url.replace("{id}", str(t["id"]))
     message_url = safe_url(detail.get("url"))
     if message_url:
         links["message"] = message_url

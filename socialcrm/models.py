@@ -265,7 +265,7 @@ class Alert(SQLModel, table=True):
     ticket_id: int | None = Field(default=None, foreign_key="ticket.id")
     customer_id: int | None = Field(default=None, foreign_key="customer.id")
     message_id: int | None = Field(default=None, foreign_key="message.id")
-    #: pending -> delivered | failed
+    #: pending -> delivered | failed; grouped: carried by another alert, never sent itself
     status: str = Field(default="pending", max_length=16, index=True)
     attempts: int = 0
     next_attempt_at: datetime | None = _ts()

@@ -13,7 +13,10 @@ Wiring:
   when a ticket's priority changes (still from ``opened_at``: the target moves, the clock
   does not restart).
 - The daemon calls :func:`check_sla` every ``SlaConfig.interval`` (60s). It writes one
-  ``sla_warning`` and one ``sla_breach`` alert per ticket and target, ever.
+  ``sla_warning`` and one ``sla_breach`` alert per ticket and target, ever. When more than
+  ``group_over`` tickets reach the same one in a check (old messages from a backfill or a
+  source that was down arrive already overdue), one alert lists them and each ticket's own
+  is written ``grouped``: kept, never sent.
 
 Met or missed, for reports (the ticket keeps every time it needs)::
 
@@ -147,6 +150,10 @@ class SlaConfig(_Section):
     warn_before: Duration | None = None
     #: How often the daemon should run :func:`check_sla`.
     interval: Duration = timedelta(seconds=60)
+    #: When one check finds more tickets than this reaching the same warning or breach at
+    #: once (a backfill of old messages, a source that was down, the morning a business
+    #: calendar opens), they come as one alert that lists them; None: always one each.
+    group_over: int | None = Field(default=5, ge=1)
 
     @field_validator("targets")
     @classmethod
@@ -347,6 +354,14 @@ class _Candidate:
     warned: bool
 
 
+_Kind = Literal["sla_warning", "sla_breach"]
+#: Tickets a grouped alert names one by one (the most urgent, then the most overdue, first).
+GROUP_LISTED: Final = 10
+_RANK: Final[dict[str, int]] = {"low": 0, "normal": 1, "high": 2, "urgent": 3}
+_GROUP_TITLES: Final[dict[_Kind, str]] = {
+    "sla_warning": "{n} tickets are close to their {target} target",
+    "sla_breach": "{n} tickets missed their {target} target",
+}
 _TITLES: Final = {
     ("sla_warning", "first_response"): "Ticket #{id} needs a first response by {due}",
     ("sla_warning", "resolution"): "Ticket #{id} must be resolved by {due}",
@@ -356,40 +371,97 @@ _TITLES: Final = {
 
 
 async def check_sla(store: Store, policy: SlaPolicy, now: datetime) -> int:
-    """Write due SLA warnings and breaches, each once per ticket and target; returns how many."""
+    """Write due SLA warnings and breaches, each once per ticket and target.
+
+    Returns how many alerts were raised for the sinks: a group of tickets (more than
+    ``group_over`` reaching the same warning or breach in one check) counts once.
+    """
     if not policy.config.enabled:
         return 0
     written = 0
     async with store.session() as session:
         await lock_key(session, _SLA_LOCK)
         for target in TARGETS:
+            due: dict[_Kind, list[_Candidate]] = {"sla_warning": [], "sla_breach": []}
             for c in await _candidates(session, policy, target, now):
-                kind: Literal["sla_warning", "sla_breach"]
                 if now >= c.due_at:
-                    kind = "sla_breach"
-                else:
-                    warn = policy.warning_at(c.opened_at, c.due_at, c.priority)
-                    if c.warned or warn is None or now < warn:
-                        continue
-                    kind = "sla_warning"
-                alert = await raise_alert(
-                    session,
-                    kind,
-                    dedupe_key(kind, target, c.id),
-                    _TITLES[(kind, target)].format(
-                        id=c.id, due=c.due_at.strftime("%Y-%m-%d %H:%M UTC")
-                    ),
-                    _detail(c, target, policy, now),
-                    "critical" if kind == "sla_breach" else "warning",
-                    ticket_id=c.id,
-                    customer_id=c.customer_id,
-                    cooldown=None,
-                    now=now,
-                )
-                written += alert is not None
+                    due["sla_breach"].append(c)
+                    continue
+                warn = policy.warning_at(c.opened_at, c.due_at, c.priority)
+                if not c.warned and warn is not None and now >= warn:
+                    due["sla_warning"].append(c)
+            for kind, found in due.items():
+                written += await _raise(session, policy, kind, target, found, now)
     if written:
         log.info("SLA: %d alert(s) written", written)
     return written
+
+
+async def _raise(
+    session: Any,
+    policy: SlaPolicy,
+    kind: _Kind,
+    target: Target,
+    found: list[_Candidate],
+    now: datetime,
+) -> int:
+    """One alert per ticket, or, past ``group_over``, one alert listing them all with each
+    ticket's own alert written ``grouped`` (it keeps the ticket's key: never again)."""
+    severity: Literal["warning", "critical"] = "critical" if kind == "sla_breach" else "warning"
+    limit = policy.config.group_over
+    group = None
+    if limit is not None and len(found) > limit:
+        listed = sorted(found, key=lambda c: (-_RANK[c.priority], c.due_at, c.id))
+        words = target.replace("_", "-")
+        group = await raise_alert(
+            session,
+            kind,
+            f"{kind}:{target}:group:{now.isoformat()}",
+            _GROUP_TITLES[kind].format(n=len(found), target=words),
+            {
+                "target": target,
+                "count": len(found),
+                "tickets": [_listed(c, now) for c in listed[:GROUP_LISTED]],
+                "business_hours": any(policy._calendar(c.priority) for c in found),
+            },
+            severity,
+            cooldown=None,
+            now=now,
+        )
+    written = int(group is not None)
+    for c in found:
+        detail = _detail(c, target, policy, now)
+        if group is not None:
+            detail["grouped_in"] = group.id
+        alert = await raise_alert(
+            session,
+            kind,
+            dedupe_key(kind, target, c.id),
+            _TITLES[(kind, target)].format(id=c.id, due=c.due_at.strftime("%Y-%m-%d %H:%M UTC")),
+            detail,
+            severity,
+            ticket_id=c.id,
+            customer_id=c.customer_id,
+            cooldown=None,
+            now=now,
+            status="pending" if group is None else "grouped",
+        )
+        written += group is None and alert is not None
+    return written
+
+
+def _listed(c: _Candidate, now: datetime) -> dict[str, Any]:
+    """A ticket as a grouped alert lists it."""
+    return {
+        "id": c.id,
+        "priority": c.priority,
+        "subject": c.subject[:200],
+        "channel": c.channel,
+        "team": c.team,
+        "assignee": c.assignee,
+        "due_at": c.due_at.isoformat(),
+        "due_in_s": int((c.due_at - now).total_seconds()),
+    }
 
 
 async def _candidates(

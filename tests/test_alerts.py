@@ -933,3 +933,62 @@ async def test_sla_and_spike_alerts_say_what_happened_in_every_sink(
     assert doc["detail"]["examples"][0]["text"] == HOSTILE_TEXT
     assert doc["links"] == {}
     assert doc["text"].replace("\r\n", "\n") == plain.strip()  # the example's CRLF, kept
+
+
+async def test_a_backfill_of_overdue_tickets_reaches_every_sink_as_one_alert(
+    store: Store, sinks: Sinks
+) -> None:
+    """Old messages open tickets already past their target: one breach alert lists them."""
+    policy = SlaPolicy(SlaConfig(warn_at=None))  # group_over: 5; no warnings in the way
+    async with store.session() as s:
+        cust = Customer(name="Dana")
+        s.add(cust)
+        await s.flush()
+        assert cust.id is not None
+        ids = []
+        # Seven messages from a day ago (first response: high 4h, normal 8h; resolution:
+        # high 24h, normal 72h, not due yet).
+        for i, priority in enumerate(["normal"] * 5 + ["high"] * 2):
+            opened = T0 - timedelta(days=1) + timedelta(minutes=i)
+            first, resolution = policy.due(opened, priority)
+            ticket = Ticket(
+                customer_id=cust.id,
+                channel="x",
+                source="x-mentions",
+                subject=HOSTILE_TITLE if i == 0 else f"Order {i} late",
+                priority=priority,
+                opened_at=opened,
+                first_response_due_at=first,
+                resolution_due_at=resolution,
+            )
+            s.add(ticket)
+            await s.flush()
+            ids.append(ticket.id)
+    assert await check_sla(store, policy, T0) == 1
+    dispatcher = AlertDispatcher(store, sinks.config(), sinks.http, FakeClock())
+    assert await dispatcher.deliver_due() == 3  # one alert, three sinks
+    assert await dispatcher.deliver_due() == 0
+    # The high ones first, then by due time; each with its link.
+    order = [ids[5], ids[6], *ids[:5]]
+    [post] = sinks.slack.posted
+    text = str(post["text"])
+    assert text.startswith("<!here> :red_circle: *7 tickets missed their first response target*")
+    positions = [text.index(f"#{i} ") for i in order]
+    assert positions == sorted(positions)
+    assert f"#{ids[5]} *high*" in text and f"#{ids[0]} *normal*" in text
+    for i in ids:
+        assert f"<https://crm.acme.example/tickets/{i}|open>" in text
+    assert "&lt;!channel&gt; refund now" in text and "<!channel>" not in text
+    # The first high one was due four hours after T0 - 1 day + 5 min; the first normal one,
+    # eight hours after T0 - 1 day.
+    assert "19h55m late" in text and "16h00m late" in text
+    [msg] = sinks.smtp.box.messages
+    assert msg["Subject"].strip() == "[Acme critical] 7 tickets missed their first-response target"
+    plain = msg.get_body(("plain",))
+    assert plain is not None
+    body = plain.get_content()
+    assert "7 tickets missed their first response target." in body
+    assert all(f"#{i} " in body for i in ids)
+    [doc] = sinks.receiver.received
+    assert doc["ticket_id"] is None and doc["detail"]["count"] == 7
+    assert [t["id"] for t in doc["detail"]["tickets"]] == order

@@ -285,6 +285,74 @@ async def test_warning_then_breach_once_each_across_a_weekend(store: Store) -> N
     assert datetime.fromisoformat(breach.detail["due_at"]) == local(BERLIN, 2026, 3, 9, 12)
 
 
+async def test_many_tickets_reaching_a_target_at_once_come_as_one_alert(store: Store) -> None:
+    policy = SlaPolicy(SlaConfig.model_validate({"group_over": 2, "warn_at": None}))
+    now = datetime(2026, 3, 5, 12, tzinfo=UTC)
+    # Two overdue at once: at the limit, one alert each.
+    pair = [await open_ticket(store, policy, now - 9 * H, "normal") for _ in range(2)]
+    assert await check_sla(store, policy, now) == 2
+    assert [k for _, k in await sla_alerts(store)] == [
+        f"sla_breach:first_response:{t}" for t in pair
+    ]
+    # Three more, a backfill from two days ago: one alert lists them (urgent first).
+    old = now - 48 * H
+    batch = [
+        await open_ticket(store, policy, old, "normal"),
+        await open_ticket(store, policy, old + H, "urgent"),
+        await open_ticket(store, policy, old, "low"),
+    ]
+    assert await check_sla(store, policy, now) == 2  # first response, and urgent's resolution
+    async with store.reader() as s:
+        rows = (await s.execute(sa.select(Alert).order_by(col(Alert.id)))).scalars().all()
+    new = rows[2:]
+    [group] = [a for a in new if a.ticket_id is None]
+    assert group.status == "pending" and group.severity == "critical"
+    assert group.title == "3 tickets missed their first-response target"
+    assert group.dedupe_key == f"sla_breach:first_response:group:{now.isoformat()}"
+    assert group.detail["count"] == 3
+    assert [t["id"] for t in group.detail["tickets"]] == [batch[1], batch[0], batch[2]]
+    assert group.detail["tickets"][0]["due_in_s"] == -46 * 3600
+    grouped = [a for a in new if a.status == "grouped"]
+    assert sorted(a.dedupe_key for a in grouped) == sorted(
+        f"sla_breach:first_response:{t}" for t in batch
+    )
+    assert all(a.detail["grouped_in"] == group.id for a in grouped)
+    # The urgent ticket's resolution (8h) is alone in its check: its own alert.
+    [alone] = [a for a in new if a.dedupe_key == f"sla_breach:resolution:{batch[1]}"]
+    assert alone.status == "pending"
+    # None of them again, grouped or not.
+    assert await check_sla(store, policy, now + H) == 0
+    # At +80h the pair's resolution (72h from 9h before now) and the backfilled normal one's
+    # (72h from 48h before now) are overdue: three at once, one alert; the low one's (168h)
+    # is not due yet.
+    assert await check_sla(store, policy, now + 80 * H) == 1
+    async with store.reader() as s:
+        pending = (
+            (
+                await s.execute(
+                    sa.select(col(Alert.dedupe_key)).where(
+                        col(Alert.status) == "pending", col(Alert.id) > rows[-1].id
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert pending == [f"sla_breach:resolution:group:{(now + 80 * H).isoformat()}"]
+
+
+async def test_group_over_null_never_groups(store: Store) -> None:
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        SlaConfig.model_validate({"group_over": 0})
+    policy = SlaPolicy(SlaConfig.model_validate({"group_over": None, "warn_at": None}))
+    now = datetime(2026, 3, 5, 12, tzinfo=UTC)
+    ids = [await open_ticket(store, policy, now - 9 * H, "normal") for _ in range(8)]
+    assert await check_sla(store, policy, now) == 8
+    assert [k for _, k in await sla_alerts(store)] == [
+        f"sla_breach:first_response:{t}" for t in ids
+    ]
+
+
 async def test_resolution_target_and_done_tickets(store: Store) -> None:
     policy = SlaPolicy(SlaConfig())
     opened = datetime(2026, 3, 2, 9, tzinfo=UTC)
