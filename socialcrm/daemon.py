@@ -12,13 +12,14 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -239,6 +240,19 @@ class Daemon:
                 coalesce=True,
                 misfire_grace_time=3600,
             )
+        # A digest that was due while no daemon ran goes out now (once per period).
+        now = utcnow()
+        for digest in cfg.reports.digests:
+            due = digest.missed(cfg.brand.timezone, now)
+            if due is not None:
+                name = f"digest:{digest.name}:missed"
+                self.scheduler.add_job(
+                    self._guarded,
+                    DateTrigger(run_date=now),
+                    args=[name, functools.partial(self._send_digest, digest, due)],
+                    id=name,
+                    misfire_grace_time=None,
+                )
 
     async def _guarded(self, name: str, fn: Callable[[], Any]) -> None:
         """Run one housekeeping job; a failure is logged and counted, and the next run tries."""
@@ -261,7 +275,7 @@ class Daemon:
     async def _check_spikes(self) -> None:
         await check_spikes(self.store, self.config.spikes, utcnow())
 
-    async def _send_digest(self, digest: DigestConfig) -> None:
+    async def _send_digest(self, digest: DigestConfig, due: datetime | None = None) -> None:
         cfg = self.config
         await send_digest(
             self.store,
@@ -269,6 +283,7 @@ class Daemon:
             brand=cfg.brand.name,
             tz=cfg.brand.timezone,
             now=utcnow(),
+            due=due,
             templates_dir=cfg.report_templates(),
         )
         await self._deliver_alerts()

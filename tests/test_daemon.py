@@ -547,10 +547,11 @@ async def test_the_daemon_schedules_spike_checks_and_digests_from_its_config(
                 # Rounds of delivery only when the test runs them: the digest sends its own.
                 "alerts": {**alerts, "interval": "1h"},
                 "spikes": {"interval": "45s", "sources": ["reviews"]},
+                # Runs missed before the start are not made up here (see the next test).
                 "reports": {
                     "digests": [
-                        {"name": "daily", "cron": "15 7 * * *", "period": "1d"},
-                        {"name": "weekly", "cron": "30 6 * * 1", "period": "7d"},
+                        {"name": "daily", "cron": "15 7 * * *", "period": "1d", "catch_up": None},
+                        {"name": "weekly", "cron": "30 6 * * 1", "period": "7d", "catch_up": None},
                     ]
                 },
             }
@@ -647,3 +648,44 @@ async def test_the_daemon_schedules_spike_checks_and_digests_from_its_config(
             await daemon.stop()
     assert await count(store, Alert, Alert.kind == "spike", Alert.status == "delivered") == 1
     assert await count(store, Alert, Alert.kind == "digest", Alert.status == "delivered") == 1
+
+
+async def test_a_digest_missed_while_no_daemon_ran_goes_out_at_start_once(
+    config: Config, store: Store
+) -> None:
+    """Due ten minutes before the daemon starts: made up at once; a restart sends it no more."""
+    now = utcnow()
+    due = (now - timedelta(minutes=10)).replace(second=0, microsecond=0)
+    digest = {"name": "daily", "cron": f"{due.minute} {due.hour} * * *", "period": "1d"}
+    cfg = Config.model_validate(
+        {
+            **config.model_dump(exclude={"base_dir"}),
+            "base_dir": config.base_dir,
+            "brand": {**config.brand.model_dump(), "timezone": "UTC"},
+            "reports": {"digests": [digest]},
+        }
+    )
+
+    async def digests() -> list[Alert]:
+        async with store.reader() as s:
+            q = sa.select(Alert).where(Alert.kind == "digest")  # type: ignore[arg-type]
+            return list((await s.execute(q)).scalars())
+
+    for start in range(2):
+        daemon = Daemon(cfg, store)
+        ran = asyncio.Event()
+
+        def record(event: JobExecutionEvent, ran: asyncio.Event = ran) -> None:
+            if event.job_id == "digest:daily:missed":
+                ran.set()
+
+        daemon.scheduler.add_listener(record, EVENT_JOB_EXECUTED)
+        await daemon.start("127.0.0.1", free_port())
+        try:
+            await asyncio.wait_for(ran.wait(), 20)
+        finally:
+            await daemon.stop()
+        [alert] = await digests()  # the first start sent it; the second found it sent
+        midnight = due.replace(hour=0, minute=0)
+        assert alert.dedupe_key == f"digest:daily:{midnight.isoformat()}", start
+        assert alert.detail["end"] == midnight.isoformat()

@@ -128,11 +128,33 @@ def test_period_ends_at_local_midnight_or_the_hour() -> None:
     )
 
 
+def test_a_run_missed_within_catch_up_is_made_up() -> None:
+    ktm = "Asia/Kathmandu"  # +05:45
+    daily = DigestConfig(name="daily", cron="15 7 * * *", period=DAY)  # catch_up: 6h
+    at = datetime(2026, 3, 2, 7, 15, tzinfo=ZoneInfo(ktm))
+    assert daily.missed(ktm, at - timedelta(minutes=1)) is None  # yesterday's is 24h ago
+    assert daily.missed(ktm, at) == at
+    assert daily.missed(ktm, at + timedelta(hours=6)) == at
+    assert daily.missed(ktm, at + timedelta(hours=6, seconds=1)) is None
+    weekly = DigestConfig.model_validate({"name": "weekly", "cron": "30 6 * * 1", "catch_up": "7d"})
+    thursday = datetime(2026, 3, 5, 12, tzinfo=ZoneInfo(ktm))
+    assert weekly.missed(ktm, thursday) == datetime(2026, 3, 2, 6, 30, tzinfo=ZoneInfo(ktm))
+    every = DigestConfig.model_validate(
+        {"name": "often", "cron": "*/20 * * * *", "period": "1h", "catch_up": "1h"}
+    )
+    assert every.missed("UTC", datetime(2026, 3, 2, 9, 59, tzinfo=UTC)) == datetime(
+        2026, 3, 2, 9, 40, tzinfo=UTC
+    )
+    never = DigestConfig.model_validate({"name": "n", "cron": "15 7 * * *", "catch_up": None})
+    assert never.missed(ktm, at) is None
+
+
 @pytest.mark.parametrize(
     ("settings", "problem"),
     [
         ({"cron": "every monday"}, "expected a crontab"),
         ({"cron": "0 8 * * mon", "period": "10m"}, "at least 1h"),
+        ({"cron": "0 8 * * mon", "catch_up": "0s"}, "longer than 0s"),
         ({"cron": "0 8 * * mon", "name": "Weekly Digest"}, "should match pattern"),
     ],
 )

@@ -41,6 +41,9 @@ class DigestConfig(_Section):
     #: The period the report covers, ending at the last local midnight (or the last full
     #: hour, for periods under a day) before the digest runs.
     period: Duration = timedelta(days=7)
+    #: A run missed because no daemon was running (a deploy, a crash, a reboot) is made up
+    #: when one starts, if it was due no longer ago than this; None: never made up.
+    catch_up: Duration | None = timedelta(hours=6)
 
     @field_validator("cron")
     @classmethod
@@ -60,9 +63,29 @@ class DigestConfig(_Section):
             raise ValueError("a digest covers at least 1h")
         return v
 
+    @field_validator("catch_up")
+    @classmethod
+    def _catch_up(cls, v: timedelta | None) -> timedelta | None:
+        if v is not None and v <= timedelta(0):
+            raise ValueError('expected a duration longer than 0s like "6h" (null: never)')
+        return v
+
     def trigger(self, tz: str) -> CronTrigger:
         """When the digest runs, in the brand's time zone."""
         return _cron_trigger(self.cron, ZoneInfo(tz))
+
+    def missed(self, tz: str, now: datetime) -> datetime | None:
+        """The latest run due within ``catch_up`` before ``now``, to make up at start-up
+        (``send_digest`` sends each period once, so one that went out is not sent again)."""
+        if self.catch_up is None:
+            return None
+        trigger = self.trigger(tz)
+        last = None
+        at = trigger.get_next_fire_time(None, now - self.catch_up)
+        while at is not None and at <= now:
+            last = at
+            at = trigger.get_next_fire_time(at, at + timedelta(seconds=1))
+        return last
 
 
 #: Crontab's weekday numbers: 0 (and 7) is Sunday.
@@ -140,10 +163,14 @@ async def send_digest(
     brand: str,
     tz: str,
     now: datetime,
+    due: datetime | None = None,
     templates_dir: Path | None = None,
 ) -> Alert | None:
-    """Build the digest's report and write it to the outbox; None when it was sent already."""
-    end = period_end(now, digest.period, tz)
+    """Build the digest's report and write it to the outbox; None when it was sent already.
+
+    ``due``: the run to make up (``DigestConfig.missed``), whose period is sent; else the run
+    due ``now``."""
+    end = period_end(due or now, digest.period, tz)
     key = dedupe_key(digest.name, end)
     async with store.reader() as s:
         seen = (
