@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from socialcrm.connector import InboundMessage
 from socialcrm.db import executemany, keys_in
-from socialcrm.models import Customer, Identity, utcnow
+from socialcrm.models import Customer, Identity, UTCDateTime, utcnow
 
 _CUSTOMER_COLS = (
     Customer.id,
@@ -53,6 +53,9 @@ class CustomerView:
     is_new: bool
     #: True when a stored customer was seen in this batch and must be written back.
     seen: bool = False
+    #: When the customer's earliest message in this batch was written (not after now):
+    #: ``first_seen_at`` is when the customer first spoke, even in a backfill of old posts.
+    first_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -263,6 +266,9 @@ class Resolver:
         cust = ident.customer
         if a.followers and a.followers > cust.reach:
             cust.reach = a.followers
+        at = min(msg.created_at, self.now)
+        if cust.first_at is None or at < cust.first_at:
+            cust.first_at = at
         if cust.id is not None:
             cust.seen = True
 
@@ -282,7 +288,7 @@ class Resolver:
                     "reach": c.reach,
                     "created_at": now,
                     "updated_at": now,
-                    "first_seen_at": now,
+                    "first_seen_at": c.first_at or now,
                     "last_seen_at": now,
                 }
                 for c in self._new_customers
@@ -339,20 +345,28 @@ class Resolver:
         seen = [c for c in self._customers.values() if c.seen]
         if seen:
             t = Customer.__table__
+            first = sa.bindparam("_first", type_=UTCDateTime)
             await executemany(
                 self.session,
                 sa.update(t)
                 .where(t.c.id == sa.bindparam("_id"))
                 .values(
                     reach=sa.bindparam("_reach"),
-                    first_seen_at=sa.func.coalesce(t.c.first_seen_at, sa.bindparam("_now")),
+                    first_seen_at=sa.case(
+                        (sa.or_(t.c.first_seen_at.is_(None), t.c.first_seen_at > first), first),
+                        else_=t.c.first_seen_at,
+                    ),
                     last_seen_at=sa.bindparam("_now"),
                     updated_at=sa.bindparam("_now"),
                 ),
-                [{"_id": c.id, "_reach": c.reach, "_now": now} for c in seen],
+                [
+                    {"_id": c.id, "_reach": c.reach, "_now": now, "_first": c.first_at or now}
+                    for c in seen
+                ],
             )
             for c in seen:
                 c.seen = False
+                c.first_at = None
 
     def _identities(self) -> list[IdentityView]:
         seen: dict[int, IdentityView] = {}

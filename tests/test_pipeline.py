@@ -22,6 +22,7 @@ from socialcrm.models import (
     Reply,
     SourceState,
     Ticket,
+    utcnow,
 )
 from socialcrm.pipeline import Pipeline
 from socialcrm.rules import RuleContext, RuleSet
@@ -511,6 +512,28 @@ async def test_a_churn_threat_escalates_with_its_reason(pipeline: Pipeline, stor
     assert alert.kind == "escalation" and "Churn threat" in alert.title + str(alert.detail)
     (t,) = await rows(store, Ticket)
     assert t.intent == "churn" and t.priority == "high"
+
+
+async def test_first_seen_is_when_the_customer_first_wrote(
+    pipeline: Pipeline, store: Store
+) -> None:
+    """A backfill of old posts does not make old customers look new in reports."""
+    now = utcnow()
+    old = now - timedelta(days=3)
+    await ingest(pipeline, msg("@acme hello", at=old + timedelta(hours=2)), msg("@acme hi", at=old))
+    (c,) = await rows(store, Customer)
+    assert c.first_seen_at == old
+    # A later batch with an even older post moves it back; a newer one does not move it.
+    await ingest(pipeline, msg("@acme years ago", at=old - timedelta(days=400)))
+    await ingest(pipeline, msg("@acme today", at=now))
+    (c,) = await rows(store, Customer)
+    assert c.first_seen_at == old - timedelta(days=400)
+    # A post dated in the future (a wrong clock) counts from when it was stored.
+    await ingest(
+        pipeline, msg("@acme from the future", user="u2", handle="kim", at=now + timedelta(days=30))
+    )
+    (kim,) = await rows(store, Customer, Customer.id != c.id)
+    assert now <= kim.first_seen_at <= utcnow()
 
 
 async def test_spam_is_stored_but_ignored(pipeline: Pipeline, store: Store) -> None:
