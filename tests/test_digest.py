@@ -289,7 +289,7 @@ async def test_slack_email_and_webhook_each_get_the_digest_once_per_period(
     await seed(pipeline)
     daily = DigestConfig(name="daily", cron="0 8 * * *", period="1d")  # type: ignore[arg-type]
     at_eight = MONDAY + timedelta(hours=8)
-    brand = "Acme & Co"
+    brand = "Acme_Co & *Partners*"  # Markdown's specials stay as written in a code block
     alert = await send_digest(store, daily, brand=brand, tz="UTC", now=at_eight)
     assert alert is not None
     title = f"{brand} report (daily): 2026-03-01 00:00 to 2026-03-02 00:00"
@@ -311,11 +311,12 @@ async def test_slack_email_and_webhook_each_get_the_digest_once_per_period(
     assert post.channel == SLACK_CHANNEL and post.blocks == []
     text = post.text
     assert text.startswith(
-        ":bar_chart: *Acme &amp; Co report (daily): 2026-03-01 00:00 to 2026-03-02 00:00*\n```\n"
+        ":bar_chart: *Acme_Co &amp; *Partners* report (daily): "
+        "2026-03-01 00:00 to 2026-03-02 00:00*\n```\n"
     )
     assert text.endswith("\n```")
     body = text.split("```")[1]
-    assert body.startswith("\nAcme &amp; Co, ")
+    assert body.startswith("\nAcme_Co &amp; *Partners*, ") and "\\" not in body
     for figure in ("Messages: 9 ", "net sentiment", "Tickets: ", "First response: median"):
         assert figure in body
     # Figures and words only: no customer's text, nothing Slack would parse.
@@ -327,6 +328,7 @@ async def test_slack_email_and_webhook_each_get_the_digest_once_per_period(
     plain, html = mail.get_body(("plain",)), mail.get_body(("html",))
     assert plain is not None and html is not None
     assert "Messages: 9 " in plain.get_content()
+    assert "Acme_Co & *Partners*, " in plain.get_content()  # plain text, no escapes
     page = html.get_content().replace("\r\n", "\n")
     assert "<svg" in page and "&lt;script&gt;" in page and "<script>" not in page
 

@@ -94,9 +94,12 @@ def render(report: Report, fmt: Format, *, templates_dir: Path | None = None) ->
     raise ValueError(f"unknown report format {fmt!r} (one of {', '.join(FORMATS)})")
 
 
-def summary(report: Report, *, templates_dir: Path | None = None) -> str:
-    """A few lines of the report's headline figures, for chat answers and digests."""
-    env = _environment(templates_dir, html=False)
+def summary(report: Report, *, templates_dir: Path | None = None, plain: bool = False) -> str:
+    """A few lines of the report's headline figures, for chat answers and digests.
+
+    Customer-written words are escaped for Markdown, or with ``plain`` only kept to one line
+    (for plain text and code blocks, where a Markdown escape would show as a backslash)."""
+    env = _environment(templates_dir, html=False, plain=plain)
     text = env.get_template("reports/summary.txt.j2").render(r=report, **_helpers(report))
     return "\n".join(line.rstrip() for line in text.strip().splitlines())
 
@@ -336,7 +339,9 @@ def to_csv(report: Report) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _environment(extra_dir: Path | None, *, html: bool) -> ImmutableSandboxedEnvironment:
+def _environment(
+    extra_dir: Path | None, *, html: bool, plain: bool = False
+) -> ImmutableSandboxedEnvironment:
     loaders: list[jinja2.BaseLoader] = []
     if extra_dir is not None:
         loaders.append(jinja2.FileSystemLoader(str(extra_dir)))
@@ -356,7 +361,7 @@ def _environment(extra_dir: Path | None, *, html: bool) -> ImmutableSandboxedEnv
         change=fmt_change,
         signed=fmt_signed,
         dur=fmt_duration,
-        md=md_escape,
+        md=one_line if plain else md_escape,
         when=fmt_when,
     )
     return env
@@ -443,8 +448,12 @@ def fmt_when(value: datetime, tz: str = "UTC") -> str:
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
 
+def one_line(value: Any) -> str:
+    """Untrusted text on one line, otherwise as written."""
+    return " ".join(str(value if value is not None else "").split())
+
+
 def md_escape(value: Any) -> str:
     """Untrusted text for one Markdown table cell or line: one line, markup inert."""
-    text = " ".join(str(value if value is not None else "").split())
-    text = text.replace("<", "&lt;").replace(">", "&gt;")
+    text = one_line(value).replace("<", "&lt;").replace(">", "&gt;")
     return _MD_SPECIAL.sub(r"\\\1", text)
