@@ -41,6 +41,7 @@ from socialcrm.db import Store
 from socialcrm.models import Alert, Customer, Ticket
 from socialcrm.sla import SlaConfig, SlaPolicy, check_sla
 from socialcrm.spikes import Example, RisingWord, Spike
+from tests.test_sla import open_ticket
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 WEBHOOK_SECRET = "whsec-0123456789abcdef"
@@ -940,30 +941,18 @@ async def test_a_backfill_of_overdue_tickets_reaches_every_sink_as_one_alert(
 ) -> None:
     """Old messages open tickets already past their target: one breach alert lists them."""
     policy = SlaPolicy(SlaConfig(warn_at=None))  # group_over: 5; no warnings in the way
-    async with store.session() as s:
-        cust = Customer(name="Dana")
-        s.add(cust)
-        await s.flush()
-        assert cust.id is not None
-        ids = []
-        # Seven messages from a day ago (first response: high 4h, normal 8h; resolution:
-        # high 24h, normal 72h, not due yet).
-        for i, priority in enumerate(["normal"] * 5 + ["high"] * 2):
-            opened = T0 - timedelta(days=1) + timedelta(minutes=i)
-            first, resolution = policy.due(opened, priority)
-            ticket = Ticket(
-                customer_id=cust.id,
-                channel="x",
-                source="x-mentions",
-                subject=HOSTILE_TITLE if i == 0 else f"Order {i} late",
-                priority=priority,
-                opened_at=opened,
-                first_response_due_at=first,
-                resolution_due_at=resolution,
-            )
-            s.add(ticket)
-            await s.flush()
-            ids.append(ticket.id)
+    # Seven messages from a day ago (first response: high 4h, normal 8h; resolution: high
+    # 24h, normal 72h, not due yet).
+    ids = [
+        await open_ticket(
+            store,
+            policy,
+            T0 - timedelta(days=1) + timedelta(minutes=i),
+            priority,
+            HOSTILE_TITLE if i == 0 else f"Order {i} late",
+        )
+        for i, priority in enumerate(["normal"] * 5 + ["high"] * 2)
+    ]
     assert await check_sla(store, policy, T0) == 1
     dispatcher = AlertDispatcher(store, sinks.config(), sinks.http, FakeClock())
     assert await dispatcher.deliver_due() == 3  # one alert, three sinks

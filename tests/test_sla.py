@@ -205,7 +205,12 @@ def test_outcome() -> None:
 
 
 async def open_ticket(
-    store: Store, policy: SlaPolicy, opened: datetime, priority: str = "high", **extra: Any
+    store: Store,
+    policy: SlaPolicy,
+    opened: datetime,
+    priority: str = "high",
+    subject: str = "Where is my <order>?",
+    **extra: Any,
 ) -> int:
     """A ticket with its due times as the pipeline would set them."""
     first, resolution = policy.due(opened, priority)
@@ -218,7 +223,7 @@ async def open_ticket(
             customer_id=cust.id,
             channel="x",
             source="x-mentions",
-            subject="Where is my <order>?",
+            subject=subject,
             priority=priority,
             opened_at=opened,
             first_response_due_at=first,
