@@ -764,34 +764,15 @@ async def test_sla_and_spike_alerts_say_what_happened_in_every_sink(
 ) -> None:
     """The key facts of SLA warnings and breaches and of spikes, in Slack, e-mail and JSON."""
     policy = SlaPolicy(SlaConfig())
-    async with store.session() as s:
-        cust = Customer(name="Dana")
-        s.add(cust)
-        await s.flush()
-        assert cust.id is not None
-        tickets = []
-        # Urgent (first response 1h): due at 07:55, so 1h05m late at T0.
-        # High (first response 4h): due at 09:30; 80% of it is gone at T0.
+    # Urgent (first response 1h): due at 07:55, so 1h05m late at T0.
+    # High (first response 4h): due at 09:30; 80% of it is gone at T0.
+    tickets = [
+        await open_ticket(store, policy, opened, priority, subject, team="care", assignee="ann")
         for priority, opened, subject in [
             ("urgent", T0 - timedelta(hours=2, minutes=5), HOSTILE_TITLE),
             ("high", T0 - timedelta(hours=3, minutes=30), "Parcel lost & no answer"),
-        ]:
-            first, resolution = policy.due(opened, priority)
-            ticket = Ticket(
-                customer_id=cust.id,
-                channel="x",
-                source="x-mentions",
-                subject=subject,
-                priority=priority,
-                team="care",
-                assignee="ann",
-                opened_at=opened,
-                first_response_due_at=first,
-                resolution_due_at=resolution,
-            )
-            s.add(ticket)
-            await s.flush()
-            tickets.append(ticket.id)
+        ]
+    ]
     late, close = tickets
     assert await check_sla(store, policy, T0) == 2
     spike = Spike(
