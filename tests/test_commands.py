@@ -169,6 +169,15 @@ async def test_report_summarises_the_last_period(loaded: Commands) -> None:
     assert "Messages: 2 (" in await loaded.run(VIEWER, "report")  # 7d unless said
 
 
+async def test_the_report_summary_is_plain_text(loaded: Commands, config: Config) -> None:
+    """Chat answers are escaped by each chat's adapter: the summary carries no Markdown
+    escapes that would show there as backslashes or doubled entities."""
+    brand = config.brand.model_copy(update={"name": "Acme_Co & <Partners>"})
+    commands = Commands(config.model_copy(update={"brand": brand}), loaded.store)
+    out = await commands.run(VIEWER, "report 24h")
+    assert out.startswith("Acme_Co & <Partners>, ") and "\\" not in out and "&lt;" not in out
+
+
 @pytest.mark.parametrize(
     ("line", "problem"),
     [

@@ -179,8 +179,7 @@ async def send_digest(
     if seen is not None:
         return None
     report = await build_report(store, period=digest.period, end=end, brand=brand, tz=tz)
-    # Plain: the summary goes in a Slack code block and a plain-text e-mail part.
-    text = summary(report, templates_dir=templates_dir, plain=True)
+    text = summary(report, templates_dir=templates_dir)
     html = render(report, "html", templates_dir=templates_dir)
     start = report.period.start.astimezone(ZoneInfo(tz))
     title = f"{brand} report ({digest.name}): {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M}"

@@ -94,12 +94,12 @@ def render(report: Report, fmt: Format, *, templates_dir: Path | None = None) ->
     raise ValueError(f"unknown report format {fmt!r} (one of {', '.join(FORMATS)})")
 
 
-def summary(report: Report, *, templates_dir: Path | None = None, plain: bool = False) -> str:
-    """A few lines of the report's headline figures, for chat answers and digests.
-
-    Customer-written words are escaped for Markdown, or with ``plain`` only kept to one line
-    (for plain text and code blocks, where a Markdown escape would show as a backslash)."""
-    env = _environment(templates_dir, html=False, plain=plain)
+def summary(report: Report, *, templates_dir: Path | None = None) -> str:
+    """A few lines of the report's headline figures, for chat answers and digests: plain
+    text, customer-written words each kept to one line. Where it goes escapes it as that
+    place needs (Slack's ``&<>``, a Mattermost code block, a plain-text e-mail part); a
+    Markdown escape would show there as a backslash."""
+    env = _environment(templates_dir, html=False)
     text = env.get_template("reports/summary.txt.j2").render(r=report, **_helpers(report))
     return "\n".join(line.rstrip() for line in text.strip().splitlines())
 
@@ -339,9 +339,7 @@ def to_csv(report: Report) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _environment(
-    extra_dir: Path | None, *, html: bool, plain: bool = False
-) -> ImmutableSandboxedEnvironment:
+def _environment(extra_dir: Path | None, *, html: bool) -> ImmutableSandboxedEnvironment:
     loaders: list[jinja2.BaseLoader] = []
     if extra_dir is not None:
         loaders.append(jinja2.FileSystemLoader(str(extra_dir)))
@@ -361,7 +359,8 @@ def _environment(
         change=fmt_change,
         signed=fmt_signed,
         dur=fmt_duration,
-        md=one_line if plain else md_escape,
+        md=md_escape,
+        one_line=one_line,
         when=fmt_when,
     )
     return env
