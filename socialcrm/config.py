@@ -27,7 +27,7 @@ from socialcrm.alerts import AlertsConfig
 from socialcrm.reports.digest import ReportsConfig
 from socialcrm.sla import SlaConfig
 from socialcrm.spikes import SpikeConfig
-from socialcrm.timespec import Duration, TimeZoneName
+from socialcrm.timespec import Duration, PositiveDuration, TimeZoneName
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -133,14 +133,7 @@ class SourceConfig(BaseModel):
     #: One ``source_failing`` alert once every poll has failed for this long (rate limits,
     #: 5xx, timeouts, malformed answers, unreachable); null: never. A fatal error (a request
     #: that can never succeed) alerts at once either way.
-    failing_alert_after: Duration | None = timedelta(minutes=30)
-
-    @field_validator("failing_alert_after")
-    @classmethod
-    def _alert_after(cls, v: timedelta | None) -> timedelta | None:
-        if v is not None and v <= timedelta(0):
-            raise ValueError('expected a duration longer than 0s like "30m" (null: never alert)')
-        return v
+    failing_alert_after: PositiveDuration | None = timedelta(minutes=30)
 
     def settings(self) -> dict[str, Any]:
         """The connector-specific settings (everything but the common keys)."""

@@ -37,6 +37,16 @@ def parse_duration(value: Any) -> timedelta:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError('expected a duration longer than 0s like "30m" (null: never)')
+    return value
+
+
+#: A :data:`Duration` longer than zero (for settings where null means "never").
+PositiveDuration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_positive)]
+
+
 def known_time_zone(name: str) -> str:
     """``name`` if it is an IANA time zone this machine knows; a ValueError that says so if not."""
     try:

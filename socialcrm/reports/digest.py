@@ -24,7 +24,7 @@ from socialcrm.db import Store
 from socialcrm.models import Alert
 from socialcrm.reports.data import build_report
 from socialcrm.reports.render import render, summary
-from socialcrm.timespec import Duration
+from socialcrm.timespec import Duration, PositiveDuration
 
 
 class _Section(BaseModel):
@@ -43,7 +43,7 @@ class DigestConfig(_Section):
     period: Duration = timedelta(days=7)
     #: A run missed because no daemon was running (a deploy, a crash, a reboot) is made up
     #: when one starts, if it was due no longer ago than this; None: never made up.
-    catch_up: Duration | None = timedelta(hours=6)
+    catch_up: PositiveDuration | None = timedelta(hours=6)
 
     @field_validator("cron")
     @classmethod
@@ -61,13 +61,6 @@ class DigestConfig(_Section):
     def _positive(cls, v: timedelta) -> timedelta:
         if v < timedelta(hours=1):
             raise ValueError("a digest covers at least 1h")
-        return v
-
-    @field_validator("catch_up")
-    @classmethod
-    def _catch_up(cls, v: timedelta | None) -> timedelta | None:
-        if v is not None and v <= timedelta(0):
-            raise ValueError('expected a duration longer than 0s like "6h" (null: never)')
         return v
 
     def trigger(self, tz: str) -> CronTrigger:
