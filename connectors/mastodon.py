@@ -115,7 +115,7 @@ class MastodonConnector:
             )
             return more
 
-        batch.more = await walk_each(streams, walk)
+        batch.more = await walk_each(streams, walk, batch)
         batch.messages.sort(key=lambda m: (m.created_at, _id_key(m.external_id)))
         fresh = list(seen)[len(recent) :]  # delivered or quarantined by this fetch
         state["recent"] = (fresh[::-1] + recent)[:RECENT_KEEP]

@@ -130,7 +130,7 @@ class RedditConnector:
             state[stream], more = await self._walk(stream, dict(state.get(stream) or {}), batch)
             return more
 
-        batch.more = await walk_each(streams, walk)
+        batch.more = await walk_each(streams, walk, batch)
         batch.messages.sort(key=lambda m: m.created_at)
         batch.cursor = state
         return batch

@@ -202,7 +202,7 @@ class XConnector:
             )
             return more
 
-        batch.more = await walk_each(streams, walk)
+        batch.more = await walk_each(streams, walk, batch)
         batch.messages.sort(key=lambda m: (m.created_at, int(m.external_id)))
         fresh = list(seen)[len(recent) :]  # delivered or quarantined by this fetch
         state["recent"] = (fresh[::-1] + recent)[:RECENT_KEEP]

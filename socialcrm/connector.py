@@ -10,7 +10,7 @@ from __future__ import annotations
 import email.utils
 import importlib.metadata
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -112,6 +112,10 @@ class Batch(BaseModel):
     cursor: Cursor | None = None
     #: True when the connector stopped early (page limit) and has more to fetch right away.
     more: bool = False
+    #: Streams (mentions, a search, one subreddit, one hashtag) that failed while the rest of
+    #: the source worked, by stream name. The core keeps each stream's health and backoff; the
+    #: batch's messages and cursor are stored as usual. Filled by :func:`walk_each`.
+    stream_errors: dict[str, ConnectorError] = Field(default_factory=dict)
 
 
 class OutboundReply(BaseModel):
@@ -156,11 +160,18 @@ class RetryableError(ConnectorError):
 
 
 class AuthError(ConnectorError):
-    """Credentials were refused: pause the source and tell a human; never retry forever."""
+    """Credentials were refused (a real 401, a refused token grant): pause the source and
+    tell a human; never retry forever. Raised only when the whole source cannot work."""
 
 
 class FatalError(ConnectorError):
     """The request can never succeed as made (bad query, gone resource)."""
+
+
+class ForbiddenError(FatalError):
+    """The credentials work, but this stream or this action is not allowed with them (a 403:
+    a private subreddit, a missing scope, a reply the platform refuses). It stops that stream
+    or that reply, with the platform's reason, and never pauses the whole source."""
 
 
 class MalformedPayload(ConnectorError):
@@ -171,29 +182,56 @@ class MalformedPayload(ConnectorError):
     """
 
 
+# Batch names ConnectorError, defined after it.
+Batch.model_rebuild()
+
 #: Failures that pass: a walk that made progress keeps it and stops there (see ``walk_each``).
 PASSING_ERRORS: tuple[type[ConnectorError], ...] = (RetryableError, MalformedPayload)
 
 _S = TypeVar("_S")
 
 
-async def walk_each(streams: Sequence[_S], walk: Callable[[_S], Awaitable[bool]]) -> bool:
+async def walk_each(
+    streams: Sequence[_S],
+    walk: Callable[[_S], Awaitable[bool]],
+    batch: Batch | None = None,
+    *,
+    resting: Collection[str] = (),
+) -> bool:
     """Walk each stream in turn (``walk`` stores its state and says whether it has more).
 
-    A passing failure (:data:`PASSING_ERRORS`) ends the fetch: raised when nothing was read
-    yet, otherwise swallowed, so the batch keeps what the earlier streams read and says it has
-    more (the next fetch meets the failure again if it lasts). A connector's page loop does the
-    same within a stream. At a fault rate where few fetches of many pages would succeed whole,
-    every fetch still moves its cursor forward.
+    Streams are independent: one that fails is recorded in ``batch.stream_errors`` under its
+    name (``str(stream)``) and the others go on, so a private subreddit or a missing search
+    scope does not stop the mentions. Streams named in ``resting`` (backing off after a
+    failure, as the core decided) are not walked this time. When every stream walked failed,
+    the first error is raised: the source as a whole is failing. An :class:`AuthError`
+    (credentials refused) is raised at once. Without a ``batch`` the first failure is raised,
+    as before streams had their own health.
+
+    A connector's page loop keeps the pages it read when a passing failure stops it, so at a
+    fault rate where few fetches of many pages would succeed whole, every fetch still moves
+    its cursor forward.
     """
     more = False
-    for n, stream in enumerate(streams):
+    walked = 0
+    failed: dict[str, ConnectorError] = {}
+    for stream in streams:
+        name = str(stream)
+        if name in resting:
+            continue
+        walked += 1
         try:
             more = await walk(stream) or more
-        except PASSING_ERRORS:
-            if n == 0:
+        except AuthError:
+            raise
+        except ConnectorError as err:
+            if batch is None:
                 raise
-            return True
+            failed[name] = err
+    if failed and len(failed) == walked:
+        raise next(iter(failed.values()))
+    if batch is not None:
+        batch.stream_errors.update(failed)
     return more
 
 
@@ -248,8 +286,10 @@ def error_for_status(status: int, headers: Mapping[str, str], detail: str) -> Co
         return RetryableError(text, retry_after_s(headers), not_sent=True)
     if status >= 500 or status == 408:
         return RetryableError(text, retry_after_s(headers))
-    if status in (401, 403):
+    if status == 401:
         return AuthError(text)
+    if status == 403:
+        return ForbiddenError(text)
     return FatalError(text)
 
 
@@ -274,7 +314,12 @@ class Connector(Protocol):
     Config: ClassVar[type[ConnectorConfig]]
 
     async def fetch(self, cursor: Cursor | None) -> Batch:
-        """Fetch everything new since ``cursor`` and return it with the next cursor."""
+        """Fetch everything new since ``cursor`` and return it with the next cursor.
+
+        A connector with several streams may also take ``resting: frozenset[str]``, the
+        streams the core holds back this time (backing off); the core passes it only to a
+        ``fetch`` whose signature names it, so older connectors keep working.
+        """
         ...
 
 
