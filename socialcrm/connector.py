@@ -130,6 +130,19 @@ class OutboundReply(BaseModel):
     subject: str | None = None
     references: list[str] = Field(default_factory=list)
     ticket_id: int | None = None
+    #: The stored raw payload of the message this reply answers (``InboundMessage.raw``), so a
+    #: connector can keep the platform's constraints: a Mastodon status's visibility, whether
+    #: an X post mentioned the brand.
+    original: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReplyIssue(BaseModel):
+    """A platform constraint on one reply, known before anyone approves it."""
+
+    reason: str
+    #: True: it cannot be sent as written (too long, would widen a private post's audience);
+    #: False: it may be sent, but the platform may refuse it.
+    blocking: bool = False
 
 
 class SentReceipt(BaseModel):
@@ -330,6 +343,13 @@ class ReplyingConnector(Connector, Protocol):
     async def send(self, reply: OutboundReply) -> SentReceipt:
         """Send an approved reply and return the platform's id for it."""
         ...
+
+    # A replying connector may also define, without any I/O:
+    #   @classmethod
+    #   def check_reply(cls, config: Config, reply: OutboundReply) -> list[ReplyIssue]
+    # the channel's constraints on ``reply`` (length, visibility, reply permission). The core
+    # calls it when a draft is made, edited or approved and shows the reasons on the card and
+    # in the CLI; a blocking issue stops the approval.
 
 
 ENTRY_POINT_GROUP = "socialcrm.connectors"
