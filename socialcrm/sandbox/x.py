@@ -1,4 +1,5 @@
-"""Stand-in for X API v2: mentions, recent search, posting a reply, ``/2/users/me``.
+"""Stand-in for X API v2: mentions, recent search, posting a reply, ``/2/users/me``, and the
+OAuth 2.0 token endpoint (refresh grant).
 
 Shapes follow the X API v2 reference (docs.x.com): a page is ``{"data": [...], "includes":
 {"users": [...]}, "meta": {"result_count", "newest_id", "oldest_id", "next_token"}}`` with the
@@ -10,16 +11,34 @@ newest post first, an empty page is ``{"meta": {"result_count": 0}}``; only the 
 Search understands a small part of X's query language: words (a tokenised match, so ``acme``
 does not match ``@acme`` or ``#acme``), ``"phrases"``, ``@mentions``, ``#hashtags``, ``OR``,
 ``-negation``, ``lang:``, ``from:``, ``is:reply`` and ``is:retweet``; parentheses are ignored.
+
+The platform's limits are kept, each citing the page of docs.x.com (mirrored in the public
+``xdevplatform/docs`` repository) that states it:
+
+- OAuth 2.0 user access tokens last two hours; a refresh rotates the refresh token
+  (``fundamentals/authentication/oauth-2-0/authorization-code.mdx``).
+- Recent search serves the last seven days and refuses an older ``since_id``
+  (``x-api/posts/search/introduction.mdx``); the mentions timeline serves the newest 800
+  (``x-api/posts/timelines/introduction.mdx``).
+- Self-serve tiers may reply only to a post that mentions or quotes the replying account
+  (``x-api/posts/manage-tweets/integrate.mdx``, "Reply restrictions"; changelog 2026-02-23).
+- A project over its usage cap gets 429 ``usage-capped`` (``x-api/fundamentals/
+  response-codes-and-errors.mdx``; body fields from ``UsageCapExceededProblem`` in the spec).
+- An edit is a new post whose ``edit_history_tweet_ids`` lists every version, oldest first
+  (``x-api/fundamentals/edit-posts.mdx``).
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
+import secrets
 import shlex
 from collections.abc import Callable
-from typing import Any, ClassVar, Final
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Final, Literal
 
 from aiohttp import web
 
@@ -60,7 +79,28 @@ SEARCH_PARAMS: Final = frozenset(
 #: Auth context of a request: "app" (app-only bearer) or "user" (user context).
 X_CONTEXT: Final = web.RequestKey("socialcrm_x_context", str)
 _B36: Final = "0123456789abcdefghijklmnopqrstuvwxyz"
+#: The OAuth 2.0 app (a confidential client) and the refresh token the brand's grant gave it.
+X_CLIENT_ID: Final = "sandbox-x-client-id"
+X_CLIENT_SECRET: Final = "sandbox-x-client-secret"
+X_REFRESH_TOKEN: Final = "sandbox-x-refresh-token"
+#: User access tokens live two hours (authorization-code.mdx: "expires after two hours").
+USER_TOKEN_TTL_S: Final = 7200.0
+#: Recent search covers the last seven days (search/introduction.mdx).
+SEARCH_WINDOW_S: Final = 7 * 86400.0
+#: The mentions timeline serves the newest 800 posts (timelines/introduction.mdx).
+MENTIONS_CAP: Final = 800
+#: X's answer to a reply the author did not summon us to (self-serve tiers; observed body).
+NOT_SUMMONED: Final = (
+    "Reply to this conversation is not allowed because you have not been mentioned or "
+    "otherwise engaged by the author of the post you are replying to."
+)
+Tier = Literal["self-serve", "enterprise"]
 _TOKEN_PAD: Final = 15
+
+
+def snowflake_ms(tweet_id: int) -> int:
+    """The epoch milliseconds a post id was made at (X ids are snowflakes)."""
+    return (tweet_id >> 22) + X_EPOCH_MS
 
 
 def _b36(n: int) -> str:
@@ -183,11 +223,30 @@ class XStandIn(StandIn):
         self._by_id: dict[str, int] = {}
         self._posted: dict[str, str] = {}  # reply id -> text
         self._seq = 0
+        #: Self-serve (pay per use, Basic, Pro) or Enterprise: only the first restricts replies.
+        self.tier: Tier = "self-serve"
+        #: Live user access tokens -> when each expires (sandbox clock); live refresh tokens.
+        now = sandbox.clock()
+        self.access_tokens: dict[str, float] = {
+            sandbox.credentials.x_user_token: now + USER_TOKEN_TTL_S
+        }
+        self.refresh_tokens: set[str] = {X_REFRESH_TOKEN}
+        #: Refresh grants answered, and the client secret a confidential client must send.
+        self.refreshes = 0
+        self.client_secret: str | None = X_CLIENT_SECRET
+        #: While set, every API call answers 429 usage-capped for this period.
+        self.usage_capped: Literal["Daily", "Monthly"] | None = None
+        #: Posts made on the platform while it runs (edits), oldest first.
+        self.extra: list[InboundMessage] = []
+        # The platform's "now": the traffic's start plus the time the clock has run since,
+        # or the newest visible post's time if the traffic has run ahead of the clock.
+        self._origin = (sandbox.generator.start.timestamp(), now)
 
     def routes(self) -> list[web.RouteDef]:
         """``GET /2/users/me``, ``GET /2/users/:id/mentions``, ``GET /2/tweets/search/recent``,
-        ``POST /2/tweets``."""
+        ``POST /2/tweets``, ``POST /2/oauth2/token``."""
         return [
+            web.post("/2/oauth2/token", self.token),
             web.get("/2/users/me", self.me),
             web.get("/2/users/{id}/mentions", self.mentions),
             web.get("/2/tweets/search/recent", self.search),
@@ -200,14 +259,18 @@ class XStandIn(StandIn):
         """Bearer tokens (app-only or user context) or an OAuth 1.0a header."""
         creds = self.sandbox.credentials
         auth = request.headers.get("Authorization", "")
+        if request.path.endswith("/2/oauth2/token"):
+            return None  # the client authenticates in the form or with Basic (see ``token``)
         if auth.startswith("Bearer "):
             token = auth[7:].strip()
             if token == creds.x_bearer_token:
                 request[X_CONTEXT] = "app"
                 return None
-            if token == creds.x_user_token:
+            expires = self.access_tokens.get(token)
+            if expires is not None and self.sandbox.clock() < expires:
                 request[X_CONTEXT] = "user"
                 return None
+            # An expired user token is refused like any unknown one: 401 (authorization-code.mdx).
         elif auth.startswith("OAuth "):
             fields = dict(re.findall(r'(\w+)="([^"]*)"', auth))
             if (
@@ -227,6 +290,8 @@ class XStandIn(StandIn):
             return "search", 450, 900.0
         if path.endswith("/users/me"):
             return "me", 75, 900.0
+        if path.endswith("/oauth2/token"):
+            return "oauth2", 300, 900.0
         return "tweets", 100, 900.0
 
     def rate_headers(
@@ -346,15 +411,115 @@ class XStandIn(StandIn):
 
     def _lookup(self, tweet_id: str) -> InboundMessage | None:
         index = self._index(tweet_id)
-        return None if index is None else self.sandbox.messages["x"][index]
+        if index is None:
+            return next((m for m in self.extra if m.external_id == tweet_id), None)
+        return self.sandbox.messages["x"][index]
 
     def _visible_id(self, tweet_id: str) -> bool:
         index = self._index(tweet_id)
         if index is None:
-            return tweet_id in self._posted
+            return tweet_id in self._posted or any(m.external_id == tweet_id for m in self.extra)
         return index < self.sandbox.released_count("x")
 
+    def now(self) -> float:
+        """The platform's time, in epoch seconds (see ``__init__``)."""
+        start, clock0 = self._origin
+        now = start + (self.sandbox.clock() - clock0)
+        count = self.sandbox.released_count("x")
+        if count:
+            now = max(now, self.sandbox.messages["x"][count - 1].created_at.timestamp())
+        if self.extra:
+            now = max(now, self.extra[-1].created_at.timestamp())
+        return now
+
+    def edit(self, tweet_id: str, text: str) -> InboundMessage:
+        """The author edits a visible post: a new post, ``edit_history_tweet_ids`` the chain."""
+        old = self._lookup(tweet_id)
+        if old is None or not self._visible_id(tweet_id):
+            raise KeyError(tweet_id)
+        history = [*old.raw.get("edit_history_tweet_ids", [tweet_id])]
+        now = self.now() + 1.0
+        self._seq = (self._seq + 1) & 0xFFF
+        new_id = str(((int(now * 1000) - X_EPOCH_MS) << 22) | (2 << 12) | self._seq)
+        created = datetime.fromtimestamp(now, old.created_at.tzinfo)
+        raw = {
+            **copy.deepcopy(old.raw),
+            "id": new_id,
+            "text": text,
+            "created_at": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "edit_history_tweet_ids": [*history, new_id],
+        }
+        post = old.model_copy(
+            update={"external_id": new_id, "text": text, "created_at": created, "raw": raw}
+        )
+        self.extra.append(post)
+        return post
+
+    def _capped(self) -> web.Response | None:
+        """429 usage-capped while the project is over its cap (UsageCapExceededProblem)."""
+        if self.usage_capped is None:
+            return None
+        return problem(
+            429,
+            "UsageCapExceeded",
+            f"Usage cap exceeded: {self.usage_capped} product cap",
+            f"{PROBLEMS}/usage-capped",
+            period=self.usage_capped,
+            scope="Product",
+        )
+
+    def _candidates(
+        self, indexes: list[int], wanted: Callable[[InboundMessage], bool]
+    ) -> list[InboundMessage]:
+        messages = self.sandbox.messages["x"]
+        out = [messages[i] for i in indexes] + [m for m in self.extra if wanted(m)]
+        if self.extra:
+            out.sort(key=lambda m: int(m.external_id))
+        return out
+
     # -- endpoints --------------------------------------------------------------------------
+
+    async def token(self, request: web.Request) -> web.Response:
+        """``POST /2/oauth2/token`` with ``grant_type=refresh_token``: new tokens, the refresh
+        token rotated (the one sent stops working). authorization-code.mdx, "Refresh tokens"."""
+        form = await request.post()
+        client_id = str(form.get("client_id", ""))
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Basic "):
+            try:
+                client_id, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+            except ValueError:
+                secret = ""
+            if client_id != X_CLIENT_ID or secret != self.client_secret:
+                return _oauth_error(
+                    401, "unauthorized_client", "Missing valid authorization header"
+                )
+        elif self.client_secret is not None or client_id != X_CLIENT_ID:
+            # A confidential client must authenticate with Basic; a public one names itself.
+            return _oauth_error(401, "unauthorized_client", "Missing valid authorization header")
+        if form.get("grant_type") != "refresh_token":
+            return _oauth_error(400, "invalid_request", "Missing required parameter [grant_type].")
+        refresh = str(form.get("refresh_token", ""))
+        if refresh not in self.refresh_tokens:
+            return _oauth_error(400, "invalid_request", "Value passed for the token was invalid.")
+        self.refresh_tokens.discard(refresh)
+        access, rotated = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        self.access_tokens[access] = self.sandbox.clock() + USER_TOKEN_TTL_S
+        self.refresh_tokens.add(rotated)
+        self.refreshes += 1
+        return json_answer(
+            {
+                "token_type": "bearer",
+                "expires_in": int(USER_TOKEN_TTL_S),
+                "access_token": access,
+                "scope": "tweet.read users.read tweet.write offline.access",
+                "refresh_token": rotated,
+            }
+        )
+
+    def revoke_refresh_tokens(self) -> None:
+        """The brand revoked the app's access: no refresh token works any more."""
+        self.refresh_tokens.clear()
 
     async def mentions(self, request: web.Request) -> web.Response:
         """``GET /2/users/:id/mentions``: posts naming the user, newest first."""
@@ -363,8 +528,12 @@ class XStandIn(StandIn):
             return invalid_request(
                 f"The `id` query parameter value [{user_id}] is not valid", {"id": [user_id]}
             )
+        capped = self._capped()
+        if capped is not None:
+            return capped
         indexes = self.visible("mentions", self.is_mention) if user_id == BRAND_USER_ID else []
-        return self._page(request, indexes, MENTIONS_PARAMS, 5, "pagination_token")
+        posts = self._candidates(indexes, self.is_mention)[-MENTIONS_CAP:]
+        return self._page(request, posts, MENTIONS_PARAMS, 5, "pagination_token")
 
     async def search(self, request: web.Request) -> web.Response:
         """``GET /2/tweets/search/recent``: posts matching ``query``, newest first."""
@@ -377,14 +546,33 @@ class XStandIn(StandIn):
             return invalid_request(
                 "The `query` query parameter value is too long", {"query": [query]}
             )
-        indexes = self.visible(f"search:{query}", query_matcher(query))
+        capped = self._capped()
+        if capped is not None:
+            return capped
+        matcher = query_matcher(query)
+        indexes = self.visible(f"search:{query}", matcher)
+        oldest_ms = int((self.now() - SEARCH_WINDOW_S) * 1000)
+        since = request.query.get("since_id", "")
+        if since.isdigit() and snowflake_ms(int(since)) < oldest_ms:
+            edge = datetime.fromtimestamp(oldest_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
+            larger = (oldest_ms - X_EPOCH_MS) << 22
+            return invalid_request(
+                f"'since_id' must be a tweet id created after {edge}. "
+                f"Please use a 'since_id' that is larger than {larger}",
+                {"since_id": [since]},
+            )
+        posts = [
+            m
+            for m in self._candidates(indexes, matcher)
+            if m.created_at.timestamp() * 1000 >= oldest_ms
+        ]
         token_param = "next_token" if "next_token" in request.query else "pagination_token"
-        return self._page(request, indexes, SEARCH_PARAMS, 10, token_param)
+        return self._page(request, posts, SEARCH_PARAMS, 10, token_param)
 
     def _page(
         self,
         request: web.Request,
-        indexes: list[int],
+        posts: list[InboundMessage],
         allowed: frozenset[str],
         min_results: int,
         token_param: str,
@@ -422,11 +610,9 @@ class XStandIn(StandIn):
                     {token_param: [token]},
                 )
         since, until = bounds["since_id"], bounds["until_id"]
-        messages = self.sandbox.messages["x"]
         chosen: list[InboundMessage] = []
         more = False
-        for i in reversed(indexes):
-            message = messages[i]
+        for message in reversed(posts):
             tid = int(message.external_id)
             if since is not None and tid <= since:
                 break  # ids grow with time: everything further is older still
@@ -515,6 +701,11 @@ class XStandIn(StandIn):
                 f"The `reply.in_reply_to_tweet_id` value [{target}] does not exist",
                 {"reply.in_reply_to_tweet_id": [str(target)]},
             )
+        capped = self._capped()
+        if capped is not None:
+            return capped
+        if target is not None and not self._summoned(str(target)):
+            return problem(403, "Forbidden", NOT_SUMMONED)
         if text in self._posted.values():
             return problem(
                 403, "Forbidden", "You are not allowed to create a Tweet with duplicate content."
@@ -536,6 +727,21 @@ class XStandIn(StandIn):
             {"data": {"id": tweet_id, "text": text, "edit_history_tweet_ids": [tweet_id]}}, 201
         )
 
+    def _summoned(self, target: str) -> bool:
+        """Whether a reply to ``target`` is allowed: always on Enterprise; on self-serve tiers
+        only when its author mentioned the brand or quoted one of its posts, or it is ours."""
+        if self.tier == "enterprise" or target in self._posted:
+            return True
+        post = self._lookup(target)
+        if post is None:
+            return False
+        quoted = {
+            str(ref.get("id"))
+            for ref in post.raw.get("referenced_tweets") or []
+            if isinstance(ref, dict) and ref.get("type") == "quoted"
+        }
+        return self.is_mention(post) or bool(quoted & set(self._posted))
+
     async def me(self, request: web.Request) -> web.Response:
         """``GET /2/users/me``: the brand account (user context only)."""
         if request.get(X_CONTEXT) != "user":
@@ -550,6 +756,11 @@ class XStandIn(StandIn):
         fields = _split(request.query.get("user.fields"))
         user = {k: v for k, v in self.brand_user.items() if k in DEFAULT_USER_FIELDS or k in fields}
         return json_answer({"data": user})
+
+
+def _oauth_error(status: int, error: str, description: str) -> web.Response:
+    """An OAuth 2.0 error answer (RFC 6749 section 5.2), the shape X's token endpoint uses."""
+    return json_answer({"error": error, "error_description": description}, status)
 
 
 def _split(value: str | None) -> set[str]:
