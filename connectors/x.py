@@ -14,14 +14,31 @@ The cursor holds one state per stream (``mentions``, ``search``) and the ids del
 A walk goes newest first, page by page, down to ``since_id``; the newest id of its first page
 becomes the next ``since_id`` once the walk reaches the end. When ``max_pages`` stops a walk
 early, the cursor keeps where it stopped (``until_id``) and ``Batch.more`` says so.
+
+Recent search serves only the last seven days and refuses an older ``since_id`` with a 400
+naming the smallest id it accepts; the search walk then starts again from that id, so what the
+platform still serves is read and the cursor moves on (the mentions timeline has no such limit;
+it serves the newest 800).
+
+An edited post comes back as a new post whose ``edit_history_tweet_ids`` starts with the
+original's id: its message keeps that first id as ``external_id`` (``edited`` set), so the core
+updates the stored message instead of opening a second ticket.
+
+OAuth 2.0 user access tokens last two hours. With ``client_id`` and ``refresh_token`` set, a 401
+on a user-context call is answered by the refresh grant (``POST /2/oauth2/token``); X rotates
+the refresh token each time, so the new pair goes to the :class:`TokenStore` the core hands in
+before it is used. A refused refresh is an :class:`AuthError` (the source's one auth alert).
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal
 
 import aiohttp
@@ -40,12 +57,17 @@ from socialcrm.connector import (
     ConnectorError,
     Cursor,
     FatalError,
+    ForbiddenError,
     InboundMessage,
     MalformedPayload,
+    MemoryTokens,
     OutboundReply,
     Quarantined,
+    ReplyIssue,
     RetryableError,
     SentReceipt,
+    TokenSet,
+    TokenStore,
     error_for_status,
     retry_after_s,
     walk_each,
@@ -58,6 +80,8 @@ TWEET_FIELDS = [
     "author_id",
     "conversation_id",
     "created_at",
+    "edit_history_tweet_ids",
+    "entities",
     "lang",
     "public_metrics",
     "referenced_tweets",
@@ -65,8 +89,16 @@ TWEET_FIELDS = [
 USER_FIELDS = ["name", "username", "public_metrics", "verified"]
 #: Post ids remembered in the cursor, newest first (see ``fetch``).
 RECENT_KEEP = 300
-#: Problem types of a 403 that concern one post or one request, not the credentials.
-_NOT_AUTH_403 = ("not-authorized-for-resource", "resource-not-found", "invalid-request")
+#: X's token endpoint (the refresh grant), on the API host.
+TOKEN_URL = "https://api.x.com/2/oauth2/token"
+#: Longest post in weighted characters (twitter-text v3: most scripts 1, CJK and emoji 2).
+MAX_POST_WEIGHT = 280
+#: X does not say when a usage cap resets: look again after this long, per cap period.
+USAGE_CAP_WAIT_S = {"Daily": 3600.0, "Monthly": 6 * 3600.0}
+#: What X says when a self-serve reply goes to a post that did not summon the brand.
+_NOT_SUMMONED = "not been mentioned or otherwise engaged"
+_STALE_ID = re.compile(r"larger than (\d+)")
+_URL = re.compile(r"https?://\S+", re.IGNORECASE)
 
 Stream = Literal["mentions", "search"]
 
@@ -127,6 +159,11 @@ class XConnector:
         base_url: str = TWEEPY_ORIGIN
         #: OAuth 2.0 user-context access token (``tweet.write``), needed to reply.
         user_access_token: SecretStr | None = None
+        #: The app's OAuth 2.0 client id and, for a confidential client, its secret; with
+        #: ``refresh_token`` (granted with ``offline.access``) an expired user token is renewed.
+        client_id: str | None = Field(default=None, min_length=1)
+        client_secret: SecretStr | None = None
+        refresh_token: SecretStr | None = None
         #: OAuth 1.0a user context, the other way to reply (all four or none).
         consumer_key: SecretStr | None = None
         consumer_secret: SecretStr | None = None
@@ -142,6 +179,10 @@ class XConnector:
                     "OAuth 1.0a needs consumer_key, consumer_secret, access_token and "
                     "access_token_secret together"
                 )
+            if self.refresh_token is not None and self.client_id is None:
+                raise ValueError("refresh_token needs the app's client_id")
+            if self.refresh_token is not None and self.user_access_token is None:
+                raise ValueError("refresh_token renews user_access_token: set both")
             user_context = all(given) or self.user_access_token is not None
             if self.user_id is None and self.search_query is None and not user_context:
                 raise ValueError("set user_id (mentions) or search_query, or both")
@@ -154,9 +195,15 @@ class XConnector:
             return []
         return [base_url_middleware(config.base_url)]
 
-    def __init__(self, config: Config, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, config: Config, http: aiohttp.ClientSession, *, tokens: TokenStore | None = None
+    ) -> None:
         self.config = config
         self.http = http
+        #: Where refreshed user tokens are kept (the core's store; memory without one).
+        self.tokens: TokenStore = tokens if tokens is not None else MemoryTokens()
+        self._refreshing = asyncio.Lock()
+        self._tokens_loaded = False
         self._reader = AsyncClient(
             bearer_token=config.bearer_token.get_secret_value(), return_type=dict
         )
@@ -203,7 +250,7 @@ class XConnector:
             return more
 
         batch.more = await walk_each(streams, walk, batch)
-        batch.messages.sort(key=lambda m: (m.created_at, int(m.external_id)))
+        batch.messages.sort(key=lambda m: (m.created_at, int(m.raw["id"])))
         fresh = list(seen)[len(recent) :]  # delivered or quarantined by this fetch
         state["recent"] = (fresh[::-1] + recent)[:RECENT_KEEP]
         batch.cursor = state
@@ -216,14 +263,25 @@ class XConnector:
         until: str | None = state.get("until_id")
         newest: str | None = state.get("newest_id")
         token: str | None = None
-        for n in range(self.config.max_pages):
+        restarted = False
+        n = 0
+        while n < self.config.max_pages:
             try:
                 page = await self._page(stream, since, until, token)
                 data, users, meta = _envelope(page)
+            except _StaleBound as err:
+                if n > 0 or restarted:
+                    raise
+                # Older than search serves (seven days): walk again from the oldest id X still
+                # accepts; what lay between is gone from search (the mentions walk keeps its own).
+                restarted = True
+                since, until, newest = err.since_id, None, None
+                continue
             except PASSING_ERRORS:
                 if n == 0:
                     raise
                 break  # keep the pages read; the next fetch goes on from ``until_id``
+            n += 1
             if newest is None and meta.get("newest_id"):
                 newest = str(meta["newest_id"])
             for item in data:
@@ -272,7 +330,7 @@ class XConnector:
     ) -> None:
         ident = item.get("id") if isinstance(item, dict) else None
         if isinstance(ident, str) and ident in seen:
-            return  # a mention that the search found too
+            return  # a mention that the search found too (``seen`` holds post ids)
         raw = json.dumps(item, ensure_ascii=False, sort_keys=True, default=str)
         try:
             message = _message(item, users, direct=stream == "mentions")
@@ -288,12 +346,18 @@ class XConnector:
                     )
                 )
             return
-        seen[message.external_id] = None
+        seen[str(message.raw["id"])] = None
+        for i, other in enumerate(batch.messages):
+            if other.external_id == message.external_id:
+                # Two versions of one post in one fetch: keep the latest edit.
+                if int(message.raw["id"]) > int(other.raw["id"]):
+                    batch.messages[i] = message
+                return
         batch.messages.append(message)
 
     async def _brand_id(self) -> str | None:
         if self._user_id is None and self._writer is not None:
-            body = await self._call(self._writer.get_me, user_auth=self._writer_oauth1)
+            body = await self._as_user(self._writer.get_me, user_auth=self._writer_oauth1)
             data = body.get("data") if isinstance(body, dict) else None
             if not isinstance(data, dict) or not str(data.get("id", "")).isdigit():
                 raise MalformedPayload(f"/2/users/me answered without a user id: {body!r:.200}")
@@ -308,7 +372,7 @@ class XConnector:
             raise AuthError(
                 "replying on X needs user context: set user_access_token or the OAuth 1.0a keys"
             )
-        body = await self._call(
+        body = await self._as_user(
             self._writer.create_tweet,
             text=reply.text,
             in_reply_to_tweet_id=reply.in_reply_to,
@@ -319,6 +383,120 @@ class XConnector:
             raise MalformedPayload(f"POST /2/tweets answered without an id: {body!r:.200}")
         return SentReceipt(external_id=data["id"], url=f"https://x.com/i/web/status/{data['id']}")
 
+    @classmethod
+    def check_reply(cls, config: Config, reply: OutboundReply) -> list[ReplyIssue]:
+        """X's constraints on a reply, known before approval: its length, and whether X may
+        refuse it because the post did not mention or quote the brand (self-serve tiers)."""
+        issues: list[ReplyIssue] = []
+        weight = post_weight(reply.text)
+        if weight > MAX_POST_WEIGHT:
+            issues.append(
+                ReplyIssue(
+                    reason=f"X takes at most {MAX_POST_WEIGHT} characters in a post; this reply "
+                    f"counts {weight} (links count 23, CJK and emoji 2)",
+                    blocking=True,
+                )
+            )
+        if reply.original and not _summons(reply.original, config.user_id):
+            issues.append(
+                ReplyIssue(
+                    reason="X may refuse a reply to a post that did not mention @brand or quote "
+                    "one of its posts (self-serve API tiers allow only replies the author "
+                    "summoned)",
+                )
+            )
+        return issues
+
+    # -- user context -------------------------------------------------------------------------
+
+    async def _as_user(
+        self, method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
+    ) -> Any:
+        """A user-context call; an expired OAuth 2.0 token is renewed once and the call made
+        again (a 401 means X did nothing, so nothing is done twice)."""
+        await self._load_tokens()
+        used = getattr(self._writer, "bearer_token", None)
+        try:
+            return await self._call(method, *args, **kwargs)
+        except _Unauthorized:
+            if self._writer_oauth1 or self.config.refresh_token is None:
+                raise
+        await self._refresh(used)
+        return await self._call(method, *args, **kwargs)
+
+    async def _load_tokens(self) -> None:
+        """Take the newest tokens the store has (a refresh before a restart rotated them)."""
+        if self._tokens_loaded or self._writer is None or self._writer_oauth1:
+            return
+        saved = await self.tokens.load()
+        if saved is not None:
+            self._writer.bearer_token = saved.access_token.get_secret_value()
+        self._tokens_loaded = True
+
+    async def _refresh(self, used: str | None) -> None:
+        """Run the refresh grant once for everyone who saw ``used`` expire."""
+        async with self._refreshing:
+            saved = await self.tokens.load()
+            if saved is not None and saved.access_token.get_secret_value() != used:
+                self._writer.bearer_token = saved.access_token.get_secret_value()
+                return  # renewed meanwhile (another call, another daemon)
+            if self._writer.bearer_token != used:
+                return
+            refresh = (saved.refresh_token if saved is not None else None) or (
+                self.config.refresh_token
+            )
+            assert refresh is not None and self.config.client_id is not None
+            fresh = await self._grant(refresh.get_secret_value())
+            await self.tokens.save(fresh)  # before use: the old refresh token is dead now
+            self._writer.bearer_token = fresh.access_token.get_secret_value()
+
+    async def _grant(self, refresh_token: str) -> TokenSet:
+        """``POST /2/oauth2/token`` with ``grant_type=refresh_token``."""
+        assert self.config.client_id is not None
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        headers: dict[str, str] = {}
+        if self.config.client_secret is not None:
+            pair = f"{self.config.client_id}:{self.config.client_secret.get_secret_value()}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        else:
+            form["client_id"] = self.config.client_id
+        try:
+            async with self.http.post(TOKEN_URL, data=form, headers=headers) as resp:
+                status = resp.status
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:
+                    body = None
+                rate_headers = dict(resp.headers)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
+            raise RetryableError(
+                f"X unreachable for a token refresh: {err!r}", not_sent=True
+            ) from err
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise RetryableError(f"X token refresh failed: {err!r}", not_sent=True) from err
+        if status in (400, 401, 403):
+            error = body.get("error") if isinstance(body, dict) else None
+            raise AuthError(
+                f"X refused to renew the user token ({error or status}): authorise the app "
+                "again and set a new refresh_token"
+            )
+        found = error_for_status(status, rate_headers, "token refresh")
+        if found is not None:
+            if isinstance(found, RetryableError):
+                found.not_sent = True
+            raise found
+        try:
+            access = str(body["access_token"])
+            rotated = body.get("refresh_token")
+            ttl = float(body.get("expires_in", 7200))
+        except (KeyError, TypeError, ValueError) as err:
+            raise MalformedPayload("X's token answer has no access_token") from err
+        return TokenSet(
+            access_token=SecretStr(access),
+            refresh_token=SecretStr(str(rotated)) if rotated else SecretStr(refresh_token),
+            expires_at=datetime.now(UTC) + timedelta(seconds=ttl),
+        )
+
     # -- errors -------------------------------------------------------------------------------
 
     async def _call(self, method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
@@ -326,18 +504,34 @@ class XConnector:
         try:
             return await method(*args, **kwargs)
         except tweepy.TooManyRequests as err:
+            body = await _problem(err)
+            if str(body.get("type", "")).endswith("/usage-capped"):
+                # A usage cap is not a 15-minute window: the reset headers would bring us back
+                # to the same refusal every quarter hour for the rest of the month.
+                period = str(body.get("period", "Monthly"))
+                raise RetryableError(
+                    f"X usage cap reached ({period} {body.get('scope', 'Product')} cap): "
+                    f"{body.get('detail', err)}",
+                    USAGE_CAP_WAIT_S.get(period, USAGE_CAP_WAIT_S["Monthly"]),
+                    not_sent=True,
+                ) from err
             raise RetryableError(
                 f"X rate limit: {err}", retry_after_s(err.response.headers), not_sent=True
             ) from err
         except tweepy.Unauthorized as err:
-            raise AuthError(f"X refused the credentials: {err}") from err
+            raise _Unauthorized(f"X refused the credentials: {err}") from err
         except tweepy.Forbidden as err:
             raise await _forbidden(err) from err
         except tweepy.TwitterServerError as err:
             raise RetryableError(
                 f"X server error: {err}", retry_after_s(err.response.headers)
             ) from err
-        except (tweepy.BadRequest, tweepy.NotFound) as err:
+        except tweepy.BadRequest as err:
+            stale = _stale_bound(await _problem(err))
+            if stale is not None:
+                raise stale from err
+            raise FatalError(f"X refused the request: {err}") from err
+        except tweepy.NotFound as err:
             raise FatalError(f"X refused the request: {err}") from err
         except tweepy.HTTPException as err:
             status = int(err.response.status)
@@ -357,17 +551,74 @@ class XConnector:
             raise MalformedPayload(f"X answered with broken JSON: {err}") from err
 
 
-async def _forbidden(err: tweepy.Forbidden) -> ConnectorError:
-    """A 403 is about the credentials unless X says it is about this post or request."""
+class _Unauthorized(AuthError):
+    """A real 401: for a user token, the sign that it expired."""
+
+
+class _StaleBound(FatalError):
+    """Search refused a ``since_id``/``until_id`` older than it serves; ``since_id`` is the
+    smallest id X said it accepts, if it said."""
+
+    def __init__(self, message: str, since_id: str | None) -> None:
+        super().__init__(message)
+        self.since_id = since_id
+
+
+async def _problem(err: tweepy.HTTPException) -> dict[str, Any]:
+    """The problem JSON of an error answer, or {}."""
     try:
         body = await err.response.json(content_type=None)
-    except ValueError:
-        body = None
-    kind = str(body.get("type", "")) if isinstance(body, dict) else ""
-    detail = str(body.get("detail", "")) if isinstance(body, dict) else str(err)
-    if kind.endswith(_NOT_AUTH_403) or "duplicate content" in detail:
-        return FatalError(f"X refused: {detail or err}")
-    return AuthError(f"X forbids it: {detail or err}")
+    except (ValueError, aiohttp.ClientError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _stale_bound(body: dict[str, Any]) -> _StaleBound | None:
+    """A 400 naming ``since_id``/``until_id`` as older than search serves, sorted out."""
+    for error in body.get("errors") or []:
+        if not isinstance(error, dict):
+            continue
+        params = error.get("parameters") or {}
+        message = str(error.get("message", ""))
+        if ("since_id" in params or "until_id" in params) and "created after" in message:
+            found = _STALE_ID.search(message)
+            return _StaleBound(f"X search: {message}", found.group(1) if found else None)
+    return None
+
+
+async def _forbidden(err: tweepy.Forbidden) -> ConnectorError:
+    """A 403: the credentials work, but X will not do this; its reason goes with the error."""
+    body = await _problem(err)
+    detail = str(body.get("detail", "")) or str(err)
+    if _NOT_SUMMONED in detail:
+        return ForbiddenError(
+            "X refused the reply: the post did not mention or quote the brand, and self-serve "
+            f"API tiers only allow replies the author summoned ({detail})"
+        )
+    return ForbiddenError(f"X refused: {detail}")
+
+
+def _summons(post: dict[str, Any], brand_id: str | None) -> bool:
+    """Whether a post (X's payload) mentions the brand's account or quotes a post."""
+    entities = post.get("entities")
+    mentions = entities.get("mentions") if isinstance(entities, dict) else None
+    for mention in mentions if isinstance(mentions, list) else []:
+        if isinstance(mention, dict) and brand_id is not None and mention.get("id") == brand_id:
+            return True
+    return False
+
+
+def post_weight(text: str) -> int:
+    """A post's length as X counts it (twitter-text v3): a link is 23, most characters 1,
+    the rest (CJK, emoji) 2."""
+    weight = 0
+    rest = _URL.sub("", text)
+    weight += 23 * len(_URL.findall(text))
+    for char in rest:
+        code = ord(char)
+        light = code <= 4351 or 8192 <= code <= 8205 or 8208 <= code <= 8223 or 8242 <= code <= 8247
+        weight += 1 if light else 2
+    return weight
 
 
 def _digest(raw: str) -> str:
@@ -398,6 +649,12 @@ def _message(item: Any, users: dict[str, dict[str, Any]], *, direct: bool) -> In
     ident = item["id"]
     if not isinstance(ident, str) or not ident.isdigit():
         raise ValueError(f"bad post id {ident!r}")
+    history = item.get("edit_history_tweet_ids") or [ident]
+    if not isinstance(history, list) or not all(
+        isinstance(h, str) and h.isdigit() for h in history
+    ):
+        raise ValueError(f"bad edit_history_tweet_ids {history!r}")
+    first = history[0]
     author_id = item.get("author_id")
     user = users.get(author_id, {}) if isinstance(author_id, str) else {}
     metrics = user.get("public_metrics") or {}
@@ -423,7 +680,8 @@ def _message(item: Any, users: dict[str, dict[str, Any]], *, direct: bool) -> In
         extra["created_at"] = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
     return InboundMessage(
         channel="x",
-        external_id=ident,
+        external_id=first,  # an edit is the same message as the post it edits
+        edited=first != ident,
         text=item["text"],
         author=author,
         lang=item.get("lang"),

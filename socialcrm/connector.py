@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 Channel = Literal["x", "mastodon", "reddit", "email", "rss", "webhook"]
 CHANNELS: tuple[str, ...] = ("x", "mastodon", "reddit", "email", "rss", "webhook")
@@ -75,6 +75,9 @@ class InboundMessage(BaseModel):
     #: True when the message was addressed to the brand directly (mention, DM, support mail).
     direct: bool = True
     truncated: bool = False
+    #: A later version of a message the platform gave before under the same ``external_id``
+    #: (an X edit): the core updates the stored message's text and raw payload.
+    edited: bool = False
     raw: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("text")
@@ -150,6 +153,49 @@ class SentReceipt(BaseModel):
 
     external_id: str
     url: str | None = None
+
+
+class TokenSet(BaseModel):
+    """OAuth tokens a connector obtained at run time (a refresh grant rotates them)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    access_token: SecretStr
+    refresh_token: SecretStr | None = None
+    expires_at: datetime | None = None
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """Where a connector keeps the tokens it was given at run time, so a restart (or another
+    daemon) uses the newest ones: the core hands one to a connector whose ``__init__`` takes a
+    ``tokens`` keyword, as it hands the HTTP session. A connector never touches the database."""
+
+    async def load(self) -> TokenSet | None:
+        """The tokens saved last, or None before the first save."""
+        ...
+
+    async def save(self, tokens: TokenSet) -> None:
+        """Keep ``tokens`` (before they are used: a rotated refresh token must not be lost)."""
+        ...
+
+
+class MemoryTokens:
+    """A :class:`TokenStore` in memory, for a connector the core gives no store (tests, CLI)."""
+
+    def __init__(self) -> None:
+        self._tokens: TokenSet | None = None
+
+    def __repr__(self) -> str:
+        return f"MemoryTokens(saved={self._tokens is not None})"
+
+    async def load(self) -> TokenSet | None:
+        """The tokens saved last."""
+        return self._tokens
+
+    async def save(self, tokens: TokenSet) -> None:
+        """Keep ``tokens``."""
+        self._tokens = tokens
 
 
 class ConnectorError(Exception):

@@ -42,6 +42,7 @@ from socialcrm.sender import Sender
 from socialcrm.sla import SlaPolicy, check_sla
 from socialcrm.sources import Poller, PollOutcome, Source, make_source
 from socialcrm.spikes import check_spikes
+from socialcrm.tokens import SourceTokens
 
 log = logging.getLogger(__name__)
 # APScheduler warns on every skipped run of a job that is still running; one poll per source
@@ -160,7 +161,7 @@ class Daemon:
         """Build every source, schedule its polls, and serve HTTP."""
         for i, cfg in enumerate(self.config.sources):
             if cfg.enabled:
-                self.poller.add(make_source(cfg, i))
+                self.poller.add(make_source(cfg, i, SourceTokens(self.store, cfg.name)))
         await self.poller.load_state()
         self.sender.connectors = {n: s.connector for n, s in self.poller.sources.items()}
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))

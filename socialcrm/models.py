@@ -307,6 +307,16 @@ class SourceState(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
 
+class SourceToken(SQLModel, table=True):
+    """OAuth tokens a source's connector obtained at run time (an X refresh rotates them)."""
+
+    source: str = Field(primary_key=True, max_length=128)
+    access_token: str = Field(sa_type=sa.Text, repr=False)
+    refresh_token: str | None = Field(default=None, sa_type=sa.Text, repr=False)
+    expires_at: datetime | None = _ts()
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
 class Quarantine(SQLModel, table=True):
     """A payload that could not be processed, kept with its error until someone retries it."""
 

@@ -19,6 +19,7 @@ alerts table, so a daemon that restarts in a loop neither hides the alert nor re
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import time
@@ -42,6 +43,7 @@ from socialcrm.connector import (
     ConnectorError,
     FatalError,
     RetryableError,
+    TokenStore,
     connector_names,
     load_connector,
 )
@@ -110,9 +112,10 @@ class Source:
         return self.config.name
 
 
-def make_source(cfg: SourceConfig, index: int) -> Source:
+def make_source(cfg: SourceConfig, index: int, tokens: TokenStore | None = None) -> Source:
     """Build a source: its connector (found by ``cfg.type``) with validated settings and an
-    HTTP session of its own, which the core owns and closes."""
+    HTTP session of its own, which the core owns and closes; ``tokens`` goes to a connector
+    whose ``__init__`` takes a ``tokens`` keyword (where it keeps refreshed OAuth tokens)."""
     try:
         cls = load_connector(cfg.type)
     except LookupError:
@@ -136,8 +139,11 @@ def make_source(cfg: SourceConfig, index: int) -> Source:
         middlewares=tuple(hook(settings)) if hook is not None else (),
     )
     factory: Callable[..., Connector] = cls
+    extra: dict[str, Any] = {}
+    if tokens is not None and "tokens" in inspect.signature(cls).parameters:
+        extra["tokens"] = tokens
     try:
-        connector = factory(settings, http)
+        connector = factory(settings, http, **extra)
     except BaseException:
         # Closing needs a loop turn; the caller is async, so schedule it.
         _close_later(http)

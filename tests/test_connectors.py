@@ -26,6 +26,7 @@ from socialcrm.connector import (
     Connector,
     ConnectorError,
     FatalError,
+    ForbiddenError,
     InboundMessage,
     OutboundReply,
     RetryableError,
@@ -360,8 +361,8 @@ async def test_x_replies_need_user_context(x: XHarness) -> None:
     reply = OutboundReply(reply_id=1, channel="x", text="Hello", in_reply_to=target)
     with pytest.raises(AuthError, match="user context"):
         await x.connector(user_access_token=None).send(reply)
-    # An app-only token where user context belongs: X says 403, which is about credentials.
-    with pytest.raises(AuthError):
+    # An app-only token where user context belongs: X says 403 (the token works, not here).
+    with pytest.raises(ForbiddenError, match="Application-Only"):
         await x.connector(user_access_token=x.sandbox.credentials.x_bearer_token).send(reply)
     assert x.replies() == []
 

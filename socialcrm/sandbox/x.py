@@ -389,10 +389,12 @@ class XStandIn(StandIn):
         return {k: v for k, v in full.items() if k in DEFAULT_USER_FIELDS or k in fields}
 
     def _entities(self, text: str) -> dict[str, Any]:
-        mentions = [
-            {"start": m.start(), "end": m.end(), "username": m.group(1)}
-            for m in re.finditer(r"(?<![\w@])@(\w{1,15})", text)
-        ]
+        mentions: list[dict[str, Any]] = []
+        for m in re.finditer(r"(?<![\w@])@(\w{1,15})", text):
+            mention: dict[str, Any] = {"start": m.start(), "end": m.end(), "username": m.group(1)}
+            if m.group(1).lower() == self.sandbox.brand_handle.lower():
+                mention["id"] = BRAND_USER_ID  # X names the account mentioned
+            mentions.append(mention)
         tags = [
             {"start": m.start(), "end": m.end(), "tag": m.group(1)}
             for m in re.finditer(r"(?<![\w#])#(\w+)", text)
