@@ -229,6 +229,17 @@ class Pipeline:
         existing = await _stored_keys(session, [s.msg for s in scored])
         if existing:
             result.duplicates += len(existing)
+            for s in scored:
+                if s.msg.edited and (s.msg.channel, s.msg.external_id) in existing:
+                    # An edit of a stored message: the same message, its words updated.
+                    await session.execute(
+                        sa.update(Message)
+                        .where(
+                            Message.channel == s.msg.channel,  # type: ignore[arg-type]
+                            Message.external_id == s.msg.external_id,  # type: ignore[arg-type]
+                        )
+                        .values(text=s.msg.text, raw=s.msg.raw)
+                    )
             scored = [s for s in scored if (s.msg.channel, s.msg.external_id) not in existing]
         msgs = [s.msg for s in scored]
 

@@ -62,8 +62,12 @@ def _strict(spec: dict[str, Any]) -> dict[str, Any]:
                 and "discriminator" not in node
             ):
                 node["additionalProperties"] = False
-            for value in node.values():
-                close(value)
+            for key, value in node.items():
+                if key == "properties" and isinstance(value, dict):
+                    for member in value.values():  # a map of names, not a schema
+                        close(member)
+                else:
+                    close(value)
         elif isinstance(node, list):
             for value in node:
                 close(value)

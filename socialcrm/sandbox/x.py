@@ -354,6 +354,10 @@ class XStandIn(StandIn):
                 continue
             if name in raw:
                 out[name] = copy.deepcopy(raw[name])
+                if name == "public_metrics":
+                    # The spec requires these two; the traffic does not count them.
+                    out[name].setdefault("bookmark_count", 0)
+                    out[name].setdefault("impression_count", 0)
             elif name == "in_reply_to_user_id" and message.in_reply_to:
                 parent = self._lookup(message.in_reply_to)
                 if parent is not None and parent.author.user_id:
@@ -725,9 +729,8 @@ class XStandIn(StandIn):
                 posted_at=self.sandbox.clock(),
             )
         )
-        return json_answer(
-            {"data": {"id": tweet_id, "text": text, "edit_history_tweet_ids": [tweet_id]}}, 201
-        )
+        # TweetCreateResponse in the spec: ``data`` is ``{"id", "text"}``.
+        return json_answer({"data": {"id": tweet_id, "text": text}}, 201)
 
     def _summoned(self, target: str) -> bool:
         """Whether a reply to ``target`` is allowed: always on Enterprise; on self-serve tiers

@@ -1,0 +1,362 @@
+"""The X connector against a stand-in held to X API v2's documented behaviour and its OpenAPI file.
+
+Every exchange of these tests (the connector's requests and the stand-in's answers) is checked
+against the vendored spec (tests/specs/x) at the end of each test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import sqlalchemy as sa
+from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
+
+from connectors.x import MAX_POST_WEIGHT, XConnector
+from socialcrm.connector import (
+    AuthError,
+    ForbiddenError,
+    InboundMessage,
+    MemoryTokens,
+    OutboundReply,
+    RetryableError,
+    TokenSet,
+)
+from socialcrm.db import Store
+from socialcrm.models import Message, Reply, SourceToken, Ticket
+from socialcrm.pipeline import Pipeline
+from socialcrm.sandbox.server import Sandbox, make_app
+from socialcrm.sandbox.x import (
+    BRAND_USER_ID,
+    MENTIONS_CAP,
+    SEARCH_WINDOW_S,
+    USER_TOKEN_TTL_S,
+    X_CLIENT_ID,
+    X_CLIENT_SECRET,
+    X_REFRESH_TOKEN,
+    query_matcher,
+)
+from socialcrm.tokens import SourceTokens
+from tests.connector_suite import drain, ids
+from tests.x_spec import Exchange, XSpec, record_x
+
+QUERY = "acme"
+SPEC = XSpec()
+
+
+class Clock:
+    """A fake clock in epoch seconds."""
+
+    def __init__(self, now: float = 1_780_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class X:
+    """A sandbox on a fake clock, served, with every X exchange recorded."""
+
+    def __init__(self, sandbox: Sandbox, server: TestServer, clock: Clock) -> None:
+        self.sandbox = sandbox
+        self.server = server
+        self.clock = clock
+        self.exchanges: list[Exchange] = []
+        self.sessions: list[aiohttp.ClientSession] = []
+
+    def connector(self, tokens: Any = None, **changes: Any) -> XConnector:
+        creds = self.sandbox.credentials
+        settings: dict[str, Any] = {
+            "bearer_token": creds.x_bearer_token,
+            "user_id": BRAND_USER_ID,
+            "search_query": QUERY,
+            "max_results": 100,
+            "max_pages": 50,
+            "base_url": str(self.server.make_url("/x")),
+            "user_access_token": creds.x_user_token,
+            "client_id": X_CLIENT_ID,
+            "client_secret": X_CLIENT_SECRET,
+            "refresh_token": X_REFRESH_TOKEN,
+        }
+        settings.update(changes)
+        config = XConnector.Config.model_validate(settings)
+        session = aiohttp.ClientSession(middlewares=XConnector.session_middlewares(config))
+        self.sessions.append(session)
+        return XConnector(config, session, tokens=tokens)
+
+    def mention(self) -> InboundMessage:
+        """Release X posts until one names @acme; return it."""
+        while True:
+            [post] = self.sandbox.release(1, "x")
+            if self.sandbox.x.is_mention(post):
+                return post
+
+    def unsummoned(self) -> InboundMessage:
+        """Release X posts until one matches the search but does not name @acme."""
+        wanted = query_matcher(QUERY)
+        while True:
+            [post] = self.sandbox.release(1, "x")
+            if wanted(post) and not self.sandbox.x.is_mention(post):
+                return post
+
+
+@pytest.fixture
+async def x(request: pytest.FixtureRequest) -> AsyncIterator[X]:
+    messages = getattr(request, "param", 3000)
+    clock = Clock()
+    sandbox = Sandbox(7, messages=messages, clock=clock)
+    app = make_app(sandbox)
+    harness_exchanges: list[Exchange] = []
+    record_x(app, harness_exchanges)
+    async with TestServer(app, host="127.0.0.1") as server:
+        harness = X(sandbox, server, clock)
+        harness.exchanges = harness_exchanges
+        try:
+            yield harness
+        finally:
+            for session in harness.sessions:
+                await session.close()
+    # Every request the connector made and every answer the stand-in gave follow the spec.
+    assert harness_exchanges
+    for exchange in harness_exchanges:
+        SPEC.check(exchange)
+
+
+def reply_to(post: InboundMessage, text: str = "Sorry! We sent you a DM.") -> OutboundReply:
+    return OutboundReply(
+        reply_id=1, channel="x", text=text, in_reply_to=post.external_id, original=post.raw
+    )
+
+
+# -- the spec checker ---------------------------------------------------------------------------
+
+
+def exchange(**changes: Any) -> Exchange:
+    base = Exchange(
+        method="GET",
+        path="/2/tweets/search/recent",
+        query=[("query", "acme"), ("max_results", "10"), ("tweet.fields", "author_id")],
+        content_type="",
+        body=b"",
+        status=200,
+        answer_type="application/json",
+        answer=json.dumps(
+            {
+                "data": [{"id": "1", "text": "hi", "edit_history_tweet_ids": ["1"]}],
+                "meta": {"result_count": 1, "newest_id": "1", "oldest_id": "1"},
+            }
+        ).encode(),
+    )
+    for key, value in changes.items():
+        setattr(base, key, value)
+    return base
+
+
+def test_the_spec_checker_catches_a_wrong_field_name() -> None:
+    SPEC.check(exchange())  # the shape X documents passes
+    misspelt = b'{"data": [{"idd": "1", "text": "hi"}], "meta": {"result_count": 1}}'
+    with pytest.raises(Exception, match="idd"):
+        SPEC.check_answer(exchange(answer=misspelt))
+    with pytest.raises(ValueError, match="tweet_fields"):
+        SPEC.check_request(exchange(query=[("query", "acme"), ("tweet_fields", "author_id")]))
+    with pytest.raises(Exception, match="max_results"):
+        SPEC.check_request(exchange(query=[("query", "acme"), ("max_results", "200")]))
+    body = b'{"text": "hi", "reply": {"in_reply_to_id": "1"}}'
+    with pytest.raises(Exception, match="in_reply_to"):
+        SPEC.check_request(
+            exchange(
+                method="POST",
+                path="/2/tweets",
+                query=[],
+                content_type="application/json",
+                body=body,
+            )
+        )
+
+
+# -- 1. user tokens expire; the refresh grant rotates the refresh token -------------------------
+
+
+async def test_an_expired_user_token_is_refreshed_and_the_rotated_token_kept(x: X) -> None:
+    tokens = MemoryTokens()
+    connector = x.connector(tokens)
+    await connector.send(reply_to(x.mention()))
+    x.clock.tick(USER_TOKEN_TTL_S + 1)
+    await connector.send(reply_to(x.mention(), "Second"))  # 401, refresh, sent
+    assert x.sandbox.x.refreshes == 1 and len(x.sandbox.replies) == 2
+    saved = await tokens.load()
+    assert saved is not None and saved.refresh_token is not None
+    rotated = saved.refresh_token.get_secret_value()
+    assert rotated != X_REFRESH_TOKEN and X_REFRESH_TOKEN not in x.sandbox.x.refresh_tokens
+    assert rotated not in repr(saved) and rotated not in str(saved)
+    # A restart reads the store: the configured refresh token is dead, the stored one works.
+    x.clock.tick(USER_TOKEN_TTL_S + 1)
+    await x.connector(tokens).send(reply_to(x.mention(), "Third"))
+    assert x.sandbox.x.refreshes == 2 and len(x.sandbox.replies) == 3
+
+
+async def test_a_refused_refresh_is_one_auth_error(x: X) -> None:
+    connector = x.connector()
+    x.clock.tick(USER_TOKEN_TTL_S + 1)
+    x.sandbox.x.revoke_refresh_tokens()
+    with pytest.raises(AuthError, match="refused to renew") as caught:
+        await connector.send(reply_to(x.mention()))
+    assert X_REFRESH_TOKEN not in str(caught.value)
+    assert x.sandbox.replies == []
+
+
+async def test_five_hours_of_replies_cross_two_expiries_and_all_go_out(x: X) -> None:
+    """Every 10 minutes for 5 hours (a fake clock), one approved reply: every one is sent."""
+    connector = x.connector()
+    for n in range(30):
+        await connector.send(reply_to(x.mention(), f"Reply {n}"))
+        x.clock.tick(600)
+    assert len(x.sandbox.replies) == 30
+    assert x.sandbox.x.refreshes == 2
+
+
+async def test_the_store_keeps_tokens_for_the_next_start(store: Store) -> None:
+    tokens = SourceTokens(store, "x-acme")
+    assert await tokens.load() is None
+    await tokens.save(TokenSet(access_token=SecretStr("a1"), refresh_token=SecretStr("r1")))
+    await tokens.save(TokenSet(access_token=SecretStr("a2"), refresh_token=SecretStr("r2")))
+    again = await SourceTokens(store, "x-acme").load()
+    assert again is not None and again.refresh_token is not None
+    assert again.refresh_token.get_secret_value() == "r2"
+    async with store.reader() as s:
+        row = await s.get(SourceToken, "x-acme")
+    assert row is not None and "r2" not in repr(row) and "a2" not in repr(row)
+
+
+# -- 2. recent search refuses a since_id older than seven days ----------------------------------
+
+
+async def test_a_since_id_older_than_seven_days_does_not_stop_the_source(x: X) -> None:
+    x.sandbox.release(60, "x")
+    connector = x.connector()
+    _, first = await drain(connector, None)
+    x.clock.tick(SEARCH_WINDOW_S + 86400)  # eight quiet days
+    later = [x.mention() for _ in range(3)]
+    messages, batch = await drain(connector, first.cursor)
+    assert not batch.stream_errors
+    assert {m.external_id for m in later} <= set(ids(messages))
+    assert batch.cursor is not None
+    assert batch.cursor["search"]["since_id"] != first.cursor["search"]["since_id"]  # type: ignore[index]
+    refused = [e for e in x.exchanges if e.status == 400]
+    assert len(refused) == 1 and b"since_id" in refused[0].answer
+
+
+@pytest.mark.parametrize("x", [10_500], indirect=True)
+async def test_a_ten_day_outage_loses_nothing_the_platform_still_serves(x: X) -> None:
+    x.sandbox.release(40, "x")
+    _, first = await drain(x.connector(), None)
+    cut = x.sandbox.released_count("x")
+    x.clock.tick(10 * 86400)
+    x.sandbox.release_all()
+    messages, batch = await drain(x.connector(), first.cursor)  # the restart
+    assert not batch.stream_errors
+    now = x.sandbox.x.now()
+    after = x.sandbox.messages["x"][cut:]
+    mentions = [m for m in after if x.sandbox.x.is_mention(m)][-MENTIONS_CAP:]
+    wanted = query_matcher(QUERY)
+    recent = [m for m in after if wanted(m) and m.created_at.timestamp() >= now - SEARCH_WINDOW_S]
+    assert recent, "the traffic reaches into the search window"
+    expected = {m.external_id for m in mentions + recent}
+    got = ids(messages)
+    assert len(got) == len(set(got))
+    assert set(got) == expected
+
+
+# -- 3. self-serve tiers refuse replies the author did not summon -------------------------------
+
+
+async def test_a_reply_to_an_unsummoned_post_fails_with_xs_reason(x: X) -> None:
+    connector = x.connector()
+    with pytest.raises(ForbiddenError, match="did not mention or quote the brand"):
+        await connector.send(reply_to(x.unsummoned()))
+    assert x.sandbox.replies == []
+    await connector.send(reply_to(x.mention()))  # a mention may be answered
+    assert len(x.sandbox.replies) == 1
+
+
+async def test_check_reply_warns_for_search_results_and_blocks_long_text(x: X) -> None:
+    connector = x.connector()
+    x.unsummoned()
+    x.mention()
+    messages, _ = await drain(connector, None)
+    config = connector.config
+    for message in messages:
+        issues = XConnector.check_reply(config, reply_to(message))
+        assert [i.blocking for i in issues] == ([] if message.direct else [False]), message.text
+        if not message.direct:
+            assert "did not mention @brand" in issues[0].reason
+    mention = next(m for m in messages if m.direct)
+    long = XConnector.check_reply(config, reply_to(mention, "a" * (MAX_POST_WEIGHT + 1)))
+    assert [i.blocking for i in long] == [True]
+    # Links count 23 whatever their length; CJK counts 2.
+    assert not XConnector.check_reply(config, reply_to(mention, "https://x.co/" + "a" * 300))
+    assert XConnector.check_reply(config, reply_to(mention, "漢" * 141))[0].blocking
+
+
+# -- 9. the usage cap is not a 15-minute rate limit ---------------------------------------------
+
+
+async def test_a_usage_cap_waits_for_hours_not_the_rate_window(x: X) -> None:
+    x.sandbox.release(20, "x")
+    connector = x.connector()
+    x.sandbox.x.usage_capped = "Monthly"
+    with pytest.raises(RetryableError, match="usage cap") as caught:
+        await connector.fetch(None)
+    assert caught.value.retry_after_s is not None and caught.value.retry_after_s >= 3600
+    with pytest.raises(RetryableError, match="usage cap") as sent:
+        await connector.send(reply_to(x.mention()))
+    assert sent.value.not_sent and (sent.value.retry_after_s or 0) >= 3600
+    x.sandbox.x.usage_capped = None
+    messages, _ = await drain(connector, None)
+    assert messages
+
+
+# -- 10. an edit is the same message ------------------------------------------------------------
+
+
+async def test_an_edit_keeps_the_originals_id_and_the_latest_text(x: X) -> None:
+    post = x.mention()
+    connector = x.connector()
+    first, batch = await drain(connector, None)
+    assert post.external_id in ids(first)
+    edited = x.sandbox.x.edit(post.external_id, post.text + " (edited: order #123)")
+    later, _ = await drain(connector, batch.cursor)
+    [again] = [m for m in later if m.external_id == post.external_id]
+    assert again.edited and again.text == edited.text
+    assert again.raw["id"] == edited.external_id
+    # Both versions in one fetch: one message, the latest text.
+    both, _ = await drain(x.connector(), None)
+    versions = [m for m in both if m.external_id == post.external_id]
+    assert len(versions) == 1 and versions[0].text == edited.text
+
+
+async def test_an_edit_updates_the_stored_message_and_opens_nothing(
+    x: X, pipeline: Pipeline, store: Store
+) -> None:
+    post = x.mention()
+    connector = x.connector()
+    _, batch = await drain(connector, None)
+    await pipeline.ingest(batch, "x-acme")
+    x.sandbox.x.edit(post.external_id, "@acme never mind, it works now")
+    _, again = await drain(connector, batch.cursor)
+    await pipeline.ingest(again, "x-acme")
+    async with store.reader() as s:
+        stored = (await s.execute(sa.select(Message).where(Message.channel == "x"))).scalars()
+        texts = {m.external_id: m.text for m in stored}
+        tickets = (await s.execute(sa.select(sa.func.count()).select_from(Ticket))).scalar()
+        drafts = (await s.execute(sa.select(sa.func.count()).select_from(Reply))).scalar()
+    assert texts[post.external_id] == "@acme never mind, it works now"
+    assert len(texts) == len({m.external_id for m in batch.messages})
+    assert (tickets or 0) <= len(texts) and (drafts or 0) <= len(texts)
