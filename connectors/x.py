@@ -230,8 +230,9 @@ class XConnector:
 
     # -- fetching -----------------------------------------------------------------------------
 
-    async def fetch(self, cursor: Cursor | None) -> Batch:
-        """Everything new in the mentions timeline and the search since ``cursor``."""
+    async def fetch(self, cursor: Cursor | None, resting: frozenset[str] = frozenset()) -> Batch:
+        """Everything new in the mentions timeline and the search since ``cursor``; streams
+        named in ``resting`` (backing off, as the core decided) are left for later."""
         state = dict(cursor or {})
         batch = Batch()
         # Ids delivered (or quarantined) lately: a post both streams find comes once.
@@ -249,7 +250,7 @@ class XConnector:
             )
             return more
 
-        batch.more = await walk_each(streams, walk, batch)
+        batch.more = await walk_each(streams, walk, batch, resting=resting)
         batch.messages.sort(key=lambda m: (m.created_at, int(m.raw["id"])))
         fresh = list(seen)[len(recent) :]  # delivered or quarantined by this fetch
         state["recent"] = (fresh[::-1] + recent)[:RECENT_KEEP]

@@ -46,7 +46,7 @@ def free_port() -> int:
 
 def sandbox_sources(sandbox: Sandbox, base: str, interval: str = "1s") -> list[dict[str, Any]]:
     """Source settings that point the real connectors at the sandbox."""
-    from socialcrm.sandbox.x import BRAND_USER_ID
+    from socialcrm.sandbox.x import BRAND_USER_ID, X_CLIENT_ID, X_CLIENT_SECRET, X_REFRESH_TOKEN
 
     c = sandbox.credentials
     return [
@@ -58,6 +58,10 @@ def sandbox_sources(sandbox: Sandbox, base: str, interval: str = "1s") -> list[d
             "base_url": f"{base}/x",
             "bearer_token": c.x_bearer_token,
             "user_access_token": c.x_user_token,
+            # User tokens last two hours: the refresh grant renews them (X's stand-in app).
+            "client_id": X_CLIENT_ID,
+            "client_secret": X_CLIENT_SECRET,
+            "refresh_token": X_REFRESH_TOKEN,
             "user_id": BRAND_USER_ID,
             "search_query": f"{sandbox.brand.lower()} -is:retweet",
         },

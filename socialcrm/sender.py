@@ -168,6 +168,7 @@ class Sender:
             return False
         except AuthError as err:
             await self._finish_failed(reply, f"credentials refused: {err}")
+            await self._source_auth(reply.source, err)
             return False
         except ConnectorError as err:
             await self._finish_failed(reply, str(err))
@@ -252,6 +253,20 @@ class Sender:
             r.next_attempt_at = self.clock() + timedelta(seconds=wait)
             r.last_error = f"rate limited, next try in {wait:.0f}s: {err}"
         self._changed(reply.id)
+
+    async def _source_auth(self, source: str, err: AuthError) -> None:
+        """One ``source_auth`` alert per source (the key the poller uses): its credentials, or
+        the renewal of its user token, were refused; every reply through it will fail."""
+        async with self.store.session() as s:
+            await raise_alert(
+                s,
+                "source_auth",
+                f"source_auth:{source}",
+                f"Source {source} needs new credentials; replies through it fail",
+                {"source": source, "error": str(err)[:1000]},
+                "critical",
+                now=self.clock(),
+            )
 
     async def _needs_check(self, reply: Reply, why: str) -> None:
         await self._conclude(reply, "needs_check", why)

@@ -17,6 +17,8 @@ from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
 from connectors.x import MAX_POST_WEIGHT, XConnector
+from socialcrm import responder
+from socialcrm.config import Config
 from socialcrm.connector import (
     AuthError,
     ForbiddenError,
@@ -27,7 +29,7 @@ from socialcrm.connector import (
     TokenSet,
 )
 from socialcrm.db import Store
-from socialcrm.models import Message, Reply, SourceToken, Ticket
+from socialcrm.models import Alert, Message, Reply, SourceToken, Ticket
 from socialcrm.pipeline import Pipeline
 from socialcrm.sandbox.server import Sandbox, make_app
 from socialcrm.sandbox.x import (
@@ -40,6 +42,8 @@ from socialcrm.sandbox.x import (
     X_REFRESH_TOKEN,
     query_matcher,
 )
+from socialcrm.sender import Sender
+from socialcrm.sources import Source, make_source
 from socialcrm.tokens import SourceTokens
 from tests.connector_suite import drain, ids
 from tests.x_spec import Exchange, XSpec, record_x
@@ -233,6 +237,95 @@ async def test_the_store_keeps_tokens_for_the_next_start(store: Store) -> None:
     async with store.reader() as s:
         row = await s.get(SourceToken, "x-acme")
     assert row is not None and "r2" not in repr(row) and "a2" not in repr(row)
+
+
+def x_source(x: X, store: Store) -> Source:
+    """The X source as the daemon builds it: settings from config, tokens in the store."""
+    creds = x.sandbox.credentials
+    config = Config.model_validate(
+        {
+            "sources": [
+                {
+                    "name": "x-acme",
+                    "type": "x",
+                    "bearer_token": creds.x_bearer_token,
+                    "user_id": BRAND_USER_ID,
+                    "base_url": str(x.server.make_url("/x")),
+                    "user_access_token": creds.x_user_token,
+                    "client_id": X_CLIENT_ID,
+                    "client_secret": X_CLIENT_SECRET,
+                    "refresh_token": X_REFRESH_TOKEN,
+                }
+            ]
+        }
+    )
+    return make_source(config.sources[0], 0, SourceTokens(store, "x-acme"))
+
+
+async def approve_drafts(store: Store) -> int:
+    async with store.session() as s:
+        drafts = (await s.execute(sa.select(Reply.id).where(Reply.status == "draft"))).scalars()
+        ids_ = list(drafts)
+        for rid in ids_:
+            # Staff make each answer their own: X refuses a post it has seen word for word.
+            r = await s.get(Reply, rid)
+            assert r is not None
+            await responder.edit(s, rid, f"{r.draft_text} (case {rid})", "dana", "slack")
+    return len(ids_)
+
+
+async def test_every_approved_reply_goes_out_across_token_expiries(
+    x: X, pipeline: Pipeline, store: Store
+) -> None:
+    """A run of five hours on a fake clock (user tokens expire every two): mentions come in,
+    drafts are approved every ten minutes, and the sender sends every one."""
+    src = x_source(x, store)
+    sender = Sender(store, {"x-acme": src.connector})
+    cursor = None
+    approved = 0
+    try:
+        for _ in range(30):
+            x.mention()
+            batch = await src.connector.fetch(cursor)
+            cursor = batch.cursor
+            await pipeline.ingest(batch, "x-acme")
+            approved += await approve_drafts(store)
+            await sender.send_due()
+            x.clock.tick(600)
+    finally:
+        await src.http.close()
+    async with store.reader() as s:
+        statuses = list((await s.execute(sa.select(Reply.status))).scalars())
+        row = await s.get(SourceToken, "x-acme")
+    assert approved >= 10
+    assert statuses.count("sent") == approved, statuses
+    assert len(x.sandbox.replies) == approved
+    assert x.sandbox.x.refreshes == 2
+    # The rotated refresh token is in the store, and it is the live one.
+    assert row is not None and row.refresh_token in x.sandbox.x.refresh_tokens
+
+
+async def test_a_refused_renewal_raises_one_source_auth_alert(
+    x: X, pipeline: Pipeline, store: Store
+) -> None:
+    src = x_source(x, store)
+    sender = Sender(store, {"x-acme": src.connector})
+    try:
+        for _ in range(3):
+            x.mention()
+        batch = await src.connector.fetch(None)
+        await pipeline.ingest(batch, "x-acme")
+        x.clock.tick(USER_TOKEN_TTL_S + 1)
+        x.sandbox.x.revoke_refresh_tokens()
+        assert await approve_drafts(store) >= 2
+        await sender.send_due()
+    finally:
+        await src.http.close()
+    async with store.reader() as s:
+        kinds = list((await s.execute(sa.select(Alert.kind))).scalars())
+        failed = list((await s.execute(sa.select(Reply.last_error))).scalars())
+    assert kinds.count("source_auth") == 1
+    assert all("refused to renew" in (e or "") for e in failed)
 
 
 # -- 2. recent search refuses a since_id older than seven days ----------------------------------
