@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -43,7 +44,7 @@ from socialcrm.sandbox.x import (
     query_matcher,
 )
 from socialcrm.sender import Sender
-from socialcrm.sources import Source, make_source
+from socialcrm.sources import Poller, Source, make_source
 from socialcrm.tokens import SourceTokens
 from tests.connector_suite import drain, ids
 from tests.x_spec import Exchange, XSpec, record_x
@@ -414,6 +415,38 @@ async def test_a_usage_cap_waits_for_hours_not_the_rate_window(x: X) -> None:
     x.sandbox.x.usage_capped = None
     messages, _ = await drain(connector, None)
     assert messages
+
+
+async def test_a_usage_capped_source_rests_for_hours_and_alerts_once(
+    x: X, pipeline: Pipeline, store: Store
+) -> None:
+    src = x_source(x, store)
+    mono = [1000.0]
+    poller = Poller(
+        store,
+        pipeline,
+        clock=lambda: mono[0],
+        wall_clock=lambda: datetime.fromtimestamp(x.clock(), UTC),
+    )
+    poller.add(src)
+    x.sandbox.release(20, "x")
+    x.sandbox.x.usage_capped = "Monthly"
+    try:
+        for _ in range(4):
+            out = await poller.poll("x-acme")
+            assert out.error is not None and "usage cap" in out.error
+            wait = src.not_before - mono[0]
+            assert wait >= 3600, wait  # not the 15-minute rate window
+            assert (await poller.poll("x-acme")).skipped  # resting, no request made
+            mono[0] += wait
+            x.clock.tick(wait)
+        x.sandbox.x.usage_capped = None
+        assert (await poller.poll("x-acme")).error is None
+    finally:
+        await src.http.close()
+    async with store.reader() as s:
+        kinds = list((await s.execute(sa.select(Alert.kind))).scalars())
+    assert kinds.count("source_failing") == 1
 
 
 # -- 10. an edit is the same message ------------------------------------------------------------
