@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -366,6 +366,40 @@ async def test_a_ten_day_outage_loses_nothing_the_platform_still_serves(x: X) ->
     got = ids(messages)
     assert len(got) == len(set(got))
     assert set(got) == expected
+
+
+async def test_a_walk_half_done_before_an_outage_resumes_at_the_window(x: X) -> None:
+    x.sandbox.release(400, "x")
+    first = await x.connector(max_results=10, max_pages=1).fetch(None)
+    assert first.more and first.cursor is not None and first.cursor["search"].get("until_id")
+    x.clock.tick(SEARCH_WINDOW_S + 3600)
+    fresh = [x.mention() for _ in range(2)]
+    connector = x.connector()
+    messages, batch = await drain(connector, first.cursor)
+    assert not batch.stream_errors
+    assert batch.cursor is not None and set(batch.cursor["search"]) == {"since_id"}
+    latest, _ = await drain(connector, batch.cursor)  # what came during the walk: next poll
+    got = ids(first.messages) + ids(messages) + ids(latest)
+    assert {m.external_id for m in fresh} <= set(got)
+    assert len(got) == len(set(got))
+
+
+async def test_search_keeps_to_its_seven_days_and_its_time_bounds(x: X) -> None:
+    x.sandbox.release(300, "x")
+    async with aiohttp.ClientSession() as http:
+        url = str(x.server.make_url("/x/2/tweets/search/recent"))
+        auth = {"Authorization": f"Bearer {x.sandbox.credentials.x_bearer_token}"}
+        now = datetime.fromtimestamp(x.sandbox.x.now(), UTC)
+        old = (now.replace(microsecond=0) - timedelta(days=8)).isoformat().replace("+00:00", "Z")
+        async with http.get(url, params={"query": QUERY, "start_time": old}, headers=auth) as r:
+            assert r.status == 400
+            assert "'start_time' must be on or after" in (await r.json())["errors"][0]["message"]
+        posts = [m for m in x.sandbox.released("x") if query_matcher(QUERY)(m)]
+        middle = posts[len(posts) // 2].created_at.isoformat().replace("+00:00", "Z")
+        params = {"query": QUERY, "end_time": middle, "max_results": "100"}
+        async with http.get(url, params=params, headers=auth) as r:
+            data = (await r.json())["data"]
+        assert {d["id"] for d in data} == {m.external_id for m in posts[: len(posts) // 2]}
 
 
 # -- 3. self-serve tiers refuse replies the author did not summon -------------------------------

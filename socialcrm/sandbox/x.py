@@ -558,19 +558,42 @@ class XStandIn(StandIn):
         matcher = query_matcher(query)
         indexes = self.visible(f"search:{query}", matcher)
         oldest_ms = int((self.now() - SEARCH_WINDOW_S) * 1000)
-        since = request.query.get("since_id", "")
-        if since.isdigit() and snowflake_ms(int(since)) < oldest_ms:
-            edge = datetime.fromtimestamp(oldest_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
-            larger = (oldest_ms - X_EPOCH_MS) << 22
-            return invalid_request(
-                f"'since_id' must be a tweet id created after {edge}. "
-                f"Please use a 'since_id' that is larger than {larger}",
-                {"since_id": [since]},
-            )
+        edge = datetime.fromtimestamp(oldest_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
+        for name in ("since_id", "until_id"):
+            value = request.query.get(name, "")
+            if value.isdigit() and snowflake_ms(int(value)) < oldest_ms:
+                larger = (oldest_ms - X_EPOCH_MS) << 22
+                return invalid_request(
+                    f"'{name}' must be a tweet id created after {edge}. "
+                    f"Please use a '{name}' that is larger than {larger}",
+                    {name: [value]},
+                )
+        times: dict[str, float] = {}
+        for name in ("start_time", "end_time"):
+            if name not in request.query:
+                continue
+            value = request.query[name]
+            try:
+                moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                return invalid_request(
+                    f"Invalid '{name}':'{value}'. '{name}' must be a valid RFC 3339 date-time",
+                    {name: [value]},
+                )
+            stamp = moment.timestamp() if moment.tzinfo else moment.replace(tzinfo=UTC).timestamp()
+            if name == "start_time" and stamp * 1000 < oldest_ms:
+                return invalid_request(
+                    f"Invalid 'start_time':'{value}'. 'start_time' must be on or after {edge}",
+                    {name: [value]},
+                )
+            times[name] = stamp
+        start_ms = max(oldest_ms, int(times.get("start_time", 0) * 1000))
+        end = times.get("end_time")
         posts = [
             m
             for m in self._candidates(indexes, matcher)
-            if m.created_at.timestamp() * 1000 >= oldest_ms
+            if m.created_at.timestamp() * 1000 >= start_ms
+            and (end is None or m.created_at.timestamp() < end)
         ]
         token_param = "next_token" if "next_token" in request.query else "pagination_token"
         return self._page(request, posts, SEARCH_PARAMS, 10, token_param)
