@@ -447,7 +447,16 @@ class XConnector:
                 self.config.refresh_token
             )
             assert refresh is not None and self.config.client_id is not None
-            fresh = await self._grant(refresh.get_secret_value())
+            try:
+                fresh = await self._grant(refresh.get_secret_value())
+            except AuthError:
+                # Another daemon on the same store may have used this refresh token a moment
+                # ago: X then refuses it here, and the store has the pair it got.
+                again = await self.tokens.load()
+                if again is None or again.access_token.get_secret_value() == used:
+                    raise
+                self._writer.bearer_token = again.access_token.get_secret_value()
+                return
             await self.tokens.save(fresh)  # before use: the old refresh token is dead now
             self._writer.bearer_token = fresh.access_token.get_secret_value()
 

@@ -6,6 +6,7 @@ against the vendored spec (tests/specs/x) at the end of each test.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -205,6 +206,20 @@ async def test_an_expired_user_token_is_refreshed_and_the_rotated_token_kept(x: 
     x.clock.tick(USER_TOKEN_TTL_S + 1)
     await x.connector(tokens).send(reply_to(x.mention(), "Third"))
     assert x.sandbox.x.refreshes == 2 and len(x.sandbox.replies) == 3
+
+
+async def test_two_daemons_on_one_store_renew_without_a_false_alarm(x: X) -> None:
+    tokens = MemoryTokens()  # stands for the shared store's sourcetoken row
+    first, second = x.connector(tokens), x.connector(tokens)
+    x.clock.tick(USER_TOKEN_TTL_S + 1)
+    targets = [x.mention(), x.mention()]
+    await asyncio.gather(
+        first.send(reply_to(targets[0], "One")), second.send(reply_to(targets[1], "Two"))
+    )
+    assert len(x.sandbox.replies) == 2
+    saved = await tokens.load()
+    assert saved is not None and saved.refresh_token is not None
+    assert saved.refresh_token.get_secret_value() in x.sandbox.x.refresh_tokens
 
 
 async def test_a_refused_refresh_is_one_auth_error(x: X) -> None:
