@@ -221,6 +221,7 @@ class XStandIn(StandIn):
         }
         self._mention = re.compile(rf"(?<![\w@]){re.escape('@' + handle)}(?!\w)", re.IGNORECASE)
         self._by_id: dict[str, int] = {}
+        self._handles: dict[str, str] = {}
         self._posted: dict[str, str] = {}  # reply id -> text
         self._seq = 0
         #: Self-serve (pay per use, Basic, Pro) or Enterprise: only the first restricts replies.
@@ -396,8 +397,9 @@ class XStandIn(StandIn):
         mentions: list[dict[str, Any]] = []
         for m in re.finditer(r"(?<![\w@])@(\w{1,15})", text):
             mention: dict[str, Any] = {"start": m.start(), "end": m.end(), "username": m.group(1)}
-            if m.group(1).lower() == self.sandbox.brand_handle.lower():
-                mention["id"] = BRAND_USER_ID  # X names the account mentioned
+            user_id = self._user_ids().get(m.group(1).lower())
+            if user_id is not None:
+                mention["id"] = user_id  # X names the account mentioned, when it exists
             mentions.append(mention)
         tags = [
             {"start": m.start(), "end": m.end(), "tag": m.group(1)}
@@ -409,6 +411,16 @@ class XStandIn(StandIn):
         if tags:
             out["hashtags"] = tags
         return out
+
+    def _user_ids(self) -> dict[str, str]:
+        """Handle (lower case) -> user id of every account the stand-in knows."""
+        if not self._handles:
+            self._handles[self.sandbox.brand_handle.lower()] = BRAND_USER_ID
+            for message in self.sandbox.messages["x"]:
+                author = message.author
+                if author.handle and author.user_id:
+                    self._handles.setdefault(author.handle.lower(), author.user_id)
+        return self._handles
 
     def _index(self, tweet_id: str) -> int | None:
         if not self._by_id:
