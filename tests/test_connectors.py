@@ -47,7 +47,9 @@ from tests.connector_suite import (
     drain,
     ids,
 )
+from tests.x_spec import Exchange, XSpec, record_x
 
+X_SPEC = XSpec()
 SEED = 11
 MESSAGES = 700
 #: Client timeout in the tests; the sandbox's "timeout" fault answers later than this.
@@ -130,6 +132,25 @@ class SandboxHarness:
 
 class XHarness(SandboxHarness):
     platform: ClassVar[Platform] = "x"
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, sandbox: Sandbox | None = None) -> AsyncIterator[Any]:
+        """Serve a sandbox; at the end, every X exchange the stand-in did not break on purpose
+        must follow X's OpenAPI description (tests/specs/x)."""
+        sandbox = sandbox or Sandbox(SEED, messages=MESSAGES, faults=Faults(timeout_delay_s=3.0))
+        app = make_app(sandbox)
+        exchanges: list[Exchange] = []
+        record_x(app, exchanges, sandbox.faults)
+        async with TestServer(app, host="127.0.0.1") as server:
+            harness = cls(sandbox, server)
+            try:
+                yield harness
+            finally:
+                for session in harness._sessions:
+                    await session.close()
+        for exchange in exchanges:
+            X_SPEC.check(exchange)
 
     def visible(self, message: InboundMessage) -> bool:
         return self.sandbox.x.is_mention(message) or query_matcher(QUERY)(message)

@@ -26,6 +26,8 @@ from openapi_core.validation.request.validators import (
     V30RequestParametersValidator,
 )
 
+from socialcrm.sandbox.faults import FaultPlan
+
 SPEC_PATH = Path(__file__).parent / "specs" / "x" / "openapi.json"
 SERVER = "https://api.x.com"
 #: Paths the stand-in serves that X's OpenAPI file does not describe (see specs/x/README.md).
@@ -182,15 +184,20 @@ def _matches(template: str, path: str) -> bool:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def record_x(app: web.Application, into: list[Exchange]) -> None:
-    """Keep every exchange with the X stand-in (``/x/...``) of a sandbox app in ``into``."""
+def record_x(
+    app: web.Application, into: list[Exchange], faults: FaultPlan | None = None
+) -> None:
+    """Keep every exchange with the X stand-in (``/x/...``) of a sandbox app in ``into``;
+    with the sandbox's ``faults``, leave out the answers it broke on purpose."""
 
     @web.middleware
     async def recorder(request: web.Request, handler: Handler) -> web.StreamResponse:
         body = await request.read()
+        before = len(faults.events) if faults is not None else 0
         answer = await handler(request)
         path = request.path
-        if path.startswith("/x/") and path[2:] not in UNDESCRIBED:
+        faulted = faults is not None and len(faults.events) > before
+        if path.startswith("/x/") and path[2:] not in UNDESCRIBED and not faulted:
             raw = answer.body if isinstance(answer, web.Response) else b""
             into.append(
                 Exchange(
