@@ -184,9 +184,7 @@ def _matches(template: str, path: str) -> bool:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def record_x(
-    app: web.Application, into: list[Exchange], faults: FaultPlan | None = None
-) -> None:
+def record_x(app: web.Application, into: list[Exchange], faults: FaultPlan | None = None) -> None:
     """Keep every exchange with the X stand-in (``/x/...``) of a sandbox app in ``into``;
     with the sandbox's ``faults``, leave out the answers it broke on purpose."""
 
