@@ -141,6 +141,8 @@ class RedditStandIn(StandIn):
         #: Fullnames shown as deleted or removed: fullname -> "[deleted]" or "[removed]".
         self.removed: dict[str, str] = {}
         self._comment_errors: list[str] = []
+        #: Requests to each subreddit's comments listing (answered, refused or faulted).
+        self.hits: dict[str, int] = {}
 
     def routes(self) -> list[web.RouteDef]:
         """Token, search (site-wide and in a subreddit), comments, posting, ``/api/v1/me``."""
@@ -196,6 +198,10 @@ class RedditStandIn(StandIn):
         """HTTP basic auth for the token endpoint, a live bearer token everywhere else."""
         creds = self.sandbox.credentials
         auth = request.headers.get("Authorization", "")
+        listing = re.search(r"/r/([^/]+)/comments$", request.path)
+        if listing is not None:
+            for sub in listing[1].lower().split("+"):
+                self.hits[sub] = self.hits.get(sub, 0) + 1
         if request.path.endswith("/api/v1/access_token"):
             expected = f"{creds.reddit_client_id}:{creds.reddit_client_secret}".encode()
             if auth == "Basic " + base64.b64encode(expected).decode():
