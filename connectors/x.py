@@ -183,7 +183,7 @@ class XConnector:
 
     # -- fetching -----------------------------------------------------------------------------
 
-    async def fetch(self, cursor: Cursor | None) -> Batch:
+    async def fetch(self, cursor: Cursor | None, resting: frozenset[str] = frozenset()) -> Batch:
         """Everything new in the mentions timeline and the search since ``cursor``."""
         state = dict(cursor or {})
         batch = Batch()
@@ -202,7 +202,7 @@ class XConnector:
             )
             return more
 
-        batch.more = await walk_each(streams, walk, batch)
+        batch.more = await walk_each(streams, walk, batch, resting=resting)
         batch.messages.sort(key=lambda m: (m.created_at, int(m.external_id)))
         fresh = list(seen)[len(recent) :]  # delivered or quarantined by this fetch
         state["recent"] = (fresh[::-1] + recent)[:RECENT_KEEP]
