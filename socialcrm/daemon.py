@@ -387,7 +387,20 @@ class Daemon:
                     for name, h in sorted(src.streams.items())
                 },
             }
-        return {"status": worst, "started_at": self.started_at.isoformat(), "sources": sources}
+        # Slack refusing for good (revoked token, bot out of the channel) shows here too.
+        chat: dict[str, Any] = {}
+        if self.cards is not None:
+            chat["cards"] = self.cards.health()
+        if self.alerts is not None:
+            chat["alert_sinks"] = self.alerts.health()
+        if chat.get("alert_sinks") or chat.get("cards", {}).get("state", "ok") != "ok":
+            worst = "degraded"
+        return {
+            "status": worst,
+            "started_at": self.started_at.isoformat(),
+            "sources": sources,
+            "chat": chat,
+        }
 
     async def healthz(self, request: web.Request) -> web.Response:
         """200 while the daemon runs; the body says which sources are failing or paused."""
