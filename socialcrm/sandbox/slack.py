@@ -161,6 +161,8 @@ class SlackWorkspace:
     responses: list[dict[str, Any]] = field(default_factory=list)
     #: Every Web API call, answered or not: ``(method, arguments)``.
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: Every JSON answer given: ``(method, http status, body)``, to check against Slack's spec.
+    answers: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
     #: Archived channels (posting is ``is_archived``).
     archived: set[str] = field(default_factory=set)
     #: Channels the bot was removed from (posting is ``not_in_channel``).
@@ -595,7 +597,6 @@ class SlackWorkspace:
             "ts": msg.ts,
             "bot_id": self.bot_id,
             "user": self.bot_user_id,
-            "app_id": self.app_id,
             "blocks": msg.blocks,
         }
 
@@ -673,14 +674,16 @@ async def _api(request: web.Request) -> web.Response:
     token = _bearer(request, args)
     if not token or token != state.bot_token:
         state.calls.append((method, args))
-        error = "not_authed" if not token else "invalid_auth"
-        return web.json_response({"ok": False, "error": error})
+        refused = {"ok": False, "error": "not_authed" if not token else "invalid_auth"}
+        state.answers.append((method, 200, refused))
+        return web.json_response(refused)
     failed = state.http_fault(method)
     if failed is not None:
         state.calls.append((method, args))
         page = "<html><body><h1>Slack is having trouble</h1></body></html>"
         return web.Response(status=failed, text=page, content_type="text/html")
     status, body, headers = state.call(method, args)
+    state.answers.append((method, status, body))
     return web.json_response(body, status=status, headers=headers)
 
 
