@@ -23,6 +23,7 @@ from socialcrm import responder
 from socialcrm.chatops.cards import SWEEP_S, CardNotifier, escape_mrkdwn
 from socialcrm.config import Config
 from socialcrm.connector import Author, Batch, InboundMessage
+from socialcrm.daemon import Daemon
 from socialcrm.db import Store
 from socialcrm.models import Alert, AuditEvent, Reply
 from socialcrm.pipeline import Pipeline
@@ -497,3 +498,21 @@ async def test_the_stand_in_answers_like_slack(world: SlackWorld) -> None:
     view = {"type": "modal", "title": {"type": "plain_text", "text": "t"}, "blocks": []}
     async with http.post(views, json={"trigger_id": "1.2.abc", "view": view}, headers=good) as r:
         assert (await r.json())["error"] == "exchanged_trigger_id"
+
+
+async def test_healthz_shows_cards_that_slack_refuses_for_good(
+    world: SlackWorld, store: Store
+) -> None:
+    daemon = Daemon(world.config, store)
+    daemon.cards = world.cards
+    try:
+        assert daemon.health()["chat"]["cards"] == {"state": "ok"}
+        world.workspace.revoked = True
+        await world.cards.sync()
+        health = daemon.health()
+        assert health["status"] == "degraded"
+        cards = health["chat"]["cards"]
+        assert cards["state"] == "stopped" and cards["error"] == "token_revoked"
+        assert cards["retry_in_s"] == 3600.0 and cards["since"]
+    finally:
+        await daemon.stop()
