@@ -6,15 +6,22 @@ calls the API at ``api_url`` (``https://www.reddit.com`` and ``https://oauth.red
 the real world). A token is renewed when it is about to expire; a token the API refuses is
 dropped and the fetch fails as retryable, so the next call gets a fresh one (no sleeping).
 
-Listings come newest first. The cursor keeps, per stream (``search``, ``comments``), a mark:
-the ``created_utc`` of the newest item stored and the fullnames seen at that second::
+The streams are ``search`` and one ``r/<name>`` per subreddit (its new comments), so a
+private, quarantined (403) or banned (404) subreddit fails alone, by name. Listings come
+newest first. The cursor keeps, per stream, a mark (the ``created_utc`` of the newest item
+stored) and ``seen``, the fullnames stored at or after ``mark - overlap``::
 
-    {"mark_utc": 1772447252.56, "mark_ids": ["t3_1jcynks"]}
+    {"search": {"mark_utc": 1772447252.56, "seen": {"t3_1jcynks": 1772447252.56}}}
 
-A walk reads pages (``after=<fullname>``) until it meets an item at or below the mark. When
-``max_pages`` stops it early, the cursor also keeps where to go on (``after``) and the mark the
-finished walk will set (``top_utc``/``top_ids``), and ``Batch.more`` says so. Items too broken
-to place in time are quarantined once and remembered in ``skip``.
+A walk reads pages (``after=<fullname>``) until it meets an item older than ``mark -
+overlap``; ``seen`` keeps a re-read from storing anything twice. The search's overlap is
+``search_overlap_s``, because Reddit's search index shows posts late; a subreddit's comments
+have none. When ``max_pages`` stops a walk early, the cursor also keeps where to go on
+(``after``) and what this walk stored (``pending``), and ``Batch.more`` says so. A walk that
+runs off the end of a listing (Reddit serves about 1000 items) without meeting what the last
+walk stored reports the gap in ``Batch.gaps``. Deleted and removed items (``[deleted]``,
+``[removed]``) are not stored. Items too broken to place in time are quarantined once and
+remembered in ``skip``.
 """
 
 from __future__ import annotations
