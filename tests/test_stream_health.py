@@ -27,6 +27,8 @@ from socialcrm.models import Alert, Message, SourceState
 from socialcrm.sandbox.faults import Faults
 from socialcrm.sandbox.server import Sandbox, make_app
 from socialcrm.sources import STOPPED_RETRY_S, PollOutcome, make_source
+from tests.reddit_spec import Recorder
+from tests.test_connectors import MastodonHarness
 from tests.test_sources_failing import Clocks
 
 NAME = "reddit-acme"
@@ -284,3 +286,19 @@ async def test_only_a_real_401_pauses_the_source(harness: Harness, store: Store)
     await harness.poll()
     assert harness.health()["state"] == "paused"
     assert len(await alerts(store, "source_auth")) == 1
+
+
+async def test_mastodon_leaves_its_resting_streams_alone() -> None:
+    """The core's ``resting`` reaches the Mastodon connector: a resting hashtag is not read."""
+    async with MastodonHarness.running() as harness:
+        await harness.publish(5)
+        recorder = Recorder(prefix="/mastodon")
+        connector = harness.connector()
+        connector.http = harness.session(middlewares=[recorder])
+        await connector.fetch(None, resting=frozenset({"tag:acme"}))
+        paths = {ex.path for ex in recorder.exchanges}
+        assert "/api/v1/notifications" in paths
+        assert not any(p.startswith("/api/v1/timelines/tag") for p in paths), paths
+        recorder.exchanges.clear()
+        await connector.fetch(None)
+        assert any(ex.path.startswith("/api/v1/timelines/tag") for ex in recorder.exchanges)
