@@ -99,7 +99,7 @@ class MastodonConnector:
 
     # -- fetching -----------------------------------------------------------------------------
 
-    async def fetch(self, cursor: Cursor | None) -> Batch:
+    async def fetch(self, cursor: Cursor | None, resting: frozenset[str] = frozenset()) -> Batch:
         """Everything new in the mentions and the hashtag timelines since ``cursor``."""
         state = dict(cursor or {})
         batch = Batch()
@@ -115,7 +115,7 @@ class MastodonConnector:
             )
             return more
 
-        batch.more = await walk_each(streams, walk, batch)
+        batch.more = await walk_each(streams, walk, batch, resting=resting)
         batch.messages.sort(key=lambda m: (m.created_at, _id_key(m.external_id)))
         fresh = list(seen)[len(recent) :]  # delivered or quarantined by this fetch
         state["recent"] = (fresh[::-1] + recent)[:RECENT_KEEP]

@@ -6,15 +6,22 @@ calls the API at ``api_url`` (``https://www.reddit.com`` and ``https://oauth.red
 the real world). A token is renewed when it is about to expire; a token the API refuses is
 dropped and the fetch fails as retryable, so the next call gets a fresh one (no sleeping).
 
-Listings come newest first. The cursor keeps, per stream (``search``, ``comments``), a mark:
-the ``created_utc`` of the newest item stored and the fullnames seen at that second::
+The streams are ``search`` and one ``r/<name>`` per subreddit (its new comments), so a
+private, quarantined (403) or banned (404) subreddit fails alone, by name. Listings come
+newest first. The cursor keeps, per stream, a mark (the ``created_utc`` of the newest item
+stored) and ``seen``, the fullnames stored at or after ``mark - overlap``::
 
-    {"mark_utc": 1772447252.56, "mark_ids": ["t3_1jcynks"]}
+    {"search": {"mark_utc": 1772447252.56, "seen": {"t3_1jcynks": 1772447252.56}}}
 
-A walk reads pages (``after=<fullname>``) until it meets an item at or below the mark. When
-``max_pages`` stops it early, the cursor also keeps where to go on (``after``) and the mark the
-finished walk will set (``top_utc``/``top_ids``), and ``Batch.more`` says so. Items too broken
-to place in time are quarantined once and remembered in ``skip``.
+A walk reads pages (``after=<fullname>``) until it meets an item older than ``mark -
+overlap``; ``seen`` keeps a re-read from storing anything twice. The search's overlap is
+``search_overlap_s``, because Reddit's search index shows posts late; a subreddit's comments
+have none. When ``max_pages`` stops a walk early, the cursor also keeps where to go on
+(``after``) and what this walk stored (``pending``), and ``Batch.more`` says so. A walk that
+runs off the end of a listing (Reddit serves about 1000 items) without meeting what the last
+walk stored reports the gap in ``Batch.gaps``. Deleted and removed items (``[deleted]``,
+``[removed]``) are not stored. Items too broken to place in time are quarantined once and
+remembered in ``skip``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import json
 import re
 import time
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import aiohttp
 from pydantic import Field, SecretStr, ValidationError, model_validator
@@ -53,7 +60,15 @@ from socialcrm.connector import (
 TOKEN_MARGIN_S = 60.0
 #: Unreadable items remembered (so each is quarantined once), newest first.
 SKIP_KEEP = 100
-Stream = Literal["search", "comments"]
+#: Fullnames remembered per stream (those in the overlap window), newest kept.
+SEEN_KEEP = 2000
+#: Reddit's required User-Agent shape (github.com/reddit-archive/reddit/wiki/API, "Rules").
+USER_AGENT_PATTERN = r"^[\w.-]+:[\w.-]+:v?[\w.+-]+ \(by /u/[\w-]{3,20}\)$"
+VERSION = "0.1"
+#: Bodies of deleted and removed posts and comments: the platform's words, not a customer's.
+GONE_TEXTS = frozenset({"[deleted]", "[removed]"})
+#: Reddit serves about this many items of any listing, however far ``after`` goes.
+LISTING_CAP = 1000
 
 
 class RedditConnector:
@@ -70,9 +85,9 @@ class RedditConnector:
         #: The brand's account; without it the token is app-only and replies are impossible.
         username: str | None = None
         password: SecretStr | None = None
-        #: Reddit asks for a unique, descriptive one: ``<platform>:<app id>:<version> (by
-        #: /u/<username>)``.
-        user_agent: str = "python:socialcrm:0.1 (self-hosted social CRM)"
+        #: Reddit requires ``<platform>:<app ID>:<version> (by /u/<username>)`` and throttles
+        #: or blocks anything generic; without it, one is made from ``username``.
+        user_agent: str | None = Field(default=None, pattern=USER_AGENT_PATTERN)
         auth_url: str = "https://www.reddit.com"
         api_url: str = "https://oauth.reddit.com"
         #: Search of new posts, site-wide (Reddit's search syntax).
@@ -86,6 +101,9 @@ class RedditConnector:
         limit: int = Field(default=100, ge=1, le=100)
         #: Pages per stream in one fetch; the rest comes with the next (``Batch.more``).
         max_pages: int = Field(default=5, ge=1, le=100)
+        #: The search is read again this far below its newest post each time: Reddit's search
+        #: index shows posts late, and a strict mark would skip them (repeats are dropped).
+        search_overlap_s: float = Field(default=900.0, ge=0)
         timeout_s: float = Field(default=30.0, gt=0)
 
         @model_validator(mode="after")
@@ -94,7 +112,18 @@ class RedditConnector:
                 raise ValueError("username and password go together (a script app)")
             if self.query is None and not self.subreddits:
                 raise ValueError("set query (posts), subreddits (comments), or both")
+            if self.user_agent is None and self.username is None:
+                raise ValueError(
+                    "set user_agent to '<platform>:<app ID>:<version> (by /u/<your username>)'"
+                    " as Reddit requires"
+                )
             return self
+
+        def agent(self) -> str:
+            """The User-Agent sent: the configured one, else made in Reddit's format."""
+            if self.user_agent is not None:
+                return self.user_agent
+            return f"python:socialcrm:{VERSION} (by /u/{self.username})"
 
     def __init__(self, config: Config, http: aiohttp.ClientSession) -> None:
         self.config = config
@@ -111,44 +140,64 @@ class RedditConnector:
                 if w.upper() not in ("OR", "AND", "NOT") and ":" not in w
             ]
         self._keywords = [w.lower() for w in words if w.strip()]
-        subs = [s.strip().removeprefix("r/") for s in config.subreddits if s.strip()]
-        self._subreddits = "+".join(subs)
+        subs = [s.strip().removeprefix("/").removeprefix("r/") for s in config.subreddits]
+        self._subreddits = list(dict.fromkeys(s for s in subs if s))
 
     # -- fetching -----------------------------------------------------------------------------
 
-    async def fetch(self, cursor: Cursor | None) -> Batch:
-        """Everything new in the search and the subreddits' comments since ``cursor``."""
-        state = dict(cursor or {})
-        batch = Batch()
-        streams: list[Stream] = []
-        if self.config.query:
-            streams.append("search")
-        if self._subreddits:
-            streams.append("comments")
+    def streams(self) -> list[str]:
+        """The source's streams: ``search`` and one ``r/<name>`` per subreddit."""
+        out = ["search"] if self.config.query else []
+        return out + [f"r/{sub}" for sub in self._subreddits]
 
-        async def walk(stream: Stream) -> bool:
+    async def fetch(self, cursor: Cursor | None, resting: frozenset[str] = frozenset()) -> Batch:
+        """Everything new in the search and each subreddit's comments since ``cursor``.
+
+        Each subreddit is a stream of its own: a private, quarantined or banned one fails
+        alone (``Batch.stream_errors``) and the others are read as usual."""
+        state = dict(cursor or {})
+        legacy = state.pop("comments", None)
+        batch = Batch()
+        streams = self.streams()
+        for stream in streams:
+            if stream != "search" and stream not in state and isinstance(legacy, dict):
+                # Before each subreddit was a stream, they shared one mark: each starts there.
+                state[stream] = {k: v for k, v in legacy.items() if k in ("mark_utc", "mark_ids")}
+
+        async def walk(stream: str) -> bool:
             state[stream], more = await self._walk(stream, dict(state.get(stream) or {}), batch)
             return more
 
-        batch.more = await walk_each(streams, walk, batch)
+        batch.more = await walk_each(streams, walk, batch, resting=resting)
         batch.messages.sort(key=lambda m: m.created_at)
         batch.cursor = state
         return batch
 
     async def _walk(
-        self, stream: Stream, state: dict[str, Any], batch: Batch
+        self, stream: str, state: dict[str, Any], batch: Batch
     ) -> tuple[dict[str, Any], bool]:
+        """Read one stream's pages, newest first, down to its mark.
+
+        The mark is the newest ``created_utc`` stored; ``seen`` keeps the fullnames stored at
+        or after ``mark - overlap`` so a re-read of the overlap window stores nothing twice.
+        The search re-reads ``search_overlap_s`` below its mark, because Reddit's search index
+        shows posts minutes late; a subreddit's comments listing does not lag."""
         mark: float | None = state.get("mark_utc")
-        mark_ids: set[str] = set(state.get("mark_ids") or [])
+        seen: dict[str, float] = dict(state.get("seen") or {})
+        if not seen and mark is not None:
+            seen = {k: float(mark) for k in state.get("mark_ids") or []}
         after: str | None = state.get("after")
-        top: float | None = state.get("top_utc")
-        top_ids: list[str] = list(state.get("top_ids") or [])
+        pending: dict[str, float] = dict(state.get("pending") or {})
+        #: The walk met an item the last walk stored: nothing between them is missing.
+        joined: bool = bool(state.get("joined"))
         skip: list[str] = list(state.get("skip") or [])
+        overlap = self.config.search_overlap_s if stream == "search" else 0.0
+        floor = None if mark is None else mark - overlap
         if stream == "search":
             path = "/search"
             params = {"q": self.config.query or "", "sort": "new", "type": "link"}
         else:
-            path = f"/r/{self._subreddits}/comments"
+            path = f"/{stream}/comments"
             params = {}
         params.update(limit=str(self.config.limit), raw_json="1")
         for n in range(self.config.max_pages):
@@ -169,32 +218,44 @@ class RedditConnector:
                         skip = [key, *skip][:SKIP_KEEP]
                         self._collect(child, stream, batch)
                     continue
-                if mark is not None:
-                    if created < mark:
-                        reached = True
-                        break
-                    if created == mark and key in mark_ids:
-                        continue
-                if top is None or created > top:
-                    top, top_ids = created, [key]
-                elif created == top and key not in top_ids:
-                    top_ids.append(key)
+                if floor is not None and created < floor:
+                    reached = True
+                    break
+                if key in seen:
+                    joined = True
+                    continue
+                if key in pending:
+                    continue
+                pending[key] = created
                 self._collect(child, stream, batch)
             if reached or not next_after:
-                if top is None:
-                    return {"mark_utc": mark, "mark_ids": sorted(mark_ids), "skip": skip}, False
-                return {"mark_utc": top, "mark_ids": top_ids, "skip": skip}, False
+                if not reached and not joined and floor is not None:
+                    # The listing ran out before it came back to what the last walk stored:
+                    # Reddit serves only about LISTING_CAP items, the rest is out of reach.
+                    batch.gaps[stream] = (
+                        f"Reddit's listing of {stream} ended before it reached the items read "
+                        f"last time (it serves about {LISTING_CAP}); the ones between are lost"
+                    )
+                merged = {**seen, **pending}
+                top = max([mark or 0.0, *merged.values()]) if merged or mark else None
+                if top is not None:
+                    low = top - overlap
+                    merged = {k: c for k, c in merged.items() if c >= low}
+                    if len(merged) > SEEN_KEEP:
+                        keep = sorted(merged.items(), key=lambda kv: kv[1])[-SEEN_KEEP:]
+                        merged = dict(keep)
+                return {"mark_utc": top, "seen": merged, "skip": skip}, False
             after = next_after
         return {
             "mark_utc": mark,
-            "mark_ids": sorted(mark_ids),
+            "seen": seen,
             "after": after,
-            "top_utc": top,
-            "top_ids": top_ids,
+            "pending": pending,
+            "joined": joined,
             "skip": skip,
         }, True
 
-    def _collect(self, child: Any, stream: Stream, batch: Batch) -> None:
+    def _collect(self, child: Any, stream: str, batch: Batch) -> None:
         data = child.get("data") if isinstance(child, dict) else None
         name = data.get("name") if isinstance(data, dict) else None
         try:
@@ -208,13 +269,15 @@ class RedditConnector:
                 )
             )
             return
-        if stream == "comments" and self._keywords:
+        if message is None:
+            return  # deleted or removed: nothing a customer said is left
+        if stream != "search" and self._keywords:
             low = message.text.lower()
             if not any(k in low for k in self._keywords):
                 return
         batch.messages.append(message)
 
-    def _message(self, child: Any) -> InboundMessage:
+    def _message(self, child: Any) -> InboundMessage | None:
         if not isinstance(child, dict) or not isinstance(child.get("data"), dict):
             raise TypeError("a listing child is {kind, data}")
         kind, data = child.get("kind"), child["data"]
@@ -223,12 +286,17 @@ class RedditConnector:
             raise ValueError(f"not a post or comment: {kind!r} {name!r}")
         created = datetime.fromtimestamp(float(data["created_utc"]), UTC)
         author = data.get("author")
+        body = data.get("selftext") if kind == "t3" else data["body"]
+        if isinstance(body, str) and body.strip() in GONE_TEXTS:
+            # A deleted or removed item keeps its place in the listing with Reddit's own
+            # placeholder; it is not stored, so it never replaces what the customer wrote.
+            return None
         if kind == "t3":
             title = data["title"]
-            text = data.get("selftext") or title
+            text = body or title
             subject, in_reply_to, conversation = title, None, name
         else:
-            text = data["body"]
+            text = body
             subject, in_reply_to, conversation = None, data.get("parent_id"), data.get("link_id")
         username = self.config.username
         direct = bool(
@@ -294,7 +362,7 @@ class RedditConnector:
     ) -> Any:
         fresh = self._token is None or time.monotonic() >= self._token_expires
         token = await self._access_token()
-        headers = {"Authorization": f"bearer {token}", "User-Agent": self.config.user_agent}
+        headers = {"Authorization": f"bearer {token}", "User-Agent": self.config.agent()}
         status, resp_headers, body, content_type = await self._request(
             method, self._api + path, params=params, data=data, headers=headers
         )
@@ -316,7 +384,7 @@ class RedditConnector:
         secret = f"{cfg.client_id}:{cfg.client_secret.get_secret_value()}".encode()
         headers = {
             "Authorization": "Basic " + base64.b64encode(secret).decode("ascii"),
-            "User-Agent": cfg.user_agent,
+            "User-Agent": cfg.agent(),
         }
         if cfg.username is not None and cfg.password is not None:
             form = {
@@ -414,12 +482,24 @@ def _comment_error(errors: list[Any]) -> Exception:
         code = str(first[0])
         message = str(first[1]) if len(first) > 1 else code
     if code == "RATELIMIT":
-        found = re.search(r"(\d+) (second|minute)", message)
-        wait = None if found is None else int(found[1]) * (60 if found[2] == "minute" else 1)
-        return RetryableError(f"Reddit: {message}", wait, not_sent=True)
+        return RetryableError(f"Reddit: {message}", ratelimit_wait_s(message), not_sent=True)
     if code in ("USER_REQUIRED", "NOT_AUTHORIZED"):
         return AuthError(f"Reddit: {message}")
     return FatalError(f"Reddit refused the comment: {code} {message}")
+
+
+def ratelimit_wait_s(message: str) -> float | None:
+    """The wait in a ``RATELIMIT`` message: "try again in 3 minutes", "Take a break for 2
+    seconds", or the newer "... 450 milliseconds" (as PRAW reads them)."""
+    found = re.search(r"(\d+) (milliseconds?|seconds?|minutes?)", message)
+    if found is None:
+        return None
+    amount, unit = int(found[1]), found[2]
+    if unit.startswith("minute"):
+        return amount * 60.0
+    if unit.startswith("millisecond"):
+        return amount / 1000.0
+    return float(amount)
 
 
 def _detail(body: bytes) -> str:
@@ -429,5 +509,7 @@ def _detail(body: bytes) -> str:
     except ValueError:
         return text
     if isinstance(parsed, dict) and "message" in parsed:
-        return str(parsed["message"])
+        # A refused subreddit says why: private, quarantined, banned, gated.
+        reason = parsed.get("reason")
+        return f"{parsed['message']} ({reason})" if reason else str(parsed["message"])
     return text

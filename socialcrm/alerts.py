@@ -80,6 +80,7 @@ from sqlmodel import col
 
 from socialcrm.db import Store
 from socialcrm.models import Alert, utcnow
+from socialcrm.slackapi import sort_failure
 from socialcrm.timespec import Duration
 
 log = logging.getLogger(__name__)
@@ -492,14 +493,22 @@ class SinkError(Exception):
 
     ``sink_down``: the sink cannot take anything now (skip it for the rest of the round);
     False: only this alert was refused. ``retry_after_s``: what the sink asked us to wait.
+    ``permanent``: no retry can work until a person fixes the sink (a revoked token, a channel
+    the bot was removed from); the sink is stopped and tried again only rarely.
     """
 
     def __init__(
-        self, reason: str, *, sink_down: bool = True, retry_after_s: float | None = None
+        self,
+        reason: str,
+        *,
+        sink_down: bool = True,
+        retry_after_s: float | None = None,
+        permanent: bool = False,
     ) -> None:
         super().__init__(reason)
-        self.sink_down = sink_down
+        self.sink_down = sink_down or permanent
         self.retry_after_s = retry_after_s
+        self.permanent = permanent
 
 
 class AlertSink(Protocol):
@@ -572,16 +581,13 @@ class SlackSink:
                     unfurl_media=False,
                 )
         except SlackApiError as err:
-            resp = err.response
-            status = getattr(resp, "status_code", 0)
-            data = getattr(resp, "data", None)
-            code = data.get("error", "") if isinstance(data, dict) else ""
-            headers = getattr(resp, "headers", None) or {}
-            wait = _retry_after(headers.get("Retry-After"), self.clock())
+            failure = sort_failure(err, _SLACK_MESSAGE_ERRORS)
+            status = getattr(err.response, "status_code", 0)
             raise SinkError(
-                f"slack {status} {code or 'error'}",
-                sink_down=code not in _SLACK_MESSAGE_ERRORS,
-                retry_after_s=wait,
+                f"slack {status} {failure.describe()}",
+                sink_down=failure.verdict != "message",
+                retry_after_s=failure.retry_after_s,
+                permanent=failure.verdict == "permanent",
             ) from err
         except (SlackClientError, aiohttp.ClientError, TimeoutError, OSError) as err:
             raise SinkError(f"slack unreachable: {err!r}"[:300]) from err
@@ -725,6 +731,22 @@ class _Result:
     #: The sink cannot take anything now: not tried again in this round.
     sink_down: bool = False
     retry_after_s: float | None = None
+    #: The sink refused for good (see :class:`SinkError`).
+    permanent: bool = False
+
+
+#: Kind of the alert raised, through the other sinks, when a sink refuses for good.
+SINK_FAILING_KIND: Final = "alert_sink_failing"
+#: A sink stopped by a permanent refusal is tried again this rarely.
+SINK_STOPPED_RETRY_S: Final = 3600.0
+
+
+@dataclass(slots=True)
+class SinkStop:
+    """A sink that refused for good: what it said and since when."""
+
+    error: str
+    since: datetime
 
 
 @dataclass(slots=True)
@@ -760,6 +782,43 @@ class AlertDispatcher:
             else {c.name: make_sink(c, http, self.renderer, clock) for c in config.sinks}
         )
         self._lock = asyncio.Lock()
+        #: Sinks stopped by a permanent refusal, by name (see :meth:`health`).
+        self.stopped: dict[str, SinkStop] = {}
+
+    def health(self) -> dict[str, Any]:
+        """Each sink stopped by a permanent refusal, for ``/healthz``."""
+        return {
+            name: {"state": "stopped", "error": stop.error, "since": stop.since.isoformat()}
+            for name, stop in sorted(self.stopped.items())
+        }
+
+    async def _sink_result(self, name: str, result: _Result) -> None:
+        """Keep a sink's stopped state; the first permanent refusal raises one alert, which is
+        routed to the other sinks."""
+        if result.ok:
+            if self.stopped.pop(name, None) is not None:
+                log.warning("alert sink %s works again", name)
+            return
+        if not result.permanent:
+            return
+        result.retry_after_s = SINK_STOPPED_RETRY_S
+        if name in self.stopped:
+            return
+        now = self.clock()
+        self.stopped[name] = SinkStop(result.error, now)
+        log.error("alert sink %s refused for good (%s): stopped", name, result.error)
+        async with self.store.session() as s:
+            await raise_alert(
+                s,
+                SINK_FAILING_KIND,
+                f"{SINK_FAILING_KIND}:{name}",
+                f"Alert sink {name} refuses every alert ({result.error}); its alerts wait "
+                "until it is fixed",
+                {"sink": name, "error": result.error},
+                "critical",
+                cooldown=self.config.cooldown_for(SINK_FAILING_KIND),
+                now=now,
+            )
 
     async def deliver_due(self) -> int:
         """One round: claim due alerts, send them, record the outcome; returns messages sent."""
@@ -774,6 +833,7 @@ class AlertDispatcher:
                         results[name] = down[name]
                         continue
                     result = await self._send(name, item.view)
+                    await self._sink_result(name, result)
                     results[name] = result
                     sent += result.ok
                     if result.sink_down:
@@ -795,6 +855,7 @@ class AlertDispatcher:
                 error=str(err)[:300],
                 sink_down=err.sink_down,
                 retry_after_s=err.retry_after_s,
+                permanent=err.permanent,
             )
         except jinja2.TemplateError as err:
             log.error("alert %s: template error for %s: %s", alert.id, name, err)
@@ -834,6 +895,12 @@ class AlertDispatcher:
                         continue
                     view = view_of(alert)
                     routed = self.config.sinks_for(alert.kind, alert.severity, view.priority)
+                    if alert.kind == SINK_FAILING_KIND:
+                        # Told through the other sinks: every other one if no route has one.
+                        broken = alert.detail.get("sink")
+                        routed = [n for n in routed if n != broken] or [
+                            c.name for c in self.config.sinks if c.name != broken
+                        ]
                     if not routed:
                         self._settle(alert, {"routed": []}, "delivered", now)
                         log.info("alert %s (%s) goes to no sink", alert.id, alert.kind)

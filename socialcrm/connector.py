@@ -119,6 +119,10 @@ class Batch(BaseModel):
     #: the source worked, by stream name. The core keeps each stream's health and backoff; the
     #: batch's messages and cursor are stored as usual. Filled by :func:`walk_each`.
     stream_errors: dict[str, ConnectorError] = Field(default_factory=dict)
+    #: Streams whose listing ended before it reached where the last fetch stopped (a platform
+    #: serves only so many items of a listing): what came between is lost. By stream name, a
+    #: sentence saying what happened; the core warns and alerts, the stream goes on.
+    gaps: dict[str, str] = Field(default_factory=dict)
 
 
 class OutboundReply(BaseModel):

@@ -92,6 +92,14 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.stream_up = Gauge(
+            "socialcrm_stream_up",
+            "0 while a stream of a source fails alone, 1 once it works again",
+            ["source", "stream"],
+            registry=r,
+        )
+        #: (source, stream) pairs whose gauge was set to 0, to set back to 1 on recovery.
+        self._streams_down: set[tuple[str, str]] = set()
         self.alerts_sent = Counter(
             "socialcrm_alert_deliveries_total", "Alerts delivered to a sink", registry=r
         )
@@ -121,6 +129,17 @@ class Metrics:
             self.up.labels(name).set(0)
         elif out.skipped is None:
             self.up.labels(name).set(1)
+        self.record_streams(src)
+
+    def record_streams(self, src: Source) -> None:
+        """Per-stream gauges: 0 for a stream failing alone, back to 1 when it recovers."""
+        down = {(src.name, stream) for stream in src.streams}
+        for key in down:
+            self.stream_up.labels(*key).set(0)
+        for key in [k for k in self._streams_down if k[0] == src.name and k not in down]:
+            self.stream_up.labels(*key).set(1)
+            self._streams_down.discard(key)
+        self._streams_down |= down
 
 
 class Daemon:
@@ -335,12 +354,16 @@ class Daemon:
         return app
 
     def health(self) -> dict[str, Any]:
-        """Per-source health: last success, last error, lag, paused, failures."""
+        """Per-source health: last success, last error, lag, paused, failures, and the streams
+        failing alone (a source whose other streams work is ``degraded``)."""
         now = utcnow()
+        mono = self.poller.clock()
         sources = {}
         worst = "ok"
         for src in self.poller.sources.values():
             state = "paused" if src.paused else ("failing" if src.failures else "ok")
+            if state == "ok" and src.streams:
+                state = "degraded"
             if state != "ok":
                 worst = "degraded"
             lag = (now - src.last_success).total_seconds() if src.last_success else None
@@ -354,8 +377,31 @@ class Daemon:
                 "consecutive_failures": src.failures,
                 "lag_s": round(lag, 1) if lag is not None else None,
                 "newest_message_at": src.newest.isoformat() if src.newest else None,
+                "streams": {
+                    name: {
+                        "state": h.state,
+                        "failures": h.failures,
+                        "last_error": h.last_error,
+                        "since": h.since.isoformat(),
+                        "retry_in_s": round(max(0.0, h.not_before - mono), 1),
+                    }
+                    for name, h in sorted(src.streams.items())
+                },
             }
-        return {"status": worst, "started_at": self.started_at.isoformat(), "sources": sources}
+        # Slack refusing for good (revoked token, bot out of the channel) shows here too.
+        chat: dict[str, Any] = {}
+        if self.cards is not None:
+            chat["cards"] = self.cards.health()
+        if self.alerts is not None:
+            chat["alert_sinks"] = self.alerts.health()
+        if chat.get("alert_sinks") or chat.get("cards", {}).get("state", "ok") != "ok":
+            worst = "degraded"
+        return {
+            "status": worst,
+            "started_at": self.started_at.isoformat(),
+            "sources": sources,
+            "chat": chat,
+        }
 
     async def healthz(self, request: web.Request) -> web.Response:
         """200 while the daemon runs; the body says which sources are failing or paused."""

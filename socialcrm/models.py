@@ -303,6 +303,9 @@ class SourceState(SQLModel, table=True):
     last_error_at: datetime | None = _ts()
     #: When the running failure streak began: no poll since has stored anything.
     failing_since: datetime | None = _ts()
+    #: Health of each stream (mentions, a search, one subreddit) that failed while the rest of
+    #: the source worked, by stream name: state, failures, last error, since, retry_at.
+    streams: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
     messages_total: int = 0
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 

@@ -14,18 +14,31 @@ failed, ends the streak, and the next streak may alert again once the kind's coo
 (:func:`socialcrm.alerts.raise_alert`). The streak outlives a restart: its start and failure
 count are kept in the source's state row, and whether it has alerted already is read from the
 alerts table, so a daemon that restarts in a loop neither hides the alert nor repeats it.
+
+A source may read several streams (mentions, a search, each subreddit or hashtag). A stream
+that fails while the others work (``Batch.stream_errors``) has a health of its own: it backs off
+alone, with the same jittered backoff and the platform's reset time, while the rest of the
+source is polled on schedule (the connector is told which streams rest, when its ``fetch``
+takes ``resting``). A stream refused for good (:class:`~socialcrm.connector.FatalError`, e.g. a
+403 for a private subreddit) is stopped, alerted once by name and tried again only every
+``STOPPED_RETRY_S`` or as soon as the source's settings change. A stream failing for a passing
+reason alerts like a source, after ``failing_alert_after``, naming the stream. Only a real 401
+(:class:`~socialcrm.connector.AuthError`) pauses the whole source. Stream health is kept in the
+source's state row (``SourceState.streams``), so it outlives a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
+import json
 import logging
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import aiohttp
@@ -61,6 +74,10 @@ MAX_FETCHES_PER_POLL = 50
 USER_AGENT = "socialcrm/0.1 (+self-hosted social CRM)"
 FAILING_KIND: Final = "source_failing"
 AUTH_KIND: Final = "source_auth"
+#: A stream's listing lost items between two polls (it serves only so many).
+GAP_KIND: Final = "source_gap"
+#: A stream refused for good (403, gone) is tried again this rarely, or when settings change.
+STOPPED_RETRY_S: Final = 3600.0
 
 
 class SourceSetupError(ValueError):
@@ -81,6 +98,56 @@ class PollOutcome:
     fetches: int = 0
     error: str | None = None
     skipped: str | None = None
+
+
+@dataclass
+class StreamHealth:
+    """The health of one stream of a source that failed while the rest worked."""
+
+    #: failing (a passing error: backs off) | stopped (refused for good: tried rarely)
+    state: str
+    failures: int
+    last_error: str
+    #: Wall time of the first failure of the running streak.
+    since: datetime
+    #: Monotonic time before which the stream rests (not walked).
+    not_before: float
+    #: The same moment as wall time, kept in the store across restarts.
+    retry_at: datetime
+    #: The streak has its ``source_failing`` alert.
+    alerted: bool = False
+    #: For a stopped stream: the fingerprint of the settings it was refused with.
+    settings: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The stream's health as stored in ``SourceState.streams``."""
+        return {
+            "state": self.state,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "since": self.since.isoformat(),
+            "retry_at": self.retry_at.isoformat(),
+            "alerted": self.alerted,
+            "settings": self.settings,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], mono: float, wall: datetime) -> StreamHealth | None:
+        """A stored stream's health, its rest measured from now; None if unreadable."""
+        try:
+            retry_at = datetime.fromisoformat(str(data["retry_at"]))
+            return cls(
+                state=str(data["state"]),
+                failures=int(data["failures"]),
+                last_error=str(data.get("last_error") or ""),
+                since=datetime.fromisoformat(str(data["since"])),
+                not_before=mono + max(0.0, (retry_at - wall).total_seconds()),
+                retry_at=retry_at,
+                alerted=bool(data.get("alerted")),
+                settings=data.get("settings"),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 @dataclass
@@ -105,6 +172,13 @@ class Source:
     failing_since: datetime | None = None
     #: The running streak has its ``source_failing`` alert (here or before a restart).
     failing_alerted: bool = False
+    #: Streams failing alone, by name; a stream not listed is well.
+    streams: dict[str, StreamHealth] = field(default_factory=dict)
+    #: Fingerprint of the connector's settings (secrets masked): a stopped stream is tried
+    #: again when it changes.
+    settings_digest: str = ""
+    #: The connector's ``fetch`` takes ``resting`` (the streams held back this time).
+    takes_resting: bool = False
 
     @property
     def name(self) -> str:
@@ -148,7 +222,11 @@ def make_source(cfg: SourceConfig, index: int, tokens: TokenStore | None = None)
         # Closing needs a loop turn; the caller is async, so schedule it.
         _close_later(http)
         raise
-    return Source(cfg, connector, http, index)
+    digest = hashlib.sha256(
+        json.dumps(settings.model_dump(mode="json"), sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
+    takes_resting = "resting" in inspect.signature(connector.fetch).parameters
+    return Source(cfg, connector, http, index, settings_digest=digest, takes_resting=takes_resting)
 
 
 def _close_later(http: aiohttp.ClientSession) -> None:
@@ -207,6 +285,21 @@ class Poller:
             src.last_error = row.last_error
             if row.health == "failing" and row.consecutive_failures > 0:
                 self._restore_streak(src, row, last_alerts.get(f"{FAILING_KIND}:{src.name}"))
+            self._restore_streams(src, row)
+
+    def _restore_streams(self, src: Source, row: SourceState) -> None:
+        """Pick up the streams that were failing; a stopped stream whose source's settings
+        changed since it was refused is tried again at once."""
+        mono, wall = self.clock(), self.wall_clock()
+        for name, data in (row.streams or {}).items():
+            health = StreamHealth.from_json(data, mono, wall) if isinstance(data, dict) else None
+            if health is None:
+                continue
+            if health.state == "stopped" and health.settings != src.settings_digest:
+                log.info("source %s: settings changed, stream %s is tried again", src.name, name)
+                health.not_before = mono
+                health.retry_at = wall
+            src.streams[name] = health
 
     @staticmethod
     def _restore_streak(src: Source, row: SourceState, last_alert: datetime | None) -> None:
@@ -246,13 +339,19 @@ class Poller:
                 return out
             cursor = await self._cursor(name)
             while out.fetches < MAX_FETCHES_PER_POLL:
-                batch: Batch = await src.connector.fetch(cursor)
+                resting = self.resting(src)
+                batch: Batch
+                if src.takes_resting:
+                    batch = await src.connector.fetch(cursor, resting=resting)  # type: ignore[call-arg]
+                else:
+                    batch = await src.connector.fetch(cursor)
                 out.fetches += 1
                 if batch.messages:
                     src.newest = max(m.created_at for m in batch.messages)
                 # The cursor is saved in the batch's own transaction.
                 out.result.add(await self.pipeline.ingest(batch, name))
                 cursor = batch.cursor if batch.cursor is not None else cursor
+                await self._streams_after(src, batch, resting)
                 if not batch.more or self.stopping:
                     break
             await self._succeeded(src)
@@ -282,6 +381,95 @@ class Poller:
         if self.on_result is not None:
             self.on_result(src, out, src.last_poll_s)
         return out
+
+    def resting(self, src: Source) -> frozenset[str]:
+        """The streams of ``src`` backing off now (not walked by this fetch)."""
+        now = self.clock()
+        return frozenset(n for n, h in src.streams.items() if now < h.not_before)
+
+    async def _streams_after(self, src: Source, batch: Batch, resting: frozenset[str]) -> None:
+        """Keep each stream's health after a fetch: the failed ones back off or stop, and
+        those that were failing and were walked without error have recovered."""
+        for stream in [n for n in src.streams if n not in resting]:
+            if stream not in batch.stream_errors:
+                old = src.streams.pop(stream)
+                log.warning(
+                    "source %s: stream %s recovered after %d failure(s)",
+                    src.name,
+                    stream,
+                    old.failures,
+                )
+        for stream, err in batch.stream_errors.items():
+            await self._stream_failed(src, stream, err)
+        for stream, what in batch.gaps.items():
+            log.warning("source %s: stream %s lost items: %s", src.name, stream, what)
+            await self._alert(
+                src,
+                GAP_KIND,
+                f"Source {src.name}: stream {stream} lost items between two polls; poll it "
+                f"more often (a shorter interval) or narrow it: {what}",
+                self.wall_clock(),
+                key=f"{GAP_KIND}:{src.name}:{stream}",
+                stream=stream,
+                error=what,
+            )
+
+    async def _stream_failed(self, src: Source, stream: str, err: ConnectorError) -> None:
+        now, wall = self.clock(), self.wall_clock()
+        old = src.streams.get(stream)
+        failures = (old.failures if old else 0) + 1
+        stopped = isinstance(err, FatalError)
+        if stopped:
+            wait = STOPPED_RETRY_S
+        elif isinstance(err, RetryableError) and err.retry_after_s is not None:
+            wait = err.retry_after_s
+        else:
+            wait = backoff_s(failures, self.rng)
+        health = StreamHealth(
+            state="stopped" if stopped else "failing",
+            failures=failures,
+            last_error=str(err)[:1000],
+            since=old.since if old else wall,
+            not_before=now + wait,
+            retry_at=wall + timedelta(seconds=wait),
+            alerted=old.alerted if old else False,
+            settings=src.settings_digest if stopped else None,
+        )
+        src.streams[stream] = health
+        if old is None or old.state != health.state:
+            log.warning(
+                "source %s: stream %s %s: %s (next try in %.0fs)",
+                src.name,
+                stream,
+                "stopped" if stopped else "failing",
+                err,
+                wait,
+            )
+        if health.alerted:
+            return
+        if not stopped:
+            after = src.config.failing_alert_after
+            if after is None or wall - health.since < after:
+                return
+            title = (
+                f"Source {src.name}: stream {stream} has been failing since "
+                f"{health.since:%Y-%m-%d %H:%M} UTC: {err}"
+            )
+        else:
+            title = f"Source {src.name}: stream {stream} is stopped: {err}"
+        alert = await self._alert(
+            src,
+            FAILING_KIND,
+            title,
+            wall,
+            key=f"{FAILING_KIND}:{src.name}:{stream}",
+            stream=stream,
+            error=health.last_error,
+            failing_since=health.since.isoformat(),
+            failed_polls=failures,
+            retry_at=health.retry_at.isoformat(),
+        )
+        health.alerted = alert is not None
 
     async def idle(self) -> None:
         """Return when no poll is running."""
@@ -398,6 +586,7 @@ class Poller:
                 state.paused_reason = paused_reason
             state.consecutive_failures = src.failures
             state.failing_since = src.failing_since
+            state.streams = {n: h.to_json() for n, h in src.streams.items()} or None
             now = self.wall_clock()
             if health == "ok":
                 state.last_success_at = src.last_success
@@ -407,16 +596,24 @@ class Poller:
             state.updated_at = now
 
     async def _alert(
-        self, src: Source, kind: str, title: str, now: datetime, **detail: Any
+        self,
+        src: Source,
+        kind: str,
+        title: str,
+        now: datetime,
+        *,
+        key: str | None = None,
+        **detail: Any,
     ) -> Alert | None:
         """Raise a source alert through :func:`raise_alert`: one dedupe key per kind and
-        source, the kind's configured cooldown. None when the cooldown held it back."""
+        source (and stream, for a stream's alert), the kind's configured cooldown. None when
+        the cooldown held it back."""
         severity: Severity = "critical" if kind == AUTH_KIND else "warning"
         async with self.store.session() as s:
             return await raise_alert(
                 s,
                 kind,
-                f"{kind}:{src.name}",
+                key or f"{kind}:{src.name}",
                 title,
                 {"source": src.name, "error": src.last_error, **detail},
                 severity,
@@ -432,4 +629,6 @@ class Poller:
         src.not_before = 0.0
         src.failing_since = None
         src.failing_alerted = False
+        # New credentials may also open what was refused: every stream is tried again.
+        src.streams.clear()
         await self._save_health(src, "ok", paused_reason="")

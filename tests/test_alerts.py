@@ -39,6 +39,7 @@ from socialcrm.alerts import (
 )
 from socialcrm.db import Store
 from socialcrm.models import Alert, Customer, Ticket
+from socialcrm.sandbox.slack import SlackWorkspace, make_slack_app
 from socialcrm.sla import SlaConfig, SlaPolicy, check_sla
 from socialcrm.spikes import Example, RisingWord, Spike
 from tests.test_sla import open_ticket
@@ -962,3 +963,97 @@ async def test_a_backfill_of_overdue_tickets_reaches_every_sink_as_one_alert(
     [doc] = sinks.receiver.received
     assert doc["ticket_id"] is None and doc["detail"]["count"] == 7
     assert [t["id"] for t in doc["detail"]["tickets"]] == order
+
+
+# -- a Slack sink that refuses for good ------------------------------------------------------------
+
+
+def _refuse(workspace: SlackWorkspace, error: str) -> None:
+    if error == "not_in_channel":
+        workspace.outside.add("C0ALERTS")
+    elif error == "is_archived":
+        workspace.archived.add("C0ALERTS")
+    elif error == "channel_not_found":
+        workspace.channels.clear()
+    elif error == "token_revoked":
+        workspace.revoked = True
+    elif error == "account_inactive":
+        workspace.inactive = True
+    elif error == "missing_scope":
+        workspace.scopes.discard("chat:write")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "not_in_channel",
+        "is_archived",
+        "channel_not_found",
+        "token_revoked",
+        "account_inactive",
+        "missing_scope",
+    ],
+)
+async def test_a_slack_sink_refused_for_good_stops_and_says_so_through_the_others(
+    store: Store, sinks: Sinks, error: str
+) -> None:
+    workspace = SlackWorkspace(bot_token=SLACK_TOKEN, channels={"C0ALERTS": "alerts"})
+    _refuse(workspace, error)
+    async with TestServer(make_slack_app(workspace), host="127.0.0.1") as server:
+        config = AlertsConfig.model_validate(
+            {
+                "sinks": [
+                    {
+                        "type": "slack",
+                        "name": "ops-slack",
+                        "token": SLACK_TOKEN,
+                        "channel": "C0ALERTS",
+                        "api_base": str(server.make_url("/api/")),
+                    },
+                    {
+                        "type": "webhook",
+                        "name": "pager",
+                        "url": sinks.webhook_url,
+                        "secret": WEBHOOK_SECRET,
+                    },
+                ],
+                "backoff_jitter": 0,
+                # Only Slack is routed the escalations: the sink alert must still get out.
+                "routes": [{"kinds": ["escalation"], "sinks": ["ops-slack"]}],
+            }
+        )
+        clock = FakeClock()
+        dispatcher = AlertDispatcher(store, config, sinks.http, clock)
+        ids = [await add_alert(store, at=clock.now) for _ in range(3)]
+        await dispatcher.deliver_due()
+        assert len(workspace.calls) == 1, "a sink that refused is not tried again this round"
+        health = dispatcher.health()
+        assert health["ops-slack"]["state"] == "stopped" and error in health["ops-slack"]["error"]
+        # One alert about the sink, delivered through the other sink in the next round.
+        clock.advance(seconds=5)
+        await dispatcher.deliver_due()
+        told = [a for a in (await alerts_by_id(store)).values() if a.kind == "alert_sink_failing"]
+        assert len(told) == 1 and told[0].status == "delivered"
+        assert told[0].detail["sink"] == "ops-slack" and error in told[0].title
+        assert [d["kind"] for d in sinks.receiver.received] == ["alert_sink_failing"]
+        # Rounds every minute for most of an hour: Slack is not asked again.
+        for _ in range(58):
+            clock.advance(minutes=1)
+            await dispatcher.deliver_due()
+        assert len(workspace.calls) == 1
+        assert (
+            len([a for a in (await alerts_by_id(store)).values() if a.kind == "alert_sink_failing"])
+            == 1
+        )
+        # Fixed: the next hourly try delivers every waiting alert, once.
+        workspace.outside.clear()
+        workspace.archived.clear()
+        workspace.channels["C0ALERTS"] = "alerts"
+        workspace.revoked = workspace.inactive = False
+        workspace.scopes.add("chat:write")
+        clock.advance(minutes=5)
+        await dispatcher.deliver_due()
+        assert len(workspace.messages) == 3
+        alerts = await alerts_by_id(store)
+        assert all(alerts[i].status == "delivered" for i in ids)
+        assert dispatcher.health() == {}

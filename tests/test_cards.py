@@ -23,8 +23,9 @@ from socialcrm import responder
 from socialcrm.chatops.cards import SWEEP_S, CardNotifier, escape_mrkdwn
 from socialcrm.config import Config
 from socialcrm.connector import Author, Batch, InboundMessage
+from socialcrm.daemon import Daemon
 from socialcrm.db import Store
-from socialcrm.models import AuditEvent, Reply
+from socialcrm.models import Alert, AuditEvent, Reply
 from socialcrm.pipeline import Pipeline
 from socialcrm.sandbox.slack import SlackWorkspace, check_blocks, make_slack_app
 
@@ -290,19 +291,105 @@ async def test_the_loop_updates_a_card_when_woken(world: SlackWorld, store: Stor
 # -- Slack says no -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("error", ["channel_not_found", "internal_error", "invalid_auth"])
-async def test_a_refused_post_is_tried_again_next_round(
-    world: SlackWorld, store: Store, error: str
+@pytest.mark.parametrize("how", ["internal_error", "http_503"])
+async def test_a_passing_refusal_is_tried_again_after_a_backoff(
+    world: SlackWorld, store: Store, how: str
 ) -> None:
-    world.workspace.fail_next("chat.postMessage", error)
+    ws = world.workspace
+    if how == "http_503":
+        ws.fail_http_next("chat.postMessage", 503)
+    else:
+        ws.fail_next("chat.postMessage", how)
     assert await world.cards.sync() == 0
     assert (await reply(store, 1)).chat_ts is None
     assert world.workspace.messages == []
-    assert await world.cards.missing() == 3
+    assert world.cards.health()["state"] == "waiting"
+    calls = len(ws.calls)
+    assert await world.cards.sync() == 0
+    assert len(ws.calls) == calls, "not retried before its backoff"
+    world.clock.now += 2
     assert await world.cards.sync() == 3
     assert await world.cards.missing() == 0
     assert (await reply(store, 1)).chat_ts == world.workspace.card(1).ts
-    assert len(world.workspace.messages) == 3
+    assert world.cards.health() == {"state": "ok"}
+
+
+def _break(world: SlackWorld, error: str) -> None:
+    """Make Slack refuse the cards for good, the way each error comes about."""
+    ws = world.workspace
+    if error == "not_in_channel":
+        ws.outside.add(CHANNEL)
+    elif error == "is_archived":
+        ws.archived.add(CHANNEL)
+    elif error == "channel_not_found":
+        ws.channels.pop(CHANNEL)
+    elif error == "invalid_auth":
+        world.client.token = "xoxb-someone-elses-token"
+    elif error == "token_revoked":
+        ws.revoked = True
+    elif error == "account_inactive":
+        ws.inactive = True
+    elif error == "missing_scope":
+        ws.scopes.discard("chat:write")
+
+
+def _mend(world: SlackWorld) -> None:
+    ws = world.workspace
+    ws.outside.clear()
+    ws.archived.clear()
+    ws.channels[CHANNEL] = "approvals"
+    world.client.token = BOT_TOKEN
+    ws.revoked = ws.inactive = False
+    ws.scopes.add("chat:write")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "not_in_channel",
+        "is_archived",
+        "channel_not_found",
+        "invalid_auth",
+        "token_revoked",
+        "account_inactive",
+        "missing_scope",
+    ],
+)
+async def test_a_permanent_refusal_stops_the_cards_alerts_once_and_shows_in_health(
+    world: SlackWorld, store: Store, error: str
+) -> None:
+    ws = world.workspace
+    _break(world, error)
+    assert await world.cards.sync() == 0
+    health = world.cards.health()
+    assert health["state"] == "stopped" and health["error"].startswith(error)
+    if error == "missing_scope":
+        assert health["error"] == "missing_scope (needs chat:write)"
+    # The loop runs every second: for the next hour Slack is not asked again.
+    calls = len(ws.calls)
+    for _ in range(3599):
+        world.clock.now += 1
+        assert await world.cards.sync() == 0
+    assert len(ws.calls) == calls, "a permanent refusal is not retried every second"
+    world.clock.now += 1
+    assert await world.cards.sync() == 0
+    assert len(ws.calls) == calls + 1, "tried again once an hour"
+    alerts = await slack_alerts(store)
+    assert len(alerts) == 1
+    assert alerts[0].severity == "critical" and error in alerts[0].title
+    assert alerts[0].detail["channel"] == CHANNEL
+    # Someone fixes it: within the hour the cards go out, the state is ok again.
+    _mend(world)
+    world.clock.now += 3600
+    assert await world.cards.sync() == 3
+    assert world.cards.health() == {"state": "ok"}
+    assert len(await slack_alerts(store)) == 1
+
+
+async def slack_alerts(store: Store) -> list[Alert]:
+    async with store.reader() as s:
+        q = sa.select(Alert).where(Alert.kind == "slack_failing").order_by(Alert.id)  # type: ignore[arg-type]
+        return list((await s.execute(q)).scalars())
 
 
 async def test_a_rate_limit_is_waited_out(world: SlackWorld, store: Store) -> None:
@@ -411,3 +498,21 @@ async def test_the_stand_in_answers_like_slack(world: SlackWorld) -> None:
     view = {"type": "modal", "title": {"type": "plain_text", "text": "t"}, "blocks": []}
     async with http.post(views, json={"trigger_id": "1.2.abc", "view": view}, headers=good) as r:
         assert (await r.json())["error"] == "exchanged_trigger_id"
+
+
+async def test_healthz_shows_cards_that_slack_refuses_for_good(
+    world: SlackWorld, store: Store
+) -> None:
+    daemon = Daemon(world.config, store)
+    daemon.cards = world.cards
+    try:
+        assert daemon.health()["chat"]["cards"] == {"state": "ok"}
+        world.workspace.revoked = True
+        await world.cards.sync()
+        health = daemon.health()
+        assert health["status"] == "degraded"
+        cards = health["chat"]["cards"]
+        assert cards["state"] == "stopped" and cards["error"] == "token_revoked"
+        assert cards["retry_in_s"] == 3600.0 and cards["since"]
+    finally:
+        await daemon.stop()

@@ -26,6 +26,7 @@ from socialcrm.db import Store
 from socialcrm.models import Reply
 from socialcrm.pipeline import Pipeline
 from socialcrm.sandbox.slack import signed_request
+from tests import slack_spec
 from tests.test_cards import (
     NASTY,
     SIGNING_SECRET,
@@ -400,6 +401,10 @@ async def test_edit_through_the_modal(h: Harness, store: Store) -> None:
     text = ws.card(1).all_text()
     assert "We're on it &amp; we'll DM you &lt;3" in text
     assert "Edited and approved by *dana*" in text
+    # views.open, chat.postMessage and chat.update, as Slack's spec describes them.
+    assert {m for m, _ in ws.calls} >= {"views.open", "chat.postMessage", "chat.update"}
+    problems = slack_spec.exchange_problems(ws.calls, ws.answers)
+    assert problems == [], "\n".join(problems)
 
 
 async def test_reject_through_the_modal(h: Harness, store: Store) -> None:
@@ -431,6 +436,8 @@ async def test_an_expired_trigger_is_explained(h: Harness, store: Store) -> None
     await h.settle()
     assert "could not be opened (expired_trigger_id)" in h.responses()[0]
     assert (await reply(store, 1)).status == "draft"
+    problems = slack_spec.exchange_problems(ws.calls, ws.answers)
+    assert problems == [], "\n".join(problems)
 
 
 # -- Slack's 3-second deadline ------------------------------------------------------------------

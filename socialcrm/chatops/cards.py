@@ -2,9 +2,15 @@
 
 :class:`CardNotifier` posts a card for every draft that has none and updates a card whenever
 the reply's state differs from what the card last showed (``Reply.chat_shown``). The store is
-the only queue: a card that Slack refused (rate limit, channel not found, network) is simply
-tried again on the next :meth:`CardNotifier.sync`, so running it every second, after every
-approval, or from two places at once in one process loses nothing and posts nothing twice.
+the only queue: a card that Slack refused is simply tried again by a later
+:meth:`CardNotifier.sync`, so running it every second, after every approval, or from two places
+at once in one process loses nothing and posts nothing twice.
+
+How soon "later" is depends on what Slack said (:mod:`socialcrm.slackapi`): a rate limit waits
+its ``Retry-After``; a 5xx, a network failure or Slack's own trouble backs off exponentially; a
+permanent refusal (token revoked, bot not in the channel, channel archived, a missing scope)
+stops the cards, raises one ``slack_failing`` alert and shows in ``/healthz`` (:meth:`health`),
+and is tried again only every ``STOPPED_RETRY_S`` until someone fixes it.
 
 The wording is in ``templates/chat/card.j2``; this module only arranges it into blocks.
 """
@@ -18,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final, Self
 
 import aiohttp
@@ -27,10 +34,12 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from socialcrm import responder
+from socialcrm.alerts import raise_alert
 from socialcrm.config import Config
 from socialcrm.db import Store
-from socialcrm.models import Customer, Message, Reply, Ticket
+from socialcrm.models import Customer, Message, Reply, Ticket, utcnow
 from socialcrm.responder import template_environment
+from socialcrm.slackapi import SlackFailure, sort_failure
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +78,13 @@ _CARD_ERRORS: Final = frozenset(
     }
 )
 _GONE: Final = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
+#: After a permanent refusal the cards are tried again this rarely (a person must act).
+STOPPED_RETRY_S: Final = 3600.0
+#: Backoff after 5xx and network failures: first wait, longest wait.
+BACKOFF_BASE_S: Final = 2.0
+BACKOFF_MAX_S: Final = 300.0
+#: Kind and dedupe key of the alert raised when Slack refuses the cards for good.
+FAILING_KIND: Final = "slack_failing"
 
 #: Short labels of the card and its modals (the prose is in card.j2).
 LABELS: Final = {
@@ -311,11 +327,19 @@ class CardNotifier:
         channel: str,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
         self.client = client
         self.channel = channel
         self.clock = clock
+        self.wall_clock = wall_clock
+        #: Failed rounds in a row (5xx, network), for the backoff.
+        self._failures = 0
+        #: Slack refused the cards for good: what it said, and since when.
+        self.stopped: SlackFailure | None = None
+        self.stopped_since: datetime | None = None
+        self._alerted = False
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -386,10 +410,30 @@ class CardNotifier:
                 done += await self._update_changed()
             except _StopRound:
                 return done
-            if self._problem is not None:
-                log.info("Slack approval cards work again")
+            if self._problem is not None or self.stopped is not None:
+                log.warning("Slack approval cards work again")
                 self._problem = None
+            self._failures = 0
+            self.stopped = self.stopped_since = None
+            self._alerted = False
             return done
+
+    def health(self) -> dict[str, Any]:
+        """The cards' state for ``/healthz``: ok, waiting (a passing failure) or stopped."""
+        if self.stopped is not None:
+            return {
+                "state": "stopped",
+                "error": self.stopped.describe(),
+                "since": self.stopped_since.isoformat() if self.stopped_since else None,
+                "retry_in_s": round(max(0.0, self._paused_until - self.clock()), 1),
+            }
+        if self._problem is not None:
+            return {
+                "state": "waiting",
+                "error": self._problem,
+                "retry_in_s": round(max(0.0, self._paused_until - self.clock()), 1),
+            }
+        return {"state": "ok"}
 
     async def missing(self) -> int:
         """Drafts that have no card yet."""
@@ -508,24 +552,66 @@ class CardNotifier:
             else:
                 response = await self.client.chat_update(**args)
         except SlackApiError as err:
-            error = str(err.response.get("error") or f"HTTP {err.response.status_code}")
-            if err.response.status_code == 429 or error == "ratelimited":
-                wait_s = _retry_after_s(err.response.headers)
+            failure = sort_failure(err, _CARD_ERRORS)
+            if failure.verdict == "rate_limited":
+                wait_s = failure.retry_after_s or 1.0
                 self._paused_until = self.clock() + wait_s
                 self._report(f"rate limited by Slack; cards wait {wait_s:g}s")
                 raise _StopRound from err
-            if error in _GONE:
-                await self._card_gone(card, error)
+            if failure.verdict == "permanent":
+                await self._stop(method, failure)
+                raise _StopRound from err
+            if failure.code in _GONE:
+                await self._card_gone(card, failure.code)
                 return None
-            if error in _CARD_ERRORS:
-                self._report(f"Slack refused the card of reply #{card.reply_id}: {error}")
+            if failure.verdict == "message":
+                self._report(f"Slack refused the card of reply #{card.reply_id}: {failure.code}")
                 return None
-            self._report(f"Slack refused {method}: {error}")
+            self._back_off(f"Slack refused {method}: {failure.code}")
             raise _StopRound from err
         except (aiohttp.ClientError, TimeoutError) as err:
-            self._report(f"cannot reach Slack: {err!r}")
+            self._back_off(f"cannot reach Slack: {err!r}")
             raise _StopRound from err
         return dict(response.data) if isinstance(response.data, dict) else None
+
+    def _back_off(self, problem: str) -> None:
+        """A passing failure (5xx, network, Slack's own trouble): wait longer each time."""
+        self._failures += 1
+        wait_s = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (self._failures - 1))
+        self._paused_until = self.clock() + wait_s
+        self._report(f"{problem}; cards wait {wait_s:g}s")
+
+    async def _stop(self, method: str, failure: SlackFailure) -> None:
+        """Slack refused for good: stop, alert once, and try again only rarely."""
+        self._paused_until = self.clock() + STOPPED_RETRY_S
+        if self.stopped is None:
+            self.stopped_since = self.wall_clock()
+        self.stopped = failure
+        self._report(
+            f"Slack refused {method} for good: {failure.describe()}; approval cards are stopped "
+            f"and tried again in {STOPPED_RETRY_S:g}s"
+        )
+        if self._alerted:
+            return
+        async with self.store.session() as s:
+            alert = await raise_alert(
+                s,
+                FAILING_KIND,
+                f"{FAILING_KIND}:cards:{self.channel}",
+                f"Slack refuses the approval cards in {self.channel}: {failure.describe()}. "
+                "Drafts wait in the queue (the CLI still works) until this is fixed.",
+                {
+                    "error": failure.describe(),
+                    "channel": self.channel,
+                    "method": method,
+                    "since": self.stopped_since.isoformat() if self.stopped_since else None,
+                },
+                "critical",
+                now=self.wall_clock(),
+            )
+        self._alerted = True
+        if alert is not None:
+            log.error("approval cards stopped (%s): alert %s raised", failure.code, alert.id)
 
     async def _card_gone(self, card: Card, error: str) -> None:
         """The card was deleted in Slack: a draft gets a new one, a decided reply none."""
@@ -545,10 +631,3 @@ class CardNotifier:
         if problem != self._problem:
             log.warning("%s", problem)
             self._problem = problem
-
-
-def _retry_after_s(headers: Any) -> float:
-    try:
-        return max(1.0, float(headers.get("Retry-After", 1)))
-    except (TypeError, ValueError):
-        return 1.0

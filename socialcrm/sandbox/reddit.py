@@ -13,6 +13,22 @@ field]`` triples: ``USER_REQUIRED``, ``NO_THING_ID``, ``NO_TEXT``). HTTP errors 
 ``{"message", "error"}``; rate limits are in ``X-Ratelimit-Used/Remaining/Reset`` (seconds to
 the window's end).
 
+What Reddit does that a kind server would not, modelled here:
+
+- A listing serves at most ``LISTING_CAP`` (1000) items, however far ``after`` goes (r2
+  precomputes listings to 1000 items; PRAW's listing docs: "Reddit's listings are limited to
+  1000 items").
+- A subreddit may be private (403 ``{"reason": "private", "message": "Forbidden", "error":
+  403}``), quarantined (403 with ``"reason": "quarantined"`` and a ``quarantine_message``) or
+  banned (404 ``{"reason": "banned", "message": "Not Found", "error": 404}``), as r2's
+  ``abort(403, "private")``-style errors and PRAW's handling of them show (:meth:`close`).
+- Search shows some posts late (the index lags): with ``search_lag`` set, every third post is
+  searchable only once that many more Reddit items have appeared after it.
+- Deleted and removed items keep their place in listings with ``[deleted]``/``[removed]``
+  bodies (:meth:`remove`).
+- ``POST /api/comment`` may answer ``RATELIMIT`` in ``json.errors`` (HTTP 200), with the wait
+  in minutes, seconds or milliseconds in the message (:meth:`throttle_comments`).
+
 Search understands words (all must appear in the title or text), ``"phrases"``, ``OR`` and
 ``subreddit:`` / ``author:``; it only finds posts (``type=link``), as Reddit's does.
 """
@@ -24,7 +40,7 @@ import html
 import re
 import shlex
 from collections.abc import Callable
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Literal
 
 from aiohttp import web
 
@@ -41,6 +57,13 @@ from socialcrm.sandbox.server import (
 
 BRAND_FULLNAME: Final = "t2_1q2w3e4r"
 LIMIT: Final = (25, 100)  # default, max
+#: Items of one listing Reddit serves at most.
+LISTING_CAP: Final = 1000
+SubredditState = Literal["private", "quarantined", "banned"]
+_QUARANTINE_MESSAGE: Final = (
+    "This community is quarantined: it may contain misinformation or content that is "
+    "upsetting. You must opt in to view it."
+)
 #: The username the request's token acts for ("" for an app-only token).
 REDDIT_USER: Final = web.RequestKey("socialcrm_reddit_user", str)
 _B36: Final = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -109,6 +132,17 @@ class RedditStandIn(StandIn):
         self._posted: dict[str, dict[str, Any]] = {}
         self._issued = 0
         self._comments = 0
+        #: Subreddits that refuse to be read, by lower-case name.
+        self.closed: dict[str, SubredditState] = {}
+        #: Items one listing serves at most (Reddit's 1000; a test may lower it to stay small).
+        self.listing_cap = LISTING_CAP
+        #: Reddit items that must appear after a lagging post before search shows it.
+        self.search_lag = 0
+        #: Fullnames shown as deleted or removed: fullname -> "[deleted]" or "[removed]".
+        self.removed: dict[str, str] = {}
+        self._comment_errors: list[str] = []
+        #: Requests to each subreddit's comments listing (answered, refused or faulted).
+        self.hits: dict[str, int] = {}
 
     def routes(self) -> list[web.RouteDef]:
         """Token, search (site-wide and in a subreddit), comments, posting, ``/api/v1/me``."""
@@ -121,6 +155,39 @@ class RedditStandIn(StandIn):
             web.get("/api/v1/me", self.me),
         ]
 
+    def close(self, subreddit: str, state: SubredditState) -> None:
+        """Make a subreddit private, quarantined or banned."""
+        self.closed[subreddit.lower()] = state
+
+    def remove(self, fullname: str, how: str = "[removed]") -> None:
+        """Show an item as ``[removed]`` by a moderator (or ``[deleted]`` by its author)."""
+        self.removed[fullname] = how
+
+    def throttle_comments(self, message: str, times: int = 1) -> None:
+        """Answer the next ``times`` comments with a ``RATELIMIT`` error saying ``message``."""
+        self._comment_errors.extend([message] * times)
+
+    def refusal(self, subreddits: list[str]) -> web.Response | None:
+        """Reddit's answer for a listing of a private, quarantined or banned subreddit."""
+        for sub in subreddits:
+            state = self.closed.get(sub.lower())
+            if state == "banned":
+                return json_answer({"reason": "banned", "message": "Not Found", "error": 404}, 404)
+            if state == "private":
+                return json_answer({"reason": "private", "message": "Forbidden", "error": 403}, 403)
+            if state == "quarantined":
+                return json_answer(
+                    {
+                        "reason": "quarantined",
+                        "quarantine_message": _QUARANTINE_MESSAGE,
+                        "quarantine_message_html": f"<p>{_QUARANTINE_MESSAGE}</p>",
+                        "message": "Forbidden",
+                        "error": 403,
+                    },
+                    403,
+                )
+        return None
+
     def expire_tokens(self) -> None:
         """Expire every issued token (the next API call gets a 401)."""
         self.tokens = {token: (0.0, user) for token, (_, user) in self.tokens.items()}
@@ -131,6 +198,10 @@ class RedditStandIn(StandIn):
         """HTTP basic auth for the token endpoint, a live bearer token everywhere else."""
         creds = self.sandbox.credentials
         auth = request.headers.get("Authorization", "")
+        listing = re.search(r"/r/([^/]+)/comments$", request.path)
+        if listing is not None:
+            for sub in listing[1].lower().split("+"):
+                self.hits[sub] = self.hits.get(sub, 0) + 1
         if request.path.endswith("/api/v1/access_token"):
             expected = f"{creds.reddit_client_id}:{creds.reddit_client_secret}".encode()
             if auth == "Basic " + base64.b64encode(expected).decode():
@@ -202,6 +273,11 @@ class RedditStandIn(StandIn):
             author_flair_text=None,
         )
         text_key = "selftext" if kind == "t3" else "body"
+        gone = self.removed.get(message.external_id)
+        if gone is not None:
+            data[text_key] = gone
+            if gone == "[deleted]":
+                data.update(author="[deleted]", author_fullname=None)
         text = str(data.get(text_key, ""))
         data[f"{text_key}_html"] = html.escape(
             f'<div class="md"><p>{html.escape(text)}</p>\n</div>', quote=False
@@ -262,7 +338,7 @@ class RedditStandIn(StandIn):
         except ValueError:
             limit = LIMIT[0]
         messages = self.sandbox.messages["reddit"]
-        newest_first = [messages[i] for i in reversed(indexes)]
+        newest_first = [messages[i] for i in reversed(indexes)][: self.listing_cap]
         names = [m.external_id for m in newest_first]
         after, before = query.get("after"), query.get("before")
         start, stop = 0, min(limit, len(names))
@@ -336,6 +412,10 @@ class RedditStandIn(StandIn):
         if not q or "link" not in types:
             return self._listing(request, [])
         indexes = self.visible(f"search:{q.lower()}", search_matcher(q))
+        if self.search_lag:
+            # The index lags: every third post shows only once ``search_lag`` more items came.
+            upto = self.sandbox.released_count("reddit") - self.search_lag
+            indexes = [i for i in indexes if i % 3 or i < upto]
         subreddit = request.match_info.get("subreddit")
         if subreddit and query.get("restrict_sr") in ("1", "true", "on"):
             messages = self.sandbox.messages["reddit"]
@@ -349,6 +429,9 @@ class RedditStandIn(StandIn):
     async def comments(self, request: web.Request) -> web.Response:
         """``GET /r/{sub1+sub2}/comments``: the newest comments in those subreddits."""
         wanted = {s.lower() for s in request.match_info["subreddits"].split("+") if s}
+        refused = self.refusal(sorted(wanted))
+        if refused is not None:
+            return refused
         messages = self.sandbox.messages["reddit"]
         indexes = self.visible("comments", lambda m: m.external_id.startswith("t1_"))
         if "all" not in wanted:
@@ -366,6 +449,9 @@ class RedditStandIn(StandIn):
                 {"json": {"errors": [["USER_REQUIRED", "Please log in to do that.", None]]}}
             )
         form = await request.post()
+        if self._comment_errors:
+            message = self._comment_errors.pop(0)
+            return json_answer({"json": {"errors": [["RATELIMIT", message, "ratelimit"]]}})
         thing_id = str(form.get("thing_id") or "")
         text = str(form.get("text") or "")
         if form.get("api_type") != "json":

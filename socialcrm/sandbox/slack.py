@@ -9,6 +9,13 @@ except a rate limit, which is HTTP 429 with ``Retry-After`` and ``{"ok": false, 
 workspace here), trigger ids expire after 3 seconds and can be exchanged once, and blocks are
 checked against Block Kit's size limits so a card that Slack would refuse is refused here too.
 
+Slack refuses for good, and says so the way it does (HTTP 200, ``ok: false``; each method's
+"Errors" table at docs.slack.dev/reference/methods/chat.postMessage): a revoked token is
+``token_revoked``, a deactivated bot ``account_inactive``, a token without ``chat:write``
+``missing_scope`` (with ``needed`` and ``provided``), an archived channel ``is_archived``, a
+channel the bot is not a member of ``not_in_channel``. Slack's own trouble is an HTTP 5xx
+(:meth:`SlackWorkspace.fail_http_next`).
+
 Posts to a ``response_url`` (``/hooks/commands/...`` and ``/hooks/actions/...``) are recorded.
 
 Slack's side of an interaction is built by :meth:`SlackWorkspace.click` (a button on a card),
@@ -52,6 +59,13 @@ MAX_MODAL_TITLE: Final = 24
 MAX_INPUT_VALUE: Final = 3000
 #: A trigger id can be exchanged for a modal this long after the interaction.
 TRIGGER_TTL_S: Final = 3.0
+
+#: The scope each method needs (docs.slack.dev/reference/methods/<method>, "Required scopes").
+_SCOPES: Final = {
+    "chat.postMessage": "chat:write",
+    "chat.update": "chat:write",
+    "chat.postEphemeral": "chat:write",
+}
 
 _STATE: Final[web.AppKey[SlackWorkspace]] = web.AppKey("socialcrm_slack_workspace")
 _ID_CHARS: Final = string.ascii_uppercase + string.digits
@@ -147,7 +161,21 @@ class SlackWorkspace:
     responses: list[dict[str, Any]] = field(default_factory=list)
     #: Every Web API call, answered or not: ``(method, arguments)``.
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: Every JSON answer given: ``(method, http status, body)``, to check against Slack's spec.
+    answers: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
+    #: Archived channels (posting is ``is_archived``).
+    archived: set[str] = field(default_factory=set)
+    #: Channels the bot was removed from (posting is ``not_in_channel``).
+    outside: set[str] = field(default_factory=set)
+    #: The bot token's scopes; a method whose scope is missing is ``missing_scope``.
+    scopes: set[str] = field(
+        default_factory=lambda: {"chat:write", "commands", "chat:write.public"}
+    )
+    #: The token was revoked (``token_revoked``), or the bot deactivated (``account_inactive``).
+    revoked: bool = False
+    inactive: bool = False
     _faults: dict[str, deque[_Fault]] = field(default_factory=dict)
+    _http_faults: dict[str, deque[int]] = field(default_factory=dict)
     _triggers: dict[str, tuple[float, str]] = field(default_factory=dict)
     _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _changed: asyncio.Event | None = None
@@ -159,6 +187,10 @@ class SlackWorkspace:
         queue = self._faults.setdefault(method, deque())
         for _ in range(times):
             queue.append(_Fault(error, retry_after_s if error == "ratelimited" else None))
+
+    def fail_http_next(self, method: str, status: int = 503, *, times: int = 1) -> None:
+        """Answer the next ``times`` calls of ``method`` with an HTTP ``status`` error page."""
+        self._http_faults.setdefault(method, deque()).extend([status] * times)
 
     def card(self, reply_id: int) -> SlackMessage:
         """The newest approval card of a reply: by its metadata, else by its buttons' value."""
@@ -337,6 +369,19 @@ class SlackWorkspace:
     def call(self, method: str, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         """Answer one authenticated Web API call: ``(http status, body, headers)``."""
         self.calls.append((method, args))
+        if self.revoked or self.inactive:
+            self._notify()
+            return 200, {"ok": False, "error": self._token_error()}, {}
+        needed = _SCOPES.get(method)
+        if needed is not None and needed not in self.scopes:
+            self._notify()
+            refused = {
+                "ok": False,
+                "error": "missing_scope",
+                "needed": needed,
+                "provided": ",".join(sorted(self.scopes)),
+            }
+            return 200, refused, {}
         queue = self._faults.get(method)
         if queue:
             fault = queue.popleft()
@@ -350,6 +395,27 @@ class SlackWorkspace:
             return 200, {"ok": False, "error": "unknown_method"}, {}
         answer: dict[str, Any] = handler(args)
         return 200, answer, {}
+
+    def _token_error(self) -> str:
+        return "token_revoked" if self.revoked else "account_inactive"
+
+    def http_fault(self, method: str) -> int | None:
+        """The HTTP error status queued for this call, if any."""
+        queue = self._http_faults.get(method)
+        if queue:
+            self._notify()
+            return queue.popleft()
+        return None
+
+    def _channel_error(self, channel: str | None) -> str | None:
+        """Why a message cannot go to ``channel``, as Slack says it."""
+        if not channel or channel not in self.channels:
+            return "channel_not_found"
+        if channel in self.archived:
+            return "is_archived"
+        if channel in self.outside:
+            return "not_in_channel"
+        return None
 
     def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -403,9 +469,10 @@ class SlackWorkspace:
         return text or "", blocks
 
     def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
-        channel = args.get("channel")
-        if not channel or channel not in self.channels:
-            return {"ok": False, "error": "channel_not_found"}
+        channel = str(args.get("channel") or "")
+        problem = self._channel_error(channel)
+        if problem:
+            return {"ok": False, "error": problem}
         content = self._content(args)
         if isinstance(content, str):
             return {"ok": False, "error": content}
@@ -424,9 +491,10 @@ class SlackWorkspace:
         }
 
     def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
-        channel = args.get("channel")
-        if not channel or channel not in self.channels:
-            return {"ok": False, "error": "channel_not_found"}
+        channel = str(args.get("channel") or "")
+        problem = self._channel_error(channel)
+        if problem:
+            return {"ok": False, "error": problem}
         msg = self.message(channel, str(args.get("ts") or ""))
         if msg is None:
             return {"ok": False, "error": "message_not_found"}
@@ -529,7 +597,6 @@ class SlackWorkspace:
             "ts": msg.ts,
             "bot_id": self.bot_id,
             "user": self.bot_user_id,
-            "app_id": self.app_id,
             "blocks": msg.blocks,
         }
 
@@ -605,11 +672,18 @@ async def _api(request: web.Request) -> web.Response:
         else:
             args.update(dict(urllib.parse.parse_qsl(raw.decode("utf-8", "replace"))))
     token = _bearer(request, args)
-    if not token:
-        return web.json_response({"ok": False, "error": "not_authed"})
-    if token != state.bot_token:
-        return web.json_response({"ok": False, "error": "invalid_auth"})
+    if not token or token != state.bot_token:
+        state.calls.append((method, args))
+        refused = {"ok": False, "error": "not_authed" if not token else "invalid_auth"}
+        state.answers.append((method, 200, refused))
+        return web.json_response(refused)
+    failed = state.http_fault(method)
+    if failed is not None:
+        state.calls.append((method, args))
+        page = "<html><body><h1>Slack is having trouble</h1></body></html>"
+        return web.Response(status=failed, text=page, content_type="text/html")
     status, body, headers = state.call(method, args)
+    state.answers.append((method, status, body))
     return web.json_response(body, status=status, headers=headers)
 
 
