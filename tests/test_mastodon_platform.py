@@ -1,0 +1,188 @@
+"""The Mastodon connector against a stand-in that behaves as Mastodon documents: scopes, the
+notification policy, search ordering, reply visibility, the length count, edits and deletions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from connectors.mastodon import MastodonConnector, countable_length
+from socialcrm.connector import ForbiddenError, InboundMessage, OutboundReply
+from tests.connector_suite import drain, ids
+from tests.test_connectors import QUERY, MastodonHarness, MastodonSearchHarness
+
+#: The scopes the README asks for, without ``read:search``.
+NO_SEARCH = {"read:notifications", "read:statuses", "write:statuses"}
+
+
+@pytest.fixture
+async def mastodon() -> AsyncIterator[MastodonHarness]:
+    async with MastodonHarness.running() as harness:
+        yield harness
+
+
+@pytest.fixture
+async def searching() -> AsyncIterator[MastodonSearchHarness]:
+    async with MastodonSearchHarness.running() as harness:
+        yield harness
+
+
+def released_mentions(harness: MastodonHarness) -> list[InboundMessage]:
+    standin = harness.sandbox.mastodon
+    return [m for m in harness.sandbox.released("mastodon") if standin.is_mention(m)]
+
+
+# -- 4: read:search --------------------------------------------------------------------------
+
+
+async def test_search_without_read_search_fails_that_stream_only(
+    mastodon: MastodonHarness,
+) -> None:
+    mastodon.sandbox.mastodon.grant("no-search-token", NO_SEARCH)
+    await mastodon.publish(6)
+    connector = mastodon.connector(access_token="no-search-token", search=[QUERY])
+    batch = await connector.fetch(None)
+    error = batch.stream_errors.get(f"search:{QUERY}")
+    assert isinstance(error, ForbiddenError)
+    assert "outside the authorized scopes" in str(error)
+    assert set(batch.stream_errors) == {f"search:{QUERY}"}
+    mentions = {m.external_id for m in released_mentions(mastodon)}
+    assert mentions and mentions <= set(ids(batch.messages)), "the mentions still arrive"
+
+
+async def test_a_token_without_a_scope_is_refused_as_mastodon_refuses_it(
+    mastodon: MastodonHarness,
+) -> None:
+    mastodon.sandbox.mastodon.grant("search-only", {"read:search"})
+    await mastodon.publish(2)
+    connector = mastodon.connector(access_token="search-only", hashtags=[])
+    with pytest.raises(ForbiddenError):  # notifications need read:notifications; not a 401
+        await connector.fetch(None)
+
+
+# -- 5: replies keep the original's visibility -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("original", "configured", "expected"),
+    [
+        ("direct", "public", "direct"),
+        ("private", "public", "private"),
+        ("unlisted", "public", "unlisted"),
+        ("public", "public", "public"),
+        ("public", "unlisted", "unlisted"),
+        ("private", "direct", "direct"),
+        (None, "public", "direct"),
+    ],
+)
+async def test_a_reply_is_never_wider_than_what_it_answers(
+    mastodon: MastodonHarness, original: str | None, configured: str, expected: str
+) -> None:
+    [target_id] = await mastodon.publish(1)
+    target = mastodon.sandbox.mastodon._lookup(target_id)
+    assert target is not None
+    raw = dict(target.raw)
+    if original is None:
+        raw.pop("visibility", None)
+    else:
+        raw["visibility"] = original
+    acct = str(target.author.handle)
+    connector = mastodon.connector(reply_visibility=configured)
+    reply = OutboundReply(
+        reply_id=7, channel="mastodon", text="We are on it.", in_reply_to=target_id, original=raw
+    )
+    receipt = await connector.send(reply)
+    posted = mastodon.sandbox.mastodon.posted[receipt.external_id]
+    assert posted["visibility"] == expected
+    # A direct status reaches only the accounts it mentions: the customer is one of them.
+    assert [m["acct"] for m in posted["mentions"]] == [acct]
+
+
+async def test_a_reply_to_a_direct_mention_is_checked_before_approval() -> None:
+    config = MastodonConnector.Config(base_url="https://social.example", access_token="t")
+    reply = OutboundReply(
+        reply_id=1,
+        channel="mastodon",
+        text="Sorry about that.",
+        in_reply_to="1",
+        original={"visibility": "direct", "account": {"acct": "ana@else.example"}},
+    )
+    issues = MastodonConnector.check_reply(config, reply)
+    assert [i.blocking for i in issues] == [False]
+    assert "sent as direct" in issues[0].reason
+    nobody = reply.model_copy(update={"original": {"visibility": "direct"}})
+    assert any(i.blocking for i in MastodonConnector.check_reply(config, nobody))
+
+
+# -- the length, counted as Mastodon counts it ---------------------------------------------------
+
+
+def test_links_count_23_and_mentions_their_user_part() -> None:
+    long_link = "https://example.com/" + "a" * 200
+    assert countable_length(long_link) == 23
+    assert countable_length("@ana@a-very-long-instance.example hi") == len("@ana hi")
+    assert countable_length("mail ana@example.com") == len("mail ana@example.com")
+
+
+async def test_the_length_rule_matches_the_server(mastodon: MastodonHarness) -> None:
+    [target_id] = await mastodon.publish(1)
+    config = mastodon.connector().config
+    link = "https://example.com/" + "p" * 300
+    fits = OutboundReply(
+        reply_id=2,
+        channel="mastodon",
+        text=f"See {link} " + "x" * 400,
+        in_reply_to=target_id,
+        original={"visibility": "public"},
+    )
+    assert not [i for i in MastodonConnector.check_reply(config, fits) if i.blocking]
+    await mastodon.connector().send(fits)  # the server takes what the check lets through
+    too_long = fits.model_copy(update={"reply_id": 3, "text": "x" * 501})
+    [issue] = MastodonConnector.check_reply(config, too_long)
+    assert issue.blocking and "limit is 500" in issue.reason
+
+
+# -- 7: search returns newest first ------------------------------------------------------------
+
+
+async def test_search_loses_nothing_when_pages_arrive_between_polls(
+    searching: MastodonSearchHarness,
+) -> None:
+    await searching.publish(3)
+    connector = searching.connector(max_pages=1)
+    _, batch = await drain(connector, None)
+    cursor = batch.cursor
+    published = await searching.publish(searching.page_size * 4 + 2)
+    got: list[InboundMessage] = []
+    for _ in range(20):
+        batch = await connector.fetch(cursor)
+        got += batch.messages
+        cursor = batch.cursor
+        if not batch.more:
+            break
+    assert len(ids(got)) == len(set(ids(got))), "a status came twice"
+    assert sorted(ids(got)) == sorted(published)
+    again, _ = await drain(connector, cursor)
+    assert again == []
+
+
+# -- 8: the notification policy ----------------------------------------------------------------
+
+
+async def test_filtered_private_mentions_are_read(mastodon: MastodonHarness) -> None:
+    published = await mastodon.publish(4)
+    standin = mastodon.sandbox.mastodon
+    hidden = [m for m in released_mentions(mastodon)][:2]
+    for message in hidden:
+        message.raw["visibility"] = "direct"
+    messages, _ = await drain(mastodon.connector(), None)
+    assert {m.external_id for m in hidden} <= set(ids(messages))
+    assert sorted(ids(messages)) == sorted(published)
+    # Without include_filtered, Mastodon 4.3+ keeps them out of the list.
+    left, _ = await drain(mastodon.connector(include_filtered=False), None)
+    assert not {m.external_id for m in hidden} & set(ids(left))
+    standin.policy["for_private_mentions"] = "drop"
+    dropped, _ = await drain(mastodon.connector(), None)
+    assert not {m.external_id for m in hidden} & set(ids(dropped))
