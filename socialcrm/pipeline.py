@@ -26,7 +26,7 @@ from socialcrm.db import Store, executemany, keys_in
 from socialcrm.identity import CustomerView, IdentityView, Resolver, insert_returning_ids
 from socialcrm.models import Alert, Message, Quarantine, Reply, SourceState, utcnow
 from socialcrm.priority import PriorityModel
-from socialcrm.responder import Responder
+from socialcrm.responder import ReplyChecker, Responder, blocking_reason, stored_issues
 from socialcrm.rules import Decision, RuleContext, RuleSet
 from socialcrm.scoring import ScoringPool, analyse_batch
 from socialcrm.sentiment import Score, SentimentScorer
@@ -117,6 +117,7 @@ class Pipeline:
         self.responder = responder or Responder(
             config.responder, config.brand.name, config.base_dir
         )
+        self.checker = ReplyChecker(config.sources, self.responder)
         self.priority = PriorityModel(config.priority)
         self.sla = SlaPolicy(config.sla) if config.sla.enabled else None
         self.tz = ZoneInfo(config.brand.timezone)
@@ -404,6 +405,8 @@ class Pipeline:
                 draft = self.responder.draft(
                     d.draft_template, p.msg.channel, _draft_context(p, cust)
                 )
+                issues = self.checker.draft_issues(source, p.msg, draft.text)
+                problem = draft.problem if not draft.text else blocking_reason(issues)
                 if draft.text:
                     replies.append(
                         {
@@ -417,15 +420,16 @@ class Pipeline:
                             "status": "draft",
                             "priority_score": p.priority_score,
                             "created_at": now,
-                            "last_error": draft.problem,
+                            "last_error": problem,
+                            "issues": stored_issues(issues),
                             "attempts": 0,
                             "edited": False,
                         }
                     )
                     result.drafts += 1
-                if draft.problem:
+                if problem:
                     result.draft_problems += 1
-                    log.warning("draft for message %s: %s", msg_id, draft.problem)
+                    log.warning("draft for message %s: %s", msg_id, problem)
             for reason in d.escalations:
                 target = f"ticket:{p.ticket.id}" if p.ticket else f"message:{msg_id}"
                 alerts.append(
