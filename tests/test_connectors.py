@@ -46,6 +46,7 @@ from tests.connector_suite import (
     drain,
     ids,
 )
+from tests.mastodon_spec import MastodonSpec
 
 SEED = 11
 MESSAGES = 700
@@ -156,6 +157,25 @@ class XHarness(SandboxHarness):
 
 class MastodonHarness(SandboxHarness):
     platform: ClassVar[Platform] = "mastodon"
+
+    spec: MastodonSpec | None = None
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, sandbox: Sandbox | None = None) -> AsyncIterator[Any]:
+        """Serve a sandbox whose Mastodon traffic is checked against the documented shapes
+        (tests/specs/mastodon/): every request the connector makes, every answer it gets."""
+        sandbox = sandbox or Sandbox(SEED, messages=MESSAGES, faults=Faults(timeout_delay_s=3.0))
+        spec = MastodonSpec(sandbox)
+        async with TestServer(spec.install(make_app(sandbox)), host="127.0.0.1") as server:
+            harness = cls(sandbox, server)
+            harness.spec = spec
+            try:
+                yield harness
+            finally:
+                for session in harness._sessions:
+                    await session.close()
+        assert spec.violations == [], spec.violations[:5]
 
     def visible(self, message: InboundMessage) -> bool:
         # Hashtag timelines and search show only public statuses (TagFeed, StatusesIndex).

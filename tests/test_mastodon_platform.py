@@ -5,13 +5,16 @@ notification policy, search ordering, reply visibility, the length count, edits 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from connectors.mastodon import MastodonConnector, countable_length
 from socialcrm.connector import ForbiddenError, InboundMessage, OutboundReply
+from socialcrm.sandbox.server import Sandbox
 from tests.connector_suite import drain, ids
-from tests.test_connectors import QUERY, MastodonHarness, MastodonSearchHarness
+from tests.mastodon_spec import entity, problems, request
+from tests.test_connectors import QUERY, SEED, MastodonHarness, MastodonSearchHarness
 
 #: The scopes the README asks for, without ``read:search``.
 NO_SEARCH = {"read:notifications", "read:statuses", "write:statuses"}
@@ -186,3 +189,64 @@ async def test_filtered_private_mentions_are_read(mastodon: MastodonHarness) -> 
     standin.policy["for_private_mentions"] = "drop"
     dropped, _ = await drain(mastodon.connector(), None)
     assert not {m.external_id for m in hidden} & set(ids(dropped))
+
+
+# -- the documented shapes ---------------------------------------------------------------------
+
+
+async def test_every_request_and_answer_is_checked(mastodon: MastodonHarness) -> None:
+    await mastodon.publish(8)
+    connector = mastodon.connector(search=[QUERY], limit=80)
+    messages, _ = await drain(connector, None)
+    [target] = messages[:1]
+    await connector.send(
+        OutboundReply(
+            reply_id=1,
+            channel="mastodon",
+            text="Hi",
+            in_reply_to=target.external_id,
+            original=target.raw,
+        )
+    )
+    assert mastodon.spec is not None
+    assert mastodon.spec.checked >= 4 and mastodon.spec.violations == []
+
+
+def test_a_wrong_field_name_is_caught(mastodon_status: dict[str, Any]) -> None:
+    assert problems(entity("Status"), mastodon_status) == []
+    renamed = dict(mastodon_status)
+    renamed["visibilty"] = renamed.pop("visibility")
+    assert problems(entity("Status"), renamed) == ["(top): 'visibility' is a required property"]
+    account = dict(mastodon_status["account"])
+    account["follower_count"] = account.pop("followers_count")
+    assert problems(entity("Status"), {**mastodon_status, "account": account}) == [
+        "account: 'followers_count' is a required property"
+    ]
+    assert problems(entity("Error"), {"message": "Record not found"}) == [
+        "(top): 'error' is a required property"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "params", "found"),
+    [
+        ("notifications", {"types": ["mention"]}, "Additional properties"),
+        ("notifications", {"limit": ["81"]}, "does not match"),
+        ("search", {"q": ["acme"], "limit": ["41"]}, "does not match"),
+        ("search", {"q": ["acme"], "offset": ["20"]}, "'type' is a dependency of 'offset'"),
+        ("post_status", {"status": ["hi"], "visibility": ["followers"]}, "is not one of"),
+    ],
+)
+def test_a_request_the_docs_do_not_allow_is_caught(
+    endpoint: str, params: dict[str, list[str]], found: str
+) -> None:
+    [problem] = problems(request(endpoint), params)
+    assert found in problem
+
+
+@pytest.fixture
+def mastodon_status() -> dict[str, Any]:
+    """A status as the stand-in serves it."""
+    sandbox = Sandbox(SEED, messages=50)
+    [message] = sandbox.release(1, "mastodon")
+    return sandbox.mastodon.status(message)
