@@ -28,6 +28,13 @@ Mentions read with ``include_filtered=true`` (Mastodon 4.3+): the brand's notifi
 filters private mentions from accounts it does not follow, and those are often the customers
 who most need an answer. A policy set to ``drop`` creates no notification at all.
 
+Edits and deletions: Mastodon sends no notification when a mention is edited or deleted
+(``update`` is only for statuses the brand boosted), so each fetch re-reads the ``watch_edits``
+newest statuses it delivered (``GET /api/v1/statuses?id[]=``, 4.3+; the cursor's ``watch`` keeps
+their ``edited_at``). An edited one comes again with the same id and its new ``edited_at``; one
+the server no longer returns comes as ``raw={"id", "deleted": true}``. The core updates the
+stored message instead of making a second one.
+
 Replies keep the visibility of the status they answer, or narrower (direct < private <
 unlisted < public), never wider: a reply to a direct mention is direct and names its recipient.
 """
@@ -69,6 +76,9 @@ RECENT_KEEP = 300
 NOTIFICATIONS_MAX = 80
 TIMELINE_MAX = 40
 SEARCH_MAX = 40
+#: Ids asked for in one ``GET /api/v1/statuses`` (the controller's default statuses limit).
+STATUSES_MAX = 20
+WATCH_MAX = 300
 
 Visibility = Literal["public", "unlisted", "private", "direct"]
 #: Narrowest first: a reply may keep its original's visibility or go down this list, never up.
@@ -110,6 +120,8 @@ class MastodonConnector:
         max_pages: int = Field(default=5, ge=1, le=100)
         #: History read by the first polls of a stream, in pages (newest first).
         backfill_pages: int = Field(default=10, ge=1, le=1000)
+        #: Statuses (newest delivered) re-read on each fetch for edits and deletions; 0: none.
+        watch_edits: int = Field(default=STATUSES_MAX, ge=0, le=WATCH_MAX)
         #: Widest visibility of the brand's replies; a reply never goes wider than what it
         #: answers (a reply to a direct mention is direct).
         reply_visibility: Visibility = "public"
@@ -141,8 +153,14 @@ class MastodonConnector:
         streams: list[str] = ["notifications"] if self.config.mentions else []
         streams += [f"tag:{tag.lower()}" for tag in self.config.hashtags]
         streams += [f"search:{q}" for q in self.config.search]
+        watch: dict[str, str] = dict(state.get("watch") or {})
+        if self.config.watch_edits and watch:
+            streams.append("edits")
 
         async def walk(stream: str) -> bool:
+            if stream == "edits":
+                await self._recheck(watch, batch)
+                return False
             state[stream], more = await self._walk(
                 stream, dict(state.get(stream) or {}), batch, seen
             )
@@ -152,8 +170,49 @@ class MastodonConnector:
         batch.messages.sort(key=lambda m: (m.created_at, _id_key(m.external_id)))
         fresh = list(seen)[len(recent) :]  # delivered or quarantined by this fetch
         state["recent"] = (fresh[::-1] + recent)[:RECENT_KEEP]
+        for message in batch.messages:
+            if not message.raw.get("deleted"):
+                watch[message.external_id] = str(message.raw.get("edited_at") or "")
+        newest = sorted(watch, key=_id_key, reverse=True)[: self.config.watch_edits]
+        state["watch"] = {i: watch[i] for i in newest}
         batch.cursor = state
         return batch
+
+    async def _recheck(self, watch: dict[str, str], batch: Batch) -> None:
+        """Re-read the watched statuses: edited ones come again, vanished ones as deleted."""
+        ids = sorted(watch, key=_id_key, reverse=True)[: self.config.watch_edits]
+        for start in range(0, len(ids), STATUSES_MAX):
+            chunk = ids[start : start + STATUSES_MAX]
+            url = URL(self._base + "/api/v1/statuses").with_query([("id[]", i) for i in chunk])
+            items, _ = await self._get_page(url, "edits")
+            found = {
+                str(item["id"]): item
+                for item in items
+                if isinstance(item, dict) and isinstance(item.get("id"), str)
+            }
+            unreadable = len(found) < len(items)  # then absence proves nothing
+            for ident in chunk:
+                status = found.get(ident)
+                if status is None:
+                    if not unreadable:
+                        del watch[ident]
+                        batch.messages.append(_deleted(ident))
+                    continue
+                if str(status.get("edited_at") or "") == watch[ident]:
+                    continue
+                try:
+                    message = _message(status, direct=status.get("visibility") == "direct")
+                except (KeyError, TypeError, ValueError, ValidationError) as err:
+                    batch.quarantined.append(
+                        Quarantined(
+                            external_id=ident,
+                            error=f"{type(err).__name__}: {err}",
+                            raw=json.dumps(status, ensure_ascii=False, default=str),
+                        )
+                    )
+                    continue
+                if message is not None:
+                    batch.messages.append(message)
 
     async def _walk(
         self, stream: str, state: dict[str, Any], batch: Batch, seen: dict[str, None]
@@ -523,6 +582,18 @@ def _message(status: Any, *, direct: bool) -> InboundMessage | None:
         url=status.get("url") or status.get("uri"),
         direct=direct or status.get("visibility") == "direct",
         raw=status,
+    )
+
+
+def _deleted(ident: str) -> InboundMessage:
+    """A status its author deleted: the core marks the stored message, stores nothing new."""
+    return InboundMessage(
+        channel="mastodon",
+        external_id=ident,
+        text="",
+        author=Author(),
+        direct=False,
+        raw={"id": ident, "deleted": True},
     )
 
 

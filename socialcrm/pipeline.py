@@ -230,7 +230,12 @@ class Pipeline:
         existing = await _stored_keys(session, [s.msg for s in scored])
         if existing:
             result.duplicates += len(existing)
+            await _revise(
+                session, [s.msg for s in scored if (s.msg.channel, s.msg.external_id) in existing]
+            )
             scored = [s for s in scored if (s.msg.channel, s.msg.external_id) not in existing]
+        # A deletion of a message never stored has nothing to mark.
+        scored = [s for s in scored if not s.msg.raw.get("deleted")]
         msgs = [s.msg for s in scored]
 
         resolver = Resolver(session, now)
@@ -527,6 +532,27 @@ async def _tickets_with_drafts(session: AsyncSession, ticket_ids: set[int]) -> s
         keys_in(dialect, [Reply.ticket_id], list(ticket_ids)),  # type: ignore[list-item]
     )
     return {r[0] for r in (await session.execute(q)).all()}
+
+
+async def _revise(session: AsyncSession, msgs: Sequence[InboundMessage]) -> None:
+    """Edits and deletions of stored messages: a connector sends the message again with the
+    same id and a new ``raw["edited_at"]`` (the new text) or ``raw["deleted"]``. The stored
+    message follows; no second message, ticket or draft is made."""
+    for m in msgs:
+        if not (m.raw.get("edited_at") or m.raw.get("deleted")):
+            continue
+        row = (
+            await session.execute(
+                sa.select(Message).where(
+                    Message.channel == m.channel, Message.external_id == m.external_id
+                )
+            )
+        ).scalar_one()
+        if m.raw.get("deleted"):
+            if not row.raw.get("deleted"):
+                row.raw = {**row.raw, "deleted": True}  # the words stay on record
+        elif row.raw.get("edited_at") != m.raw.get("edited_at"):
+            row.text, row.raw = m.text, m.raw
 
 
 async def _stored_keys(

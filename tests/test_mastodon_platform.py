@@ -8,9 +8,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from connectors.mastodon import MastodonConnector, countable_length
-from socialcrm.connector import ForbiddenError, InboundMessage, OutboundReply
+from socialcrm.connector import Batch, ForbiddenError, InboundMessage, OutboundReply
+from socialcrm.db import Store
+from socialcrm.models import Message, Reply, Ticket
+from socialcrm.pipeline import Pipeline
 from socialcrm.sandbox.server import Sandbox
 from tests.connector_suite import drain, ids
 from tests.mastodon_spec import entity, problems, request
@@ -250,3 +254,46 @@ def mastodon_status() -> dict[str, Any]:
     sandbox = Sandbox(SEED, messages=50)
     [message] = sandbox.release(1, "mastodon")
     return sandbox.mastodon.status(message)
+
+
+# -- 10: edits and deletions -------------------------------------------------------------------
+
+
+async def counts(store: Store) -> tuple[int, int, int]:
+    async with store.reader() as s:
+        return (
+            (await s.execute(sa.select(sa.func.count()).select_from(Message))).scalar_one(),
+            (await s.execute(sa.select(sa.func.count()).select_from(Ticket))).scalar_one(),
+            (await s.execute(sa.select(sa.func.count()).select_from(Reply))).scalar_one(),
+        )
+
+
+async def stored(store: Store, external_id: str) -> Message:
+    async with store.reader() as s:
+        q = sa.select(Message).where(Message.external_id == external_id)
+        return (await s.execute(q)).scalar_one()
+
+
+async def test_edits_and_deletions_update_the_stored_message(
+    mastodon: MastodonHarness, pipeline: Pipeline, store: Store
+) -> None:
+    await mastodon.publish(6)
+    connector = mastodon.connector()
+    messages, batch = await drain(connector, None)
+    await pipeline.ingest(Batch(messages=messages, cursor=batch.cursor), "social")
+    before = await counts(store)
+    edited, deleted = messages[0].external_id, messages[1].external_id
+    standin = mastodon.sandbox.mastodon
+    standin.edit(edited, "@acme never mind, the parcel came today. Thanks!")
+    standin.delete(deleted)
+    batch = await connector.fetch(batch.cursor)
+    assert {m.external_id for m in batch.messages} == {edited, deleted}
+    await pipeline.ingest(batch, "social")
+    assert await counts(store) == before, "no second message, ticket or draft"
+    now = await stored(store, edited)
+    assert now.text == "@acme never mind, the parcel came today. Thanks!"
+    assert now.raw["edited_at"]
+    gone = await stored(store, deleted)
+    assert gone.raw["deleted"] is True and gone.text == messages[1].text
+    again = await connector.fetch(batch.cursor)
+    assert again.messages == [], "an edit or a deletion comes once"

@@ -56,6 +56,7 @@ SCOPES_OF: Final[dict[str, tuple[str, ...]]] = {
     "notifications": ("read", "read:notifications"),
     "tag_timeline": ("read", "read:statuses"),
     "search": ("read", "read:search"),
+    "statuses": ("read", "read:statuses"),
     "post_status": ("write", "write:statuses"),
     "delete_status": ("write", "write:statuses"),
     "verify_credentials": ("read", "read:accounts", "profile"),
@@ -144,6 +145,7 @@ class MastodonStandIn(StandIn):
             web.get("/api/v1/notifications", self.notifications),
             web.get("/api/v1/timelines/tag/{hashtag}", self.tag_timeline),
             web.get("/api/v2/search", self.search),
+            web.get("/api/v1/statuses", self.statuses),
             web.post("/api/v1/statuses", self.post_status),
             web.get("/api/v1/accounts/verify_credentials", self.verify_credentials),
         ]
@@ -178,6 +180,15 @@ class MastodonStandIn(StandIn):
         if held.isdisjoint(SCOPES_OF[endpoint]):
             return json_answer({"error": "This action is outside the authorized scopes"}, 403)
         return None
+
+    def edit(self, status_id: str, text: str) -> None:
+        """The author edits a status: same id, new text, ``edited_at`` now (docs: methods/
+        statuses, "Edit a status")."""
+        self.edits[status_id] = (text, iso_z(self.sandbox.clock()))
+
+    def delete(self, status_id: str) -> None:
+        """The author deletes a status: 404 from then on, and gone from every list."""
+        self.deleted.add(status_id)
 
     def _filtered(self, message: InboundMessage) -> str:
         """``accept``, ``filter`` or ``drop``: what the brand's policy does to a mention."""
@@ -522,6 +533,24 @@ class MastodonStandIn(StandIn):
         page = keyed[skip : skip + limit]
         statuses = self._statuses(request, [i for _, i in page])
         return json_answer({"accounts": [], "statuses": statuses, "hashtags": []})
+
+    async def statuses(self, request: web.Request) -> web.Response:
+        """``GET /api/v1/statuses?id[]=...`` (4.3+): the statuses asked for that exist and may be
+        seen; "there can be fewer records than requested if the requested statuses do not exist
+        or cannot be accessed" (methods/statuses#index). At most 20 ids are read, as the
+        controller's default statuses limit (an assumption: the docs give no cap)."""
+        if (refused := self._scoped(request, "statuses")) is not None:
+            return refused
+        wanted = list(dict.fromkeys(request.query.getall("id[]", [])))[:20]
+        released = self.sandbox.released_count("mastodon")
+        indexes = [
+            i
+            for i in (self._index(status_id) for status_id in wanted)
+            if i is not None
+            and i < released
+            and self.sandbox.messages["mastodon"][i].external_id not in self.deleted
+        ]
+        return json_answer(self._statuses(request, indexes))
 
     async def post_status(self, request: web.Request) -> web.Response:
         """``POST /api/v1/statuses`` (form or JSON; ``Idempotency-Key`` honoured).
