@@ -8,16 +8,20 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from aiohttp.test_utils import TestServer
 
 from socialcrm.chatops.cards import card_blocks, load_card
 from socialcrm.chatops.commands import Actor, CommandError, Commands
 from socialcrm.config import Config
 from socialcrm.connector import Author, Batch, InboundMessage
 from socialcrm.db import Store
-from socialcrm.models import Reply
+from socialcrm.models import Message, Reply
 from socialcrm.pipeline import Pipeline
 from socialcrm.rules import RuleSet
+from socialcrm.sandbox.server import Sandbox, make_app
+from socialcrm.sender import Sender
 from socialcrm.sentiment import SentimentScorer
+from socialcrm.sources import make_source
 
 APPROVER = Actor("dana", "approver", "slack")
 LINK = "https://shop.example/orders/" + "8" * 120
@@ -128,3 +132,60 @@ async def test_a_connector_without_check_reply_keeps_the_length_rule(
     reply = await only_reply(store)
     with pytest.raises(CommandError, match="too long for x"):
         await Commands(config, store).run(APPROVER, f"edit {reply.id} {'a' * 300}")
+
+
+async def test_the_sender_keeps_the_audience_of_what_it_answers(
+    tmp_path: Path, store: Store, scorer: SentimentScorer
+) -> None:
+    """Through the whole core: a private mention is answered privately, a public one publicly
+    (the sender hands the connector the original's stored payload)."""
+    sandbox = Sandbox(11, messages=400)
+    async with TestServer(make_app(sandbox), host="127.0.0.1") as server:
+        config = Config.model_validate(
+            {
+                "brand": {"name": "Acme", "handles": [sandbox.brand_handle]},
+                "base_dir": tmp_path,
+                "sources": [
+                    {
+                        "name": "social",
+                        "type": "mastodon",
+                        "base_url": str(server.make_url("/mastodon")),
+                        "access_token": sandbox.credentials.mastodon_token,
+                    }
+                ],
+            }
+        )
+        standin = sandbox.mastodon
+        mentions: list[InboundMessage] = []
+        while len(mentions) < 30:
+            mentions += [m for m in sandbox.release(10, "mastodon") if standin.is_mention(m)]
+        for i, m in enumerate(mentions):
+            m.raw["visibility"] = "private" if i % 2 else "public"
+            standin.following.add(str(m.author.user_id))  # never filtered by the policy
+        pipeline = Pipeline(config, store, rules=RuleSet.load(config.rule_paths()), scorer=scorer)
+        source = make_source(config.sources[0], 0)
+        try:
+            batch = await source.connector.fetch(None)
+            await pipeline.ingest(batch, "social")
+            async with store.reader() as s:
+                drafts = list(
+                    (await s.execute(sa.select(Reply, Message).join(Message))).all()  # type: ignore[arg-type]
+                )
+            by_visibility = {msg.raw["visibility"]: reply for reply, msg in drafts}
+            assert set(by_visibility) == {"private", "public"}
+            commands = Commands(config, store)
+            sender = Sender(store, {"social": source.connector})
+            for visibility, reply in by_visibility.items():
+                await commands.run(APPROVER, f"approve {reply.id}")
+                assert await sender.send_one(int(reply.id or 0))
+                sent = await only_sent(store, int(reply.id or 0))
+                assert standin.posted[sent]["visibility"] == visibility
+        finally:
+            await source.http.close()
+
+
+async def only_sent(store: Store, reply_id: int) -> str:
+    async with store.reader() as s:
+        reply = await s.get(Reply, reply_id)
+        assert reply is not None and reply.status == "sent" and reply.external_id
+        return reply.external_id
