@@ -54,10 +54,12 @@ from yarl import URL
 
 from socialcrm.connector import (
     PASSING_ERRORS,
+    AuthError,
     Author,
     Batch,
     Channel,
     ConnectorConfig,
+    ConnectorError,
     Cursor,
     InboundMessage,
     MalformedPayload,
@@ -154,19 +156,22 @@ class MastodonConnector:
         streams += [f"tag:{tag.lower()}" for tag in self.config.hashtags]
         streams += [f"search:{q}" for q in self.config.search]
         watch: dict[str, str] = dict(state.get("watch") or {})
-        if self.config.watch_edits and watch:
-            streams.append("edits")
 
         async def walk(stream: str) -> bool:
-            if stream == "edits":
-                await self._recheck(watch, batch)
-                return False
             state[stream], more = await self._walk(
                 stream, dict(state.get(stream) or {}), batch, seen
             )
             return more
 
         batch.more = await walk_each(streams, walk, batch, resting=resting)
+        if self.config.watch_edits and watch and "edits" not in resting:
+            # Not a stream of new messages: it never hides that all of them failed.
+            try:
+                await self._recheck(watch, batch)
+            except AuthError:
+                raise
+            except ConnectorError as err:
+                batch.stream_errors["edits"] = err
         batch.messages.sort(key=lambda m: (m.created_at, _id_key(m.external_id)))
         fresh = list(seen)[len(recent) :]  # delivered or quarantined by this fetch
         state["recent"] = (fresh[::-1] + recent)[:RECENT_KEEP]
