@@ -235,7 +235,7 @@ class Pipeline:
             )
             scored = [s for s in scored if (s.msg.channel, s.msg.external_id) not in existing]
         # A deletion of a message never stored has nothing to mark.
-        scored = [s for s in scored if not s.msg.raw.get("deleted")]
+        scored = [s for s in scored if not _is_deletion(s.msg)]
         msgs = [s.msg for s in scored]
 
         resolver = Resolver(session, now)
@@ -539,7 +539,7 @@ async def _revise(session: AsyncSession, msgs: Sequence[InboundMessage]) -> None
     same id and a new ``raw["edited_at"]`` (the new text) or ``raw["deleted"]``. The stored
     message follows; no second message, ticket or draft is made."""
     for m in msgs:
-        if not (m.raw.get("edited_at") or m.raw.get("deleted")):
+        if not (m.raw.get("edited_at") or _is_deletion(m)):
             continue
         row = (
             await session.execute(
@@ -548,11 +548,16 @@ async def _revise(session: AsyncSession, msgs: Sequence[InboundMessage]) -> None
                 )
             )
         ).scalar_one()
-        if m.raw.get("deleted"):
+        if _is_deletion(m):
             if not row.raw.get("deleted"):
                 row.raw = {**row.raw, "deleted": True}  # the words stay on record
         elif row.raw.get("edited_at") != m.raw.get("edited_at"):
             row.text, row.raw = m.text, m.raw
+
+
+def _is_deletion(m: InboundMessage) -> bool:
+    """A connector's word that a message was deleted: no text, ``raw["deleted"]`` true."""
+    return m.raw.get("deleted") is True and not m.text
 
 
 async def _stored_keys(
