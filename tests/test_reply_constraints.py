@@ -189,3 +189,25 @@ async def only_sent(store: Store, reply_id: int) -> str:
         reply = await s.get(Reply, reply_id)
         assert reply is not None and reply.status == "sent" and reply.external_id
         return reply.external_id
+
+
+async def test_a_draft_that_cannot_reach_its_reader_needs_an_edit(
+    pipeline: Pipeline, config: Config, store: Store
+) -> None:
+    """A direct mention whose author's account is unknown: a direct reply would reach nobody."""
+    nameless = InboundMessage(
+        channel="mastodon",
+        external_id="5",
+        text="@acme my order is late, terrible",
+        author=Author(user_id="5"),
+        raw={"id": "5", "visibility": "direct"},
+    )
+    await pipeline.ingest(Batch(messages=[nameless]), "social")
+    reply = await only_reply(store)
+    assert reply.issues is not None and any(i["blocking"] for i in reply.issues)
+    assert reply.last_error is not None and "must mention" in reply.last_error
+    commands = Commands(config, store)
+    shown = await commands.run(APPROVER, f"show {reply.id}")
+    assert "Needs an edit: a direct reply must mention the person it answers" in shown
+    with pytest.raises(CommandError, match="cannot be approved: a direct reply must mention"):
+        await commands.run(APPROVER, f"approve {reply.id}")
