@@ -14,17 +14,38 @@ state is ``{"top", "max_id", "pages"}``); older history is not fetched. ``recent
 status ids delivered lately, so a status found by two streams is delivered once.
 
 Searches (``GET /api/v2/search?type=statuses``) answer a Search entity without a ``Link``
-header; they page with the same ``min_id``/``max_id`` parameters, so the page's edges are
-taken from the statuses themselves and the walk is the same. (Status search needs the
+header, newest first whatever the parameters (``StatusesSearchService`` orders by id
+descending); ``min_id`` only bounds the results ("after", turned into an ``after:`` date of
+whole seconds), it does not page forward. So a search is swept from the top down: ``min_id``
+the stored cursor, ``offset`` growing by a page, until a page comes back short; the newest id
+seen becomes the cursor when the sweep ends. A sweep cut short by ``max_pages`` goes on at its
+offset next time (``{"min_id", "top", "offset"}``); statuses that arrived meanwhile push the
+rest down, so a page may repeat, never skip. ``max_id`` is not used: its ``before:`` date of
+whole seconds would drop the statuses of the page's last second. (Status search needs the
 server's full-text search; without it a server finds only statuses the account has seen.)
+
+Mentions read with ``include_filtered=true`` (Mastodon 4.3+): the brand's notification policy
+filters private mentions from accounts it does not follow, and those are often the customers
+who most need an answer. A policy set to ``drop`` creates no notification at all.
+
+Edits and deletions: Mastodon sends no notification when a mention is edited or deleted
+(``update`` is only for statuses the brand boosted), so each fetch re-reads the ``watch_edits``
+newest statuses it delivered (``GET /api/v1/statuses?id[]=``, 4.3+; the cursor's ``watch`` keeps
+their ``edited_at``). An edited one comes again with the same id and its new ``edited_at``; one
+the server no longer returns comes as ``raw={"id", "deleted": true}``. The core updates the
+stored message instead of making a second one.
+
+Replies keep the visibility of the status they answer, or narrower (direct < private <
+unlisted < public), never wider: a reply to a direct mention is direct and names its recipient.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Final, Literal
 
 import aiohttp
 from bs4 import BeautifulSoup
@@ -33,15 +54,18 @@ from yarl import URL
 
 from socialcrm.connector import (
     PASSING_ERRORS,
+    AuthError,
     Author,
     Batch,
     Channel,
     ConnectorConfig,
+    ConnectorError,
     Cursor,
     InboundMessage,
     MalformedPayload,
     OutboundReply,
     Quarantined,
+    ReplyIssue,
     RetryableError,
     SentReceipt,
     error_for_status,
@@ -54,6 +78,20 @@ RECENT_KEEP = 300
 NOTIFICATIONS_MAX = 80
 TIMELINE_MAX = 40
 SEARCH_MAX = 40
+#: Ids asked for in one ``GET /api/v1/statuses`` (the controller's default statuses limit).
+STATUSES_MAX = 20
+WATCH_MAX = 300
+
+Visibility = Literal["public", "unlisted", "private", "direct"]
+#: Narrowest first: a reply may keep its original's visibility or go down this list, never up.
+VISIBILITIES: Final[tuple[Visibility, ...]] = ("direct", "private", "unlisted", "public")
+#: What Mastodon counts for a link, whatever its length (``StatusLengthValidator``).
+URL_CHARS: Final = 23
+_URL: Final = re.compile(r"https?://[^\s<>\"]+", re.IGNORECASE)
+#: ``@user`` or ``@user@domain``; only ``@user`` counts towards the limit.
+_MENTION: Final = re.compile(
+    r"(?<![\w/@])@(?P<user>[a-z0-9_]+(?:[a-z0-9_.-]+[a-z0-9_]+)?)(?:@[\w.-]+\w)?", re.IGNORECASE
+)
 
 
 class MastodonConnector:
@@ -67,10 +105,13 @@ class MastodonConnector:
 
         #: The brand account's server, e.g. ``https://mastodon.social``.
         base_url: str
-        #: A user token with ``read:notifications``, ``read:statuses`` and ``write:statuses``.
+        #: A user token with ``read:notifications``, ``read:statuses``, ``read:search`` (only
+        #: for ``search``) and ``write:statuses``.
         access_token: SecretStr
         #: Read the brand's mention notifications.
         mentions: bool = True
+        #: Also read the mentions the brand's notification policy filtered (Mastodon 4.3+).
+        include_filtered: bool = True
         #: Hashtags to follow (without ``#``).
         hashtags: list[str] = Field(default_factory=list)
         #: Full-text searches of statuses, e.g. ``["acme blender"]`` (every word must match).
@@ -81,8 +122,13 @@ class MastodonConnector:
         max_pages: int = Field(default=5, ge=1, le=100)
         #: History read by the first polls of a stream, in pages (newest first).
         backfill_pages: int = Field(default=10, ge=1, le=1000)
-        #: Visibility of the brand's replies.
-        reply_visibility: Literal["public", "unlisted", "private", "direct"] = "public"
+        #: Statuses (newest delivered) re-read on each fetch for edits and deletions; 0: none.
+        watch_edits: int = Field(default=STATUSES_MAX, ge=0, le=WATCH_MAX)
+        #: Widest visibility of the brand's replies; a reply never goes wider than what it
+        #: answers (a reply to a direct mention is direct).
+        reply_visibility: Visibility = "public"
+        #: The server's status length limit (Mastodon's default; some servers allow more).
+        max_characters: int = Field(default=500, ge=1)
         timeout_s: float = Field(default=30.0, gt=0)
 
         @field_validator("hashtags")
@@ -100,7 +146,8 @@ class MastodonConnector:
     # -- fetching -----------------------------------------------------------------------------
 
     async def fetch(self, cursor: Cursor | None, resting: frozenset[str] = frozenset()) -> Batch:
-        """Everything new in the mentions and the hashtag timelines since ``cursor``."""
+        """Everything new in the mentions, hashtag timelines and searches since ``cursor``
+        (streams in ``resting`` are held back by the core this time)."""
         state = dict(cursor or {})
         batch = Batch()
         recent: list[str] = list(state.get("recent") or [])
@@ -108,6 +155,7 @@ class MastodonConnector:
         streams: list[str] = ["notifications"] if self.config.mentions else []
         streams += [f"tag:{tag.lower()}" for tag in self.config.hashtags]
         streams += [f"search:{q}" for q in self.config.search]
+        watch: dict[str, str] = dict(state.get("watch") or {})
 
         async def walk(stream: str) -> bool:
             state[stream], more = await self._walk(
@@ -116,11 +164,60 @@ class MastodonConnector:
             return more
 
         batch.more = await walk_each(streams, walk, batch, resting=resting)
+        if self.config.watch_edits and watch and "edits" not in resting:
+            # Not a stream of new messages: it never hides that all of them failed.
+            try:
+                await self._recheck(watch, batch)
+            except AuthError:
+                raise
+            except ConnectorError as err:
+                batch.stream_errors["edits"] = err
         batch.messages.sort(key=lambda m: (m.created_at, _id_key(m.external_id)))
         fresh = list(seen)[len(recent) :]  # delivered or quarantined by this fetch
         state["recent"] = (fresh[::-1] + recent)[:RECENT_KEEP]
+        for message in batch.messages:
+            if not message.raw.get("deleted"):
+                watch[message.external_id] = str(message.raw.get("edited_at") or "")
+        newest = sorted(watch, key=_id_key, reverse=True)[: self.config.watch_edits]
+        state["watch"] = {i: watch[i] for i in newest}
         batch.cursor = state
         return batch
+
+    async def _recheck(self, watch: dict[str, str], batch: Batch) -> None:
+        """Re-read the watched statuses: edited ones come again, vanished ones as deleted."""
+        ids = sorted(watch, key=_id_key, reverse=True)[: self.config.watch_edits]
+        for start in range(0, len(ids), STATUSES_MAX):
+            chunk = ids[start : start + STATUSES_MAX]
+            url = URL(self._base + "/api/v1/statuses").with_query([("id[]", i) for i in chunk])
+            items, _ = await self._get_page(url, "edits")
+            found = {
+                str(item["id"]): item
+                for item in items
+                if isinstance(item, dict) and isinstance(item.get("id"), str)
+            }
+            unreadable = len(found) < len(items)  # then absence proves nothing
+            for ident in chunk:
+                status = found.get(ident)
+                if status is None:
+                    if not unreadable:
+                        del watch[ident]
+                        batch.messages.append(_deleted(ident))
+                    continue
+                if str(status.get("edited_at") or "") == watch[ident]:
+                    continue
+                try:
+                    message = _message(status, direct=status.get("visibility") == "direct")
+                except (KeyError, TypeError, ValueError, ValidationError) as err:
+                    batch.quarantined.append(
+                        Quarantined(
+                            external_id=ident,
+                            error=f"{type(err).__name__}: {err}",
+                            raw=json.dumps(status, ensure_ascii=False, default=str),
+                        )
+                    )
+                    continue
+                if message is not None:
+                    batch.messages.append(message)
 
     async def _walk(
         self, stream: str, state: dict[str, Any], batch: Batch, seen: dict[str, None]
@@ -128,9 +225,12 @@ class MastodonConnector:
         if stream == "notifications":
             path, limit = "/api/v1/notifications", self.config.limit
             params: list[tuple[str, str]] = [("types[]", "mention"), ("limit", str(limit))]
+            if self.config.include_filtered:
+                params.append(("include_filtered", "true"))
         elif stream.startswith("search:"):
-            path, limit = "/api/v2/search", min(self.config.limit, SEARCH_MAX)
+            limit = min(self.config.limit, SEARCH_MAX)
             params = [("q", stream.split(":", 1)[1]), ("type", "statuses"), ("limit", str(limit))]
+            return await self._sweep(params, limit, state, batch, seen, stream)
         else:
             tag = stream.split(":", 1)[1]
             path, limit = f"/api/v1/timelines/tag/{tag}", min(self.config.limit, TIMELINE_MAX)
@@ -201,6 +301,39 @@ class MastodonConnector:
             url = follow
         return {"top": top, "max_id": below, "pages": pages}, True
 
+    async def _sweep(
+        self,
+        params: list[tuple[str, str]],
+        limit: int,
+        state: dict[str, Any],
+        batch: Batch,
+        seen: dict[str, None],
+        stream: str,
+    ) -> tuple[dict[str, Any], bool]:
+        """A search, newest first: from the top down by ``offset`` to the stored cursor."""
+        floor: str | None = state.get("min_id")
+        top: str | None = state.get("top")
+        offset: int = state.get("offset", 0)
+        pages: int = state.get("pages", 0)
+        bounded = [*params, *([("min_id", floor)] if floor else [])]
+        for n in range(self.config.max_pages):
+            url = URL(self._base + "/api/v2/search").with_query(
+                [*bounded, *([("offset", str(offset))] if offset else [])]
+            )
+            page = await self._next_page(url, stream, n)
+            if page is None:
+                break  # keep the pages read; the next fetch goes on at ``offset``
+            items, _ = page
+            pages += 1
+            offset += len(items)
+            keys = [k for k in (self._collect(i, stream, batch, seen) for i in items) if k]
+            top = max([*([top] if top else []), *keys], key=_id_key) if keys else top
+            backfilled = floor is None and pages >= self.config.backfill_pages
+            if len(items) < limit or backfilled:
+                newest = top or floor
+                return ({"min_id": newest} if newest else {}), False
+        return {"min_id": floor, "top": top, "offset": offset, "pages": pages}, True
+
     async def _next_page(
         self, url: URL, stream: str, n: int
     ) -> tuple[list[Any], dict[str, URL]] | None:
@@ -248,7 +381,7 @@ class MastodonConnector:
                 raise MalformedPayload(
                     f"Mastodon answered no statuses to a search: {_detail(body)}"
                 )
-            return statuses, _search_links(url, statuses)
+            return statuses, {}
         if not isinstance(items, list):
             raise MalformedPayload(f"Mastodon answered {type(items).__name__}, not a list")
         return items, links
@@ -288,17 +421,57 @@ class MastodonConnector:
 
     # -- replying -----------------------------------------------------------------------------
 
+    @classmethod
+    def check_reply(cls, config: Config, reply: OutboundReply) -> list[ReplyIssue]:
+        """Mastodon's constraints on ``reply``: the server's length limit, counted as Mastodon
+        counts, and the audience a reply to a private or direct status may have."""
+        issues: list[ReplyIssue] = []
+        text = _status_text(reply)
+        if not reply.text.strip():
+            issues.append(ReplyIssue(reason="the reply is empty", blocking=True))
+        n = countable_length(text)
+        if n > config.max_characters:
+            issues.append(
+                ReplyIssue(
+                    reason=f"too long for Mastodon: {n} characters as Mastodon counts them "
+                    f"(a link is {URL_CHARS}, a mention only its @user part), the limit is "
+                    f"{config.max_characters}",
+                    blocking=True,
+                )
+            )
+        original = _original_visibility(reply)
+        visibility = reply_visibility(config.reply_visibility, reply)
+        if original is None:
+            issues.append(
+                ReplyIssue(
+                    reason="the visibility of the status answered is unknown, so the reply "
+                    "goes out as a direct message to its author only"
+                )
+            )
+        elif visibility != config.reply_visibility:
+            issues.append(
+                ReplyIssue(
+                    reason=f"the status answered is {original}, so the reply is sent as "
+                    f"{visibility}, not {config.reply_visibility}"
+                )
+            )
+        if visibility in ("direct", "private") and not _recipients(reply):
+            issues.append(
+                ReplyIssue(
+                    reason=f"a {visibility} reply must mention the person it answers, and "
+                    "their account is not known",
+                    blocking=True,
+                )
+            )
+        return issues
+
     async def send(self, reply: OutboundReply) -> SentReceipt:
-        """Post ``reply`` as a status answering ``in_reply_to``, starting with ``@acct``."""
-        text = reply.text
-        if reply.to_handle:
-            mention = "@" + reply.to_handle.lstrip("@")
-            if not text.lstrip().lower().startswith(mention.lower()):
-                text = f"{mention} {text}"
+        """Post ``reply`` as a status answering ``in_reply_to``, starting with its recipients'
+        ``@acct``, never more visible than the status it answers."""
         form = {
-            "status": text,
+            "status": _status_text(reply),
             "in_reply_to_id": reply.in_reply_to,
-            "visibility": self.config.reply_visibility,
+            "visibility": reply_visibility(self.config.reply_visibility, reply),
         }
         # Mastodon keeps an Idempotency-Key for an hour: a repeat cannot post twice.
         headers = {**self._auth, "Idempotency-Key": f"socialcrm-reply-{reply.reply_id}"}
@@ -324,6 +497,49 @@ class MastodonConnector:
         if not isinstance(status, dict) or not isinstance(status.get("id"), str):
             raise MalformedPayload(f"Mastodon answered without a status id: {_detail(body)}")
         return SentReceipt(external_id=status["id"], url=status.get("url"))
+
+
+def reply_visibility(widest: Visibility, reply: OutboundReply) -> Visibility:
+    """The visibility a reply goes out with: the original's or ``widest``, whichever is
+    narrower; direct when the original's is unknown."""
+    original = _original_visibility(reply) or "direct"
+    return min(widest, original, key=VISIBILITIES.index)
+
+
+def countable_length(text: str) -> int:
+    """A status's length as Mastodon counts it: each link 23, each ``@user@domain`` as
+    ``@user``. Code points, where Mastodon counts grapheme clusters: an emoji sequence
+    counts more here than there, never less."""
+    text = _URL.sub("x" * URL_CHARS, text)
+    text = _MENTION.sub(lambda m: "@" + m.group("user"), text)
+    return len(text)
+
+
+def _original_visibility(reply: OutboundReply) -> Visibility | None:
+    value = reply.original.get("visibility")
+    for known in VISIBILITIES:
+        if value == known:
+            return known
+    return None
+
+
+def _recipients(reply: OutboundReply) -> list[str]:
+    """Who a reply addresses: the author of the status it answers (``@acct``)."""
+    account = reply.original.get("account")
+    acct = reply.to_handle or (account.get("acct") if isinstance(account, dict) else None)
+    return [f"@{acct.lstrip('@')}"] if isinstance(acct, str) and acct.strip("@ ") else []
+
+
+def _status_text(reply: OutboundReply) -> str:
+    """The status as posted: the reply's text after the mention of its recipient, once.
+
+    A direct status reaches only the accounts it mentions, so the mention is what delivers
+    it (docs: methods/statuses, ``visibility``)."""
+    text = reply.text
+    for mention in _recipients(reply):
+        if not text.lstrip().lower().startswith(mention.lower()):
+            text = f"{mention} {text}"
+    return text
 
 
 def html_to_text(content: str) -> str:
@@ -374,22 +590,22 @@ def _message(status: Any, *, direct: bool) -> InboundMessage | None:
     )
 
 
+def _deleted(ident: str) -> InboundMessage:
+    """A status its author deleted: the core marks the stored message, stores nothing new."""
+    return InboundMessage(
+        channel="mastodon",
+        external_id=ident,
+        text="",
+        author=Author(),
+        direct=False,
+        raw={"id": ident, "deleted": True},
+    )
+
+
 def _digest(status: Any) -> str:
     """A stable key for a broken status that has no id."""
     text = json.dumps(status, ensure_ascii=False, sort_keys=True, default=str)
     return "sha1:" + hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:20]
-
-
-def _search_links(url: URL, statuses: list[Any]) -> dict[str, URL]:
-    """The ``Link`` a timeline would have sent for this page of search results."""
-    ids = [s["id"] for s in statuses if isinstance(s, dict) and isinstance(s.get("id"), str)]
-    if not ids:
-        return {}
-    query = {k: v for k, v in url.query.items() if k not in ("min_id", "max_id", "offset")}
-    return {
-        "next": url.with_query({**query, "max_id": min(ids, key=_id_key)}),
-        "prev": url.with_query({**query, "min_id": max(ids, key=_id_key)}),
-    }
 
 
 def _bound(links: dict[str, URL], rel: str, param: str) -> list[str]:

@@ -249,6 +249,9 @@ class Reply(SQLModel, table=True):
     chat_ts: str | None = Field(default=None, max_length=64)
     #: The reply state the card last showed; the card is updated when this differs.
     chat_shown: str | None = Field(default=None, max_length=32)
+    #: The channel's constraints on this reply (``[{"reason", "blocking"}]``), as its
+    #: connector's ``check_reply`` saw them when it was drafted, edited or approved.
+    issues: list[dict[str, Any]] | None = Field(default=None, sa_type=JSONType)
 
 
 class Alert(SQLModel, table=True):

@@ -26,7 +26,7 @@ from socialcrm.db import Store, executemany, keys_in
 from socialcrm.identity import CustomerView, IdentityView, Resolver, insert_returning_ids
 from socialcrm.models import Alert, Message, Quarantine, Reply, SourceState, utcnow
 from socialcrm.priority import PriorityModel
-from socialcrm.responder import Responder
+from socialcrm.responder import ReplyChecker, Responder, blocking_reason, stored_issues
 from socialcrm.rules import Decision, RuleContext, RuleSet
 from socialcrm.scoring import ScoringPool, analyse_batch
 from socialcrm.sentiment import Score, SentimentScorer
@@ -117,6 +117,7 @@ class Pipeline:
         self.responder = responder or Responder(
             config.responder, config.brand.name, config.base_dir
         )
+        self.checker = ReplyChecker(config.sources, self.responder)
         self.priority = PriorityModel(config.priority)
         self.sla = SlaPolicy(config.sla) if config.sla.enabled else None
         self.tz = ZoneInfo(config.brand.timezone)
@@ -229,18 +230,12 @@ class Pipeline:
         existing = await _stored_keys(session, [s.msg for s in scored])
         if existing:
             result.duplicates += len(existing)
-            for s in scored:
-                if s.msg.edited and (s.msg.channel, s.msg.external_id) in existing:
-                    # An edit of a stored message: the same message, its words updated.
-                    await session.execute(
-                        sa.update(Message)
-                        .where(
-                            Message.channel == s.msg.channel,  # type: ignore[arg-type]
-                            Message.external_id == s.msg.external_id,  # type: ignore[arg-type]
-                        )
-                        .values(text=s.msg.text, raw=s.msg.raw)
-                    )
+            await _revise(
+                session, [s.msg for s in scored if (s.msg.channel, s.msg.external_id) in existing]
+            )
             scored = [s for s in scored if (s.msg.channel, s.msg.external_id) not in existing]
+        # A deletion of a message never stored has nothing to mark.
+        scored = [s for s in scored if not _is_deletion(s.msg)]
         msgs = [s.msg for s in scored]
 
         resolver = Resolver(session, now)
@@ -415,6 +410,8 @@ class Pipeline:
                 draft = self.responder.draft(
                     d.draft_template, p.msg.channel, _draft_context(p, cust)
                 )
+                issues = self.checker.draft_issues(source, p.msg, draft.text)
+                problem = draft.problem if not draft.text else blocking_reason(issues)
                 if draft.text:
                     replies.append(
                         {
@@ -428,15 +425,16 @@ class Pipeline:
                             "status": "draft",
                             "priority_score": p.priority_score,
                             "created_at": now,
-                            "last_error": draft.problem,
+                            "last_error": problem,
+                            "issues": stored_issues(issues),
                             "attempts": 0,
                             "edited": False,
                         }
                     )
                     result.drafts += 1
-                if draft.problem:
+                if problem:
                     result.draft_problems += 1
-                    log.warning("draft for message %s: %s", msg_id, draft.problem)
+                    log.warning("draft for message %s: %s", msg_id, problem)
             for reason in d.escalations:
                 target = f"ticket:{p.ticket.id}" if p.ticket else f"message:{msg_id}"
                 alerts.append(
@@ -534,6 +532,33 @@ async def _tickets_with_drafts(session: AsyncSession, ticket_ids: set[int]) -> s
         keys_in(dialect, [Reply.ticket_id], list(ticket_ids)),  # type: ignore[list-item]
     )
     return {r[0] for r in (await session.execute(q)).all()}
+
+
+async def _revise(session: AsyncSession, msgs: Sequence[InboundMessage]) -> None:
+    """Edits and deletions of stored messages: a connector sends the message again with the
+    same id, marked ``edited`` (X) or with a new ``raw["edited_at"]`` (Mastodon) and the new
+    text, or with ``raw["deleted"]``. The stored message follows; no second message, ticket or
+    draft is made."""
+    for m in msgs:
+        if not (m.edited or m.raw.get("edited_at") or _is_deletion(m)):
+            continue
+        row = (
+            await session.execute(
+                sa.select(Message).where(
+                    Message.channel == m.channel, Message.external_id == m.external_id
+                )
+            )
+        ).scalar_one()
+        if _is_deletion(m):
+            if not row.raw.get("deleted"):
+                row.raw = {**row.raw, "deleted": True}  # the words stay on record
+        elif row.text != m.text or row.raw.get("edited_at") != m.raw.get("edited_at"):
+            row.text, row.raw = m.text, m.raw
+
+
+def _is_deletion(m: InboundMessage) -> bool:
+    """A connector's word that a message was deleted: no text, ``raw["deleted"]`` true."""
+    return m.raw.get("deleted") is True and not m.text
 
 
 async def _stored_keys(

@@ -1,12 +1,17 @@
-"""Replies: drafts from templates, and the approval state machine.
+"""Replies: drafts from templates, the channel's constraints on them, and the approval state
+machine.
 
 A reply is drafted from a jinja2 template in the sandboxed environment (what a customer wrote
-is data, never template code), checked against the channel's length limit, and waits for a
-person with the approver role. Nothing here sends anything.
+is data, never template code), checked against its channel's constraints (the connector's
+``check_reply``: length as the platform counts it, visibility, reply permission; the configured
+length limit for a connector without one), and waits for a person with the approver role. A
+blocking constraint stops the approval. Nothing here sends anything.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -15,10 +20,13 @@ from typing import Any
 import jinja2
 import sqlalchemy as sa
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from socialcrm.config import ResponderConfig
-from socialcrm.models import AuditEvent, Reply, utcnow
+from socialcrm.config import ResponderConfig, SourceConfig
+from socialcrm.connector import InboundMessage, OutboundReply, ReplyIssue, load_connector
+from socialcrm.models import AuditEvent, Identity, Message, Reply, Ticket, utcnow
+from socialcrm.sender import outbound_reply
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 #: draft -> approved | rejected; approved -> sending -> sent | failed | needs_check
@@ -119,6 +127,80 @@ class Responder:
         return None
 
 
+class ReplyChecker:
+    """Each source's constraints on a reply, from its connector's ``check_reply``.
+
+    The connector class is found by entry point and given the source's validated settings;
+    nothing is built or opened (no session, no I/O). A connector without ``check_reply`` gets
+    the configured length limit (:meth:`Responder.check`).
+    """
+
+    def __init__(self, sources: Sequence[SourceConfig], responder: Responder) -> None:
+        self.sources = {source.name: source for source in sources}
+        self.responder = responder
+        self._checks: dict[str, Callable[[OutboundReply], list[ReplyIssue]] | None] = {}
+
+    def _check_of(self, source: str) -> Callable[[OutboundReply], list[ReplyIssue]] | None:
+        if source in self._checks:
+            return self._checks[source]
+        check = None
+        cfg = self.sources.get(source)
+        if cfg is not None:
+            try:
+                cls = load_connector(cfg.type)
+                hook = getattr(cls, "check_reply", None)
+                if hook is not None:
+                    check = functools.partial(hook, cls.Config.model_validate(cfg.settings()))
+            except (LookupError, ValidationError):
+                check = None  # the source itself reports its bad settings when it starts
+        self._checks[source] = check
+        return check
+
+    def issues(self, source: str, reply: OutboundReply) -> list[ReplyIssue]:
+        """What the channel says about ``reply``, sent through ``source``."""
+        if not reply.text.strip():
+            return [ReplyIssue(reason="the reply is empty", blocking=True)]
+        check = self._check_of(source)
+        if check is None:
+            problem = self.responder.check(reply.channel, reply.text, reply.to_handle)
+            return [ReplyIssue(reason=problem, blocking=True)] if problem else []
+        return list(check(reply))
+
+    def draft_issues(self, source: str, msg: InboundMessage, text: str) -> list[ReplyIssue]:
+        """The issues of a new draft answering ``msg`` (not stored yet: no reply id)."""
+        outbound = OutboundReply(
+            reply_id=0,
+            channel=msg.channel,
+            text=text,
+            in_reply_to=msg.external_id,
+            to_handle=msg.author.handle,
+            to_email=msg.author.email,
+            original=msg.raw,
+        )
+        return self.issues(source, outbound)
+
+    async def issues_of(self, session: AsyncSession, reply: Reply, text: str) -> list[ReplyIssue]:
+        """The issues of a stored reply if its text were ``text``."""
+        msg = await session.get(Message, reply.message_id)
+        if msg is None:
+            return []
+        ticket = await session.get(Ticket, reply.ticket_id) if reply.ticket_id else None
+        ident = await session.get(Identity, msg.identity_id) if msg.identity_id else None
+        outbound = outbound_reply(reply, msg, ticket, ident).model_copy(update={"text": text})
+        return self.issues(reply.source, outbound)
+
+
+def stored_issues(issues: Sequence[ReplyIssue]) -> list[dict[str, Any]]:
+    """Issues as ``Reply.issues`` keeps them."""
+    return [issue.model_dump() for issue in issues]
+
+
+def blocking_reason(issues: Sequence[ReplyIssue]) -> str | None:
+    """Why a reply cannot be approved as it stands, or None."""
+    reasons = [issue.reason for issue in issues if issue.blocking]
+    return "; ".join(reasons) if reasons else None
+
+
 async def _load(session: AsyncSession, reply_id: int) -> Reply:
     reply = await session.get(Reply, reply_id, with_for_update=True)
     if reply is None:
@@ -145,14 +227,21 @@ async def approve(
     *,
     responder: Responder | None = None,
     to_handle: str | None = None,
+    checker: ReplyChecker | None = None,
     now: datetime | None = None,
 ) -> Reply:
-    """Approve a draft as it stands. Only drafts can be approved."""
+    """Approve a draft as it stands. Only drafts can be approved; a blocking constraint of
+    its channel (``checker``) refuses it with the reason."""
     reply = await _load(session, reply_id)
     if reply.status != "draft":
         raise ReplyError(f"reply #{reply_id} is {reply.status}, not a draft; nothing changed")
     text = reply.final_text or reply.draft_text
-    if responder is not None and (problem := responder.check(reply.channel, text, to_handle)):
+    if checker is not None:
+        issues = await checker.issues_of(session, reply, text)
+        if problem := blocking_reason(issues):
+            raise ReplyError(f"reply #{reply_id} cannot be approved: {problem}; edit it first")
+        reply.issues = stored_issues(issues)
+    elif responder is not None and (problem := responder.check(reply.channel, text, to_handle)):
         raise ReplyError(f"reply #{reply_id} cannot be approved: {problem}; edit it first")
     reply.status = "approved"
     reply.final_text = text
@@ -171,16 +260,23 @@ async def edit(
     *,
     responder: Responder | None = None,
     to_handle: str | None = None,
+    checker: ReplyChecker | None = None,
     now: datetime | None = None,
 ) -> Reply:
-    """Change a draft's text and approve it; the audit keeps both texts."""
+    """Change a draft's text and approve it; the audit keeps both texts. A blocking
+    constraint of its channel (``checker``) on the new text changes nothing."""
     text = text.strip()
     reply = await _load(session, reply_id)
     if reply.status != "draft":
         raise ReplyError(f"reply #{reply_id} is {reply.status}, not a draft; nothing changed")
     if not text:
         raise ReplyError("the new text is empty; nothing changed")
-    if responder is not None and (problem := responder.check(reply.channel, text, to_handle)):
+    if checker is not None:
+        issues = await checker.issues_of(session, reply, text)
+        if problem := blocking_reason(issues):
+            raise ReplyError(f"reply #{reply_id} not changed: {problem}")
+        reply.issues = stored_issues(issues)
+    elif responder is not None and (problem := responder.check(reply.channel, text, to_handle)):
         raise ReplyError(f"reply #{reply_id} not changed: {problem}")
     before = reply.final_text or reply.draft_text
     reply.final_text = text

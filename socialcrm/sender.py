@@ -197,7 +197,7 @@ class Sender:
             assert msg is not None
             ticket = await s.get(Ticket, reply.ticket_id) if reply.ticket_id else None
             ident = await s.get(Identity, msg.identity_id) if msg.identity_id else None
-            outbound = _outbound(reply, msg, ticket, ident)
+            outbound = outbound_reply(reply, msg, ticket, ident)
         self._changed(reply_id)
         return reply, outbound
 
@@ -287,9 +287,10 @@ class Sender:
             self.on_change(reply_id)
 
 
-def _outbound(
+def outbound_reply(
     reply: Reply, msg: Message, ticket: Ticket | None, ident: Identity | None
 ) -> OutboundReply:
+    """The reply as its connector gets it, with the stored payload of what it answers."""
     assert reply.id is not None
     subject = None
     if reply.channel == "email":
@@ -308,6 +309,7 @@ def _outbound(
         subject=subject,
         references=[*msg.references, msg.external_id] if reply.channel == "email" else [],
         ticket_id=reply.ticket_id,
+        original=dict(msg.raw or {}),
     )
 
 

@@ -82,7 +82,12 @@ async def fetch(harness: Any, connector: Connector, cursor: Cursor | None) -> Ba
     if receive is not None:
         batch: Batch = await receive(connector, cursor)
         return batch
-    return await connector.fetch(cursor)
+    batch = await connector.fetch(cursor)
+    # A stream that failed alone (its error in ``stream_errors``) is a failure the suite
+    # checks like a whole-source one: the drain that follows must still lose nothing.
+    if batch.stream_errors:
+        raise next(iter(batch.stream_errors.values()))
+    return batch
 
 
 async def drain(

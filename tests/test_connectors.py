@@ -47,6 +47,7 @@ from tests.connector_suite import (
     drain,
     ids,
 )
+from tests.mastodon_spec import MastodonSpec
 from tests.x_spec import Exchange, XSpec, record_x
 
 X_SPEC = XSpec()
@@ -179,8 +180,31 @@ class XHarness(SandboxHarness):
 class MastodonHarness(SandboxHarness):
     platform: ClassVar[Platform] = "mastodon"
 
+    spec: MastodonSpec | None = None
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, sandbox: Sandbox | None = None) -> AsyncIterator[Any]:
+        """Serve a sandbox whose Mastodon traffic is checked against the documented shapes
+        (tests/specs/mastodon/): every request the connector makes, every answer it gets."""
+        sandbox = sandbox or Sandbox(SEED, messages=MESSAGES, faults=Faults(timeout_delay_s=3.0))
+        spec = MastodonSpec(sandbox)
+        async with TestServer(spec.install(make_app(sandbox)), host="127.0.0.1") as server:
+            harness = cls(sandbox, server)
+            harness.spec = spec
+            try:
+                yield harness
+            finally:
+                for session in harness._sessions:
+                    await session.close()
+        assert spec.violations == [], spec.violations[:5]
+
     def visible(self, message: InboundMessage) -> bool:
-        return self.sandbox.mastodon.is_mention(message) or QUERY in tags_of(message.text)
+        # Hashtag timelines and search show only public statuses (TagFeed, StatusesIndex).
+        public = message.raw.get("visibility", "public") == "public"
+        return self.sandbox.mastodon.is_mention(message) or (
+            public and QUERY in tags_of(message.text)
+        )
 
     def connector(self, *, valid_credentials: bool = True, **changes: Any) -> MastodonConnector:
         settings: dict[str, Any] = {
@@ -201,7 +225,7 @@ class MastodonSearchHarness(MastodonHarness):
     """The same platform, read only through full-text search (``/api/v2/search``)."""
 
     def visible(self, message: InboundMessage) -> bool:
-        return QUERY in message.text.lower()
+        return QUERY in message.text.lower() and message.raw.get("visibility") == "public"
 
     def connector(self, *, valid_credentials: bool = True, **changes: Any) -> MastodonConnector:
         return super().connector(

@@ -309,7 +309,11 @@ async def test_mastodon_tag_timeline_is_public_but_checks_a_sent_token(
     client: TestClient[Any, Any], sandbox: Sandbox
 ) -> None:
     page = await (await client.get("/mastodon/api/v1/timelines/tag/acme")).json()
-    expected = [m.external_id for m in sandbox.released("mastodon") if "acme" in tags_of(m.text)]
+    expected = [
+        m.external_id
+        for m in sandbox.released("mastodon")
+        if "acme" in tags_of(m.text) and m.raw["visibility"] == "public"  # TagFeed: public only
+    ]
     assert [s["id"] for s in page] == expected[::-1][:20]
     assert all(any(t["name"] == "acme" for t in s["tags"]) for s in page)
     resp = await client.get(
@@ -319,28 +323,45 @@ async def test_mastodon_tag_timeline_is_public_but_checks_a_sent_token(
     assert await resp.json() == {"error": "The access token is invalid"}
 
 
-async def test_mastodon_search_answers_a_search_entity_paged_by_ids(
+async def test_mastodon_search_answers_newest_first_whatever_the_bounds(
     client: TestClient[Any, Any], sandbox: Sandbox
 ) -> None:
-    expected = [m.external_id for m in sandbox.released("mastodon") if "acme" in m.text.lower()][
-        ::-1
-    ]
+    """StatusesSearchService: newest first; min_id/max_id become after:/before: dates of whole
+    seconds, so min_id bounds the results and does not page forward; offset pages."""
+    expected = [
+        m.external_id
+        for m in sandbox.released("mastodon")
+        if "acme" in m.text.lower() and m.raw["visibility"] == "public"
+    ][::-1]
+
+    def second(status_id: str) -> int:
+        return (int(status_id) >> 16) // 1000
+
     params = {"q": "Acme", "type": "statuses", "limit": "7"}
     resp = await client.get("/mastodon/api/v2/search", params=params, headers=MASTODON)
     body = await resp.json()
     assert set(body) == {"accounts", "statuses", "hashtags"}
-    assert "Link" not in resp.headers  # search pages by ids, not by Link
+    assert "Link" not in resp.headers  # search pages by offset or ids, not by Link
     assert [s["id"] for s in body["statuses"]] == expected[:7]
+    page = await (
+        await client.get(
+            "/mastodon/api/v2/search", params={**params, "offset": "7"}, headers=MASTODON
+        )
+    ).json()
+    assert [s["id"] for s in page["statuses"]] == expected[7:14]
     older = {**params, "max_id": expected[6]}
     page = await (
         await client.get("/mastodon/api/v2/search", params=older, headers=MASTODON)
     ).json()
-    assert [s["id"] for s in page["statuses"]] == expected[7:14]
+    before = [i for i in expected if second(i) < second(expected[6])]
+    assert [s["id"] for s in page["statuses"]] == before[:7]
     newer = {**params, "min_id": expected[10]}
     page = await (
         await client.get("/mastodon/api/v2/search", params=newer, headers=MASTODON)
     ).json()
-    assert [s["id"] for s in page["statuses"]] == expected[3:10]
+    assert [s["id"] for s in page["statuses"]] == expected[:7], "the newest, not the next"
+    anonymous = await client.get("/mastodon/api/v2/search", params={**params, "offset": "7"})
+    assert anonymous.status == 401
     missing = await client.get("/mastodon/api/v2/search", headers=MASTODON)
     assert missing.status == 400 and "error" in await missing.json()
     refused = await client.get(

@@ -32,7 +32,7 @@ from socialcrm.models import (
     utcnow,
 )
 from socialcrm.reports import build_report, ending_now, summary
-from socialcrm.responder import ReplyError, Responder, template_environment
+from socialcrm.responder import ReplyChecker, ReplyError, Responder, template_environment
 from socialcrm.tickets import TicketError
 from socialcrm.timespec import parse_duration, parse_period
 
@@ -77,6 +77,7 @@ class Commands:
         self.responder = responder_ or Responder(
             config.responder, config.brand.name, config.base_dir
         )
+        self.checker = ReplyChecker(config.sources, self.responder)
         self.templates: jinja2.Environment = template_environment(None)
         self.table: dict[str, tuple[Callable[..., Awaitable[str]], str]] = {}
         for attr in dir(self):
@@ -211,7 +212,13 @@ class Commands:
         async with self.store.session() as s:
             handle = await _reply_handle(s, reply_id)
             reply = await responder.approve(
-                s, reply_id, actor.name, actor.via, responder=self.responder, to_handle=handle
+                s,
+                reply_id,
+                actor.name,
+                actor.via,
+                responder=self.responder,
+                to_handle=handle,
+                checker=self.checker,
             )
         return self.render("decided", reply=reply, verb="approved")
 
@@ -221,7 +228,14 @@ class Commands:
         async with self.store.session() as s:
             handle = await _reply_handle(s, reply_id)
             reply = await responder.edit(
-                s, reply_id, text, actor.name, actor.via, responder=self.responder, to_handle=handle
+                s,
+                reply_id,
+                text,
+                actor.name,
+                actor.via,
+                responder=self.responder,
+                to_handle=handle,
+                checker=self.checker,
             )
         return self.render("decided", reply=reply, verb="edited and approved")
 

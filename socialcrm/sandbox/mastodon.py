@@ -8,10 +8,20 @@ the oldest id as ``max_id`` when the page is full, ``rel="prev"`` with the newes
 ``min_id`` when it is not empty). A status's ``content`` is HTML with the h-card mention and
 hashtag markup Mastodon writes. Errors are ``{"error": "..."}``; rate limits are in
 ``X-RateLimit-Limit/Remaining/Reset`` (an ISO 8601 time), 300 requests per 5 minutes.
+
+Tokens carry OAuth scopes, enforced per endpoint as ``doorkeeper_authorize!`` does in the
+controllers (``read:notifications``, ``read:statuses``, ``read:search``, ``write:statuses``; the
+umbrella ``read``/``write`` covers its kind); a missing scope is a 403 with Api::BaseController's
+``doorkeeper_forbidden_render_options`` body. The brand's notification policy (4.3+,
+entities/NotificationPolicy) filters private and direct mentions from accounts it does not
+follow unless ``include_filtered=true``; ``drop`` makes no notification at all. Search is
+``StatusesSearchService``: newest first, ``min_id``/``max_id`` turned into ``after:``/``before:``
+dates of whole seconds, ``offset`` only for a user token.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import re
@@ -39,6 +49,23 @@ NOTIFICATION_BASE: Final = 34_900_000
 NOTIFICATION_LIMIT: Final = (40, 80)  # default, max
 TIMELINE_LIMIT: Final = (20, 40)
 SEARCH_LIMIT: Final = (20, 40)
+#: Scopes of the sandbox's own token: everything, as an app made with ``read write`` has.
+FULL_SCOPES: Final = frozenset({"read", "write", "follow", "push"})
+#: What each endpoint asks of a token (the controllers' ``doorkeeper_authorize!``).
+SCOPES_OF: Final[dict[str, tuple[str, ...]]] = {
+    "notifications": ("read", "read:notifications"),
+    "tag_timeline": ("read", "read:statuses"),
+    "search": ("read", "read:search"),
+    "statuses": ("read", "read:statuses"),
+    "post_status": ("write", "write:statuses"),
+    "delete_status": ("write", "write:statuses"),
+    "verify_credentials": ("read", "read:accounts", "profile"),
+}
+#: Visibilities, narrowest first (docs: entities/Status, ``visibility``).
+VISIBILITIES: Final = ("direct", "private", "unlisted", "public")
+#: What a link counts towards the status length, whatever its length (StatusLengthValidator).
+URL_CHARS: Final = 23
+MAX_CHARS: Final = 500
 _MARKUP: Final = re.compile(
     r"(?P<url>https?://[^\s<]+)"
     r"|(?P<mention>(?<![\w/@])@(?P<user>\w+)(?:@(?P<domain>[\w.-]*\w))?)"
@@ -92,6 +119,22 @@ class MastodonStandIn(StandIn):
             rf"(?<![\w/@])@{re.escape(handle)}(?:@{re.escape(DOMAIN)})?(?![\w@])", re.IGNORECASE
         )
         self._by_id: dict[str, int] = {}
+        #: Token -> scopes; a test may add a token with fewer (``grant``).
+        self.scopes: dict[str, frozenset[str]] = {sandbox.credentials.mastodon_token: FULL_SCOPES}
+        #: The brand's notification policy (entities/NotificationPolicy; 4.3 defaults).
+        self.policy: dict[str, str] = {
+            "for_not_following": "accept",
+            "for_not_followers": "accept",
+            "for_new_accounts": "accept",
+            "for_private_mentions": "filter",
+            "for_limited_accounts": "filter",
+        }
+        #: Account ids the brand follows: their private mentions are never filtered.
+        self.following: set[str] = set()
+        #: Statuses deleted by their authors (404 from then on, gone from every list).
+        self.deleted: set[str] = set()
+        #: Edits: status id -> (new text, edited_at).
+        self.edits: dict[str, tuple[str, str]] = {}
         self._posted: dict[str, dict[str, Any]] = {}
         self._idempotent: dict[str, dict[str, Any]] = {}
         self._seq = 0
@@ -102,20 +145,58 @@ class MastodonStandIn(StandIn):
             web.get("/api/v1/notifications", self.notifications),
             web.get("/api/v1/timelines/tag/{hashtag}", self.tag_timeline),
             web.get("/api/v2/search", self.search),
+            web.get("/api/v1/statuses", self.statuses),
             web.post("/api/v1/statuses", self.post_status),
             web.get("/api/v1/accounts/verify_credentials", self.verify_credentials),
         ]
 
     # -- the platform's manners -----------------------------------------------------------
 
+    def grant(self, token: str, scopes: set[str] | frozenset[str]) -> None:
+        """Accept ``token`` with these scopes (an app authorised for less than everything)."""
+        self.scopes[token] = frozenset(scopes)
+
+    @property
+    def posted(self) -> dict[str, dict[str, Any]]:
+        """The statuses connectors posted, by id, as the server stored them."""
+        return self._posted
+
     def authenticate(self, request: web.Request) -> web.Response | None:
-        """A user token; hashtag timelines are public when no token is sent."""
+        """A user token; hashtag timelines and searches are public when no token is sent."""
         auth = request.headers.get("Authorization")
-        if auth is None and "/timelines/tag/" in request.path:
+        if auth is None and ("/timelines/tag/" in request.path or "/v2/search" in request.path):
             return None
-        if auth == f"Bearer {self.sandbox.credentials.mastodon_token}":
+        token = auth[len("Bearer ") :] if auth and auth.startswith("Bearer ") else None
+        if token is None or token not in self.scopes:
+            return json_answer({"error": "The access token is invalid"}, 401)
+        return None
+
+    def _scoped(self, request: web.Request, endpoint: str) -> web.Response | None:
+        """The 403 a token without the endpoint's scope gets (Api::BaseController)."""
+        auth = request.headers.get("Authorization")
+        if auth is None:
             return None
-        return self.error(401)
+        held = self.scopes.get(auth[len("Bearer ") :], frozenset())
+        if held.isdisjoint(SCOPES_OF[endpoint]):
+            return json_answer({"error": "This action is outside the authorized scopes"}, 403)
+        return None
+
+    def edit(self, status_id: str, text: str) -> None:
+        """The author edits a status: same id, new text, ``edited_at`` now (docs: methods/
+        statuses, "Edit a status")."""
+        self.edits[status_id] = (text, iso_z(self.sandbox.clock()))
+
+    def delete(self, status_id: str) -> None:
+        """The author deletes a status: 404 from then on, and gone from every list."""
+        self.deleted.add(status_id)
+
+    def _filtered(self, message: InboundMessage) -> str:
+        """``accept``, ``filter`` or ``drop``: what the brand's policy does to a mention."""
+        if message.raw.get("visibility", "public") not in ("private", "direct"):
+            return "accept"
+        if message.author.user_id in self.following:
+            return "accept"  # "accounts the user follows are always allowed"
+        return self.policy["for_private_mentions"]
 
     def bucket(self, request: web.Request) -> tuple[str, int, float]:
         """One bucket for all of ``/api/*``: 300 requests per 5 minutes."""
@@ -258,8 +339,14 @@ class MastodonStandIn(StandIn):
             "replies_count": 0,
             "reblogs_count": 0,
             "favourites_count": 0,
-            "edited_at": None,
-            "content": self.content(message.text),
+            "edited_at": self.edits[message.external_id][1]
+            if message.external_id in self.edits
+            else None,
+            "content": self.content(
+                self.edits[message.external_id][0]
+                if message.external_id in self.edits
+                else message.text
+            ),
             "reblog": None,
             "application": None,
             "account": account,
@@ -303,6 +390,8 @@ class MastodonStandIn(StandIn):
 
     async def notifications(self, request: web.Request) -> web.Response:
         """``GET /api/v1/notifications``: the brand's mention notifications, newest first."""
+        if (refused := self._scoped(request, "notifications")) is not None:
+            return refused
         query = request.query
         types = query.getall("types[]", [])
         excluded = query.getall("exclude_types[]", [])
@@ -310,6 +399,14 @@ class MastodonStandIn(StandIn):
         indexes = self.visible("mentions", self.is_mention)
         if (types and "mention" not in types) or "mention" in excluded:
             indexes = []
+        # The notification policy (4.3+): filtered ones only with include_filtered=true;
+        # dropped ones were never made. A deleted status takes its notification with it.
+        shown = ("accept", "filter") if query.get("include_filtered") == "true" else ("accept",)
+        indexes = [
+            i
+            for i in indexes
+            if self._filtered(messages[i]) in shown and messages[i].external_id not in self.deleted
+        ]
         if "account_id" in query:
             indexes = [i for i in indexes if messages[i].author.user_id == query["account_id"]]
         keyed = [(NOTIFICATION_BASE + i, i) for i in indexes]
@@ -335,7 +432,7 @@ class MastodonStandIn(StandIn):
             )
         request[SERVED] = [i for i in ids if i not in broken]
         request[CORRUPTED] = [i for i in ids if i in broken]
-        carried = ("limit", "types[]", "exclude_types[]", "account_id")
+        carried = ("limit", "types[]", "exclude_types[]", "account_id", "include_filtered")
         return json_answer(
             body, headers=_links(request, [k for k, _ in page], limit, query, carried)
         )
@@ -355,6 +452,8 @@ class MastodonStandIn(StandIn):
 
     async def tag_timeline(self, request: web.Request) -> web.Response:
         """``GET /api/v1/timelines/tag/:hashtag``: public statuses with the tag, newest first."""
+        if (refused := self._scoped(request, "tag_timeline")) is not None:
+            return refused
         tag = request.match_info["hashtag"].lstrip("#").lower()
         query = request.query
         messages = self.sandbox.messages["mastodon"]
@@ -362,7 +461,12 @@ class MastodonStandIn(StandIn):
         def wanted(message: InboundMessage) -> bool:
             return tag in tags_of(message.text)
 
-        indexes = self.visible(f"tag:{tag}", wanted)
+        indexes = [
+            i
+            for i in self.visible(f"tag:{tag}", wanted)
+            if messages[i].external_id not in self.deleted
+            and messages[i].raw.get("visibility", "public") == "public"
+        ]
         if query.get("local") in ("true", "1"):
             indexes = []  # every status here comes from another instance
         keyed = [(int(messages[i].external_id), i) for i in indexes]
@@ -377,10 +481,16 @@ class MastodonStandIn(StandIn):
     async def search(self, request: web.Request) -> web.Response:
         """``GET /api/v2/search``: statuses with every word of ``q`` (full-text search on).
 
-        The answer is the Search entity (``accounts``, ``statuses``, ``hashtags``); statuses come
-        newest first and page with ``max_id``/``min_id`` (or ``offset``); there is no ``Link``
-        header. Without ``type`` the accounts and hashtags found would be listed too: none here.
+        The answer is the Search entity (``accounts``, ``statuses``, ``hashtags``), without a
+        ``Link`` header. As ``StatusesSearchService`` does it: results newest first (ordered by
+        id descending) whatever the parameters; ``min_id``/``max_id`` become ``after:``/``before:``
+        dates of whole seconds (``Mastodon::Snowflake.to_time(id).iso8601``), so they bound the
+        results and do not page forward; ``offset`` skips from the top, only with ``type`` and a
+        user token (methods/search: "Without a valid user token, you cannot use the resolve or
+        offset parameters"). Only public statuses are found.
         """
+        if (refused := self._scoped(request, "search")) is not None:
+            return refused
         query = request.query
         words = [w.lstrip("#").lower() for w in query.get("q", "").split()]
         if not words:
@@ -390,27 +500,62 @@ class MastodonStandIn(StandIn):
             return json_answer(
                 {"error": "Validation failed: type is not included in the list"}, 422
             )
+        if query.get("offset") and "Authorization" not in request.headers:
+            return json_answer({"error": "Search queries with offset require a user token"}, 401)
         messages = self.sandbox.messages["mastodon"]
 
         def wanted(message: InboundMessage) -> bool:
             text = message.text.lower()
             return all(w in text for w in words)
 
-        indexes = self.visible("search:" + " ".join(words), wanted)
+        indexes = [
+            i
+            for i in self.visible("search:" + " ".join(words), wanted)
+            if messages[i].external_id not in self.deleted
+            and messages[i].raw.get("visibility", "public") == "public"
+        ]
         if wanted_type in ("accounts", "hashtags"):
             indexes = []
-        keyed = [(int(messages[i].external_id), i) for i in indexes]
+        keyed = sorted(((int(messages[i].external_id), i) for i in indexes), reverse=True)
+        after, before = _whole_second(query.get("min_id")), _whole_second(query.get("max_id"))
+        keyed = [
+            (key, i)
+            for key, i in keyed
+            if (after is None or key >> 16 > after) and (before is None or key >> 16 < before)
+        ]
         limit = _limit(query, SEARCH_LIMIT)
         offset = query.get("offset", "0")
-        skip = int(offset) if offset.isdigit() else 0
-        if skip:
-            keyed = keyed[: max(0, len(keyed) - skip)]
-        page = _paginate(keyed, query, limit)
+        skip = int(offset) if offset.isdigit() and wanted_type else 0
+        page = keyed[skip : skip + limit]
         statuses = self._statuses(request, [i for _, i in page])
         return json_answer({"accounts": [], "statuses": statuses, "hashtags": []})
 
+    async def statuses(self, request: web.Request) -> web.Response:
+        """``GET /api/v1/statuses?id[]=...`` (4.3+): the statuses asked for that exist and may be
+        seen; "there can be fewer records than requested if the requested statuses do not exist
+        or cannot be accessed" (methods/statuses#index). At most 20 ids are read, as the
+        controller's default statuses limit (an assumption: the docs give no cap)."""
+        if (refused := self._scoped(request, "statuses")) is not None:
+            return refused
+        wanted = list(dict.fromkeys(request.query.getall("id[]", [])))[:20]
+        released = self.sandbox.released_count("mastodon")
+        indexes = [
+            i
+            for i in (self._index(status_id) for status_id in wanted)
+            if i is not None
+            and i < released
+            and self.sandbox.messages["mastodon"][i].external_id not in self.deleted
+        ]
+        return json_answer(self._statuses(request, indexes))
+
     async def post_status(self, request: web.Request) -> web.Response:
-        """``POST /api/v1/statuses`` (form or JSON; ``Idempotency-Key`` honoured)."""
+        """``POST /api/v1/statuses`` (form or JSON; ``Idempotency-Key`` honoured).
+
+        The length is counted as ``StatusLengthValidator`` does (each link 23, a mention only
+        its ``@user`` part, the spoiler text too); ``visibility`` must be one of the four; a
+        reply to a status nobody may see is refused as ``Record not found``."""
+        if (refused := self._scoped(request, "post_status")) is not None:
+            return refused
         if request.content_type == "application/json":
             try:
                 form: dict[str, Any] = json.loads(await request.read())
@@ -424,9 +569,15 @@ class MastodonStandIn(StandIn):
         text = str(form.get("status") or "")
         if not text.strip():
             return json_answer({"error": "Validation failed: Text can't be blank"}, 422)
-        if len(text) > 500:
+        if status_length(text) + len(str(form.get("spoiler_text") or "")) > MAX_CHARS:
             return json_answer(
-                {"error": "Validation failed: Text character limit of 500 exceeded"}, 422
+                {"error": f"Validation failed: Text character limit of {MAX_CHARS} exceeded"},
+                422,
+            )
+        visibility = str(form.get("visibility") or "public")
+        if visibility not in VISIBILITIES:
+            return json_answer(
+                {"error": "Validation failed: Visibility is not included in the list"}, 422
             )
         target = form.get("in_reply_to_id")
         parent = None
@@ -434,7 +585,7 @@ class MastodonStandIn(StandIn):
             parent = self._lookup(str(target))
             index = self._index(str(target))
             visible = index is not None and index < self.sandbox.released_count("mastodon")
-            if not visible and str(target) not in self._posted:
+            if (not visible and str(target) not in self._posted) or str(target) in self.deleted:
                 return json_answer({"error": "Record not found"}, 404)
         now = self.sandbox.clock()
         self._seq = (self._seq + 1) & 0xFFFF
@@ -447,7 +598,7 @@ class MastodonStandIn(StandIn):
             "in_reply_to_account_id": parent.author.user_id if parent is not None else None,
             "sensitive": False,
             "spoiler_text": str(form.get("spoiler_text") or ""),
-            "visibility": str(form.get("visibility") or "public"),
+            "visibility": visibility,
             "language": str(form.get("language") or "en"),
             "uri": f"https://{DOMAIN}/users/{handle}/statuses/{status_id}",
             "url": f"https://{DOMAIN}/@{handle}/{status_id}",
@@ -460,7 +611,7 @@ class MastodonStandIn(StandIn):
             "application": {"name": "socialcrm", "website": None},
             "account": self.brand_account,
             "media_attachments": [],
-            "mentions": [],
+            "mentions": self._mentions_in(text),
             "tags": [],
             "emojis": [],
             "card": None,
@@ -481,8 +632,30 @@ class MastodonStandIn(StandIn):
         )
         return json_answer(status)
 
+    def _mentions_in(self, text: str) -> list[dict[str, Any]]:
+        """The Mention entities of a posted status: the accounts its ``@acct`` words name
+        (a direct status reaches exactly these)."""
+        found: dict[str, dict[str, Any]] = {}
+        for m in _MARKUP.finditer(text):
+            if not m.group("mention"):
+                continue
+            user, domain = m.group("user"), m.group("domain")
+            acct = f"{user}@{domain}" if domain and domain != DOMAIN else user
+            found.setdefault(
+                acct.lower(),
+                {
+                    "id": str(int(hashlib.sha1(acct.lower().encode()).hexdigest()[:12], 16)),
+                    "username": user,
+                    "url": f"https://{domain or DOMAIN}/@{user}",
+                    "acct": acct,
+                },
+            )
+        return list(found.values())
+
     async def verify_credentials(self, request: web.Request) -> web.Response:
         """``GET /api/v1/accounts/verify_credentials``: the brand's CredentialAccount."""
+        if (refused := self._scoped(request, "verify_credentials")) is not None:
+            return refused
         account = dict(self.brand_account)
         account["source"] = {
             "privacy": "public",
@@ -493,6 +666,21 @@ class MastodonStandIn(StandIn):
             "follow_requests_count": 0,
         }
         return json_answer(account)
+
+
+def status_length(text: str) -> int:
+    """The length ``StatusLengthValidator`` counts: each link is 23 characters and a mention
+    counts only its ``@user`` part (grapheme clusters there; code points here)."""
+    text = re.sub(r"https?://[^\s<]+", "x" * URL_CHARS, text)
+    return len(re.sub(r"(?<![\w/@])@(\w+)@[\w.-]*\w", r"@\1", text))
+
+
+def _whole_second(value: str | None) -> int | None:
+    """A snowflake id's time as the ``after:``/``before:`` date search turns it into: whole
+    seconds (``Time#iso8601``), in milliseconds."""
+    if not value or not value.isdigit():
+        return None
+    return (int(value) >> 16) // 1000 * 1000
 
 
 def _limit(query: Any, limits: tuple[int, int]) -> int:

@@ -4,7 +4,7 @@
 rotates its refresh token on every refresh, so the newest one must outlive a restart).
 
 Revision ID: 0012
-Revises: 0006
+Revises: 0011
 Create Date: 2026-12-06 13:45:00
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0012"
-down_revision: str | None = "0006"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
