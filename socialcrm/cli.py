@@ -434,8 +434,13 @@ async def tickets_show(ctx: click.Context, ticket_id: int) -> None:
     await _run_command(ctx, f"ticket {ticket_id}")
 
 
-def _chat_command(name: str, *arg_names: str, rest: bool = False) -> None:
-    """Expose a chat-ops command on the CLI, with the command's own docstring as help."""
+def _chat_command(
+    name: str, *arg_names: str, rest: bool = False, optional: tuple[str, ...] = ()
+) -> None:
+    """Expose a chat-ops command on the CLI, with the command's own docstring as help.
+
+    ``optional`` names the trailing arguments the command may go without (``queue [LIMIT]``).
+    """
     commands_help = Commands.__dict__[name].__doc__ or ""
 
     @click.pass_context
@@ -444,17 +449,19 @@ def _chat_command(name: str, *arg_names: str, rest: bool = False) -> None:
         words = []
         for a in arg_names:
             v = kwargs[a]
+            if v is None:
+                continue
             words.append(" ".join(v) if isinstance(v, tuple) else str(v))
         await _run_command(ctx, " ".join([name, *words]))
 
     fn: Any = run
     for i, a in reversed(list(enumerate(arg_names))):
         last = i == len(arg_names) - 1
-        fn = click.argument(a, nargs=-1 if (rest and last) else 1, required=True)(fn)
+        fn = click.argument(a, nargs=-1 if (rest and last) else 1, required=a not in optional)(fn)
     main.command(name, help=commands_help.strip())(fn)
 
 
-_chat_command("queue")
+_chat_command("queue", "limit", optional=("limit",))
 _chat_command("show", "reply_id")
 _chat_command("approve", "reply_id")
 _chat_command("edit", "reply_id", "text", rest=True)
@@ -552,13 +559,10 @@ async def quarantine_list(ctx: click.Context, show_all: bool) -> None:
         if not show_all:
             q = q.where(Quarantine.status == "waiting")
         rows = list((await s.execute(q)).scalars())
-    if not rows:
-        click.echo("quarantine is empty")
-    for r in rows:
-        click.echo(
-            f"#{r.id} {r.status} {r.source} {r.external_id or '-'} "
-            f"({r.attempts} retries): {r.error.splitlines()[0][:200]}"
-        )
+    from socialcrm.responder import template_environment
+
+    page = template_environment(None).get_template("chat/quarantine.j2")
+    click.echo(page.render(rows=rows, show_all=show_all).strip())
 
 
 @quarantine_group.command("retry")

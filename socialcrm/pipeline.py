@@ -332,7 +332,8 @@ class Pipeline:
                     updates[key] = value
 
             def reason() -> str:
-                text = f"{prio.reason}; {d.explain()}" if d.matched else prio.reason
+                # The first line is the score; the rule trace follows, one rule a line.
+                text = f"{prio.reason}\n{d.explain()}" if d.matched else prio.reason
                 return text[:2000]
 
             if threader.touch(

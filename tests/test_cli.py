@@ -289,3 +289,59 @@ def test_db_rebuild_rollups_after_messages_were_deleted_in_sql(
     out = run(cli, "db", "rebuild-rollups").output
     assert out.strip() == "rollups rebuilt: 2 messages in 1 rollup rows"
     assert "| Messages | 2 | 0 |" in run(cli, "report", "--period", "1d").output
+
+
+def test_queue_takes_a_limit_and_lists_the_shown_priority_first(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    run(cli, "init")
+    f = jsonl(
+        tmp_path / "q.jsonl",
+        [
+            mention("1", "@acme where is my refund?", "u1", "ann"),
+            mention("2", "@acme where is my refund? terrible awful service", "u2", "bob"),
+            # Ann again on her ticket: it becomes urgent, her draft keeps its lower score.
+            mention("3", "@acme I will report you to trading standards", "u1", "ann"),
+        ],
+    )
+    run(cli, "ingest", str(f))
+    out = run(cli, "queue", "200").output
+    labels = [line.split()[1] for line in out.splitlines() if line.startswith("  #")]
+    assert labels == sorted(labels, key=["URGENT", "HIGH", "NORMAL", "LOW"].index), out
+    assert labels[0] == "URGENT" and "HIGH" in labels
+    listed = run(cli, "tickets", "list").output.splitlines()
+    assert [line.split()[2] for line in listed] == ["urgent", "high"]
+    assert "limit must be a number" in run(cli, "queue", "many", code=2).output
+
+
+def test_email_address_shown_without_an_at_and_rule_trace_on_its_own_lines(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    run(cli, "init")
+    email = InboundMessage(
+        channel="email",
+        external_id="m1",
+        text="My package is broken, awful, I want a refund",
+        author=Author(email="cora@example.com", name="Cora"),
+    ).model_dump_json()
+    run(cli, "ingest", str(jsonl(tmp_path / "e.jsonl", [email])))
+    queue = run(cli, "queue").output
+    assert " cora@example.com " in queue and "@cora@" not in queue
+    shown = run(cli, "show", "1").output
+    assert "From: Cora cora@example.com" in shown
+    lines = shown.splitlines()
+    prio = next(i for i, line in enumerate(lines) if line.startswith("Priority high (score"))
+    assert ";" not in lines[prio] and lines[prio + 1] == "Rules:"
+    assert lines[prio + 2].startswith("  ") and ": " in lines[prio + 2]
+    ticket = run(cli, "tickets", "show", "1").output
+    assert "Rules:" in ticket and "refund: intent refund" in ticket
+
+
+def test_quarantine_list_is_plain_words(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    assert "The quarantine is empty" in run(cli, "quarantine", "list").output
+    f = jsonl(tmp_path / "bad.jsonl", ["{not json", json.dumps({"channel": "x"})])
+    run(cli, "ingest", str(f))
+    out = run(cli, "quarantine", "list").output
+    assert "None" not in out and "(record)" not in out
+    assert "2 quarantined payloads waiting" in out and "line 1: Invalid JSON" in out

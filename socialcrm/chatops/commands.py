@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import jinja2
 import sqlalchemy as sa
 
-from socialcrm import responder, tickets
+from socialcrm import priority, responder, tickets
 from socialcrm.config import Config
 from socialcrm.db import Store
 from socialcrm.models import (
@@ -168,7 +168,11 @@ class Commands:
                 .join(Message, Message.id == Reply.message_id)  # type: ignore[arg-type]
                 .outerjoin(Ticket, Ticket.id == Reply.ticket_id)  # type: ignore[arg-type]
                 .where(Reply.status == "draft")
-                .order_by(*responder.queue_order())
+                # The label shown first: a ticket's label can be raised past its score.
+                .order_by(
+                    sa.desc(_label_rank(sa.func.coalesce(Ticket.priority, Message.priority))),
+                    *responder.queue_order(),
+                )
                 .limit(max(1, min(limit, 200)))
             )
             rows = (await s.execute(q)).all()
@@ -243,9 +247,11 @@ class Commands:
                         f"unknown status {status!r}; one of {', '.join(tickets.STATUSES)}, all"
                     )
                 q = q.where(Ticket.status == status)
-            q = q.order_by(Ticket.priority_score.desc(), Ticket.last_message_at.desc()).limit(  # type: ignore[attr-defined]
-                max(1, min(limit, 500))
-            )
+            q = q.order_by(
+                sa.desc(_label_rank(Ticket.priority)),
+                Ticket.priority_score.desc(),  # type: ignore[attr-defined]
+                Ticket.last_message_at.desc(),  # type: ignore[attr-defined]
+            ).limit(max(1, min(limit, 500)))
             rows = (await s.execute(q)).all()
         return self.render("tickets", rows=rows, status=status)
 
@@ -428,6 +434,14 @@ async def _reply_handle(s: Any, reply_id: int) -> str | None:
         )
     ).first()
     return row[0] if row else None
+
+
+def _label_rank(label: Any) -> Any:
+    """A priority label as its rank in SQL (urgent highest; no label counts as normal)."""
+    return sa.case(
+        *((label == name, rank) for name, rank in priority.RANK.items()),
+        else_=priority.RANK["normal"],
+    )
 
 
 def _doc(fn: Callable[..., Any]) -> str:
