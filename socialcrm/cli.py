@@ -215,6 +215,7 @@ async def run_daemon(ctx: click.Context, host: str, port: int) -> None:
     """Run the monitoring daemon: poll every source, serve /healthz, /metrics and webhooks."""
     from socialcrm import daemon
 
+    _check_port(port)
     config = _load(ctx)
     try:
         await daemon.run(config, host, port)
@@ -222,6 +223,11 @@ async def run_daemon(ctx: click.Context, host: str, port: int) -> None:
         raise CliError(f"bad source settings:\n{err}") from err
     except OSError as err:
         raise CliError(f"cannot listen on {host}:{port}: {err.strerror}") from err
+
+
+def _check_port(port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise CliError(f"--port: {port} is not a TCP port (0 to 65535)")
 
 
 # -- ingestion --------------------------------------------------------------------------------
@@ -681,13 +687,17 @@ async def sandbox(
     accounts)."""
     from socialcrm.sandbox.server import Sandbox, serve
 
+    _check_port(port)
     box = Sandbox(
         seed,
         messages=messages,
         release_per_s=rate,
         faults=fault_mix(seed, faults) if faults else None,
     )
-    runner = await serve(box, host, port)
+    try:
+        runner = await serve(box, host, port)
+    except OSError as err:
+        raise CliError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
     click.echo(
         f"sandbox on http://{host}:{port}: X at /x, Mastodon at /mastodon, Reddit at /reddit, "
         f"Slack at /slack ({rate}/s, faults {faults:.0%}); Ctrl-C to stop"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -163,7 +164,7 @@ class Store:
             async with self.engine.begin() as conn:
                 await self._lock_upgrade(conn)
                 await conn.run_sync(_run_upgrade, revision)
-        except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+        except (OSError, sa.exc.DBAPIError) as err:  # unreachable, refused, no such database
             raise StoreError(f"cannot open the database {self.safe_url()}: {_short(err)}") from err
 
     async def downgrade(self, revision: str) -> None:
@@ -175,9 +176,10 @@ class Store:
     async def ensure_schema(self) -> None:
         """Upgrade the database if it is behind the code; refuse one that is ahead of it."""
         head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        self._check_sqlite_file()
         try:
             current = await self.current_revision()
-        except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+        except (OSError, sa.exc.DBAPIError) as err:  # unreachable, refused, no such database
             raise StoreError(f"cannot open the database {self.safe_url()}: {_short(err)}") from err
         if current == head:
             return
@@ -189,6 +191,21 @@ class Store:
             )
         log.info("upgrading database schema %s -> %s", current or "(empty)", head)
         await self.upgrade()
+
+    def _check_sqlite_file(self) -> None:
+        """Open a SQLite file once in this thread before the driver's own thread does.
+
+        A connection that fails inside aiosqlite's worker thread answers the event loop from
+        that thread, and if the loop has closed by then (the command ended with its one-line
+        error) the thread prints a traceback of its own.
+        """
+        database = sa.engine.make_url(self.url).database
+        if not self.is_sqlite or not database or database == ":memory:":
+            return
+        try:
+            sqlite3.connect(database).close()
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot open the database {self.safe_url()}: {err}") from err
 
     async def _lock_upgrade(self, conn: AsyncConnection) -> None:
         if not self.is_sqlite:

@@ -345,3 +345,57 @@ def test_quarantine_list_is_plain_words(cli: CliRunner, tmp_path: Path) -> None:
     out = run(cli, "quarantine", "list").output
     assert "None" not in out and "(record)" not in out
     assert "2 quarantined payloads waiting" in out and "line 1: Invalid JSON" in out
+
+
+def test_missing_postgresql_database_is_one_line(cli: CliRunner, tmp_path: Path) -> None:
+    from tests.conftest import PG_ADMIN_URL
+
+    url = sa_url(PG_ADMIN_URL, "socialcrm_no_such_database")
+    (tmp_path / "config.yaml").write_text(f"database: {url}\n")
+    res = run(cli, "queue", code=2)
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "cannot open the database" in lines[0], res.output
+    if "connect" in lines[0].lower() and "refused" in lines[0].lower():
+        pytest.skip("PostgreSQL is not running")
+    assert 'database "socialcrm_no_such_database" does not exist' in lines[0]
+
+
+def sa_url(admin: str, database: str) -> str:
+    import sqlalchemy as sa
+
+    return sa.engine.make_url(admin).set(database=database).render_as_string(False)
+
+
+@pytest.mark.parametrize("command", ["run", "sandbox"])
+def test_port_out_of_range_or_in_use_is_one_line(cli: CliRunner, command: str) -> None:
+    import socket
+
+    res = run(cli, command, "--port", "99999", code=2)
+    assert res.output.strip() == "socialcrm: --port: 99999 is not a TCP port (0 to 65535)"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = run(cli, command, "--port", str(port), code=2)
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], res.output
+
+
+def test_unopenable_sqlite_file_starts_no_driver_thread(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver thread that fails after the command ended printed a traceback of its own."""
+    import threading
+
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    (tmp_path / "config.yaml").write_text("database: sqlite:///no/such/dir/x.db\n")
+    res = run(cli, "queue", code=2)
+    assert res.output.strip().endswith("unable to open database file")
+    assert started == []
