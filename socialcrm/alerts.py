@@ -760,6 +760,10 @@ class AlertDispatcher:
             else {c.name: make_sink(c, http, self.renderer, clock) for c in config.sinks}
         )
         self._lock = asyncio.Lock()
+        #: Failed attempts in the running failure streak of each sink (one warning a streak).
+        self.failing: dict[str, int] = {}
+        #: Failed delivery attempts since start, for ``/metrics``.
+        self.failed_attempts = 0
 
     async def deliver_due(self) -> int:
         """One round: claim due alerts, send them, record the outcome; returns messages sent."""
@@ -789,7 +793,7 @@ class AlertDispatcher:
         try:
             await sink.send(alert)
         except SinkError as err:
-            log.warning("alert %s not delivered to %s: %s", alert.id, name, err)
+            self._sink_failed(name, f"alert {alert.id} not delivered: {err}")
             return _Result(
                 ok=False,
                 error=str(err)[:300],
@@ -800,9 +804,24 @@ class AlertDispatcher:
             log.error("alert %s: template error for %s: %s", alert.id, name, err)
             return _Result(ok=False, error=f"template: {err}"[:300])
         except Exception as err:  # a bug in a sink must not stop the other alerts
-            log.exception("alert %s: sink %s failed", alert.id, name)
+            if name not in self.failing:
+                log.exception("alert %s: sink %s failed", alert.id, name)
+            self._sink_failed(name, f"alert {alert.id}: {err!r}")
             return _Result(ok=False, error=repr(err)[:300], sink_down=True)
+        streak = self.failing.pop(name, 0)
+        if streak:
+            log.warning("alert sink %s works again after %d failed attempt(s)", name, streak)
         return _Result(ok=True)
+
+    def _sink_failed(self, name: str, error: str) -> None:
+        """Count a failed attempt; warn once when a sink's failure streak begins."""
+        self.failed_attempts += 1
+        streak = self.failing.get(name, 0) + 1
+        self.failing[name] = streak
+        if streak == 1:
+            log.warning("alert sink %s failing: %s (alerts wait and are retried)", name, error)
+        else:
+            log.debug("alert sink %s still failing (%d): %s", name, streak, error)
 
     async def _claim(self, now: datetime) -> list[_Claimed]:
         """Lease the due alerts; settle fresh duplicates and unrouted alerts on the way."""

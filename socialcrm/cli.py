@@ -64,6 +64,9 @@ def _load(ctx: click.Context) -> Config:
                 obj["config"] = Config()
         except ConfigError as err:
             raise CliError(f"bad configuration:\n{err}") from err
+        from socialcrm import logs
+
+        logs.add_secrets(obj["config"])
     config: Config = obj["config"]
     return config
 
@@ -114,13 +117,22 @@ def load_rules(config: Config) -> RuleSet:
     help=f"Config file (default: ./{DEFAULT_CONFIG} if present, else built-in defaults).",
 )
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text or as one JSON object each.",
+)
 @click.pass_context
-def main(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
+def main(ctx: click.Context, config_path: Path | None, verbose: int, log_format: str) -> None:
     """socialcrm: hear every customer who talks about you, and answer well and fast."""
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(
-        level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
-    )
+    from socialcrm import logs
+
+    # The daemon says what it does at INFO; a one-shot command only warns unless asked.
+    quiet = ctx.invoked_subcommand not in ("run", "demo")
+    level = (logging.WARNING if quiet else logging.INFO) - 10 * verbose
+    logs.configure(max(level, logging.DEBUG), "json" if log_format == "json" else "text")
     ctx.ensure_object(dict)["config_path"] = config_path
 
 
@@ -607,6 +619,69 @@ async def quarantine_retry(ctx: click.Context, ids: tuple[int, ...]) -> None:
                     entry.retried_at = utcnow()
                     ok += 1
     click.echo(f"{ok} retried successfully, {failed} still failing")
+
+
+# -- alerts and the audit log ----------------------------------------------------------------
+
+
+@main.group("alerts")
+def alerts_group() -> None:
+    """Alerts and their delivery."""
+
+
+@alerts_group.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include delivered alerts.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.pass_context
+@async_command
+async def alerts_list(ctx: click.Context, show_all: bool, limit: int) -> None:
+    """Alerts waiting for a sink or failed (with --all, delivered ones too), newest first, and
+    the backlog: drafts waiting, replies sent and failed, alerts waiting and failed."""
+    from sqlmodel import col
+
+    from socialcrm import backlog
+    from socialcrm.alerts import delivery_state
+    from socialcrm.models import Alert
+    from socialcrm.responder import template_environment
+
+    config = _load(ctx)
+    async with _store(config) as store:
+        counts = await backlog.count(store)
+        async with store.reader() as s:
+            q = sa.select(Alert).order_by(col(Alert.id).desc()).limit(limit)
+            if not show_all:
+                q = q.where(col(Alert.status) != "delivered")
+            rows = list((await s.execute(q)).scalars())
+    sinks = {a.id: delivery_state(a).get("sinks") or {} for a in rows}
+    page = template_environment(None).get_template("chat/alerts.j2")
+    click.echo(page.render(rows=rows, sinks=sinks, counts=counts, show_all=show_all).strip())
+
+
+@main.command("audit")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--actor", default=None, help="Only what this person did.")
+@click.option("--action", default=None, help="Only actions starting with this, e.g. reply.")
+@click.pass_context
+@async_command
+async def audit_command(
+    ctx: click.Context, limit: int, actor: str | None, action: str | None
+) -> None:
+    """The audit log, newest first: who did what, when, and from where."""
+    from sqlmodel import col
+
+    from socialcrm.models import AuditEvent
+    from socialcrm.responder import template_environment
+
+    config = _load(ctx)
+    async with _store(config) as store, store.reader() as s:
+        q = sa.select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(limit)
+        if actor:
+            q = q.where(col(AuditEvent.actor) == actor)
+        if action:
+            q = q.where(col(AuditEvent.action).startswith(action, autoescape=True))
+        rows = list((await s.execute(q)).scalars())
+    page = template_environment(None).get_template("chat/audit.j2")
+    click.echo(page.render(rows=rows).strip())
 
 
 # -- rules ------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlmodel import col
 
-from socialcrm import yamldoc
+from socialcrm import logs, yamldoc
 from socialcrm.alerts import Severity, raise_alert
 from socialcrm.config import SourceConfig
 from socialcrm.connector import (
@@ -127,6 +127,7 @@ def make_source(cfg: SourceConfig, index: int) -> Source:
             f"{yamldoc.format_loc(('sources', index, *e['loc']))}: {e['msg']}" for e in err.errors()
         ]
         raise SourceSetupError("\n".join(problems)) from err
+    logs.add_secrets(settings)  # whatever a library logs, these never reach the log
     # A connector may ask for middlewares on its session (X: send tweepy's requests to a
     # configured base URL); everything else about the session is the core's.
     hook = getattr(cls, "session_middlewares", None)

@@ -370,6 +370,7 @@ def sa_url(admin: str, database: str) -> str:
 def test_port_out_of_range_or_in_use_is_one_line(cli: CliRunner, command: str) -> None:
     import socket
 
+    run(cli, "init")
     res = run(cli, command, "--port", "99999", code=2)
     assert res.output.strip() == "socialcrm: --port: 99999 is not a TCP port (0 to 65535)"
     with socket.socket() as taken:
@@ -399,3 +400,35 @@ def test_unopenable_sqlite_file_starts_no_driver_thread(
     res = run(cli, "queue", code=2)
     assert res.output.strip().endswith("unable to open database file")
     assert started == []
+
+
+def test_alerts_list_and_audit_from_the_command_line(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    f = jsonl(
+        tmp_path / "a.jsonl",
+        [
+            mention("1", "@acme I will report you to trading standards", "u1", "ann"),
+            mention("2", "@acme my order is two weeks late, terrible", "u2", "bob"),
+        ],
+    )
+    run(cli, "ingest", str(f))
+    run(cli, "reject", "2", "not", "needed")
+    alerts = run(cli, "alerts", "list").output
+    assert alerts.startswith(
+        "Drafts waiting 1; replies sent 0, failed 0; alerts waiting 1, failed 0."
+    )
+    assert "pending  critical  escalation: Legal or safety risk" in alerts
+    audit = run(cli, "audit").output.splitlines()
+    assert (
+        "tester via cli: reply.reject reply #2" in audit[0] and '"reason": "not needed"' in audit[0]
+    )
+    assert "The audit log has nothing" in run(cli, "audit", "--actor", "nobody").output
+
+
+def test_log_format_json(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    (tmp_path / "config.yaml").write_text("database: sqlite:///fresh.db\n")
+    res = run(cli, "--log-format", "json", "-v", "queue")
+    logged = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
+    assert any("upgrading database schema" in r["message"] for r in logged), res.output
+    assert all({"time", "level", "logger", "message"} <= r.keys() for r in logged)

@@ -33,7 +33,16 @@ from socialcrm.connector import Batch
 from socialcrm.daemon import Daemon
 from socialcrm.db import Store
 from socialcrm.demo import free_port
-from socialcrm.models import Alert, Customer, Message, Quarantine, SourceState, Ticket, utcnow
+from socialcrm.models import (
+    Alert,
+    Customer,
+    Message,
+    Quarantine,
+    Reply,
+    SourceState,
+    Ticket,
+    utcnow,
+)
 from socialcrm.pipeline import Pipeline
 from socialcrm.sla import SlaConfig, SlaPolicy
 from socialcrm.sources import SourceSetupError, backoff_s, make_source
@@ -291,6 +300,27 @@ async def test_healthz_and_metrics(
     assert 'socialcrm_messages_stored_total{source="reviews"} 3.0' in text
     assert 'socialcrm_poll_errors_total{kind="retryable",source="reviews"} 1.0' in text
     assert "socialcrm_source_up" in text
+
+
+async def test_metrics_show_the_backlog(daemon: Daemon, client: TestClient[Any, Any]) -> None:
+    now = utcnow()
+    batch = Batch(
+        messages=[
+            mention(1, "@acme I will report you to trading standards, awful", now),
+            mention(2, "@acme my parcel is late again, terrible", now),
+        ]
+    )
+    await daemon.pipeline.ingest(batch, "forms")
+    text = await (await client.get("/metrics")).text()
+    drafts = await count(daemon.store, Reply, Reply.status == "draft")
+    alerts = await count(daemon.store, Alert, Alert.status == "pending")
+    assert drafts >= 2 and alerts >= 1
+    assert f'socialcrm_backlog{{what="drafts_waiting"}} {drafts:.1f}' in text
+    assert f'socialcrm_backlog{{what="alerts_waiting"}} {alerts:.1f}' in text
+    assert 'socialcrm_backlog{what="replies_sent"} 0.0' in text
+    assert 'socialcrm_backlog{what="replies_failed"} 0.0' in text
+    assert 'socialcrm_backlog{what="alerts_failed"} 0.0' in text
+    assert "socialcrm_alert_delivery_failures_total 0.0" in text
 
 
 def signed(body: bytes, ts: float | None = None, secret: str = SECRET) -> dict[str, str]:
@@ -689,3 +719,22 @@ async def test_a_digest_missed_while_no_daemon_ran_goes_out_at_start_once(
         midnight = due.replace(hour=0, minute=0)
         assert alert.dedupe_key == f"digest:daily:{midnight.isoformat()}", start
         assert alert.detail["end"] == midnight.isoformat()
+
+
+async def test_start_up_line_names_version_address_and_sources(
+    config: Config, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="socialcrm.daemon")
+    source = {"name": "forms", "type": "webhook", "secret": SECRET, "interval": 0}
+    daemon = Daemon(daemon_config(config, [source]), store)
+    port = free_port()
+    await daemon.start("127.0.0.1", port)
+    try:
+        lines = [r.getMessage() for r in caplog.records if "listening" in r.getMessage()]
+    finally:
+        await daemon.stop()
+    from importlib.metadata import version
+
+    assert len(lines) == 1
+    assert f"socialcrm {version('socialcrm')} listening on http://127.0.0.1:{port}" in lines[0]
+    assert "1 source(s): forms (webhook)" in lines[0]
