@@ -490,6 +490,31 @@ _chat_command("resolve", "ticket_id")
 _chat_command("mute", "source", "duration")
 
 
+@main.group("sources", invoke_without_command=True)
+@click.pass_context
+def sources_group(ctx: click.Context) -> None:
+    """Configured sources with their state (ok, failing, paused, muted); `resume` one."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(sources_list)
+
+
+@sources_group.command("list")
+@click.pass_context
+@async_command
+async def sources_list(ctx: click.Context) -> None:
+    """Every configured source with its state."""
+    await _run_command(ctx, "sources")
+
+
+@sources_group.command("resume")
+@click.argument("name")
+@click.pass_context
+@async_command
+async def sources_resume(ctx: click.Context, name: str) -> None:
+    """Poll a source paused for refused credentials again (a running daemon notices)."""
+    await _run_command(ctx, f"resume {name}")
+
+
 @main.command("report")
 @click.option("--period", default="7d", show_default=True, help="Length, e.g. 24h, 7d, 30d.")
 @click.option(

@@ -304,6 +304,8 @@ class SourceState(SQLModel, table=True):
     #: When the running failure streak began: no poll since has stored anything.
     failing_since: datetime | None = _ts()
     messages_total: int = 0
+    #: SHA-256 of the settings whose credentials were refused (never the secrets themselves).
+    settings_fingerprint: str | None = Field(default=None, max_length=64)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
 

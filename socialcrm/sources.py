@@ -19,6 +19,8 @@ alerts table, so a daemon that restarts in a loop neither hides the alert nor re
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import random
 import time
@@ -63,6 +65,13 @@ AUTH_KIND: Final = "source_auth"
 
 class SourceSetupError(ValueError):
     """A source whose type or settings cannot be used; the message names the config path."""
+
+
+def settings_fingerprint(cfg: SourceConfig) -> str:
+    """A SHA-256 of a source's type and settings: tells that credentials changed without
+    keeping them."""
+    doc = json.dumps([cfg.type, cfg.settings()], sort_keys=True, default=str)
+    return hashlib.sha256(f"socialcrm-source-settings:{doc}".encode()).hexdigest()
 
 
 def backoff_s(failures: int, rng: random.Random) -> float:
@@ -198,6 +207,12 @@ class Poller:
             if src is None:
                 continue
             src.paused = row.paused
+            if row.paused and row.settings_fingerprint != settings_fingerprint(src.config):
+                # New credentials in the config: worth one more try (a refusal pauses it again).
+                log.warning(
+                    "source %s: settings changed since it was paused; trying again", src.name
+                )
+                src.paused = False
             src.last_success = row.last_success_at
             src.last_error = row.last_error
             if row.health == "failing" and row.consecutive_failures > 0:
@@ -223,7 +238,7 @@ class Poller:
         if src.busy:
             out.skipped = "a poll is running"
             return out
-        if src.paused:
+        if src.paused and not await self._resumed_elsewhere(src):
             out.skipped = "paused"
             return out
         now = self.clock()
@@ -281,6 +296,21 @@ class Poller:
     async def idle(self) -> None:
         """Return when no poll is running."""
         await self._idle.wait()
+
+    async def _resumed_elsewhere(self, src: Source) -> bool:
+        """Whether a paused source was resumed in the store (``sources resume`` from the CLI or
+        chat, or another daemon); if so it is resumed here too."""
+        async with self.store.reader() as s:
+            state = await s.get(SourceState, src.name)
+        if state is None or state.paused:
+            return False
+        log.warning("source %s resumed; polling it again", src.name)
+        src.paused = False
+        src.failures = 0
+        src.not_before = 0.0
+        src.failing_since = None
+        src.failing_alerted = False
+        return True
 
     async def _cursor(self, name: str) -> dict[str, Any] | None:
         async with self.store.reader() as s:
@@ -371,7 +401,12 @@ class Poller:
         src.failures += 1
         src.last_error = str(err)[:1000]
         log.error("source %s paused: credentials refused (%s)", src.name, err)
-        await self._save_health(src, "paused", paused_reason=f"credentials refused: {err}")
+        await self._save_health(
+            src,
+            "paused",
+            paused_reason=f"credentials refused: {err}",
+            fingerprint=settings_fingerprint(src.config),
+        )
         await self._alert(
             src,
             AUTH_KIND,
@@ -380,7 +415,11 @@ class Poller:
         )
 
     async def _save_health(
-        self, src: Source, health: str, paused_reason: str | None = None
+        self,
+        src: Source,
+        health: str,
+        paused_reason: str | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         async with self.store.session() as s:
             state = await s.get(SourceState, src.name, with_for_update=True)
@@ -391,6 +430,8 @@ class Poller:
             state.paused = src.paused
             if paused_reason is not None:
                 state.paused_reason = paused_reason
+            if fingerprint is not None:
+                state.settings_fingerprint = fingerprint
             state.consecutive_failures = src.failures
             state.failing_since = src.failing_since
             now = self.wall_clock()

@@ -27,7 +27,7 @@ from apscheduler.events import EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.triggers.interval import IntervalTrigger
 
 from connectors.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from socialcrm.chatops.commands import Actor, Commands
+from socialcrm.chatops.commands import Actor, CommandError, Commands
 from socialcrm.config import Config
 from socialcrm.connector import Batch
 from socialcrm.daemon import Daemon
@@ -244,6 +244,66 @@ async def test_auth_failure_pauses_and_alerts_once(
     server.status = 200
     server.add(1)
     assert (await daemon.poller.poll("reviews")).result.stored == 1
+
+
+async def test_resume_from_the_cli_reaches_a_running_daemon(
+    daemon: Daemon, feed: tuple[FeedServer, str], store: Store
+) -> None:
+    server, _ = feed
+    server.status = 401
+    await daemon.poller.poll("reviews")
+    assert (await daemon.poller.poll("reviews")).skipped == "paused"
+    # Another process (the CLI) has its own Commands on the same database.
+    cli = Commands(daemon.config, store)
+    listing = await cli.run(Actor("ops", "viewer", "cli"), "sources")
+    assert "reviews" in listing and "PAUSED (credentials refused" in listing
+    unmute = await cli.run(Actor("ann", "agent", "cli"), "mute reviews 0")
+    assert "paused for refused credentials" in unmute and "polled again" not in unmute
+    with pytest.raises(CommandError, match="needs the admin role"):
+        await cli.run(Actor("ann", "agent", "slack"), "resume reviews")
+    answer = await cli.run(Actor("root", "admin", "cli"), "resume reviews")
+    assert answer.startswith("Source reviews is resumed")
+    server.status = 200
+    server.add(2)
+    out = await daemon.poller.poll("reviews")
+    assert out.skipped is None and out.result.stored == 2
+    assert daemon.health()["sources"]["reviews"]["state"] == "ok"
+    with pytest.raises(CommandError, match="not paused"):
+        await cli.run(Actor("root", "admin", "cli"), "resume reviews")
+
+
+async def test_paused_source_is_tried_once_at_start_when_its_settings_changed(
+    config: Config, store: Store, feed: tuple[FeedServer, str]
+) -> None:
+    server, url = feed
+    server.status = 401
+
+    async def restarted(settings: dict[str, Any]) -> Daemon:
+        source = {"name": "reviews", "type": "rss", "interval": "1h", **settings}
+        cfg = daemon_config(config, [source])
+        d = Daemon(cfg, store)
+        d.poller.add(make_source(cfg.sources[0], 0))
+        await d.poller.load_state()
+        return d
+
+    first = await restarted({"url": url})
+    await first.poller.poll("reviews")
+    await first.stop()
+    st = await state(store, "reviews")
+    assert st.paused and st.settings_fingerprint and url not in st.settings_fingerprint
+    same = await restarted({"url": url})
+    assert same.poller.sources["reviews"].paused  # nothing changed: stays paused
+    await same.stop()
+    changed = await restarted({"url": url + "?key=new-credentials"})
+    try:
+        assert not changed.poller.sources["reviews"].paused
+        assert (await changed.poller.poll("reviews")).error.startswith("auth")  # type: ignore[union-attr]
+    finally:
+        await changed.stop()
+    # Refused again: paused with the new fingerprint, so the next start does not retry.
+    again = await restarted({"url": url + "?key=new-credentials"})
+    assert again.poller.sources["reviews"].paused
+    await again.stop()
 
 
 async def test_malformed_feed_is_a_failed_poll_not_a_crash(

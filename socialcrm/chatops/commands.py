@@ -334,8 +334,57 @@ class Commands:
                 )
             )
         if until is None:
+            if state.paused:
+                return (
+                    f"Source {source} is unmuted, but it is paused for refused credentials: "
+                    f"fix them, then `resume {source}`."
+                )
             return f"Source {source} is polled again."
         return f"Source {source} is muted until {until:%Y-%m-%d %H:%M} UTC."
+
+    @command("viewer")
+    async def sources(self, actor: Actor) -> str:
+        """sources — every configured source with its state (ok, failing, paused, muted)."""
+        async with self.store.reader() as s:
+            rows = {r.source: r for r in (await s.execute(sa.select(SourceState))).scalars()}
+        return self.render("sources", sources=self.config.sources, states=rows, now=utcnow())
+
+    @command("admin")
+    async def resume(self, actor: Actor, source: str) -> str:
+        """resume SOURCE — poll a source paused for refused credentials again (fix them first)."""
+        self._known_source(source)
+        async with self.store.session() as s:
+            state = await s.get(SourceState, source, with_for_update=True)
+            if state is None or not state.paused:
+                raise CommandError(f"source {source} is not paused; nothing changed")
+            reason = state.paused_reason
+            state.paused = False
+            state.paused_reason = None
+            state.health = "ok"
+            state.consecutive_failures = 0
+            state.failing_since = None
+            state.updated_at = utcnow()
+            s.add(
+                AuditEvent(
+                    actor=actor.name,
+                    via=actor.via,
+                    action="source.resume",
+                    object_type="source",
+                    object_id=source,
+                    detail={"was": reason},
+                )
+            )
+        return (
+            f"Source {source} is resumed: the daemon polls it again at its next interval "
+            "(a refusal pauses it again)."
+        )
+
+    def _known_source(self, source: str) -> None:
+        names = {s.name for s in self.config.sources}
+        if source not in names:
+            raise CommandError(
+                f"no source named {source!r}; sources: {', '.join(sorted(names)) or 'none'}"
+            )
 
     @command("viewer")
     async def report(self, actor: Actor, period: str = "7d") -> str:
