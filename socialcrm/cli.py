@@ -51,15 +51,17 @@ class CliError(click.ClickException):
         click.echo(f"socialcrm: {self.message}", err=True)
 
 
-def _load(ctx: click.Context) -> Config:
+def _load(ctx: click.Context, *, secrets: bool = False) -> Config:
+    """The config; platform secrets (``${ENV}`` of sources, sinks, chat) are resolved only for
+    commands that talk to the platforms (``secrets=True``): the others need only the database."""
     obj = ctx.ensure_object(dict)
     if "config" not in obj:
         path: Path | None = obj.get("config_path")
         try:
             if path is not None:
-                obj["config"] = load_config(path)
+                obj["config"] = load_config(path, secrets=secrets)
             elif Path(DEFAULT_CONFIG).exists():
-                obj["config"] = load_config(Path(DEFAULT_CONFIG))
+                obj["config"] = load_config(Path(DEFAULT_CONFIG), secrets=secrets)
             else:
                 obj["config"] = Config()
         except ConfigError as err:
@@ -164,7 +166,7 @@ def config_group() -> None:
 @click.pass_context
 def config_check(ctx: click.Context) -> None:
     """Validate the config file and the rule files it names."""
-    config = _load(ctx)
+    config = _load(ctx, secrets=True)
     try:
         rules = load_rules(config)
     except RuleError as err:
@@ -228,7 +230,7 @@ async def run_daemon(ctx: click.Context, host: str, port: int) -> None:
     from socialcrm import daemon
 
     _check_port(port)
-    config = _load(ctx)
+    config = _load(ctx, secrets=True)
     try:
         await daemon.run(config, host, port)
     except SourceSetupError as err:

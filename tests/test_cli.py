@@ -432,3 +432,28 @@ def test_log_format_json(cli: CliRunner, tmp_path: Path) -> None:
     logged = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
     assert any("upgrading database schema" in r["message"] for r in logged), res.output
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in logged)
+
+
+def test_database_commands_need_no_platform_secrets(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(cli, "init")
+    for name in ("X_TOKEN", "SLACK_SECRET", "SLACK_TOKEN", "DB_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "config.yaml").write_text(
+        "database: sqlite:///socialcrm.db\n"
+        "sources:\n"
+        "  - {name: x-acme, type: x, bearer_token: '${X_TOKEN}', user_id: '1'}\n"
+        "slack: {signing_secret: '${SLACK_SECRET}', bot_token: '${SLACK_TOKEN}', channel: C1}\n"
+    )
+    assert "queue is empty" in run(cli, "queue").output
+    assert "x-acme" in run(cli, "sources").output
+    run(cli, "tickets", "list")
+    refused = run(cli, "config", "check", code=2).output
+    assert "config.yaml:3: sources[0].bearer_token: environment variable X_TOKEN is not set" in (
+        refused
+    )
+    assert "SLACK_SECRET is not set" in run(cli, "run", code=2).output
+    # The database itself must still resolve.
+    (tmp_path / "config.yaml").write_text("database: 'sqlite:///${DB_NAME}.db'\n")
+    assert "DB_NAME is not set" in run(cli, "queue", code=2).output
