@@ -58,10 +58,8 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parsedate_to_datetime
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Protocol
 
-import aiohttp
-import aiosmtplib
 import jinja2
 import sqlalchemy as sa
 from markupsafe import Markup
@@ -73,14 +71,17 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from slack_sdk.errors import SlackApiError, SlackClientError
-from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from socialcrm.db import Store
 from socialcrm.models import Alert, utcnow
 from socialcrm.timespec import Duration
+
+# The clients of the sinks load when a sink is built or sends, not with the config models:
+# commands that only read the database never need them.
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -547,6 +548,8 @@ class SlackSink:
         self.config = config
         self.renderer = renderer
         self.clock = clock
+        from slack_sdk.web.async_client import AsyncWebClient
+
         # No retry handlers: the outbox owns retries and their timing.
         self.client = AsyncWebClient(
             token=config.token.get_secret_value(),
@@ -558,6 +561,9 @@ class SlackSink:
 
     async def send(self, alert: AlertView) -> None:
         """``chat.postMessage`` with the alert's mrkdwn text."""
+        import aiohttp
+        from slack_sdk.errors import SlackApiError, SlackClientError
+
         mention = self.config.mention if alert.severity == "critical" else None
         text = self.renderer.render("slack", alert, mention=Markup(mention) if mention else None)[
             :_SLACK_TEXT_LIMIT
@@ -619,6 +625,8 @@ class EmailSink:
 
     async def send(self, alert: AlertView) -> None:
         """Send the alert's mail to every configured address."""
+        import aiosmtplib
+
         cfg = self.config
         msg = self.message(alert)
         try:
@@ -682,6 +690,8 @@ class WebhookSink:
 
     async def send(self, alert: AlertView) -> None:
         """POST the alert; any 2xx is delivered."""
+        import aiohttp
+
         body, headers = self.request(alert)
         try:
             async with (

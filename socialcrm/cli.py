@@ -14,26 +14,22 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import sqlalchemy as sa
-from pydantic import ValidationError
 
-from socialcrm import customers as customers_mod
-from socialcrm.chatops.commands import Actor, CommandError, Commands, find_customer
 from socialcrm.config import STARTER_CONFIG, Config, ConfigError, load_config
-from socialcrm.connector import Batch, InboundMessage, Quarantined
 from socialcrm.db import Store, StoreError, open_store
-from socialcrm.models import Quarantine, utcnow
-from socialcrm.pipeline import IngestResult, Pipeline
-from socialcrm.rules import RuleError, RuleSet, find_rule_tests, run_rule_tests
-from socialcrm.runtime import tune_gc
-from socialcrm.scoring import ScoringPool
-from socialcrm.sentiment import SentimentScorer
-from socialcrm.sources import SourceSetupError
-from socialcrm.yamldoc import YamlError
+
+# Only what every command needs is imported here: a command imports the rest itself, so
+# `socialcrm queue` does not load the pipeline, the sentiment model or the HTTP clients.
+if TYPE_CHECKING:
+    from socialcrm.chatops.commands import Actor
+    from socialcrm.connector import Batch, InboundMessage, Quarantined
+    from socialcrm.pipeline import IngestResult
+    from socialcrm.rules import RuleSet
+    from socialcrm.scoring import ScoringPool
 
 log = logging.getLogger("socialcrm")
 T = TypeVar("T")
@@ -80,10 +76,19 @@ def async_command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return asyncio.run(fn(*args, **kwargs))
-        except (StoreError, RuleError, YamlError, CommandError) as err:
+        except StoreError as err:
             raise CliError(str(err)) from err
-        except customers_mod.CsvImportError as err:
-            raise CliError("nothing imported:\n" + "\n".join(err.problems)) from err
+        except Exception as err:
+            from socialcrm.chatops.commands import CommandError
+            from socialcrm.customers import CsvImportError
+            from socialcrm.rules import RuleError
+            from socialcrm.yamldoc import YamlError
+
+            if isinstance(err, RuleError | YamlError | CommandError):
+                raise CliError(str(err)) from err
+            if isinstance(err, CsvImportError):
+                raise CliError("nothing imported:\n" + "\n".join(err.problems)) from err
+            raise
 
     return wrapper
 
@@ -98,6 +103,8 @@ async def _store(config: Config) -> AsyncIterator[Store]:
 
 
 def _actor() -> Actor:
+    from socialcrm.chatops.commands import Actor
+
     # Whoever can run the CLI can open the database itself: the CLI acts as an admin.
     return Actor(
         name=os.environ.get("SOCIALCRM_USER") or getpass.getuser(), role="admin", via="cli"
@@ -106,6 +113,8 @@ def _actor() -> Actor:
 
 def load_rules(config: Config) -> RuleSet:
     """The configured rules, checked; a template a rule names must exist."""
+    from socialcrm.rules import RuleSet
+
     return RuleSet.load(config.rule_paths())
 
 
@@ -166,6 +175,8 @@ def config_group() -> None:
 @click.pass_context
 def config_check(ctx: click.Context) -> None:
     """Validate the config file and the rule files it names."""
+    from socialcrm.rules import RuleError
+
     config = _load(ctx, secrets=True)
     try:
         rules = load_rules(config)
@@ -228,6 +239,7 @@ async def db_rebuild_rollups(ctx: click.Context) -> None:
 async def run_daemon(ctx: click.Context, host: str, port: int) -> None:
     """Run the monitoring daemon: poll every source, serve /healthz, /metrics and webhooks."""
     from socialcrm import daemon
+    from socialcrm.sources import SourceSetupError
 
     _check_port(port)
     config = _load(ctx, secrets=True)
@@ -262,6 +274,10 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, str]]:
 
 def parse_line(n: int, line: str) -> InboundMessage | Quarantined:
     """One JSON Lines record as a message, or as a quarantined payload with its error."""
+    from pydantic import ValidationError
+
+    from socialcrm.connector import InboundMessage, Quarantined
+
     if line.startswith("\x00"):
         return Quarantined(error=f"line {n}: not UTF-8", raw=line[1:])
     try:
@@ -280,6 +296,9 @@ def parse_line(n: int, line: str) -> InboundMessage | Quarantined:
 @async_command
 async def ingest(ctx: click.Context, file: Path, source: str | None, as_json: bool) -> None:
     """Ingest a JSON Lines file of messages (one InboundMessage per line)."""
+    from socialcrm.pipeline import Pipeline
+    from socialcrm.runtime import tune_gc
+
     config = _load(ctx)
     source = source or f"file:{file.name}"[:128]
     size = file.stat().st_size
@@ -304,6 +323,8 @@ async def ingest(ctx: click.Context, file: Path, source: str | None, as_json: bo
 
 async def _file_batches(file: Path, progress: Callable[[int], None]) -> AsyncIterator[Batch]:
     """The lines of a JSON Lines file as batches; bad lines ride along as quarantined."""
+    from socialcrm.connector import Batch, InboundMessage
+
     batch = Batch()
     done = 0
     for n, line in _read_jsonl(file):
@@ -325,6 +346,8 @@ async def _file_batches(file: Path, progress: Callable[[int], None]) -> AsyncIte
 
 @asynccontextmanager
 async def _scoring(config: Config, rules: RuleSet) -> AsyncIterator[ScoringPool]:
+    from socialcrm.scoring import ScoringPool
+
     pool = ScoringPool(config.brand.lexicon, rules)
     try:
         yield pool
@@ -369,6 +392,8 @@ def customers_group() -> None:
 @async_command
 async def customers_import(ctx: click.Context, file: Path) -> None:
     """Create or update customers from a CSV file (all rows or none)."""
+    from socialcrm import customers as customers_mod
+
     config = _load(ctx)
     try:
         text = file.read_text(encoding="utf-8-sig")
@@ -400,6 +425,9 @@ async def customers_show(ctx: click.Context, who: str) -> None:
 @async_command
 async def customers_merge(ctx: click.Context, keep: str, merge: str) -> None:
     """Merge customer MERGE into KEEP: every identity, message and ticket moves to KEEP."""
+    from socialcrm import customers as customers_mod
+    from socialcrm.chatops.commands import find_customer
+
     config = _load(ctx)
     async with _store(config) as store, store.session() as s:
         a = await find_customer(s, keep)
@@ -423,6 +451,8 @@ async def customers_merge(ctx: click.Context, keep: str, merge: str) -> None:
 
 
 async def _run_command(ctx: click.Context, line: str) -> None:
+    from socialcrm.chatops.commands import Commands
+
     config = _load(ctx)
     async with _store(config) as store:
         click.echo(await Commands(config, store).run(_actor(), line))
@@ -461,7 +491,6 @@ def _chat_command(
 
     ``optional`` names the trailing arguments the command may go without (``queue [LIMIT]``).
     """
-    commands_help = Commands.__dict__[name].__doc__ or ""
 
     @click.pass_context
     @async_command
@@ -478,7 +507,23 @@ def _chat_command(
     for i, a in reversed(list(enumerate(arg_names))):
         last = i == len(arg_names) - 1
         fn = click.argument(a, nargs=-1 if (rest and last) else 1, required=a not in optional)(fn)
-    main.command(name, help=commands_help.strip())(fn)
+    main.command(name, cls=_ChatCommand)(fn)
+
+
+class _ChatCommand(click.Command):
+    """A CLI command whose help is its chat command's docstring, read only when shown (the
+    command layer is not imported to run another command)."""
+
+    @property  # type: ignore[override]
+    def help(self) -> str | None:
+        """The chat command's docstring."""
+        from socialcrm.chatops.commands import Commands
+
+        return (Commands.__dict__[self.name or ""].__doc__ or "").strip()
+
+    @help.setter
+    def help(self, value: str | None) -> None:
+        pass  # always the docstring
 
 
 _chat_command("queue", "limit", optional=("limit",))
@@ -545,6 +590,9 @@ async def report_command(
     ctx: click.Context, period: str, end: str | None, fmt: str, output: Path | None
 ) -> None:
     """Sentiment and service report for a period, compared with the period before it."""
+    from zoneinfo import ZoneInfo
+
+    from socialcrm.models import utcnow
     from socialcrm.reports import build_report, ending_now, prepare, render
     from socialcrm.timespec import parse_period
 
@@ -598,6 +646,8 @@ def quarantine_group() -> None:
 @async_command
 async def quarantine_list(ctx: click.Context, show_all: bool) -> None:
     """List quarantined payloads with their errors."""
+    from socialcrm.models import Quarantine
+
     config = _load(ctx)
     async with _store(config) as store, store.reader() as s:
         q = sa.select(Quarantine).order_by(Quarantine.id)  # type: ignore[arg-type]
@@ -616,6 +666,10 @@ async def quarantine_list(ctx: click.Context, show_all: bool) -> None:
 @async_command
 async def quarantine_retry(ctx: click.Context, ids: tuple[int, ...]) -> None:
     """Process quarantined payloads again (all waiting ones, or the IDs given)."""
+    from socialcrm.connector import Batch, Quarantined
+    from socialcrm.models import Quarantine, utcnow
+    from socialcrm.pipeline import Pipeline
+
     config = _load(ctx)
     async with _store(config) as store:
         pipeline = Pipeline(config, store, rules=load_rules(config))
@@ -723,6 +777,8 @@ def rules_group() -> None:
 @click.pass_context
 def rules_check(ctx: click.Context) -> None:
     """Load every configured rule file and report problems with file:line."""
+    from socialcrm.rules import RuleError
+
     config = _load(ctx)
     try:
         rules = load_rules(config)
@@ -741,6 +797,9 @@ def rules_check(ctx: click.Context) -> None:
 @click.pass_context
 def rules_test(ctx: click.Context) -> None:
     """Run the example-based tests kept next to the rule files (x.yaml -> x.tests.yaml)."""
+    from socialcrm.rules import RuleError, find_rule_tests, run_rule_tests
+    from socialcrm.sentiment import SentimentScorer
+
     config = _load(ctx)
     try:
         rules = load_rules(config)

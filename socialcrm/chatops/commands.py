@@ -31,7 +31,6 @@ from socialcrm.models import (
     Ticket,
     utcnow,
 )
-from socialcrm.reports import build_report, ending_now, summary
 from socialcrm.responder import ReplyError, Responder, template_environment
 from socialcrm.tickets import TicketError
 from socialcrm.timespec import parse_duration, parse_period
@@ -393,6 +392,8 @@ class Commands:
         PERIOD (7d unless given; 1h to 366d) ends now and is compared with the one before it.
         The whole report, with charts, is `socialcrm report` on the command line.
         """
+        from socialcrm.reports import build_report, ending_now, summary
+
         try:
             span = parse_period(period, timedelta(days=366))
         except ValueError as err:
