@@ -199,6 +199,9 @@ class AlertsConfig(_Section):
     lease: Duration = timedelta(minutes=10)
     #: Alerts claimed per round.
     batch_size: int = Field(default=50, ge=1)
+    #: When one batch of messages raises more escalations than this, they come as one alert
+    #: that lists them (each message's own is kept ``grouped``); None: always one each.
+    group_over: int | None = Field(default=5, ge=1)
     #: How often the daemon should call ``deliver_due``.
     interval: Duration = timedelta(seconds=5)
     #: Link to a ticket in alert text, with ``{id}``: ``https://crm.example/tickets/{id}``.

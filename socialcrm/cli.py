@@ -175,17 +175,57 @@ def config_group() -> None:
 @click.pass_context
 def config_check(ctx: click.Context) -> None:
     """Validate the config file and the rule files it names."""
-    from socialcrm.rules import RuleError
-
     config = _load(ctx, secrets=True)
-    try:
-        rules = load_rules(config)
-    except RuleError as err:
-        raise CliError(f"bad rules:\n{err}") from err
+    _check_sources(ctx, config)
+    rules = _check_rules_and_templates(config)
     click.echo(
         f"config OK: {len(config.sources)} source(s), {len(rules.rules)} rule(s), "
         f"database {Store(config.database_url()).safe_url()}"
     )
+
+
+def _check_sources(ctx: click.Context, config: Config) -> None:
+    """The sources' types and settings, checked as ``run`` builds them, with file:line."""
+    from socialcrm.sources import check_sources
+
+    problems = check_sources([s for s in config.sources if s.enabled])
+    if not problems:
+        return
+    path: Path | None = ctx.ensure_object(dict).get("config_path")
+    path = path or (Path(DEFAULT_CONFIG) if Path(DEFAULT_CONFIG).exists() else None)
+    where = _yaml_positions(path)
+    from socialcrm.yamldoc import format_loc
+
+    lines = [f"{where(loc)}{format_loc(loc)}: {msg}" for loc, msg in problems]
+    raise CliError("bad source settings:\n" + "\n".join(lines))
+
+
+def _yaml_positions(path: Path | None) -> Callable[[tuple[str | int, ...]], str]:
+    from socialcrm import yamldoc
+
+    if path is None:
+        return lambda loc: ""
+    doc = yamldoc.load(path)
+    return lambda loc: f"{doc.where(loc)}: "
+
+
+def _check_rules_and_templates(config: Config) -> RuleSet:
+    """The rules load, every reply template compiles, and every template a rule names exists."""
+    from socialcrm.responder import Responder, compile_all
+    from socialcrm.rules import RuleError
+
+    try:
+        rules = load_rules(config)
+    except RuleError as err:
+        raise CliError(f"bad rules:\n{err}") from err
+    responder = Responder(config.responder, config.brand.name, config.base_dir)
+    broken = compile_all(responder.env)
+    if broken:
+        raise CliError("reply templates that do not compile:\n" + "\n".join(broken))
+    missing = sorted(t for t in rules.template_names() if not responder.known(t))
+    if missing:
+        raise CliError(f"rules name reply templates that do not exist: {', '.join(missing)}")
+    return rules
 
 
 @main.group("db")
@@ -243,6 +283,8 @@ async def run_daemon(ctx: click.Context, host: str, port: int) -> None:
 
     _check_port(port)
     config = _load(ctx, secrets=True)
+    _check_sources(ctx, config)
+    _check_rules_and_templates(config)
     try:
         await daemon.run(config, host, port)
     except SourceSetupError as err:
@@ -292,9 +334,17 @@ def parse_line(n: int, line: str) -> InboundMessage | Quarantined:
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("--source", default=None, help="Source name to record (default: file:NAME).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--backfill",
+    is_flag=True,
+    help="Old messages: store, score, link and count them, but make no drafts and no "
+    "alerts of their own (messages older than backfill_before are treated so anyway).",
+)
 @click.pass_context
 @async_command
-async def ingest(ctx: click.Context, file: Path, source: str | None, as_json: bool) -> None:
+async def ingest(
+    ctx: click.Context, file: Path, source: str | None, as_json: bool, backfill: bool
+) -> None:
     """Ingest a JSON Lines file of messages (one InboundMessage per line)."""
     from socialcrm.pipeline import Pipeline
     from socialcrm.runtime import tune_gc
@@ -313,7 +363,7 @@ async def ingest(ctx: click.Context, file: Path, source: str | None, as_json: bo
             else _no_bar()
         ) as bar:
             total = await pipeline.ingest_stream(
-                _file_batches(file, bar.update), source, save_cursor=False
+                _file_batches(file, bar.update), source, save_cursor=False, backfill=backfill
             )
     if as_json:
         click.echo(json.dumps(asdict(total)))
@@ -568,7 +618,7 @@ async def sources_resume(ctx: click.Context, name: str) -> None:
     "--end",
     default=None,
     help="Last day of the period (YYYY-MM-DD, whole days in brand.timezone) or an ISO time; "
-    "default: now.",
+    "default: the last whole hour (periods up to 2 days) or day in brand.timezone.",
 )
 @click.option(
     "--format",
@@ -593,7 +643,7 @@ async def report_command(
     from zoneinfo import ZoneInfo
 
     from socialcrm.models import utcnow
-    from socialcrm.reports import build_report, ending_now, prepare, render
+    from socialcrm.reports import build_report, last_complete, prepare, render
     from socialcrm.timespec import parse_period
 
     config = _load(ctx)
@@ -603,7 +653,7 @@ async def report_command(
         raise CliError(f"--period: {err}") from err
     tz = ZoneInfo(config.brand.timezone)
     if end is None:
-        until = ending_now(utcnow())
+        until = last_complete(utcnow(), span, config.brand.timezone)
     else:
         try:
             if len(end) == 10:  # a day: the period ends at the midnight after it
@@ -777,19 +827,8 @@ def rules_group() -> None:
 @click.pass_context
 def rules_check(ctx: click.Context) -> None:
     """Load every configured rule file and report problems with file:line."""
-    from socialcrm.rules import RuleError
-
     config = _load(ctx)
-    try:
-        rules = load_rules(config)
-    except RuleError as err:
-        raise CliError(f"bad rules:\n{err}") from err
-    from socialcrm.responder import Responder
-
-    responder = Responder(config.responder, config.brand.name, config.base_dir)
-    missing = sorted(t for t in rules.template_names() if not responder.known(t))
-    if missing:
-        raise CliError(f"rules name reply templates that do not exist: {', '.join(missing)}")
+    rules = _check_rules_and_templates(config)
     click.echo(f"{len(rules.rules)} rules OK in {len(config.rule_paths())} file(s)")
 
 
@@ -846,12 +885,15 @@ async def sandbox(
 ) -> None:
     """Serve local stand-ins for X, Mastodon, Reddit and Slack (to try socialcrm without
     accounts)."""
-    from socialcrm.sandbox.server import Sandbox, serve
+    from socialcrm.models import utcnow
+    from socialcrm.sandbox.server import Sandbox, serve, start_ending_before
 
     _check_port(port)
     box = Sandbox(
         seed,
         messages=messages,
+        # Dated up to now, so a fresh daemon does not find months of overdue tickets.
+        start=start_ending_before(utcnow(), seed, messages),
         release_per_s=rate,
         faults=fault_mix(seed, faults) if faults else None,
     )
@@ -859,9 +901,23 @@ async def sandbox(
         runner = await serve(box, host, port)
     except OSError as err:
         raise CliError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
+    from socialcrm.responder import template_environment
+    from socialcrm.sandbox.server import SLACK_APPROVER, SLACK_CHANNEL
+    from socialcrm.sandbox.x import BRAND_USER_ID
+
+    page = template_environment(None).get_template("chat/sandbox.j2")
     click.echo(
-        f"sandbox on http://{host}:{port}: X at /x, Mastodon at /mastodon, Reddit at /reddit, "
-        f"Slack at /slack ({rate}/s, faults {faults:.0%}); Ctrl-C to stop"
+        page.render(
+            base=f"http://{host}:{port}",
+            rate=rate,
+            faults=faults,
+            creds=box.credentials,
+            brand_handle=box.brand_handle,
+            slack_channel=SLACK_CHANNEL,
+            slack_approver=SLACK_APPROVER,
+            slack=box.slack,
+            x_user_id=BRAND_USER_ID,
+        ).strip()
     )
     try:
         await asyncio.Event().wait()

@@ -192,6 +192,10 @@ class Config(_Section):
     spikes: SpikeConfig = SpikeConfig()
     #: Scheduled digests.
     reports: ReportsConfig = ReportsConfig()
+    #: Messages older than this when they arrive (an import, a backfill, a source's first
+    #: poll reading its history) are stored, scored, linked and counted, but get no draft and
+    #: no alert of their own; null: no message counts as old by its age.
+    backfill_before: PositiveDuration | None = timedelta(hours=24)
     #: Folder the config file lives in; relative paths are resolved against it.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 

@@ -64,7 +64,44 @@ AUTH_KIND: Final = "source_auth"
 
 
 class SourceSetupError(ValueError):
-    """A source whose type or settings cannot be used; the message names the config path."""
+    """A source whose type or settings cannot be used; the message names the config path.
+
+    ``problems`` keeps each problem's YAML path, so the CLI can add the file and line.
+    """
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
+        super().__init__("\n".join(f"{yamldoc.format_loc(loc)}: {msg}" for loc, msg in problems))
+        self.problems = problems
+
+
+def check_settings(cfg: SourceConfig, index: int) -> tuple[type[Connector], Any]:
+    """A source's connector class and its validated settings (what ``run`` builds it from);
+    ``config check`` runs the same check without building anything."""
+    try:
+        cls = load_connector(cfg.type)
+    except LookupError:
+        known = ", ".join(connector_names()) or "none installed"
+        raise SourceSetupError(
+            [(("sources", index, "type"), f"unknown connector {cfg.type!r} (known: {known})")]
+        ) from None
+    try:
+        settings = cls.Config.model_validate(cfg.settings())
+    except ValidationError as err:
+        raise SourceSetupError(
+            [(("sources", index, *e["loc"]), e["msg"]) for e in err.errors()]
+        ) from err
+    return cls, settings
+
+
+def check_sources(sources: list[SourceConfig]) -> list[tuple[tuple[str | int, ...], str]]:
+    """Every problem of every source's type and settings, with its YAML path."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for i, cfg in enumerate(sources):
+        try:
+            check_settings(cfg, i)
+        except SourceSetupError as err:
+            problems.extend(err.problems)
+    return problems
 
 
 def settings_fingerprint(cfg: SourceConfig) -> str:
@@ -122,20 +159,7 @@ class Source:
 def make_source(cfg: SourceConfig, index: int) -> Source:
     """Build a source: its connector (found by ``cfg.type``) with validated settings and an
     HTTP session of its own, which the core owns and closes."""
-    try:
-        cls = load_connector(cfg.type)
-    except LookupError:
-        known = ", ".join(connector_names()) or "none installed"
-        raise SourceSetupError(
-            f"sources[{index}].type: unknown connector {cfg.type!r} (known: {known})"
-        ) from None
-    try:
-        settings = cls.Config.model_validate(cfg.settings())
-    except ValidationError as err:
-        problems = [
-            f"{yamldoc.format_loc(('sources', index, *e['loc']))}: {e['msg']}" for e in err.errors()
-        ]
-        raise SourceSetupError("\n".join(problems)) from err
+    cls, settings = check_settings(cfg, index)
     logs.add_secrets(settings)  # whatever a library logs, these never reach the log
     # A connector may ask for middlewares on its session (X: send tweepy's requests to a
     # configured base URL); everything else about the session is the core's.

@@ -28,6 +28,11 @@ def run(cli: CliRunner, *args: str, code: int = 0) -> Result:
     return result
 
 
+def soon() -> str:
+    """A report end just after now (the default end is the last whole hour or day)."""
+    return (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+
+
 def jsonl(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -203,14 +208,16 @@ def test_report_in_every_format(cli: CliRunner, tmp_path: Path) -> None:
         ],
     )
     run(cli, "ingest", str(f))
-    md = run(cli, "report", "--period", "1d").output
+    md = run(cli, "report", "--period", "1d", "--end", soon()).output
     assert "| Messages | 2 | 0 |" in md
-    data = json.loads(run(cli, "report", "--period", "1d", "--format", "json").output)
+    data = json.loads(
+        run(cli, "report", "--period", "1d", "--end", soon(), "--format", "json").output
+    )
     assert data["overall"]["current"]["total"] == 2
     assert data["overall"]["current"]["positive"] == data["overall"]["current"]["negative"] == 1
-    csv_text = run(cli, "report", "--period", "1d", "--format", "csv").output
+    csv_text = run(cli, "report", "--period", "1d", "--end", soon(), "--format", "csv").output
     assert "headline,messages,all,,2,0,2" in csv_text.splitlines()
-    out = run(cli, "report", "--period", "1d", "--format", "html", "-o", "r.html")
+    out = run(cli, "report", "--period", "1d", "--end", soon(), "--format", "html", "-o", "r.html")
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "report written to r.html" in out.output
     assert "<svg" in page and "&lt;b&gt;love&lt;/b&gt;" in page
@@ -279,16 +286,16 @@ def test_db_rebuild_rollups_after_messages_were_deleted_in_sql(
         for i in range(3)
     ]
     run(cli, "ingest", str(jsonl(tmp_path / "in.jsonl", lines)))
-    assert "| Messages | 3 | 0 |" in run(cli, "report", "--period", "1d").output
+    assert "| Messages | 3 | 0 |" in run(cli, "report", "--period", "1d", "--end", soon()).output
     db = sqlite3.connect(tmp_path / "socialcrm.db")
     with db:
         db.execute("DELETE FROM message WHERE external_id = '1'")
     db.close()
     # The rollups count what was written through socialcrm until they are rebuilt.
-    assert "| Messages | 3 | 0 |" in run(cli, "report", "--period", "1d").output
+    assert "| Messages | 3 | 0 |" in run(cli, "report", "--period", "1d", "--end", soon()).output
     out = run(cli, "db", "rebuild-rollups").output
     assert out.strip() == "rollups rebuilt: 2 messages in 1 rollup rows"
-    assert "| Messages | 2 | 0 |" in run(cli, "report", "--period", "1d").output
+    assert "| Messages | 2 | 0 |" in run(cli, "report", "--period", "1d", "--end", soon()).output
 
 
 def test_queue_takes_a_limit_and_lists_the_shown_priority_first(
@@ -457,3 +464,71 @@ def test_database_commands_need_no_platform_secrets(
     # The database itself must still resolve.
     (tmp_path / "config.yaml").write_text("database: 'sqlite:///${DB_NAME}.db'\n")
     assert "DB_NAME is not set" in run(cli, "queue", code=2).output
+
+
+def test_config_check_runs_what_run_runs(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    base = (tmp_path / "config.yaml").read_text()
+    sources = (
+        "sources:\n"
+        "  - name: x-acme\n"
+        "    type: x\n"
+        "    bearer_tokn: abcdefghijklmnop\n"
+        "    bearer_token: abcdefghijklmnop\n"
+        "    user_id: '1'\n"
+        "  - name: pigeon\n"
+        "    type: carrier-pigeon\n"
+    )
+    (tmp_path / "config.yaml").write_text(base.replace("sources: []\n", sources))
+    first = base[: base.index("sources: []")].count("\n") + 1
+    for command in (["config", "check"], ["run", "--port", "0"]):
+        out = run(cli, *command, code=2).output
+        assert f"config.yaml:{first + 3}: sources[0].bearer_tokn: Extra inputs" in out, out
+        assert f"config.yaml:{first + 7}: sources[1].type: unknown connector 'carrier-pigeon'" in (
+            out
+        )
+        assert "Traceback" not in out
+
+
+def test_config_check_compiles_every_reply_template(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    (tmp_path / "tpl" / "replies").mkdir(parents=True)
+    (tmp_path / "tpl" / "replies" / "thanks.j2").write_text("Thanks {{ name }},\n{% if %}\n")
+    base = (tmp_path / "config.yaml").read_text()
+    (tmp_path / "config.yaml").write_text(
+        base.replace("responder:\n", "responder:\n  templates_dir: tpl\n")
+    )
+    for command in (["config", "check"], ["rules", "check"]):
+        out = run(cli, *command, code=2).output
+        assert f"{tmp_path / 'tpl' / 'replies' / 'thanks.j2'}:2: Expected an expression" in out
+
+
+def test_report_ends_at_the_last_whole_day_and_marks_partial_buckets(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    run(cli, "init")
+    (tmp_path / "config.yaml").write_text(
+        (tmp_path / "config.yaml").read_text().replace("timezone: UTC", "timezone: Asia/Tokyo")
+    )
+    data = json.loads(run(cli, "report", "--period", "7d", "--format", "json").output)
+    end = datetime.fromisoformat(data["period"]["end"])
+    from zoneinfo import ZoneInfo
+
+    local = end.astimezone(ZoneInfo("Asia/Tokyo"))
+    assert (local.hour, local.minute) == (0, 0) and datetime.now(UTC) - end < timedelta(days=1)
+    assert len(data["period"]["buckets"]) == 7 and data["period"]["partial"] == []
+    hourly = json.loads(run(cli, "report", "--period", "24h", "--format", "json").output)
+    assert datetime.fromisoformat(hourly["period"]["end"]).minute == 0
+    cut = json.loads(
+        run(
+            cli,
+            "report",
+            "--period",
+            "2d",
+            "--end",
+            "2026-12-01T15:30:00+09:00",
+            "--format",
+            "json",
+        ).output
+    )
+    assert cut["period"]["partial"] == ["2026-11-29 15:00", "2026-12-01 15:00"]

@@ -389,10 +389,11 @@ class Commands:
     async def report(self, actor: Actor, period: str = "7d") -> str:
         """report [PERIOD] — how customers felt and how the service did, e.g. report 24h.
 
-        PERIOD (7d unless given; 1h to 366d) ends now and is compared with the one before it.
+        PERIOD (7d unless given; 1h to 366d) ends at the last whole hour (up to 2d) or day in
+        the brand's time zone and is compared with the one before it.
         The whole report, with charts, is `socialcrm report` on the command line.
         """
-        from socialcrm.reports import build_report, ending_now, summary
+        from socialcrm.reports import build_report, last_complete, summary
 
         try:
             span = parse_period(period, timedelta(days=366))
@@ -401,7 +402,7 @@ class Commands:
         found = await build_report(
             self.store,
             period=span,
-            end=ending_now(utcnow()),
+            end=last_complete(utcnow(), span, self.config.brand.timezone),
             brand=self.config.brand.name,
             tz=self.config.brand.timezone,
         )
