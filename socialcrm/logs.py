@@ -180,8 +180,10 @@ def configure(level: int = logging.WARNING, fmt: LogFormat = "text") -> None:
     root = logging.getLogger()
     handler = logging.StreamHandler()
     handler.setFormatter(_Formatter(fmt))
+    handler.set_name("socialcrm")
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if old.get_name() == "socialcrm":  # ours from an earlier call; others' stay
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
     # Alembic narrates every migration step at INFO; socialcrm says the one line that matters.

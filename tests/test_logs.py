@@ -16,6 +16,13 @@ from socialcrm.sandbox.server import Sandbox, make_app
 from socialcrm.sources import make_source
 
 
+def ours() -> logging.StreamHandler:  # type: ignore[type-arg]
+    """The handler ``logs.configure`` installed."""
+    (handler,) = [h for h in logging.getLogger().handlers if h.get_name() == "socialcrm"]
+    assert isinstance(handler, logging.StreamHandler)
+    return handler
+
+
 @pytest.fixture
 def captured() -> Iterator[io.StringIO]:
     """The root logger's output at DEBUG, as ``socialcrm -vv`` sets it up."""
@@ -23,8 +30,7 @@ def captured() -> Iterator[io.StringIO]:
     saved = (root.handlers[:], root.level)
     logs.configure(logging.DEBUG)
     stream = io.StringIO()
-    handler = root.handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
+    handler = ours()
     handler.setStream(stream)
     try:
         yield stream
@@ -94,12 +100,9 @@ def test_configured_secret_is_redacted_anywhere_in_a_record(captured: io.StringI
 
 
 def test_json_lines_have_time_level_logger_and_message(captured: io.StringIO) -> None:
-    root = logging.getLogger()
     stream = io.StringIO()
     logs.configure(logging.INFO, "json")
-    handler = root.handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(stream)
+    ours().setStream(stream)
     logging.getLogger("socialcrm.daemon").info("listening on %s", "http://127.0.0.1:8080")
     record = json.loads(stream.getvalue())
     assert record["level"] == "INFO" and record["logger"] == "socialcrm.daemon"

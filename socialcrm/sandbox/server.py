@@ -537,7 +537,7 @@ def start_ending_before(
             early = mid
         else:
             late = mid
-    return early.replace(second=0, microsecond=0)
+    return min(early, target - at_least).replace(second=0, microsecond=0)
 
 
 async def serve(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 8765) -> web.AppRunner:
