@@ -124,7 +124,11 @@ class WebhookConnector:
             except (ValidationError, TypeError, ValueError) as err:
                 batch.quarantined.append(
                     Quarantined(
-                        external_id=str(item.get("id")) if isinstance(item, dict) else None,
+                        external_id=(
+                            str(item["id"])
+                            if isinstance(item, dict) and item.get("id") is not None
+                            else None
+                        ),
                         error=_first_error(err),
                         raw=json.dumps(item, ensure_ascii=False, default=str)[:100_000],
                     )

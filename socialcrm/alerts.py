@@ -58,10 +58,8 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parsedate_to_datetime
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Protocol
 
-import aiohttp
-import aiosmtplib
 import jinja2
 import sqlalchemy as sa
 from markupsafe import Markup
@@ -73,8 +71,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from slack_sdk.errors import SlackApiError, SlackClientError
-from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -82,6 +78,11 @@ from socialcrm.db import Store
 from socialcrm.models import Alert, utcnow
 from socialcrm.slackapi import sort_failure
 from socialcrm.timespec import Duration
+
+# The clients of the sinks load when a sink is built or sends, not with the config models:
+# commands that only read the database never need them.
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,9 @@ class AlertsConfig(_Section):
     lease: Duration = timedelta(minutes=10)
     #: Alerts claimed per round.
     batch_size: int = Field(default=50, ge=1)
+    #: When one batch of messages raises more escalations than this, they come as one alert
+    #: that lists them (each message's own is kept ``grouped``); None: always one each.
+    group_over: int | None = Field(default=5, ge=1)
     #: How often the daemon should call ``deliver_due``.
     interval: Duration = timedelta(seconds=5)
     #: Link to a ticket in alert text, with ``{id}``: ``https://crm.example/tickets/{id}``.
@@ -556,6 +560,8 @@ class SlackSink:
         self.config = config
         self.renderer = renderer
         self.clock = clock
+        from slack_sdk.web.async_client import AsyncWebClient
+
         # No retry handlers: the outbox owns retries and their timing.
         self.client = AsyncWebClient(
             token=config.token.get_secret_value(),
@@ -567,6 +573,9 @@ class SlackSink:
 
     async def send(self, alert: AlertView) -> None:
         """``chat.postMessage`` with the alert's mrkdwn text."""
+        import aiohttp
+        from slack_sdk.errors import SlackApiError, SlackClientError
+
         mention = self.config.mention if alert.severity == "critical" else None
         text = self.renderer.render("slack", alert, mention=Markup(mention) if mention else None)[
             :_SLACK_TEXT_LIMIT
@@ -625,6 +634,8 @@ class EmailSink:
 
     async def send(self, alert: AlertView) -> None:
         """Send the alert's mail to every configured address."""
+        import aiosmtplib
+
         cfg = self.config
         msg = self.message(alert)
         try:
@@ -688,6 +699,8 @@ class WebhookSink:
 
     async def send(self, alert: AlertView) -> None:
         """POST the alert; any 2xx is delivered."""
+        import aiohttp
+
         body, headers = self.request(alert)
         try:
             async with (
@@ -784,6 +797,10 @@ class AlertDispatcher:
         self._lock = asyncio.Lock()
         #: Sinks stopped by a permanent refusal, by name (see :meth:`health`).
         self.stopped: dict[str, SinkStop] = {}
+        #: Failed attempts in the running failure streak of each sink (one warning a streak).
+        self.failing: dict[str, int] = {}
+        #: Failed delivery attempts since start, for ``/metrics``.
+        self.failed_attempts = 0
 
     def health(self) -> dict[str, Any]:
         """Each sink stopped by a permanent refusal, for ``/healthz``."""
@@ -849,7 +866,7 @@ class AlertDispatcher:
         try:
             await sink.send(alert)
         except SinkError as err:
-            log.warning("alert %s not delivered to %s: %s", alert.id, name, err)
+            self._sink_failed(name, f"alert {alert.id} not delivered: {err}")
             return _Result(
                 ok=False,
                 error=str(err)[:300],
@@ -861,9 +878,24 @@ class AlertDispatcher:
             log.error("alert %s: template error for %s: %s", alert.id, name, err)
             return _Result(ok=False, error=f"template: {err}"[:300])
         except Exception as err:  # a bug in a sink must not stop the other alerts
-            log.exception("alert %s: sink %s failed", alert.id, name)
+            if name not in self.failing:
+                log.exception("alert %s: sink %s failed", alert.id, name)
+            self._sink_failed(name, f"alert {alert.id}: {err!r}")
             return _Result(ok=False, error=repr(err)[:300], sink_down=True)
+        streak = self.failing.pop(name, 0)
+        if streak:
+            log.warning("alert sink %s works again after %d failed attempt(s)", name, streak)
         return _Result(ok=True)
+
+    def _sink_failed(self, name: str, error: str) -> None:
+        """Count a failed attempt; warn once when a sink's failure streak begins."""
+        self.failed_attempts += 1
+        streak = self.failing.get(name, 0) + 1
+        self.failing[name] = streak
+        if streak == 1:
+            log.warning("alert sink %s failing: %s (alerts wait and are retried)", name, error)
+        else:
+            log.debug("alert sink %s still failing (%d): %s", name, streak, error)
 
     async def _claim(self, now: datetime) -> list[_Claimed]:
         """Lease the due alerts; settle fresh duplicates and unrouted alerts on the way."""

@@ -14,26 +14,22 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import sqlalchemy as sa
-from pydantic import ValidationError
 
-from socialcrm import customers as customers_mod
-from socialcrm.chatops.commands import Actor, CommandError, Commands, find_customer
 from socialcrm.config import STARTER_CONFIG, Config, ConfigError, load_config
-from socialcrm.connector import Batch, InboundMessage, Quarantined
 from socialcrm.db import Store, StoreError, open_store
-from socialcrm.models import Quarantine, utcnow
-from socialcrm.pipeline import IngestResult, Pipeline
-from socialcrm.rules import RuleError, RuleSet, find_rule_tests, run_rule_tests
-from socialcrm.runtime import tune_gc
-from socialcrm.scoring import ScoringPool
-from socialcrm.sentiment import SentimentScorer
-from socialcrm.sources import SourceSetupError
-from socialcrm.yamldoc import YamlError
+
+# Only what every command needs is imported here: a command imports the rest itself, so
+# `socialcrm queue` does not load the pipeline, the sentiment model or the HTTP clients.
+if TYPE_CHECKING:
+    from socialcrm.chatops.commands import Actor
+    from socialcrm.connector import Batch, InboundMessage, Quarantined
+    from socialcrm.pipeline import IngestResult
+    from socialcrm.rules import RuleSet
+    from socialcrm.scoring import ScoringPool
 
 log = logging.getLogger("socialcrm")
 T = TypeVar("T")
@@ -51,19 +47,24 @@ class CliError(click.ClickException):
         click.echo(f"socialcrm: {self.message}", err=True)
 
 
-def _load(ctx: click.Context) -> Config:
+def _load(ctx: click.Context, *, secrets: bool = False) -> Config:
+    """The config; platform secrets (``${ENV}`` of sources, sinks, chat) are resolved only for
+    commands that talk to the platforms (``secrets=True``): the others need only the database."""
     obj = ctx.ensure_object(dict)
     if "config" not in obj:
         path: Path | None = obj.get("config_path")
         try:
             if path is not None:
-                obj["config"] = load_config(path)
+                obj["config"] = load_config(path, secrets=secrets)
             elif Path(DEFAULT_CONFIG).exists():
-                obj["config"] = load_config(Path(DEFAULT_CONFIG))
+                obj["config"] = load_config(Path(DEFAULT_CONFIG), secrets=secrets)
             else:
                 obj["config"] = Config()
         except ConfigError as err:
             raise CliError(f"bad configuration:\n{err}") from err
+        from socialcrm import logs
+
+        logs.add_secrets(obj["config"])
     config: Config = obj["config"]
     return config
 
@@ -75,10 +76,19 @@ def async_command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return asyncio.run(fn(*args, **kwargs))
-        except (StoreError, RuleError, YamlError, CommandError) as err:
+        except StoreError as err:
             raise CliError(str(err)) from err
-        except customers_mod.CsvImportError as err:
-            raise CliError("nothing imported:\n" + "\n".join(err.problems)) from err
+        except Exception as err:
+            from socialcrm.chatops.commands import CommandError
+            from socialcrm.customers import CsvImportError
+            from socialcrm.rules import RuleError
+            from socialcrm.yamldoc import YamlError
+
+            if isinstance(err, RuleError | YamlError | CommandError):
+                raise CliError(str(err)) from err
+            if isinstance(err, CsvImportError):
+                raise CliError("nothing imported:\n" + "\n".join(err.problems)) from err
+            raise
 
     return wrapper
 
@@ -93,6 +103,8 @@ async def _store(config: Config) -> AsyncIterator[Store]:
 
 
 def _actor() -> Actor:
+    from socialcrm.chatops.commands import Actor
+
     # Whoever can run the CLI can open the database itself: the CLI acts as an admin.
     return Actor(
         name=os.environ.get("SOCIALCRM_USER") or getpass.getuser(), role="admin", via="cli"
@@ -101,6 +113,8 @@ def _actor() -> Actor:
 
 def load_rules(config: Config) -> RuleSet:
     """The configured rules, checked; a template a rule names must exist."""
+    from socialcrm.rules import RuleSet
+
     return RuleSet.load(config.rule_paths())
 
 
@@ -114,13 +128,22 @@ def load_rules(config: Config) -> RuleSet:
     help=f"Config file (default: ./{DEFAULT_CONFIG} if present, else built-in defaults).",
 )
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text or as one JSON object each.",
+)
 @click.pass_context
-def main(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
+def main(ctx: click.Context, config_path: Path | None, verbose: int, log_format: str) -> None:
     """socialcrm: hear every customer who talks about you, and answer well and fast."""
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(
-        level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
-    )
+    from socialcrm import logs
+
+    # The daemon says what it does at INFO; a one-shot command only warns unless asked.
+    quiet = ctx.invoked_subcommand not in ("run", "demo")
+    level = (logging.WARNING if quiet else logging.INFO) - 10 * verbose
+    logs.configure(max(level, logging.DEBUG), "json" if log_format == "json" else "text")
     ctx.ensure_object(dict)["config_path"] = config_path
 
 
@@ -152,15 +175,57 @@ def config_group() -> None:
 @click.pass_context
 def config_check(ctx: click.Context) -> None:
     """Validate the config file and the rule files it names."""
-    config = _load(ctx)
-    try:
-        rules = load_rules(config)
-    except RuleError as err:
-        raise CliError(f"bad rules:\n{err}") from err
+    config = _load(ctx, secrets=True)
+    _check_sources(ctx, config)
+    rules = _check_rules_and_templates(config)
     click.echo(
         f"config OK: {len(config.sources)} source(s), {len(rules.rules)} rule(s), "
         f"database {Store(config.database_url()).safe_url()}"
     )
+
+
+def _check_sources(ctx: click.Context, config: Config) -> None:
+    """The sources' types and settings, checked as ``run`` builds them, with file:line."""
+    from socialcrm.sources import check_sources
+
+    problems = check_sources([s for s in config.sources if s.enabled])
+    if not problems:
+        return
+    path: Path | None = ctx.ensure_object(dict).get("config_path")
+    path = path or (Path(DEFAULT_CONFIG) if Path(DEFAULT_CONFIG).exists() else None)
+    where = _yaml_positions(path)
+    from socialcrm.yamldoc import format_loc
+
+    lines = [f"{where(loc)}{format_loc(loc)}: {msg}" for loc, msg in problems]
+    raise CliError("bad source settings:\n" + "\n".join(lines))
+
+
+def _yaml_positions(path: Path | None) -> Callable[[tuple[str | int, ...]], str]:
+    from socialcrm import yamldoc
+
+    if path is None:
+        return lambda loc: ""
+    doc = yamldoc.load(path)
+    return lambda loc: f"{doc.where(loc)}: "
+
+
+def _check_rules_and_templates(config: Config) -> RuleSet:
+    """The rules load, every reply template compiles, and every template a rule names exists."""
+    from socialcrm.responder import Responder, compile_all
+    from socialcrm.rules import RuleError
+
+    try:
+        rules = load_rules(config)
+    except RuleError as err:
+        raise CliError(f"bad rules:\n{err}") from err
+    responder = Responder(config.responder, config.brand.name, config.base_dir)
+    broken = compile_all(responder.env)
+    if broken:
+        raise CliError("reply templates that do not compile:\n" + "\n".join(broken))
+    missing = sorted(t for t in rules.template_names() if not responder.known(t))
+    if missing:
+        raise CliError(f"rules name reply templates that do not exist: {', '.join(missing)}")
+    return rules
 
 
 @main.group("db")
@@ -214,14 +279,23 @@ async def db_rebuild_rollups(ctx: click.Context) -> None:
 async def run_daemon(ctx: click.Context, host: str, port: int) -> None:
     """Run the monitoring daemon: poll every source, serve /healthz, /metrics and webhooks."""
     from socialcrm import daemon
+    from socialcrm.sources import SourceSetupError
 
-    config = _load(ctx)
+    _check_port(port)
+    config = _load(ctx, secrets=True)
+    _check_sources(ctx, config)
+    _check_rules_and_templates(config)
     try:
         await daemon.run(config, host, port)
     except SourceSetupError as err:
         raise CliError(f"bad source settings:\n{err}") from err
     except OSError as err:
         raise CliError(f"cannot listen on {host}:{port}: {err.strerror}") from err
+
+
+def _check_port(port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise CliError(f"--port: {port} is not a TCP port (0 to 65535)")
 
 
 # -- ingestion --------------------------------------------------------------------------------
@@ -242,6 +316,10 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, str]]:
 
 def parse_line(n: int, line: str) -> InboundMessage | Quarantined:
     """One JSON Lines record as a message, or as a quarantined payload with its error."""
+    from pydantic import ValidationError
+
+    from socialcrm.connector import InboundMessage, Quarantined
+
     if line.startswith("\x00"):
         return Quarantined(error=f"line {n}: not UTF-8", raw=line[1:])
     try:
@@ -256,10 +334,21 @@ def parse_line(n: int, line: str) -> InboundMessage | Quarantined:
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("--source", default=None, help="Source name to record (default: file:NAME).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--backfill",
+    is_flag=True,
+    help="Old messages: store, score, link and count them, but make no drafts and no "
+    "alerts of their own (messages older than backfill_before are treated so anyway).",
+)
 @click.pass_context
 @async_command
-async def ingest(ctx: click.Context, file: Path, source: str | None, as_json: bool) -> None:
+async def ingest(
+    ctx: click.Context, file: Path, source: str | None, as_json: bool, backfill: bool
+) -> None:
     """Ingest a JSON Lines file of messages (one InboundMessage per line)."""
+    from socialcrm.pipeline import Pipeline
+    from socialcrm.runtime import tune_gc
+
     config = _load(ctx)
     source = source or f"file:{file.name}"[:128]
     size = file.stat().st_size
@@ -274,7 +363,7 @@ async def ingest(ctx: click.Context, file: Path, source: str | None, as_json: bo
             else _no_bar()
         ) as bar:
             total = await pipeline.ingest_stream(
-                _file_batches(file, bar.update), source, save_cursor=False
+                _file_batches(file, bar.update), source, save_cursor=False, backfill=backfill
             )
     if as_json:
         click.echo(json.dumps(asdict(total)))
@@ -284,6 +373,8 @@ async def ingest(ctx: click.Context, file: Path, source: str | None, as_json: bo
 
 async def _file_batches(file: Path, progress: Callable[[int], None]) -> AsyncIterator[Batch]:
     """The lines of a JSON Lines file as batches; bad lines ride along as quarantined."""
+    from socialcrm.connector import Batch, InboundMessage
+
     batch = Batch()
     done = 0
     for n, line in _read_jsonl(file):
@@ -305,6 +396,8 @@ async def _file_batches(file: Path, progress: Callable[[int], None]) -> AsyncIte
 
 @asynccontextmanager
 async def _scoring(config: Config, rules: RuleSet) -> AsyncIterator[ScoringPool]:
+    from socialcrm.scoring import ScoringPool
+
     pool = ScoringPool(config.brand.lexicon, rules)
     try:
         yield pool
@@ -349,6 +442,8 @@ def customers_group() -> None:
 @async_command
 async def customers_import(ctx: click.Context, file: Path) -> None:
     """Create or update customers from a CSV file (all rows or none)."""
+    from socialcrm import customers as customers_mod
+
     config = _load(ctx)
     try:
         text = file.read_text(encoding="utf-8-sig")
@@ -380,6 +475,9 @@ async def customers_show(ctx: click.Context, who: str) -> None:
 @async_command
 async def customers_merge(ctx: click.Context, keep: str, merge: str) -> None:
     """Merge customer MERGE into KEEP: every identity, message and ticket moves to KEEP."""
+    from socialcrm import customers as customers_mod
+    from socialcrm.chatops.commands import find_customer
+
     config = _load(ctx)
     async with _store(config) as store, store.session() as s:
         a = await find_customer(s, keep)
@@ -403,6 +501,8 @@ async def customers_merge(ctx: click.Context, keep: str, merge: str) -> None:
 
 
 async def _run_command(ctx: click.Context, line: str) -> None:
+    from socialcrm.chatops.commands import Commands
+
     config = _load(ctx)
     async with _store(config) as store:
         click.echo(await Commands(config, store).run(_actor(), line))
@@ -434,9 +534,13 @@ async def tickets_show(ctx: click.Context, ticket_id: int) -> None:
     await _run_command(ctx, f"ticket {ticket_id}")
 
 
-def _chat_command(name: str, *arg_names: str, rest: bool = False) -> None:
-    """Expose a chat-ops command on the CLI, with the command's own docstring as help."""
-    commands_help = Commands.__dict__[name].__doc__ or ""
+def _chat_command(
+    name: str, *arg_names: str, rest: bool = False, optional: tuple[str, ...] = ()
+) -> None:
+    """Expose a chat-ops command on the CLI, with the command's own docstring as help.
+
+    ``optional`` names the trailing arguments the command may go without (``queue [LIMIT]``).
+    """
 
     @click.pass_context
     @async_command
@@ -444,17 +548,35 @@ def _chat_command(name: str, *arg_names: str, rest: bool = False) -> None:
         words = []
         for a in arg_names:
             v = kwargs[a]
+            if v is None:
+                continue
             words.append(" ".join(v) if isinstance(v, tuple) else str(v))
         await _run_command(ctx, " ".join([name, *words]))
 
     fn: Any = run
     for i, a in reversed(list(enumerate(arg_names))):
         last = i == len(arg_names) - 1
-        fn = click.argument(a, nargs=-1 if (rest and last) else 1, required=True)(fn)
-    main.command(name, help=commands_help.strip())(fn)
+        fn = click.argument(a, nargs=-1 if (rest and last) else 1, required=a not in optional)(fn)
+    main.command(name, cls=_ChatCommand)(fn)
 
 
-_chat_command("queue")
+class _ChatCommand(click.Command):
+    """A CLI command whose help is its chat command's docstring, read only when shown (the
+    command layer is not imported to run another command)."""
+
+    @property  # type: ignore[override]
+    def help(self) -> str | None:
+        """The chat command's docstring."""
+        from socialcrm.chatops.commands import Commands
+
+        return (Commands.__dict__[self.name or ""].__doc__ or "").strip()
+
+    @help.setter
+    def help(self, value: str | None) -> None:
+        pass  # always the docstring
+
+
+_chat_command("queue", "limit", optional=("limit",))
 _chat_command("show", "reply_id")
 _chat_command("approve", "reply_id")
 _chat_command("edit", "reply_id", "text", rest=True)
@@ -465,13 +587,38 @@ _chat_command("resolve", "ticket_id")
 _chat_command("mute", "source", "duration")
 
 
+@main.group("sources", invoke_without_command=True)
+@click.pass_context
+def sources_group(ctx: click.Context) -> None:
+    """Configured sources with their state (ok, failing, paused, muted); `resume` one."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(sources_list)
+
+
+@sources_group.command("list")
+@click.pass_context
+@async_command
+async def sources_list(ctx: click.Context) -> None:
+    """Every configured source with its state."""
+    await _run_command(ctx, "sources")
+
+
+@sources_group.command("resume")
+@click.argument("name")
+@click.pass_context
+@async_command
+async def sources_resume(ctx: click.Context, name: str) -> None:
+    """Poll a source paused for refused credentials again (a running daemon notices)."""
+    await _run_command(ctx, f"resume {name}")
+
+
 @main.command("report")
 @click.option("--period", default="7d", show_default=True, help="Length, e.g. 24h, 7d, 30d.")
 @click.option(
     "--end",
     default=None,
     help="Last day of the period (YYYY-MM-DD, whole days in brand.timezone) or an ISO time; "
-    "default: now.",
+    "default: the last whole hour (periods up to 2 days) or day in brand.timezone.",
 )
 @click.option(
     "--format",
@@ -493,7 +640,10 @@ async def report_command(
     ctx: click.Context, period: str, end: str | None, fmt: str, output: Path | None
 ) -> None:
     """Sentiment and service report for a period, compared with the period before it."""
-    from socialcrm.reports import build_report, ending_now, prepare, render
+    from zoneinfo import ZoneInfo
+
+    from socialcrm.models import utcnow
+    from socialcrm.reports import build_report, last_complete, prepare, render
     from socialcrm.timespec import parse_period
 
     config = _load(ctx)
@@ -503,7 +653,7 @@ async def report_command(
         raise CliError(f"--period: {err}") from err
     tz = ZoneInfo(config.brand.timezone)
     if end is None:
-        until = ending_now(utcnow())
+        until = last_complete(utcnow(), span, config.brand.timezone)
     else:
         try:
             if len(end) == 10:  # a day: the period ends at the midnight after it
@@ -546,19 +696,18 @@ def quarantine_group() -> None:
 @async_command
 async def quarantine_list(ctx: click.Context, show_all: bool) -> None:
     """List quarantined payloads with their errors."""
+    from socialcrm.models import Quarantine
+
     config = _load(ctx)
     async with _store(config) as store, store.reader() as s:
         q = sa.select(Quarantine).order_by(Quarantine.id)  # type: ignore[arg-type]
         if not show_all:
             q = q.where(Quarantine.status == "waiting")
         rows = list((await s.execute(q)).scalars())
-    if not rows:
-        click.echo("quarantine is empty")
-    for r in rows:
-        click.echo(
-            f"#{r.id} {r.status} {r.source} {r.external_id or '-'} "
-            f"({r.attempts} retries): {r.error.splitlines()[0][:200]}"
-        )
+    from socialcrm.responder import template_environment
+
+    page = template_environment(None).get_template("chat/quarantine.j2")
+    click.echo(page.render(rows=rows, show_all=show_all).strip())
 
 
 @quarantine_group.command("retry")
@@ -567,6 +716,10 @@ async def quarantine_list(ctx: click.Context, show_all: bool) -> None:
 @async_command
 async def quarantine_retry(ctx: click.Context, ids: tuple[int, ...]) -> None:
     """Process quarantined payloads again (all waiting ones, or the IDs given)."""
+    from socialcrm.connector import Batch, Quarantined
+    from socialcrm.models import Quarantine, utcnow
+    from socialcrm.pipeline import Pipeline
+
     config = _load(ctx)
     async with _store(config) as store:
         pipeline = Pipeline(config, store, rules=load_rules(config))
@@ -599,6 +752,69 @@ async def quarantine_retry(ctx: click.Context, ids: tuple[int, ...]) -> None:
     click.echo(f"{ok} retried successfully, {failed} still failing")
 
 
+# -- alerts and the audit log ----------------------------------------------------------------
+
+
+@main.group("alerts")
+def alerts_group() -> None:
+    """Alerts and their delivery."""
+
+
+@alerts_group.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include delivered alerts.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.pass_context
+@async_command
+async def alerts_list(ctx: click.Context, show_all: bool, limit: int) -> None:
+    """Alerts waiting for a sink or failed (with --all, delivered ones too), newest first, and
+    the backlog: drafts waiting, replies sent and failed, alerts waiting and failed."""
+    from sqlmodel import col
+
+    from socialcrm import backlog
+    from socialcrm.alerts import delivery_state
+    from socialcrm.models import Alert
+    from socialcrm.responder import template_environment
+
+    config = _load(ctx)
+    async with _store(config) as store:
+        counts = await backlog.count(store)
+        async with store.reader() as s:
+            q = sa.select(Alert).order_by(col(Alert.id).desc()).limit(limit)
+            if not show_all:
+                q = q.where(col(Alert.status) != "delivered")
+            rows = list((await s.execute(q)).scalars())
+    sinks = {a.id: delivery_state(a).get("sinks") or {} for a in rows}
+    page = template_environment(None).get_template("chat/alerts.j2")
+    click.echo(page.render(rows=rows, sinks=sinks, counts=counts, show_all=show_all).strip())
+
+
+@main.command("audit")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--actor", default=None, help="Only what this person did.")
+@click.option("--action", default=None, help="Only actions starting with this, e.g. reply.")
+@click.pass_context
+@async_command
+async def audit_command(
+    ctx: click.Context, limit: int, actor: str | None, action: str | None
+) -> None:
+    """The audit log, newest first: who did what, when, and from where."""
+    from sqlmodel import col
+
+    from socialcrm.models import AuditEvent
+    from socialcrm.responder import template_environment
+
+    config = _load(ctx)
+    async with _store(config) as store, store.reader() as s:
+        q = sa.select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(limit)
+        if actor:
+            q = q.where(col(AuditEvent.actor) == actor)
+        if action:
+            q = q.where(col(AuditEvent.action).startswith(action, autoescape=True))
+        rows = list((await s.execute(q)).scalars())
+    page = template_environment(None).get_template("chat/audit.j2")
+    click.echo(page.render(rows=rows).strip())
+
+
 # -- rules ------------------------------------------------------------------------------------
 
 
@@ -612,16 +828,7 @@ def rules_group() -> None:
 def rules_check(ctx: click.Context) -> None:
     """Load every configured rule file and report problems with file:line."""
     config = _load(ctx)
-    try:
-        rules = load_rules(config)
-    except RuleError as err:
-        raise CliError(f"bad rules:\n{err}") from err
-    from socialcrm.responder import Responder
-
-    responder = Responder(config.responder, config.brand.name, config.base_dir)
-    missing = sorted(t for t in rules.template_names() if not responder.known(t))
-    if missing:
-        raise CliError(f"rules name reply templates that do not exist: {', '.join(missing)}")
+    rules = _check_rules_and_templates(config)
     click.echo(f"{len(rules.rules)} rules OK in {len(config.rule_paths())} file(s)")
 
 
@@ -629,6 +836,9 @@ def rules_check(ctx: click.Context) -> None:
 @click.pass_context
 def rules_test(ctx: click.Context) -> None:
     """Run the example-based tests kept next to the rule files (x.yaml -> x.tests.yaml)."""
+    from socialcrm.rules import RuleError, find_rule_tests, run_rule_tests
+    from socialcrm.sentiment import SentimentScorer
+
     config = _load(ctx)
     try:
         rules = load_rules(config)
@@ -675,18 +885,39 @@ async def sandbox(
 ) -> None:
     """Serve local stand-ins for X, Mastodon, Reddit and Slack (to try socialcrm without
     accounts)."""
-    from socialcrm.sandbox.server import Sandbox, serve
+    from socialcrm.models import utcnow
+    from socialcrm.sandbox.server import Sandbox, serve, start_ending_before
 
+    _check_port(port)
     box = Sandbox(
         seed,
         messages=messages,
+        # Dated up to now, so a fresh daemon does not find months of overdue tickets.
+        start=start_ending_before(utcnow(), seed, messages),
         release_per_s=rate,
         faults=fault_mix(seed, faults) if faults else None,
     )
-    runner = await serve(box, host, port)
+    try:
+        runner = await serve(box, host, port)
+    except OSError as err:
+        raise CliError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
+    from socialcrm.responder import template_environment
+    from socialcrm.sandbox.server import SLACK_APPROVER, SLACK_CHANNEL
+    from socialcrm.sandbox.x import BRAND_USER_ID
+
+    page = template_environment(None).get_template("chat/sandbox.j2")
     click.echo(
-        f"sandbox on http://{host}:{port}: X at /x, Mastodon at /mastodon, Reddit at /reddit, "
-        f"Slack at /slack ({rate}/s, faults {faults:.0%}); Ctrl-C to stop"
+        page.render(
+            base=f"http://{host}:{port}",
+            rate=rate,
+            faults=faults,
+            creds=box.credentials,
+            brand_handle=box.brand_handle,
+            slack_channel=SLACK_CHANNEL,
+            slack_approver=SLACK_APPROVER,
+            slack=box.slack,
+            x_user_id=BRAND_USER_ID,
+        ).strip()
     )
     try:
         await asyncio.Event().wait()

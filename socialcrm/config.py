@@ -192,6 +192,10 @@ class Config(_Section):
     spikes: SpikeConfig = SpikeConfig()
     #: Scheduled digests.
     reports: ReportsConfig = ReportsConfig()
+    #: Messages older than this when they arrive (an import, a backfill, a source's first
+    #: poll reading its history) are stored, scored, linked and counted, but get no draft and
+    #: no alert of their own; null: no message counts as old by its age.
+    backfill_before: PositiveDuration | None = timedelta(hours=24)
     #: Folder the config file lives in; relative paths are resolved against it.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
@@ -256,11 +260,16 @@ def shipped_rules_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "rules"
 
 
-def _resolve_env(data: Any, loc: yamldoc.Loc, problems: list[tuple[yamldoc.Loc, str]]) -> Any:
+def _resolve_env(
+    data: Any,
+    loc: yamldoc.Loc,
+    problems: list[tuple[yamldoc.Loc, str]],
+    secrets: bool = True,
+) -> Any:
     if isinstance(data, dict):
-        return {k: _resolve_env(v, (*loc, str(k)), problems) for k, v in data.items()}
+        return {k: _resolve_env(v, (*loc, str(k)), problems, secrets) for k, v in data.items()}
     if isinstance(data, list):
-        return [_resolve_env(v, (*loc, i), problems) for i, v in enumerate(data)]
+        return [_resolve_env(v, (*loc, i), problems, secrets) for i, v in enumerate(data)]
     if isinstance(data, str) and "${" in data:
 
         def sub(m: re.Match[str]) -> str:
@@ -268,6 +277,9 @@ def _resolve_env(data: Any, loc: yamldoc.Loc, problems: list[tuple[yamldoc.Loc, 
             if value is None:
                 if m.group(2) is not None:
                     return m.group(2)
+                if not secrets and loc[:1] != ("database",):
+                    # Not needed by this command: the reference stands in for the value.
+                    return m.group(0)
                 problems.append((loc, f"environment variable {m.group(1)} is not set"))
                 return ""
             return value
@@ -276,22 +288,27 @@ def _resolve_env(data: Any, loc: yamldoc.Loc, problems: list[tuple[yamldoc.Loc, 
     return data
 
 
-def load_config(path: Path) -> Config:
-    """Read, resolve and validate a config file; raises ConfigError naming file:line and path."""
+def load_config(path: Path, *, secrets: bool = True) -> Config:
+    """Read, resolve and validate a config file; raises ConfigError naming file:line and path.
+
+    With ``secrets=False`` (commands that only use the database) a ``${NAME}`` reference to an
+    unset variable is kept as written instead of refused; the structure is checked all the
+    same, and the database URL must still resolve.
+    """
     try:
         doc = yamldoc.load(path)
     except yamldoc.YamlError as err:
         raise ConfigError([str(err)]) from err
-    return config_from_doc(doc, path.resolve().parent)
+    return config_from_doc(doc, path.resolve().parent, secrets=secrets)
 
 
-def config_from_doc(doc: yamldoc.YamlDoc, base_dir: Path) -> Config:
+def config_from_doc(doc: yamldoc.YamlDoc, base_dir: Path, *, secrets: bool = True) -> Config:
     """Validate a parsed YAML document as a Config."""
     data = doc.data if doc.data is not None else {}
     if not isinstance(data, dict):
         raise ConfigError([f"{doc.where(())}: expected a mapping of settings at the top level"])
     env_problems: list[tuple[yamldoc.Loc, str]] = []
-    data = _resolve_env(data, (), env_problems)
+    data = _resolve_env(data, (), env_problems, secrets)
     if env_problems:
         raise ConfigError(
             [f"{doc.where(loc)}: {yamldoc.format_loc(loc)}: {msg}" for loc, msg in env_problems]

@@ -12,6 +12,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +25,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from socialcrm import memory
+from socialcrm import backlog, memory
 from socialcrm.alerts import AlertDispatcher
 from socialcrm.chatops.cards import CardNotifier
 from socialcrm.chatops.commands import Commands
@@ -106,6 +107,17 @@ class Metrics:
         self.job_errors = Counter(
             "socialcrm_job_errors_total", "Failed housekeeping jobs", ["job"], registry=r
         )
+        self.alert_failures = Counter(
+            "socialcrm_alert_delivery_failures_total",
+            "Failed attempts to deliver an alert to a sink (each retry counts)",
+            registry=r,
+        )
+        self.backlog = Gauge(
+            "socialcrm_backlog",
+            "Drafts waiting, replies sent and failed, alerts waiting and failed, in the store",
+            ["what"],
+            registry=r,
+        )
         self.webhooks = Counter(
             "socialcrm_webhook_requests_total",
             "Inbound webhook requests",
@@ -173,6 +185,7 @@ class Daemon:
         self.runner: web.AppRunner | None = None
         self.started_at = utcnow()
         self._stopped = asyncio.Event()
+        self._alert_failures_seen = 0
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -224,10 +237,14 @@ class Daemon:
         site = web.TCPSite(self.runner, host, port)
         await site.start()
         log.info(
-            "socialcrm daemon listening on http://%s:%d with %d source(s)",
+            "socialcrm %s listening on http://%s:%d; database %s; %d source(s): %s",
+            _version(),
             host,
             port,
+            self.store.safe_url(),
             len(self.poller.sources),
+            ", ".join(f"{n} ({src.config.type})" for n, src in self.poller.sources.items())
+            or "none",
         )
 
     def _schedule_housekeeping(self) -> None:
@@ -410,6 +427,12 @@ class Daemon:
     async def metrics_view(self, request: web.Request) -> web.Response:
         """Prometheus text format."""
         self.health()  # refresh lag gauges
+        for name, value in asdict(await backlog.count(self.store)).items():
+            self.metrics.backlog.labels(name).set(value)
+        if self.alerts is not None:
+            seen = self.alerts.failed_attempts
+            self.metrics.alert_failures.inc(seen - self._alert_failures_seen)
+            self._alert_failures_seen = seen
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -441,6 +464,15 @@ class Daemon:
             },
             status=202,
         )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("socialcrm")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def _every(interval: timedelta) -> IntervalTrigger:

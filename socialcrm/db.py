@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import logging
 import operator
+import re
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.script.revision import RevisionError
-from alembic.util import CommandError
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
@@ -67,12 +63,39 @@ def keys_in(
     return sa.tuple_(*columns).in_(sub)
 
 
+# Alembic loads only to migrate or inspect: a database already at the code's schema is
+# recognised with one query (see ``Store.ensure_schema``).
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+_REVISION_RE = re.compile(r"^(down_)?revision(?:\s*:[^=]*)?\s*=\s*[\"']([^\"']*)[\"']", re.M)
+
+
+def code_head() -> str | None:
+    """The newest migration's revision, read from the migration files without Alembic
+    (None when the files do not form one straight line, so Alembic decides)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        found = dict((bool(down), rev) for down, rev in _REVISION_RE.findall(path.read_text()))
+        if False not in found:
+            return None
+        revisions.add(found[False])
+        if found.get(True):
+            parents.add(found[True])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
 class StoreError(RuntimeError):
     """The database cannot be used as configured; the message says why in one line."""
 
 
 def alembic_config(url: str | None = None) -> AlembicConfig:
     """An Alembic config pointing at the shipped migrations."""
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     if url:
@@ -152,10 +175,21 @@ class Store:
 
     async def current_revision(self) -> str | None:
         """The schema revision the database is at (None for an empty database)."""
+        from alembic.runtime.migration import MigrationContext
+
         async with self.engine.connect() as conn:
             return await conn.run_sync(
                 lambda c: MigrationContext.configure(c).get_current_revision()
             )
+
+    async def _recorded_revision(self) -> str | None:
+        """The revision in ``alembic_version`` by a plain query (None: no table, or no row)."""
+        async with self.engine.connect() as conn:
+            has_table = await conn.run_sync(lambda c: sa.inspect(c).has_table("alembic_version"))
+            if not has_table:
+                return None
+            rows = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).all()
+        return str(rows[0][0]) if len(rows) == 1 else None
 
     async def upgrade(self, revision: str = "head") -> None:
         """Bring the schema up to ``revision``; safe when several daemons start at once."""
@@ -163,7 +197,7 @@ class Store:
             async with self.engine.begin() as conn:
                 await self._lock_upgrade(conn)
                 await conn.run_sync(_run_upgrade, revision)
-        except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+        except (OSError, sa.exc.DBAPIError) as err:  # unreachable, refused, no such database
             raise StoreError(f"cannot open the database {self.safe_url()}: {_short(err)}") from err
 
     async def downgrade(self, revision: str) -> None:
@@ -174,14 +208,23 @@ class Store:
 
     async def ensure_schema(self) -> None:
         """Upgrade the database if it is behind the code; refuse one that is ahead of it."""
-        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        self._check_sqlite_file()
+        try:
+            recorded = await self._recorded_revision()
+        except (OSError, sa.exc.DBAPIError) as err:  # unreachable, refused, no such database
+            raise StoreError(f"cannot open the database {self.safe_url()}: {_short(err)}") from err
+        if recorded is not None and recorded == code_head():
+            return
+        from alembic.script import ScriptDirectory
+
+        script = ScriptDirectory.from_config(alembic_config())
+        head = script.get_current_head()
         try:
             current = await self.current_revision()
-        except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+        except (OSError, sa.exc.DBAPIError) as err:
             raise StoreError(f"cannot open the database {self.safe_url()}: {_short(err)}") from err
         if current == head:
             return
-        script = ScriptDirectory.from_config(alembic_config())
         if current is not None and not _known_revision(script, current):
             raise StoreError(
                 f"the database is at schema {current}, which this version of socialcrm "
@@ -189,6 +232,21 @@ class Store:
             )
         log.info("upgrading database schema %s -> %s", current or "(empty)", head)
         await self.upgrade()
+
+    def _check_sqlite_file(self) -> None:
+        """Open a SQLite file once in this thread before the driver's own thread does.
+
+        A connection that fails inside aiosqlite's worker thread answers the event loop from
+        that thread, and if the loop has closed by then (the command ended with its one-line
+        error) the thread prints a traceback of its own.
+        """
+        database = sa.engine.make_url(self.url).database
+        if not self.is_sqlite or not database or database == ":memory:":
+            return
+        try:
+            sqlite3.connect(database).close()
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot open the database {self.safe_url()}: {err}") from err
 
     async def _lock_upgrade(self, conn: AsyncConnection) -> None:
         if not self.is_sqlite:
@@ -242,6 +300,9 @@ def _column_default(column: sa.Column[Any]) -> Any:
 
 
 def _known_revision(script: ScriptDirectory, revision: str) -> bool:
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
     try:
         return script.get_revision(revision) is not None
     except (RevisionError, CommandError):
@@ -249,12 +310,16 @@ def _known_revision(script: ScriptDirectory, revision: str) -> bool:
 
 
 def _run_upgrade(conn: sa.Connection, revision: str) -> None:
+    from alembic import command
+
     cfg = alembic_config()
     cfg.attributes["connection"] = conn
     command.upgrade(cfg, revision)
 
 
 def _run_downgrade(conn: sa.Connection, revision: str) -> None:
+    from alembic import command
+
     cfg = alembic_config()
     cfg.attributes["connection"] = conn
     command.downgrade(cfg, revision)

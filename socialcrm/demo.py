@@ -27,7 +27,7 @@ from socialcrm.daemon import Daemon
 from socialcrm.db import Store, open_store
 from socialcrm.models import Alert, Message, Reply, Ticket, utcnow
 from socialcrm.rules import RuleSet
-from socialcrm.sandbox.server import Sandbox, serve
+from socialcrm.sandbox.server import Sandbox, serve, start_ending_before
 from socialcrm.sandbox.traffic import DEFAULT_START
 from socialcrm.scoring import ScoringPool
 
@@ -111,9 +111,9 @@ async def run_demo(directory: Path, count: int = DEMO_MESSAGES) -> None:
     db = (directory / "socialcrm.db").resolve()
     for old in directory.glob("socialcrm.db*"):
         old.unlink()
-    # The traffic is the same every time, but it happened during the last few hours, so that
-    # reports and SLA due times read as they would on a real day.
-    start = (utcnow() - timedelta(hours=4)).replace(second=0, microsecond=0)
+    # The traffic is the same every time, but it happened up to a moment ago (none of it in
+    # the future, however many messages), so reports and SLA due times read as on a real day.
+    start = start_ending_before(utcnow(), 7, count, at_least=EXAMPLES_SPAN)
     sandbox = Sandbox(7, messages=count, start=start)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -181,6 +181,10 @@ async def _import_customers(store: Store) -> None:
     text = (files("socialcrm") / "examples" / "customers.csv").read_text(encoding="utf-8")
     async with store.session() as s:
         await customers_mod.import_customers(s, customers_mod.parse_csv(text), "demo", "cli")
+
+
+#: How long after the traffic's start the bundled email, review and form examples reach.
+EXAMPLES_SPAN = timedelta(hours=3)
 
 
 async def _ingest_other_channels(daemon: Daemon, shift: timedelta) -> None:

@@ -310,6 +310,8 @@ class SourceState(SQLModel, table=True):
     #: the source worked, by stream name: state, failures, last error, since, retry_at.
     streams: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
     messages_total: int = 0
+    #: SHA-256 of the settings whose credentials were refused (never the secrets themselves).
+    settings_fingerprint: str | None = Field(default=None, max_length=64)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from socialcrm import rollups
+from socialcrm.alerts import raise_alert
 from socialcrm.config import Config
 from socialcrm.connector import Batch, Cursor, InboundMessage, Quarantined
 from socialcrm.db import Store, executemany, keys_in
@@ -94,6 +96,10 @@ class _Planned:
     row: dict[str, Any] = field(default_factory=dict)
 
 
+#: Set while a backfill is ingested (``ingest --backfill``, a source's first poll).
+_BACKFILL: ContextVar[bool] = ContextVar("socialcrm_backfill", default=False)
+
+
 class Pipeline:
     """Turns batches of inbound messages into stored messages, tickets, drafts and alerts."""
 
@@ -124,14 +130,36 @@ class Pipeline:
         self.clock = clock
         self.brand_handles = {h.lower().lstrip("@") for h in config.brand.handles}
 
-    async def ingest(self, batch: Batch, source: str, *, save_cursor: bool = True) -> IngestResult:
-        """Store one batch (and its cursor); a large batch is stored in several transactions."""
-        return await self.ingest_stream(_one(batch), source, save_cursor=save_cursor)
+    async def ingest(
+        self, batch: Batch, source: str, *, save_cursor: bool = True, backfill: bool = False
+    ) -> IngestResult:
+        """Store one batch (and its cursor); a large batch is stored in several transactions.
+
+        ``backfill``: every message is history (no drafts, no alerts of its own), whatever its
+        age; without it only messages older than ``backfill_before`` are.
+        """
+        return await self.ingest_stream(
+            _one(batch), source, save_cursor=save_cursor, backfill=backfill
+        )
 
     async def ingest_stream(
-        self, batches: AsyncIterator[Batch], source: str, *, save_cursor: bool = True
+        self,
+        batches: AsyncIterator[Batch],
+        source: str,
+        *,
+        save_cursor: bool = True,
+        backfill: bool = False,
     ) -> IngestResult:
         """Store batches in order, scoring the next one while the current one is written."""
+        token = _BACKFILL.set(backfill)
+        try:
+            return await self._ingest_stream(batches, source, save_cursor)
+        finally:
+            _BACKFILL.reset(token)
+
+    async def _ingest_stream(
+        self, batches: AsyncIterator[Batch], source: str, save_cursor: bool
+    ) -> IngestResult:
         result = IngestResult()
         pending: asyncio.Task[_Prepared] | None = None
         chunks = _chunked(batches, save_cursor)
@@ -338,7 +366,8 @@ class Pipeline:
                     updates[key] = value
 
             def reason() -> str:
-                text = f"{prio.reason}; {d.explain()}" if d.matched else prio.reason
+                # The first line is the score; the rule trace follows, one rule a line.
+                text = f"{prio.reason}\n{d.explain()}" if d.matched else prio.reason
                 return text[:2000]
 
             if threader.touch(
@@ -390,6 +419,12 @@ class Pipeline:
     ) -> None:
         replies: list[dict[str, Any]] = []
         alerts: list[dict[str, Any]] = []
+        old_alerts: list[dict[str, Any]] = []
+        # History (a backfill, or older than backfill_before) is stored and counted but asks
+        # nothing of anyone: no draft, no approval card, no alert of its own.
+        horizon = self.config.backfill_before
+        backfill = _BACKFILL.get()
+        old_before = now - horizon if horizon is not None else None
         # One draft waits per ticket: a follow-up is shown with it, not drafted again.
         waiting = await _tickets_with_drafts(
             session, {p.ticket.id for p in planned if p.ticket is not None and p.ticket.id}
@@ -399,8 +434,10 @@ class Pipeline:
             if d.ignore:
                 continue
             tid = p.ticket.id if p.ticket is not None else None
+            old = backfill or (old_before is not None and p.msg.created_at < old_before)
             if (
-                d.draft_template
+                not old
+                and d.draft_template
                 and not cust.do_not_contact
                 and self._can_reply(p.msg)
                 and (tid is None or tid not in waiting)
@@ -412,7 +449,8 @@ class Pipeline:
                 )
                 issues = self.checker.draft_issues(source, p.msg, draft.text)
                 problem = draft.problem if not draft.text else blocking_reason(issues)
-                if draft.text:
+                # A template that failed still leaves an (empty) draft, flagged for a person.
+                if draft.text or draft.problem:
                     replies.append(
                         {
                             "ticket_id": p.ticket.id if p.ticket else None,
@@ -437,7 +475,7 @@ class Pipeline:
                     log.warning("draft for message %s: %s", msg_id, problem)
             for reason in d.escalations:
                 target = f"ticket:{p.ticket.id}" if p.ticket else f"message:{msg_id}"
-                alerts.append(
+                (old_alerts if old else alerts).append(
                     {
                         "kind": "escalation",
                         "dedupe_key": f"escalation:{target}:{reason}"[:500],
@@ -462,8 +500,57 @@ class Pipeline:
                 result.escalations += 1
         if replies:
             await executemany(session, sa.insert(Reply.__table__), replies)
-        if alerts:
-            await executemany(session, sa.insert(Alert.__table__), alerts)
+        group_over = self.config.alerts.group_over
+        if old_alerts:
+            await self._group(session, old_alerts, source, now, history=True)
+        if alerts and group_over is not None and len(alerts) > group_over:
+            await self._group(session, alerts, source, now, history=False)
+        if alerts or old_alerts:
+            await executemany(session, sa.insert(Alert.__table__), [*alerts, *old_alerts])
+
+    async def _group(
+        self,
+        session: AsyncSession,
+        rows: list[dict[str, Any]],
+        source: str,
+        now: datetime,
+        *,
+        history: bool,
+    ) -> None:
+        """Escalations that come as one alert listing them (past ``alerts.group_over`` in one
+        batch, or from history: at most one such alert per source within the cooldown); each
+        row is kept ``grouped``, never sent itself."""
+        n = len(rows)
+        if history:
+            key = f"escalation:history:{source}"
+            title = f"{n} escalation(s) in old messages from {source}: kept, not sent one by one"
+            cooldown = self.config.alerts.cooldown_for("escalation")
+        else:
+            key = f"escalation:group:{source}:{now.isoformat()}"
+            title = f"{n} escalations at once from {source}"
+            cooldown = None
+        reasons = sorted({r["title"] for r in rows})
+        group = await raise_alert(
+            session,
+            "escalation",
+            key,
+            title,
+            {
+                "text": "; ".join(reasons)[:1000],
+                "channel": rows[0]["detail"].get("channel"),
+                "count": n,
+                "tickets": sorted({r["ticket_id"] for r in rows if r["ticket_id"]})[:50],
+                "rules": sorted({rule for r in rows for rule in r["detail"].get("rules", [])}),
+                "history": history,
+            },
+            "critical" if any(r["severity"] == "critical" for r in rows) else "warning",
+            cooldown=cooldown,
+            now=now,
+        )
+        for r in rows:
+            r["status"] = "grouped"
+            if group is not None:
+                r["detail"] = {**r["detail"], "grouped_in": group.id}
 
     def _can_reply(self, m: InboundMessage) -> bool:
         if self.config.responder.channel_limits.get(m.channel, 1) == 0:

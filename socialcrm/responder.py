@@ -62,6 +62,32 @@ def template_environment(extra_dir: Path | None = None) -> ImmutableSandboxedEnv
     )
 
 
+def template_position(err: BaseException) -> str:
+    """``file:line`` of the template a jinja2 error happened in, as well as can be told."""
+    if isinstance(err, jinja2.TemplateSyntaxError) and err.lineno:
+        return f"{err.filename or err.name or '?'}:{err.lineno}"
+    # Jinja2 rewrites a rendering error's traceback so that its frames are template lines.
+    where = "?"
+    tb = err.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if name.endswith(".j2"):
+            where = f"{name}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where
+
+
+def compile_all(env: jinja2.Environment, prefix: str = "replies/") -> list[str]:
+    """Compile every template under ``prefix``; one ``file:line: message`` per broken one."""
+    problems = []
+    for name in env.list_templates(filter_func=lambda n: n.startswith(prefix)):
+        try:
+            env.get_template(name)
+        except jinja2.TemplateSyntaxError as err:
+            problems.append(f"{template_position(err)}: {err.message}")
+    return problems
+
+
 def reply_length(channel: str, text: str, to_handle: str | None) -> int:
     """Characters the platform counts: on X and Mastodon the @handle prefix counts too."""
     if channel in ("x", "mastodon") and to_handle and not text.startswith(f"@{to_handle}"):
@@ -108,7 +134,12 @@ class Responder:
         except jinja2.TemplateNotFound:
             return Draft("", template, f"no reply template named {template!r}")
         except (jinja2.TemplateError, jinja2.exceptions.SecurityError) as err:
-            return Draft("", template, f"template {template!r} failed: {err}")
+            return Draft(
+                "",
+                template,
+                f"template {template!r} failed at {template_position(err)}: {err}; "
+                "write this reply yourself",
+            )
         text = text.strip()
         problem = self.check(channel, text, context.get("handle"))
         return Draft(text, template, problem)

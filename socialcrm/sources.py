@@ -46,7 +46,7 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlmodel import col
 
-from socialcrm import yamldoc
+from socialcrm import logs, yamldoc
 from socialcrm.alerts import Severity, raise_alert
 from socialcrm.config import SourceConfig
 from socialcrm.connector import (
@@ -81,7 +81,51 @@ STOPPED_RETRY_S: Final = 3600.0
 
 
 class SourceSetupError(ValueError):
-    """A source whose type or settings cannot be used; the message names the config path."""
+    """A source whose type or settings cannot be used; the message names the config path.
+
+    ``problems`` keeps each problem's YAML path, so the CLI can add the file and line.
+    """
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
+        super().__init__("\n".join(f"{yamldoc.format_loc(loc)}: {msg}" for loc, msg in problems))
+        self.problems = problems
+
+
+def check_settings(cfg: SourceConfig, index: int) -> tuple[type[Connector], Any]:
+    """A source's connector class and its validated settings (what ``run`` builds it from);
+    ``config check`` runs the same check without building anything."""
+    try:
+        cls = load_connector(cfg.type)
+    except LookupError:
+        known = ", ".join(connector_names()) or "none installed"
+        raise SourceSetupError(
+            [(("sources", index, "type"), f"unknown connector {cfg.type!r} (known: {known})")]
+        ) from None
+    try:
+        settings = cls.Config.model_validate(cfg.settings())
+    except ValidationError as err:
+        raise SourceSetupError(
+            [(("sources", index, *e["loc"]), e["msg"]) for e in err.errors()]
+        ) from err
+    return cls, settings
+
+
+def check_sources(sources: list[SourceConfig]) -> list[tuple[tuple[str | int, ...], str]]:
+    """Every problem of every source's type and settings, with its YAML path."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for i, cfg in enumerate(sources):
+        try:
+            check_settings(cfg, i)
+        except SourceSetupError as err:
+            problems.extend(err.problems)
+    return problems
+
+
+def settings_fingerprint(cfg: SourceConfig) -> str:
+    """A SHA-256 of a source's type and settings: tells that credentials changed without
+    keeping them."""
+    doc = json.dumps([cfg.type, cfg.settings()], sort_keys=True, default=str)
+    return hashlib.sha256(f"socialcrm-source-settings:{doc}".encode()).hexdigest()
 
 
 def backoff_s(failures: int, rng: random.Random) -> float:
@@ -190,20 +234,8 @@ def make_source(cfg: SourceConfig, index: int, tokens: TokenStore | None = None)
     """Build a source: its connector (found by ``cfg.type``) with validated settings and an
     HTTP session of its own, which the core owns and closes; ``tokens`` goes to a connector
     whose ``__init__`` takes a ``tokens`` keyword (where it keeps refreshed OAuth tokens)."""
-    try:
-        cls = load_connector(cfg.type)
-    except LookupError:
-        known = ", ".join(connector_names()) or "none installed"
-        raise SourceSetupError(
-            f"sources[{index}].type: unknown connector {cfg.type!r} (known: {known})"
-        ) from None
-    try:
-        settings = cls.Config.model_validate(cfg.settings())
-    except ValidationError as err:
-        problems = [
-            f"{yamldoc.format_loc(('sources', index, *e['loc']))}: {e['msg']}" for e in err.errors()
-        ]
-        raise SourceSetupError("\n".join(problems)) from err
+    cls, settings = check_settings(cfg, index)
+    logs.add_secrets(settings)  # whatever a library logs, these never reach the log
     # A connector may ask for middlewares on its session (X: send tweepy's requests to a
     # configured base URL); everything else about the session is the core's.
     hook = getattr(cls, "session_middlewares", None)
@@ -281,6 +313,12 @@ class Poller:
             if src is None:
                 continue
             src.paused = row.paused
+            if row.paused and row.settings_fingerprint != settings_fingerprint(src.config):
+                # New credentials in the config: worth one more try (a refusal pauses it again).
+                log.warning(
+                    "source %s: settings changed since it was paused; trying again", src.name
+                )
+                src.paused = False
             src.last_success = row.last_success_at
             src.last_error = row.last_error
             if row.health == "failing" and row.consecutive_failures > 0:
@@ -321,7 +359,7 @@ class Poller:
         if src.busy:
             out.skipped = "a poll is running"
             return out
-        if src.paused:
+        if src.paused and not await self._resumed_elsewhere(src):
             out.skipped = "paused"
             return out
         now = self.clock()
@@ -475,6 +513,21 @@ class Poller:
         """Return when no poll is running."""
         await self._idle.wait()
 
+    async def _resumed_elsewhere(self, src: Source) -> bool:
+        """Whether a paused source was resumed in the store (``sources resume`` from the CLI or
+        chat, or another daemon); if so it is resumed here too."""
+        async with self.store.reader() as s:
+            state = await s.get(SourceState, src.name)
+        if state is None or state.paused:
+            return False
+        log.warning("source %s resumed; polling it again", src.name)
+        src.paused = False
+        src.failures = 0
+        src.not_before = 0.0
+        src.failing_since = None
+        src.failing_alerted = False
+        return True
+
     async def _cursor(self, name: str) -> dict[str, Any] | None:
         async with self.store.reader() as s:
             state = await s.get(SourceState, name)
@@ -564,7 +617,12 @@ class Poller:
         src.failures += 1
         src.last_error = str(err)[:1000]
         log.error("source %s paused: credentials refused (%s)", src.name, err)
-        await self._save_health(src, "paused", paused_reason=f"credentials refused: {err}")
+        await self._save_health(
+            src,
+            "paused",
+            paused_reason=f"credentials refused: {err}",
+            fingerprint=settings_fingerprint(src.config),
+        )
         await self._alert(
             src,
             AUTH_KIND,
@@ -573,7 +631,11 @@ class Poller:
         )
 
     async def _save_health(
-        self, src: Source, health: str, paused_reason: str | None = None
+        self,
+        src: Source,
+        health: str,
+        paused_reason: str | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         async with self.store.session() as s:
             state = await s.get(SourceState, src.name, with_for_update=True)
@@ -584,6 +646,8 @@ class Poller:
             state.paused = src.paused
             if paused_reason is not None:
                 state.paused_reason = paused_reason
+            if fingerprint is not None:
+                state.settings_fingerprint = fingerprint
             state.consecutive_failures = src.failures
             state.failing_since = src.failing_since
             state.streams = {n: h.to_json() for n, h in src.streams.items()} or None

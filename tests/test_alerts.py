@@ -388,6 +388,27 @@ async def test_delivers_to_every_sink_once(store: Store, sinks: Sinks) -> None:
     assert sinks.receiver.headers[0]["X-Socialcrm-Timestamp"] == str(int(T0.timestamp()))
 
 
+async def test_one_warning_per_failure_streak_of_a_sink(
+    store: Store, sinks: Sinks, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    config = sinks.config(backoff_base="30s", backoff_max="1m", max_attempts=50)
+    dispatcher = AlertDispatcher(store, config, sinks.http, clock)
+    sinks.receiver.down = True
+    caplog.set_level("WARNING", logger="socialcrm.alerts")
+    for _ in range(6):
+        await add_alert(store, at=clock.now)
+        await dispatcher.deliver_due()
+        clock.advance(minutes=2)
+    failing = [r for r in caplog.records if "pager" in r.getMessage()]
+    assert len(failing) == 1 and "failing" in failing[0].getMessage()
+    assert dispatcher.failed_attempts >= 6
+    sinks.receiver.down = False
+    await dispatcher.deliver_due()
+    again = [r for r in caplog.records if "pager" in r.getMessage()]
+    assert len(again) == 2 and "works again" in again[1].getMessage()
+
+
 @pytest.mark.parametrize("failing", ["pager", "oncall-mail", "ops-slack"])
 async def test_sink_that_recovers_gets_every_alert_exactly_once(
     store: Store, sinks: Sinks, failing: str

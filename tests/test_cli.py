@@ -28,6 +28,11 @@ def run(cli: CliRunner, *args: str, code: int = 0) -> Result:
     return result
 
 
+def soon() -> str:
+    """A report end just after now (the default end is the last whole hour or day)."""
+    return (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+
+
 def jsonl(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -203,14 +208,16 @@ def test_report_in_every_format(cli: CliRunner, tmp_path: Path) -> None:
         ],
     )
     run(cli, "ingest", str(f))
-    md = run(cli, "report", "--period", "1d").output
+    md = run(cli, "report", "--period", "1d", "--end", soon()).output
     assert "| Messages | 2 | 0 |" in md
-    data = json.loads(run(cli, "report", "--period", "1d", "--format", "json").output)
+    data = json.loads(
+        run(cli, "report", "--period", "1d", "--end", soon(), "--format", "json").output
+    )
     assert data["overall"]["current"]["total"] == 2
     assert data["overall"]["current"]["positive"] == data["overall"]["current"]["negative"] == 1
-    csv_text = run(cli, "report", "--period", "1d", "--format", "csv").output
+    csv_text = run(cli, "report", "--period", "1d", "--end", soon(), "--format", "csv").output
     assert "headline,messages,all,,2,0,2" in csv_text.splitlines()
-    out = run(cli, "report", "--period", "1d", "--format", "html", "-o", "r.html")
+    out = run(cli, "report", "--period", "1d", "--end", soon(), "--format", "html", "-o", "r.html")
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "report written to r.html" in out.output
     assert "<svg" in page and "&lt;b&gt;love&lt;/b&gt;" in page
@@ -279,13 +286,249 @@ def test_db_rebuild_rollups_after_messages_were_deleted_in_sql(
         for i in range(3)
     ]
     run(cli, "ingest", str(jsonl(tmp_path / "in.jsonl", lines)))
-    assert "| Messages | 3 | 0 |" in run(cli, "report", "--period", "1d").output
+    assert "| Messages | 3 | 0 |" in run(cli, "report", "--period", "1d", "--end", soon()).output
     db = sqlite3.connect(tmp_path / "socialcrm.db")
     with db:
         db.execute("DELETE FROM message WHERE external_id = '1'")
     db.close()
     # The rollups count what was written through socialcrm until they are rebuilt.
-    assert "| Messages | 3 | 0 |" in run(cli, "report", "--period", "1d").output
+    assert "| Messages | 3 | 0 |" in run(cli, "report", "--period", "1d", "--end", soon()).output
     out = run(cli, "db", "rebuild-rollups").output
     assert out.strip() == "rollups rebuilt: 2 messages in 1 rollup rows"
-    assert "| Messages | 2 | 0 |" in run(cli, "report", "--period", "1d").output
+    assert "| Messages | 2 | 0 |" in run(cli, "report", "--period", "1d", "--end", soon()).output
+
+
+def test_queue_takes_a_limit_and_lists_the_shown_priority_first(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    run(cli, "init")
+    f = jsonl(
+        tmp_path / "q.jsonl",
+        [
+            mention("1", "@acme where is my refund?", "u1", "ann"),
+            mention("2", "@acme where is my refund? terrible awful service", "u2", "bob"),
+            # Ann again on her ticket: it becomes urgent, her draft keeps its lower score.
+            mention("3", "@acme I will report you to trading standards", "u1", "ann"),
+        ],
+    )
+    run(cli, "ingest", str(f))
+    out = run(cli, "queue", "200").output
+    labels = [line.split()[1] for line in out.splitlines() if line.startswith("  #")]
+    assert labels == sorted(labels, key=["URGENT", "HIGH", "NORMAL", "LOW"].index), out
+    assert labels[0] == "URGENT" and "HIGH" in labels
+    listed = run(cli, "tickets", "list").output.splitlines()
+    assert [line.split()[2] for line in listed] == ["urgent", "high"]
+    assert "limit must be a number" in run(cli, "queue", "many", code=2).output
+
+
+def test_email_address_shown_without_an_at_and_rule_trace_on_its_own_lines(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    run(cli, "init")
+    email = InboundMessage(
+        channel="email",
+        external_id="m1",
+        text="My package is broken, awful, I want a refund",
+        author=Author(email="cora@example.com", name="Cora"),
+    ).model_dump_json()
+    run(cli, "ingest", str(jsonl(tmp_path / "e.jsonl", [email])))
+    queue = run(cli, "queue").output
+    assert " cora@example.com " in queue and "@cora@" not in queue
+    shown = run(cli, "show", "1").output
+    assert "From: Cora cora@example.com" in shown
+    lines = shown.splitlines()
+    prio = next(i for i, line in enumerate(lines) if line.startswith("Priority high (score"))
+    assert ";" not in lines[prio] and lines[prio + 1] == "Rules:"
+    assert lines[prio + 2].startswith("  ") and ": " in lines[prio + 2]
+    ticket = run(cli, "tickets", "show", "1").output
+    assert "Rules:" in ticket and "refund: intent refund" in ticket
+
+
+def test_quarantine_list_is_plain_words(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    assert "The quarantine is empty" in run(cli, "quarantine", "list").output
+    f = jsonl(tmp_path / "bad.jsonl", ["{not json", json.dumps({"channel": "x"})])
+    run(cli, "ingest", str(f))
+    out = run(cli, "quarantine", "list").output
+    assert "None" not in out and "(record)" not in out
+    assert "2 quarantined payloads waiting" in out and "line 1: Invalid JSON" in out
+
+
+def test_missing_postgresql_database_is_one_line(cli: CliRunner, tmp_path: Path) -> None:
+    from tests.conftest import PG_ADMIN_URL
+
+    url = sa_url(PG_ADMIN_URL, "socialcrm_no_such_database")
+    (tmp_path / "config.yaml").write_text(f"database: {url}\n")
+    res = run(cli, "queue", code=2)
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "cannot open the database" in lines[0], res.output
+    if "connect" in lines[0].lower() and "refused" in lines[0].lower():
+        pytest.skip("PostgreSQL is not running")
+    assert 'database "socialcrm_no_such_database" does not exist' in lines[0]
+
+
+def sa_url(admin: str, database: str) -> str:
+    import sqlalchemy as sa
+
+    return sa.engine.make_url(admin).set(database=database).render_as_string(False)
+
+
+@pytest.mark.parametrize("command", ["run", "sandbox"])
+def test_port_out_of_range_or_in_use_is_one_line(cli: CliRunner, command: str) -> None:
+    import socket
+
+    run(cli, "init")
+    res = run(cli, command, "--port", "99999", code=2)
+    assert res.output.strip() == "socialcrm: --port: 99999 is not a TCP port (0 to 65535)"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = run(cli, command, "--port", str(port), code=2)
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], res.output
+
+
+def test_unopenable_sqlite_file_starts_no_driver_thread(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver thread that fails after the command ended printed a traceback of its own."""
+    import threading
+
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    (tmp_path / "config.yaml").write_text("database: sqlite:///no/such/dir/x.db\n")
+    res = run(cli, "queue", code=2)
+    assert res.output.strip().endswith("unable to open database file")
+    assert started == []
+
+
+def test_alerts_list_and_audit_from_the_command_line(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    f = jsonl(
+        tmp_path / "a.jsonl",
+        [
+            mention("1", "@acme I will report you to trading standards", "u1", "ann"),
+            mention("2", "@acme my order is two weeks late, terrible", "u2", "bob"),
+        ],
+    )
+    run(cli, "ingest", str(f))
+    run(cli, "reject", "2", "not", "needed")
+    alerts = run(cli, "alerts", "list").output
+    assert alerts.startswith(
+        "Drafts waiting 1; replies sent 0, failed 0; alerts waiting 1, failed 0."
+    )
+    assert "pending  critical  escalation: Legal or safety risk" in alerts
+    audit = run(cli, "audit").output.splitlines()
+    assert (
+        "tester via cli: reply.reject reply #2" in audit[0] and '"reason": "not needed"' in audit[0]
+    )
+    assert "The audit log has nothing" in run(cli, "audit", "--actor", "nobody").output
+
+
+def test_log_format_json(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    (tmp_path / "config.yaml").write_text("database: sqlite:///fresh.db\n")
+    res = run(cli, "--log-format", "json", "-v", "queue")
+    logged = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
+    assert any("upgrading database schema" in r["message"] for r in logged), res.output
+    assert all({"time", "level", "logger", "message"} <= r.keys() for r in logged)
+
+
+def test_database_commands_need_no_platform_secrets(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(cli, "init")
+    for name in ("X_TOKEN", "SLACK_SECRET", "SLACK_TOKEN", "DB_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "config.yaml").write_text(
+        "database: sqlite:///socialcrm.db\n"
+        "sources:\n"
+        "  - {name: x-acme, type: x, bearer_token: '${X_TOKEN}', user_id: '1'}\n"
+        "slack: {signing_secret: '${SLACK_SECRET}', bot_token: '${SLACK_TOKEN}', channel: C1}\n"
+    )
+    assert "queue is empty" in run(cli, "queue").output
+    assert "x-acme" in run(cli, "sources").output
+    run(cli, "tickets", "list")
+    refused = run(cli, "config", "check", code=2).output
+    assert "config.yaml:3: sources[0].bearer_token: environment variable X_TOKEN is not set" in (
+        refused
+    )
+    assert "SLACK_SECRET is not set" in run(cli, "run", code=2).output
+    # The database itself must still resolve.
+    (tmp_path / "config.yaml").write_text("database: 'sqlite:///${DB_NAME}.db'\n")
+    assert "DB_NAME is not set" in run(cli, "queue", code=2).output
+
+
+def test_config_check_runs_what_run_runs(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    base = (tmp_path / "config.yaml").read_text()
+    sources = (
+        "sources:\n"
+        "  - name: x-acme\n"
+        "    type: x\n"
+        "    bearer_tokn: abcdefghijklmnop\n"
+        "    bearer_token: abcdefghijklmnop\n"
+        "    user_id: '1'\n"
+        "  - name: pigeon\n"
+        "    type: carrier-pigeon\n"
+    )
+    (tmp_path / "config.yaml").write_text(base.replace("sources: []\n", sources))
+    first = base[: base.index("sources: []")].count("\n") + 1
+    for command in (["config", "check"], ["run", "--port", "0"]):
+        out = run(cli, *command, code=2).output
+        assert f"config.yaml:{first + 3}: sources[0].bearer_tokn: Extra inputs" in out, out
+        assert f"config.yaml:{first + 7}: sources[1].type: unknown connector 'carrier-pigeon'" in (
+            out
+        )
+        assert "Traceback" not in out
+
+
+def test_config_check_compiles_every_reply_template(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    (tmp_path / "tpl" / "replies").mkdir(parents=True)
+    (tmp_path / "tpl" / "replies" / "thanks.j2").write_text("Thanks {{ name }},\n{% if %}\n")
+    base = (tmp_path / "config.yaml").read_text()
+    (tmp_path / "config.yaml").write_text(
+        base.replace("responder:\n", "responder:\n  templates_dir: tpl\n")
+    )
+    for command in (["config", "check"], ["rules", "check"]):
+        out = run(cli, *command, code=2).output
+        assert f"{tmp_path / 'tpl' / 'replies' / 'thanks.j2'}:2: Expected an expression" in out
+
+
+def test_report_ends_at_the_last_whole_day_and_marks_partial_buckets(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    run(cli, "init")
+    (tmp_path / "config.yaml").write_text(
+        (tmp_path / "config.yaml").read_text().replace("timezone: UTC", "timezone: Asia/Tokyo")
+    )
+    data = json.loads(run(cli, "report", "--period", "7d", "--format", "json").output)
+    end = datetime.fromisoformat(data["period"]["end"])
+    from zoneinfo import ZoneInfo
+
+    local = end.astimezone(ZoneInfo("Asia/Tokyo"))
+    assert (local.hour, local.minute) == (0, 0) and datetime.now(UTC) - end < timedelta(days=1)
+    assert len(data["period"]["buckets"]) == 7 and data["period"]["partial"] == []
+    hourly = json.loads(run(cli, "report", "--period", "24h", "--format", "json").output)
+    assert datetime.fromisoformat(hourly["period"]["end"]).minute == 0
+    cut = json.loads(
+        run(
+            cli,
+            "report",
+            "--period",
+            "2d",
+            "--end",
+            "2026-12-01T15:30:00+09:00",
+            "--format",
+            "json",
+        ).output
+    )
+    assert cut["period"]["partial"] == ["2026-11-29 15:00", "2026-12-01 15:00"]

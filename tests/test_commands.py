@@ -160,10 +160,26 @@ async def test_edit_takes_the_text_as_typed(loaded: Commands, store: Store) -> N
     assert (await reply(store, 2)).final_text == "Quoted as a whole"
 
 
-async def test_report_summarises_the_last_period(loaded: Commands) -> None:
+async def test_report_summarises_the_last_period(loaded: Commands, pipeline: Pipeline) -> None:
+    # A report ends at the last whole hour (up to 2 days) or midnight: the fixture's messages,
+    # written just now, are in neither; two complaints an hour before midnight are in both.
+    from datetime import UTC, datetime, time, timedelta
+
+    midnight = datetime.combine(datetime.now(UTC).date(), time(), UTC)
+    msgs = [
+        InboundMessage(
+            channel="x",
+            external_id=f"late-{n}",
+            text="@acme my order is two weeks late, terrible",
+            author=Author(user_id=f"9{n}", handle=f"late{n}"),
+            created_at=midnight - timedelta(hours=1),
+        )
+        for n in range(2)
+    ]
+    await pipeline.ingest(Batch(messages=msgs), "test")
     out = await loaded.run(VIEWER, "report 24h")
     assert out.startswith("Acme, ")
-    assert "Messages: 2 (" in out  # both complaints of the fixture, written just now
+    assert "Messages: 2 (" in out
     assert "negative 100.0%" in out
     assert "Tickets: 2 opened, 0 resolved, 2 open at the end" in out
     assert "Messages: 2 (" in await loaded.run(VIEWER, "report")  # 7d unless said

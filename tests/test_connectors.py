@@ -983,3 +983,14 @@ async def test_each_fetch_keeps_what_it_read_when_a_later_page_fails(
     assert failed > 0, "the platform did misbehave"
     assert len(ids(got)) == len(set(ids(got))), "a message came twice"
     assert sorted(ids(got)) == sorted(published)
+
+
+def test_webhook_item_without_an_id_is_quarantined_without_one() -> None:
+    """An item with no id has no external id, not the text "None"."""
+    import json
+
+    from connectors.webhook import WebhookConnector
+
+    config = WebhookConnector.Config.model_validate({"secret": WebhookHarness.SECRET})
+    batch = WebhookConnector(config, None).parse(json.dumps([{"text": "no author"}]).encode())  # type: ignore[arg-type]
+    assert [q.external_id for q in batch.quarantined] == [None]

@@ -27,13 +27,22 @@ from apscheduler.events import EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.triggers.interval import IntervalTrigger
 
 from connectors.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from socialcrm.chatops.commands import Actor, Commands
+from socialcrm.chatops.commands import Actor, CommandError, Commands
 from socialcrm.config import Config
 from socialcrm.connector import Batch
 from socialcrm.daemon import Daemon
 from socialcrm.db import Store
 from socialcrm.demo import free_port
-from socialcrm.models import Alert, Customer, Message, Quarantine, SourceState, Ticket, utcnow
+from socialcrm.models import (
+    Alert,
+    Customer,
+    Message,
+    Quarantine,
+    Reply,
+    SourceState,
+    Ticket,
+    utcnow,
+)
 from socialcrm.pipeline import Pipeline
 from socialcrm.sla import SlaConfig, SlaPolicy
 from socialcrm.sources import SourceSetupError, backoff_s, make_source
@@ -237,6 +246,66 @@ async def test_auth_failure_pauses_and_alerts_once(
     assert (await daemon.poller.poll("reviews")).result.stored == 1
 
 
+async def test_resume_from_the_cli_reaches_a_running_daemon(
+    daemon: Daemon, feed: tuple[FeedServer, str], store: Store
+) -> None:
+    server, _ = feed
+    server.status = 401
+    await daemon.poller.poll("reviews")
+    assert (await daemon.poller.poll("reviews")).skipped == "paused"
+    # Another process (the CLI) has its own Commands on the same database.
+    cli = Commands(daemon.config, store)
+    listing = await cli.run(Actor("ops", "viewer", "cli"), "sources")
+    assert "reviews" in listing and "PAUSED (credentials refused" in listing
+    unmute = await cli.run(Actor("ann", "agent", "cli"), "mute reviews 0")
+    assert "paused for refused credentials" in unmute and "polled again" not in unmute
+    with pytest.raises(CommandError, match="needs the admin role"):
+        await cli.run(Actor("ann", "agent", "slack"), "resume reviews")
+    answer = await cli.run(Actor("root", "admin", "cli"), "resume reviews")
+    assert answer.startswith("Source reviews is resumed")
+    server.status = 200
+    server.add(2)
+    out = await daemon.poller.poll("reviews")
+    assert out.skipped is None and out.result.stored == 2
+    assert daemon.health()["sources"]["reviews"]["state"] == "ok"
+    with pytest.raises(CommandError, match="not paused"):
+        await cli.run(Actor("root", "admin", "cli"), "resume reviews")
+
+
+async def test_paused_source_is_tried_once_at_start_when_its_settings_changed(
+    config: Config, store: Store, feed: tuple[FeedServer, str]
+) -> None:
+    server, url = feed
+    server.status = 401
+
+    async def restarted(settings: dict[str, Any]) -> Daemon:
+        source = {"name": "reviews", "type": "rss", "interval": "1h", **settings}
+        cfg = daemon_config(config, [source])
+        d = Daemon(cfg, store)
+        d.poller.add(make_source(cfg.sources[0], 0))
+        await d.poller.load_state()
+        return d
+
+    first = await restarted({"url": url})
+    await first.poller.poll("reviews")
+    await first.stop()
+    st = await state(store, "reviews")
+    assert st.paused and st.settings_fingerprint and url not in st.settings_fingerprint
+    same = await restarted({"url": url})
+    assert same.poller.sources["reviews"].paused  # nothing changed: stays paused
+    await same.stop()
+    changed = await restarted({"url": url + "?key=new-credentials"})
+    try:
+        assert not changed.poller.sources["reviews"].paused
+        assert (await changed.poller.poll("reviews")).error.startswith("auth")  # type: ignore[union-attr]
+    finally:
+        await changed.stop()
+    # Refused again: paused with the new fingerprint, so the next start does not retry.
+    again = await restarted({"url": url + "?key=new-credentials"})
+    assert again.poller.sources["reviews"].paused
+    await again.stop()
+
+
 async def test_malformed_feed_is_a_failed_poll_not_a_crash(
     daemon: Daemon, feed: tuple[FeedServer, str]
 ) -> None:
@@ -291,6 +360,27 @@ async def test_healthz_and_metrics(
     assert 'socialcrm_messages_stored_total{source="reviews"} 3.0' in text
     assert 'socialcrm_poll_errors_total{kind="retryable",source="reviews"} 1.0' in text
     assert "socialcrm_source_up" in text
+
+
+async def test_metrics_show_the_backlog(daemon: Daemon, client: TestClient[Any, Any]) -> None:
+    now = utcnow()
+    batch = Batch(
+        messages=[
+            mention(1, "@acme I will report you to trading standards, awful", now),
+            mention(2, "@acme my parcel is late again, terrible", now),
+        ]
+    )
+    await daemon.pipeline.ingest(batch, "forms")
+    text = await (await client.get("/metrics")).text()
+    drafts = await count(daemon.store, Reply, Reply.status == "draft")
+    alerts = await count(daemon.store, Alert, Alert.status == "pending")
+    assert drafts >= 2 and alerts >= 1
+    assert f'socialcrm_backlog{{what="drafts_waiting"}} {drafts:.1f}' in text
+    assert f'socialcrm_backlog{{what="alerts_waiting"}} {alerts:.1f}' in text
+    assert 'socialcrm_backlog{what="replies_sent"} 0.0' in text
+    assert 'socialcrm_backlog{what="replies_failed"} 0.0' in text
+    assert 'socialcrm_backlog{what="alerts_failed"} 0.0' in text
+    assert "socialcrm_alert_delivery_failures_total 0.0" in text
 
 
 def signed(body: bytes, ts: float | None = None, secret: str = SECRET) -> dict[str, str]:
@@ -689,3 +779,22 @@ async def test_a_digest_missed_while_no_daemon_ran_goes_out_at_start_once(
         midnight = due.replace(hour=0, minute=0)
         assert alert.dedupe_key == f"digest:daily:{midnight.isoformat()}", start
         assert alert.detail["end"] == midnight.isoformat()
+
+
+async def test_start_up_line_names_version_address_and_sources(
+    config: Config, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="socialcrm.daemon")
+    source = {"name": "forms", "type": "webhook", "secret": SECRET, "interval": 0}
+    daemon = Daemon(daemon_config(config, [source]), store)
+    port = free_port()
+    await daemon.start("127.0.0.1", port)
+    try:
+        lines = [r.getMessage() for r in caplog.records if "listening" in r.getMessage()]
+    finally:
+        await daemon.stop()
+    from importlib.metadata import version
+
+    assert len(lines) == 1
+    assert f"socialcrm {version('socialcrm')} listening on http://127.0.0.1:{port}" in lines[0]
+    assert "1 source(s): forms (webhook)" in lines[0]

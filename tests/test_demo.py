@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -36,11 +38,19 @@ def test_demo_runs_end_to_end_and_leaves_a_store_to_explore(
     config = str(tmp_path / "demo" / "config.yaml")
     queue = cli.invoke(main, ["-c", config, "queue"], catch_exceptions=False)
     assert queue.exit_code == 0 and "#" in queue.output
+    # The default end is the last whole hour; this asks for everything up to now.
+    end = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
     report = cli.invoke(
-        main, ["-c", config, "report", "--period", "1d", "--format", "json"], catch_exceptions=False
+        main,
+        ["-c", config, "report", "--period", "1d", "--end", end, "--format", "json"],
+        catch_exceptions=False,
     )
     assert report.exit_code == 0, report.output
     figures = json.loads(report.output)
     # Every message the demo stored happened in the last few hours; spam is counted apart.
     counted = figures["overall"]["current"]["total"] + figures["ignored"]["current"]
     assert counted == int(stored.group(1))
+    # None of it is dated in the future, whatever the number of messages asked for.
+    with sqlite3.connect(tmp_path / "demo" / "socialcrm.db") as db:
+        (newest,) = db.execute("SELECT max(created_at) FROM message").fetchone()
+    assert datetime.fromisoformat(newest).replace(tzinfo=UTC) <= datetime.now(UTC)

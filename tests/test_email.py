@@ -986,16 +986,20 @@ async def test_email_complaint_to_approved_reply_end_to_end(
 ) -> None:
     """A complaint in the inbox -> ticket and draft -> card in Slack -> an approver clicks
     Approve -> one threaded SMTP reply; the customer's answer threads into the ticket."""
+    from email.utils import format_datetime
+
     from socialcrm.config import Config
     from socialcrm.daemon import Daemon
-    from socialcrm.models import Reply, Ticket
+    from socialcrm.models import Reply, Ticket, utcnow
 
+    # Sent just now: a mail older than backfill_before (24h) would be history, not answered.
+    sent = format_datetime(utcnow()).encode()
     complaint = (
         b"From: Carol Customer <carol@example.org>\r\n"
         b"To: support@acme.example\r\n"
         b"Subject: My blender arrived broken\r\n"
         b"Message-ID: <complaint-1@example.org>\r\n"
-        b"Date: Mon, 02 Mar 2026 09:00:00 +0000\r\n"
+        b"Date: " + sent + b"\r\n"
         b"\r\n"
         b"Hello, my order 4711 arrived broken and nobody answers my calls. This is awful.\r\n"
     )

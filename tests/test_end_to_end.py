@@ -17,8 +17,8 @@ from socialcrm.config import Config
 from socialcrm.daemon import Daemon
 from socialcrm.db import Store
 from socialcrm.demo import sandbox_sources
-from socialcrm.models import Message, Reply, Ticket
-from socialcrm.sandbox.server import Platform, Sandbox, make_app
+from socialcrm.models import Message, Reply, Ticket, utcnow
+from socialcrm.sandbox.server import Platform, Sandbox, make_app, start_ending_before
 from socialcrm.sender import TICK_S
 from socialcrm.sources import make_source
 from tests.slack_stand_in import slack_stand_in
@@ -129,7 +129,8 @@ async def test_slack_card_click_sends_the_reply_once(
     config: Config, store: Store, platform: Platform, source: str
 ) -> None:
     """Complaint -> draft -> card in Slack -> an approver clicks Approve -> one threaded reply."""
-    sandbox = Sandbox(11, messages=400)
+    # Today's traffic: with the default backfill_before, older messages would be history.
+    sandbox = Sandbox(11, messages=400, start=start_ending_before(utcnow(), 11, 400))
     async with (
         TestServer(make_app(sandbox), host="127.0.0.1") as platforms,
         slack_stand_in() as slack,

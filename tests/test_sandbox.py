@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -795,3 +796,54 @@ async def test_serve_listens_on_a_port_and_stops() -> None:
     assert (
         state["x"]["released"] + state["mastodon"]["released"] + state["reddit"]["released"] == 50
     )
+
+
+def test_traffic_is_dated_up_to_now_and_the_sandbox_says_what_it_accepts(
+    tmp_path: Path,
+) -> None:
+    """A fresh sandbox's traffic lies in the past, its newest a moment ago (not in March 2026,
+    not in the future), and it prints the credentials and ids it accepts."""
+    import subprocess
+    import sys
+    from datetime import UTC, datetime, timedelta
+
+    from socialcrm.demo import free_port
+    from socialcrm.sandbox.server import Sandbox, start_ending_before
+
+    now = datetime.now(UTC)
+    box = Sandbox(7, messages=1500, start=start_ending_before(now, 7, 1500))
+    dates = [m.created_at for ms in box.messages.values() for m in ms]
+    assert max(dates) <= now and now - max(dates) < timedelta(hours=1)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "socialcrm",
+            "sandbox",
+            "--port",
+            str(free_port()),
+            "--messages",
+            "50",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(13)]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    text = "".join(lines)
+    creds = box.credentials
+    for shown in (
+        creds.x_bearer_token,
+        creds.mastodon_token,
+        creds.reddit_client_secret,
+        box.slack.signing_secret,
+        "C0APPROVALS",
+        "U0DANA",
+        "1585736014429175808",
+    ):
+        assert shown in text, shown

@@ -273,3 +273,18 @@ async def test_rate_limits_without_a_reset_back_off_then_give_up(
     assert alerts[0].detail["approved_by"]
     clock.now += timedelta(days=1)
     assert await sender.send_due() == 0 and len(server.received) == MAX_ATTEMPTS
+
+
+async def test_ticket_with_a_sent_reply_shows_from_chat_and_cli(
+    setup: tuple[Sender, Clock], store: Store, config: Config
+) -> None:
+    """The outbound message has no sentiment: the ticket page says n/a instead of failing."""
+    from socialcrm.chatops.commands import Actor, Commands
+
+    sender, _ = setup
+    await approve(store)
+    assert await sender.send_due() == 1
+    page = await Commands(config, store).run(Actor("val", "viewer", "slack"), "ticket 1")
+    outbound = [line for line in page.splitlines() if " outbound " in line]
+    assert len(outbound) == 1 and "n/a" in outbound[0]
+    assert "#1 sent:" in page

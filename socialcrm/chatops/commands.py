@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import jinja2
 import sqlalchemy as sa
 
-from socialcrm import responder, tickets
+from socialcrm import priority, responder, tickets
 from socialcrm.config import Config
 from socialcrm.db import Store
 from socialcrm.models import (
@@ -31,7 +31,6 @@ from socialcrm.models import (
     Ticket,
     utcnow,
 )
-from socialcrm.reports import build_report, ending_now, summary
 from socialcrm.responder import ReplyChecker, ReplyError, Responder, template_environment
 from socialcrm.tickets import TicketError
 from socialcrm.timespec import parse_duration, parse_period
@@ -169,7 +168,11 @@ class Commands:
                 .join(Message, Message.id == Reply.message_id)  # type: ignore[arg-type]
                 .outerjoin(Ticket, Ticket.id == Reply.ticket_id)  # type: ignore[arg-type]
                 .where(Reply.status == "draft")
-                .order_by(*responder.queue_order())
+                # The label shown first: a ticket's label can be raised past its score.
+                .order_by(
+                    sa.desc(_label_rank(sa.func.coalesce(Ticket.priority, Message.priority))),
+                    *responder.queue_order(),
+                )
                 .limit(max(1, min(limit, 200)))
             )
             rows = (await s.execute(q)).all()
@@ -257,9 +260,11 @@ class Commands:
                         f"unknown status {status!r}; one of {', '.join(tickets.STATUSES)}, all"
                     )
                 q = q.where(Ticket.status == status)
-            q = q.order_by(Ticket.priority_score.desc(), Ticket.last_message_at.desc()).limit(  # type: ignore[attr-defined]
-                max(1, min(limit, 500))
-            )
+            q = q.order_by(
+                sa.desc(_label_rank(Ticket.priority)),
+                Ticket.priority_score.desc(),  # type: ignore[attr-defined]
+                Ticket.last_message_at.desc(),  # type: ignore[attr-defined]
+            ).limit(max(1, min(limit, 500)))
             rows = (await s.execute(q)).all()
         return self.render("tickets", rows=rows, status=status)
 
@@ -342,16 +347,68 @@ class Commands:
                 )
             )
         if until is None:
+            if state.paused:
+                return (
+                    f"Source {source} is unmuted, but it is paused for refused credentials: "
+                    f"fix them, then `resume {source}`."
+                )
             return f"Source {source} is polled again."
         return f"Source {source} is muted until {until:%Y-%m-%d %H:%M} UTC."
+
+    @command("viewer")
+    async def sources(self, actor: Actor) -> str:
+        """sources — every configured source with its state (ok, failing, paused, muted)."""
+        async with self.store.reader() as s:
+            rows = {r.source: r for r in (await s.execute(sa.select(SourceState))).scalars()}
+        return self.render("sources", sources=self.config.sources, states=rows, now=utcnow())
+
+    @command("admin")
+    async def resume(self, actor: Actor, source: str) -> str:
+        """resume SOURCE — poll a source paused for refused credentials again (fix them first)."""
+        self._known_source(source)
+        async with self.store.session() as s:
+            state = await s.get(SourceState, source, with_for_update=True)
+            if state is None or not state.paused:
+                raise CommandError(f"source {source} is not paused; nothing changed")
+            reason = state.paused_reason
+            state.paused = False
+            state.paused_reason = None
+            state.health = "ok"
+            state.consecutive_failures = 0
+            state.failing_since = None
+            state.updated_at = utcnow()
+            s.add(
+                AuditEvent(
+                    actor=actor.name,
+                    via=actor.via,
+                    action="source.resume",
+                    object_type="source",
+                    object_id=source,
+                    detail={"was": reason},
+                )
+            )
+        return (
+            f"Source {source} is resumed: the daemon polls it again at its next interval "
+            "(a refusal pauses it again)."
+        )
+
+    def _known_source(self, source: str) -> None:
+        names = {s.name for s in self.config.sources}
+        if source not in names:
+            raise CommandError(
+                f"no source named {source!r}; sources: {', '.join(sorted(names)) or 'none'}"
+            )
 
     @command("viewer")
     async def report(self, actor: Actor, period: str = "7d") -> str:
         """report [PERIOD] — how customers felt and how the service did, e.g. report 24h.
 
-        PERIOD (7d unless given; 1h to 366d) ends now and is compared with the one before it.
+        PERIOD (7d unless given; 1h to 366d) ends at the last whole hour (up to 2d) or day in
+        the brand's time zone and is compared with the one before it.
         The whole report, with charts, is `socialcrm report` on the command line.
         """
+        from socialcrm.reports import build_report, last_complete, summary
+
         try:
             span = parse_period(period, timedelta(days=366))
         except ValueError as err:
@@ -359,7 +416,7 @@ class Commands:
         found = await build_report(
             self.store,
             period=span,
-            end=ending_now(utcnow()),
+            end=last_complete(utcnow(), span, self.config.brand.timezone),
             brand=self.config.brand.name,
             tz=self.config.brand.timezone,
         )
@@ -442,6 +499,14 @@ async def _reply_handle(s: Any, reply_id: int) -> str | None:
         )
     ).first()
     return row[0] if row else None
+
+
+def _label_rank(label: Any) -> Any:
+    """A priority label as its rank in SQL (urgent highest; no label counts as normal)."""
+    return sa.case(
+        *((label == name, rank) for name, rank in priority.RANK.items()),
+        else_=priority.RANK["normal"],
+    )
 
 
 def _doc(fn: Callable[..., Any]) -> str:

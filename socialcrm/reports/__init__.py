@@ -10,7 +10,7 @@ means); ``render`` formats the result (see ``socialcrm.reports.render`` for the 
 the CSV columns). Both are what the ``socialcrm report`` command and the scheduled digest call.
 """
 
-from socialcrm.reports.data import Report, build_report, ending_now
+from socialcrm.reports.data import Report, build_report, ending_now, last_complete
 from socialcrm.reports.render import FORMATS, Format, prepare, render, summary
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "Report",
     "build_report",
     "ending_now",
+    "last_complete",
     "prepare",
     "render",
     "summary",

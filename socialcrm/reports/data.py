@@ -42,7 +42,7 @@ import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -192,6 +192,9 @@ class Period:
     unit: BucketUnit
     buckets: tuple[str, ...]
     previous_buckets: tuple[str, ...]
+    #: Buckets of this period that it covers only in part (an end or start inside a day or
+    #: hour), so a short first or last bucket is not read as a drop.
+    partial: tuple[str, ...] = ()
 
     @property
     def length(self) -> timedelta:
@@ -1380,21 +1383,43 @@ def window(end: datetime, period: timedelta, tz: str) -> tuple[_Window, Period]:
     start = end - period
     unit: BucketUnit = "hour" if period <= HOURLY_UP_TO else "day"
     w = _Window(start - period, start, end, zone, unit)
+    buckets = _labels(start, end, zone, unit)
+    partial: list[str] = []
+    if buckets and start != _bucket_start(start, zone, unit):
+        partial.append(buckets[0])
+    if buckets and end != _bucket_start(end, zone, unit) and buckets[-1] not in partial:
+        partial.append(buckets[-1])
     info = Period(
         start=start,
         end=end,
         previous_start=w.previous_start,
         tz=zone.key,
         unit=unit,
-        buckets=_labels(start, end, zone, unit),
+        buckets=buckets,
         previous_buckets=_labels(w.previous_start, start, zone, unit),
+        partial=tuple(partial),
     )
     return w, info
+
+
+def _bucket_start(at: datetime, zone: ZoneInfo, unit: BucketUnit) -> datetime:
+    """The start of the local day or hour ``at`` falls in, in UTC."""
+    local = at.astimezone(zone)
+    if unit == "hour":
+        return local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+    return datetime.combine(local.date(), time(), zone).astimezone(UTC)
 
 
 def ending_now(now: datetime) -> datetime:
     """The end of a period that takes in everything up to ``now``: the next whole minute."""
     return now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+
+
+def last_complete(now: datetime, period: timedelta, tz: str) -> datetime:
+    """The default end of a report: the last whole local hour (periods of two days or less)
+    or the last local midnight before ``now``, so no bucket of the report is cut short."""
+    unit: BucketUnit = "hour" if period <= HOURLY_UP_TO else "day"
+    return _bucket_start(now, ZoneInfo(tz), unit)
 
 
 async def build_report(

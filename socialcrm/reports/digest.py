@@ -11,20 +11,20 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlmodel import col
 
 from socialcrm.alerts import raise_alert
 from socialcrm.db import Store
 from socialcrm.models import Alert
-from socialcrm.reports.data import build_report
-from socialcrm.reports.render import render, summary
 from socialcrm.timespec import Duration, PositiveDuration
+
+if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
 
 
 class _Section(BaseModel):
@@ -122,6 +122,8 @@ def _weekdays(field: str) -> str:
 
 def _cron_trigger(expr: str, tz: ZoneInfo | None = None) -> CronTrigger:
     """A crontab expression as a trigger, weekdays read as crontab reads them."""
+    from apscheduler.triggers.cron import CronTrigger
+
     fields = expr.split()
     if len(fields) == 5:
         fields[4] = _weekdays(fields[4])
@@ -171,6 +173,9 @@ async def send_digest(
         ).first()
     if seen is not None:
         return None
+    from socialcrm.reports.data import build_report
+    from socialcrm.reports.render import render, summary
+
     report = await build_report(store, period=digest.period, end=end, brand=brand, tz=tz)
     text = summary(report, templates_dir=templates_dir)
     html = render(report, "html", templates_dir=templates_dir)

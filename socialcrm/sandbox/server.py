@@ -29,7 +29,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from aiohttp import web
@@ -495,6 +495,49 @@ def make_app(sandbox: Sandbox) -> web.Application:
         app.add_subapp(f"/{standin.platform}", sub)
     app.add_subapp("/slack", make_slack_app(sandbox.slack))
     return app
+
+
+#: The newest generated message is this long before "now" (see :func:`start_ending_before`).
+RECENT_MARGIN: Final = timedelta(minutes=2)
+
+
+def start_ending_before(
+    now: datetime,
+    seed: int = 7,
+    messages: int = 2000,
+    *,
+    brand: str = "Acme",
+    brand_handle: str = "acme",
+    at_least: timedelta = timedelta(0),
+) -> datetime:
+    """The ``start`` for a :class:`Sandbox` whose traffic of ``messages`` messages all lies in
+    the past, its newest a moment before ``now`` (and its oldest at least ``at_least`` ago).
+
+    The traffic's shape is fixed by the seed; only its dates move, so a demo or a fresh
+    sandbox today reads like today's traffic: no message from the future, and no months-old
+    backlog that makes every SLA overdue at once.
+    """
+
+    def newest(start: datetime) -> datetime:
+        probe = TrafficGenerator(seed, brand=brand, brand_handle=brand_handle, start=start)
+        return max((m.created_at for m in probe.messages(messages)), default=start)
+
+    target = now - RECENT_MARGIN
+    span = max(newest(DEFAULT_START) - DEFAULT_START, at_least)
+    # The traffic follows the hours of the day, so its span depends on when it starts: find
+    # the latest start (to the minute) whose newest message is not after ``target``.
+    early, late = target - 3 * span - timedelta(hours=1), target - span / 2
+    while newest(early) > target:
+        early -= span
+    for _ in range(16):
+        if late - early <= timedelta(minutes=1):
+            break
+        mid = early + (late - early) / 2
+        if newest(mid) <= target:
+            early = mid
+        else:
+            late = mid
+    return min(early, target - at_least).replace(second=0, microsecond=0)
 
 
 async def serve(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 8765) -> web.AppRunner:
