@@ -76,8 +76,13 @@ class ConnectorHarness(Protocol):
         ...
 
 
-async def fetch(harness: Any, connector: Connector, cursor: Cursor | None) -> Batch:
-    """One batch, the way the core gets it: ``fetch``, or the harness's ``receive`` (push)."""
+async def fetch(
+    harness: Any, connector: Connector, cursor: Cursor | None, *, streams_may_fail: bool = False
+) -> Batch:
+    """One batch, the way the core gets it: ``fetch``, or the harness's ``receive`` (push).
+
+    A stream that failed alone raises its error unless ``streams_may_fail`` (the test looks
+    at ``stream_errors`` itself)."""
     receive = getattr(harness, "receive", None)
     if receive is not None:
         batch: Batch = await receive(connector, cursor)
@@ -85,18 +90,22 @@ async def fetch(harness: Any, connector: Connector, cursor: Cursor | None) -> Ba
     batch = await connector.fetch(cursor)
     # A stream that failed alone (its error in ``stream_errors``) is a failure the suite
     # checks like a whole-source one: the drain that follows must still lose nothing.
-    if batch.stream_errors:
+    if batch.stream_errors and not streams_may_fail:
         raise next(iter(batch.stream_errors.values()))
     return batch
 
 
 async def drain(
-    connector: Connector, cursor: Cursor | None, harness: Any = None
+    connector: Connector,
+    cursor: Cursor | None,
+    harness: Any = None,
+    *,
+    streams_may_fail: bool = False,
 ) -> tuple[list[InboundMessage], Batch]:
     """Fetch until the connector has nothing more right now, as the core's poll does."""
     messages: list[InboundMessage] = []
     for _ in range(MAX_FETCHES):
-        batch = await fetch(harness, connector, cursor)
+        batch = await fetch(harness, connector, cursor, streams_may_fail=streams_may_fail)
         assert batch.cursor is not None, "a fetch must hand back a cursor"
         assert not batch.quarantined, [q.error for q in batch.quarantined]
         messages.extend(batch.messages)
