@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 import aiohttp
 import aioimaplib
 import aiosmtplib
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from connectors.mime import parse_email
 from socialcrm.connector import (
@@ -44,6 +44,7 @@ from socialcrm.connector import (
     Channel,
     ConnectorConfig,
     ConnectorError,
+    Credential,
     Cursor,
     FatalError,
     MalformedPayload,
@@ -84,7 +85,7 @@ class ImapConnector:
         #: Default: 993 with implicit TLS, 143 otherwise.
         port: int | None = Field(default=None, ge=1, le=65535)
         username: str
-        password: SecretStr
+        password: Credential
         mailbox: str = "INBOX"
         tls: Tls = "tls"
         #: A CA bundle (PEM) to trust instead of the system's, for a private mail server.
@@ -101,7 +102,7 @@ class ImapConnector:
         smtp_port: int | None = Field(default=None, ge=1, le=65535)
         #: SMTP logs in only when this is set (often the same as ``username``).
         smtp_username: str | None = None
-        smtp_password: SecretStr | None = None
+        smtp_password: Credential | None = None
         smtp_tls: Tls = "tls"
         #: The support address replies come from; mail from it is never read as a customer's.
         from_address: str

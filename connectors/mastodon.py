@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal
 
 import aiohttp
 from bs4 import BeautifulSoup
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from yarl import URL
 
 from socialcrm.connector import (
@@ -37,6 +37,7 @@ from socialcrm.connector import (
     Batch,
     Channel,
     ConnectorConfig,
+    Credential,
     Cursor,
     InboundMessage,
     MalformedPayload,
@@ -68,7 +69,7 @@ class MastodonConnector:
         #: The brand account's server, e.g. ``https://mastodon.social``.
         base_url: str
         #: A user token with ``read:notifications``, ``read:statuses`` and ``write:statuses``.
-        access_token: SecretStr
+        access_token: Credential
         #: Read the brand's mention notifications.
         mentions: bool = True
         #: Hashtags to follow (without ``#``).

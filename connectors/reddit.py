@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
 import aiohttp
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from socialcrm.connector import (
     PASSING_ERRORS,
@@ -37,6 +37,7 @@ from socialcrm.connector import (
     Batch,
     Channel,
     ConnectorConfig,
+    Credential,
     Cursor,
     FatalError,
     InboundMessage,
@@ -66,10 +67,10 @@ class RedditConnector:
         """Settings of a Reddit source (a "script" app acting as the brand's account)."""
 
         client_id: str = Field(min_length=1)
-        client_secret: SecretStr
+        client_secret: Credential
         #: The brand's account; without it the token is app-only and replies are impossible.
         username: str | None = None
-        password: SecretStr | None = None
+        password: Credential | None = None
         #: Reddit asks for a unique, descriptive one: ``<platform>:<app id>:<version> (by
         #: /u/<username>)``.
         user_agent: str = "python:socialcrm:0.1 (self-hosted social CRM)"

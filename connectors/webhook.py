@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import aiohttp
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import ValidationError
 
 from socialcrm.connector import (
     AuthError,
@@ -34,6 +34,7 @@ from socialcrm.connector import (
     OutboundReply,
     Quarantined,
     SentReceipt,
+    SigningSecret,
     error_for_status,
 )
 
@@ -66,7 +67,7 @@ class WebhookConnector:
     class Config(ConnectorConfig):
         """Settings of an inbound webhook source."""
 
-        secret: SecretStr = Field(min_length=16)
+        secret: SigningSecret
         #: Requests whose timestamp is further from now than this are refused (replays).
         replay_window_s: float = 300.0
         #: Where approved replies are POSTed (signed the same way); none: replies not sent.

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 
 import aiohttp
 import tweepy
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from tweepy.asynchronous import AsyncClient
 from yarl import URL
 
@@ -38,6 +38,7 @@ from socialcrm.connector import (
     Channel,
     ConnectorConfig,
     ConnectorError,
+    Credential,
     Cursor,
     FatalError,
     InboundMessage,
@@ -113,7 +114,7 @@ class XConnector:
         """Settings of an X source."""
 
         #: App-only bearer token: reads mentions and search.
-        bearer_token: SecretStr
+        bearer_token: Credential
         #: The brand account's numeric id (whose mentions are read); found with
         #: ``/2/users/me`` when unset and user-context credentials are given.
         user_id: str | None = Field(default=None, pattern=r"^\d+$")
@@ -126,12 +127,12 @@ class XConnector:
         #: Where X's API is; the sandbox is ``http://HOST:PORT/x``.
         base_url: str = TWEEPY_ORIGIN
         #: OAuth 2.0 user-context access token (``tweet.write``), needed to reply.
-        user_access_token: SecretStr | None = None
+        user_access_token: Credential | None = None
         #: OAuth 1.0a user context, the other way to reply (all four or none).
-        consumer_key: SecretStr | None = None
-        consumer_secret: SecretStr | None = None
-        access_token: SecretStr | None = None
-        access_token_secret: SecretStr | None = None
+        consumer_key: Credential | None = None
+        consumer_secret: Credential | None = None
+        access_token: Credential | None = None
+        access_token_secret: Credential | None = None
 
         @model_validator(mode="after")
         def _coherent(self) -> XConnector.Config:

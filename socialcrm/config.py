@@ -16,7 +16,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -24,6 +23,7 @@ from pydantic import (
 
 from socialcrm import yamldoc
 from socialcrm.alerts import AlertsConfig
+from socialcrm.connector import Credential, SigningSecret
 from socialcrm.reports.digest import ReportsConfig
 from socialcrm.sla import SlaConfig
 from socialcrm.spikes import SpikeConfig
@@ -153,8 +153,8 @@ class StaffMember(_Section):
 class SlackConfig(_Section):
     """Slack: slash commands, buttons and approval cards."""
 
-    signing_secret: SecretStr
-    bot_token: SecretStr
+    signing_secret: SigningSecret
+    bot_token: Credential
     #: Channel where approval cards are posted (an id like C0123456789).
     channel: str
     #: The Web API's base URL; the sandbox's Slack stand-in in tests and the demo.
@@ -166,7 +166,7 @@ class SlackConfig(_Section):
 class MattermostConfig(_Section):
     """Mattermost: slash commands, authenticated by the command's token."""
 
-    token: SecretStr
+    token: SigningSecret
 
 
 class Config(_Section):

@@ -12,15 +12,40 @@ import importlib.metadata
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Annotated, Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
 
 Channel = Literal["x", "mastodon", "reddit", "email", "rss", "webhook"]
 CHANNELS: tuple[str, ...] = ("x", "mastodon", "reddit", "email", "rss", "webhook")
 
 #: Longest text kept for one message; anything longer is cut and flagged as truncated.
 MAX_TEXT_CHARS = 40_000
+
+
+def _secret(min_chars: int) -> BeforeValidator:
+    """A check of a secret's length whose error never repeats the value."""
+
+    def check(v: Any) -> Any:
+        text = v.get_secret_value() if isinstance(v, SecretStr) else v
+        if not isinstance(text, str):
+            raise ValueError("must be text (got something else)")
+        if not text.strip():
+            raise ValueError("must not be empty or blank (got an empty value)")
+        if len(text) < min_chars:
+            raise ValueError(f"must be at least {min_chars} characters, got {len(text)}")
+        return v
+
+    return BeforeValidator(check)
+
+
+#: A secret that lets a request in (a signing secret, a slash command's token, our webhook
+#: secret): empty or short, anyone could forge requests, so at least 16 characters (Slack's
+#: signing secrets are 32, Mattermost's command tokens 26).
+SigningSecret = Annotated[SecretStr, _secret(16)]
+#: A credential we present to a platform (bearer token, password), which the platform checks:
+#: it must not be empty or blank; its length is the platform's business.
+Credential = Annotated[SecretStr, _secret(1)]
 
 
 class Author(BaseModel):
