@@ -92,10 +92,11 @@ class WebhookConnector:
         signature = headers.get(SIGNATURE_HEADER, "")
         if not timestamp or not signature:
             raise Refused(401, f"missing {SIGNATURE_HEADER} or {TIMESTAMP_HEADER}")
-        try:
-            sent_at = float(timestamp)
-        except ValueError:
-            raise Refused(401, "bad timestamp") from None
+        # Unix seconds in ASCII digits only: float() would take "nan" (never outside any
+        # window), "inf", "1e9" and other scripts' digits.
+        if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
+            raise Refused(401, "bad timestamp")
+        sent_at = float(timestamp)
         if abs(now - sent_at) > self.config.replay_window_s:
             raise Refused(401, "timestamp outside the replay window")
         expected = sign(self.config.secret.get_secret_value(), timestamp, body)

@@ -689,3 +689,30 @@ async def test_a_digest_missed_while_no_daemon_ran_goes_out_at_start_once(
         midnight = due.replace(hour=0, minute=0)
         assert alert.dedupe_key == f"digest:daily:{midnight.isoformat()}", start
         assert alert.detail["end"] == midnight.isoformat()
+
+
+@pytest.mark.parametrize("stamp", ["nan", "NaN", "inf", "-inf", "1.7e9", "+1772442000"])
+async def test_a_timestamp_that_is_not_ascii_digits_is_refused(
+    client: TestClient[Any, Any], store: Store, stamp: str
+) -> None:
+    # "nan" compared as never outside the replay window: a signed request was good for ever.
+    body = json.dumps(form(7)).encode()
+    mac = hmac.new(SECRET.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    headers = {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: f"sha256={mac}"}
+    resp = await client.post("/hooks/inbound/forms", data=body, headers=headers)
+    assert resp.status == 401 and "bad timestamp" in (await resp.json())["detail"]
+    assert await count(store, Message) == 0
+
+
+@pytest.mark.parametrize("stamp", ["\u0661\u0667\u0667\u0662\u0664\u0664\u0662\u0660\u0660\u0660"])
+def test_a_timestamp_in_other_digits_is_refused(stamp: str) -> None:
+    from connectors.webhook import Refused, WebhookConnector
+
+    connector = WebhookConnector(WebhookConnector.Config(secret=SECRET), None)  # type: ignore[arg-type]
+    body = b'{"id": "f", "text": "hi"}'
+    with pytest.raises(Refused, match="bad timestamp"):
+        connector.verify(
+            {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: sign(SECRET, stamp, body)},
+            body,
+            now=1772442000,
+        )

@@ -475,3 +475,17 @@ async def test_a_slow_click_is_acknowledged_in_time(h: Harness, store: Store) ->
     assert h.responses() == ["Reply #2 approved by dana. It will be sent on x."]
     assert h.approved == [2]
     assert NASTY not in h.responses()[0]
+
+
+@pytest.mark.parametrize(
+    "stamp", ["\u00b2", "\u0663", "\u0661\u0667\u0667\u0662\u0664\u0664\u0662\u0660\u0660\u0660"]
+)
+async def test_a_timestamp_in_other_digits_is_refused(h: Harness, store: Store, stamp: str) -> None:
+    # str.isdigit() takes "²" (int() then raised: HTTP 500) and "٣" (int() read it).
+    body, headers = h.world.workspace.slash("approve 1", "U0DANA")
+    before = await snapshot(store)
+    resp = await h.http.post(
+        "/slack/commands", data=body, headers={**headers, "X-Slack-Request-Timestamp": stamp}
+    )
+    assert resp.status == 401 and (await resp.json())["detail"] == "bad timestamp"
+    assert await snapshot(store) == before and h.approved == []

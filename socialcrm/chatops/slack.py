@@ -183,8 +183,9 @@ async def chat_answer(
     except Exception:  # anything else: a short answer, the details in the log
         return _failure(f"{platform} command {_command_name(line)!r}")
     words = line.split()
-    if len(words) > 1 and words[0].lower() in _APPROVING and words[1].lstrip("#").isdigit():
-        _notify_approved(on_approved, int(words[1].lstrip("#")))
+    number = words[1].lstrip("#") if len(words) > 1 else ""
+    if number.isascii() and number.isdigit() and words[0].lower() in _APPROVING:
+        _notify_approved(on_approved, int(number))
     return answer
 
 
@@ -258,7 +259,8 @@ class SlackAdapter:
         signature = request.headers.get("X-Slack-Signature", "")
         if not ts or not signature:
             return "missing signature"
-        if not ts.isdigit():
+        # ASCII digits only: str.isdigit() also takes '²' and '٣', which int() refuses or reads.
+        if not (ts.isascii() and ts.isdigit()):
             return "bad timestamp"
         now = time.time()
         if abs(now - int(ts)) > self.max_age_s:
@@ -437,7 +439,7 @@ class SlackAdapter:
         if name not in ("approve", "edit", "reject"):
             raise BadRequest(f"unknown action {name!r}")
         value = action.get("value")
-        if not isinstance(value, str) or not value.isdigit():
+        if not isinstance(value, str) or not (value.isascii() and value.isdigit()):
             raise BadRequest("the button carries no reply id")
         reply_id = int(value)
         response_url = _need(payload, "response_url")
