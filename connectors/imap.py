@@ -444,7 +444,7 @@ class ImapConnector:
         """The reply email, its Message-ID and its recipient; no customer text reaches a header
         unchecked (control characters go, the email package encodes the rest)."""
         cfg = self.config
-        recipient = _recipient(reply.to_email)
+        recipient = _reply_address(reply)
         domain = cfg.from_address.rsplit("@", 1)[1]
         message_id = email.utils.make_msgid(domain=domain)
         msg = EmailMessage(policy=email.policy.SMTP)
@@ -506,6 +506,18 @@ def reply_subject(original: str | None, ticket_id: int | None) -> str:
         if tag not in subject:
             subject = f"{subject} {tag}"
     return subject
+
+
+def _reply_address(reply: OutboundReply) -> str:
+    """Where the answer goes: the mail's Reply-To when it is one usable address (contact forms,
+    no-reply senders), else the customer's address (RFC 5322 §3.6.2)."""
+    reply_to = reply.original.get("reply_to")
+    if isinstance(reply_to, str) and reply_to:
+        try:
+            return _recipient(reply_to)
+        except FatalError:
+            pass  # a broken Reply-To: the sender's own address still works
+    return _recipient(reply.to_email)
 
 
 def _recipient(value: str | None) -> str:

@@ -454,6 +454,24 @@ class TestImapConformance(ConnectorSuite, FailureSuite, BadItemSuite):
 
 #: file -> what the parsed message must show. "has"/"not" are about the text.
 CASES: dict[str, dict[str, Any]] = {
+    # No boundary parameter: the parser left the body unsplit and only the subject was kept.
+    "multipart-no-boundary.eml": {
+        "text": "My parcel 8812 never came and tracking says delivered.",
+        "raw": {
+            "empty_body": False,
+            "attachments": [
+                {"filename": "receipt.pdf", "content_type": "application/pdf", "size": 9}
+            ],
+        },
+    },
+    # A text part marked inline is the body, even with a file name; an attached one is a file.
+    "inline-text-with-filename.eml": {
+        "text": "The zip you sent will not open.",
+        "raw": {
+            "empty_body": False,
+            "attachments": [{"filename": "log.txt", "content_type": "text/plain", "size": 8}],
+        },
+    },
     "gmail-reply-en.eml": {
         "has": ["lid is cracked again", "Order 4471", "Thanks,\nDana"],
         "not": ["wrote:", "We're sorry", "kettle lid cracked after", "Dana Whitfield", "555"],
@@ -1046,5 +1064,91 @@ async def test_email_complaint_to_approved_reply_end_to_end(
             await dovecot.append(answer, mailbox=mailbox)
             out = await daemon.poller.poll("inbox")
             assert out.result.tickets_threaded == 1 and out.result.tickets_opened == 0
+        finally:
+            await daemon.stop()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "text"),
+    [
+        # The declared boundary is not the one the body uses.
+        (
+            'multipart/mixed; boundary="not-used"',
+            "--real-one\r\nContent-Type: text/plain\r\n\r\nWhere is order 77?\r\n--real-one--\r\n",
+            "Where is order 77?",
+        ),
+        # No parts at all: the body is the text.
+        ("multipart/alternative", "Where is order 78?\r\n", "Where is order 78?"),
+    ],
+)
+def test_a_multipart_without_a_usable_boundary_keeps_its_body(
+    content_type: str, body: str, text: str
+) -> None:
+    raw = (
+        "From: Carol <carol@example.org>\r\nSubject: Order\r\n"
+        "Message-ID: <mb.1@example.org>\r\nMIME-Version: 1.0\r\n"
+        f"Content-Type: {content_type}\r\n\r\n{body}"
+    ).encode()
+    m = parse_email(raw)
+    assert m.text == text and m.raw["empty_body"] is False
+
+
+async def test_send_answers_the_reply_to_address(smtp: SmtpSink) -> None:
+    # A contact form sends as no-reply@ with the customer in Reply-To: answer the customer.
+    await sender(smtp).send(reply(original={"reply_to": "cora@example.net"}))
+    assert smtp.received[-1].rcpt_tos == ["cora@example.net"]
+    assert smtp.received[-1].message["To"] == "cora@example.net"
+    # A Reply-To that is not one usable address is not followed.
+    await sender(smtp).send(reply(original={"reply_to": "a@example.net, b@example.net"}))
+    assert smtp.received[-1].rcpt_tos == ["Dana.Whitfield@gmail.com"]
+
+
+async def test_reply_to_and_in_reply_to_from_the_inbox_to_the_sent_answer(
+    dovecot: Dovecot, mailbox: str, smtp: SmtpSink, store: Any, config: Any
+) -> None:
+    """A contact-form mail (no-reply sender, the customer in Reply-To, an In-Reply-To but no
+    References) is answered at the Reply-To address, threaded by RFC 5322 §3.6.4."""
+    from socialcrm.config import Config
+    from socialcrm.daemon import Daemon
+    from socialcrm.models import Reply
+
+    form = (
+        b"From: Website <no-reply@forms.example.org>\r\n"
+        b"Reply-To: Cora Buyer <cora@example.net>\r\n"
+        b"To: support@acme.example\r\n"
+        b"Subject: My blender arrived broken\r\n"
+        b"Message-ID: <form-2@forms.example.org>\r\n"
+        b"In-Reply-To: <earlier-1@acme.example>\r\n"
+        b"Date: Mon, 02 Mar 2026 09:00:00 +0000\r\n"
+        b"\r\n"
+        b"Hello, my order 4711 arrived broken and nobody answers my calls. This is awful.\r\n"
+    )
+    await dovecot.append(form, mailbox=mailbox)
+    settings = dovecot.settings(
+        mailbox=mailbox, smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_tls="none"
+    )
+    async with slack_stand_in() as slack:
+        cfg = Config.model_validate(
+            {
+                "sources": [{"name": "inbox", "type": "imap", "interval": 0, **settings}],
+                **slack.settings(),
+                "base_dir": config.base_dir,
+            }
+        )
+        daemon = Daemon(cfg, store)
+        await daemon.start("127.0.0.1", 0)
+        try:
+            out = await daemon.poller.poll("inbox")
+            assert out.error is None and out.result.drafts == 1
+            async with store.reader() as s:
+                reply = (await s.execute(sa.select(Reply))).scalar_one()
+            await slack.approve(daemon, reply.id, lambda: bool(smtp.received))
+            sent = smtp.received[0]
+            assert sent.rcpt_tos == ["cora@example.net"]
+            assert sent.message["In-Reply-To"] == "<form-2@forms.example.org>"
+            assert sent.message["References"].split() == [
+                "<earlier-1@acme.example>",
+                "<form-2@forms.example.org>",
+            ]
         finally:
             await daemon.stop()
