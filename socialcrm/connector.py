@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import email.utils
 import importlib.metadata
+import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 Channel = Literal["x", "mastodon", "reddit", "email", "rss", "webhook"]
 CHANNELS: tuple[str, ...] = ("x", "mastodon", "reddit", "email", "rss", "webhook")
@@ -48,7 +57,39 @@ SigningSecret = Annotated[SecretStr, _secret(16)]
 Credential = Annotated[SecretStr, _secret(1)]
 
 
-class Author(BaseModel):
+#: What no store keeps: NUL (PostgreSQL text and JSONB refuse it) and UTF-16 surrogates, which
+#: a valid str never holds paired and neither database can encode alone.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` without NUL characters, a lone surrogate replaced by U+FFFD."""
+    if "\x00" not in text and text.isascii():
+        return text
+    return _UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", text)
+
+
+def clean(value: Any) -> Any:
+    """Every string in ``value`` (dict keys, lists, nested) made storable by :func:`clean_text`."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v) for v in value]
+    return value
+
+
+class _Clean(BaseModel):
+    """A model whose string fields, at any depth, are cleaned before validation."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clean(cls, data: Any) -> Any:
+        return clean(data) if isinstance(data, dict) else data
+
+
+class Author(_Clean):
     """Who wrote a message, as the channel knows them."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -77,7 +118,7 @@ class Author(BaseModel):
         return v or None
 
 
-class InboundMessage(BaseModel):
+class InboundMessage(_Clean):
     """One message a customer wrote, normalised by its connector."""
 
     model_config = ConfigDict(extra="ignore")
@@ -102,12 +143,6 @@ class InboundMessage(BaseModel):
     truncated: bool = False
     raw: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("text")
-    @classmethod
-    def _text_bounded(cls, v: str) -> str:
-        # NUL bytes are rejected by PostgreSQL text columns; drop them rather than lose the row.
-        return v.replace("\x00", "")
-
     def model_post_init(self, _ctx: Any) -> None:
         if len(self.text) > MAX_TEXT_CHARS:
             object.__setattr__(self, "text", self.text[:MAX_TEXT_CHARS])
@@ -116,7 +151,7 @@ class InboundMessage(BaseModel):
             object.__setattr__(self, "created_at", self.created_at.replace(tzinfo=UTC))
 
 
-class Quarantined(BaseModel):
+class Quarantined(_Clean):
     """A payload the connector could not turn into an InboundMessage; kept, never dropped."""
 
     external_id: str | None = None

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from socialcrm import rollups
 from socialcrm.config import Config
-from socialcrm.connector import Batch, Cursor, InboundMessage, Quarantined
+from socialcrm.connector import Batch, Cursor, InboundMessage, Quarantined, clean_text
 from socialcrm.db import Store, executemany, keys_in
 from socialcrm.identity import CustomerView, IdentityView, Resolver, insert_returning_ids
 from socialcrm.models import Alert, Message, Quarantine, Reply, SourceState, utcnow
@@ -175,9 +175,7 @@ class Pipeline:
                 prep.scored.append(_Scored(m, score, facts if same_rules else None))
             else:
                 log.error("cannot score %s %s: %s", m.channel, m.external_id, score)
-                prep.bad.append(
-                    Quarantined(external_id=m.external_id, error=score, raw=m.model_dump_json())
-                )
+                prep.bad.append(Quarantined(external_id=m.external_id, error=score, raw=_dump(m)))
         return prep
 
     async def _commit(self, prep: _Prepared, source: str) -> IngestResult:
@@ -188,10 +186,12 @@ class Pipeline:
                 await self.store.lock_ingest(session)
                 await self._store(session, prep.scored, prep.bad, source, prep.cursor, result)
             return result
-        except sa.exc.DBAPIError as err:
-            if isinstance(err, sa.exc.OperationalError) or len(prep.scored) <= 1:
+        except Exception as err:  # whatever refused the batch, isolate the message it was
+            if isinstance(err, sa.exc.OperationalError) or not prep.scored:
                 raise
-            log.warning("batch from %s refused (%s); storing messages one by one", source, err.orig)
+            log.warning(
+                "batch from %s refused (%s); storing messages one by one", source, _why(err)
+            )
         result = IngestResult(received=prep.received, duplicates=prep.duplicates)
         for j, item in enumerate(prep.scored):
             first, last = j == 0, j == len(prep.scored) - 1
@@ -202,11 +202,12 @@ class Pipeline:
                 async with self.store.session() as session:
                     await self.store.lock_ingest(session)
                     await self._store(session, [item], bad, source, cursor, one)
-            except sa.exc.DBAPIError as row_err:
+            except Exception as row_err:  # this message alone: quarantined, the rest goes on
                 if isinstance(row_err, sa.exc.OperationalError):
                     raise
+                log.warning("cannot store %s from %s: %s", item.msg.external_id, source, row_err)
                 async with self.store.session() as session:
-                    refused = f"database refused it: {row_err.orig}"
+                    refused = f"database refused it: {_why(row_err)}"
                     session.add_all(_quarantine_row(source, q, q.error) for q in bad)
                     session.add(_quarantine_row(source, item.msg, refused))
                     if cursor is not None:
@@ -247,9 +248,7 @@ class Pipeline:
                 log.exception("cannot process %s %s", m.channel, m.external_id)
                 bad = [
                     *bad,
-                    Quarantined(
-                        external_id=m.external_id, error=repr(err), raw=m.model_dump_json()
-                    ),
+                    Quarantined(external_id=m.external_id, error=repr(err), raw=_dump(m)),
                 ]
 
         result.new_customers = len({id(i.customer) for i in idents if i.customer.id is None})
@@ -539,16 +538,34 @@ async def _stored_keys(
     return {(r[0], r[1]) for r in (await session.execute(q)).all()}
 
 
+def _dump(m: InboundMessage) -> str:
+    """A message as JSON for the quarantine, even one built around the contract's checks."""
+    try:
+        return m.model_dump_json()
+    except ValueError:  # a string JSON cannot encode (a lone surrogate): keep what we can
+        return clean_text(repr(m.model_dump()))
+
+
+def _why(err: BaseException) -> str:
+    """The database's own words for a refused statement, else the error itself."""
+    return str(err.orig) if isinstance(err, sa.exc.DBAPIError) else repr(err)
+
+
 def _quarantine_row(source: str, item: Quarantined | InboundMessage, error: str) -> Quarantine:
     if isinstance(item, InboundMessage):
         return Quarantine(
             source=source,
             channel=item.channel,
-            external_id=item.external_id,
-            error=error,
-            raw=item.model_dump_json(),
+            external_id=clean_text(item.external_id),
+            error=clean_text(error),
+            raw=_dump(item),
         )
-    return Quarantine(source=source, external_id=item.external_id, error=error, raw=item.raw)
+    return Quarantine(
+        source=source,
+        external_id=item.external_id,
+        error=clean_text(error),
+        raw=clean_text(item.raw),
+    )
 
 
 async def _save_cursor(
