@@ -773,6 +773,12 @@ def _body_text(w: _Walk, *, trim: bool) -> str:
 
 def synthetic_id(raw: bytes, msg: Message) -> str:
     """A stable id for a message without a Message-ID: a hash of date, from, subject and body."""
+    return f"{SYNTHETIC_PREFIX}{content_digest(raw, msg)[:48]}"
+
+
+def content_digest(raw: bytes, msg: Message) -> str:
+    """A hash of what the sender wrote (date, from, subject, body), not of how it travelled
+    (Received and other transport headers), so the same mail read twice has the same one."""
     head, sep, body = raw.replace(b"\r\n", b"\n").partition(b"\n\n")
     if not sep:
         body = head
@@ -781,7 +787,7 @@ def synthetic_id(raw: bytes, msg: Message) -> str:
         digest.update((_raw_header(msg, name) or "").encode("utf-8", "surrogateescape"))
         digest.update(b"\0")
     digest.update(body)
-    return f"{SYNTHETIC_PREFIX}{digest.hexdigest()[:48]}"
+    return digest.hexdigest()
 
 
 def parse_email(raw: bytes, *, received_at: datetime | None = None) -> InboundMessage:
@@ -841,6 +847,8 @@ def parse_email(raw: bytes, *, received_at: datetime | None = None) -> InboundMe
         "auto": reason is not None,
         "auto_reason": reason,
         "synthetic_id": synthetic,
+        # Some mailers and forwarders reuse a Message-ID: the store tells such mails apart.
+        "content_digest": content_digest(raw, msg),
         "size": len(raw),
     }
     if created is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import importlib.metadata
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -80,13 +81,30 @@ def clean(value: Any) -> Any:
     return value
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
+def _needs_cleaning(data: dict[Any, Any]) -> bool:
+    """Whether anything in ``data`` is unstorable; one pass in C, as nearly nothing is."""
+    try:
+        text = _JSON.encode(data)
+    except (TypeError, ValueError):
+        return True
+    # json escapes NUL as \u0000 and leaves a lone surrogate as it is, which UTF-8 refuses.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return "\\u0000" in text
+
+
 class _Clean(BaseModel):
     """A model whose string fields, at any depth, are cleaned before validation."""
 
     @model_validator(mode="before")
     @classmethod
     def _clean(cls, data: Any) -> Any:
-        return clean(data) if isinstance(data, dict) else data
+        return clean(data) if isinstance(data, dict) and _needs_cleaning(data) else data
 
 
 class Author(_Clean):

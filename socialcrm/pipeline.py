@@ -227,10 +227,8 @@ class Pipeline:
     ) -> None:
         now = self.clock()
         # Under the lock, so no other writer can store the same message in between.
-        existing = await _stored_keys(session, [s.msg for s in scored])
-        if existing:
-            result.duplicates += len(existing)
-            scored = [s for s in scored if (s.msg.channel, s.msg.external_id) not in existing]
+        scored, repeats = await _distinct(session, scored)
+        result.duplicates += repeats
         msgs = [s.msg for s in scored]
 
         resolver = Resolver(session, now)
@@ -266,7 +264,9 @@ class Pipeline:
         await self._drafts_and_alerts(session, planned, ids, source, now, result)
 
         if bad:
-            session.add_all(_quarantine_row(source, q, q.error) for q in bad)
+            # Counted either way (it is in quarantine), kept once.
+            fresh = await _not_quarantined(session, source, bad)
+            session.add_all(_quarantine_row(source, q, q.error) for q in fresh)
             result.quarantined += len(bad)
         result.stored += len(planned)
         if cursor is not None or planned:
@@ -502,11 +502,11 @@ async def _chunked(
 
 
 def _unique(messages: Sequence[InboundMessage]) -> list[InboundMessage]:
-    """Drop repeats within a batch; the first one wins."""
-    seen: set[tuple[str, str]] = set()
+    """Drop repeats within a batch (same id and, where known, same content); the first wins."""
+    seen: set[tuple[str, str, str | None]] = set()
     out = []
     for m in messages:
-        key = (m.channel, m.external_id)
+        key = (m.channel, m.external_id, _digest(m))
         if key not in seen:
             seen.add(key)
             out.append(m)
@@ -524,18 +524,83 @@ async def _tickets_with_drafts(session: AsyncSession, ticket_ids: set[int]) -> s
     return {r[0] for r in (await session.execute(q)).all()}
 
 
+async def _not_quarantined(
+    session: AsyncSession, source: str, bad: Sequence[Quarantined]
+) -> list[Quarantined]:
+    """The payloads not already in this source's quarantine (a mailbox read again after a
+    UIDVALIDITY change hands over the same broken mails)."""
+    fresh: list[Quarantined] = []
+    seen: set[str] = set()
+    for q in bad:
+        if q.raw in seen:
+            continue
+        seen.add(q.raw)
+        found = await session.execute(
+            sa.select(Quarantine.id)
+            .where(Quarantine.source == source, Quarantine.raw == q.raw)  # type: ignore[arg-type]
+            .limit(1)
+        )
+        if found.first() is None:
+            fresh.append(q)
+    return fresh
+
+
+def _digest(m: InboundMessage) -> str | None:
+    """The content digest a connector put in the raw payload (e-mail), if any."""
+    found = m.raw.get("content_digest")
+    return found if isinstance(found, str) and found else None
+
+
+def _alternate_id(m: InboundMessage, digest: str) -> str:
+    """The id of a message whose platform id was already taken by different content."""
+    return f"{m.external_id}#{digest[:16]}"
+
+
+async def _distinct(session: AsyncSession, scored: Sequence[_Scored]) -> tuple[list[_Scored], int]:
+    """The messages that are not stored yet, and how many were repeats.
+
+    Same id, same content (or a content unknown on either side): a repeat. Same id, other
+    content (mailers and forwarders that reuse a Message-ID): a different message, stored
+    under its id plus a piece of its content digest.
+    """
+    keys: list[tuple[str, str]] = []
+    for s in scored:
+        keys.append((s.msg.channel, s.msg.external_id))
+        if (d := _digest(s.msg)) is not None:
+            keys.append((s.msg.channel, _alternate_id(s.msg, d)))
+    taken = await _stored_keys(session, keys)
+    out: list[_Scored] = []
+    repeats = 0
+    for item in scored:
+        m, d = item.msg, _digest(item.msg)
+        key = (m.channel, m.external_id)
+        if key in taken:
+            known = taken[key]
+            if d is None or known is None or known == d:
+                repeats += 1
+                continue
+            key = (m.channel, _alternate_id(m, d))
+            if key in taken:
+                repeats += 1
+                continue
+            m = m.model_copy(update={"external_id": key[1]})
+        taken[key] = d
+        out.append(item._replace(msg=m))
+    return out, repeats
+
+
 async def _stored_keys(
-    session: AsyncSession, msgs: Sequence[InboundMessage]
-) -> set[tuple[str, str]]:
-    """The (channel, external_id) pairs of these messages that are stored already."""
-    if not msgs:
-        return set()
+    session: AsyncSession, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], str | None]:
+    """Which of these (channel, external_id) pairs are stored, with their content digests."""
+    if not keys:
+        return {}
     dialect = session.get_bind().dialect.name
-    keys = [(m.channel, m.external_id) for m in msgs]
-    q = sa.select(Message.channel, Message.external_id).where(
-        keys_in(dialect, [Message.channel, Message.external_id], keys)  # type: ignore[list-item]
+    raw = Message.__table__.c.raw  # type: ignore[attr-defined]
+    q = sa.select(Message.channel, Message.external_id, raw["content_digest"].as_string()).where(
+        keys_in(dialect, [Message.channel, Message.external_id], list(dict.fromkeys(keys)))  # type: ignore[list-item]
     )
-    return {(r[0], r[1]) for r in (await session.execute(q)).all()}
+    return {(r[0], r[1]): r[2] for r in (await session.execute(q)).all()}
 
 
 def _dump(m: InboundMessage) -> str:

@@ -231,6 +231,50 @@ async def test_uidvalidity_resync_duplicates_nothing_in_the_pipeline(
     assert third.messages == []
 
 
+async def test_mails_reusing_a_message_id_are_different_messages(
+    dovecot: Dovecot, mailbox: str, connect: Make, pipeline: Pipeline, store: Any
+) -> None:
+    # Some mailers and forwarding services reuse a Message-ID: the second mail was dropped as
+    # a duplicate of the first. Same id with other content is another message; the same mail
+    # read again is still a duplicate.
+    from socialcrm.models import Message
+
+    first = mail(7)
+    other = mail(7).replace(b"Message number 7: where is my order?", b"And now my refund failed.")
+    await dovecot.append(first, other, mailbox=mailbox)
+    batch = await connect().fetch(None)
+    assert ids(batch) == ["<7.test@example.org>", "<7.test@example.org>"]
+    r = await pipeline.ingest(batch, "support-mail")
+    assert (r.stored, r.duplicates) == (2, 0)
+    await dovecot.append(mail(7).replace(b"Date: ", b"X-Forwarded: yes\r\nDate: "), mailbox=mailbox)
+    r = await pipeline.ingest(await connect().fetch(batch.cursor), "support-mail")
+    assert (r.stored, r.duplicates) == (0, 1)
+    async with store.reader() as s:
+        texts = sorted((await s.execute(sa.select(Message.text))).scalars())
+    assert texts == ["And now my refund failed.", "Message number 7: where is my order?"]
+
+
+async def test_uidvalidity_resync_does_not_quarantine_twice(
+    dovecot: Dovecot, mailbox: str, connect: Make, pipeline: Pipeline, store: Any
+) -> None:
+    from socialcrm.models import Quarantine
+
+    junk = b"junk that is no email \x80\x81\r\n\r\nmore bytes\r\n"
+    await dovecot.append(mail(1), junk, mailbox=mailbox)
+    c = connect()
+    first = await c.fetch(None)
+    r1 = await pipeline.ingest(first, "support-mail")
+    assert (r1.stored, r1.quarantined) == (1, 1)
+    await dovecot.recreate(mailbox)
+    await dovecot.append(mail(1), junk, mail(2), mailbox=mailbox)
+    second = await c.fetch(first.cursor)
+    assert len(second.quarantined) == 1
+    r2 = await pipeline.ingest(second, "support-mail")
+    assert (r2.stored, r2.duplicates) == (1, 1)
+    async with store.reader() as s:
+        assert len((await s.execute(sa.select(Quarantine))).scalars().all()) == 1
+
+
 async def test_wrong_password_is_an_auth_error(connect: Make) -> None:
     with pytest.raises(AuthError, match="AUTHENTICATIONFAILED"):
         await connect(password="not-the-password").fetch(None)
