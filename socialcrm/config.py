@@ -68,7 +68,7 @@ class BrandConfig(_Section):
 class TicketConfig(_Section):
     """How messages are threaded into tickets."""
 
-    #: Same customer + channel within this window joins the open ticket.
+    #: Same customer + channel within this window joins the open ticket, until it is answered.
     thread_window: Duration = timedelta(hours=72)
     #: A new message on a resolved ticket younger than this reopens it.
     reopen_window: Duration = timedelta(days=7)
@@ -321,7 +321,7 @@ brand:
 rules: []
 
 tickets:
-  thread_window: 72h      # same customer + channel within this joins the open ticket
+  thread_window: 72h      # same customer + channel within this joins an unanswered ticket
   reopen_window: 7d       # a message on a ticket resolved this recently reopens it
 
 responder:
