@@ -46,7 +46,7 @@ from socialcrm.chatops.cards import (
 from socialcrm.chatops.commands import ROLES, Actor, CommandError, Commands, error_reference
 from socialcrm.config import Config
 from socialcrm.models import AuditEvent, Reply
-from socialcrm.replay import first_sighting, request_key
+from socialcrm.replay import ReplayGuard, request_key
 from socialcrm.responder import ReplyError, template_environment
 from socialcrm.tickets import TicketError
 
@@ -271,6 +271,7 @@ class SlackAdapter:
         self.verifier = SignatureVerifier(config.slack.signing_secret.get_secret_value())
         self.max_age_s = config.slack.max_age_s
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.replays = ReplayGuard(commands.store)
 
     # -- verification ----------------------------------------------------------------------
 
@@ -309,14 +310,12 @@ class SlackAdapter:
     async def _once(self, seen: _Seen, work: Coroutine[Any, Any, T]) -> T:
         """Run ``work`` unless the request was let in before (``Replayed``).
 
-        The requests seen are kept in the store, so a restart or another daemon on the same
-        database still knows them until their window has passed. Asked inside the answer's
-        deadline: a database busy with a batch delays the answer, it does not fail it.
+        The requests seen are kept in the store (``socialcrm.replay``), so a restart or another
+        daemon on the same database still knows them until their window has passed. Asked
+        inside the answer's deadline: a slow database delays the answer, it does not fail it.
         """
         try:
-            first = await first_sighting(
-                self.commands.store, seen.key, expires_at=seen.expires_at, now=seen.now
-            )
+            first = await self.replays.admit(seen.key, expires_at=seen.expires_at, now=seen.now)
         except BaseException:
             work.close()
             raise
@@ -399,13 +398,13 @@ class SlackAdapter:
 
     async def drain(self, timeout_s: float = DRAIN_S) -> None:
         """Wait for answers still being worked on; cancel what is left after ``timeout_s``."""
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        await self.replays.flush()
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.drain()
