@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 import aiohttp
 import aioimaplib
 import aiosmtplib
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from connectors.mime import parse_email
 from socialcrm.connector import (
@@ -44,6 +44,7 @@ from socialcrm.connector import (
     Channel,
     ConnectorConfig,
     ConnectorError,
+    Credential,
     Cursor,
     FatalError,
     MalformedPayload,
@@ -84,7 +85,7 @@ class ImapConnector:
         #: Default: 993 with implicit TLS, 143 otherwise.
         port: int | None = Field(default=None, ge=1, le=65535)
         username: str
-        password: SecretStr
+        password: Credential
         mailbox: str = "INBOX"
         tls: Tls = "tls"
         #: A CA bundle (PEM) to trust instead of the system's, for a private mail server.
@@ -101,7 +102,7 @@ class ImapConnector:
         smtp_port: int | None = Field(default=None, ge=1, le=65535)
         #: SMTP logs in only when this is set (often the same as ``username``).
         smtp_username: str | None = None
-        smtp_password: SecretStr | None = None
+        smtp_password: Credential | None = None
         smtp_tls: Tls = "tls"
         #: The support address replies come from; mail from it is never read as a customer's.
         from_address: str
@@ -443,7 +444,7 @@ class ImapConnector:
         """The reply email, its Message-ID and its recipient; no customer text reaches a header
         unchecked (control characters go, the email package encodes the rest)."""
         cfg = self.config
-        recipient = _recipient(reply.to_email)
+        recipient = _reply_address(reply)
         domain = cfg.from_address.rsplit("@", 1)[1]
         message_id = email.utils.make_msgid(domain=domain)
         msg = EmailMessage(policy=email.policy.SMTP)
@@ -505,6 +506,18 @@ def reply_subject(original: str | None, ticket_id: int | None) -> str:
         if tag not in subject:
             subject = f"{subject} {tag}"
     return subject
+
+
+def _reply_address(reply: OutboundReply) -> str:
+    """Where the answer goes: the mail's Reply-To when it is one usable address (contact forms,
+    no-reply senders), else the customer's address (RFC 5322 §3.6.2)."""
+    reply_to = reply.original.get("reply_to")
+    if isinstance(reply_to, str) and reply_to:
+        try:
+            return _recipient(reply_to)
+        except FatalError:
+            pass  # a broken Reply-To: the sender's own address still works
+    return _recipient(reply.to_email)
 
 
 def _recipient(value: str | None) -> str:

@@ -49,7 +49,7 @@ from typing import Any, ClassVar, Final, Literal
 
 import aiohttp
 from bs4 import BeautifulSoup
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from yarl import URL
 
 from socialcrm.connector import (
@@ -60,6 +60,7 @@ from socialcrm.connector import (
     Channel,
     ConnectorConfig,
     ConnectorError,
+    Credential,
     Cursor,
     InboundMessage,
     MalformedPayload,
@@ -107,7 +108,7 @@ class MastodonConnector:
         base_url: str
         #: A user token with ``read:notifications``, ``read:statuses``, ``read:search`` (only
         #: for ``search``) and ``write:statuses``.
-        access_token: SecretStr
+        access_token: Credential
         #: Read the brand's mention notifications.
         mentions: bool = True
         #: Also read the mentions the brand's notification policy filtered (Mastodon 4.3+).

@@ -615,10 +615,13 @@ def _disposition(part: Message) -> str:
 
 
 def _is_text_body(part: Message) -> bool:
+    # A text part marked inline is shown as the body by every mail client, file name or not
+    # (Apple Mail and some phones name them); without a disposition, a name makes it a file.
+    disposition = _disposition(part)
     return (
         part.get_content_type() in ("text/plain", "text/html")
-        and _disposition(part) != "attachment"
-        and not _filename(part)
+        and disposition != "attachment"
+        and (disposition == "inline" or not _filename(part))
     )
 
 
@@ -652,6 +655,9 @@ def _walk(part: Message, w: _Walk, depth: int = 0) -> None:
         return
     if ctype.startswith("message/"):
         return  # delivery-status, disposition-notification: machine reports, not text
+    if ctype.startswith("multipart/") and not part.is_multipart():
+        _unsplit(part, w, depth)
+        return
     if part.is_multipart():
         kids = _children(part)
         if ctype == "multipart/alternative" and kids:
@@ -669,6 +675,39 @@ def _walk(part: Message, w: _Walk, depth: int = 0) -> None:
         w.texts.append((part.get_content_subtype(), _part_text(part, w)))
         return
     _attachment(part, w)
+
+
+#: A delimiter line of a multipart body: ``--`` and a boundary (RFC 2046 §5.1.1: 1 to 70
+#: characters, not ending in a space).
+_DELIMITER = re.compile(
+    rb"^--([0-9A-Za-z'()+_,./:=?][ -~]{0,68}[!-~]|[0-9A-Za-z'()+_,./:=?])[ \t]*\r?$", re.M
+)
+
+
+def _unsplit(part: Message, w: _Walk, depth: int) -> None:
+    """A multipart whose boundary is missing or wrong: find the real one, else keep the text.
+
+    The parser leaves such a body as one unsplit string; read as an attachment, the whole
+    body was lost and only the subject stored.
+    """
+    data = _payload(part)
+    for found in _DELIMITER.finditer(data[:MAX_PART_CHARS]):
+        boundary = found.group(1).removesuffix(b"--")
+        if not boundary or data.count(b"--" + boundary) < 2 or b'"' in boundary:
+            continue
+        head = b'Content-Type: %s; boundary="%s"\r\n\r\n' % (
+            part.get_content_type().encode("ascii", "replace"),
+            boundary,
+        )
+        inner = email.message_from_bytes(head + data, policy=email.policy.default)
+        if inner.is_multipart() and _children(inner):
+            _walk(inner, w, depth + 1)
+            return
+    text, used = decode_bytes(data, part.get_content_charset())
+    w.charsets.append(used)
+    text = text[:MAX_PART_CHARS].replace("\r\n", "\n").replace("\r", "\n")
+    if text.strip():
+        w.texts.append(("plain", text))
 
 
 def _list_attachments(part: Message, w: _Walk, depth: int) -> None:
@@ -734,6 +773,12 @@ def _body_text(w: _Walk, *, trim: bool) -> str:
 
 def synthetic_id(raw: bytes, msg: Message) -> str:
     """A stable id for a message without a Message-ID: a hash of date, from, subject and body."""
+    return f"{SYNTHETIC_PREFIX}{content_digest(raw, msg)[:48]}"
+
+
+def content_digest(raw: bytes, msg: Message) -> str:
+    """A hash of what the sender wrote (date, from, subject, body), not of how it travelled
+    (Received and other transport headers), so the same mail read twice has the same one."""
     head, sep, body = raw.replace(b"\r\n", b"\n").partition(b"\n\n")
     if not sep:
         body = head
@@ -742,7 +787,7 @@ def synthetic_id(raw: bytes, msg: Message) -> str:
         digest.update((_raw_header(msg, name) or "").encode("utf-8", "surrogateescape"))
         digest.update(b"\0")
     digest.update(body)
-    return f"{SYNTHETIC_PREFIX}{digest.hexdigest()[:48]}"
+    return digest.hexdigest()
 
 
 def parse_email(raw: bytes, *, received_at: datetime | None = None) -> InboundMessage:
@@ -802,6 +847,8 @@ def parse_email(raw: bytes, *, received_at: datetime | None = None) -> InboundMe
         "auto": reason is not None,
         "auto_reason": reason,
         "synthetic_id": synthetic,
+        # Some mailers and forwarders reuse a Message-ID: the store tells such mails apart.
+        "content_digest": content_digest(raw, msg),
         "size": len(raw),
     }
     if created is None:

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import aiohttp
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from socialcrm.connector import (
     PASSING_ERRORS,
@@ -44,6 +44,7 @@ from socialcrm.connector import (
     Batch,
     Channel,
     ConnectorConfig,
+    Credential,
     Cursor,
     FatalError,
     InboundMessage,
@@ -81,10 +82,10 @@ class RedditConnector:
         """Settings of a Reddit source (a "script" app acting as the brand's account)."""
 
         client_id: str = Field(min_length=1)
-        client_secret: SecretStr
+        client_secret: Credential
         #: The brand's account; without it the token is app-only and replies are impossible.
         username: str | None = None
-        password: SecretStr | None = None
+        password: Credential | None = None
         #: Reddit requires ``<platform>:<app ID>:<version> (by /u/<username>)`` and throttles
         #: or blocks anything generic; without it, one is made from ``username``.
         user_agent: str | None = Field(default=None, pattern=USER_AGENT_PATTERN)

@@ -12,13 +12,14 @@ from typing import Any, ClassVar
 import aiohttp
 import feedparser
 from bs4 import BeautifulSoup
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, ValidationError
 
 from socialcrm.connector import (
     Author,
     Batch,
     Channel,
     ConnectorConfig,
+    Credential,
     Cursor,
     InboundMessage,
     MalformedPayload,
@@ -47,7 +48,7 @@ class RssConnector:
         timeout_s: float = 30.0
         #: HTTP basic credentials, for feeds behind a login (review-site partner feeds).
         username: str | None = None
-        password: SecretStr | None = None
+        password: Credential | None = None
 
     def __init__(self, config: Config, http: aiohttp.ClientSession) -> None:
         self.config = config

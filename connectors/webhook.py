@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import aiohttp
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import ValidationError
 
 from socialcrm.connector import (
     AuthError,
@@ -34,6 +34,7 @@ from socialcrm.connector import (
     OutboundReply,
     Quarantined,
     SentReceipt,
+    SigningSecret,
     error_for_status,
 )
 
@@ -66,7 +67,7 @@ class WebhookConnector:
     class Config(ConnectorConfig):
         """Settings of an inbound webhook source."""
 
-        secret: SecretStr = Field(min_length=16)
+        secret: SigningSecret
         #: Requests whose timestamp is further from now than this are refused (replays).
         replay_window_s: float = 300.0
         #: Where approved replies are POSTed (signed the same way); none: replies not sent.
@@ -91,10 +92,11 @@ class WebhookConnector:
         signature = headers.get(SIGNATURE_HEADER, "")
         if not timestamp or not signature:
             raise Refused(401, f"missing {SIGNATURE_HEADER} or {TIMESTAMP_HEADER}")
-        try:
-            sent_at = float(timestamp)
-        except ValueError:
-            raise Refused(401, "bad timestamp") from None
+        # Unix seconds in ASCII digits only: float() would take "nan" (never outside any
+        # window), "inf", "1e9" and other scripts' digits.
+        if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
+            raise Refused(401, "bad timestamp")
+        sent_at = float(timestamp)
         if abs(now - sent_at) > self.config.replay_window_s:
             raise Refused(401, "timestamp outside the replay window")
         expected = sign(self.config.secret.get_secret_value(), timestamp, body)

@@ -55,6 +55,7 @@ from socialcrm.connector import (
     Channel,
     ConnectorConfig,
     ConnectorError,
+    Credential,
     Cursor,
     FatalError,
     ForbiddenError,
@@ -145,7 +146,7 @@ class XConnector:
         """Settings of an X source."""
 
         #: App-only bearer token: reads mentions and search.
-        bearer_token: SecretStr
+        bearer_token: Credential
         #: The brand account's numeric id (whose mentions are read); found with
         #: ``/2/users/me`` when unset and user-context credentials are given.
         user_id: str | None = Field(default=None, pattern=r"^\d+$")
@@ -158,17 +159,17 @@ class XConnector:
         #: Where X's API is; the sandbox is ``http://HOST:PORT/x``.
         base_url: str = TWEEPY_ORIGIN
         #: OAuth 2.0 user-context access token (``tweet.write``), needed to reply.
-        user_access_token: SecretStr | None = None
+        user_access_token: Credential | None = None
         #: The app's OAuth 2.0 client id and, for a confidential client, its secret; with
         #: ``refresh_token`` (granted with ``offline.access``) an expired user token is renewed.
         client_id: str | None = Field(default=None, min_length=1)
-        client_secret: SecretStr | None = None
-        refresh_token: SecretStr | None = None
+        client_secret: Credential | None = None
+        refresh_token: Credential | None = None
         #: OAuth 1.0a user context, the other way to reply (all four or none).
-        consumer_key: SecretStr | None = None
-        consumer_secret: SecretStr | None = None
-        access_token: SecretStr | None = None
-        access_token_secret: SecretStr | None = None
+        consumer_key: Credential | None = None
+        consumer_secret: Credential | None = None
+        access_token: Credential | None = None
+        access_token_secret: Credential | None = None
 
         @model_validator(mode="after")
         def _coherent(self) -> XConnector.Config:

@@ -67,13 +67,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     field_validator,
     model_validator,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from socialcrm.connector import Credential, SigningSecret
 from socialcrm.db import Store
 from socialcrm.models import Alert, utcnow
 from socialcrm.slackapi import sort_failure
@@ -118,7 +118,7 @@ class SlackSinkConfig(_Section):
 
     type: Literal["slack"]
     name: str = Field(pattern=_NAME_PATTERN)
-    token: SecretStr
+    token: Credential
     #: Channel id (C0123456789) or name.
     channel: str = Field(min_length=1, max_length=80)
     api_base: str = "https://slack.com/api/"
@@ -137,7 +137,7 @@ class EmailSinkConfig(_Section):
     #: starttls: plain connection upgraded (587); tls: TLS from the start (465); none: local relay.
     security: Literal["starttls", "tls", "none"] = "starttls"
     username: str | None = None
-    password: SecretStr | None = None
+    password: Credential | None = None
     from_addr: str = Field(pattern=r"^[^@\s<>]+@[^@\s<>]+$")
     to: list[Annotated[str, Field(pattern=r"^[^@\s<>,]+@[^@\s<>,]+$")]] = Field(min_length=1)
     timeout_s: float = 20.0
@@ -149,7 +149,7 @@ class WebhookSinkConfig(_Section):
     type: Literal["webhook"]
     name: str = Field(pattern=_NAME_PATTERN)
     url: str = Field(pattern=r"^https?://\S+$")
-    secret: SecretStr = Field(min_length=16)
+    secret: SigningSecret
     timeout_s: float = 10.0
 
 

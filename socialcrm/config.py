@@ -16,7 +16,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -24,6 +23,7 @@ from pydantic import (
 
 from socialcrm import yamldoc
 from socialcrm.alerts import AlertsConfig
+from socialcrm.connector import Credential, SigningSecret
 from socialcrm.reports.digest import ReportsConfig
 from socialcrm.sla import SlaConfig
 from socialcrm.spikes import SpikeConfig
@@ -68,7 +68,7 @@ class BrandConfig(_Section):
 class TicketConfig(_Section):
     """How messages are threaded into tickets."""
 
-    #: Same customer + channel within this window joins the open ticket.
+    #: Same customer + channel within this window joins the open ticket, until it is answered.
     thread_window: Duration = timedelta(hours=72)
     #: A new message on a resolved ticket younger than this reopens it.
     reopen_window: Duration = timedelta(days=7)
@@ -153,8 +153,8 @@ class StaffMember(_Section):
 class SlackConfig(_Section):
     """Slack: slash commands, buttons and approval cards."""
 
-    signing_secret: SecretStr
-    bot_token: SecretStr
+    signing_secret: SigningSecret
+    bot_token: Credential
     #: Channel where approval cards are posted (an id like C0123456789).
     channel: str
     #: The Web API's base URL; the sandbox's Slack stand-in in tests and the demo.
@@ -166,7 +166,7 @@ class SlackConfig(_Section):
 class MattermostConfig(_Section):
     """Mattermost: slash commands, authenticated by the command's token."""
 
-    token: SecretStr
+    token: SigningSecret
 
 
 class Config(_Section):
@@ -338,7 +338,7 @@ brand:
 rules: []
 
 tickets:
-  thread_window: 72h      # same customer + channel within this joins the open ticket
+  thread_window: 72h      # same customer + channel within this joins an unanswered ticket
   reopen_window: 7d       # a message on a ticket resolved this recently reopens it
 
 responder:

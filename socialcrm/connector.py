@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import email.utils
 import importlib.metadata
+import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Annotated, Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 Channel = Literal["x", "mastodon", "reddit", "email", "rss", "webhook"]
 CHANNELS: tuple[str, ...] = ("x", "mastodon", "reddit", "email", "rss", "webhook")
@@ -23,7 +33,81 @@ CHANNELS: tuple[str, ...] = ("x", "mastodon", "reddit", "email", "rss", "webhook
 MAX_TEXT_CHARS = 40_000
 
 
-class Author(BaseModel):
+def _secret(min_chars: int) -> BeforeValidator:
+    """A check of a secret's length whose error never repeats the value."""
+
+    def check(v: Any) -> Any:
+        text = v.get_secret_value() if isinstance(v, SecretStr) else v
+        if not isinstance(text, str):
+            raise ValueError("must be text (got something else)")
+        if not text.strip():
+            raise ValueError("must not be empty or blank (got an empty value)")
+        if len(text) < min_chars:
+            raise ValueError(f"must be at least {min_chars} characters, got {len(text)}")
+        return v
+
+    return BeforeValidator(check)
+
+
+#: A secret that lets a request in (a signing secret, a slash command's token, our webhook
+#: secret): empty or short, anyone could forge requests, so at least 16 characters (Slack's
+#: signing secrets are 32, Mattermost's command tokens 26).
+SigningSecret = Annotated[SecretStr, _secret(16)]
+#: A credential we present to a platform (bearer token, password), which the platform checks:
+#: it must not be empty or blank; its length is the platform's business.
+Credential = Annotated[SecretStr, _secret(1)]
+
+
+#: What no store keeps: NUL (PostgreSQL text and JSONB refuse it) and UTF-16 surrogates, which
+#: a valid str never holds paired and neither database can encode alone.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` without NUL characters, a lone surrogate replaced by U+FFFD."""
+    if "\x00" not in text and text.isascii():
+        return text
+    return _UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", text)
+
+
+def clean(value: Any) -> Any:
+    """Every string in ``value`` (dict keys, lists, nested) made storable by :func:`clean_text`."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v) for v in value]
+    return value
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
+def _needs_cleaning(data: dict[Any, Any]) -> bool:
+    """Whether anything in ``data`` is unstorable; one pass in C, as nearly nothing is."""
+    try:
+        text = _JSON.encode(data)
+    except (TypeError, ValueError):
+        return True
+    # json escapes NUL as \u0000 and leaves a lone surrogate as it is, which UTF-8 refuses.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return "\\u0000" in text
+
+
+class _Clean(BaseModel):
+    """A model whose string fields, at any depth, are cleaned before validation."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clean(cls, data: Any) -> Any:
+        return clean(data) if isinstance(data, dict) and _needs_cleaning(data) else data
+
+
+class Author(_Clean):
     """Who wrote a message, as the channel knows them."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -52,7 +136,7 @@ class Author(BaseModel):
         return v or None
 
 
-class InboundMessage(BaseModel):
+class InboundMessage(_Clean):
     """One message a customer wrote, normalised by its connector."""
 
     model_config = ConfigDict(extra="ignore")
@@ -80,12 +164,6 @@ class InboundMessage(BaseModel):
     edited: bool = False
     raw: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("text")
-    @classmethod
-    def _text_bounded(cls, v: str) -> str:
-        # NUL bytes are rejected by PostgreSQL text columns; drop them rather than lose the row.
-        return v.replace("\x00", "")
-
     def model_post_init(self, _ctx: Any) -> None:
         if len(self.text) > MAX_TEXT_CHARS:
             object.__setattr__(self, "text", self.text[:MAX_TEXT_CHARS])
@@ -94,7 +172,7 @@ class InboundMessage(BaseModel):
             object.__setattr__(self, "created_at", self.created_at.replace(tzinfo=UTC))
 
 
-class Quarantined(BaseModel):
+class Quarantined(_Clean):
     """A payload the connector could not turn into an InboundMessage; kept, never dropped."""
 
     external_id: str | None = None

@@ -163,6 +163,8 @@ class Ticket(SQLModel, table=True):
     reopened_count: int = 0
     message_count: int = 0
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    #: The ticket a message named (``[#123]``) but its sender could not write into.
+    related_ticket_id: int | None = Field(default=None, foreign_key="ticket.id")
 
 
 class Message(SQLModel, table=True):
@@ -339,6 +341,16 @@ class Quarantine(SQLModel, table=True):
     attempts: int = 0
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     retried_at: datetime | None = _ts()
+
+
+class SeenRequest(SQLModel, table=True):
+    """A signed chat request let in, kept until its replay window has passed."""
+
+    __tablename__ = "seen_request"
+
+    #: sha256 of the platform, the request's timestamp and its signature.
+    key: str = Field(primary_key=True, max_length=128)
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
 
 
 #: Length of the 15-minute slots the rollups count in, in seconds.

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from socialcrm import rollups
 from socialcrm.alerts import raise_alert
 from socialcrm.config import Config
-from socialcrm.connector import Batch, Cursor, InboundMessage, Quarantined
+from socialcrm.connector import Batch, Cursor, InboundMessage, Quarantined, clean_text
 from socialcrm.db import Store, executemany, keys_in
 from socialcrm.identity import CustomerView, IdentityView, Resolver, insert_returning_ids
 from socialcrm.models import Alert, Message, Quarantine, Reply, SourceState, utcnow
@@ -204,9 +204,7 @@ class Pipeline:
                 prep.scored.append(_Scored(m, score, facts if same_rules else None))
             else:
                 log.error("cannot score %s %s: %s", m.channel, m.external_id, score)
-                prep.bad.append(
-                    Quarantined(external_id=m.external_id, error=score, raw=m.model_dump_json())
-                )
+                prep.bad.append(Quarantined(external_id=m.external_id, error=score, raw=_dump(m)))
         return prep
 
     async def _commit(self, prep: _Prepared, source: str) -> IngestResult:
@@ -217,10 +215,12 @@ class Pipeline:
                 await self.store.lock_ingest(session)
                 await self._store(session, prep.scored, prep.bad, source, prep.cursor, result)
             return result
-        except sa.exc.DBAPIError as err:
-            if isinstance(err, sa.exc.OperationalError) or len(prep.scored) <= 1:
+        except Exception as err:  # whatever refused the batch, isolate the message it was
+            if isinstance(err, sa.exc.OperationalError) or not prep.scored:
                 raise
-            log.warning("batch from %s refused (%s); storing messages one by one", source, err.orig)
+            log.warning(
+                "batch from %s refused (%s); storing messages one by one", source, _why(err)
+            )
         result = IngestResult(received=prep.received, duplicates=prep.duplicates)
         for j, item in enumerate(prep.scored):
             first, last = j == 0, j == len(prep.scored) - 1
@@ -231,11 +231,12 @@ class Pipeline:
                 async with self.store.session() as session:
                     await self.store.lock_ingest(session)
                     await self._store(session, [item], bad, source, cursor, one)
-            except sa.exc.DBAPIError as row_err:
+            except Exception as row_err:  # this message alone: quarantined, the rest goes on
                 if isinstance(row_err, sa.exc.OperationalError):
                     raise
+                log.warning("cannot store %s from %s: %s", item.msg.external_id, source, row_err)
                 async with self.store.session() as session:
-                    refused = f"database refused it: {row_err.orig}"
+                    refused = f"database refused it: {_why(row_err)}"
                     session.add_all(_quarantine_row(source, q, q.error) for q in bad)
                     session.add(_quarantine_row(source, item.msg, refused))
                     if cursor is not None:
@@ -255,13 +256,9 @@ class Pipeline:
     ) -> None:
         now = self.clock()
         # Under the lock, so no other writer can store the same message in between.
-        existing = await _stored_keys(session, [s.msg for s in scored])
-        if existing:
-            result.duplicates += len(existing)
-            await _revise(
-                session, [s.msg for s in scored if (s.msg.channel, s.msg.external_id) in existing]
-            )
-            scored = [s for s in scored if (s.msg.channel, s.msg.external_id) not in existing]
+        scored, repeats = await _distinct(session, scored)
+        result.duplicates += len(repeats)
+        await _revise(session, [s.msg for s in repeats])
         # A deletion of a message never stored has nothing to mark.
         scored = [s for s in scored if not _is_deletion(s.msg)]
         msgs = [s.msg for s in scored]
@@ -281,9 +278,7 @@ class Pipeline:
                 log.exception("cannot process %s %s", m.channel, m.external_id)
                 bad = [
                     *bad,
-                    Quarantined(
-                        external_id=m.external_id, error=repr(err), raw=m.model_dump_json()
-                    ),
+                    Quarantined(external_id=m.external_id, error=repr(err), raw=_dump(m)),
                 ]
 
         result.new_customers = len({id(i.customer) for i in idents if i.customer.id is None})
@@ -301,7 +296,9 @@ class Pipeline:
         await self._drafts_and_alerts(session, planned, ids, source, now, result)
 
         if bad:
-            session.add_all(_quarantine_row(source, q, q.error) for q in bad)
+            # Counted either way (it is in quarantine), kept once.
+            fresh = await _not_quarantined(session, source, bad)
+            session.add_all(_quarantine_row(source, q, q.error) for q in fresh)
             result.quarantined += len(bad)
         result.stored += len(planned)
         if cursor is not None or planned:
@@ -599,11 +596,11 @@ async def _chunked(
 
 
 def _unique(messages: Sequence[InboundMessage]) -> list[InboundMessage]:
-    """Drop repeats within a batch; the first one wins."""
-    seen: set[tuple[str, str]] = set()
+    """Drop repeats within a batch (same id and, where known, same content); the first wins."""
+    seen: set[tuple[str, str, str | None]] = set()
     out = []
     for m in messages:
-        key = (m.channel, m.external_id)
+        key = (m.channel, m.external_id, _digest(m))
         if key not in seen:
             seen.add(key)
             out.append(m)
@@ -648,18 +645,98 @@ def _is_deletion(m: InboundMessage) -> bool:
     return m.raw.get("deleted") is True and not m.text
 
 
+async def _not_quarantined(
+    session: AsyncSession, source: str, bad: Sequence[Quarantined]
+) -> list[Quarantined]:
+    """The payloads not already in this source's quarantine (a mailbox read again after a
+    UIDVALIDITY change hands over the same broken mails)."""
+    fresh: list[Quarantined] = []
+    seen: set[str] = set()
+    for q in bad:
+        if q.raw in seen:
+            continue
+        seen.add(q.raw)
+        found = await session.execute(
+            sa.select(Quarantine.id)
+            .where(Quarantine.source == source, Quarantine.raw == q.raw)  # type: ignore[arg-type]
+            .limit(1)
+        )
+        if found.first() is None:
+            fresh.append(q)
+    return fresh
+
+
+def _digest(m: InboundMessage) -> str | None:
+    """The content digest a connector put in the raw payload (e-mail), if any."""
+    found = m.raw.get("content_digest")
+    return found if isinstance(found, str) and found else None
+
+
+def _alternate_id(m: InboundMessage, digest: str) -> str:
+    """The id of a message whose platform id was already taken by different content."""
+    return f"{m.external_id}#{digest[:16]}"
+
+
+async def _distinct(
+    session: AsyncSession, scored: Sequence[_Scored]
+) -> tuple[list[_Scored], list[_Scored]]:
+    """The messages that are not stored yet, and the repeats (an edit comes as a repeat).
+
+    Same id, same content (or a content unknown on either side): a repeat. Same id, other
+    content (mailers and forwarders that reuse a Message-ID): a different message, stored
+    under its id plus a piece of its content digest.
+    """
+    keys: list[tuple[str, str]] = []
+    for s in scored:
+        keys.append((s.msg.channel, s.msg.external_id))
+        if (d := _digest(s.msg)) is not None:
+            keys.append((s.msg.channel, _alternate_id(s.msg, d)))
+    taken = await _stored_keys(session, keys)
+    out: list[_Scored] = []
+    repeats: list[_Scored] = []
+    for item in scored:
+        m, d = item.msg, _digest(item.msg)
+        key = (m.channel, m.external_id)
+        if key in taken:
+            known = taken[key]
+            if d is None or known is None or known == d:
+                repeats.append(item)
+                continue
+            key = (m.channel, _alternate_id(m, d))
+            if key in taken:
+                repeats.append(item)
+                continue
+            m = m.model_copy(update={"external_id": key[1]})
+        taken[key] = d
+        out.append(item._replace(msg=m))
+    return out, repeats
+
+
 async def _stored_keys(
-    session: AsyncSession, msgs: Sequence[InboundMessage]
-) -> set[tuple[str, str]]:
-    """The (channel, external_id) pairs of these messages that are stored already."""
-    if not msgs:
-        return set()
+    session: AsyncSession, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], str | None]:
+    """Which of these (channel, external_id) pairs are stored, with their content digests."""
+    if not keys:
+        return {}
     dialect = session.get_bind().dialect.name
-    keys = [(m.channel, m.external_id) for m in msgs]
-    q = sa.select(Message.channel, Message.external_id).where(
-        keys_in(dialect, [Message.channel, Message.external_id], keys)  # type: ignore[list-item]
+    raw = Message.__table__.c.raw  # type: ignore[attr-defined]
+    q = sa.select(Message.channel, Message.external_id, raw["content_digest"].as_string()).where(
+        keys_in(dialect, [Message.channel, Message.external_id], list(dict.fromkeys(keys)))  # type: ignore[list-item]
     )
-    return {(r[0], r[1]) for r in (await session.execute(q)).all()}
+    return {(r[0], r[1]): r[2] for r in (await session.execute(q)).all()}
+
+
+def _dump(m: InboundMessage) -> str:
+    """A message as JSON for the quarantine, even one built around the contract's checks."""
+    try:
+        return m.model_dump_json()
+    except ValueError:  # a string JSON cannot encode (a lone surrogate): keep what we can
+        return clean_text(repr(m.model_dump()))
+
+
+def _why(err: BaseException) -> str:
+    """The database's own words for a refused statement, else the error itself."""
+    return str(err.orig) if isinstance(err, sa.exc.DBAPIError) else repr(err)
 
 
 def _quarantine_row(source: str, item: Quarantined | InboundMessage, error: str) -> Quarantine:
@@ -667,11 +744,16 @@ def _quarantine_row(source: str, item: Quarantined | InboundMessage, error: str)
         return Quarantine(
             source=source,
             channel=item.channel,
-            external_id=item.external_id,
-            error=error,
-            raw=item.model_dump_json(),
+            external_id=clean_text(item.external_id),
+            error=clean_text(error),
+            raw=_dump(item),
         )
-    return Quarantine(source=source, external_id=item.external_id, error=error, raw=item.raw)
+    return Quarantine(
+        source=source,
+        external_id=item.external_id,
+        error=clean_text(error),
+        raw=clean_text(item.raw),
+    )
 
 
 async def _save_cursor(

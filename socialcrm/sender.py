@@ -307,10 +307,17 @@ def outbound_reply(
         to_handle=ident.handle if ident is not None else None,
         to_email=ident.email if ident is not None else None,
         subject=subject,
-        references=[*msg.references, msg.external_id] if reply.channel == "email" else [],
+        references=_references(msg) if reply.channel == "email" else [],
         ticket_id=reply.ticket_id,
         original=dict(msg.raw or {}),
     )
+
+
+def _references(msg: Message) -> list[str]:
+    """The answer's References: the parent's References, or else its In-Reply-To, then the
+    parent's own id (RFC 5322 §3.6.4)."""
+    chain = msg.references or ([msg.in_reply_to] if msg.in_reply_to else [])
+    return [*chain, msg.external_id]
 
 
 _TITLES = {

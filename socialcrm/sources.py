@@ -410,6 +410,10 @@ class Poller:
             # A connector that let a transport error through: still a passing failure.
             out.error = f"transport: {err!r}"
             await self._failed(src, err, None, progressed=out.fetches > 0)
+        except Exception as err:  # storing a batch failed: the poll failed, and says so
+            log.exception("source %s: a batch could not be stored", src.name)
+            out.error = f"store: {err!r}"[:500]
+            await self._failed(src, err, None, progressed=out.result.stored > 0)
         finally:
             src.busy = False
             self._busy -= 1

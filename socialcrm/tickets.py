@@ -3,6 +3,13 @@
 Threading, strongest evidence first: the reply chain (in-reply-to, email References, platform
 conversation id), a ``[#123]`` ticket tag in the subject or text, then the same customer on
 the same channel within the thread window. A message on a recently resolved ticket reopens it.
+
+Who may join: anyone replying inside the ticket's conversation (the reply chain or the
+platform's conversation id). A ticket tag joins only a sender who is the ticket's customer or
+has written in the ticket before; anyone else gets a new ticket that points at the tagged one
+(``related_ticket_id``). The window joins only the ticket's own customer, and only while the
+ticket has had no answer: once we answered, a new top-level message is a new topic and opens
+a new ticket; replies to the answer still thread by the chain.
 """
 
 from __future__ import annotations
@@ -74,6 +81,8 @@ class TicketView:
     conversation_id: str | None
     #: When the ticket opened (its SLA clock starts then); None for one not loaded with it.
     opened_at: datetime | None = None
+    #: We have answered it (a reply was sent): a new top-level message no longer joins it.
+    answered: bool = False
     #: Customer object of a ticket opened in this batch (its id is known only after flush).
     customer_ref: Any = None
     new: bool = False
@@ -110,6 +119,10 @@ class Threader:
         #: (channel, external_id) -> ticket, for messages stored earlier or in this batch.
         self._by_message: dict[tuple[str, str], TicketView | None] = {}
         self._new: list[TicketView] = []
+        #: Customers who wrote in each tagged ticket: who may join it by its tag.
+        self._participants: dict[int, set[int]] = {}
+        #: (channel, external_id) -> the tagged ticket a message could not join.
+        self._related: dict[tuple[str, str], int] = {}
         #: Tickets opened in this batch for customers that are new in it, by id() of the view.
         self._by_new_customer: dict[int, list[TicketView]] = {}
 
@@ -167,6 +180,7 @@ class Threader:
                 Ticket.resolved_at,
                 Ticket.conversation_id,
                 Ticket.opened_at,
+                Ticket.first_response_at,
             ).where(sa.or_(*wanted))
             for t in (await self.session.execute(q2)).all():
                 self._add(
@@ -182,10 +196,22 @@ class Threader:
                         resolved_at=t.resolved_at,
                         conversation_id=t.conversation_id,
                         opened_at=t.opened_at,
+                        answered=t.first_response_at is not None,
                     )
                 )
         for key, tid in msg_ticket.items():
             self._by_message[key] = self._by_id.get(tid) if tid is not None else None
+        if tagged:
+            q3 = (
+                sa.select(Message.ticket_id, Message.customer_id)
+                .where(
+                    keys_in(dialect, [Message.ticket_id], list(tagged)),  # type: ignore[list-item]
+                    Message.customer_id.is_not(None),  # type: ignore[union-attr]
+                )
+                .distinct()
+            )
+            for r in (await self.session.execute(q3)).all():
+                self._participants.setdefault(r.ticket_id, set()).add(r.customer_id)
 
     def _add(self, t: TicketView) -> None:
         if t.id is not None:
@@ -216,12 +242,16 @@ class Threader:
                 return t
         for tag in TICKET_TAG_RE.findall(f"{m.subject or ''} {m.text[:2000]}"):
             t = self._by_id.get(int(tag))
-            if (
-                t is not None
-                and t.status != "closed"
-                and (t.customer_id == customer_id or m.channel == "email")
+            if t is None or t.status == "closed":
+                continue
+            # Ticket numbers are sequential: a tag alone proves nothing about the sender.
+            if customer_id is not None and (
+                t.customer_id == customer_id
+                or (t.id is not None and customer_id in self._participants.get(t.id, ()))
             ):
                 return t
+            if t.id is not None:
+                self._related.setdefault((m.channel, m.external_id), t.id)
         candidates = (
             self._by_customer.get(customer_id, [])
             if customer_id is not None
@@ -229,7 +259,7 @@ class Threader:
         )
         best: TicketView | None = None
         for t in candidates:
-            if t.channel != m.channel or t.status == "closed":
+            if t.channel != m.channel or t.status == "closed" or t.answered:
                 continue
             if t.status == "resolved":
                 if (
@@ -271,6 +301,9 @@ class Threader:
             opened_at=m.created_at,
         )
         t.fields.update(subject=subject[:500], opened_at=m.created_at)
+        related = self._related.get((m.channel, m.external_id))
+        if related is not None:
+            t.fields["related_ticket_id"] = related
         self._new.append(t)
         if customer_id is None:
             self._by_new_customer.setdefault(id(customer_ref), []).append(t)

@@ -149,3 +149,78 @@ def test_the_example_config_is_valid() -> None:
     config = load_config(example)
     assert config.sla.targets["urgent"].first_response.total_seconds() == 3600
     assert config.alerts.sinks == [] and config.reports.digests == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "mattermost:\n  token: ''\n",
+            ":2: mattermost.token: must not be empty or blank",
+        ),
+        (
+            "mattermost:\n  token: short-token\n",
+            ":2: mattermost.token: must be at least 16 characters, got 11",
+        ),
+        (
+            "slack:\n  signing_secret: ''\n  bot_token: xoxb-1-2-3\n  channel: C1\n",
+            ":2: slack.signing_secret: must not be empty or blank",
+        ),
+        (
+            "slack:\n  signing_secret: 0123456789abcdef0123\n  bot_token: '  '\n  channel: C1\n",
+            ":3: slack.bot_token: must not be empty or blank",
+        ),
+        (
+            "alerts:\n  sinks:\n    - {type: webhook, name: w, url: 'http://h/x', secret: abc}\n",
+            ":3: alerts.sinks[0].webhook.secret: must be at least 16 characters, got 3",
+        ),
+        (
+            "alerts:\n  sinks:\n    - {type: slack, name: s, token: '', channel: C1}\n",
+            ":3: alerts.sinks[0].slack.token: must not be empty or blank",
+        ),
+    ],
+)
+def test_secrets_must_not_be_empty_or_short(tmp_path: Path, text: str, expected: str) -> None:
+    # An empty Mattermost token let a request without a token in; an empty Slack signing
+    # secret killed the daemon with a traceback. Both are configuration errors now, and the
+    # error never repeats the value.
+    msg = problems(tmp_path, text)
+    assert expected in msg
+    assert "short-token" not in msg and "abc" not in msg
+
+
+def test_config_check_refuses_an_empty_secret(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from socialcrm.cli import main
+
+    path = write(tmp_path, "mattermost:\n  token: ''\n")
+    result = CliRunner().invoke(main, ["-c", str(path), "config", "check"])
+    assert result.exit_code != 0
+    assert "mattermost.token: must not be empty or blank" in result.output
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"type": "x", "bearer_token": ""}, ("bearer_token", "must not be empty")),
+        (
+            {"type": "webhook", "secret": "0123456789"},
+            ("secret", "must be at least 16 characters, got 10"),
+        ),
+        (
+            {"type": "mastodon", "base_url": "https://m.example", "access_token": " "},
+            ("access_token", "must not be empty"),
+        ),
+    ],
+)
+def test_connector_secrets_must_not_be_empty_or_short(
+    settings: dict[str, str], expected: tuple[str, str]
+) -> None:
+    from socialcrm.config import SourceConfig
+    from socialcrm.sources import SourceSetupError, make_source
+
+    with pytest.raises(SourceSetupError) as info:
+        make_source(SourceConfig.model_validate({"name": "s", **settings}), 0)
+    field, problem = expected
+    assert f"sources[0].{field}:" in str(info.value) and problem in str(info.value)

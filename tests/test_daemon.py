@@ -798,3 +798,80 @@ async def test_start_up_line_names_version_address_and_sources(
     assert len(lines) == 1
     assert f"socialcrm {version('socialcrm')} listening on http://127.0.0.1:{port}" in lines[0]
     assert "1 source(s): forms (webhook)" in lines[0]
+
+
+@pytest.mark.parametrize("stamp", ["nan", "NaN", "inf", "-inf", "1.7e9", "+1772442000"])
+async def test_a_timestamp_that_is_not_ascii_digits_is_refused(
+    client: TestClient[Any, Any], store: Store, stamp: str
+) -> None:
+    # "nan" compared as never outside the replay window: a signed request was good for ever.
+    body = json.dumps(form(7)).encode()
+    mac = hmac.new(SECRET.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    headers = {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: f"sha256={mac}"}
+    resp = await client.post("/hooks/inbound/forms", data=body, headers=headers)
+    assert resp.status == 401 and "bad timestamp" in (await resp.json())["detail"]
+    assert await count(store, Message) == 0
+
+
+@pytest.mark.parametrize("stamp", ["\u0661\u0667\u0667\u0662\u0664\u0664\u0662\u0660\u0660\u0660"])
+def test_a_timestamp_in_other_digits_is_refused(stamp: str) -> None:
+    from connectors.webhook import Refused, WebhookConnector
+
+    connector = WebhookConnector(WebhookConnector.Config(secret=SECRET), None)  # type: ignore[arg-type]
+    body = b'{"id": "f", "text": "hi"}'
+    with pytest.raises(Refused, match="bad timestamp"):
+        connector.verify(
+            {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: sign(SECRET, stamp, body)},
+            body,
+            now=1772442000,
+        )
+
+
+async def test_a_webhook_with_nul_or_a_lone_surrogate_is_stored(
+    client: TestClient[Any, Any], store: Store
+) -> None:
+    # JSON may carry "\u0000" and a lone "\ud800": PostgreSQL refused the first, neither
+    # database could encode the second, and the caller got HTTP 500 with nothing kept.
+    body = (
+        b'[{"id": "form-n\\u0000", "text": "My order \\u0000 never came", "author": '
+        b'{"email": "n@example.com", "name": "N\\u0000"}, "extra": {"k": "\\u0000"}},'
+        b' {"id": "form-s", "text": "Broken \\ud800 again", "subject": "\\udfff",'
+        b' "author": {"email": "s@example.com"}}]'
+    )
+    resp = await client.post("/hooks/inbound/forms", data=body, headers=signed(body))
+    assert resp.status == 202, await resp.text()
+    assert (await resp.json())["stored"] == 2
+    async with store.reader() as s:
+        texts = sorted((await s.execute(sa.select(Message.text))).scalars())
+    assert texts == ["Broken \ufffd again", "My order  never came"]
+
+
+async def _rename(store: Store, pairs: list[tuple[str, str]]) -> None:
+    async with store.session() as s:
+        for old, new in pairs:
+            await s.execute(sa.text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+
+async def test_a_batch_that_cannot_be_stored_fails_the_poll_visibly(
+    daemon: Daemon, client: TestClient[Any, Any], feed: tuple[FeedServer, str], store: Store
+) -> None:
+    # An error storing a batch escaped the poll: every poll failed while /healthz said ok.
+    server, _ = feed
+    server.add(2)
+    away = [("message", "message_away"), ("quarantine", "quarantine_away")]
+    await _rename(store, away)
+    try:
+        out = await daemon.poller.poll("reviews")
+    finally:
+        await _rename(store, [(new, old) for old, new in away])
+    assert out.error is not None and out.error.startswith("store:")
+    health = await (await client.get("/healthz")).json()
+    assert health["status"] == "degraded" and health["sources"]["reviews"]["state"] == "failing"
+    text = await (await client.get("/metrics")).text()
+    assert 'socialcrm_poll_errors_total{kind="store",source="reviews"} 1.0' in text
+    st = await state(store, "reviews")
+    assert st.health == "failing" and st.failing_since is not None
+    # Once the store works again the next poll stores the batch.
+    daemon.poller.sources["reviews"].not_before = 0
+    out = await daemon.poller.poll("reviews")
+    assert out.error is None and out.result.stored == 2

@@ -231,6 +231,50 @@ async def test_uidvalidity_resync_duplicates_nothing_in_the_pipeline(
     assert third.messages == []
 
 
+async def test_mails_reusing_a_message_id_are_different_messages(
+    dovecot: Dovecot, mailbox: str, connect: Make, pipeline: Pipeline, store: Any
+) -> None:
+    # Some mailers and forwarding services reuse a Message-ID: the second mail was dropped as
+    # a duplicate of the first. Same id with other content is another message; the same mail
+    # read again is still a duplicate.
+    from socialcrm.models import Message
+
+    first = mail(7)
+    other = mail(7).replace(b"Message number 7: where is my order?", b"And now my refund failed.")
+    await dovecot.append(first, other, mailbox=mailbox)
+    batch = await connect().fetch(None)
+    assert ids(batch) == ["<7.test@example.org>", "<7.test@example.org>"]
+    r = await pipeline.ingest(batch, "support-mail")
+    assert (r.stored, r.duplicates) == (2, 0)
+    await dovecot.append(mail(7).replace(b"Date: ", b"X-Forwarded: yes\r\nDate: "), mailbox=mailbox)
+    r = await pipeline.ingest(await connect().fetch(batch.cursor), "support-mail")
+    assert (r.stored, r.duplicates) == (0, 1)
+    async with store.reader() as s:
+        texts = sorted((await s.execute(sa.select(Message.text))).scalars())
+    assert texts == ["And now my refund failed.", "Message number 7: where is my order?"]
+
+
+async def test_uidvalidity_resync_does_not_quarantine_twice(
+    dovecot: Dovecot, mailbox: str, connect: Make, pipeline: Pipeline, store: Any
+) -> None:
+    from socialcrm.models import Quarantine
+
+    junk = b"junk that is no email \x80\x81\r\n\r\nmore bytes\r\n"
+    await dovecot.append(mail(1), junk, mailbox=mailbox)
+    c = connect()
+    first = await c.fetch(None)
+    r1 = await pipeline.ingest(first, "support-mail")
+    assert (r1.stored, r1.quarantined) == (1, 1)
+    await dovecot.recreate(mailbox)
+    await dovecot.append(mail(1), junk, mail(2), mailbox=mailbox)
+    second = await c.fetch(first.cursor)
+    assert len(second.quarantined) == 1
+    r2 = await pipeline.ingest(second, "support-mail")
+    assert (r2.stored, r2.duplicates) == (1, 1)
+    async with store.reader() as s:
+        assert len((await s.execute(sa.select(Quarantine))).scalars().all()) == 1
+
+
 async def test_wrong_password_is_an_auth_error(connect: Make) -> None:
     with pytest.raises(AuthError, match="AUTHENTICATIONFAILED"):
         await connect(password="not-the-password").fetch(None)
@@ -454,6 +498,24 @@ class TestImapConformance(ConnectorSuite, FailureSuite, BadItemSuite):
 
 #: file -> what the parsed message must show. "has"/"not" are about the text.
 CASES: dict[str, dict[str, Any]] = {
+    # No boundary parameter: the parser left the body unsplit and only the subject was kept.
+    "multipart-no-boundary.eml": {
+        "text": "My parcel 8812 never came and tracking says delivered.",
+        "raw": {
+            "empty_body": False,
+            "attachments": [
+                {"filename": "receipt.pdf", "content_type": "application/pdf", "size": 9}
+            ],
+        },
+    },
+    # A text part marked inline is the body, even with a file name; an attached one is a file.
+    "inline-text-with-filename.eml": {
+        "text": "The zip you sent will not open.",
+        "raw": {
+            "empty_body": False,
+            "attachments": [{"filename": "log.txt", "content_type": "text/plain", "size": 8}],
+        },
+    },
     "gmail-reply-en.eml": {
         "has": ["lid is cracked again", "Order 4471", "Thanks,\nDana"],
         "not": ["wrote:", "We're sorry", "kettle lid cracked after", "Dana Whitfield", "555"],
@@ -1050,5 +1112,91 @@ async def test_email_complaint_to_approved_reply_end_to_end(
             await dovecot.append(answer, mailbox=mailbox)
             out = await daemon.poller.poll("inbox")
             assert out.result.tickets_threaded == 1 and out.result.tickets_opened == 0
+        finally:
+            await daemon.stop()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "text"),
+    [
+        # The declared boundary is not the one the body uses.
+        (
+            'multipart/mixed; boundary="not-used"',
+            "--real-one\r\nContent-Type: text/plain\r\n\r\nWhere is order 77?\r\n--real-one--\r\n",
+            "Where is order 77?",
+        ),
+        # No parts at all: the body is the text.
+        ("multipart/alternative", "Where is order 78?\r\n", "Where is order 78?"),
+    ],
+)
+def test_a_multipart_without_a_usable_boundary_keeps_its_body(
+    content_type: str, body: str, text: str
+) -> None:
+    raw = (
+        "From: Carol <carol@example.org>\r\nSubject: Order\r\n"
+        "Message-ID: <mb.1@example.org>\r\nMIME-Version: 1.0\r\n"
+        f"Content-Type: {content_type}\r\n\r\n{body}"
+    ).encode()
+    m = parse_email(raw)
+    assert m.text == text and m.raw["empty_body"] is False
+
+
+async def test_send_answers_the_reply_to_address(smtp: SmtpSink) -> None:
+    # A contact form sends as no-reply@ with the customer in Reply-To: answer the customer.
+    await sender(smtp).send(reply(original={"reply_to": "cora@example.net"}))
+    assert smtp.received[-1].rcpt_tos == ["cora@example.net"]
+    assert smtp.received[-1].message["To"] == "cora@example.net"
+    # A Reply-To that is not one usable address is not followed.
+    await sender(smtp).send(reply(original={"reply_to": "a@example.net, b@example.net"}))
+    assert smtp.received[-1].rcpt_tos == ["Dana.Whitfield@gmail.com"]
+
+
+async def test_reply_to_and_in_reply_to_from_the_inbox_to_the_sent_answer(
+    dovecot: Dovecot, mailbox: str, smtp: SmtpSink, store: Any, config: Any
+) -> None:
+    """A contact-form mail (no-reply sender, the customer in Reply-To, an In-Reply-To but no
+    References) is answered at the Reply-To address, threaded by RFC 5322 §3.6.4."""
+    from socialcrm.config import Config
+    from socialcrm.daemon import Daemon
+    from socialcrm.models import Reply
+
+    form = (
+        b"From: Website <no-reply@forms.example.org>\r\n"
+        b"Reply-To: Cora Buyer <cora@example.net>\r\n"
+        b"To: support@acme.example\r\n"
+        b"Subject: My blender arrived broken\r\n"
+        b"Message-ID: <form-2@forms.example.org>\r\n"
+        b"In-Reply-To: <earlier-1@acme.example>\r\n"
+        b"Date: Mon, 02 Mar 2026 09:00:00 +0000\r\n"
+        b"\r\n"
+        b"Hello, my order 4711 arrived broken and nobody answers my calls. This is awful.\r\n"
+    )
+    await dovecot.append(form, mailbox=mailbox)
+    settings = dovecot.settings(
+        mailbox=mailbox, smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_tls="none"
+    )
+    async with slack_stand_in() as slack:
+        cfg = Config.model_validate(
+            {
+                "sources": [{"name": "inbox", "type": "imap", "interval": 0, **settings}],
+                **slack.settings(),
+                "base_dir": config.base_dir,
+            }
+        )
+        daemon = Daemon(cfg, store)
+        await daemon.start("127.0.0.1", 0)
+        try:
+            out = await daemon.poller.poll("inbox")
+            assert out.error is None and out.result.drafts == 1
+            async with store.reader() as s:
+                reply = (await s.execute(sa.select(Reply))).scalar_one()
+            await slack.approve(daemon, reply.id, lambda: bool(smtp.received))
+            sent = smtp.received[0]
+            assert sent.rcpt_tos == ["cora@example.net"]
+            assert sent.message["In-Reply-To"] == "<form-2@forms.example.org>"
+            assert sent.message["References"].split() == [
+                "<earlier-1@acme.example>",
+                "<form-2@forms.example.org>",
+            ]
         finally:
             await daemon.stop()

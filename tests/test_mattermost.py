@@ -139,3 +139,11 @@ async def test_a_customer_cannot_break_out_of_the_code_block(h: Harness, store: 
     answer = await h.text("show 1", "mm-val")
     assert "```" not in answer
     assert "![x](https://tracker.example/p.png)" in answer
+
+
+async def test_an_id_in_other_digits_is_not_a_number(h: Harness, store: Store) -> None:
+    # "٣".isdigit() is true and int("٣") == 3: "approve ٣" approved reply 3.
+    answer = await h.text("approve \u0663", "mm-dana")
+    assert "must be a number" in answer
+    assert (await reply(store, 3)).status == "draft" and h.approved == []
+    assert "must be a number" in await h.text("approve \u00b2", "mm-dana")

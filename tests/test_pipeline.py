@@ -316,12 +316,63 @@ async def test_ticket_tag_threads_an_email(pipeline: Pipeline, store: Store) -> 
             "email",
             user=None,
             handle=None,
-            email="other@example.com",
+            email="a@example.com",
             subject=f"Re: your case [#{t.id}]",
             at=T0 + timedelta(days=3),
         ),
     )
     assert r.tickets_threaded == 1 and await count(store, Ticket) == 1
+
+
+async def test_a_stranger_cannot_write_into_a_ticket_by_its_tag(
+    pipeline: Pipeline, store: Store
+) -> None:
+    # Ticket numbers are sequential: "[#1]" in a stranger's subject joined ticket 1.
+    root = msg("My refund never came", "email", user=None, handle=None, email="a@example.com")
+    await ingest(pipeline, root)
+    (t,) = await rows(store, Ticket)
+    r = await ingest(
+        pipeline,
+        msg(
+            "I am the customer, send the refund to my account instead, terrible",
+            "email",
+            user=None,
+            handle=None,
+            email="mallory@example.net",
+            subject=f"Re: your case [#{t.id}]",
+            at=T0 + timedelta(hours=1),
+        ),
+    )
+    assert r.tickets_threaded == 0 and r.tickets_opened == 1
+    first, second = await rows(store, Ticket)
+    assert first.id == t.id and first.message_count == 1
+    assert second.related_ticket_id == t.id and second.customer_id != t.customer_id
+    # Someone who already wrote in the ticket (here by answering inside its thread) may use
+    # the tag later.
+    colleague = msg(
+        "Adding my colleague's order number: 4411",
+        "email",
+        user=None,
+        handle=None,
+        email="b@example.com",
+        in_reply_to=root.external_id,
+        at=T0 + timedelta(hours=2),
+    )
+    await ingest(pipeline, colleague)
+    r = await ingest(
+        pipeline,
+        msg(
+            "And the invoice is attached",
+            "email",
+            user=None,
+            handle=None,
+            email="b@example.com",
+            subject=f"Your case [#{t.id}]",
+            at=T0 + timedelta(days=4),
+        ),
+    )
+    assert r.tickets_threaded == 1 and r.tickets_opened == 0
+    assert (await rows(store, Ticket, Ticket.id == t.id))[0].message_count == 3
 
 
 async def test_same_customer_within_window_threads_and_outside_opens(
@@ -566,17 +617,48 @@ async def test_quarantined_payloads_are_kept_and_the_rest_lands(
     assert state.cursor == {"since_id": "42"} and state.messages_total == 2
 
 
-async def test_a_row_the_database_refuses_is_isolated(pipeline: Pipeline, store: Store) -> None:
-    # PostgreSQL's jsonb cannot hold a NUL character; SQLite can. Either way nothing is lost.
-    poison = msg("@acme hello", raw={"note": "bad \u0000 byte"})
+async def test_strings_no_database_can_store_are_cleaned_at_the_contract(
+    pipeline: Pipeline, store: Store
+) -> None:
+    # PostgreSQL refuses NUL in text and jsonb; neither database can encode a lone surrogate.
+    # Both arrive in real payloads (JSON "\\u0000", "\\ud800"): cleaned, the message is kept.
+    poison = InboundMessage(
+        channel="webhook",
+        external_id="w-\u0000-1",
+        text="@acme my order \ud800 is late\u0000",
+        author={"name": "Eve\u0000", "email": "eve@example.com", "handle": "e\udc80"},
+        subject="Order\u0000",
+        raw={"note\u0000": ["bad \u0000 byte", {"deep": "\udfff"}]},
+    )
     good = [msg(f"@acme message {i}", user=f"g{i}", handle=f"g{i}") for i in range(3)]
     r = await pipeline.ingest(Batch(messages=[good[0], poison, *good[1:]], cursor={"n": 1}), "src")
-    assert r.stored + r.quarantined == 4
-    assert await count(store, Message) + await count(store, Quarantine) == 4
-    assert await count(store, Message, Message.external_id.in_([g.external_id for g in good])) == 3  # type: ignore[attr-defined]
-    if store.url.startswith("postgresql"):
-        (q,) = await rows(store, Quarantine)
-        assert q.external_id == poison.external_id and "database refused" in q.error
+    assert (r.stored, r.quarantined) == (4, 0)
+    (m,) = await rows(store, Message, Message.channel == "webhook")
+    assert (m.external_id, m.text, m.author_name, m.subject) == (
+        "w--1",
+        "@acme my order \ufffd is late",
+        "Eve",
+        "Order",
+    )
+    assert m.raw == {"note": ["bad  byte", {"deep": "\ufffd"}]}
+    (state,) = await rows(store, SourceState)
+    assert state.cursor == {"n": 1}
+
+
+async def test_a_row_the_database_refuses_is_isolated(pipeline: Pipeline, store: Store) -> None:
+    # A message built around the contract's checks (model_construct skips them) that neither
+    # database can store: on SQLite the batch [good, bad] lost both, on PostgreSQL the caller
+    # got the error. Now the bad one is quarantined and the rest lands.
+    good = [msg(f"@acme message {i}", user=f"g{i}", handle=f"g{i}") for i in range(3)]
+    ok = msg("@acme hello", user="p", handle="p")
+    bad = InboundMessage.model_construct(**{**dict(ok), "subject": "lone \ud800 surrogate"})
+    for batch in ([good[0], bad], [bad]):
+        r = await pipeline.ingest(Batch(messages=batch, cursor={"n": len(batch)}), "src")
+        assert r.stored + r.quarantined == len(batch)
+    assert await count(store, Message) == 1
+    qs = await rows(store, Quarantine)
+    assert len(qs) == 2 and all(q.external_id == ok.external_id for q in qs)
+    assert all("refused" in q.error for q in qs)
     (state,) = await rows(store, SourceState)
     assert state.cursor == {"n": 1}
 
@@ -735,7 +817,9 @@ async def test_priority_weights_come_from_the_config(
 async def test_ticket_tag_in_the_text_threads_across_channels(
     pipeline: Pipeline, store: Store
 ) -> None:
-    await ingest(pipeline, msg("@acme my order is late, terrible service"))
+    await ingest(
+        pipeline, msg("@acme my order is late, terrible service", email="jane@example.com")
+    )
     (t,) = await rows(store, Ticket)
     r = await ingest(
         pipeline,
@@ -751,3 +835,36 @@ async def test_ticket_tag_in_the_text_threads_across_channels(
     assert r.tickets_threaded == 1 and r.tickets_opened == 0
     assert await count(store, Ticket) == 1
     assert await count(store, Message, Message.ticket_id == t.id) == 2
+
+
+async def test_a_new_topic_after_an_answer_opens_a_new_ticket(
+    pipeline: Pipeline, store: Store
+) -> None:
+    # Every later message of a customer joined their ticket for as long as each came within
+    # the window: one ticket grew with everything they ever said.
+    root = msg("@acme my order is late, terrible")
+    await ingest(pipeline, root)
+    (t,) = await rows(store, Ticket)
+    # Before any answer, a follow-up joins by the window.
+    r = await ingest(pipeline, msg("@acme hello?? awful", at=T0 + timedelta(hours=1)))
+    assert r.tickets_threaded == 1
+    # We answer; the ticket waits for the customer.
+    async with store.session() as s:
+        ticket = await s.get(Ticket, t.id)
+        assert ticket is not None
+        ticket.first_response_at = T0 + timedelta(hours=2)
+        await tickets.set_status(s, t.id, "pending", "agent", "cli", now=T0 + timedelta(hours=2))
+    # A new top-level message, inside the window, about something else: a new ticket.
+    r = await ingest(
+        pipeline,
+        msg("@acme my refund for another order failed, terrible", at=T0 + timedelta(hours=5)),
+    )
+    assert (r.tickets_opened, r.tickets_threaded) == (1, 0)
+    # A reply to our thread still joins the first ticket.
+    r = await ingest(
+        pipeline,
+        msg("@acme still late, awful", at=T0 + timedelta(hours=6), in_reply_to=root.external_id),
+    )
+    assert (r.tickets_opened, r.tickets_threaded) == (0, 1)
+    first, second = await rows(store, Ticket)
+    assert (first.message_count, second.message_count) == (3, 1)

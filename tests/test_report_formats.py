@@ -21,6 +21,7 @@ from sqlmodel import SQLModel
 
 from socialcrm import rollups
 from socialcrm.db import Store
+from socialcrm.models import Customer
 from socialcrm.reports import build_report, render
 from socialcrm.reports.data import TERM_SLICE_ROWS, TERM_SLICES, Report
 from tests.test_reports import END, WEEK, _message, at, seed
@@ -640,3 +641,25 @@ async def test_rows_read_do_not_grow_with_the_messages(store: Store) -> None:
         async with store.reader() as s:
             ids = (await s.execute(sa.select(MESSAGE.c.id))).all()
     assert plain[0] == len(ids) == big + 20 + 12 + 5
+
+
+async def test_a_line_break_cannot_split_a_row_or_start_a_formula(store: Store) -> None:
+    # A name with a bare CR stayed unquoted under a "\n" line end: readers that end rows at
+    # CR started a new row with a live formula.
+    await seed(store)
+    evil = "Eve\r=cmd|' /C calc'!A0\n+1+1\r\n@SUM(A1)"
+    async with store.session() as s:
+        await s.execute(
+            sa.update(Customer).where(Customer.id == MOST_ACTIVE[0]).values(name=evil)  # type: ignore[arg-type]
+        )
+    text = render(await build_report(store, period=WEEK, end=END, brand="Acme"), "csv")
+    assert text.endswith("\r\n")
+    # Every physical line (however a reader ends rows) starts with neither a formula nor a
+    # line break's leftovers.
+    for line in re.split(r"\r\n|\r|\n", text):
+        assert line[:1] not in ("=", "+", "-", "@", "\t"), line
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert all(len(row) == len(rows[0]) for row in rows)
+    guarded = "Eve\r'=cmd|' /C calc'!A0\n'+1+1\r\n'@SUM(A1)"
+    assert any(row[2] == guarded for row in rows)
+    assert not any(evil in row for row in rows)

@@ -482,3 +482,100 @@ async def test_a_slow_click_is_acknowledged_in_time(h: Harness, store: Store) ->
     assert h.responses() == ["Reply #2 approved by dana. It will be sent on x."]
     assert h.approved == [2]
     assert NASTY not in h.responses()[0]
+
+
+@pytest.mark.parametrize(
+    "stamp", ["\u00b2", "\u0663", "\u0661\u0667\u0667\u0662\u0664\u0664\u0662\u0660\u0660\u0660"]
+)
+async def test_a_timestamp_in_other_digits_is_refused(h: Harness, store: Store, stamp: str) -> None:
+    # str.isdigit() takes "²" (int() then raised: HTTP 500) and "٣" (int() read it).
+    body, headers = h.world.workspace.slash("approve 1", "U0DANA")
+    before = await snapshot(store)
+    resp = await h.http.post(
+        "/slack/commands", data=body, headers={**headers, "X-Slack-Request-Timestamp": stamp}
+    )
+    assert resp.status == 401 and (await resp.json())["detail"] == "bad timestamp"
+    assert await snapshot(store) == before and h.approved == []
+
+
+# -- replays across restarts, and buttons on the wrong card -------------------------------------
+
+
+async def _second_daemon(h: Harness) -> TestClient[web.Request, web.Application]:
+    """The same Slack routes in a fresh app on the same database: a restart, or a peer."""
+    app = web.Application()
+    add_slack_routes(app, Commands(h.world.config, h.store), h.world.config, cards=h.world.cards)
+    return TestClient(TestServer(app, host="127.0.0.1"))
+
+
+async def test_a_request_replayed_after_a_restart_is_refused(h: Harness, store: Store) -> None:
+    # The seen requests lived in the adapter's memory: a restart forgot them, and a request
+    # replayed inside its 5 minutes approved again (here: assigned a ticket again).
+    body, headers = h.world.workspace.slash("approve 2", "U0DANA")
+    assert (await h.http.post("/slack/commands", data=body, headers=headers)).status == 200
+    await h.settle()
+    before = await snapshot(store)
+    async with await _second_daemon(h) as other:
+        again = await other.post("/slack/commands", data=body, headers=headers)
+        assert again.status == 401 and (await again.json())["detail"] == "replayed request"
+    assert await snapshot(store) == before and h.approved == [2]
+
+
+async def test_two_daemons_let_the_same_request_in_once(h: Harness, store: Store) -> None:
+    if not store.url.startswith("postgresql"):
+        pytest.skip("several daemons share a PostgreSQL store; one SQLite file serves one")
+    body, headers = h.world.workspace.slash("queue", "U0VAL")
+    async with await _second_daemon(h) as other:
+        answers = await asyncio.gather(
+            h.http.post("/slack/commands", data=body, headers=headers),
+            other.post("/slack/commands", data=body, headers=headers),
+        )
+        assert sorted(r.status for r in answers) == [200, 401]
+
+
+async def test_seen_requests_are_forgotten_after_their_window(store: Store) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import sqlalchemy as sa
+
+    from socialcrm.models import SeenRequest
+    from socialcrm.replay import first_sighting, request_key
+
+    now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    key = request_key("slack", "1796558400", "v0=abc")
+    until = now + timedelta(minutes=5)
+    assert await first_sighting(store, key, expires_at=until, now=now)
+    assert not await first_sighting(store, key, expires_at=until, now=now + timedelta(minutes=4))
+    other = request_key("slack", "1796558999", "v0=def")
+    later = now + timedelta(minutes=6)
+    assert await first_sighting(store, other, expires_at=later + timedelta(minutes=5), now=later)
+    async with store.reader() as s:
+        keys = (await s.execute(sa.select(SeenRequest.key))).scalars().all()
+    assert keys == [other]
+
+
+def _with_value(body: bytes, value: Any) -> tuple[bytes, dict[str, str]]:
+    """A click's body with another value on its button, signed anew (as Slack would sign it)."""
+    form = dict(urllib.parse.parse_qsl(body.decode()))
+    payload = json.loads(form["payload"])
+    payload["actions"][0]["value"] = value
+    new = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
+    return new, signed_request(SIGNING_SECRET, new)
+
+
+@pytest.mark.parametrize("value", ["2", "\u0663", "\u00b2"])
+async def test_a_button_acts_only_on_the_reply_of_its_card(
+    h: Harness, store: Store, value: str
+) -> None:
+    # A click on reply 1's card that carried reply 2's id approved reply 2; "٣" approved 3.
+    ws = h.world.workspace
+    body, _ = ws.click(ws.card(1), "approve", "U0DANA")
+    before = await snapshot(store)
+    data, headers = _with_value(body, value)
+    resp = await h.http.post("/slack/interactions", data=data, headers=headers)
+    assert resp.status == 400
+    await h.settle()
+    assert await snapshot(store) == before and h.approved == []
+    # The same click with its own id goes through.
+    await h.click(1, "approve", "U0DANA")
+    assert (await reply(store, 1)).status == "approved" and h.approved == [1]

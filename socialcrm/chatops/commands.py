@@ -460,7 +460,7 @@ async def find_customer(s: Any, who: str) -> Customer | None:
     """A customer by id, email or handle (with or without @), following merges."""
     who = who.strip()
     cust: Customer | None = None
-    if who.isdigit():
+    if who.isascii() and who.isdigit():
         cust = await s.get(Customer, int(who))
     elif "@" in who.strip("@"):
         key = who.lower()
@@ -533,7 +533,7 @@ def _bind(fn: Callable[..., Any], name: str, rest: str) -> list[Any]:
             value = words.pop(0)
         if p.annotation in ("int", int):
             value = value.lstrip("#")
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()):
                 raise CommandError(f"{p.name.replace('_', ' ')} must be a number, got {value!r}")
             value = int(value)
         out.append(value)

@@ -21,9 +21,12 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeVar
 
 import aiohttp
+import sqlalchemy as sa
 from aiohttp import web
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
@@ -42,7 +45,8 @@ from socialcrm.chatops.cards import (
 )
 from socialcrm.chatops.commands import ROLES, Actor, CommandError, Commands, error_reference
 from socialcrm.config import Config
-from socialcrm.models import AuditEvent
+from socialcrm.models import AuditEvent, Reply
+from socialcrm.replay import ReplayGuard, request_key
 from socialcrm.responder import ReplyError, template_environment
 from socialcrm.tickets import TicketError
 
@@ -183,8 +187,9 @@ async def chat_answer(
     except Exception:  # anything else: a short answer, the details in the log
         return _failure(f"{platform} command {_command_name(line)!r}")
     words = line.split()
-    if len(words) > 1 and words[0].lower() in _APPROVING and words[1].lstrip("#").isdigit():
-        _notify_approved(on_approved, int(words[1].lstrip("#")))
+    number = words[1].lstrip("#") if len(words) > 1 else ""
+    if number.isascii() and number.isdigit() and words[0].lower() in _APPROVING:
+        _notify_approved(on_approved, int(number))
     return answer
 
 
@@ -221,6 +226,24 @@ def _problem(status: int, detail: str) -> web.Response:
     return web.json_response({"status": status, "detail": detail}, status=status)
 
 
+class Replayed(Exception):
+    """A signed request that was let in before (answered 401 when there is still time)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """A verified request, to be remembered until its window has passed."""
+
+    key: str
+    expires_at: datetime
+    now: datetime
+
+
+def _replayed() -> web.Response:
+    log.warning("refused a Slack request: replayed request")
+    return _problem(401, "replayed request")
+
+
 class SlackAdapter:
     """The Slack endpoints, with their replay window and the answers still being worked on."""
 
@@ -247,18 +270,19 @@ class SlackAdapter:
             )
         self.verifier = SignatureVerifier(config.slack.signing_secret.get_secret_value())
         self.max_age_s = config.slack.max_age_s
-        self._seen: dict[tuple[str, str], float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.replays = ReplayGuard(commands.store)
 
     # -- verification ----------------------------------------------------------------------
 
-    def _refusal(self, request: web.Request, body: bytes) -> str | None:
-        """Why a request is refused (bad or missing signature, too old, replayed), or None."""
+    def _refusal(self, request: web.Request, body: bytes) -> str | _Seen:
+        """Why a request is refused (bad or missing signature, too old), or what to remember."""
         ts = request.headers.get("X-Slack-Request-Timestamp", "")
         signature = request.headers.get("X-Slack-Signature", "")
         if not ts or not signature:
             return "missing signature"
-        if not ts.isdigit():
+        # ASCII digits only: str.isdigit() also takes '²' and '٣', which int() refuses or reads.
+        if not (ts.isascii() and ts.isdigit()):
             return "bad timestamp"
         now = time.time()
         if abs(now - int(ts)) > self.max_age_s:
@@ -269,20 +293,36 @@ class SlackAdapter:
             valid = False
         if not valid:
             return "bad signature"
-        for key in [k for k, until in self._seen.items() if until < now]:
-            del self._seen[key]
-        if (ts, signature) in self._seen:
-            return "replayed request"
-        self._seen[(ts, signature)] = int(ts) + self.max_age_s
-        return None
+        return _Seen(
+            request_key("slack", ts, signature),
+            datetime.fromtimestamp(int(ts) + self.max_age_s, UTC),
+            datetime.fromtimestamp(now, UTC),
+        )
 
-    async def _verified(self, request: web.Request) -> bytes | web.Response:
+    async def _verified(self, request: web.Request) -> tuple[bytes, _Seen] | web.Response:
         body = await request.read()
         refusal = self._refusal(request, body)
-        if refusal is not None:
+        if isinstance(refusal, str):
             log.warning("refused a Slack request to %s: %s", request.path, refusal)
             return _problem(401, refusal)
-        return body
+        return body, refusal
+
+    async def _once(self, seen: _Seen, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` unless the request was let in before (``Replayed``).
+
+        The requests seen are kept in the store (``socialcrm.replay``), so a restart or another
+        daemon on the same database still knows them until their window has passed. Asked
+        inside the answer's deadline: a slow database delays the answer, it does not fail it.
+        """
+        try:
+            first = await self.replays.admit(seen.key, expires_at=seen.expires_at, now=seen.now)
+        except BaseException:
+            work.close()
+            raise
+        if not first:
+            work.close()
+            raise Replayed
+        return await work
 
     # -- answers now or later ----------------------------------------------------------------
 
@@ -298,14 +338,23 @@ class SlackAdapter:
 
     async def _within_deadline(
         self,
+        seen: _Seen,
         work: Coroutine[Any, Any, T],
         deliver: Callable[[T], Awaitable[None]],
     ) -> tuple[bool, T | None]:
-        """``(True, result)`` if the work is done within INLINE_S; else it goes on, delivered."""
-        task = asyncio.create_task(work)
+        """``(True, result)`` if the work is done within INLINE_S; else it goes on, delivered.
+
+        Raises ``Replayed`` (within the deadline) for a request let in before.
+        """
+        task = asyncio.create_task(self._once(seen, work))
 
         async def deliver_when_done() -> None:
-            await deliver(await task)
+            try:
+                result = await task
+            except Replayed:
+                log.warning("refused a Slack request: replayed request")
+                return
+            await deliver(result)
 
         try:
             done, _ = await asyncio.wait({task}, timeout=INLINE_S)
@@ -349,13 +398,13 @@ class SlackAdapter:
 
     async def drain(self, timeout_s: float = DRAIN_S) -> None:
         """Wait for answers still being worked on; cancel what is left after ``timeout_s``."""
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        await self.replays.flush()
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.drain()
@@ -364,9 +413,10 @@ class SlackAdapter:
 
     async def slash_command(self, request: web.Request) -> web.Response:
         """``POST /slack/commands``: run the text as a command for the person who typed it."""
-        body = await self._verified(request)
-        if isinstance(body, web.Response):
-            return body
+        verified = await self._verified(request)
+        if isinstance(verified, web.Response):
+            return verified
+        body, seen = verified
         try:
             form = _form(body)
             user_id = _need(form, "user_id")
@@ -386,9 +436,12 @@ class SlackAdapter:
             text,
             self._approved,
         )
-        done, answer = await self._within_deadline(
-            work, lambda text: self._respond(response_url, text)
-        )
+        try:
+            done, answer = await self._within_deadline(
+                seen, work, lambda text: self._respond(response_url, text)
+            )
+        except Replayed:
+            return _replayed()
         if not done:
             answer = render("working")
         return web.json_response(
@@ -404,9 +457,10 @@ class SlackAdapter:
 
     async def interaction(self, request: web.Request) -> web.Response:
         """``POST /slack/interactions``: a card's buttons (block_actions) and modals."""
-        body = await self._verified(request)
-        if isinstance(body, web.Response):
-            return body
+        verified = await self._verified(request)
+        if isinstance(verified, web.Response):
+            return verified
+        body, seen = verified
         try:
             form = _form(body)
             try:
@@ -419,15 +473,17 @@ class SlackAdapter:
             user_id = _need(user, "id")
             kind = payload.get("type")
             if kind == "block_actions":
-                return await self._block_action(payload, user_id, user)
+                return await self._block_action(payload, user_id, user, seen)
             if kind == "view_submission":
-                return await self._view_submission(payload, user_id, user)
+                return await self._view_submission(payload, user_id, user, seen)
             raise BadRequest(f"unsupported interaction type {kind!r}")
         except BadRequest as err:
             return _problem(400, str(err))
+        except Replayed:
+            return _replayed()
 
     async def _block_action(
-        self, payload: dict[str, Any], user_id: str, user: dict[str, Any]
+        self, payload: dict[str, Any], user_id: str, user: dict[str, Any], seen: _Seen
     ) -> web.Response:
         actions = payload.get("actions")
         if not isinstance(actions, list) or not actions or not isinstance(actions[0], dict):
@@ -437,13 +493,16 @@ class SlackAdapter:
         if name not in ("approve", "edit", "reject"):
             raise BadRequest(f"unknown action {name!r}")
         value = action.get("value")
-        if not isinstance(value, str) or not value.isdigit():
+        if not isinstance(value, str) or not (value.isascii() and value.isdigit()):
             raise BadRequest("the button carries no reply id")
         reply_id = int(value)
         response_url = _need(payload, "response_url")
         container = payload.get("container") if isinstance(payload.get("container"), dict) else {}
         channel = str(container.get("channel_id") or "")
         ts = str(container.get("message_ts") or "")
+        if not await self._on_its_card(reply_id, channel, ts):
+            log.warning("refused a Slack %s of reply %s from another message", name, reply_id)
+            raise BadRequest(f"this button is not on the card of reply #{reply_id}")
         trigger_id = payload.get("trigger_id")
         if name != "approve" and not isinstance(trigger_id, str):
             raise BadRequest("missing field 'trigger_id'")
@@ -459,11 +518,25 @@ class SlackAdapter:
         else:
             work = self._open_modal(actor, name, reply_id, str(trigger_id), channel, ts)
         done, answer = await self._within_deadline(
-            _guarded(work, f"Slack {name} button"), lambda text: self._respond(response_url, text)
+            seen,
+            _guarded(work, f"Slack {name} button"),
+            lambda text: self._respond(response_url, text),
         )
         if done and answer:
             self._later(self._respond(response_url, answer))
         return web.Response(status=200)
+
+    async def _on_its_card(self, reply_id: int, channel: str, ts: str) -> bool:
+        """Whether a button naming ``reply_id`` sits on that reply's card (channel and ts)."""
+        if not channel or not ts:
+            return False
+        async with self.commands.store.reader() as s:
+            row = (
+                await s.execute(
+                    sa.select(Reply.chat_channel, Reply.chat_ts).where(Reply.id == reply_id)
+                )
+            ).first()
+        return row is not None and (row.chat_channel, row.chat_ts) == (channel, ts)
 
     async def _decide(self, actor: Actor, name: str, reply_id: int, *args: str) -> str:
         """Run approve/edit/reject for a card; the answer for the person."""
@@ -520,7 +593,7 @@ class SlackAdapter:
         return None
 
     async def _view_submission(
-        self, payload: dict[str, Any], user_id: str, user: dict[str, Any]
+        self, payload: dict[str, Any], user_id: str, user: dict[str, Any], seen: _Seen
     ) -> web.Response:
         view = _need(payload, "view", dict)
         callback = view.get("callback_id")
@@ -549,11 +622,14 @@ class SlackAdapter:
 
         actor = chat_actor(self.config, "slack", user_id)
         if actor is None:
-            text = await _guarded(
-                refuse_stranger(
-                    self.commands, "slack", user_id, user.get("username"), f"{name} {reply_id}"
+            text = await self._once(
+                seen,
+                _guarded(
+                    refuse_stranger(
+                        self.commands, "slack", user_id, user.get("username"), f"{name} {reply_id}"
+                    ),
+                    "refusing a stranger",
                 ),
-                "refusing a stranger",
             )
             return web.json_response({"response_action": "errors", "errors": {block: text}})
         channel = meta.get("channel") if isinstance(meta.get("channel"), str) else None
@@ -562,7 +638,7 @@ class SlackAdapter:
             await self._tell(channel, user_id, result[1])
 
         done, result = await self._within_deadline(
-            self._decide_ok(actor, name, reply_id, value), tell
+            seen, self._decide_ok(actor, name, reply_id, value), tell
         )
         if done and result is not None and not result[0]:
             return web.json_response(

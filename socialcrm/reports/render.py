@@ -2,7 +2,7 @@
 
 - ``json``: the whole report as one object (numbers, ISO 8601 times, derived figures such as
   ``net_sentiment`` included).
-- ``csv``: one flat table, UTF-8 with a header row, columns
+- ``csv``: one flat table, UTF-8 with a header row and CRLF line ends, columns
   ``section, metric, key, bucket, current, previous, change``:
   ``section`` is ``headline`` (key ``all``), ``channel``, ``source``, ``intent``, ``tag``,
   ``term``, ``team``, ``new_customers`` (key a lifecycle stage), ``active_author``,
@@ -155,9 +155,14 @@ def to_json(report: Report) -> str:
 # csv
 
 
+#: What makes a spreadsheet read a cell as a formula, at its start or after a line break (a
+#: reader that ends rows at CR or LF starts a new cell there).
+_FORMULA_START = re.compile(r"^(?=[=+\-@\t\r])|(?<=[\r\n])(?=[=+\-@\t])")
+
+
 def _cell(value: Any) -> Any:
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value  # never a formula in a spreadsheet
+    if isinstance(value, str):
+        return _FORMULA_START.sub("'", value)  # never a formula in a spreadsheet
     if isinstance(value, float):
         return round(value, 6)
     return "" if value is None else value
@@ -327,7 +332,9 @@ def to_csv(report: Report) -> str:
     """Headline figures, breakdowns, customer lists and the per-bucket series as one flat
     table."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    # Rows end in CRLF (RFC 4180), and every cell holding a CR or LF is quoted: with a bare
+    # "\n" terminator the csv module leaves a lone CR unquoted, which splits the row.
+    writer = csv.writer(out, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
     writer.writerow(CSV_COLUMNS)
     for row in _csv_rows(report):
         writer.writerow([_cell(v) for v in row])
