@@ -278,8 +278,9 @@ def _resolve_env(
                 if m.group(2) is not None:
                     return m.group(2)
                 if not secrets and loc[:1] != ("database",):
-                    # Not needed by this command: the reference stands in for the value.
-                    return m.group(0)
+                    # Not needed by this command: a stand-in that says what it is, long
+                    # enough for the length checks of secrets that let requests in.
+                    return f"{m.group(0)} (not set; this command does not use it)"
                 problems.append((loc, f"environment variable {m.group(1)} is not set"))
                 return ""
             return value

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import imaplib
 import shutil
 import uuid
@@ -1167,8 +1168,8 @@ async def test_reply_to_and_in_reply_to_from_the_inbox_to_the_sent_answer(
         b"Subject: My blender arrived broken\r\n"
         b"Message-ID: <form-2@forms.example.org>\r\n"
         b"In-Reply-To: <earlier-1@acme.example>\r\n"
-        b"Date: Mon, 02 Mar 2026 09:00:00 +0000\r\n"
-        b"\r\n"
+        + f"Date: {email.utils.formatdate()}\r\n".encode()  # now: not history, so drafted
+        + b"\r\n"
         b"Hello, my order 4711 arrived broken and nobody answers my calls. This is awful.\r\n"
     )
     await dovecot.append(form, mailbox=mailbox)

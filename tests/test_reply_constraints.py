@@ -145,6 +145,7 @@ async def test_the_sender_keeps_the_audience_of_what_it_answers(
             {
                 "brand": {"name": "Acme", "handles": [sandbox.brand_handle]},
                 "base_dir": tmp_path,
+                "backfill_before": None,  # the sandbox's traffic spans days: none is history here
                 "sources": [
                     {
                         "name": "social",
