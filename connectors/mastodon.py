@@ -48,6 +48,7 @@ from datetime import datetime
 from typing import Any, ClassVar, Final, Literal
 
 import aiohttp
+import regex
 from bs4 import BeautifulSoup
 from pydantic import Field, ValidationError, field_validator
 from yarl import URL
@@ -93,6 +94,8 @@ _URL: Final = re.compile(r"https?://[^\s<>\"]+", re.IGNORECASE)
 _MENTION: Final = re.compile(
     r"(?<![\w/@])@(?P<user>[a-z0-9_]+(?:[a-z0-9_.-]+[a-z0-9_]+)?)(?:@[\w.-]+\w)?", re.IGNORECASE
 )
+#: One extended grapheme cluster (Unicode UAX #29), what Ruby's ``each_grapheme_cluster`` yields.
+_GRAPHEME: Final = regex.compile(r"\X")
 
 
 class MastodonConnector:
@@ -509,11 +512,11 @@ def reply_visibility(widest: Visibility, reply: OutboundReply) -> Visibility:
 
 def countable_length(text: str) -> int:
     """A status's length as Mastodon counts it: each link 23, each ``@user@domain`` as
-    ``@user``. Code points, where Mastodon counts grapheme clusters: an emoji sequence
-    counts more here than there, never less."""
+    ``@user``, and the rest in grapheme clusters (``StatusLengthValidator``:
+    ``countable_text.each_grapheme_cluster.size``), so an emoji sequence counts one."""
     text = _URL.sub("x" * URL_CHARS, text)
     text = _MENTION.sub(lambda m: "@" + m.group("user"), text)
-    return len(text)
+    return len(_GRAPHEME.findall(text))
 
 
 def _original_visibility(reply: OutboundReply) -> Visibility | None:

@@ -24,10 +24,12 @@ An edited post comes back as a new post whose ``edit_history_tweet_ids`` starts 
 original's id: its message keeps that first id as ``external_id`` (``edited`` set), so the core
 updates the stored message instead of opening a second ticket.
 
-OAuth 2.0 user access tokens last two hours. With ``client_id`` and ``refresh_token`` set, a 401
-on a user-context call is answered by the refresh grant (``POST /2/oauth2/token``); X rotates
-the refresh token each time, so the new pair goes to the :class:`TokenStore` the core hands in
-before it is used. A refused refresh is an :class:`AuthError` (the source's one auth alert).
+OAuth 2.0 user access tokens last two hours. With ``client_id`` and ``refresh_token`` set, a
+user token is renewed by the refresh grant (``POST /2/oauth2/token``) ``REFRESH_AHEAD_S`` before
+it expires (the grant's ``expires_in`` is kept with the pair), or after a 401 when its expiry is
+not known (the configured token); X rotates the refresh token each time, so the new pair goes to
+the :class:`TokenStore` the core hands in before it is used. A refused refresh is an
+:class:`AuthError` (the source's one auth alert).
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ USER_FIELDS = ["name", "username", "public_metrics", "verified"]
 RECENT_KEEP = 300
 #: X's token endpoint (the refresh grant), on the API host.
 TOKEN_URL = "https://api.x.com/2/oauth2/token"
+#: A user token this close to its expiry is renewed before a call, not after X refuses it.
+REFRESH_AHEAD_S = 300.0
 #: Longest post in weighted characters (twitter-text v3: most scripts 1, CJK and emoji 2).
 MAX_POST_WEIGHT = 280
 #: X does not say when a usage cap resets: look again after this long, per cap period.
@@ -197,14 +201,23 @@ class XConnector:
         return [base_url_middleware(config.base_url)]
 
     def __init__(
-        self, config: Config, http: aiohttp.ClientSession, *, tokens: TokenStore | None = None
+        self,
+        config: Config,
+        http: aiohttp.ClientSession,
+        *,
+        tokens: TokenStore | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.config = config
         self.http = http
         #: Where refreshed user tokens are kept (the core's store; memory without one).
         self.tokens: TokenStore = tokens if tokens is not None else MemoryTokens()
+        #: The time now (a test's fake clock), for the user token's expiry.
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self._refreshing = asyncio.Lock()
         self._tokens_loaded = False
+        #: When the user token in use expires; None while unknown (the configured token).
+        self._expires_at: datetime | None = None
         self._reader = AsyncClient(
             bearer_token=config.bearer_token.get_secret_value(), return_type=dict
         )
@@ -418,6 +431,14 @@ class XConnector:
         again (a 401 means X did nothing, so nothing is done twice)."""
         await self._load_tokens()
         used = getattr(self._writer, "bearer_token", None)
+        if self._expiring():
+            try:
+                await self._refresh(used)
+            except RetryableError:
+                if self._expires_at is not None and self.clock() >= self._expires_at:
+                    raise
+                # X's token endpoint is down, but the token still works a little longer.
+            used = self._writer.bearer_token
         try:
             return await self._call(method, *args, **kwargs)
         except _Unauthorized:
@@ -426,13 +447,27 @@ class XConnector:
         await self._refresh(used)
         return await self._call(method, *args, **kwargs)
 
+    def _expiring(self) -> bool:
+        """Whether the OAuth 2.0 user token is due for renewal (its expiry known and near)."""
+        if self._writer_oauth1 or self.config.refresh_token is None or self._expires_at is None:
+            return False
+        return self.clock() >= self._expires_at - timedelta(seconds=REFRESH_AHEAD_S)
+
+    def _use(self, tokens: TokenSet) -> None:
+        """Make ``tokens`` the pair user-context calls go out with."""
+        self._writer.bearer_token = tokens.access_token.get_secret_value()
+        expires = tokens.expires_at
+        if expires is not None and expires.tzinfo is None:
+            expires = expires.replace(tzinfo=UTC)  # a store that drops the zone keeps UTC
+        self._expires_at = expires
+
     async def _load_tokens(self) -> None:
         """Take the newest tokens the store has (a refresh before a restart rotated them)."""
         if self._tokens_loaded or self._writer is None or self._writer_oauth1:
             return
         saved = await self.tokens.load()
         if saved is not None:
-            self._writer.bearer_token = saved.access_token.get_secret_value()
+            self._use(saved)
         self._tokens_loaded = True
 
     async def _refresh(self, used: str | None) -> None:
@@ -440,7 +475,7 @@ class XConnector:
         async with self._refreshing:
             saved = await self.tokens.load()
             if saved is not None and saved.access_token.get_secret_value() != used:
-                self._writer.bearer_token = saved.access_token.get_secret_value()
+                self._use(saved)
                 return  # renewed meanwhile (another call, another daemon)
             if self._writer.bearer_token != used:
                 return
@@ -456,10 +491,10 @@ class XConnector:
                 again = await self.tokens.load()
                 if again is None or again.access_token.get_secret_value() == used:
                     raise
-                self._writer.bearer_token = again.access_token.get_secret_value()
+                self._use(again)
                 return
             await self.tokens.save(fresh)  # before use: the old refresh token is dead now
-            self._writer.bearer_token = fresh.access_token.get_secret_value()
+            self._use(fresh)
 
     async def _grant(self, refresh_token: str) -> TokenSet:
         """``POST /2/oauth2/token`` with ``grant_type=refresh_token``."""
@@ -505,7 +540,7 @@ class XConnector:
         return TokenSet(
             access_token=SecretStr(access),
             refresh_token=SecretStr(str(rotated)) if rotated else SecretStr(refresh_token),
-            expires_at=datetime.now(UTC) + timedelta(seconds=ttl),
+            expires_at=self.clock() + timedelta(seconds=ttl),
         )
 
     # -- errors -------------------------------------------------------------------------------

@@ -283,6 +283,14 @@ class MemoryTokens:
 class ConnectorError(Exception):
     """Base of the errors a connector raises; the core decides what each means."""
 
+    #: The stream it failed in (``search``, ``r/foo``), set by :func:`walk_each`; None for a
+    #: source without streams.
+    stream: str | None = None
+
+    def described(self) -> str:
+        """The message, naming the stream when there is one: ``stream r/foo: HTTP 403: ...``."""
+        return f"stream {self.stream}: {self}" if self.stream else str(self)
+
 
 class RetryableError(ConnectorError):
     """A passing failure (429, 5xx, timeout): try again after ``retry_after_s`` if given.
@@ -345,9 +353,9 @@ async def walk_each(
     name (``str(stream)``) and the others go on, so a private subreddit or a missing search
     scope does not stop the mentions. Streams named in ``resting`` (backing off after a
     failure, as the core decided) are not walked this time. When every stream walked failed,
-    the first error is raised: the source as a whole is failing. An :class:`AuthError`
-    (credentials refused) is raised at once. Without a ``batch`` the first failure is raised,
-    as before streams had their own health.
+    the first error is raised, its ``stream`` naming where it failed: the source as a whole
+    is failing. An :class:`AuthError` (credentials refused) is raised at once. Without a
+    ``batch`` the first failure is raised, as before streams had their own health.
 
     A connector's page loop keeps the pages it read when a passing failure stops it, so at a
     fault rate where few fetches of many pages would succeed whole, every fetch still moves
@@ -366,6 +374,7 @@ async def walk_each(
         except AuthError:
             raise
         except ConnectorError as err:
+            err.stream = err.stream or name
             if batch is None:
                 raise
             failed[name] = err

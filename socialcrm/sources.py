@@ -128,6 +128,11 @@ def settings_fingerprint(cfg: SourceConfig) -> str:
     return hashlib.sha256(f"socialcrm-source-settings:{doc}".encode()).hexdigest()
 
 
+def _described(err: BaseException) -> str:
+    """An error's message, naming the stream a connector error failed in."""
+    return err.described() if isinstance(err, ConnectorError) else str(err)
+
+
 def backoff_s(failures: int, rng: random.Random) -> float:
     """Exponential backoff with full jitter, so failing sources do not retry in step."""
     ceiling = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(0, failures - 1))
@@ -397,14 +402,14 @@ class Poller:
             out.error = f"auth: {err}"
             await self._auth_failed(src, err)
         except RetryableError as err:
-            out.error = f"retryable: {err}"
+            out.error = f"retryable: {err.described()}"
             wait = err.retry_after_s
             await self._failed(src, err, wait, progressed=out.fetches > 0)
         except FatalError as err:
-            out.error = f"fatal: {err}"
+            out.error = f"fatal: {err.described()}"
             await self._failed(src, err, None, fatal=True)
         except ConnectorError as err:  # MalformedPayload and friends: try again later
-            out.error = f"{type(err).__name__}: {err}"
+            out.error = f"{type(err).__name__}: {err.described()}"
             await self._failed(src, err, None, progressed=out.fetches > 0)
         except (aiohttp.ClientError, TimeoutError) as err:
             # A connector that let a transport error through: still a passing failure.
@@ -570,11 +575,11 @@ class Poller:
         # The platform's own reset time wins over our computed wait.
         wait = retry_after if retry_after is not None else backoff_s(steps, self.rng)
         src.not_before = self.clock() + wait
-        src.last_error = str(err)[:1000]
+        src.last_error = _described(err)[:1000]
         if src.failures == 1:
-            log.warning("source %s failing: %s (next try in %.0fs)", src.name, err, wait)
+            log.warning("source %s failing: %s (next try in %.0fs)", src.name, src.last_error, wait)
         else:
-            log.debug("source %s still failing (%d): %s", src.name, src.failures, err)
+            log.debug("source %s still failing (%d): %s", src.name, src.failures, src.last_error)
         now = self.wall_clock()
         if progressed:
             # It stored something: not down, so no streak runs (and a running one ends).
@@ -597,10 +602,11 @@ class Poller:
             after = src.config.failing_alert_after
             if after is None or now - since < after:
                 return
+        what = _described(err)
         title = (
-            f"Source {src.name} is failing: {err}"
+            f"Source {src.name} is failing: {what}"
             if fatal
-            else f"Source {src.name} has been failing since {since:%Y-%m-%d %H:%M} UTC: {err}"
+            else f"Source {src.name} has been failing since {since:%Y-%m-%d %H:%M} UTC: {what}"
         )
         alert = await self._alert(
             src,
@@ -610,6 +616,7 @@ class Poller:
             failing_since=since.isoformat(),
             failed_polls=src.failures,
             last_success_at=src.last_success.isoformat() if src.last_success else None,
+            stream=err.stream if isinstance(err, ConnectorError) else None,
         )
         # Held back by the cooldown (a recent streak alerted): the next failed poll tries again.
         src.failing_alerted = alert is not None

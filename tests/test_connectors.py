@@ -234,9 +234,52 @@ class MastodonSearchHarness(MastodonHarness):
         )
 
 
+class Clock:
+    """A fake clock in epoch seconds."""
+
+    def __init__(self, now: float = 1_780_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def reddit_sandbox(messages: int = MESSAGES, seed: int = SEED) -> Sandbox:
+    """A sandbox on a fake clock, so that a test can wait out Reddit's search index lag."""
+    return Sandbox(seed, messages=messages, faults=Faults(timeout_delay_s=3.0), clock=Clock())
+
+
 class RedditHarness(SandboxHarness):
     platform: ClassVar[Platform] = "reddit"
     path_prefix: ClassVar[str | None] = "/search"
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, sandbox: Sandbox | None = None) -> AsyncIterator[Any]:
+        """Serve a sandbox on a fake clock and yield a harness (a sandbox built on the real
+        clock is moved to a fake one that starts now, before anything is released)."""
+        sandbox = sandbox or reddit_sandbox()
+        if not isinstance(sandbox.clock, Clock):
+            assert not sandbox.released("reddit"), "build it with reddit_sandbox()"
+            sandbox.clock = Clock(sandbox.clock())
+        async with super().running(sandbox) as harness:
+            yield harness
+
+    def wait(self, seconds: float) -> None:
+        """Let ``seconds`` pass on the sandbox's clock."""
+        clock = self.sandbox.clock
+        assert isinstance(clock, Clock)
+        clock.tick(seconds)
+
+    async def publish(self, count: int) -> list[str]:
+        """Release ``count`` messages the connector can see, then wait until Reddit's search
+        index has taken them all in (it shows a post up to ``search_lag_s`` late)."""
+        out = await super().publish(count)
+        self.wait(self.sandbox.reddit.search_lag_s)
+        return out
 
     def subreddits(self) -> list[str]:
         return sorted({str(m.raw["data"]["subreddit"]) for m in self.sandbox.messages["reddit"]})
@@ -650,6 +693,8 @@ async def test_every_served_message_is_delivered_exactly_once(
         for poll in range(400):
             if sandbox.pending(platform) and poll % 2 == 0:
                 sandbox.release(3, platform)
+            if isinstance(harness, RedditHarness):
+                harness.wait(60.0)  # a poll a minute: Reddit's search index catches up
             try:
                 batch = await connector.fetch(cursor)
             except ConnectorError:

@@ -151,6 +151,27 @@ async def test_the_length_rule_matches_the_server(mastodon: MastodonHarness) -> 
     assert issue.blocking and "limit is 500" in issue.reason
 
 
+async def test_an_emoji_sequence_counts_as_one_character(mastodon: MastodonHarness) -> None:
+    family = "\U0001f469\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"  # ZWJ sequence
+    assert len(family) == 7 and countable_length(family) == 1
+    [target_id] = await mastodon.publish(1)
+    config = mastodon.connector().config
+    # 500 grapheme clusters, 560 code points: Mastodon takes it.
+    at_limit = OutboundReply(
+        reply_id=4,
+        channel="mastodon",
+        text="x" * 490 + family * 10,
+        in_reply_to=target_id,
+        original={"visibility": "public"},
+    )
+    assert countable_length(at_limit.text) == 500
+    assert not [i for i in MastodonConnector.check_reply(config, at_limit) if i.blocking]
+    await mastodon.connector().send(at_limit)
+    over = at_limit.model_copy(update={"reply_id": 5, "text": at_limit.text + family})
+    [issue] = MastodonConnector.check_reply(config, over)
+    assert issue.blocking and "501 characters" in issue.reason
+
+
 # -- 7: search returns newest first ------------------------------------------------------------
 
 

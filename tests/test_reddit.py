@@ -14,15 +14,14 @@ from pydantic import ValidationError
 
 from connectors.reddit import RedditConnector, ratelimit_wait_s
 from socialcrm.connector import FatalError, ForbiddenError, OutboundReply, RetryableError
-from socialcrm.sandbox.reddit import search_matcher
-from socialcrm.sandbox.server import Sandbox
+from socialcrm.sandbox.reddit import SEARCH_LAG_S, search_matcher
 from tests.connector_suite import drain, ids
-from tests.test_connectors import MESSAGES, QUERY, SEED, RedditHarness
+from tests.test_connectors import MESSAGES, QUERY, RedditHarness, reddit_sandbox
 
 
 @pytest.fixture
 async def reddit() -> AsyncIterator[RedditHarness]:
-    async with RedditHarness.running(Sandbox(SEED, messages=MESSAGES * 3)) as harness:
+    async with RedditHarness.running(reddit_sandbox(MESSAGES * 3)) as harness:
         yield harness
 
 
@@ -104,30 +103,48 @@ async def test_a_listing_cut_at_its_cap_reports_the_lost_items(reddit: RedditHar
     assert last.gaps == {}
 
 
+async def test_search_shows_a_new_post_only_after_the_index_lag(reddit: RedditHarness) -> None:
+    sandbox = reddit.sandbox
+    assert sandbox.reddit.search_lag_s == SEARCH_LAG_S > 0, "the stand-in lags by default"
+    wanted = search_matcher(QUERY)
+    while not [m for m in sandbox.released("reddit") if wanted(m)][3:]:
+        sandbox.release(1, "reddit")
+    newest = [m for m in sandbox.released("reddit") if wanted(m)][-1]
+    lag = sandbox.reddit.lag_s(newest.external_id)
+    connector = reddit.connector(subreddits=[])
+    got, _ = await drain(connector, None)
+    assert lag > 0 and newest.external_id not in ids(got), "not searchable the moment it is made"
+    reddit.wait(lag)
+    got, _ = await drain(connector, None)
+    assert newest.external_id in ids(got)
+
+
 async def test_search_rereads_its_overlap_window_for_late_posts() -> None:
+    """A poll a minute while Reddit's index shows posts up to five minutes late: a strict mark
+    loses the late ones; the default re-read window (``search_overlap_s``) loses nothing."""
     wanted = search_matcher(QUERY)
 
-    async def poll_all(overlap_s: float) -> tuple[list[str], set[str]]:
-        sandbox = Sandbox(SEED, messages=MESSAGES * 3)
-        sandbox.reddit.search_lag = 6
-        async with RedditHarness.running(sandbox) as harness:
-            connector = harness.connector(subreddits=[], search_overlap_s=overlap_s)
+    async def poll_all(**changes: float) -> tuple[list[str], set[str]]:
+        async with RedditHarness.running(reddit_sandbox(MESSAGES * 3)) as harness:
+            sandbox = harness.sandbox
+            connector = harness.connector(subreddits=[], **changes)
             cursor = None
             got: list[str] = []
             while sandbox.pending("reddit") > 40:
                 sandbox.release(2, "reddit")
+                harness.wait(60.0)
                 messages, last = await drain(connector, cursor)
                 got += ids(messages)
                 cursor = last.cursor
-            sandbox.reddit.search_lag = 0  # the index catches up
+            harness.wait(sandbox.reddit.search_lag_s)  # the index catches up
             messages, _ = await drain(connector, cursor)
             got += ids(messages)
             posts = {m.external_id for m in sandbox.released("reddit") if wanted(m)}
             return got, posts
 
-    strict, posts = await poll_all(0.0)
+    strict, posts = await poll_all(search_overlap_s=0.0)
     assert set(strict) < posts, "a strict mark skips the posts the index showed late"
-    got, posts = await poll_all(86_400.0)
+    got, posts = await poll_all()
     assert sorted(got) == sorted(posts), "every post, once"
 
 

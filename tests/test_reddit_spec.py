@@ -12,15 +12,13 @@ from collections.abc import AsyncIterator
 import pytest
 
 from socialcrm.connector import OutboundReply, RetryableError
-from socialcrm.sandbox.server import Sandbox
-from tests.connector_suite import drain
 from tests.reddit_spec import Recorder, exchange_problems, problems
-from tests.test_connectors import MESSAGES, SEED, RedditHarness
+from tests.test_connectors import MESSAGES, RedditHarness, reddit_sandbox
 
 
 @pytest.fixture
 async def reddit() -> AsyncIterator[RedditHarness]:
-    async with RedditHarness.running(Sandbox(SEED, messages=MESSAGES * 2)) as harness:
+    async with RedditHarness.running(reddit_sandbox(MESSAGES * 2)) as harness:
         yield harness
 
 

@@ -465,7 +465,12 @@ async def test_reddit_search_is_a_listing_paged_by_fullname(
 async def test_reddit_escapes_text_without_raw_json(
     client: TestClient[Any, Any], sandbox: Sandbox
 ) -> None:
-    post = next(m for m in sandbox.released("reddit")[::-1] if m.external_id.startswith("t3_"))
+    now = sandbox.reddit.now_utc()
+    post = next(  # the newest post Reddit's search index has taken in
+        m
+        for i, m in reversed(list(enumerate(sandbox.released("reddit"))))
+        if m.external_id.startswith("t3_") and sandbox.reddit.searchable(i, now)
+    )
     post.raw["data"]["selftext"] = "Q&A: is <this> right?"
     headers = {"Authorization": f"bearer {await reddit_token(client)}"}
     sub = post.raw["data"]["subreddit"]

@@ -276,7 +276,9 @@ async def test_a_poll_that_stores_something_ends_the_streak(
         h.armed = True
         while (out := await h.poll()).skipped is not None:
             pass
-        assert out.error is not None and out.error.startswith("retryable: HTTP 50")
+        assert out.error is not None and out.error.startswith(
+            "retryable: stream notifications: HTTP 50"
+        )
         assert out.result.stored > 0
         assert (await source_state(store)).health == "failing"
         # The source delivers, if badly: the streak starts again from the next failed poll,
@@ -355,10 +357,14 @@ async def test_repeated_fatal_errors_raise_one_alert(
     await h.start()
     try:
         out = await h.poll()
-        assert out.error is not None and out.error.startswith("fatal: HTTP 404")
+        assert out.error is not None and out.error.startswith(
+            "fatal: stream notifications: HTTP 404"
+        )
         alerts = await failing_alerts(store)
         assert len(alerts) == 1  # at once, without waiting for the threshold
-        assert alerts[0].title.startswith(f"Source {NAME} is failing: HTTP 404")
+        assert alerts[0].title.startswith(
+            f"Source {NAME} is failing: stream notifications: HTTP 404"
+        )
         assert "HTTP 404" in alerts[0].detail["error"]
         polls = 1
         while h.clocks.wall < T0 + 3 * COOLDOWN:  # past the threshold and the cooldown

@@ -277,6 +277,24 @@ async def test_healthz_and_metrics_name_the_stream(harness: Harness) -> None:
     assert value == 0.0
 
 
+async def test_when_every_stream_fails_the_alert_and_healthz_name_the_stream(
+    harness: Harness, store: Store
+) -> None:
+    await harness.restart(query=None)
+    for sub in harness.subreddits:
+        harness.sandbox.reddit.close(sub, "private")
+    out = await harness.poll()
+    first = f"r/{harness.subreddits[0]}"
+    assert out.error is not None and f"stream {first}: " in out.error
+    found = await alerts(store)
+    assert len(found) == 1
+    assert found[0].detail["stream"] == first
+    assert f"stream {first}: " in found[0].title and "private" in found[0].title
+    body = harness.health()
+    assert body["last_error"].startswith(f"stream {first}: ")
+    assert (await state(store)).last_error == body["last_error"]
+
+
 async def test_only_a_real_401_pauses_the_source(harness: Harness, store: Store) -> None:
     harness.sandbox.reddit.close(harness.subreddits[0], "private")
     harness.sandbox.reddit.close(harness.subreddits[1], "quarantined")

@@ -95,7 +95,11 @@ class X:
         config = XConnector.Config.model_validate(settings)
         session = aiohttp.ClientSession(middlewares=XConnector.session_middlewares(config))
         self.sessions.append(session)
-        return XConnector(config, session, tokens=tokens)
+        return XConnector(config, session, tokens=tokens, clock=self.now)
+
+    def now(self) -> datetime:
+        """The fake clock's time, as the connector reads it."""
+        return datetime.fromtimestamp(self.clock(), UTC)
 
     def mention(self) -> InboundMessage:
         """Release X posts until one names @acme; return it."""
@@ -206,6 +210,28 @@ async def test_an_expired_user_token_is_refreshed_and_the_rotated_token_kept(x: 
     x.clock.tick(USER_TOKEN_TTL_S + 1)
     await x.connector(tokens).send(reply_to(x.mention(), "Third"))
     assert x.sandbox.x.refreshes == 2 and len(x.sandbox.replies) == 3
+
+
+async def test_a_user_token_is_renewed_before_it_expires_so_no_reply_is_refused(x: X) -> None:
+    tokens = MemoryTokens()
+    connector = x.connector(tokens)
+    x.clock.tick(USER_TOKEN_TTL_S + 1)
+    await connector.send(reply_to(x.mention()))  # the configured token: expiry unknown, a 401
+    assert x.sandbox.x.refreshes == 1
+    saved = await tokens.load()
+    assert saved is not None and saved.expires_at == x.now() + timedelta(seconds=USER_TOKEN_TTL_S)
+    refused = sum(1 for e in x.exchanges if e.status == 401)
+    for n in range(1, 7):  # twelve hours, a reply every two hours less a minute
+        x.clock.tick(USER_TOKEN_TTL_S - 60)
+        await connector.send(reply_to(x.mention(), f"Reply {n}"))
+        assert x.sandbox.x.refreshes == 1 + n, "renewed ahead of its expiry"
+    assert sum(1 for e in x.exchanges if e.status == 401) == refused, "no call was refused"
+    assert len(x.sandbox.replies) == 7
+    # A restart takes the stored pair with its expiry and renews it ahead too.
+    x.clock.tick(USER_TOKEN_TTL_S - 60)
+    await x.connector(tokens).send(reply_to(x.mention(), "After a restart"))
+    assert x.sandbox.x.refreshes == 8
+    assert sum(1 for e in x.exchanges if e.status == 401) == refused
 
 
 async def test_two_daemons_on_one_store_renew_without_a_false_alarm(x: X) -> None:

@@ -27,6 +27,7 @@ import json
 import re
 from typing import Any, ClassVar, Final
 
+import regex
 from aiohttp import web
 
 from socialcrm.connector import InboundMessage
@@ -669,10 +670,12 @@ class MastodonStandIn(StandIn):
 
 
 def status_length(text: str) -> int:
-    """The length ``StatusLengthValidator`` counts: each link is 23 characters and a mention
-    counts only its ``@user`` part (grapheme clusters there; code points here)."""
+    """The length ``StatusLengthValidator`` counts: each link is 23 characters, a mention
+    counts only its ``@user`` part, and the rest counts in grapheme clusters
+    (``countable_text.each_grapheme_cluster.size``, app/validators/status_length_validator.rb)."""
     text = re.sub(r"https?://[^\s<]+", "x" * URL_CHARS, text)
-    return len(re.sub(r"(?<![\w/@])@(\w+)@[\w.-]*\w", r"@\1", text))
+    text = re.sub(r"(?<![\w/@])@(\w+)@[\w.-]*\w", r"@\1", text)
+    return len(regex.findall(r"\X", text))
 
 
 def _whole_second(value: str | None) -> int | None:

@@ -22,8 +22,9 @@ What Reddit does that a kind server would not, modelled here:
   403}``), quarantined (403 with ``"reason": "quarantined"`` and a ``quarantine_message``) or
   banned (404 ``{"reason": "banned", "message": "Not Found", "error": 404}``), as r2's
   ``abort(403, "private")``-style errors and PRAW's handling of them show (:meth:`close`).
-- Search shows some posts late (the index lags): with ``search_lag`` set, every third post is
-  searchable only once that many more Reddit items have appeared after it.
+- Search shows posts late (the index lags, :data:`SEARCH_LAG_S`): each post becomes searchable
+  between 0 and ``search_lag_s`` seconds after it was made, so a later post may be found
+  before an earlier one (:meth:`searchable`). Listings of a subreddit's comments do not lag.
 - Deleted and removed items keep their place in listings with ``[deleted]``/``[removed]``
   bodies (:meth:`remove`).
 - ``POST /api/comment`` may answer ``RATELIMIT`` in ``json.errors`` (HTTP 200), with the wait
@@ -39,6 +40,7 @@ import base64
 import html
 import re
 import shlex
+import zlib
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, Literal
 
@@ -59,6 +61,14 @@ BRAND_FULLNAME: Final = "t2_1q2w3e4r"
 LIMIT: Final = (25, 100)  # default, max
 #: Items of one listing Reddit serves at most.
 LISTING_CAP: Final = 1000
+#: How late, at most, a new post shows in search. Reddit does not publish a figure; this is an
+#: assumption from how its search was built: r2 (reddit-archive/reddit, r2/lib/cloudsearch.py,
+#: ``run_changed``) queues every change on ``cloudsearch_changes`` and uploads it in batches
+#: (at least 500 changes, or every 10 seconds) to a separate search service that applies them
+#: in its own time, and users report new posts "taking a few minutes" to be found. Five
+#: minutes, spread evenly over the posts, is that order; the connector's default re-read
+#: window (``search_overlap_s``, 15 minutes) is three times as long.
+SEARCH_LAG_S: Final = 300.0
 SubredditState = Literal["private", "quarantined", "banned"]
 _QUARANTINE_MESSAGE: Final = (
     "This community is quarantined: it may contain misinformation or content that is "
@@ -136,8 +146,8 @@ class RedditStandIn(StandIn):
         self.closed: dict[str, SubredditState] = {}
         #: Items one listing serves at most (Reddit's 1000; a test may lower it to stay small).
         self.listing_cap = LISTING_CAP
-        #: Reddit items that must appear after a lagging post before search shows it.
-        self.search_lag = 0
+        #: How late, at most, search shows a post (seconds; 0 turns the lag off).
+        self.search_lag_s = SEARCH_LAG_S
         #: Fullnames shown as deleted or removed: fullname -> "[deleted]" or "[removed]".
         self.removed: dict[str, str] = {}
         self._comment_errors: list[str] = []
@@ -187,6 +197,24 @@ class RedditStandIn(StandIn):
                     403,
                 )
         return None
+
+    def lag_s(self, fullname: str) -> float:
+        """How late search shows this post: a fixed share of ``search_lag_s`` per fullname."""
+        return self.search_lag_s * (zlib.crc32(fullname.encode()) % 1000) / 999
+
+    def now_utc(self) -> float:
+        """Reddit's time now: the newest released item's time, plus the clock since then."""
+        count = self.sandbox.released_count("reddit")
+        if not count:
+            return 0.0
+        newest = self.sandbox.messages["reddit"][count - 1]
+        since = self.sandbox.clock() - self.sandbox.released_at["reddit"][count - 1]
+        return newest.created_at.timestamp() + max(0.0, since)
+
+    def searchable(self, index: int, now_utc: float) -> bool:
+        """Whether the search index has taken in this released post by ``now_utc``."""
+        message = self.sandbox.messages["reddit"][index]
+        return message.created_at.timestamp() + self.lag_s(message.external_id) <= now_utc
 
     def expire_tokens(self) -> None:
         """Expire every issued token (the next API call gets a 401)."""
@@ -412,10 +440,9 @@ class RedditStandIn(StandIn):
         if not q or "link" not in types:
             return self._listing(request, [])
         indexes = self.visible(f"search:{q.lower()}", search_matcher(q))
-        if self.search_lag:
-            # The index lags: every third post shows only once ``search_lag`` more items came.
-            upto = self.sandbox.released_count("reddit") - self.search_lag
-            indexes = [i for i in indexes if i % 3 or i < upto]
+        if self.search_lag_s:
+            now = self.now_utc()
+            indexes = [i for i in indexes if self.searchable(i, now)]
         subreddit = request.match_info.get("subreddit")
         if subreddit and query.get("restrict_sr") in ("1", "true", "on"):
             messages = self.sandbox.messages["reddit"]

@@ -159,6 +159,8 @@ class Sandbox:
                 self._order.append((platform, len(self.messages[platform])))
                 self.messages[platform].append(message)
         self._released: dict[Platform, int] = dict.fromkeys(PLATFORMS, 0)
+        #: Per platform: the ``clock`` time each released message was released at, in order.
+        self.released_at: dict[Platform, list[float]] = {p: [] for p in PLATFORMS}
         self._next = 0
         self._auto_origin: float | None = None
         self._auto_released = 0
@@ -197,12 +199,14 @@ class Sandbox:
             start = self._released[platform]
             stop = min(len(self.messages[platform]), start + count)
             self._released[platform] = stop
+            self.released_at[platform] += [self.clock()] * (stop - start)
             return list(self.messages[platform][start:stop])
         while len(out) < count and self._next < len(self._order):
             p, idx = self._order[self._next]
             self._next += 1
             if idx < self._released[p]:
                 continue  # already released on its own
+            self.released_at[p] += [self.clock()] * (idx + 1 - self._released[p])
             self._released[p] = idx + 1
             out.append(self.messages[p][idx])
         return out
