@@ -31,7 +31,7 @@ from socialcrm.pipeline import IngestResult, Pipeline
 from socialcrm.rules import RuleError, RuleSet, find_rule_tests, run_rule_tests
 from socialcrm.runtime import tune_gc
 from socialcrm.scoring import ScoringPool
-from socialcrm.sentiment import SentimentScorer
+from socialcrm.sentiment import SentimentScorer, brand_terms
 from socialcrm.sources import SourceSetupError
 from socialcrm.yamldoc import YamlError
 
@@ -305,7 +305,9 @@ async def _file_batches(file: Path, progress: Callable[[int], None]) -> AsyncIte
 
 @asynccontextmanager
 async def _scoring(config: Config, rules: RuleSet) -> AsyncIterator[ScoringPool]:
-    pool = ScoringPool(config.brand.lexicon, rules)
+    pool = ScoringPool(
+        config.brand.lexicon, rules, brand=brand_terms(config.brand.name, config.brand.handles)
+    )
     try:
         yield pool
     finally:
@@ -632,7 +634,9 @@ def rules_test(ctx: click.Context) -> None:
     config = _load(ctx)
     try:
         rules = load_rules(config)
-        scorer = SentimentScorer(config.brand.lexicon)
+        scorer = SentimentScorer(
+            config.brand.lexicon, brand_terms(config.brand.name, config.brand.handles)
+        )
         results = run_rule_tests(rules, find_rule_tests(config.rule_paths()), scorer.compound)
     except RuleError as err:
         raise CliError(f"bad rules:\n{err}") from err

@@ -29,7 +29,7 @@ from socialcrm.priority import PriorityModel
 from socialcrm.responder import Responder
 from socialcrm.rules import Decision, RuleContext, RuleSet
 from socialcrm.scoring import ScoringPool, analyse_batch
-from socialcrm.sentiment import Score, SentimentScorer
+from socialcrm.sentiment import Score, SentimentScorer, brand_terms
 from socialcrm.sla import SlaPolicy
 from socialcrm.tickets import Threader, TicketView, ticket_tag
 
@@ -111,7 +111,9 @@ class Pipeline:
         self.config = config
         self.store = store
         self.rules = rules
-        self.scorer = scorer or SentimentScorer(config.brand.lexicon)
+        self.scorer = scorer or SentimentScorer(
+            config.brand.lexicon, brand_terms(config.brand.name, config.brand.handles)
+        )
         #: Worker processes for sentiment; without them scoring runs in a thread.
         self.scoring = scoring
         self.responder = responder or Responder(
