@@ -327,8 +327,6 @@ class Pipeline:
             result.tickets_opened += 1
         if ticket is not None:
             updates: dict[str, Any] = {}
-            if ticket.new and d.intent:
-                updates["intent"] = d.intent
             for key, value in (("team", d.team), ("queue", d.queue), ("assignee", d.assignee)):
                 if value and (ticket.new or key in ("team", "queue")):
                     updates[key] = value
@@ -338,7 +336,13 @@ class Pipeline:
                 return text[:2000]
 
             if threader.touch(
-                ticket, m, priority=prio.label, score=prio.score, reason=reason, updates=updates
+                ticket,
+                m,
+                priority=prio.label,
+                score=prio.score,
+                reason=reason,
+                updates=updates,
+                intent=d.intent,
             ):
                 result.tickets_reopened += 1
         threader.note_message(m, ticket)

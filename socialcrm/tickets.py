@@ -20,6 +20,7 @@ from socialcrm.config import TicketConfig
 from socialcrm.connector import InboundMessage
 from socialcrm.db import executemany, keys_in
 from socialcrm.identity import insert_returning_ids
+from socialcrm.intents import graver_intent
 from socialcrm.models import AuditEvent, Message, Ticket, utcnow
 from socialcrm.priority import higher
 from socialcrm.sla import SlaPolicy
@@ -74,6 +75,8 @@ class TicketView:
     conversation_id: str | None
     #: When the ticket opened (its SLA clock starts then); None for one not loaded with it.
     opened_at: datetime | None = None
+    #: The gravest intent of its messages so far.
+    intent: str | None = None
     #: Customer object of a ticket opened in this batch (its id is known only after flush).
     customer_ref: Any = None
     new: bool = False
@@ -167,6 +170,7 @@ class Threader:
                 Ticket.resolved_at,
                 Ticket.conversation_id,
                 Ticket.opened_at,
+                Ticket.intent,
             ).where(sa.or_(*wanted))
             for t in (await self.session.execute(q2)).all():
                 self._add(
@@ -182,6 +186,7 @@ class Threader:
                         resolved_at=t.resolved_at,
                         conversation_id=t.conversation_id,
                         opened_at=t.opened_at,
+                        intent=t.intent,
                     )
                 )
         for key, tid in msg_ticket.items():
@@ -289,8 +294,9 @@ class Threader:
         score: float,
         reason: Callable[[], str],
         updates: dict[str, Any],
+        intent: str | None = None,
     ) -> bool:
-        """Add a message to a ticket: reopen if resolved, raise its priority; True if reopened."""
+        """Add a message: reopen if resolved, raise priority and intent; True if reopened."""
         reopened = t.status == "resolved"
         if t.status in ("resolved", "pending"):
             t.set(status="open", resolved_at=None)
@@ -306,6 +312,10 @@ class Threader:
             t.set(priority_score=score, priority_reason=reason())
         if updates:
             t.set(**updates)
+        gravest = graver_intent(t.intent, intent)
+        if gravest != t.intent:
+            t.intent = gravest
+            t.set(intent=gravest)
         if reopened and self.sla is not None:
             # A reopened ticket gets a new resolution target, counted from the new message.
             target = self.sla.target(t.priority).resolution
