@@ -83,10 +83,12 @@ def test_short_texts_in_other_languages_stay_unscored(
 
 
 def test_starter_lexicons_hold_no_domain_traps() -> None:
-    """``sick: 1.5`` made "sick of waiting" praise."""
+    """``sick: 1.5`` made "sick of waiting" praise; ``refund: -0.5`` made questions complaints."""
     starter = yaml.safe_load(STARTER_CONFIG)["brand"]["lexicon"]
     example = yaml.safe_load((ROOT / "config.example.yaml").read_text())["brand"]["lexicon"]
     for lexicon in (starter, example):
-        assert "sick" not in lexicon
+        assert "sick" not in lexicon and "refund" not in lexicon
         scorer = SentimentScorer(lexicon)
-        assert compound(scorer, "sick of waiting for my refund") < -0.05
+        assert compound(scorer, "sick of waiting for my parcel") < -0.05
+        # "refund: -0.5" made a plain question a complaint.
+        assert compound(scorer, "How long does a refund usually take?") == 0.0
