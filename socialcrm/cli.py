@@ -397,8 +397,11 @@ async def _file_batches(file: Path, progress: Callable[[int], None]) -> AsyncIte
 @asynccontextmanager
 async def _scoring(config: Config, rules: RuleSet) -> AsyncIterator[ScoringPool]:
     from socialcrm.scoring import ScoringPool
+    from socialcrm.sentiment import brand_terms
 
-    pool = ScoringPool(config.brand.lexicon, rules)
+    pool = ScoringPool(
+        config.brand.lexicon, rules, brand=brand_terms(config.brand.name, config.brand.handles)
+    )
     try:
         yield pool
     finally:
@@ -837,12 +840,14 @@ def rules_check(ctx: click.Context) -> None:
 def rules_test(ctx: click.Context) -> None:
     """Run the example-based tests kept next to the rule files (x.yaml -> x.tests.yaml)."""
     from socialcrm.rules import RuleError, find_rule_tests, run_rule_tests
-    from socialcrm.sentiment import SentimentScorer
+    from socialcrm.sentiment import SentimentScorer, brand_terms
 
     config = _load(ctx)
     try:
         rules = load_rules(config)
-        scorer = SentimentScorer(config.brand.lexicon)
+        scorer = SentimentScorer(
+            config.brand.lexicon, brand_terms(config.brand.name, config.brand.handles)
+        )
         results = run_rule_tests(rules, find_rule_tests(config.rule_paths()), scorer.compound)
     except RuleError as err:
         raise CliError(f"bad rules:\n{err}") from err

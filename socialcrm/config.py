@@ -332,8 +332,6 @@ brand:
   timezone: UTC
   lexicon:                # per-brand sentiment overrides, word: valence (-4 .. 4)
     delayed: -1.8
-    refund: -0.5
-    sick: 1.5
 
 # Extra rule files, after the shipped rules/default.yaml.
 rules: []

@@ -31,7 +31,7 @@ from socialcrm.priority import PriorityModel
 from socialcrm.responder import ReplyChecker, Responder, blocking_reason, stored_issues
 from socialcrm.rules import Decision, RuleContext, RuleSet
 from socialcrm.scoring import ScoringPool, analyse_batch
-from socialcrm.sentiment import Score, SentimentScorer
+from socialcrm.sentiment import Score, SentimentScorer, brand_terms
 from socialcrm.sla import SlaPolicy
 from socialcrm.tickets import Threader, TicketView, ticket_tag
 
@@ -117,7 +117,9 @@ class Pipeline:
         self.config = config
         self.store = store
         self.rules = rules
-        self.scorer = scorer or SentimentScorer(config.brand.lexicon)
+        self.scorer = scorer or SentimentScorer(
+            config.brand.lexicon, brand_terms(config.brand.name, config.brand.handles)
+        )
         #: Worker processes for sentiment; without them scoring runs in a thread.
         self.scoring = scoring
         self.responder = responder or Responder(
@@ -356,8 +358,6 @@ class Pipeline:
             result.tickets_opened += 1
         if ticket is not None:
             updates: dict[str, Any] = {}
-            if ticket.new and d.intent:
-                updates["intent"] = d.intent
             for key, value in (("team", d.team), ("queue", d.queue), ("assignee", d.assignee)):
                 if value and (ticket.new or key in ("team", "queue")):
                     updates[key] = value
@@ -368,7 +368,13 @@ class Pipeline:
                 return text[:2000]
 
             if threader.touch(
-                ticket, m, priority=prio.label, score=prio.score, reason=reason, updates=updates
+                ticket,
+                m,
+                priority=prio.label,
+                score=prio.score,
+                reason=reason,
+                updates=updates,
+                intent=d.intent,
             ):
                 result.tickets_reopened += 1
         threader.note_message(m, ticket)

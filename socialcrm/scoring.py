@@ -50,8 +50,10 @@ class _Worker:
     rules: RuleSet | None = None
 
 
-def _start_worker(lexicon: dict[str, float], rule_paths: list[str], fingerprint: str) -> None:
-    _Worker.scorer = SentimentScorer(lexicon)
+def _start_worker(
+    lexicon: dict[str, float], rule_paths: list[str], fingerprint: str, brand: list[str]
+) -> None:
+    _Worker.scorer = SentimentScorer(lexicon, brand)
     if rule_paths:
         try:
             rules = RuleSet.load([Path(p) for p in rule_paths])
@@ -74,6 +76,7 @@ class ScoringPool:
         lexicon: Mapping[str, float] | None = None,
         rules: RuleSet | None = None,
         workers: int = 1,
+        brand: Sequence[str] = (),
     ) -> None:
         #: Text facts are only used by a pipeline whose rules have this fingerprint.
         self.fingerprint = rules.fingerprint if rules is not None else ""
@@ -82,7 +85,7 @@ class ScoringPool:
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),  # never fork a threaded process
             initializer=_start_worker,
-            initargs=(dict(lexicon or {}), paths, self.fingerprint),
+            initargs=(dict(lexicon or {}), paths, self.fingerprint, list(brand)),
         )
 
     async def analyse(self, items: list[tuple[str, str | None]]) -> list[Analysis]:

@@ -27,6 +27,7 @@ from socialcrm.config import TicketConfig
 from socialcrm.connector import InboundMessage
 from socialcrm.db import executemany, keys_in
 from socialcrm.identity import insert_returning_ids
+from socialcrm.intents import graver_intent
 from socialcrm.models import AuditEvent, Message, Ticket, utcnow
 from socialcrm.priority import higher
 from socialcrm.sla import SlaPolicy
@@ -83,6 +84,8 @@ class TicketView:
     opened_at: datetime | None = None
     #: We have answered it (a reply was sent): a new top-level message no longer joins it.
     answered: bool = False
+    #: The gravest intent of its messages so far.
+    intent: str | None = None
     #: Customer object of a ticket opened in this batch (its id is known only after flush).
     customer_ref: Any = None
     new: bool = False
@@ -168,7 +171,7 @@ class Threader:
                 )
             )
         if wanted:
-            q2 = sa.select(
+            q2 = sa.select(  # type: ignore[misc]  # more columns than its typed overloads
                 Ticket.id,
                 Ticket.customer_id,
                 Ticket.channel,
@@ -181,6 +184,7 @@ class Threader:
                 Ticket.conversation_id,
                 Ticket.opened_at,
                 Ticket.first_response_at,
+                Ticket.intent,
             ).where(sa.or_(*wanted))
             for t in (await self.session.execute(q2)).all():
                 self._add(
@@ -197,6 +201,7 @@ class Threader:
                         conversation_id=t.conversation_id,
                         opened_at=t.opened_at,
                         answered=t.first_response_at is not None,
+                        intent=t.intent,
                     )
                 )
         for key, tid in msg_ticket.items():
@@ -322,8 +327,9 @@ class Threader:
         score: float,
         reason: Callable[[], str],
         updates: dict[str, Any],
+        intent: str | None = None,
     ) -> bool:
-        """Add a message to a ticket: reopen if resolved, raise its priority; True if reopened."""
+        """Add a message: reopen if resolved, raise priority and intent; True if reopened."""
         reopened = t.status == "resolved"
         if t.status in ("resolved", "pending"):
             t.set(status="open", resolved_at=None)
@@ -339,6 +345,10 @@ class Threader:
             t.set(priority_score=score, priority_reason=reason())
         if updates:
             t.set(**updates)
+        gravest = graver_intent(t.intent, intent)
+        if gravest != t.intent:
+            t.intent = gravest
+            t.set(intent=gravest)
         if reopened and self.sla is not None:
             # A reopened ticket gets a new resolution target, counted from the new message.
             target = self.sla.target(t.priority).resolution

@@ -250,6 +250,22 @@ async def test_most_negative_and_positive(report: Report) -> None:
     assert report.most_positive[1].author == "user1"
 
 
+async def test_complaints_are_never_the_most_positive(store: Store) -> None:
+    """A complaint VADER reads as happy ("thanks for charging me twice!") is not praise."""
+    await seed(store)
+    async with store.session() as s:
+        s.add_all(
+            [
+                _message(300, at("04-02", "17:00"), "x", 1, 0.99, "billing", ["billing"]),
+                _message(301, at("04-02", "18:00"), "x", 1, 0.97, "complaint", ["negative"]),
+                _message(302, at("04-02", "19:00"), "x", 1, -0.95, "praise", ["praise"]),
+            ]
+        )
+    report = await build_report(store, period=WEEK, end=END, brand="Acme")
+    assert [q.sentiment for q in report.most_positive] == [0.95, 0.8, 0.6, 0.5, 0.4]
+    assert [q.sentiment for q in report.most_negative] == [-0.9, -0.7, -0.6, -0.3, -0.2]
+
+
 async def test_topics(report: Report) -> None:
     t = report.topics
     assert [(c.key, c.current, c.previous) for c in t.intents] == [

@@ -53,6 +53,7 @@ from sqlmodel import SQLModel
 
 import socialcrm.models as _models  # noqa: F401  (registers the tables in the metadata)
 from socialcrm.db import Store
+from socialcrm.intents import PROBLEM_INTENTS
 from socialcrm.models import ROLLUP_SLOT_S, ROLLUP_TAG_CHARS, UTCDateTime, utcnow
 from socialcrm.rollups import EPOCH, NEGATIVE_AT, POSITIVE_AT, class_sql, slot_of, slot_start
 
@@ -807,6 +808,10 @@ async def _message_facts(
 async def _quotes(session: AsyncSession, w: _Window, negative: bool) -> tuple[Quote, ...]:
     """The most negative (positive) messages of the current period."""
     s = M.c.sentiment
+    # A message the rules read as a problem is never among the most positive, whatever its
+    # score ("thanks for charging me twice"), and praise never among the most negative.
+    intent = M.c.intent
+    wrong = PROBLEM_INTENTS if not negative else ("praise",)
     ids = (
         sa.select(M.c.id)
         .where(
@@ -814,6 +819,7 @@ async def _quotes(session: AsyncSession, w: _Window, negative: bool) -> tuple[Qu
             M.c.direction == "inbound",
             M.c.ignored.is_(False),
             s <= NEGATIVE_AT if negative else s >= POSITIVE_AT,
+            sa.or_(intent.is_(None), intent.not_in(wrong)),
         )
         .order_by(s.asc() if negative else s.desc(), M.c.id.desc())
         .limit(TOP_MESSAGES)

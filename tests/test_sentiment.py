@@ -1,0 +1,94 @@
+"""Sentiment: what VADER is given to read, the language gate and the starter lexicon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from socialcrm.config import STARTER_CONFIG
+from socialcrm.sentiment import SentimentScorer, brand_terms
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def plain() -> SentimentScorer:
+    return SentimentScorer()
+
+
+def compound(scorer: SentimentScorer, text: str) -> float:
+    value = scorer.score(text, "en").compound
+    assert value is not None
+    return value
+
+
+def test_handles_and_links_are_not_sentiment_words(plain: SentimentScorer) -> None:
+    # VADER alone reads "@united" as the happy word "united" and "@SuperSupport" as "super".
+    assert compound(plain, "@united my bag is in Denver and I am in Boston") == compound(
+        plain, "my bag is in Denver and I am in Boston"
+    )
+    assert compound(plain, "@united") == 0.0
+    assert compound(plain, "still no refund https://great.example/best/love") == compound(
+        plain, "still no refund"
+    )
+
+
+def test_brand_names_do_not_count_as_sentiment(plain: SentimentScorer) -> None:
+    brand = SentimentScorer(brand=brand_terms("United", ["@united", "UnitedAirlines"]))
+    text = "United lost my bags again. #United"
+    assert compound(plain, text) > compound(brand, text)
+    assert compound(brand, text) == compound(plain, "lost my bags again.")
+    assert compound(brand, "Best Buy support") == compound(plain, "Best Buy support")
+    two_words = SentimentScorer(brand=brand_terms("Best Buy", []))
+    assert compound(two_words, "best buy, worst service") == compound(plain, "worst service")
+
+
+def test_emoji_capitals_and_exclamations_still_count(plain: SentimentScorer) -> None:
+    assert compound(plain, "@acme great!!! 😍") > compound(plain, "@acme great")
+    assert compound(plain, "@acme this is BAD") < compound(plain, "@acme this is bad")
+
+
+def test_requests_are_not_happiness(plain: SentimentScorer) -> None:
+    # "please help" came out at +0.69: a cry for help read as a happy message.
+    assert compound(plain, "please help") == 0.0
+    assert compound(plain, "it's been like 3 weeks, please help") <= 0.0
+    # The brand lexicon can give a neutral word its valence back.
+    assert compound(SentimentScorer({"help": 1.7}), "help") > 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["thanks so much!", "im still on hold...", "worst service ever", "thx, all sorted now"],
+)
+def test_short_english_is_english(plain: SentimentScorer, text: str) -> None:
+    s = plain.score(text)
+    assert s.scored and s.lang in ("en", None)
+
+
+@pytest.mark.parametrize(
+    ("text", "lang"),
+    [
+        ("gracias por todo amigo", "es"),
+        ("danke schön für alles", "de"),
+        ("Meine Bestellung ist immer noch nicht angekommen", "de"),
+    ],
+)
+def test_short_texts_in_other_languages_stay_unscored(
+    plain: SentimentScorer, text: str, lang: str
+) -> None:
+    s = plain.score(text)
+    assert not s.scored and s.lang == lang
+
+
+def test_starter_lexicons_hold_no_domain_traps() -> None:
+    """``sick: 1.5`` made "sick of waiting" praise; ``refund: -0.5`` made questions complaints."""
+    starter = yaml.safe_load(STARTER_CONFIG)["brand"]["lexicon"]
+    example = yaml.safe_load((ROOT / "config.example.yaml").read_text())["brand"]["lexicon"]
+    for lexicon in (starter, example):
+        assert "sick" not in lexicon and "refund" not in lexicon
+        scorer = SentimentScorer(lexicon)
+        assert compound(scorer, "sick of waiting for my parcel") < -0.05
+        # "refund: -0.5" made a plain question a complaint.
+        assert compound(scorer, "How long does a refund usually take?") == 0.0
