@@ -18,20 +18,21 @@ ticket closed without one (none was), and imports. The newest label of a message
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import precision_recall_fscore_support
@@ -40,9 +41,19 @@ from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from socialcrm.models import Message, Ticket, TriageLabel, TriageModelVersion, utcnow
-from socialcrm.sentiment import Score
-from socialcrm.timespec import PositiveDuration
+from socialcrm.connector import InboundMessage
+from socialcrm.db import Store
+from socialcrm.models import (
+    AuditEvent,
+    Message,
+    Reply,
+    Ticket,
+    TriageLabel,
+    TriageModelVersion,
+    utcnow,
+)
+from socialcrm.rules import Decision, RuleSet, text_context
+from socialcrm.sentiment import Score, SentimentScorer
 
 SENTIMENT = ("negative", "neutral", "positive")
 REPLY = ("no", "yes")
@@ -81,23 +92,6 @@ class TriageError(ValueError):
     """Triage cannot do what was asked: too few labels, a bad payload, a bad label."""
 
 
-class TriageConfig(BaseModel):
-    """The ``triage:`` section: when the learned model is trained and trusted."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    #: Use the learned model at all (it is used only once one has been trained).
-    enabled: bool = True
-    #: Labelled messages needed before a model is trained on a schedule.
-    min_labels: int = Field(default=200, ge=10)
-    #: How often the daemon retrains when new labels came in.
-    retrain: PositiveDuration = timedelta(hours=6)
-    #: Below this confidence a message goes to a person (a ticket tagged ``needs-triage``).
-    min_confidence: float = Field(default=0.55, ge=0.0, le=1.0)
-    #: How often the pipeline asks the store whether a newer model exists.
-    check_every: PositiveDuration = timedelta(minutes=1)
-
-
 class Settings(BaseModel):
     """The feature settings a model was trained with; stored in its payload's header."""
 
@@ -116,7 +110,7 @@ class Settings(BaseModel):
     @property
     def n_features(self) -> int:
         """Columns of the feature matrix."""
-        return 2**self.word_bits + 2**self.char_bits + 4
+        return (1 << self.word_bits) + (1 << self.char_bits) + 4
 
 
 class Sample(NamedTuple):
@@ -233,9 +227,7 @@ class HeadFigures:
 def figures(classes: Sequence[str], truth: Sequence[str], predicted: Sequence[str]) -> HeadFigures:
     """Precision, recall and F1 per class of predictions against the truth."""
     labels = list(classes)
-    p, r, f, s = precision_recall_fscore_support(
-        truth, predicted, labels=labels, zero_division=0.0
-    )
+    p, r, f, s = precision_recall_fscore_support(truth, predicted, labels=labels, zero_division=0.0)
     per = {
         c: {
             "precision": round(float(p[i]), 4),
@@ -269,7 +261,7 @@ def cross_validate(
     """Figures of one head by stratified k-fold cross-validation (fewer folds on tiny sets)."""
     if not trainable(labels):
         raise TriageError(f"{head}: need two classes with {MIN_PER_CLASS} examples each")
-    k = max(2, min(folds, min(Counter(labels).values())))
+    k = max(2, min(folds, *Counter(labels).values()))
     split = StratifiedKFold(n_splits=k, shuffle=True, random_state=0)
     predicted = cross_val_predict(estimator(settings), list(xs), np.array(labels), cv=split)
     out = figures(HEADS[head], labels, [str(v) for v in predicted])
@@ -290,7 +282,7 @@ class Model:
 
     @classmethod
     def fit(
-        cls, settings: Settings, data: dict[str, tuple[Sequence[Sample], Sequence[str]]]
+        cls, settings: Settings, data: Mapping[str, tuple[Sequence[Sample], Sequence[str]]]
     ) -> Model:
         """Train each head that has enough labels on all of them."""
         feats = features(settings)
@@ -381,7 +373,9 @@ class Model:
             heads_meta = header["heads"]
             if not isinstance(heads_meta, dict) or not heads_meta:
                 raise TriageError("no heads")
-            expected = {f"{h}.{p}" for h in heads_meta for p in ("rows", "cols", "values", "intercept")}
+            expected = {
+                f"{h}.{p}" for h in heads_meta for p in ("rows", "cols", "values", "intercept")
+            }
             if set(arrays) != expected:
                 raise TriageError("unexpected arrays in the payload")
             heads = {}
@@ -525,8 +519,6 @@ def add_label(
 
 async def label_ticket_closed(session: AsyncSession, ticket: Ticket, actor: str, via: str) -> int:
     """A ticket closed without a reply: its customer messages needed none. How many labelled."""
-    from socialcrm.models import Reply
-
     sent = (
         await session.execute(
             sa.select(sa.func.count())
@@ -608,7 +600,7 @@ class Trained:
 
 
 def train(
-    data: dict[str, tuple[Sequence[Sample], Sequence[str]]],
+    data: Mapping[str, tuple[Sequence[Sample], Sequence[str]]],
     settings: Settings | None = None,
     now: datetime | None = None,
     folds: int = 5,
@@ -714,3 +706,201 @@ async def labels_since(session: AsyncSession, since: datetime | None) -> int:
         q = q.where(TriageLabel.created_at > since)
     n: int = (await session.execute(q)).scalar_one()
     return n
+
+
+def samples_of(texts: Sequence[tuple[str, str | None]], scorer: SentimentScorer) -> list[Sample]:
+    """Training samples: each (text, language) scored as the pipeline scores it."""
+    return [sample(t, scorer.score(t, lang)) for t, lang in texts]
+
+
+def train_set(
+    ts: TrainingSet, scorer: SentimentScorer, settings: Settings | None = None
+) -> Trained:
+    """Train on a training set read from the store (CPU work: run it off the event loop)."""
+    data = {h: (samples_of(ts.texts[h], scorer), ts.labels[h]) for h in ts.labels}
+    return train(data, settings)
+
+
+async def retrain(
+    store: Store,
+    scorer: SentimentScorer,
+    actor: str,
+    via: str,
+    *,
+    min_labels: int,
+    settings: Settings | None = None,
+) -> TriageModelVersion:
+    """Train a new version from every label in the store and save it as the newest."""
+    async with store.reader() as s:
+        ts = await training_set(s)
+    if ts.messages < min_labels:
+        raise TriageError(
+            f"{ts.messages} labelled message(s); at least {min_labels} are needed "
+            "(triage.min_labels)"
+        )
+    if not any(trainable(v) for v in ts.labels.values()):
+        raise TriageError(
+            "the labels do not yet show two kinds of message for either question "
+            f"(labels so far: {ts.counts()})"
+        )
+    trained = await asyncio.to_thread(train_set, ts, scorer, settings)
+    async with store.session() as s:
+        row = await store_model(s, trained, actor)
+        s.add(
+            AuditEvent(
+                actor=actor[:128],
+                via=via[:32],
+                action="triage.train",
+                object_type="triage_model",
+                object_id=str(row.id),
+                detail={"labels": trained.counts, "scores": trained.card["scores"]},
+            )
+        )
+    return row
+
+
+# -- in the pipeline ------------------------------------------------------------------------
+
+#: The tag of a message the model was unsure of; it gets a ticket so a person decides.
+NEEDS_TRIAGE = "needs-triage"
+
+
+def unsure(verdict: Verdict, min_confidence: float) -> bool:
+    """Whether either of the model's answers is below the confidence it is trusted at."""
+    return any(
+        c is not None and c < min_confidence for c in (verdict.confidence, verdict.reply_confidence)
+    )
+
+
+def route_to_person(d: Decision) -> None:
+    """Send a message the model is unsure of to a person: a ticket, tagged, never ignored."""
+    if NEEDS_TRIAGE not in d.tags:
+        d.tags.append(NEEDS_TRIAGE)
+    if d.ignore:
+        d.ignore = False
+        d.draft_template = None  # a rule meant to drop it: nothing is drafted, a person looks
+    d.open_ticket = True
+    d.trail.append(f"triage: the model is unsure of this message; tagged {NEEDS_TRIAGE}")
+
+
+# -- labelled files (``socialcrm triage learn`` and ``eval``) --------------------------------
+
+
+class Labelled(NamedTuple):
+    """One line of a labelled file: the message and its labels (None where not given)."""
+
+    message: InboundMessage
+    sentiment: str | None
+    needs_reply: str | None
+
+
+def parse_labelled(n: int, line: str) -> Labelled | str:
+    """One JSON Lines record of ``socialcrm ingest`` with ``sentiment_label`` and/or
+    ``needs_reply``; a string says what is wrong with it."""
+    try:
+        record = json.loads(line)
+    except ValueError as err:
+        return f"line {n}: not JSON: {err}"
+    if not isinstance(record, dict):
+        return f"line {n}: expected a JSON object"
+    sent = record.pop("sentiment_label", None)
+    reply = record.pop("needs_reply", None)
+    if sent is None and reply is None:
+        return f"line {n}: no sentiment_label or needs_reply to learn from"
+    try:
+        sent_value = sentiment_label(str(sent)) if sent is not None else None
+        if isinstance(reply, bool):
+            reply_value: str | None = "yes" if reply else "no"
+        else:
+            reply_value = reply_label(str(reply)) if reply is not None else None
+    except TriageError as err:
+        return f"line {n}: {err}"
+    try:
+        msg = InboundMessage.model_validate(record)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(record)"
+        return f"line {n}: {where}: {first['msg']}"
+    return Labelled(msg, sent_value, reply_value)
+
+
+async def import_labels(
+    session: AsyncSession, items: Sequence[Labelled], actor: str, via: str
+) -> dict[str, int]:
+    """Store the labels of a labelled file, tied to the stored message where there is one."""
+    keys = [(i.message.channel, i.message.external_id) for i in items]
+    stored: dict[tuple[str, str], int] = {}
+    for start in range(0, len(keys), 500):
+        part = keys[start : start + 500]
+        rows = await session.execute(
+            sa.select(Message.channel, Message.external_id, Message.id).where(
+                sa.tuple_(Message.channel, Message.external_id).in_(part)
+            )
+        )
+        stored.update({(c, e): i for c, e, i in rows.all()})
+    counts: Counter[str] = Counter()
+    for item in items:
+        m = item.message
+        for kind, value in (("sentiment", item.sentiment), ("needs_reply", item.needs_reply)):
+            if value is None:
+                continue
+            add_label(
+                session,
+                kind,
+                value,
+                "import",
+                actor,
+                via,
+                text=m.text,
+                lang=m.lang,
+                message_id=stored.get((m.channel, m.external_id)),
+                channel=m.channel,
+                external_id=m.external_id,
+            )
+            counts[kind] += 1
+    counts["linked"] = sum(1 for k in keys if k in stored)
+    return dict(counts)
+
+
+def vader_class(score: Score) -> str:
+    """VADER's class of a score, by its usual cut-offs (unscored texts are neutral)."""
+    if score.compound is None:
+        return "neutral"
+    if score.compound >= 0.05:
+        return "positive"
+    if score.compound <= -0.05:
+        return "negative"
+    return "neutral"
+
+
+def rules_need_reply(rules: RuleSet, text: str, score: Score) -> str:
+    """Whether the rules alone would have a person answer: a ticket or a draft, not ignored."""
+    d = rules.evaluate(replace(text_context(text), sentiment=score.compound, lang=score.lang))
+    return "yes" if (d.open_ticket or d.draft_template) and not d.ignore else "no"
+
+
+def evaluate(
+    items: Sequence[Labelled], scorer: SentimentScorer, rules: RuleSet, folds: int = 5
+) -> dict[str, dict[str, Any]]:
+    """Per head: the learned model's cross-validated figures beside VADER-and-rules alone."""
+    scores = [scorer.score(i.message.text, i.message.lang) for i in items]
+    out: dict[str, dict[str, Any]] = {}
+    for head, classes in HEADS.items():
+        rows = [
+            (i, s)
+            for i, s in zip(items, scores, strict=True)
+            if (i.sentiment if head == "sentiment" else i.needs_reply) is not None
+        ]
+        if not rows:
+            continue
+        truth = [str(i.sentiment if head == "sentiment" else i.needs_reply) for i, _ in rows]
+        if head == "sentiment":
+            base = [vader_class(s) for _, s in rows]
+        else:
+            base = [rules_need_reply(rules, i.message.text, s) for i, s in rows]
+        entry: dict[str, Any] = {"baseline": figures(classes, truth, base).as_dict()}
+        if trainable(truth):
+            xs = [sample(i.message.text, s) for i, s in rows]
+            entry["learned"] = cross_validate(head, xs, truth, Settings(), folds).as_dict()
+        out[head] = entry
+    return out
