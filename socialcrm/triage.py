@@ -97,8 +97,8 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    word_bits: int = Field(default=18, ge=10, le=22)
-    char_bits: int = Field(default=18, ge=10, le=22)
+    word_bits: int = Field(default=16, ge=10, le=22)
+    char_bits: int = Field(default=16, ge=10, le=22)
     word_max_n: int = Field(default=2, ge=1, le=3)
     char_min_n: int = Field(default=2, ge=1, le=5)
     char_max_n: int = Field(default=5, ge=1, le=6)
@@ -192,7 +192,9 @@ def features(settings: Settings) -> FeatureUnion:
 
 
 def _classifier(settings: Settings) -> LogisticRegression:
-    return LogisticRegression(C=settings.c, max_iter=2000, class_weight="balanced")
+    # tol 1e-3: the figures are the same to two decimals as at the default 1e-4, in half the
+    # time (bench/triage_learned.py on 2,000 labelled tweets).
+    return LogisticRegression(C=settings.c, max_iter=500, tol=1e-3, class_weight="balanced")
 
 
 def estimator(settings: Settings) -> Pipeline:
