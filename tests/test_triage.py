@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from socialcrm import triage
+from socialcrm import rollups, triage
 from socialcrm.chatops.commands import Actor, CommandError, Commands
 from socialcrm.cli import main
 from socialcrm.config import Config
@@ -355,6 +355,17 @@ async def test_pipeline_stores_the_class_and_confidence(
     assert (m.triage_class, m.needs_reply, m.triage_version) == ("negative", True, version)
     assert m.triage_confidence is not None and 0.34 < m.triage_confidence <= 1
     assert m.needs_reply_confidence is not None and 0.5 <= m.needs_reply_confidence <= 1
+    # Reports count the model's class where it gave one; a rebuild counts the same way.
+    async with store.session() as s:
+        m.sentiment = 0.9  # words that VADER would call positive
+        await s.merge(m)
+        await rollups.rebuild(s)
+        got = (
+            await s.execute(sa.text("SELECT sentiment, n FROM message_rollup ORDER BY sentiment"))
+        ).all()
+    assert (-1, 1) in [tuple(r) for r in got]
+    assert rollups.sentiment_class(0.9, False, "negative") == -1
+    assert rollups.sentiment_class(0.9, False, None) == 1
 
 
 async def test_the_scoring_worker_reads_with_the_newest_model(
