@@ -149,8 +149,9 @@ class TriageConfig(_Section):
     min_labels: int = Field(default=200, ge=10)
     #: How often the daemon retrains when new labels came in.
     retrain: PositiveDuration = timedelta(hours=6)
-    #: Below this confidence a message goes to a person (a ticket tagged ``needs-triage``).
-    min_confidence: float = Field(default=0.55, ge=0.0, le=1.0)
+    #: Below this confidence in whether a message needs a reply (in its class while no reply
+    #: head is trained) it goes to a person: a ticket tagged ``needs-triage``.
+    min_confidence: float = Field(default=0.6, ge=0.0, le=1.0)
     #: How often the pipeline asks the store whether a newer model exists.
     check_every: PositiveDuration = timedelta(minutes=1)
 

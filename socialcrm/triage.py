@@ -130,7 +130,7 @@ class Verdict(NamedTuple):
     confidence: float | None
     needs_reply: bool | None
     reply_confidence: float | None
-    version: int
+    version: int = 0
 
 
 def sample(text: str, score: Score | None) -> Sample:
@@ -768,10 +768,10 @@ NEEDS_TRIAGE = "needs-triage"
 
 
 def unsure(verdict: Verdict, min_confidence: float) -> bool:
-    """Whether either of the model's answers is below the confidence it is trusted at."""
-    return any(
-        c is not None and c < min_confidence for c in (verdict.confidence, verdict.reply_confidence)
-    )
+    """Whether the model is unsure of a message: of whether it needs a reply, or (with no
+    reply head trained yet) of its class."""
+    c = verdict.reply_confidence if verdict.reply_confidence is not None else verdict.confidence
+    return c is not None and c < min_confidence
 
 
 def route_to_person(d: Decision) -> None:

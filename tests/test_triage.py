@@ -565,3 +565,16 @@ async def test_the_daemon_retrains_when_labels_came_in(
     assert version == 1 and daemon.pipeline.triage_model is not None
     assert daemon.pipeline.triage_model.version == 1
     assert await daemon.retrain_triage() is None, "no new labels since: not retrained"
+
+
+@pytest.mark.parametrize(
+    ("verdict", "unsure"),
+    [
+        (triage.Verdict("negative", 0.4, True, 0.9), False),  # sure a reply is needed
+        (triage.Verdict("negative", 0.9, True, 0.52), True),  # unsure whether to answer
+        (triage.Verdict("neutral", 0.45, None, None), True),  # no reply head: the class decides
+        (triage.Verdict("neutral", 0.8, None, None), False),
+    ],
+)
+def test_what_the_model_is_unsure_of(verdict: triage.Verdict, unsure: bool) -> None:
+    assert triage.unsure(verdict, 0.6) is unsure
