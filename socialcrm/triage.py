@@ -103,7 +103,7 @@ class Settings(BaseModel):
     char_min_n: int = Field(default=2, ge=1, le=5)
     char_max_n: int = Field(default=5, ge=1, le=6)
     #: Weight of VADER's four scores beside the unit-length n-gram vectors.
-    vader_weight: float = Field(default=1.0, ge=0.0, le=10.0)
+    vader_weight: float = Field(default=3.0, ge=0.0, le=10.0)
     #: Inverse regularisation strength of the regressions.
     c: float = Field(default=4.0, gt=0.0, le=1000.0)
 
