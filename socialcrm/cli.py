@@ -572,7 +572,9 @@ class _ChatCommand(click.Command):
         """The chat command's docstring."""
         from socialcrm.chatops.commands import Commands
 
-        return (Commands.__dict__[self.name or ""].__doc__ or "").strip()
+        # A command's method is its name with "_" for "-" (needs-reply: needs_reply).
+        method = (self.name or "").replace("-", "_")
+        return (Commands.__dict__[method].__doc__ or "").strip()
 
     @help.setter
     def help(self, value: str | None) -> None:
@@ -588,6 +590,167 @@ _chat_command("assign", "ticket_id", "user")
 _chat_command("close", "ticket_id")
 _chat_command("resolve", "ticket_id")
 _chat_command("mute", "source", "duration")
+_chat_command("relabel", "message_id", "label")
+_chat_command("needs-reply", "message_id", "answer")
+
+
+# -- the learned triage model -----------------------------------------------------------------
+
+
+@main.group("triage")
+def triage_group() -> None:
+    """The learned triage model: labels, training, evaluation."""
+
+
+def _read_labelled(file: Path) -> tuple[list[Any], list[str]]:
+    from socialcrm import triage
+
+    items: list[triage.Labelled] = []
+    problems: list[str] = []
+    for n, line in _read_jsonl(file):
+        if line.startswith("\x00"):
+            problems.append(f"line {n}: not UTF-8")
+            continue
+        found = triage.parse_labelled(n, line)
+        if isinstance(found, str):
+            problems.append(found)
+        else:
+            items.append(found)
+    return items, problems
+
+
+def _show_problems(problems: list[str]) -> None:
+    for p in problems[:20]:
+        click.echo(f"skipped {p}", err=True)
+    if len(problems) > 20:
+        click.echo(f"... and {len(problems) - 20} more line(s) skipped", err=True)
+
+
+@triage_group.command("learn")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.pass_context
+@async_command
+async def triage_learn(ctx: click.Context, file: Path) -> None:
+    """Import labels from a JSON Lines file of messages (the `socialcrm ingest` format), each
+    with `sentiment_label` (negative|neutral|positive) and/or `needs_reply` (true|false)."""
+    from socialcrm import triage
+    from socialcrm.models import AuditEvent
+
+    config = _load(ctx)
+    items, problems = _read_labelled(file)
+    _show_problems(problems)
+    if not items:
+        raise CliError(f"{file}: no labelled messages to learn from")
+    actor = _actor()
+    async with _store(config) as store, store.session() as s:
+        counts = await triage.import_labels(s, items, actor.name, actor.via)
+        s.add(
+            AuditEvent(
+                actor=actor.name,
+                via=actor.via,
+                action="triage.learn",
+                object_type="file",
+                object_id=file.name[:64],
+                detail={"labels": counts, "skipped": len(problems)},
+            )
+        )
+    click.echo(
+        f"{counts.get('sentiment', 0)} sentiment and {counts.get('needs_reply', 0)} needs-reply "
+        f"label(s) imported from {len(items)} message(s) ({counts.get('linked', 0)} stored here "
+        f"already), {len(problems)} line(s) skipped; `socialcrm triage train` trains now"
+    )
+
+
+@triage_group.command("train")
+@click.option("--min-labels", type=int, default=None, help="Default: triage.min_labels.")
+@click.pass_context
+@async_command
+async def triage_train(ctx: click.Context, min_labels: int | None) -> None:
+    """Train a new model version from every label now, and show its card."""
+    from socialcrm import triage
+    from socialcrm.sentiment import SentimentScorer, brand_terms
+
+    config = _load(ctx)
+    actor = _actor()
+    async with _store(config) as store:
+        try:
+            await triage.retrain(
+                store,
+                SentimentScorer(
+                    config.brand.lexicon, brand_terms(config.brand.name, config.brand.handles)
+                ),
+                actor.name,
+                actor.via,
+                min_labels=config.triage.min_labels if min_labels is None else min_labels,
+            )
+        except triage.TriageError as err:
+            raise CliError(str(err)) from err
+        click.echo(await _triage_status(store, config))
+
+
+@triage_group.command("status")
+@click.pass_context
+@async_command
+async def triage_status(ctx: click.Context) -> None:
+    """Show the newest model version and its card (training size, date, scores, failures)."""
+    config = _load(ctx)
+    async with _store(config) as store:
+        click.echo(await _triage_status(store, config))
+
+
+async def _triage_status(store: Store, config: Config) -> str:
+    from socialcrm import triage
+    from socialcrm.responder import template_environment
+
+    async with store.reader() as s:
+        row = await triage.newest(s)
+        labelled = (await triage.training_set(s)).messages
+        new = await triage.labels_since(s, row.created_at if row is not None else None)
+    text = (
+        template_environment(None)
+        .get_template("triage/status.j2")
+        .render(
+            row=row,
+            labelled=labelled,
+            new_labels=new,
+            min_labels=config.triage.min_labels,
+            in_use=config.triage.enabled,
+        )
+    )
+    return text.strip()
+
+
+@triage_group.command("eval")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.pass_context
+@async_command
+async def triage_eval(ctx: click.Context, file: Path, as_json: bool) -> None:
+    """Cross-validated precision, recall and F1 per class of the model trained on FILE's
+    labels, beside VADER and the rules alone on the same messages. Nothing is stored."""
+    from socialcrm import triage
+    from socialcrm.responder import template_environment
+    from socialcrm.sentiment import SentimentScorer, brand_terms
+
+    config = _load(ctx)
+    items, problems = _read_labelled(file)
+    _show_problems(problems)
+    if not items:
+        raise CliError(f"{file}: no labelled messages to evaluate on")
+    rules = load_rules(config)
+    scorer = SentimentScorer(
+        config.brand.lexicon, brand_terms(config.brand.name, config.brand.handles)
+    )
+    results = await asyncio.to_thread(triage.evaluate, items, scorer, rules)
+    if as_json:
+        click.echo(json.dumps(results))
+        return
+    text = (
+        template_environment(None)
+        .get_template("triage/eval.j2")
+        .render(results=results, count=len(items), file=file.name, problems=len(problems))
+    )
+    click.echo(text.strip())
 
 
 @main.group("sources", invoke_without_command=True)

@@ -140,6 +140,22 @@ class SourceConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class TriageConfig(_Section):
+    """The ``triage:`` section: when the learned model is trained and trusted."""
+
+    #: Use the learned model at all (it is used only once one has been trained).
+    enabled: bool = True
+    #: Labelled messages needed before a model is trained on a schedule.
+    min_labels: int = Field(default=200, ge=10)
+    #: How often the daemon retrains when new labels came in.
+    retrain: PositiveDuration = timedelta(hours=6)
+    #: Below this confidence in whether a message needs a reply (in its class while no reply
+    #: head is trained) it goes to a person: a ticket tagged ``needs-triage``.
+    min_confidence: float = Field(default=0.6, ge=0.0, le=1.0)
+    #: How often the pipeline asks the store whether a newer model exists.
+    check_every: PositiveDuration = timedelta(minutes=1)
+
+
 class StaffMember(_Section):
     """A person who works the queue, and what they may do."""
 
@@ -196,6 +212,8 @@ class Config(_Section):
     #: poll reading its history) are stored, scored, linked and counted, but get no draft and
     #: no alert of their own; null: no message counts as old by its age.
     backfill_before: PositiveDuration | None = timedelta(hours=24)
+    #: The learned triage model: when it is trained and how far it is trusted.
+    triage: TriageConfig = TriageConfig()
     #: Folder the config file lives in; relative paths are resolved against it.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 

@@ -25,7 +25,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from socialcrm import backlog, memory
+from socialcrm import backlog, memory, triage
 from socialcrm.alerts import AlertDispatcher
 from socialcrm.chatops.cards import CardNotifier
 from socialcrm.chatops.commands import Commands
@@ -260,6 +260,8 @@ class Daemon:
             jobs.append(("sla", _every(cfg.sla.interval), self._check_sla))
         if cfg.spikes.enabled:
             jobs.append(("spikes", _every(cfg.spikes.interval), self._check_spikes))
+        if cfg.triage.enabled:
+            jobs.append(("triage", _every(cfg.triage.retrain), self.retrain_triage))
         for digest in cfg.reports.digests:
             jobs.append(
                 (
@@ -303,6 +305,29 @@ class Daemon:
     async def _deliver_alerts(self) -> None:
         assert self.alerts is not None
         self.metrics.alerts_sent.inc(await self.alerts.deliver_due())
+
+    async def retrain_triage(self) -> int | None:
+        """Train a new triage model when labels came in since the newest one and there are
+        enough of them; the pipeline's workers take it up. The new version, if any."""
+        async with self.store.reader() as s:
+            row = await triage.newest(s)
+            new = await triage.labels_since(s, row.created_at if row is not None else None)
+        if not new:
+            return None
+        try:
+            made = await triage.retrain(
+                self.store,
+                self.pipeline.scorer,
+                "socialcrm",
+                "system",
+                min_labels=self.config.triage.min_labels,
+            )
+        except triage.TriageError as err:
+            log.info("triage model not retrained: %s", err)
+            return None
+        await self.pipeline.refresh_triage(force=True)
+        log.info("triage model %s trained (%s)", made.id, made.card.get("scores"))
+        return made.id
 
     async def _trim_memory(self) -> None:
         await asyncio.to_thread(memory.trim)

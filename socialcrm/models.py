@@ -216,6 +216,14 @@ class Message(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     raw: dict[str, Any] = _json(dict)
+    #: The learned triage model's reading (NULL while no model is in use): its sentiment
+    #: class (negative | neutral | positive), whether a reply is needed, each with a confidence.
+    triage_class: str | None = Field(default=None, max_length=8)
+    triage_confidence: float | None = None
+    needs_reply: bool | None = None
+    needs_reply_confidence: float | None = None
+    #: The model version that read it.
+    triage_version: int | None = None
 
 
 class Reply(SQLModel, table=True):
@@ -353,6 +361,55 @@ class SeenRequest(SQLModel, table=True):
     expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
 
 
+class TriageLabel(SQLModel, table=True):
+    """One person's (or one import's) word on a message: its sentiment class or reply need.
+
+    The text is kept with the label so that the model can be retrained and audited even when
+    the message is not stored here (an import) or has been deleted since.
+    """
+
+    __tablename__ = "triage_label"
+    __table_args__ = (sa.Index("ix_triage_label_key", "channel", "external_id", "kind"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int | None = Field(default=None, foreign_key="message.id", index=True)
+    channel: str | None = Field(default=None, max_length=32)
+    external_id: str | None = Field(default=None, max_length=998)
+    text: str = Field(default="", sa_type=sa.Text)
+    lang: str | None = Field(default=None, max_length=16)
+    #: sentiment | needs_reply
+    kind: str = Field(max_length=16)
+    #: negative | neutral | positive, or yes | no
+    value: str = Field(max_length=16)
+    #: relabel | approve | edit | reject-no-reply | closed-without-reply | import
+    reason: str = Field(max_length=32)
+    actor: str = Field(max_length=128)
+    via: str = Field(max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class TriageModelVersion(SQLModel, table=True):
+    """One trained triage model: its parameters as data, its card and its scores."""
+
+    __tablename__ = "triage_model"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    created_by: str = Field(max_length=128)
+    #: Training-set size per head and label, e.g. {"sentiment": {"negative": 80, ...}}.
+    label_counts: dict[str, Any] = _json(dict)
+    #: Cross-validated precision, recall and F1 per head and class.
+    scores: dict[str, Any] = _json(dict)
+    #: The model card: what it was trained on, how well it does, where it fails.
+    card: dict[str, Any] = _json(dict)
+    #: Payload layout; a payload in any other layout is refused.
+    format: str = Field(max_length=32)
+    #: SHA-256 of the payload, checked before it is read.
+    digest: str = Field(max_length=64)
+    #: The fitted parameters as a NumPy .npz archive of plain arrays (never pickles).
+    payload: bytes = Field(sa_type=sa.LargeBinary)
+
+
 #: Length of the 15-minute slots the rollups count in, in seconds.
 ROLLUP_SLOT_S = 900
 #: Longest tag the topic rollup keeps (its first characters).
@@ -399,4 +456,16 @@ class TopicRollup(SQLModel, table=True):
     n: int
 
 
-TABLES = (Customer, Identity, Ticket, Message, Reply, Alert, AuditEvent, SourceState, Quarantine)
+TABLES = (
+    Customer,
+    Identity,
+    Ticket,
+    Message,
+    Reply,
+    Alert,
+    AuditEvent,
+    SourceState,
+    Quarantine,
+    TriageLabel,
+    TriageModelVersion,
+)

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from socialcrm import rollups
+from socialcrm import rollups, triage
 from socialcrm.alerts import raise_alert
 from socialcrm.config import Config
 from socialcrm.connector import Batch, Cursor, InboundMessage, Quarantined, clean_text
@@ -34,6 +34,7 @@ from socialcrm.scoring import ScoringPool, analyse_batch
 from socialcrm.sentiment import Score, SentimentScorer, brand_terms
 from socialcrm.sla import SlaPolicy
 from socialcrm.tickets import Threader, TicketView, ticket_tag
+from socialcrm.triage import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class _Scored(NamedTuple):
     score: Score
     #: The rules' text conditions, answered by the scoring process (None: not answered).
     facts: int | None
+    #: The learned triage model's reading (None: no model in use).
+    verdict: Verdict | None = None
 
 
 @dataclass(slots=True)
@@ -131,6 +134,44 @@ class Pipeline:
         self.tz = ZoneInfo(config.brand.timezone)
         self.clock = clock
         self.brand_handles = {h.lower().lstrip("@") for h in config.brand.handles}
+        #: The triage model used when scoring runs in a thread (the worker holds its own).
+        self.triage_model: triage.Model | None = None
+        self._triage_checked_at: datetime | None = None
+
+    async def refresh_triage(self, force: bool = False) -> int | None:
+        """Take up the newest stored triage model (asked at most every ``check_every``)."""
+        cfg = self.config.triage
+        now = self.clock()
+        if not cfg.enabled:
+            return None
+        if (
+            not force
+            and self._triage_checked_at is not None
+            and now - self._triage_checked_at < cfg.check_every
+        ):
+            return self._triage_version()
+        self._triage_checked_at = now
+        async with self.store.reader() as s:
+            newest = await triage.newest_version(s)
+            if newest is None or newest == self._triage_version():
+                return newest
+            row = await triage.newest(s)
+        if row is None:
+            return None
+        try:
+            model = await asyncio.to_thread(triage.load_row, row)
+        except triage.TriageError:
+            log.exception("triage model %s refused; the rules decide alone", row.id)
+            return self._triage_version()
+        assert row.id is not None
+        if self.scoring is not None:
+            self.scoring.use_model(row.payload, row.digest, row.id)
+        self.triage_model = model
+        log.info("triage model %s in use", row.id)
+        return row.id
+
+    def _triage_version(self) -> int | None:
+        return self.triage_model.version if self.triage_model is not None else None
 
     async def ingest(
         self, batch: Batch, source: str, *, save_cursor: bool = True, backfill: bool = False
@@ -195,15 +236,19 @@ class Pipeline:
         prep = _Prepared(received=len(messages), duplicates=len(messages) - len(new), cursor=cursor)
         prep.bad.extend(quarantined)
         items = [(m.text, m.lang) for m in new]
+        if self.config.triage.enabled:
+            await self.refresh_triage()
         if self.scoring is not None:
             found = await self.scoring.analyse(items)
             same_rules = self.scoring.fingerprint == self.rules.fingerprint
         else:
-            found = await asyncio.to_thread(analyse_batch, self.scorer, None, items)
+            found = await asyncio.to_thread(
+                analyse_batch, self.scorer, None, items, self.triage_model
+            )
             same_rules = False
-        for m, (score, facts) in zip(new, found, strict=True):
+        for m, (score, facts, verdict) in zip(new, found, strict=True):
             if isinstance(score, Score):
-                prep.scored.append(_Scored(m, score, facts if same_rules else None))
+                prep.scored.append(_Scored(m, score, facts if same_rules else None, verdict))
             else:
                 log.error("cannot score %s %s: %s", m.channel, m.external_id, score)
                 prep.bad.append(Quarantined(external_id=m.external_id, error=score, raw=_dump(m)))
@@ -273,9 +318,11 @@ class Pipeline:
         await threader.load(msgs, known_ids)
 
         planned: list[_Planned] = []
-        for (m, score, facts), ident in zip(scored, idents, strict=True):
+        for (m, score, facts, verdict), ident in zip(scored, idents, strict=True):
             try:
-                planned.append(self._plan(now, m, score, facts, ident, threader, source, result))
+                planned.append(
+                    self._plan(now, m, score, facts, ident, threader, source, result, verdict)
+                )
             except Exception as err:  # one message's failure is quarantined, not fatal
                 log.exception("cannot process %s %s", m.channel, m.external_id)
                 bad = [
@@ -316,6 +363,7 @@ class Pipeline:
         threader: Threader,
         source: str,
         result: IngestResult,
+        verdict: Verdict | None = None,
     ) -> _Planned:
         cust = ident.customer
         ticket = threader.find(m, cust.id, cust)
@@ -336,8 +384,15 @@ class Pipeline:
             local_time=m.created_at.astimezone(self.tz),
             direct=m.direct,
             text_facts=facts,
+            triage=verdict.sentiment if verdict else None,
+            triage_confidence=verdict.confidence if verdict else None,
+            needs_reply=verdict.needs_reply if verdict else None,
+            needs_reply_confidence=verdict.reply_confidence if verdict else None,
         )
         d = self.rules.evaluate(ctx)
+        if verdict is not None and triage.unsure(verdict, self.config.triage.min_confidence):
+            # A reading the model is unsure of goes to a person rather than nowhere.
+            triage.route_to_person(d)
         # Later messages from this customer in the same batch are no longer "new".
         cust.is_new = False
         prio = self.priority.score(
@@ -408,6 +463,11 @@ class Pipeline:
             "created_at": m.created_at,
             "received_at": now,
             "raw": m.raw,
+            "triage_class": verdict.sentiment if verdict else None,
+            "triage_confidence": verdict.confidence if verdict else None,
+            "needs_reply": verdict.needs_reply if verdict else None,
+            "needs_reply_confidence": verdict.reply_confidence if verdict else None,
+            "triage_version": verdict.version if verdict else None,
         }
         return _Planned(m, score, ident, d, ticket, prio.label, prio.score, row)
 

@@ -30,6 +30,9 @@ from socialcrm.models import ROLLUP_SLOT_S, ROLLUP_TAG_CHARS, MessageRollup, Top
 POSITIVE_AT = 0.05
 NEGATIVE_AT = -0.05
 
+#: The learned triage model's classes as rollup classes.
+TRIAGE_CLASS = {"positive": 1, "neutral": 0, "negative": -1}
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SLOT = timedelta(seconds=ROLLUP_SLOT_S)
 _R: sa.Table = MessageRollup.__table__  # type: ignore[attr-defined]
@@ -47,10 +50,14 @@ def slot_start(slot: int) -> datetime:
 
 
 def class_sql(
-    sentiment: sa.ColumnElement[Any], ignored: sa.ColumnElement[Any] | None = None
+    sentiment: sa.ColumnElement[Any],
+    ignored: sa.ColumnElement[Any] | None = None,
+    triage: sa.ColumnElement[Any] | None = None,
 ) -> sa.ColumnElement[int]:
     """``sentiment_class`` in SQL (with ``ignored`` None, the class of the score alone)."""
     whens: list[tuple[sa.ColumnElement[bool], int]] = [] if ignored is None else [(ignored, 0)]
+    if triage is not None:
+        whens += [(triage == name, value) for name, value in TRIAGE_CLASS.items()]
     whens += [
         (sentiment.is_(None), 2),
         (sentiment >= POSITIVE_AT, 1),
@@ -59,10 +66,13 @@ def class_sql(
     return sa.case(*whens, else_=0)
 
 
-def sentiment_class(sentiment: float | None, ignored: bool) -> int:
-    """1 positive, -1 negative, 0 neutral (and ignored), 2 unscored."""
+def sentiment_class(sentiment: float | None, ignored: bool, triage: str | None = None) -> int:
+    """1 positive, -1 negative, 0 neutral (and ignored), 2 unscored; the learned triage
+    model's class, where it gave one, wins over the score's."""
     if ignored:
         return 0
+    if triage in TRIAGE_CLASS:
+        return TRIAGE_CLASS[triage]
     if sentiment is None:
         return 2
     if sentiment >= POSITIVE_AT:
@@ -92,7 +102,7 @@ async def add(session: AsyncSession, rows: Iterable[Mapping[str, Any]]) -> None:
             continue
         slot = slot_of(r["created_at"])
         ignored = bool(r.get("ignored", False))
-        cls = sentiment_class(r.get("sentiment"), ignored)
+        cls = sentiment_class(r.get("sentiment"), ignored, r.get("triage_class"))
         messages[(slot, r["channel"], r["source"], ignored, cls)] += 1
         if ignored:
             continue
@@ -121,9 +131,11 @@ async def add(session: AsyncSession, rows: Iterable[Mapping[str, Any]]) -> None:
 
 
 def _rebuild_sql(dialect: sa.Dialect) -> list[str]:
-    cls = class_sql(sa.literal_column("m.sentiment"), sa.literal_column("m.ignored")).compile(
-        dialect=dialect, compile_kwargs={"literal_binds": True}
-    )
+    cls = class_sql(
+        sa.literal_column("m.sentiment"),
+        sa.literal_column("m.ignored"),
+        sa.literal_column("m.triage_class"),
+    ).compile(dialect=dialect, compile_kwargs={"literal_binds": True})
     if dialect.name == "postgresql":
         slot = f"floor(extract(epoch FROM m.created_at) / {ROLLUP_SLOT_S})::bigint"
         tag = f"left(t, {ROLLUP_TAG_CHARS})"

@@ -17,6 +17,10 @@ A condition is a mapping; when it has several keys, all of them must hold::
     followers: {at_least: 10000}
     ticket_open: true                        also direct: false
     time: {between: ["18:00", "08:00"], days: [sat, sun]}
+    triage: [negative]                       the learned model's class (negative|neutral|positive)
+    needs_reply: true                        the learned model's word on whether to answer
+    triage_confidence: {below: 0.6}          its confidence in the class (also at_least); these
+                                             three never match while no model is in use
     all: [...]    any: [...]    not: {...}
 
 Names (tier, segment, customer tags, source, lang) compare case-insensitively; ``lang: [en]``
@@ -50,6 +54,8 @@ from socialcrm.connector import CHANNELS
 from socialcrm.yamldoc import Loc, YamlDoc, YamlError, format_loc
 
 PRIORITIES = ("low", "normal", "high", "urgent")
+#: The learned triage model's classes (``socialcrm.triage.SENTIMENT``).
+TRIAGE_CLASSES = ("negative", "neutral", "positive")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
@@ -66,6 +72,9 @@ _CONDITIONS = (
     "ticket_open",
     "direct",
     "time",
+    "triage",
+    "needs_reply",
+    "triage_confidence",
     "all",
     "any",
     "not",
@@ -118,6 +127,11 @@ class RuleContext:
     #: Which text conditions hold, from ``RuleSet.text_facts`` (worked out in another process
     #: while this one waits for the database); None makes the rules read the text themselves.
     text_facts: int | None = None
+    #: The learned triage model's reading; None while no model is in use.
+    triage: str | None = None
+    triage_confidence: float | None = None
+    needs_reply: bool | None = None
+    needs_reply_confidence: float | None = None
 
 
 @dataclass(slots=True)
@@ -173,6 +187,11 @@ def _text_only(text: str) -> RuleContext:
         has_open_ticket=False,
         local_time=datetime.min,
     )
+
+
+def text_context(text: str) -> RuleContext:
+    """A context for a text on its own, as a message with no customer, channel or time."""
+    return _text_only(text)
 
 
 class _Msg:
@@ -507,6 +526,11 @@ def _within(get: Callable[[_Msg], float], at_least: float | None, below: float |
     return lambda m: lo <= get(m) < hi
 
 
+def _triage_confidence(m: _Msg) -> float:
+    c = m.ctx.triage_confidence
+    return float("nan") if c is None else c  # NaN: no bound holds without a model
+
+
 def _is_new(want: bool) -> Check:
     return lambda m: m.ctx.customer_is_new is want
 
@@ -679,6 +703,13 @@ class _Compiler:
                 return None if want is None else _Cond(lambda m: m.ctx.direct is want, 1)
             case "time":
                 return self.time(value, loc)
+            case "triage":
+                return self.triage(value, loc)
+            case "needs_reply":
+                want = self.boolean(value, loc)
+                return None if want is None else _Cond(lambda m: m.ctx.needs_reply is want, 1)
+            case "triage_confidence":
+                return self.bounds(value, loc, "triage_confidence", _triage_confidence)
             case "all" | "any":
                 return self.combine(key, value, loc)
             case "not":
@@ -846,6 +877,19 @@ class _Compiler:
             self.problem(loc, f"never matches: below {hi:g} is not above at_least {lo:g}")
             return None
         return _Cond(_within(get, lo, hi), 1)
+
+    def triage(self, value: Any, loc: Loc) -> _Cond | None:
+        items = self.strings(value, loc)
+        if items is None:
+            return None
+        wanted = set()
+        for where, name in items:
+            if name.lower() not in TRIAGE_CLASSES:
+                self.problem(where, f"triage: one of {', '.join(TRIAGE_CLASSES)}, got {name!r}")
+                return None
+            wanted.add(name.lower())
+        found = frozenset(wanted)
+        return _Cond(lambda m: m.ctx.triage in found, 1)
 
     def customer(self, value: Any, loc: Loc) -> _Cond | None:
         keys = ("tier", "segment", "lifetime_value", "tags", "new")

@@ -1,4 +1,5 @@
-"""The text work of a batch, done in a worker process: sentiment and the rules' text conditions.
+"""The text work of a batch, done in a worker process: sentiment, the rules' text conditions
+and the learned triage model's reading.
 
 VADER and the rules' keyword and phrase matching are pure Python. In a thread they would
 hold the GIL against the event loop and the database work; in a process they run beside
@@ -16,18 +17,24 @@ from pathlib import Path
 
 from socialcrm.rules import RuleError, RuleSet
 from socialcrm.sentiment import Score, SentimentScorer
+from socialcrm.triage import Model, TriageError, Verdict, sample
 
 log = logging.getLogger(__name__)
 
 #: What the text work says of one message: its score (or why scoring failed), and which of
-#: the rules' text conditions hold (None when the rules read the text themselves).
-Analysis = tuple[Score | str, int | None]
+#: the rules' text conditions hold (None when the rules read the text themselves), and the
+#: triage model's reading (None without a model).
+Analysis = tuple[Score | str, int | None, Verdict | None]
 
 
 def analyse_batch(
-    scorer: SentimentScorer, rules: RuleSet | None, items: Sequence[tuple[str, str | None]]
+    scorer: SentimentScorer,
+    rules: RuleSet | None,
+    items: Sequence[tuple[str, str | None]],
+    model: Model | None = None,
 ) -> list[Analysis]:
-    """Score each (text, language hint) and answer the rules' text conditions for it."""
+    """Score each (text, language hint), answer the rules' text conditions, read it with the
+    triage model."""
     out: list[Analysis] = []
     for text, lang in items:
         try:
@@ -39,7 +46,18 @@ def analyse_batch(
         except Exception:  # the rules will read the text themselves
             log.exception("text conditions failed; the rules read this text themselves")
             facts = None
-        out.append((score, facts))
+        out.append((score, facts, None))
+    if model is not None:
+        try:
+            verdicts = model.predict(
+                [
+                    sample(text, a[0] if isinstance(a[0], Score) else None)
+                    for (text, _), a in zip(items, out, strict=True)
+                ]
+            )
+            out = [(a[0], a[1], v) for a, v in zip(out, verdicts, strict=True)]
+        except Exception:  # the model's failure leaves the rules to decide alone
+            log.exception("triage model failed on a batch; the rules decide alone")
     return out
 
 
@@ -48,12 +66,22 @@ class _Worker:
 
     scorer: SentimentScorer | None = None
     rules: RuleSet | None = None
+    model: Model | None = None
 
 
 def _start_worker(
-    lexicon: dict[str, float], rule_paths: list[str], fingerprint: str, brand: list[str]
+    lexicon: dict[str, float],
+    rule_paths: list[str],
+    fingerprint: str,
+    brand: list[str],
+    model: tuple[bytes, str, int] | None = None,
 ) -> None:
     _Worker.scorer = SentimentScorer(lexicon, brand)
+    if model is not None:
+        try:
+            _Worker.model = Model.load(*model)
+        except TriageError:
+            log.exception("triage model %s refused; the rules decide alone", model[2])
     if rule_paths:
         try:
             rules = RuleSet.load([Path(p) for p in rule_paths])
@@ -65,7 +93,7 @@ def _start_worker(
 
 def _analyse_in_worker(items: list[tuple[str, str | None]]) -> list[Analysis]:
     assert _Worker.scorer is not None
-    return analyse_batch(_Worker.scorer, _Worker.rules, items)
+    return analyse_batch(_Worker.scorer, _Worker.rules, items, _Worker.model)
 
 
 class ScoringPool:
@@ -80,13 +108,28 @@ class ScoringPool:
     ) -> None:
         #: Text facts are only used by a pipeline whose rules have this fingerprint.
         self.fingerprint = rules.fingerprint if rules is not None else ""
-        paths = [str(p) for p in rules.paths] if rules is not None else []
-        self._pool = ProcessPoolExecutor(
-            max_workers=workers,
+        self._lexicon = dict(lexicon or {})
+        self._brand = list(brand)
+        self._paths = [str(p) for p in rules.paths] if rules is not None else []
+        self._workers = workers
+        #: The triage model version the workers hold (None: no model).
+        self.model_version: int | None = None
+        self._pool = self._start(None)
+
+    def _start(self, model: tuple[bytes, str, int] | None) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self._workers,
             mp_context=multiprocessing.get_context("spawn"),  # never fork a threaded process
             initializer=_start_worker,
-            initargs=(dict(lexicon or {}), paths, self.fingerprint, list(brand)),
+            initargs=(self._lexicon, self._paths, self.fingerprint, self._brand, model),
         )
+
+    def use_model(self, payload: bytes, digest: str, version: int) -> None:
+        """Hand the workers a new triage model: new workers start with it, the old ones finish
+        the batch in hand and stop."""
+        old, self._pool = self._pool, self._start((payload, digest, version))
+        self.model_version = version
+        old.shutdown(wait=False)
 
     async def analyse(self, items: list[tuple[str, str | None]]) -> list[Analysis]:
         """The analysis of each (text, language hint), in order."""

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import jinja2
 import sqlalchemy as sa
 
-from socialcrm import priority, responder, tickets
+from socialcrm import priority, responder, tickets, triage
 from socialcrm.config import Config
 from socialcrm.db import Store
 from socialcrm.models import (
@@ -223,6 +223,10 @@ class Commands:
                 to_handle=handle,
                 checker=self.checker,
             )
+            # A draft approved: the message needed a reply (the triage model learns from it).
+            await triage.label_message(
+                s, reply.message_id, "needs_reply", "yes", "approve", actor.name, actor.via
+            )
         return self.render("decided", reply=reply, verb="approved")
 
     @command("approver")
@@ -240,13 +244,30 @@ class Commands:
                 to_handle=handle,
                 checker=self.checker,
             )
+            await triage.label_message(
+                s, reply.message_id, "needs_reply", "yes", "edit", actor.name, actor.via
+            )
         return self.render("decided", reply=reply, verb="edited and approved")
 
     @command("agent")
     async def reject(self, actor: Actor, reply_id: int, reason: str) -> str:
-        """reject ID REASON — reject a draft; it will never be sent."""
+        """reject ID REASON — reject a draft; it will never be sent.
+
+        A reason starting "no reply needed" (or "not needed", "no need to reply") also
+        teaches the triage model that such messages need no reply.
+        """
         async with self.store.session() as s:
             reply = await responder.reject(s, reply_id, reason, actor.name, actor.via)
+            if triage.says_no_reply(reason):
+                await triage.label_message(
+                    s,
+                    reply.message_id,
+                    "needs_reply",
+                    "no",
+                    "reject-no-reply",
+                    actor.name,
+                    actor.via,
+                )
         return self.render("decided", reply=reply, verb="rejected")
 
     @command("viewer")
@@ -305,7 +326,12 @@ class Commands:
     async def close(self, actor: Actor, ticket_id: int) -> str:
         """close TICKET — close a ticket."""
         async with self.store.session() as s:
+            prior = await s.get(Ticket, ticket_id)
+            was = prior.status if prior is not None else None
             t = await tickets.set_status(s, ticket_id, "closed", actor.name, actor.via)
+            if was != "closed":
+                # Closed with no reply sent: its messages needed none.
+                await triage.label_ticket_closed(s, t, actor.name, actor.via)
         return f"Ticket #{t.id} is closed."
 
     @command("agent")
@@ -354,6 +380,37 @@ class Commands:
                 )
             return f"Source {source} is polled again."
         return f"Source {source} is muted until {until:%Y-%m-%d %H:%M} UTC."
+
+    @command("agent")
+    async def relabel(self, actor: Actor, message_id: int, label: str) -> str:
+        """relabel MESSAGE negative|neutral|positive — correct a message's sentiment class.
+
+        The triage model learns from it at its next training (`triage` in the config).
+        """
+        value = triage.sentiment_label(label)
+        async with self.store.session() as s:
+            row = await triage.label_message(
+                s, message_id, "sentiment", value, "relabel", actor.name, actor.via
+            )
+            await s.flush()
+            s.add(_label_audit(actor, "triage.relabel", message_id, value, row.id))
+        return f"Message #{message_id} is labelled {value}; the triage model learns from it."
+
+    @command("agent", name="needs-reply")
+    async def needs_reply(self, actor: Actor, message_id: int, answer: str) -> str:
+        """needs-reply MESSAGE yes|no — say whether a message needed a reply.
+
+        The triage model learns from it at its next training.
+        """
+        value = triage.reply_label(answer)
+        async with self.store.session() as s:
+            row = await triage.label_message(
+                s, message_id, "needs_reply", value, "relabel", actor.name, actor.via
+            )
+            await s.flush()
+            s.add(_label_audit(actor, "triage.needs_reply", message_id, value, row.id))
+        said = "needed a reply" if value == "yes" else "needed no reply"
+        return f"Message #{message_id} {said}; the triage model learns from it."
 
     @command("viewer")
     async def sources(self, actor: Actor) -> str:
@@ -506,6 +563,19 @@ def _label_rank(label: Any) -> Any:
     return sa.case(
         *((label == name, rank) for name, rank in priority.RANK.items()),
         else_=priority.RANK["normal"],
+    )
+
+
+def _label_audit(
+    actor: Actor, action: str, message_id: int, value: str, label_id: int | None
+) -> AuditEvent:
+    return AuditEvent(
+        actor=actor.name,
+        via=actor.via,
+        action=action,
+        object_type="message",
+        object_id=str(message_id),
+        detail={"value": value, "label": label_id},
     )
 
 

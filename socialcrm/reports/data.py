@@ -766,7 +766,7 @@ async def _raw_facts(
     dialect = session.get_bind().dialect.name
     flag = w.flag(M.c.created_at).label("p")
     bucket = _bucket_sql(dialect, M.c.created_at, w).label("b")
-    cls = class_sql(M.c.sentiment).label("c")
+    cls = class_sql(M.c.sentiment, triage=M.c.triage_class).label("c")
     keys = [flag, bucket, M.c.channel, M.c.source, M.c.ignored, cls, M.c.intent, M.c.tags]
     within = [sa.and_(M.c.created_at >= _ts(a), M.c.created_at < _ts(b)) for a, b in ranges]
     q = (
@@ -820,6 +820,12 @@ async def _quotes(session: AsyncSession, w: _Window, negative: bool) -> tuple[Qu
             M.c.ignored.is_(False),
             s <= NEGATIVE_AT if negative else s >= POSITIVE_AT,
             sa.or_(intent.is_(None), intent.not_in(wrong)),
+            # The learned model's class, where there is one, must agree: a complaint in
+            # cheerful words is not a "most positive" message.
+            sa.or_(
+                M.c.triage_class.is_(None),
+                M.c.triage_class == ("negative" if negative else "positive"),
+            ),
         )
         .order_by(s.asc() if negative else s.desc(), M.c.id.desc())
         .limit(TOP_MESSAGES)

@@ -1,0 +1,112 @@
+"""The learned triage model, cross-validated on labelled public corpora.
+
+    python bench/triage_learned.py --corpus ../shared/data/triage [--size 2000] [--seed 7]
+
+Trains with exactly the production code (``socialcrm.triage.train``: the same features,
+regressions and 5-fold cross-validation ``socialcrm triage train`` runs) on ``--size``
+labelled examples drawn from each corpus, and prints:
+
+- complaints.csv: the complaint F1 (complaint = "needs a reply" head, the only binary head),
+  precision, recall, macro-F1, and the same for "needs a reply" where the labels allow;
+- TweetEval sentiment (test + validation pool): macro-F1 and macro-recall of the class.
+
+Targets: complaint F1 >= 0.80; TweetEval macro-F1 >= 0.62. The corpora are third-party
+research data (read the folder's SOURCES.md): never used by the tests, never shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from socialcrm.sentiment import SentimentScorer
+from socialcrm.triage import Sample, Settings, sample, train
+
+TWEETEVAL = {"0": "negative", "1": "neutral", "2": "positive"}
+
+
+def learned_figures(
+    texts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    head: str = "sentiment",
+    settings: Settings | None = None,
+    scorer: SentimentScorer | None = None,
+    folds: int = 5,
+) -> dict[str, Any]:
+    """Cross-validated figures of one head trained on these texts and labels."""
+    scorer = scorer or SentimentScorer()
+    xs: list[Sample] = [sample(t, scorer.score(t)) for t in texts]
+    start = time.perf_counter()
+    trained = train({head: (xs, list(labels))}, settings, folds=folds)
+    out = dict(trained.scores[head])
+    out["train_s"] = round(time.perf_counter() - start, 1)
+    out["payload_bytes"] = len(trained.model.dump())
+    return out
+
+
+def _complaints(corpus: Path) -> list[tuple[str, str, str]]:
+    with (corpus / "complaints.csv").open(encoding="utf-8", newline="") as f:
+        return [(r["text"], r["complaint"], r["domain"]) for r in csv.DictReader(f)]
+
+
+def _tweeteval(corpus: Path) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for part in ("test", "val"):
+        texts = (corpus / f"tweeteval_sentiment_{part}_text.txt").read_text("utf-8").splitlines()
+        labels = (corpus / f"tweeteval_sentiment_{part}_labels.txt").read_text().splitlines()
+        rows += [(t, TWEETEVAL[y.strip()]) for t, y in zip(texts, labels, strict=True)]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the learned figures on both corpora."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", type=Path, required=True)
+    ap.add_argument("--size", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args(argv)
+    rng = random.Random(args.seed)
+    scorer = SentimentScorer()
+
+    rows = _complaints(args.corpus)
+    picked = rng.sample(rows, min(args.size, len(rows)))
+    texts = [t for t, _y, _d in picked]
+    reply = ["yes" if y == "1" else "no" for _t, y, _d in picked]
+    f = learned_figures(texts, reply, head="needs_reply", scorer=scorer)
+    c = f["per_class"]["yes"]
+    print(f"complaints.csv, {len(picked)} labelled, {f['folds']}-fold cross-validated:")
+    print(
+        f"  complaint F1 {c['f1']:.3f} (precision {c['precision']:.3f}, recall "
+        f"{c['recall']:.3f}); macro-F1 {f['macro_f1']:.3f}; target F1 >= 0.80"
+    )
+    print(f"  trained in {f['train_s']} s, model {f['payload_bytes'] / 1e6:.1f} MB")
+    # Only the support-account rows say anything about replies: random tweets need none.
+    support = [(t, y) for t, y, d in picked if d not in ("random_tweet", "random_reply")]
+    print(
+        f"  needs-reply: no reply labels in this corpus; complaint stands in for it "
+        f"({len(support)} of the rows were written to support accounts)"
+    )
+
+    pool = _tweeteval(args.corpus)
+    picked2 = rng.sample(pool, min(args.size, len(pool)))
+    g = learned_figures([t for t, _ in picked2], [y for _, y in picked2], scorer=scorer)
+    print(f"TweetEval sentiment, {len(picked2)} labelled, {g['folds']}-fold cross-validated:")
+    print(
+        f"  macro-F1 {g['macro_f1']:.3f}, macro-recall {g['macro_recall']:.3f}; "
+        f"target macro-F1 >= 0.62"
+    )
+    for cls, v in g["per_class"].items():
+        print(f"    {cls:8s} P {v['precision']:.3f} R {v['recall']:.3f} F1 {v['f1']:.3f}")
+    print(f"  trained in {g['train_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

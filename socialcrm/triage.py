@@ -1,0 +1,908 @@
+"""The learned triage model: features, training, versions in the store, and the team's labels.
+
+A scikit-learn ``Pipeline``: hashed word and character n-grams of the message (handles and
+links folded to placeholders) beside VADER's four scores, into two logistic regressions, one
+for the sentiment class (negative | neutral | positive) and one for whether a message needs a
+reply. Each answer comes with a confidence (the predicted probability of the chosen class).
+
+Hashing keeps the features free of a vocabulary, so a trained model is its settings and its
+coefficients. That is all that is stored: an .npz archive of plain numeric arrays and one
+JSON header, read with ``allow_pickle=False``, checked against its SHA-256 and against the
+layout below before any estimator is rebuilt from it. Loading a model never runs code that is
+not in this module.
+
+Labels are rows of their own (``TriageLabel``): a person's ``relabel`` or ``needs-reply``, a
+draft approved or edited (a reply was needed), a draft rejected as needing no reply or a
+ticket closed without one (none was), and imports. The newest label of a message wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import numpy as np
+import sqlalchemy as sa
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sklearn.feature_extraction.text import HashingVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import precision_recall_fscore_support
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from socialcrm.connector import InboundMessage
+from socialcrm.db import Store
+from socialcrm.models import (
+    AuditEvent,
+    Message,
+    Reply,
+    Ticket,
+    TriageLabel,
+    TriageModelVersion,
+    utcnow,
+)
+from socialcrm.rules import Decision, RuleSet, text_context
+from socialcrm.sentiment import Score, SentimentScorer
+
+SENTIMENT = ("negative", "neutral", "positive")
+REPLY = ("no", "yes")
+#: The heads of the model and the labels each learns.
+HEADS: dict[str, tuple[str, ...]] = {"sentiment": SENTIMENT, "needs_reply": REPLY}
+#: Why a label was given.
+REASONS = ("relabel", "approve", "edit", "reject-no-reply", "closed-without-reply", "import")
+#: The layout of a stored payload; anything else is refused.
+FORMAT = "socialcrm-triage/1"
+#: A reject reason that says the message needed no reply starts with one of these (case and
+#: punctuation aside): "no reply needed", "No reply needed - just a fan", "not needed".
+NO_REPLY_REASONS = (
+    "no reply needed",
+    "no reply necessary",
+    "no response needed",
+    "no need to reply",
+    "needs no reply",
+    "does not need a reply",
+    "doesn't need a reply",
+    "nothing to reply",
+    "not needed",
+)
+#: Smallest number of examples of a class for a head to be trained.
+MIN_PER_CLASS = 2
+#: Largest payload read back (a model is a few MB).
+MAX_PAYLOAD = 64 * 1024 * 1024
+
+_URL_RE = re.compile(r"https?://\S+|www\.\S+")
+_HANDLE_RE = re.compile(r"(?<!\w)@\w[\w.]*")
+_NUMBER_RE = re.compile(r"\d+")
+_SPACE_RE = re.compile(r"\s+")
+_PUNCT_RE = re.compile(r"[^\w\s']+")
+
+
+class TriageError(ValueError):
+    """Triage cannot do what was asked: too few labels, a bad payload, a bad label."""
+
+
+class Settings(BaseModel):
+    """The feature settings a model was trained with; stored in its payload's header."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    word_bits: int = Field(default=16, ge=10, le=22)
+    char_bits: int = Field(default=16, ge=10, le=22)
+    word_max_n: int = Field(default=2, ge=1, le=3)
+    char_min_n: int = Field(default=2, ge=1, le=5)
+    char_max_n: int = Field(default=5, ge=1, le=6)
+    #: Weight of VADER's four scores beside the unit-length n-gram vectors.
+    vader_weight: float = Field(default=3.0, ge=0.0, le=10.0)
+    #: Inverse regularisation strength of the regressions.
+    c: float = Field(default=4.0, gt=0.0, le=1000.0)
+
+    @property
+    def n_features(self) -> int:
+        """Columns of the feature matrix."""
+        return (1 << self.word_bits) + (1 << self.char_bits) + 4
+
+
+class Sample(NamedTuple):
+    """One message as the model sees it: its text and VADER's scores of it."""
+
+    text: str
+    compound: float
+    pos: float
+    neu: float
+    neg: float
+
+
+class Verdict(NamedTuple):
+    """The model's reading of one message; None where a head was not trained."""
+
+    sentiment: str | None
+    confidence: float | None
+    needs_reply: bool | None
+    reply_confidence: float | None
+    version: int = 0
+
+
+def sample(text: str, score: Score | None) -> Sample:
+    """A message and its VADER score as a sample (an unscored text has zero scores)."""
+    if score is None or score.compound is None:
+        return Sample(text, 0.0, 0.0, 0.0, 0.0)
+    return Sample(text, score.compound, score.pos or 0.0, score.neu or 0.0, score.neg or 0.0)
+
+
+def normalise(text: str) -> str:
+    """The text the n-grams are taken from: links and handles folded, digits as 0."""
+    text = _URL_RE.sub(" http ", text)
+    text = _HANDLE_RE.sub(" @user ", text)
+    text = _NUMBER_RE.sub("0", text)
+    return _SPACE_RE.sub(" ", text).strip().lower()
+
+
+def _texts(xs: Sequence[Sample]) -> list[str]:
+    return [normalise(x.text) for x in xs]
+
+
+def _vader(weight: float) -> FunctionTransformer:
+    def scores(xs: Sequence[Sample]) -> NDArray[np.float64]:
+        arr = np.array([x[1:] for x in xs], dtype=np.float64).reshape(len(xs), 4)
+        return arr * weight
+
+    return FunctionTransformer(scores, accept_sparse=False, validate=False)
+
+
+def features(settings: Settings) -> FeatureUnion:
+    """The feature extraction: stateless, so a model needs no stored vocabulary."""
+    words = HashingVectorizer(
+        analyzer="word",
+        ngram_range=(1, settings.word_max_n),
+        token_pattern=r"(?u)[#@]?\w+|[!?]+",
+        n_features=2**settings.word_bits,
+        alternate_sign=False,
+        lowercase=False,
+        norm="l2",
+        dtype=np.float64,
+    )
+    chars = HashingVectorizer(
+        analyzer="char_wb",
+        ngram_range=(settings.char_min_n, settings.char_max_n),
+        n_features=2**settings.char_bits,
+        alternate_sign=False,
+        lowercase=False,
+        norm="l2",
+        dtype=np.float64,
+    )
+    text = FunctionTransformer(_texts, validate=False)
+    return FeatureUnion(
+        [
+            ("words", make_pipeline(text, words)),
+            ("chars", make_pipeline(FunctionTransformer(_texts, validate=False), chars)),
+            ("vader", _vader(settings.vader_weight)),
+        ]
+    )
+
+
+def _classifier(settings: Settings) -> LogisticRegression:
+    # tol 1e-3: the figures are the same to two decimals as at the default 1e-4, in half the
+    # time (bench/triage_learned.py on 2,000 labelled tweets).
+    return LogisticRegression(C=settings.c, max_iter=500, tol=1e-3, class_weight="balanced")
+
+
+def estimator(settings: Settings) -> Pipeline:
+    """One head: the features and a logistic regression, as trained."""
+    return Pipeline([("features", features(settings)), ("model", _classifier(settings))])
+
+
+@dataclass(slots=True)
+class HeadFigures:
+    """Cross-validated figures of one head: per class and macro-averaged."""
+
+    per_class: dict[str, dict[str, float]]
+    macro_f1: float
+    macro_recall: float
+    n: int
+    folds: int
+    #: Most frequent mistakes: (true, predicted, count).
+    confusions: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for the store and JSON."""
+        return {
+            "per_class": self.per_class,
+            "macro_f1": self.macro_f1,
+            "macro_recall": self.macro_recall,
+            "n": self.n,
+            "folds": self.folds,
+            "confusions": [list(c) for c in self.confusions],
+        }
+
+
+def figures(classes: Sequence[str], truth: Sequence[str], predicted: Sequence[str]) -> HeadFigures:
+    """Precision, recall and F1 per class of predictions against the truth."""
+    labels = list(classes)
+    p, r, f, s = precision_recall_fscore_support(truth, predicted, labels=labels, zero_division=0.0)
+    per = {
+        c: {
+            "precision": round(float(p[i]), 4),
+            "recall": round(float(r[i]), 4),
+            "f1": round(float(f[i]), 4),
+            "support": int(s[i]),
+        }
+        for i, c in enumerate(labels)
+    }
+    present = [i for i, c in enumerate(labels) if s[i] > 0]
+    wrong = Counter((t, q) for t, q in zip(truth, predicted, strict=True) if t != q)
+    return HeadFigures(
+        per_class=per,
+        macro_f1=round(float(np.mean([f[i] for i in present])) if present else 0.0, 4),
+        macro_recall=round(float(np.mean([r[i] for i in present])) if present else 0.0, 4),
+        n=len(truth),
+        folds=0,
+        confusions=[(t, q, n) for (t, q), n in wrong.most_common(3)],
+    )
+
+
+def trainable(labels: Sequence[str]) -> bool:
+    """Whether a head can learn from these labels: two classes, each seen a few times."""
+    counts = Counter(labels)
+    return len(counts) >= 2 and min(counts.values()) >= MIN_PER_CLASS
+
+
+def cross_validate(
+    head: str, xs: Sequence[Sample], labels: Sequence[str], settings: Settings, folds: int = 5
+) -> HeadFigures:
+    """Figures of one head by stratified k-fold cross-validation (fewer folds on tiny sets)."""
+    if not trainable(labels):
+        raise TriageError(f"{head}: need two classes with {MIN_PER_CLASS} examples each")
+    k = max(2, min(folds, *Counter(labels).values()))
+    split = StratifiedKFold(n_splits=k, shuffle=True, random_state=0)
+    predicted = cross_val_predict(estimator(settings), list(xs), np.array(labels), cv=split)
+    out = figures(HEADS[head], labels, [str(v) for v in predicted])
+    out.folds = k
+    return out
+
+
+class Model:
+    """A trained triage model: the shared features and the trained heads."""
+
+    def __init__(
+        self, settings: Settings, heads: dict[str, LogisticRegression], version: int = 0
+    ) -> None:
+        self.settings = settings
+        self.heads = heads
+        self.version = version
+        self._features = features(settings)
+
+    @classmethod
+    def fit(
+        cls, settings: Settings, data: Mapping[str, tuple[Sequence[Sample], Sequence[str]]]
+    ) -> Model:
+        """Train each head that has enough labels on all of them."""
+        feats = features(settings)
+        heads: dict[str, LogisticRegression] = {}
+        for head, (xs, labels) in data.items():
+            if not trainable(labels):
+                continue
+            pipe = Pipeline([("features", feats), ("model", _classifier(settings))])
+            pipe.fit(list(xs), np.array(labels))
+            heads[head] = pipe.named_steps["model"]
+        if not heads:
+            raise TriageError("no head has enough labels to learn from")
+        return cls(settings, heads)
+
+    def predict(self, xs: Sequence[Sample]) -> list[Verdict]:
+        """The model's reading of each sample, in order."""
+        if not xs:
+            return []
+        matrix = self._features.transform(list(xs))
+        found: dict[str, tuple[list[str], list[float]]] = {}
+        for head, clf in self.heads.items():
+            proba = clf.predict_proba(matrix)
+            best = proba.argmax(axis=1)
+            found[head] = (
+                [str(clf.classes_[i]) for i in best],
+                [float(proba[j, i]) for j, i in enumerate(best)],
+            )
+        out = []
+        for j in range(len(xs)):
+            sent = found.get("sentiment")
+            rep = found.get("needs_reply")
+            out.append(
+                Verdict(
+                    sent[0][j] if sent else None,
+                    round(sent[1][j], 4) if sent else None,
+                    (rep[0][j] == "yes") if rep else None,
+                    round(rep[1][j], 4) if rep else None,
+                    self.version,
+                )
+            )
+        return out
+
+    # -- stored as data --------------------------------------------------------------------
+
+    def dump(self) -> bytes:
+        """The model as an .npz archive of plain arrays (sparse coefficients, a JSON header)."""
+        header = {
+            "format": FORMAT,
+            "settings": self.settings.model_dump(),
+            "heads": {h: [str(c) for c in clf.classes_] for h, clf in self.heads.items()},
+        }
+        arrays: dict[str, NDArray[Any]] = {
+            "header": np.frombuffer(json.dumps(header, sort_keys=True).encode(), dtype=np.uint8)
+        }
+        for head, clf in self.heads.items():
+            coef = np.asarray(clf.coef_, dtype=np.float64)
+            rows, cols = np.nonzero(coef)
+            arrays[f"{head}.rows"] = rows.astype(np.int32)
+            arrays[f"{head}.cols"] = cols.astype(np.int32)
+            arrays[f"{head}.values"] = coef[rows, cols].astype(np.float32)
+            arrays[f"{head}.intercept"] = np.asarray(clf.intercept_, dtype=np.float64)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, allow_pickle=False, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def load(cls, payload: bytes, digest: str | None = None, version: int = 0) -> Model:
+        """Rebuild a model from its payload; anything not in the expected layout is refused."""
+        if len(payload) > MAX_PAYLOAD:
+            raise TriageError("model payload too large")
+        if digest is not None and hashlib.sha256(payload).hexdigest() != digest:
+            raise TriageError("model payload does not match its digest; refused")
+        try:
+            with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+        except Exception as err:  # any unreadable archive is refused the same way
+            raise TriageError(f"model payload is not a triage model archive: {err}") from err
+        try:
+            raw = arrays.pop("header")
+            if raw.dtype != np.uint8 or raw.ndim != 1:
+                raise TriageError("header is not text")
+            header = json.loads(raw.tobytes().decode("utf-8"))
+            if not isinstance(header, dict) or header.get("format") != FORMAT:
+                raise TriageError(f"unknown model format {header.get('format')!r}")
+            if set(header) != {"format", "settings", "heads"}:
+                raise TriageError("unexpected header fields")
+            settings = Settings.model_validate(header["settings"])
+            heads_meta = header["heads"]
+            if not isinstance(heads_meta, dict) or not heads_meta:
+                raise TriageError("no heads")
+            expected = {
+                f"{h}.{p}" for h in heads_meta for p in ("rows", "cols", "values", "intercept")
+            }
+            if set(arrays) != expected:
+                raise TriageError("unexpected arrays in the payload")
+            heads = {}
+            for head, classes in heads_meta.items():
+                heads[head] = _rebuild(head, classes, arrays, settings)
+        except (KeyError, ValueError, TypeError, UnicodeDecodeError) as err:
+            if isinstance(err, TriageError):
+                raise
+            raise TriageError(f"model payload refused: {err}") from err
+        return cls(settings, heads, version)
+
+
+def _rebuild(
+    head: str, classes: Any, arrays: dict[str, NDArray[Any]], settings: Settings
+) -> LogisticRegression:
+    """A logistic regression from checked arrays."""
+    if head not in HEADS or not isinstance(classes, list) or not set(classes) <= set(HEADS[head]):
+        raise TriageError(f"unknown head or classes: {head} {classes!r}")
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise TriageError(f"{head}: bad classes {classes!r}")
+    n_rows = 1 if len(classes) == 2 else len(classes)
+    rows, cols = arrays[f"{head}.rows"], arrays[f"{head}.cols"]
+    values, intercept = arrays[f"{head}.values"], arrays[f"{head}.intercept"]
+    for name, arr, kind in (
+        ("rows", rows, "i"),
+        ("cols", cols, "i"),
+        ("values", values, "f"),
+        ("intercept", intercept, "f"),
+    ):
+        if arr.dtype.kind != kind or arr.ndim != 1:
+            raise TriageError(f"{head}.{name}: wrong type")
+    if not (len(rows) == len(cols) == len(values)) or intercept.shape != (n_rows,):
+        raise TriageError(f"{head}: arrays of mismatched sizes")
+    n = settings.n_features
+    if len(rows) and (rows.min() < 0 or rows.max() >= n_rows or cols.min() < 0 or cols.max() >= n):
+        raise TriageError(f"{head}: coefficient index out of range")
+    if not (np.isfinite(values).all() and np.isfinite(intercept).all()):
+        raise TriageError(f"{head}: coefficients are not finite")
+    coef = np.zeros((n_rows, n), dtype=np.float64)
+    coef[rows, cols] = values
+    clf = _classifier(settings)
+    clf.classes_ = np.array(classes)
+    clf.coef_ = coef
+    clf.intercept_ = intercept.astype(np.float64)
+    clf.n_features_in_ = n
+    clf.n_iter_ = np.zeros(1, dtype=np.int32)
+    return clf
+
+
+# -- labels ---------------------------------------------------------------------------------
+
+
+def reply_label(value: str) -> str:
+    """``yes``/``no`` from the ways people say it (yes, no, true, false)."""
+    v = value.strip().lower()
+    if v in ("yes", "y", "true", "1"):
+        return "yes"
+    if v in ("no", "n", "false", "0"):
+        return "no"
+    raise TriageError(f"needs a reply: say yes or no, got {value!r}")
+
+
+def sentiment_label(value: str) -> str:
+    """A sentiment class, checked."""
+    v = value.strip().lower()
+    if v not in SENTIMENT:
+        raise TriageError(f"sentiment: one of {', '.join(SENTIMENT)}, got {value!r}")
+    return v
+
+
+def says_no_reply(reason: str) -> bool:
+    """Whether a reject reason says the message needed no reply."""
+    words = _SPACE_RE.sub(" ", _PUNCT_RE.sub(" ", reason.lower())).strip()
+    return any(words.startswith(p) for p in NO_REPLY_REASONS)
+
+
+async def label_message(
+    session: AsyncSession,
+    message_id: int,
+    kind: str,
+    value: str,
+    reason: str,
+    actor: str,
+    via: str,
+) -> TriageLabel:
+    """Record a label on a stored message (its text goes with the label)."""
+    msg = await session.get(Message, message_id)
+    if msg is None:
+        raise TriageError(f"no message #{message_id}")
+    if msg.direction != "inbound":
+        raise TriageError(f"message #{message_id} is one of ours, not a customer's")
+    return add_label(
+        session,
+        kind,
+        value,
+        reason,
+        actor,
+        via,
+        text=msg.text,
+        lang=msg.lang,
+        message_id=msg.id,
+        channel=msg.channel,
+        external_id=msg.external_id,
+    )
+
+
+def add_label(
+    session: AsyncSession,
+    kind: str,
+    value: str,
+    reason: str,
+    actor: str,
+    via: str,
+    *,
+    text: str,
+    lang: str | None = None,
+    message_id: int | None = None,
+    channel: str | None = None,
+    external_id: str | None = None,
+) -> TriageLabel:
+    """Add one label row, checked."""
+    if kind not in HEADS or value not in HEADS[kind]:
+        raise TriageError(f"bad label {kind}={value!r}")
+    if reason not in REASONS:
+        raise TriageError(f"bad label reason {reason!r}")
+    row = TriageLabel(
+        message_id=message_id,
+        channel=channel,
+        external_id=external_id[:998] if external_id else None,
+        text=text,
+        lang=lang,
+        kind=kind,
+        value=value,
+        reason=reason,
+        actor=actor[:128],
+        via=via[:32],
+    )
+    session.add(row)
+    return row
+
+
+async def label_ticket_closed(session: AsyncSession, ticket: Ticket, actor: str, via: str) -> int:
+    """A ticket closed without a reply: its customer messages needed none. How many labelled."""
+    sent = (
+        await session.execute(
+            sa.select(sa.func.count())
+            .select_from(Reply)
+            .where(
+                Reply.ticket_id == ticket.id,
+                Reply.status.in_(("approved", "sending", "sent", "needs_check")),  # type: ignore[attr-defined]
+            )
+        )
+    ).scalar_one()
+    if sent or ticket.first_response_at is not None:
+        return 0
+    msgs = (
+        await session.execute(
+            sa.select(Message.id).where(
+                Message.ticket_id == ticket.id, Message.direction == "inbound"
+            )
+        )
+    ).all()
+    for (mid,) in msgs:
+        await label_message(session, mid, "needs_reply", "no", "closed-without-reply", actor, via)
+    return len(msgs)
+
+
+@dataclass(slots=True)
+class TrainingSet:
+    """The newest label of each labelled message, per head."""
+
+    texts: dict[str, list[tuple[str, str | None]]] = field(default_factory=dict)
+    labels: dict[str, list[str]] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Labels per head and class."""
+        return {h: dict(sorted(Counter(v).items())) for h, v in self.labels.items()}
+
+    @property
+    def messages(self) -> int:
+        """Distinct labelled texts (a text labelled for both heads counts once)."""
+        return len({t for rows in self.texts.values() for t in rows})
+
+
+async def training_set(session: AsyncSession) -> TrainingSet:
+    """Every message's newest label per head, as texts and labels."""
+    rows = (
+        await session.execute(
+            sa.select(
+                TriageLabel.message_id,
+                TriageLabel.channel,
+                TriageLabel.external_id,
+                TriageLabel.text,
+                TriageLabel.lang,
+                TriageLabel.kind,
+                TriageLabel.value,
+            ).order_by(TriageLabel.id)  # type: ignore[arg-type]
+        )
+    ).all()
+    newest: dict[tuple[Any, str], tuple[str, str | None, str]] = {}
+    for mid, channel, ext, text, lang, kind, value in rows:
+        key: Any = ("m", mid) if mid is not None else ("x", channel, ext) if ext else ("t", text)
+        newest[(key, kind)] = (text, lang, value)
+    out = TrainingSet()
+    for (_key, kind), (text, lang, value) in newest.items():
+        out.texts.setdefault(kind, []).append((text, lang))
+        out.labels.setdefault(kind, []).append(value)
+    return out
+
+
+# -- versions in the store ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Trained:
+    """A model fresh from training, with its figures, ready to store."""
+
+    model: Model
+    counts: dict[str, dict[str, int]]
+    scores: dict[str, dict[str, Any]]
+    card: dict[str, Any]
+
+
+def train(
+    data: Mapping[str, tuple[Sequence[Sample], Sequence[str]]],
+    settings: Settings | None = None,
+    now: datetime | None = None,
+    folds: int = 5,
+) -> Trained:
+    """Cross-validate each head, then fit it on every label: the one training routine."""
+    settings = settings or Settings()
+    scores: dict[str, dict[str, Any]] = {}
+    for head, (xs, labels) in data.items():
+        if trainable(labels):
+            scores[head] = cross_validate(head, xs, labels, settings, folds).as_dict()
+    model = Model.fit(settings, data)
+    counts = {h: dict(sorted(Counter(labels).items())) for h, (_xs, labels) in data.items()}
+    return Trained(model, counts, scores, model_card(counts, scores, now or utcnow()))
+
+
+def model_card(
+    counts: dict[str, dict[str, int]], scores: dict[str, dict[str, Any]], at: datetime
+) -> dict[str, Any]:
+    """What the model was trained on, how well it did, and where it fails."""
+    fails: list[str] = []
+    for head, s in scores.items():
+        for cls, f in s["per_class"].items():
+            if f["support"] and f["recall"] < 0.6:
+                fails.append(
+                    f"{head}: finds only {f['recall']:.0%} of '{cls}' messages "
+                    f"({f['support']} labelled)"
+                )
+        for t, q, n in s["confusions"]:
+            fails.append(f"{head}: takes '{t}' for '{q}' most often ({n} times in validation)")
+    for head, labels in HEADS.items():
+        if head not in scores:
+            fails.append(f"{head}: not trained (too few labels of each kind); rules decide alone")
+        else:
+            for cls in labels:
+                if counts.get(head, {}).get(cls, 0) < 20:
+                    fails.append(f"{head}: few '{cls}' examples; its figures are uncertain")
+    fails.append(
+        "texts VADER does not score (not English) get n-gram features only; short texts "
+        "(a few words) and sarcasm are read least reliably"
+    )
+    return {
+        "trained_at": at.isoformat(),
+        "training_size": {h: sum(c.values()) for h, c in counts.items()},
+        "labels": counts,
+        "validation": "stratified 5-fold cross-validation on the training labels",
+        "scores": {
+            h: {"macro_f1": s["macro_f1"], "macro_recall": s["macro_recall"]}
+            for h, s in scores.items()
+        },
+        "fails": fails,
+        "features": "hashed word 1-2-grams and character 2-5-grams, VADER's four scores",
+    }
+
+
+async def store_model(session: AsyncSession, trained: Trained, actor: str) -> TriageModelVersion:
+    """Save a trained model as the newest version."""
+    payload = trained.model.dump()
+    row = TriageModelVersion(
+        created_by=actor[:128],
+        label_counts=trained.counts,
+        scores=trained.scores,
+        card=trained.card,
+        format=FORMAT,
+        digest=hashlib.sha256(payload).hexdigest(),
+        payload=payload,
+    )
+    session.add(row)
+    await session.flush()
+    assert row.id is not None
+    trained.model.version = row.id
+    return row
+
+
+async def newest_version(session: AsyncSession) -> int | None:
+    """The id of the newest stored model, if any."""
+    found: int | None = (
+        await session.execute(sa.select(sa.func.max(TriageModelVersion.id)))
+    ).scalar_one()
+    return found
+
+
+async def newest(session: AsyncSession) -> TriageModelVersion | None:
+    """The newest stored model row."""
+    return (
+        await session.execute(
+            sa.select(TriageModelVersion).order_by(TriageModelVersion.id.desc()).limit(1)  # type: ignore[union-attr]
+        )
+    ).scalar()
+
+
+def load_row(row: TriageModelVersion) -> Model:
+    """The model of a stored version, checked."""
+    if row.format != FORMAT:
+        raise TriageError(f"model #{row.id} has unknown format {row.format!r}; refused")
+    assert row.id is not None
+    return Model.load(row.payload, row.digest, row.id)
+
+
+async def labels_since(session: AsyncSession, since: datetime | None) -> int:
+    """Labels added after a moment (all of them with None)."""
+    q = sa.select(sa.func.count()).select_from(TriageLabel)
+    if since is not None:
+        q = q.where(TriageLabel.created_at > since)
+    n: int = (await session.execute(q)).scalar_one()
+    return n
+
+
+def samples_of(texts: Sequence[tuple[str, str | None]], scorer: SentimentScorer) -> list[Sample]:
+    """Training samples: each (text, language) scored as the pipeline scores it."""
+    return [sample(t, scorer.score(t, lang)) for t, lang in texts]
+
+
+def train_set(
+    ts: TrainingSet, scorer: SentimentScorer, settings: Settings | None = None
+) -> Trained:
+    """Train on a training set read from the store (CPU work: run it off the event loop)."""
+    data = {h: (samples_of(ts.texts[h], scorer), ts.labels[h]) for h in ts.labels}
+    return train(data, settings)
+
+
+async def retrain(
+    store: Store,
+    scorer: SentimentScorer,
+    actor: str,
+    via: str,
+    *,
+    min_labels: int,
+    settings: Settings | None = None,
+) -> TriageModelVersion:
+    """Train a new version from every label in the store and save it as the newest."""
+    async with store.reader() as s:
+        ts = await training_set(s)
+    if ts.messages < min_labels:
+        raise TriageError(
+            f"{ts.messages} labelled message(s); at least {min_labels} are needed "
+            "(triage.min_labels)"
+        )
+    if not any(trainable(v) for v in ts.labels.values()):
+        raise TriageError(
+            "the labels do not yet show two kinds of message for either question "
+            f"(labels so far: {ts.counts()})"
+        )
+    trained = await asyncio.to_thread(train_set, ts, scorer, settings)
+    async with store.session() as s:
+        row = await store_model(s, trained, actor)
+        s.add(
+            AuditEvent(
+                actor=actor[:128],
+                via=via[:32],
+                action="triage.train",
+                object_type="triage_model",
+                object_id=str(row.id),
+                detail={"labels": trained.counts, "scores": trained.card["scores"]},
+            )
+        )
+    return row
+
+
+# -- in the pipeline ------------------------------------------------------------------------
+
+#: The tag of a message the model was unsure of; it gets a ticket so a person decides.
+NEEDS_TRIAGE = "needs-triage"
+
+
+def unsure(verdict: Verdict, min_confidence: float) -> bool:
+    """Whether the model is unsure of a message: of whether it needs a reply, or (with no
+    reply head trained yet) of its class."""
+    c = verdict.reply_confidence if verdict.reply_confidence is not None else verdict.confidence
+    return c is not None and c < min_confidence
+
+
+def route_to_person(d: Decision) -> None:
+    """Send a message the model is unsure of to a person: a ticket, tagged, never ignored."""
+    if NEEDS_TRIAGE not in d.tags:
+        d.tags.append(NEEDS_TRIAGE)
+    if d.ignore:
+        d.ignore = False
+        d.draft_template = None  # a rule meant to drop it: nothing is drafted, a person looks
+    d.open_ticket = True
+    d.trail.append(f"triage: the model is unsure of this message; tagged {NEEDS_TRIAGE}")
+
+
+# -- labelled files (``socialcrm triage learn`` and ``eval``) --------------------------------
+
+
+class Labelled(NamedTuple):
+    """One line of a labelled file: the message and its labels (None where not given)."""
+
+    message: InboundMessage
+    sentiment: str | None
+    needs_reply: str | None
+
+
+def parse_labelled(n: int, line: str) -> Labelled | str:
+    """One JSON Lines record of ``socialcrm ingest`` with ``sentiment_label`` and/or
+    ``needs_reply``; a string says what is wrong with it."""
+    try:
+        record = json.loads(line)
+    except ValueError as err:
+        return f"line {n}: not JSON: {err}"
+    if not isinstance(record, dict):
+        return f"line {n}: expected a JSON object"
+    sent = record.pop("sentiment_label", None)
+    reply = record.pop("needs_reply", None)
+    if sent is None and reply is None:
+        return f"line {n}: no sentiment_label or needs_reply to learn from"
+    try:
+        sent_value = sentiment_label(str(sent)) if sent is not None else None
+        if isinstance(reply, bool):
+            reply_value: str | None = "yes" if reply else "no"
+        else:
+            reply_value = reply_label(str(reply)) if reply is not None else None
+    except TriageError as err:
+        return f"line {n}: {err}"
+    try:
+        msg = InboundMessage.model_validate(record)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(record)"
+        return f"line {n}: {where}: {first['msg']}"
+    return Labelled(msg, sent_value, reply_value)
+
+
+async def import_labels(
+    session: AsyncSession, items: Sequence[Labelled], actor: str, via: str
+) -> dict[str, int]:
+    """Store the labels of a labelled file, tied to the stored message where there is one."""
+    keys = [(i.message.channel, i.message.external_id) for i in items]
+    stored: dict[tuple[str, str], int] = {}
+    for start in range(0, len(keys), 500):
+        part = keys[start : start + 500]
+        rows = await session.execute(
+            sa.select(Message.channel, Message.external_id, Message.id).where(
+                sa.tuple_(Message.channel, Message.external_id).in_(part)
+            )
+        )
+        stored.update({(c, e): i for c, e, i in rows.all()})
+    counts: Counter[str] = Counter()
+    for item in items:
+        m = item.message
+        for kind, value in (("sentiment", item.sentiment), ("needs_reply", item.needs_reply)):
+            if value is None:
+                continue
+            add_label(
+                session,
+                kind,
+                value,
+                "import",
+                actor,
+                via,
+                text=m.text,
+                lang=m.lang,
+                message_id=stored.get((m.channel, m.external_id)),
+                channel=m.channel,
+                external_id=m.external_id,
+            )
+            counts[kind] += 1
+    counts["linked"] = sum(1 for k in keys if k in stored)
+    return dict(counts)
+
+
+def vader_class(score: Score) -> str:
+    """VADER's class of a score, by its usual cut-offs (unscored texts are neutral)."""
+    if score.compound is None:
+        return "neutral"
+    if score.compound >= 0.05:
+        return "positive"
+    if score.compound <= -0.05:
+        return "negative"
+    return "neutral"
+
+
+def rules_need_reply(rules: RuleSet, text: str, score: Score) -> str:
+    """Whether the rules alone would have a person answer: a ticket or a draft, not ignored."""
+    d = rules.evaluate(replace(text_context(text), sentiment=score.compound, lang=score.lang))
+    return "yes" if (d.open_ticket or d.draft_template) and not d.ignore else "no"
+
+
+def evaluate(
+    items: Sequence[Labelled], scorer: SentimentScorer, rules: RuleSet, folds: int = 5
+) -> dict[str, dict[str, Any]]:
+    """Per head: the learned model's cross-validated figures beside VADER-and-rules alone."""
+    scores = [scorer.score(i.message.text, i.message.lang) for i in items]
+    out: dict[str, dict[str, Any]] = {}
+    for head, classes in HEADS.items():
+        rows = [
+            (i, s)
+            for i, s in zip(items, scores, strict=True)
+            if (i.sentiment if head == "sentiment" else i.needs_reply) is not None
+        ]
+        if not rows:
+            continue
+        truth = [str(i.sentiment if head == "sentiment" else i.needs_reply) for i, _ in rows]
+        if head == "sentiment":
+            base = [vader_class(s) for _, s in rows]
+        else:
+            base = [rules_need_reply(rules, i.message.text, s) for i, s in rows]
+        entry: dict[str, Any] = {"baseline": figures(classes, truth, base).as_dict()}
+        if trainable(truth):
+            xs = [sample(i.message.text, s) for i, s in rows]
+            entry["learned"] = cross_validate(head, xs, truth, Settings(), folds).as_dict()
+        out[head] = entry
+    return out

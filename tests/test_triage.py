@@ -1,0 +1,580 @@
+"""The learned triage model: training, the stored model, labels, commands, pipeline and rules."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import pickle
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from socialcrm import rollups, triage
+from socialcrm.chatops.commands import Actor, CommandError, Commands
+from socialcrm.cli import main
+from socialcrm.config import Config
+from socialcrm.connector import Author, Batch, InboundMessage
+from socialcrm.db import Store
+from socialcrm.models import AuditEvent, Message, Reply, Ticket, TriageLabel
+from socialcrm.pipeline import Pipeline
+from socialcrm.rules import RuleContext, RuleError, RuleSet
+from socialcrm.scoring import ScoringPool
+from socialcrm.sentiment import SentimentScorer
+
+#: Small feature spaces keep the tests quick; the layout is the production one.
+SMALL = triage.Settings(word_bits=12, char_bits=12)
+
+_NEG = [
+    "my order never arrived and nobody answers",
+    "still waiting on a refund after three weeks",
+    "the app crashes every time I log in",
+    "charged twice and support hung up on me",
+    "stuck on hold for an hour, awful service",
+    "worst delivery experience, the box was smashed",
+    "you cancelled my booking without telling me",
+    "the replacement is broken too, fed up",
+]
+_NEU = [
+    "what time does the store open on sunday",
+    "is the blue model available in size 10",
+    "do you ship to canada",
+    "how do I change the email on my account",
+    "which plan includes the extra storage",
+    "where can I find the invoice for march",
+    "does the warranty cover the battery",
+    "can I pick up the order in person",
+]
+_POS = [
+    "love the new update, works great",
+    "the support team sorted it in minutes, thank you",
+    "best customer service I have had all year",
+    "delivery came a day early, brilliant",
+    "really happy with my new headphones",
+    "great job on the redesign, looks lovely",
+    "the staff at the downtown shop were so kind",
+    "five stars, will order again",
+]
+_OPENERS = ["", "hey @acme ", "@acme_help ", "so ", "honestly ", "just saying: "]
+_CLOSERS = ["", "!", ".", " #acme", " https://t.co/abc", " today", " again"]
+
+
+def labelled_set(per_class: int = 30, seed: int = 1) -> list[tuple[str, str]]:
+    """Made-up labelled messages: each base text with varied openings and endings."""
+    rng = random.Random(seed)
+    out: list[tuple[str, str]] = []
+    for label, bases in (("negative", _NEG), ("neutral", _NEU), ("positive", _POS)):
+        combos = list(itertools.product(bases, _OPENERS, _CLOSERS))
+        rng.shuffle(combos)
+        out += [(f"{o}{b}{c}", label) for b, o, c in combos[:per_class]]
+    rng.shuffle(out)
+    return out
+
+
+def reply_of(label: str) -> str:
+    return "no" if label == "positive" else "yes"
+
+
+@pytest.fixture(scope="module")
+def trained() -> triage.Trained:
+    scorer = SentimentScorer()
+    rows = labelled_set()
+    xs = [triage.sample(t, scorer.score(t)) for t, _ in rows]
+    data = {
+        "sentiment": (xs, [y for _, y in rows]),
+        "needs_reply": (xs, [reply_of(y) for _, y in rows]),
+    }
+    return triage.train(data, SMALL)
+
+
+# -- training and the stored model ----------------------------------------------------------
+
+
+def test_training_on_a_small_labelled_set_generalises(trained: triage.Trained) -> None:
+    scorer = SentimentScorer()
+    unseen = [
+        ("my parcel never arrived and support hung up", "negative", True),
+        ("does the store ship to canada on sunday", "neutral", True),
+        ("thank you, the new headphones are brilliant", "positive", False),
+    ]
+    got = trained.model.predict([triage.sample(t, scorer.score(t)) for t, _, _ in unseen])
+    assert [v.sentiment for v in got] == [c for _, c, _ in unseen]
+    assert [v.needs_reply for v in got] == [r for _, _, r in unseen]
+    for v in got:
+        assert v.confidence is not None and 1 / 3 < v.confidence <= 1.0
+        assert v.reply_confidence is not None and 0.5 <= v.reply_confidence <= 1.0
+    # The figures are cross-validated and the card says what the model is and where it fails.
+    s = trained.scores["sentiment"]
+    assert s["folds"] == 5 and s["n"] == 90
+    assert s["macro_f1"] > 0.8
+    assert set(s["per_class"]) == {"negative", "neutral", "positive"}
+    assert trained.card["training_size"] == {"sentiment": 90, "needs_reply": 90}
+    assert any("not English" in line for line in trained.card["fails"])
+
+
+def test_a_head_without_two_kinds_of_label_is_not_trained() -> None:
+    xs = [triage.sample(t, None) for t, _ in labelled_set(5)]
+    with pytest.raises(triage.TriageError, match="no head"):
+        triage.Model.fit(SMALL, {"needs_reply": (xs, ["yes"] * len(xs))})
+    model = triage.Model.fit(
+        SMALL,
+        {
+            "sentiment": (xs, [y for _, y in labelled_set(5)]),
+            "needs_reply": (xs, ["yes"] * len(xs)),
+        },
+    )
+    (v,) = model.predict(xs[:1])
+    assert v.sentiment is not None and v.needs_reply is None and v.reply_confidence is None
+
+
+def test_the_stored_model_round_trips(trained: triage.Trained) -> None:
+    payload = trained.model.dump()
+    assert len(payload) < 5_000_000
+    again = triage.Model.load(payload, hashlib.sha256(payload).hexdigest(), 7)
+    texts = [t for t, _ in labelled_set(10, seed=9)]
+    xs = [triage.sample(t, None) for t in texts]
+    before = trained.model.predict(xs)
+    after = again.predict(xs)
+    assert [(v.sentiment, v.needs_reply) for v in before] == [
+        (v.sentiment, v.needs_reply) for v in after
+    ]
+    for a, b in zip(before, after, strict=True):
+        assert a.confidence == pytest.approx(b.confidence, abs=1e-3)
+    assert {v.version for v in after} == {7}
+    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+        assert all(archive[k].dtype != object for k in archive.files)
+
+
+def _npz(**arrays: Any) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+class _Boom:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.write_text, (Path(_Boom.target), "pwned"))
+
+    target = ""
+
+
+def test_a_tampered_or_unknown_payload_is_refused(trained: triage.Trained, tmp_path: Path) -> None:
+    payload = trained.model.dump()
+    digest = hashlib.sha256(payload).hexdigest()
+    flipped = bytearray(payload)
+    flipped[len(flipped) // 2] ^= 0xFF
+    with pytest.raises(triage.TriageError, match="digest"):
+        triage.Model.load(bytes(flipped), digest)
+    # A pickle never runs, even with no digest to check.
+    _Boom.target = str(tmp_path / "ran")
+    with pytest.raises(triage.TriageError):
+        triage.Model.load(pickle.dumps(_Boom()))
+    with pytest.raises(triage.TriageError):
+        triage.Model.load(_npz(header=np.array([_Boom()], dtype=object)))
+    assert not (tmp_path / "ran").exists()
+    # The layout is checked: the format, the arrays, their indices and classes.
+    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    header = json.loads(arrays["header"].tobytes())
+
+    def with_header(**change: Any) -> bytes:
+        h = {**header, **change}
+        return _npz(**{**arrays, "header": np.frombuffer(json.dumps(h).encode(), np.uint8)})
+
+    with pytest.raises(triage.TriageError, match="format"):
+        triage.Model.load(with_header(format="socialcrm-triage/99"))
+    with pytest.raises(triage.TriageError):
+        triage.Model.load(with_header(heads={"sentiment": ["negative", "evil"]}))
+    with pytest.raises(triage.TriageError):
+        triage.Model.load(_npz(**arrays, extra=np.zeros(3)))
+    bad_cols = dict(arrays)
+    bad_cols["sentiment.cols"] = np.array([10**9], dtype=np.int32)
+    bad_cols["sentiment.rows"] = np.array([0], dtype=np.int32)
+    bad_cols["sentiment.values"] = np.array([1.0], dtype=np.float32)
+    with pytest.raises(triage.TriageError, match="out of range"):
+        triage.Model.load(_npz(**bad_cols))
+    with pytest.raises(triage.TriageError):
+        triage.Model.load(b"not a model at all")
+
+
+# -- labels, commands and their signals ------------------------------------------------------
+
+
+def msg(ext: str, text: str, handle: str = "jane") -> InboundMessage:
+    return InboundMessage(
+        channel="x",
+        external_id=ext,
+        text=text,
+        author=Author(user_id=f"u-{handle}", handle=handle),
+        created_at=datetime(2026, 12, 1, 10, tzinfo=UTC),
+    )
+
+
+async def labels(store: Store) -> list[tuple[int | None, str, str, str, str]]:
+    async with store.reader() as s:
+        rows = await s.execute(
+            sa.select(
+                TriageLabel.message_id,
+                TriageLabel.kind,
+                TriageLabel.value,
+                TriageLabel.reason,
+                TriageLabel.actor,
+            ).order_by(TriageLabel.id)  # type: ignore[arg-type]
+        )
+        return [tuple(r) for r in rows.all()]  # type: ignore[misc]
+
+
+async def test_relabel_and_needs_reply_commands(
+    config: Config, store: Store, pipeline: Pipeline
+) -> None:
+    await pipeline.ingest(Batch(messages=[msg("1", "what time do you open tomorrow?")]), "t")
+    async with store.reader() as s:
+        mid = (await s.execute(sa.select(Message.id))).scalar_one()
+    cmds = Commands(config, store)
+    agent = Actor("ana", "agent", "slack")
+    out = await cmds.run(agent, f"relabel {mid} Negative")
+    assert f"#{mid}" in out and "negative" in out
+    out = await cmds.run(agent, f"needs-reply #{mid} no")
+    assert "needed no reply" in out
+    with pytest.raises(CommandError, match="one of negative, neutral, positive"):
+        await cmds.run(agent, f"relabel {mid} angry")
+    with pytest.raises(CommandError, match="yes or no"):
+        await cmds.run(agent, f"needs-reply {mid} maybe")
+    with pytest.raises(CommandError, match="no message #999"):
+        await cmds.run(agent, "relabel 999 negative")
+    with pytest.raises(CommandError, match="needs the agent role"):
+        await cmds.run(Actor("vic", "viewer", "slack"), f"relabel {mid} positive")
+    assert await labels(store) == [
+        (mid, "sentiment", "negative", "relabel", "ana"),
+        (mid, "needs_reply", "no", "relabel", "ana"),
+    ]
+    async with store.reader() as s:
+        actions = list(
+            (await s.execute(sa.select(AuditEvent.action).order_by(AuditEvent.id))).scalars()  # type: ignore[arg-type]
+        )
+    assert actions.count("triage.relabel") == 1 and actions.count("triage.needs_reply") == 1
+    assert "command.refused" in actions
+    # A later word on the same message replaces the earlier one in the training set.
+    await cmds.run(agent, f"relabel {mid} neutral")
+    async with store.reader() as s:
+        ts = await triage.training_set(s)
+    assert ts.labels == {"sentiment": ["neutral"], "needs_reply": ["no"]}
+
+
+async def _drafts(store: Store) -> list[Reply]:
+    async with store.reader() as s:
+        return list((await s.execute(sa.select(Reply).order_by(Reply.id))).scalars())  # type: ignore[arg-type]
+
+
+async def test_approve_edit_reject_and_close_teach_the_model(
+    config: Config, store: Store, pipeline: Pipeline
+) -> None:
+    texts = [
+        "@acme my order never arrived, where is it?",
+        "@acme can you tell me where my refund is?",
+        "@acme why was I charged twice for my order?",
+        "@acme is my parcel lost? tracking says nothing",
+    ]
+    await pipeline.ingest(
+        Batch(messages=[msg(str(i), t, f"c{i}") for i, t in enumerate(texts)]), "t"
+    )
+    drafts = await _drafts(store)
+    assert len(drafts) == 4, "the shipped rules draft an answer to each question"
+    cmds = Commands(config, store)
+    approver = Actor("amy", "approver", "mattermost")
+    await cmds.run(approver, f"approve {drafts[0].id}")
+    await cmds.run(approver, f"edit {drafts[1].id} We are looking into it now.")
+    await cmds.run(approver, f"reject {drafts[2].id} No reply needed - they sorted it out.")
+    await cmds.run(approver, f"reject {drafts[3].id} wrong template")
+    got = await labels(store)
+    assert got == [
+        (drafts[0].message_id, "needs_reply", "yes", "approve", "amy"),
+        (drafts[1].message_id, "needs_reply", "yes", "edit", "amy"),
+        (drafts[2].message_id, "needs_reply", "no", "reject-no-reply", "amy"),
+    ]
+    # Closing a ticket nobody answered: its messages needed no reply; one answered: nothing.
+    async with store.reader() as s:
+        t3 = (await s.get(Reply, drafts[3].id)).ticket_id  # type: ignore[union-attr]
+        t0 = (await s.get(Reply, drafts[0].id)).ticket_id  # type: ignore[union-attr]
+    assert t3 is not None and t0 is not None
+    await cmds.run(approver, f"close {t3}")
+    await cmds.run(approver, f"close {t0}")
+    await cmds.run(approver, f"close {t3}")  # closing again adds nothing
+    got = await labels(store)
+    assert got[3:] == [(drafts[3].message_id, "needs_reply", "no", "closed-without-reply", "amy")]
+
+
+@pytest.mark.parametrize(
+    ("reason", "no_reply"),
+    [
+        ("no reply needed", True),
+        ("No reply needed!", True),
+        ("not needed, just a fan", True),
+        ("no need to reply", True),
+        ("Doesn't need a reply", True),
+        ("wrong tone", False),
+        ("reply needed but not this one", False),
+        ("", False),
+    ],
+)
+def test_which_reject_reasons_say_no_reply_was_needed(reason: str, no_reply: bool) -> None:
+    assert triage.says_no_reply(reason) is no_reply
+
+
+# -- the pipeline -----------------------------------------------------------------------------
+
+
+async def _store_trained(store: Store, trained: triage.Trained) -> int:
+    async with store.session() as s:
+        row = await triage.store_model(s, trained, "tester")
+    assert row.id is not None
+    return row.id
+
+
+async def test_pipeline_stores_the_class_and_confidence(
+    config: Config, store: Store, scorer: SentimentScorer, trained: triage.Trained
+) -> None:
+    pipeline = Pipeline(config, store, rules=RuleSet.load(config.rule_paths()), scorer=scorer)
+    await pipeline.ingest(Batch(messages=[msg("0", "before any model")]), "t")
+    version = await _store_trained(store, trained)
+    await pipeline.refresh_triage(force=True)
+    await pipeline.ingest(
+        Batch(messages=[msg("1", "my parcel never arrived and support hung up on me")]), "t"
+    )
+    async with store.reader() as s:
+        rows = {m.external_id: m for m in (await s.execute(sa.select(Message))).scalars()}
+    assert rows["0"].triage_class is None and rows["0"].triage_version is None
+    m = rows["1"]
+    assert (m.triage_class, m.needs_reply, m.triage_version) == ("negative", True, version)
+    assert m.triage_confidence is not None and 0.34 < m.triage_confidence <= 1
+    assert m.needs_reply_confidence is not None and 0.5 <= m.needs_reply_confidence <= 1
+    # Reports count the model's class where it gave one; a rebuild counts the same way.
+    async with store.session() as s:
+        m.sentiment = 0.9  # words that VADER would call positive
+        await s.merge(m)
+        await rollups.rebuild(s)
+        got = (
+            await s.execute(sa.text("SELECT sentiment, n FROM message_rollup ORDER BY sentiment"))
+        ).all()
+    assert (-1, 1) in [tuple(r) for r in got]
+    assert rollups.sentiment_class(0.9, False, "negative") == -1
+    assert rollups.sentiment_class(0.9, False, None) == 1
+
+
+async def test_the_scoring_worker_reads_with_the_newest_model(
+    config: Config, store: Store, trained: triage.Trained
+) -> None:
+    rules = RuleSet.load(config.rule_paths())
+    pool = ScoringPool(config.brand.lexicon, rules)
+    try:
+        pipeline = Pipeline(config, store, rules=rules, scoring=pool)
+        first = await _store_trained(store, trained)
+        await pipeline.ingest(
+            Batch(messages=[msg("1", "really happy with my new headphones")]), "t"
+        )
+        assert pool.model_version == first
+        second = await _store_trained(store, trained)
+        await pipeline.refresh_triage(force=True)
+        assert pool.model_version == second
+        await pipeline.ingest(Batch(messages=[msg("2", "stuck on hold for an hour, awful")]), "t")
+    finally:
+        pool.close()
+    async with store.reader() as s:
+        rows = {m.external_id: m for m in (await s.execute(sa.select(Message))).scalars()}
+    assert (rows["1"].triage_class, rows["1"].triage_version) == ("positive", first)
+    assert (rows["2"].triage_class, rows["2"].triage_version) == ("negative", second)
+
+
+IGNORE_ALL = """
+rules:
+  - name: drop_everything
+    when: {not: {keywords: [zzzz]}}
+    then: [ignore]
+"""
+
+
+async def test_a_low_confidence_message_goes_to_a_person(
+    config: Config, store: Store, scorer: SentimentScorer, trained: triage.Trained
+) -> None:
+    await _store_trained(store, trained)
+    rules = RuleSet.from_text(IGNORE_ALL)
+    sure = Pipeline(config, store, rules=rules, scorer=scorer)
+    r = await sure.ingest(Batch(messages=[msg("1", "love the new update, works great")]), "t")
+    assert (r.ignored, r.tickets_opened) == (1, 0), "confident: the rules decide"
+    unsure_cfg = config.model_copy(
+        update={"triage": config.triage.model_copy(update={"min_confidence": 0.999})}
+    )
+    unsure = Pipeline(unsure_cfg, store, rules=rules, scorer=scorer)
+    r = await unsure.ingest(Batch(messages=[msg("2", "hmm ok the thing", "bob")]), "t")
+    assert (r.ignored, r.tickets_opened, r.drafts) == (0, 1, 0)
+    async with store.reader() as s:
+        m = (await s.execute(sa.select(Message).where(Message.external_id == "2"))).scalar_one()
+        t = await s.get(Ticket, m.ticket_id)
+    assert triage.NEEDS_TRIAGE in m.tags and not m.ignored and t is not None
+
+
+# -- rules --------------------------------------------------------------------------------------
+
+
+def ctx(**kw: Any) -> RuleContext:
+    base: dict[str, Any] = {
+        "text": "hello",
+        "channel": "x",
+        "source": "t",
+        "sentiment": 0.0,
+        "lang": "en",
+        "customer_tier": None,
+        "customer_segment": None,
+        "lifetime_value": 0.0,
+        "customer_tags": frozenset(),
+        "customer_is_new": False,
+        "followers": 0,
+        "has_open_ticket": False,
+        "local_time": datetime(2026, 12, 1, 10, tzinfo=UTC),
+    }
+    return RuleContext(**{**base, **kw})
+
+
+TRIAGE_RULES = """
+rules:
+  - name: learned_complaint
+    when: {triage: negative, needs_reply: true}
+    then: [open_ticket, {tag: learned}]
+  - name: unsure
+    when: {triage_confidence: {below: 0.6}}
+    then: [{tag: unsure}]
+  - name: friendly
+    when: {triage: [positive, neutral], needs_reply: false}
+    then: [{tag: friendly}]
+"""
+
+
+def test_rules_test_the_models_class_reply_and_confidence() -> None:
+    rules = RuleSet.from_text(TRIAGE_RULES)
+    d = rules.evaluate(ctx(triage="negative", triage_confidence=0.9, needs_reply=True))
+    assert d.open_ticket and d.tags == ["learned"]
+    d = rules.evaluate(ctx(triage="negative", triage_confidence=0.4, needs_reply=False))
+    assert not d.open_ticket and d.tags == ["unsure"]
+    d = rules.evaluate(ctx(triage="neutral", triage_confidence=0.7, needs_reply=False))
+    assert d.tags == ["friendly"]
+    d = rules.evaluate(ctx())  # no model: none of them match
+    assert d.matched == []
+
+
+@pytest.mark.parametrize(
+    ("when", "problem"),
+    [
+        ("{triage: angry}", "triage: one of negative, neutral, positive"),
+        ("{needs_reply: perhaps}", "needs_reply"),
+        ("{triage_confidence: {below: 0.2, at_least: 0.5}}", "never matches"),
+        ("{triage_confidance: {below: 0.5}}", "did you mean 'triage_confidence'"),
+    ],
+)
+def test_bad_triage_conditions_are_reported(when: str, problem: str) -> None:
+    with pytest.raises(RuleError, match=problem):
+        RuleSet.from_text(f"rules:\n  - name: r\n    when: {when}\n    then: [open_ticket]\n")
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def _labelled_file(path: Path, rows: list[tuple[str, str]], extra: list[str]) -> Path:
+    lines = []
+    for i, (text, label) in enumerate(rows):
+        record = json.loads(msg(f"L{i}", text, f"h{i}").model_dump_json())
+        record["sentiment_label"] = label
+        record["needs_reply"] = reply_of(label) == "yes"
+        lines.append(json.dumps(record))
+    path.write_text("\n".join([*lines, *extra]) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.timeout(400)  # each command loads VADER and the language model anew
+def test_learn_train_status_and_eval_from_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOCIALCRM_USER", "tester")
+    cli = CliRunner()
+
+    def run(*args: str, code: int = 0) -> str:
+        result = cli.invoke(main, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result.output
+
+    run("init")
+    out = run("triage", "status")
+    assert "No triage model yet" in out
+    bad = [
+        '{"channel": "x", "external_id": "b1", "text": "no label", "author": {}}',
+        '{"channel": "x", "external_id": "b2", "text": "x", "author": {}, '
+        '"sentiment_label": "meh"}',
+        "not json",
+    ]
+    file = _labelled_file(tmp_path / "labels.jsonl", labelled_set(12), bad)
+    out = run("triage", "learn", str(file))
+    assert "36 sentiment and 36 needs-reply label(s) imported" in out
+    assert "3 line(s) skipped" in out
+    assert "line 37: no sentiment_label or needs_reply" in out
+    assert "line 38: sentiment: one of negative, neutral, positive, got 'meh'" in out
+    out = run("triage", "train", code=2)
+    assert "36 labelled message(s); at least 200 are needed" in out
+    out = run("triage", "train", "--min-labels", "30")
+    assert "Triage model #1" in out and "sentiment: trained on 36 labels" in out
+    assert "cross-validated (5-fold)" in out and "Where it fails:" in out
+    assert "Triage model #1" in run("triage", "status")
+    out = run("triage", "eval", str(file))
+    assert "Sentiment class:" in out and "VADER alone" in out
+    assert "Needs a reply:" in out and "VADER and rules alone" in out
+    figures = json.loads(run("triage", "eval", str(file), "--json").splitlines()[-1])
+    assert (
+        figures["sentiment"]["learned"]["macro_f1"] > figures["sentiment"]["baseline"]["macro_f1"]
+    )
+    assert set(figures["needs_reply"]["learned"]["per_class"]) == {"no", "yes"}
+    # Relabelling works from the command line too (the same command layer as chat).
+    run("ingest", str(file))
+    out = run("relabel", "1", "positive")
+    assert "Message #1 is labelled positive" in out
+    out = run("needs-reply", "1", "yes")
+    assert "Message #1 needed a reply" in out
+    assert "relabel MESSAGE" in run("relabel", "--help")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("not json\n")
+    assert "no labelled messages" in run("triage", "learn", str(empty), code=2)
+
+
+async def test_the_daemon_retrains_when_labels_came_in(
+    config: Config, store: Store, tmp_path: Path
+) -> None:
+    from socialcrm.daemon import Daemon
+
+    cfg = config.model_copy(update={"triage": config.triage.model_copy(update={"min_labels": 20})})
+    daemon = Daemon(cfg, store)
+    assert await daemon.retrain_triage() is None, "no labels: nothing to train"
+    async with store.session() as s:
+        for text, label in labelled_set(10):
+            triage.add_label(s, "sentiment", label, "import", "t", "cli", text=text)
+    version = await daemon.retrain_triage()
+    assert version == 1 and daemon.pipeline.triage_model is not None
+    assert daemon.pipeline.triage_model.version == 1
+    assert await daemon.retrain_triage() is None, "no new labels since: not retrained"
+
+
+@pytest.mark.parametrize(
+    ("verdict", "unsure"),
+    [
+        (triage.Verdict("negative", 0.4, True, 0.9), False),  # sure a reply is needed
+        (triage.Verdict("negative", 0.9, True, 0.52), True),  # unsure whether to answer
+        (triage.Verdict("neutral", 0.45, None, None), True),  # no reply head: the class decides
+        (triage.Verdict("neutral", 0.8, None, None), False),
+    ],
+)
+def test_what_the_model_is_unsure_of(verdict: triage.Verdict, unsure: bool) -> None:
+    assert triage.unsure(verdict, 0.6) is unsure
