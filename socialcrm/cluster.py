@@ -12,11 +12,12 @@ takeover; the lock needs none of these, and an operator sees it in ``pg_locks``.
 * Membership: each daemon holds a lock keyed by its name; the daemons up are the ones whose
   lock is held (read from ``pg_locks``), and the ``daemon`` table says since when and what each
   holds, for ``socialcrm cluster`` and ``/healthz``.
-* Sources and jobs are spread by rendezvous hashing over the daemons up: each item belongs to
-  the daemon with the highest hash of (daemon, item). Every tick each daemon takes the locks
-  of the items that are its own and gives back the ones that now belong to another (a daemon
-  joining takes its share without waiting for a failure); an item's poll or job runs only
-  while its lock is held, so one source is never polled by two daemons at once.
+* Sources and jobs are spread by rendezvous hashing over the daemons up (with bounded loads,
+  see :func:`assign`): every daemon computes the same owner for each item. Every tick each
+  daemon takes the locks of the items that are its own and gives back the ones that now
+  belong to another (a daemon joining takes its share without waiting for a failure); an
+  item's poll or job runs only while its lock is held, so one source is never polled by two
+  daemons at once.
 
 SQLite is for one daemon: :class:`SqliteClaim` holds an exclusive lock on a file beside the
 database, and a second daemon refuses to start.
@@ -73,15 +74,35 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest()) & 0x7FFFFFFF
 
 
+def _weight(member: str, item: str) -> bytes:
+    return hashlib.blake2b(f"{member}\0{item}".encode(), digest_size=8).digest()
+
+
 def owner(item: str, members: Sequence[str]) -> str | None:
-    """The member an item belongs to by rendezvous hashing (None if nobody is up)."""
+    """The member an item belongs to by plain rendezvous hashing (None if nobody is up)."""
     if not members:
         return None
+    return max(members, key=lambda m: (_weight(m, item), m))
 
-    def weight(m: str) -> tuple[bytes, str]:
-        return hashlib.blake2b(f"{m}\0{item}".encode(), digest_size=8).digest(), m
 
-    return max(members, key=weight)
+def assign(items: Sequence[str], members: Sequence[str]) -> dict[str, str]:
+    """Items spread over members by rendezvous hashing with bounded loads: each item goes to
+    the first member in its own hash order that has fewer than its fair share (the ceiling
+    of items / members). Every daemon computes the same answer from the same lists; a member
+    joining or leaving moves about its share and little else, and a handful of sources is
+    never piled on one daemon by an unlucky hash."""
+    if not members:
+        return {}
+    cap = -(-len(items) // len(members))
+    load: dict[str, int] = dict.fromkeys(members, 0)
+    out: dict[str, str] = {}
+    for item in sorted(items):
+        for m in sorted(members, key=lambda m: (_weight(m, item), m), reverse=True):
+            if load[m] < cap:
+                out[item] = m
+                load[m] += 1
+                break
+    return out
 
 
 @dataclass
@@ -307,10 +328,14 @@ class Cluster:
             rows = (await s.execute(sa.select(Daemon))).scalars().all()
         names = {r.name for r in rows if lock_key(r.name) in members_up} | {self.name}
         self.members = sorted(names)
+        sources = assign(self.sources, self.members)
         for item in self.sources:
-            await self._settle(conn, SOURCE_NS, item, self.held_sources, self.on_source)
+            mine = sources.get(item) == self.name
+            await self._settle(conn, SOURCE_NS, item, mine, self.held_sources, self.on_source)
+        jobs = assign(self.jobs, self.members)
         for item in self.jobs:
-            await self._settle(conn, JOB_NS, item, self.held_jobs, self.on_job)
+            mine = jobs.get(item) == self.name
+            await self._settle(conn, JOB_NS, item, mine, self.held_jobs, self.on_job)
         async with self.store.session() as s:
             await s.execute(
                 sa.update(Daemon)
@@ -341,10 +366,10 @@ class Cluster:
         conn: AsyncConnection,
         ns: int,
         item: str,
+        mine: bool,
         held: set[str],
         notify: Callable[[str, bool], None] | None,
     ) -> None:
-        mine = owner(item, self.members) == self.name
         key = {"ns": ns, "k": lock_key(item)}
         if mine and item not in held:
             got = (

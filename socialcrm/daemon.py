@@ -30,7 +30,7 @@ from socialcrm.chatops.cards import CardNotifier
 from socialcrm.chatops.commands import Commands
 from socialcrm.chatops.mattermost import add_mattermost_routes
 from socialcrm.chatops.slack import add_slack_routes
-from socialcrm.cluster import Cluster, DaemonLabel, SqliteClaim, default_name
+from socialcrm.cluster import TICK_S, Cluster, DaemonLabel, SqliteClaim, default_name
 from socialcrm.config import Config
 from socialcrm.connector import Batch
 from socialcrm.db import Store
@@ -295,14 +295,19 @@ class Daemon:
         polled = [
             n for n, s in self.poller.sources.items() if s.config.interval.total_seconds() > 0
         ]
-        extra = {} if self._cluster_tick_s is None else {"tick_s": self._cluster_tick_s}
+        # Ticks at least twice per shortest poll interval: a dead daemon's sources are taken
+        # within two of their intervals.
+        shortest = min(
+            (self.poller.sources[n].config.interval.total_seconds() for n in polled), default=2.0
+        )
+        tick = self._cluster_tick_s or min(TICK_S, max(0.2, shortest / 2))
         self.cluster = Cluster(
             self.store,
             self.name,
             sources=polled,
             jobs=jobs,
             busy=lambda n: self.poller.sources[n].busy,
-            **extra,
+            tick_s=tick,
         )
         self.cluster.on_source = self._source_lease
         self.cluster.on_job = self._job_lease
