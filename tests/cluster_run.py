@@ -232,10 +232,10 @@ class ClusterRun:
         stored = await self.stored()
         async with self.store.reader() as s:
             replies = (await s.execute(sa.select(Reply.id, Reply.status, Reply.message_id))).all()
-            msg_ext = dict(
-                (await s.execute(sa.select(Message.id, Message.external_id))).tuples().all()
-            )
-            alerts = dict((await s.execute(sa.select(Alert.id, Alert.status))).tuples().all())
+            q = sa.select(Message.id, Message.external_id)
+            msg_ext = {r[0]: r[1] for r in (await s.execute(q)).all()}
+            q = sa.select(Alert.id, Alert.status)
+            alerts = {r[0]: r[1] for r in (await s.execute(q)).all()}
         cards: collections.Counter[int] = collections.Counter()
         for m in self.sandbox.slack.messages:
             if m.channel != SLACK_CHANNEL:
