@@ -251,7 +251,7 @@ class ClusterRun:
         per_approval = [
             posted[msg_ext.get(r.message_id, "")] for r in replies if r.id in self.approved
         ]
-        delivered = [a for a, st in alerts.items() if st == "sent"]
+        delivered = [a for a, st in alerts.items() if st == "delivered"]
         return {
             "served": len(served),
             "stored": len(stored),
@@ -267,7 +267,11 @@ class ClusterRun:
             "approvals_needing_check": sum(
                 1 for r in replies if r.id in self.approved and r.status == "needs_check"
             ),
+            "approved_by_status": dict(
+                collections.Counter(r.status for r in replies if r.id in self.approved)
+            ),
             "alerts": len(alerts),
+            "alerts_by_status": dict(collections.Counter(alerts.values())),
             "alerts_delivered": len(delivered),
             "alerts_delivered_twice": sum(
                 1 for a in delivered if self.alerts.deliveries[str(a)] > 1

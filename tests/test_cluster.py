@@ -158,5 +158,9 @@ async def test_a_second_daemon_on_one_sqlite_file_refuses_to_start(tmp_path: Pat
 
 @pytest.mark.timeout(400)
 async def test_short_chaos_run_loses_repeats_and_doubles_nothing(pg: str, tmp_path: Path) -> None:
-    figures = await chaos(tmp_path, pg, minutes=1.0, daemons=3, sources_per_platform=4, seed=5)
-    assert figures["violations"] == [], figures
+    figures = await chaos(
+        tmp_path, pg, minutes=1.0, daemons=3, sources_per_platform=4, seed=5, kill_every_s=(10, 20)
+    )
+    shown = "\n".join(f"{k}: {v}" for k, v in figures.items())
+    assert figures["kills"] >= 2 and figures["failovers"] > 0, shown
+    assert figures["violations"] == [], shown
