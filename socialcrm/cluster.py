@@ -174,7 +174,7 @@ class Cluster:
         *,
         sources: Sequence[str],
         jobs: Sequence[str],
-        busy: Callable[[str], bool] = lambda _source: False,
+        busy: Callable[[str], bool] = lambda _item: False,
         tick_s: float = TICK_S,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -380,7 +380,7 @@ class Cluster:
                 log.info("%s took %s", self.name, item)
                 if notify is not None:
                     notify(item, True)
-        elif not mine and item in held and not (ns == SOURCE_NS and self.busy(item)):
+        elif not mine and item in held and not self.busy(item):
             # Marked given back before the unlock: nothing starts on it from here on.
             held.discard(item)
             if notify is not None:

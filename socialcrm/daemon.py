@@ -179,8 +179,7 @@ class Daemon:
         if self.config.slack is not None:
             self.cards = CardNotifier.from_config(self.store, self.config, self.http)
             self.sender.on_change = self.cards.changed
-            if self.store.is_sqlite:
-                self.cards.start(tick_s=1.0)
+            self.cards.start(tick_s=1.0)
         self.sender.start()
         self.alerts = AlertDispatcher(
             self.store,
@@ -295,23 +294,33 @@ class Daemon:
         polled = [
             n for n, s in self.poller.sources.items() if s.config.interval.total_seconds() > 0
         ]
-        # Ticks at least twice per shortest poll interval: a dead daemon's sources are taken
-        # within two of their intervals.
+        # Ticks four times per shortest poll interval: a dead daemon's sources are taken
+        # well within two of their intervals.
         shortest = min(
             (self.poller.sources[n].config.interval.total_seconds() for n in polled), default=2.0
         )
-        tick = self._cluster_tick_s or min(TICK_S, max(0.2, shortest / 2))
+        tick = self._cluster_tick_s or min(TICK_S, max(0.2, shortest / 4))
         self.cluster = Cluster(
             self.store,
             self.name,
             sources=polled,
             jobs=jobs,
-            busy=lambda n: self.poller.sources[n].busy,
+            busy=self._lease_busy,
             tick_s=tick,
         )
+        if self.cards is not None:
+            cluster = self.cluster
+            self.cards.may_run = lambda: cluster.leads("cards")
         self.cluster.on_source = self._source_lease
         self.cluster.on_job = self._job_lease
         await self.cluster.join()
+
+    def _lease_busy(self, item: str) -> bool:
+        """A source's poll or the card round is running: its lease waits for it to end."""
+        if item == "cards":
+            return self.cards is not None and self.cards.busy
+        src = self.poller.sources.get(item)
+        return src is not None and src.busy
 
     def _source_lease(self, name: str, held: bool) -> None:
         """A source's lease came: poll it now, from its stored cursor."""
@@ -320,11 +329,8 @@ class Daemon:
 
     def _job_lease(self, job: str, held: bool) -> None:
         """A cluster-wide job's lease came or went."""
-        if job == "cards" and self.cards is not None:
-            if held:
-                self.cards.start(tick_s=1.0)
-            else:
-                asyncio.get_running_loop().create_task(self.cards.stop())
+        if job == "cards" and self.cards is not None and held:
+            self.cards.wake()
         elif held and job.startswith("digest:"):
             self._make_up_digest(job.removeprefix("digest:"))
 

@@ -238,8 +238,11 @@ class ClusterRun:
             ).all()
             q = sa.select(Message.id, Message.external_id)
             msg_ext = {r[0]: r[1] for r in (await s.execute(q)).all()}
-            q = sa.select(Alert.id, Alert.status)
-            alerts = {r[0]: r[1] for r in (await s.execute(q)).all()}
+            q = sa.select(Alert.id, Alert.status, Alert.detail)
+            rows = (await s.execute(q)).all()
+        alerts = {r[0]: r[1] for r in rows}
+        # Delivered to no sink: a duplicate of another alert, or routed nowhere.
+        unrouted = {r[0] for r in rows if not ((r[2] or {}).get("_delivery") or {}).get("routed")}
         cards: collections.Counter[int] = collections.Counter()
         for m in self.sandbox.slack.messages:
             if m.channel != SLACK_CHANNEL:
@@ -273,7 +276,7 @@ class ClusterRun:
             for r in replies
             if r.status == "sent" and not posted[msg_ext.get(r.message_id, "")]
         ]
-        delivered = [a for a, st in alerts.items() if st == "delivered"]
+        delivered = [a for a, st in alerts.items() if st == "delivered" and a not in unrouted]
         return {
             "served": len(served),
             "stored": len(stored),
@@ -376,10 +379,28 @@ async def chaos(
         deadline = began + minutes * 60
         next_kill = began + rng.uniform(*kill_every_s) / 2
         restart_at: dict[str, float] = {}
-        #: source -> (time of the kill, daemon killed), until another daemon polls it.
+        #: source -> (time of the kill, daemon killed), until another daemon holds it.
         orphaned: dict[str, tuple[float, str]] = {}
         failover: list[float] = []
         kills = 0
+        done = asyncio.Event()
+
+        async def watch_leases() -> None:
+            while not done.is_set():
+                held = await run.holdings()
+                now = time.monotonic()
+                for daemon, sources in held.items():
+                    for src in sources:
+                        if src in orphaned and daemon != orphaned[src][1]:
+                            failover.append(now - orphaned.pop(src)[0])
+                await asyncio.sleep(0.1)
+
+        async def approve() -> None:
+            while not done.is_set():
+                await run.approve_some(rng, most=2)
+                await asyncio.sleep(0.5)
+
+        helpers = [asyncio.create_task(watch_leases()), asyncio.create_task(approve())]
         while time.monotonic() < deadline:
             now = time.monotonic()
             for name, at in list(restart_at.items()):
@@ -397,20 +418,21 @@ async def chaos(
                 restart_at[victim] = killed_at + rng.uniform(*down_s)
                 next_kill = killed_at + rng.uniform(*kill_every_s)
                 kills += 1
-            mark = len(watch.events)
             await watch.sample(run)
-            for t, daemon, source in watch.events[mark:]:
-                if source in orphaned and daemon != orphaned[source][1]:
-                    failover.append(t - orphaned.pop(source)[0])
-            await run.approve_some(rng, most=2)
             await asyncio.sleep(0.25)
+        done.set()
+        await asyncio.gather(*helpers)
         for name in restart_at:
             await run.daemons[name].start()
         catch_up_s = await run.catch_up(180)
 
         async def settled() -> bool:
             f = await run.figures()
-            return f["drafts_with_card"] == f["drafts"] and not f["approvals_stuck"]
+            return (
+                f["drafts_with_card"] == f["drafts"]
+                and not f["approvals_stuck"]
+                and not f["alerts_by_status"].get("pending")
+            )
 
         with contextlib.suppress(TimeoutError):
             await run.wait_for(settled, 90, "cards and sends settle")
@@ -431,7 +453,11 @@ async def chaos(
             (source, int((t - began) / interval_s)) for t, _, source in watch.events
         )
         figures = await run.figures()
-        statuses = [await run.daemons[n].terminate() for n in run.up()]
+        statuses = []
+        for n in run.up():
+            # One restarted late must be up (its signal handlers set) before it is stopped.
+            await run.daemons[n].wait_up()
+            statuses.append(await run.daemons[n].terminate())
         figures.update(
             {
                 "minutes": minutes,
