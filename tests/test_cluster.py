@@ -10,15 +10,24 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 import sqlalchemy as sa
 from sqlmodel import SQLModel
 
 from socialcrm.cluster import assign, describe, owner
+from socialcrm.config import Config
+from socialcrm.connector import Author, Batch, InboundMessage
 from socialcrm.db import Store
+from socialcrm.models import Customer, Identity, Message, Reply, utcnow
+from socialcrm.pipeline import Pipeline
+from socialcrm.rules import RuleSet
+from socialcrm.sentiment import SentimentScorer
 from tests.cluster_run import ClusterRun, chaos
 from tests.conftest import PG_ADMIN_URL, need
 from tests.daemon_process import DaemonProcess, write_config
@@ -76,14 +85,39 @@ async def test_a_joining_daemon_takes_its_share_without_a_failure(pg: str, tmp_p
         await run.daemons["d1"].start()
         await run.wait_for(lambda: run.spread(["d1"]), 90, "d1 holds every source")
         await run.daemons["d2"].start()
-        held = await run.wait_for(lambda: run.spread(["d1", "d2"]), 90, "d2 takes its share")
         share = assign(run.source_names, ["d1", "d2"])
-        assert set(held["d2"]) == {s for s in run.source_names if share[s] == "d2"}
+        mine = sorted(s for s in run.source_names if share[s] == "d2")
+
+        async def settled() -> dict[str, list[str]] | None:
+            # d1 gives a source back once the poll in hand has finished.
+            held = await run.spread(["d1", "d2"])
+            return held if held is not None and sorted(held["d2"]) == mine else None
+
+        held = await run.wait_for(settled, 90, "d2 takes its share")
         await _only_holders_polled(run, held)
         view = {v.name: v for v in await describe(run.store)}
         assert view["d1"].up and view["d2"].up
         assert "alerts" in view["d1"].jobs + view["d2"].jobs
         assert not set(view["d1"].jobs) & set(view["d2"].jobs), "one leader per job"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{run.daemons['d1'].port}/healthz") as resp,
+        ):
+            health = await resp.json()
+        assert health["daemon"] == "d1"
+        shown = {d["name"]: d for d in health["cluster"]["daemons"]}
+        assert sorted(shown) == ["d1", "d2"] and shown["d2"]["sources"] == sorted(held["d2"])
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "socialcrm",
+            "-c",
+            str(run.daemons["d1"].config),
+            "cluster",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out = (await cli.communicate())[0].decode()
+        assert cli.returncode == 0 and "d1  up" in out and "d2  up" in out, out
 
 
 @pytest.mark.timeout(300)
@@ -165,3 +199,58 @@ async def test_short_chaos_run_loses_repeats_and_doubles_nothing(pg: str, tmp_pa
     shown = "\n".join(f"{k}: {v}" for k, v in figures.items())
     assert figures["kills"] >= 2 and figures["failovers"] > 0, shown
     assert figures["violations"] == [], shown
+
+
+async def test_two_daemons_ingesting_the_same_people_at_once_store_each_thing_once(
+    pg: str, config: Config, scorer: SentimentScorer
+) -> None:
+    """Per-key ingest locks: overlapping batches written at once by two daemons' pipelines
+    (each with its own store and connections) store each message, person and waiting draft
+    once."""
+    stores = [Store(pg), Store(pg)]
+    rules = RuleSet.load(config.rule_paths())
+    pipes = [Pipeline(config, s, rules=rules, scorer=scorer) for s in stores]
+    now = utcnow()
+
+    def batch(first: int, last: int) -> Batch:
+        return Batch(
+            messages=[
+                InboundMessage(
+                    channel="x",
+                    external_id=f"m{i}",
+                    author=Author(user_id=f"u{i % 25}", handle=f"person{i % 25}"),
+                    text=f"@acme order {i} is late and nobody answers, refund please",
+                    conversation_id=f"c{i % 25}",
+                    created_at=now,
+                )
+                for i in range(first, last)
+            ]
+        )
+
+    try:
+        for r in range(4):
+            lo = r * 100
+            await asyncio.gather(
+                pipes[0].ingest(batch(lo, lo + 80), "x-1", save_cursor=False),
+                pipes[1].ingest(batch(lo + 20, lo + 100), "x-2", save_cursor=False),
+            )
+        async with stores[0].reader() as s:
+
+            async def count(q: Any) -> int:
+                return int((await s.execute(q)).scalar_one())
+
+            assert await count(sa.select(sa.func.count()).select_from(Message)) == 400
+            assert await count(sa.select(sa.func.count()).select_from(Identity)) == 25
+            assert await count(sa.select(sa.func.count()).select_from(Customer)) == 25
+            waiting = (
+                await s.execute(
+                    sa.select(Reply.ticket_id, sa.func.count())
+                    .where(Reply.status == "draft", Reply.ticket_id.is_not(None))
+                    .group_by(Reply.ticket_id)
+                    .having(sa.func.count() > 1)
+                )
+            ).all()
+            assert waiting == [], "one waiting draft per ticket"
+    finally:
+        for st in stores:
+            await st.dispose()
