@@ -24,7 +24,7 @@ from socialcrm.cluster import assign, describe, owner
 from socialcrm.config import Config
 from socialcrm.connector import Author, Batch, InboundMessage
 from socialcrm.db import Store
-from socialcrm.models import Customer, Identity, Message, Reply, utcnow
+from socialcrm.models import Customer, Identity, Message, Quarantine, Reply, utcnow
 from socialcrm.pipeline import Pipeline
 from socialcrm.rules import RuleSet
 from socialcrm.sentiment import SentimentScorer
@@ -201,24 +201,26 @@ async def test_short_chaos_run_loses_repeats_and_doubles_nothing(pg: str, tmp_pa
     assert figures["violations"] == [], shown
 
 
-async def test_two_daemons_ingesting_the_same_people_at_once_store_each_thing_once(
+async def test_daemons_ingesting_the_same_people_at_once_store_each_thing_once(
     pg: str, config: Config, scorer: SentimentScorer
 ) -> None:
-    """Per-key ingest locks: overlapping batches written at once by two daemons' pipelines
+    """Per-key ingest locks: overlapping batches written at once by four daemons' pipelines
     (each with its own store and connections) store each message, person and waiting draft
     once."""
-    stores = [Store(pg), Store(pg)]
+    stores = [Store(pg) for _ in range(4)]
     rules = RuleSet.load(config.rule_paths())
     pipes = [Pipeline(config, s, rules=rules, scorer=scorer) for s in stores]
     now = utcnow()
 
-    def batch(first: int, last: int) -> Batch:
+    def batch(first: int, last: int, by: int) -> Batch:
+        # The same message now and then (a repeat across sources); the same 25 people, known
+        # by handle only (no user id to hold them unique in the database).
         return Batch(
             messages=[
                 InboundMessage(
                     channel="x",
-                    external_id=f"m{i}",
-                    author=Author(user_id=f"u{i % 25}", handle=f"person{i % 25}"),
+                    external_id=f"m{i}" if i % 3 == 0 else f"m{i}-{by}",
+                    author=Author(handle=f"person{i % 25}"),
                     text=f"@acme order {i} is late and nobody answers, refund please",
                     conversation_id=f"c{i % 25}",
                     created_at=now,
@@ -228,18 +230,22 @@ async def test_two_daemons_ingesting_the_same_people_at_once_store_each_thing_on
         )
 
     try:
-        for r in range(4):
-            lo = r * 100
+        for r in range(12):
+            lo = r * 20
             await asyncio.gather(
-                pipes[0].ingest(batch(lo, lo + 80), "x-1", save_cursor=False),
-                pipes[1].ingest(batch(lo + 20, lo + 100), "x-2", save_cursor=False),
+                *(
+                    p.ingest(batch(lo, lo + 20, n), f"x-{n}", save_cursor=False)
+                    for n, p in enumerate(pipes)
+                )
             )
         async with stores[0].reader() as s:
 
             async def count(q: Any) -> int:
                 return int((await s.execute(q)).scalar_one())
 
-            assert await count(sa.select(sa.func.count()).select_from(Message)) == 400
+            assert await count(sa.select(sa.func.count()).select_from(Quarantine)) == 0
+            # 240 indices: a third shared by the four, the rest once each.
+            assert await count(sa.select(sa.func.count()).select_from(Message)) == 80 + 160 * 4
             assert await count(sa.select(sa.func.count()).select_from(Identity)) == 25
             assert await count(sa.select(sa.func.count()).select_from(Customer)) == 25
             waiting = (
