@@ -274,9 +274,14 @@ async def db_rebuild_rollups(ctx: click.Context) -> None:
 @main.command("run")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address for HTTP.")
 @click.option("--port", default=8080, show_default=True, type=int)
+@click.option(
+    "--name",
+    default=None,
+    help="This daemon's name among the daemons on one database (default: hostname-pid).",
+)
 @click.pass_context
 @async_command
-async def run_daemon(ctx: click.Context, host: str, port: int) -> None:
+async def run_daemon(ctx: click.Context, host: str, port: int, name: str | None) -> None:
     """Run the monitoring daemon: poll every source, serve /healthz, /metrics and webhooks."""
     from socialcrm import daemon
     from socialcrm.sources import SourceSetupError
@@ -286,7 +291,7 @@ async def run_daemon(ctx: click.Context, host: str, port: int) -> None:
     _check_sources(ctx, config)
     _check_rules_and_templates(config)
     try:
-        await daemon.run(config, host, port)
+        await daemon.run(config, host, port, name)
     except SourceSetupError as err:
         raise CliError(f"bad source settings:\n{err}") from err
     except OSError as err:
@@ -296,6 +301,32 @@ async def run_daemon(ctx: click.Context, host: str, port: int) -> None:
 def _check_port(port: int) -> None:
     if not 0 <= port <= 65535:
         raise CliError(f"--port: {port} is not a TCP port (0 to 65535)")
+
+
+@main.command("cluster")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+@click.pass_context
+@async_command
+async def cluster_cmd(ctx: click.Context, as_json: bool) -> None:
+    """The daemons on this database: which are up, since when, and what each holds."""
+    from socialcrm.cluster import describe
+
+    async with _store(_load(ctx)) as store:
+        views = await describe(store)
+    if as_json:
+        click.echo(json.dumps([v.as_dict() for v in views], indent=2))
+        return
+    if not views:
+        click.echo("no daemon has run on this database")
+    for v in views:
+        state = "up" if v.up else "down"
+        click.echo(
+            f"{v.name}  {state}  {v.host} pid {v.pid}  since {v.started_at:%Y-%m-%d %H:%M:%S} UTC"
+            f"  heartbeat {v.heartbeat_at:%H:%M:%S}"
+        )
+        if v.up:
+            click.echo(f"  sources: {', '.join(v.sources) or '-'}")
+            click.echo(f"  jobs:    {', '.join(v.jobs) or '-'}")
 
 
 # -- ingestion --------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from socialcrm.chatops.cards import CardNotifier
 from socialcrm.chatops.commands import Commands
 from socialcrm.chatops.mattermost import add_mattermost_routes
 from socialcrm.chatops.slack import add_slack_routes
+from socialcrm.cluster import TICK_S, Cluster, DaemonLabel, SqliteClaim, default_name
 from socialcrm.config import Config
 from socialcrm.connector import Batch
 from socialcrm.db import Store
@@ -166,8 +167,16 @@ class Daemon:
         rules: RuleSet | None = None,
         scoring: ScoringPool | None = None,
         clock: Callable[[], float] = time.monotonic,
+        name: str | None = None,
+        cluster_tick_s: float | None = None,
     ) -> None:
         self.config = config
+        #: This daemon's name among the daemons on one database (``run --name``).
+        self.name = name or default_name()
+        #: Leases on PostgreSQL (None on SQLite, which one daemon claims for itself).
+        self.cluster: Cluster | None = None
+        self._cluster_tick_s = cluster_tick_s
+        self._sqlite_claim: SqliteClaim | None = None
         self.store = store
         self.rules = rules or RuleSet.load(config.rule_paths())
         self.scoring = scoring
@@ -192,6 +201,9 @@ class Daemon:
 
     async def start(self, host: str = "127.0.0.1", port: int = 8080) -> None:
         """Build every source, schedule its polls, and serve HTTP."""
+        if self.store.is_sqlite and ":memory:" not in self.store.url:
+            self._sqlite_claim = SqliteClaim(self.store.url)
+            self._sqlite_claim.acquire()
         for i, cfg in enumerate(self.config.sources):
             if cfg.enabled:
                 self.poller.add(make_source(cfg, i, SourceTokens(self.store, cfg.name)))
@@ -211,6 +223,8 @@ class Daemon:
             base_dir=self.config.base_dir,
         )
         self._schedule_housekeeping()
+        if not self.store.is_sqlite:
+            await self._join_cluster()
         count = max(1, len(self.poller.sources))
         for n, src in enumerate(self.poller.sources.values()):
             interval = src.config.interval.total_seconds()
@@ -219,7 +233,7 @@ class Daemon:
             # Stagger first polls over one interval so sources do not start in step.
             first = utcnow() + timedelta(seconds=min(interval, 5.0) * n / count)
             self.scheduler.add_job(
-                self.poller.poll,
+                self._poll,
                 IntervalTrigger(
                     seconds=interval,
                     jitter=src.config.jitter.total_seconds() or None,
@@ -233,6 +247,8 @@ class Daemon:
                 next_run_time=first,
             )
         self.scheduler.start()
+        if self.cluster is not None:
+            self.cluster.start()
         self.runner = web.AppRunner(self.app(), access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port)
@@ -280,10 +296,17 @@ class Daemon:
                 coalesce=True,
                 misfire_grace_time=3600,
             )
-        # A digest that was due while no daemon ran goes out now (once per period).
+        # A digest that was due while no daemon ran goes out now (once per period); with
+        # several daemons, from the one that takes the digest's lease.
+        if self.store.is_sqlite:
+            for digest in cfg.reports.digests:
+                self._make_up_digest(digest.name)
+
+    def _make_up_digest(self, digest_name: str) -> None:
+        cfg = self.config
         now = utcnow()
         for digest in cfg.reports.digests:
-            due = digest.missed(cfg.brand.timezone, now)
+            due = digest.missed(cfg.brand.timezone, now) if digest.name == digest_name else None
             if due is not None:
                 name = f"digest:{digest.name}:missed"
                 self.scheduler.add_job(
@@ -292,10 +315,78 @@ class Daemon:
                     args=[name, functools.partial(self._send_digest, digest, due)],
                     id=name,
                     misfire_grace_time=None,
+                    replace_existing=True,
                 )
+
+    # -- several daemons -------------------------------------------------------------------
+
+    async def _join_cluster(self) -> None:
+        """Join the daemons on this database: take this daemon's share of the sources and of
+        the cluster-wide jobs (see ``socialcrm.cluster``)."""
+        jobs = ["alerts"]
+        if self.config.sla.enabled:
+            jobs.append("sla")
+        if self.config.spikes.enabled:
+            jobs.append("spikes")
+        jobs += [f"digest:{d.name}" for d in self.config.reports.digests]
+        if self.cards is not None:
+            jobs.append("cards")
+        polled = [
+            n for n, s in self.poller.sources.items() if s.config.interval.total_seconds() > 0
+        ]
+        # Ticks four times per shortest poll interval: a dead daemon's sources are taken
+        # well within two of their intervals.
+        shortest = min(
+            (self.poller.sources[n].config.interval.total_seconds() for n in polled), default=2.0
+        )
+        tick = self._cluster_tick_s or min(TICK_S, max(0.2, shortest / 4))
+        self.cluster = Cluster(
+            self.store,
+            self.name,
+            sources=polled,
+            jobs=jobs,
+            busy=self._lease_busy,
+            tick_s=tick,
+        )
+        if self.cards is not None:
+            cluster = self.cluster
+            self.cards.may_run = lambda: cluster.leads("cards")
+        self.cluster.on_source = self._source_lease
+        self.cluster.on_job = self._job_lease
+        await self.cluster.join()
+
+    def _lease_busy(self, item: str) -> bool:
+        """A source's poll or the card round is running: its lease waits for it to end."""
+        if item == "cards":
+            return self.cards is not None and self.cards.busy
+        src = self.poller.sources.get(item)
+        return src is not None and src.busy
+
+    def _source_lease(self, name: str, held: bool) -> None:
+        """A source's lease came: poll it now, from its stored cursor."""
+        if held and self.scheduler.running and self.scheduler.get_job(f"poll:{name}"):
+            self.scheduler.modify_job(f"poll:{name}", next_run_time=utcnow())
+
+    def _job_lease(self, job: str, held: bool) -> None:
+        """A cluster-wide job's lease came or went."""
+        if job == "cards" and self.cards is not None and held:
+            self.cards.wake()
+        elif held and job.startswith("digest:"):
+            self._make_up_digest(job.removeprefix("digest:"))
+
+    async def _poll(self, name: str) -> None:
+        """Poll a source if this daemon holds its lease (always, alone on SQLite)."""
+        if self.cluster is not None and not self.cluster.holds(name):
+            return
+        # No await between the check and the poll marking itself busy: a lease is never given
+        # back while a poll runs.
+        await self.poller.poll(name)
 
     async def _guarded(self, name: str, fn: Callable[[], Any]) -> None:
         """Run one housekeeping job; a failure is logged and counted, and the next run tries."""
+        lease = name.removesuffix(":missed")
+        if self.cluster is not None and lease != "memory" and not self.cluster.leads(lease):
+            return
         try:
             await fn()
         except Exception:
@@ -363,6 +454,10 @@ class Daemon:
         await self.sender.stop()
         if self.cards is not None:
             await self.cards.stop()
+        if self.cluster is not None:
+            await self.cluster.leave()
+        if self._sqlite_claim is not None:
+            self._sqlite_claim.release()
         if self.runner is not None:
             await self.runner.cleanup()
         for src in self.poller.sources.values():
@@ -439,12 +534,16 @@ class Daemon:
             chat["alert_sinks"] = self.alerts.health()
         if chat.get("alert_sinks") or chat.get("cards", {}).get("state", "ok") != "ok":
             worst = "degraded"
-        return {
+        out: dict[str, Any] = {
             "status": worst,
+            "daemon": self.name,
             "started_at": self.started_at.isoformat(),
             "sources": sources,
             "chat": chat,
         }
+        if self.cluster is not None:
+            out["cluster"] = self.cluster.health()
+        return out
 
     async def healthz(self, request: web.Request) -> web.Response:
         """200 while the daemon runs; the body says which sources are failing or paused."""
@@ -459,7 +558,9 @@ class Daemon:
             seen = self.alerts.failed_attempts
             self.metrics.alert_failures.inc(seen - self._alert_failures_seen)
             self._alert_failures_seen = seen
-        body = generate_latest(self.metrics.registry)
+        labelled = CollectorRegistry(auto_describe=False)
+        labelled.register(DaemonLabel(self.metrics.registry, self.name))
+        body = generate_latest(labelled)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def inbound_webhook(self, request: web.Request) -> web.Response:
@@ -514,7 +615,7 @@ def _problem(status: int, detail: str) -> web.Response:
     )
 
 
-async def run(config: Config, host: str, port: int) -> None:
+async def run(config: Config, host: str, port: int, name: str | None = None) -> None:
     """``socialcrm run``: start everything and serve until SIGTERM or SIGINT, then stop cleanly."""
     from socialcrm.db import open_store
     from socialcrm.runtime import tune_allocator, tune_gc
@@ -531,7 +632,7 @@ async def run(config: Config, host: str, port: int) -> None:
         scoring = ScoringPool(
             config.brand.lexicon, rules, brand=brand_terms(config.brand.name, config.brand.handles)
         )
-        daemon = Daemon(config, store, rules=rules, scoring=scoring)
+        daemon = Daemon(config, store, rules=rules, scoring=scoring, name=name)
         try:
             await daemon.start(host, port)
             tune_gc()

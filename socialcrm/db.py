@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import operator
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,8 +23,14 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: Key of the PostgreSQL advisory lock that serialises schema upgrades between daemons.
 _UPGRADE_LOCK_KEY = 0x50C1A1C8
-#: Key of the advisory lock that serialises batch ingestion between daemons on one database.
+#: Key of the advisory lock between batch ingestion (shared: batches run side by side) and
+#: the commands that must see no batch land (exclusive, e.g. ``db rebuild-rollups``).
 INGEST_LOCK_KEY = 0x50C1A1C9
+
+
+def key_id(key: str) -> int:
+    """A stable signed 64-bit advisory lock id for a key."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), signed=True)
 
 
 def _json_dumps(value: Any) -> str:
@@ -167,10 +174,29 @@ class Store:
             yield s
 
     async def lock_ingest(self, session: AsyncSession) -> None:
-        """Serialise batch ingestion with other daemons on the same PostgreSQL database."""
+        """Keep every batch out until this transaction ends (on PostgreSQL)."""
         if not self.is_sqlite:
             await session.execute(
                 sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": INGEST_LOCK_KEY}
+            )
+
+    async def lock_keys(self, session: AsyncSession, keys: Iterable[str]) -> None:
+        """Take a transaction-level advisory lock on each key (PostgreSQL), in one order for
+        every writer so that two cannot deadlock on them, beside a shared hold on the ingest
+        lock. Writers whose keys differ run side by side; SQLite has one writer anyway."""
+        if self.is_sqlite:
+            return
+        ids = sorted({key_id(k) for k in keys})
+        await session.execute(
+            sa.text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": INGEST_LOCK_KEY}
+        )
+        if ids:
+            # unnest yields the array in its order, so the locks are taken in sorted order.
+            await session.execute(
+                sa.text(
+                    "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:ids AS bigint[])) k"
+                ),
+                {"ids": ids},
             )
 
     async def current_revision(self) -> str | None:

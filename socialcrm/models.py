@@ -456,6 +456,24 @@ class TopicRollup(SQLModel, table=True):
     n: int
 
 
+class Daemon(SQLModel, table=True):
+    """A daemon on this database: who it is, since when, and the sources and jobs it holds.
+
+    Written by the daemon on start and every heartbeat; whether it is up is PostgreSQL's word
+    (its membership advisory lock, see ``socialcrm.cluster``), not this row's.
+    """
+
+    name: str = Field(primary_key=True, max_length=128)
+    host: str = Field(max_length=255)
+    pid: int
+    #: The PostgreSQL backend of the daemon's lease connection (pg_locks.pid).
+    backend_pid: int | None = None
+    started_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    heartbeat_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    sources: list[str] = _json(list)
+    jobs: list[str] = _json(list)
+
+
 TABLES = (
     Customer,
     Identity,
@@ -468,4 +486,5 @@ TABLES = (
     Quarantine,
     TriageLabel,
     TriageModelVersion,
+    Daemon,
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +25,13 @@ from socialcrm.alerts import raise_alert
 from socialcrm.config import Config
 from socialcrm.connector import Batch, Cursor, InboundMessage, Quarantined, clean_text
 from socialcrm.db import Store, executemany, keys_in
-from socialcrm.identity import CustomerView, IdentityView, Resolver, insert_returning_ids
+from socialcrm.identity import (
+    CustomerView,
+    IdentityView,
+    Resolver,
+    handle_key,
+    insert_returning_ids,
+)
 from socialcrm.models import Alert, Message, Quarantine, Reply, SourceState, utcnow
 from socialcrm.priority import PriorityModel
 from socialcrm.responder import ReplyChecker, Responder, blocking_reason, stored_issues
@@ -259,7 +265,7 @@ class Pipeline:
         result = IngestResult(received=prep.received, duplicates=prep.duplicates)
         try:
             async with self.store.session() as session:
-                await self.store.lock_ingest(session)
+                await self.store.lock_keys(session, _ingest_keys(s.msg for s in prep.scored))
                 await self._store(session, prep.scored, prep.bad, source, prep.cursor, result)
             return result
         except Exception as err:  # whatever refused the batch, isolate the message it was
@@ -276,7 +282,7 @@ class Pipeline:
             one = IngestResult()
             try:
                 async with self.store.session() as session:
-                    await self.store.lock_ingest(session)
+                    await self.store.lock_keys(session, _ingest_keys([item.msg]))
                     await self._store(session, [item], bad, source, cursor, one)
             except Exception as row_err:  # this message alone: quarantined, the rest goes on
                 if isinstance(row_err, sa.exc.OperationalError):
@@ -302,7 +308,7 @@ class Pipeline:
         result: IngestResult,
     ) -> None:
         now = self.clock()
-        # Under the lock, so no other writer can store the same message in between.
+        # Under the keys' locks, so no other writer can store the same message in between.
         scored, repeats = await _distinct(session, scored)
         result.duplicates += len(repeats)
         await _revise(session, [s.msg for s in repeats])
@@ -314,6 +320,8 @@ class Pipeline:
         await resolver.load(msgs)
         idents = [resolver.resolve(m) for m in msgs]
         known_ids = {i.customer.id for i in idents if i.customer.id is not None}
+        # Their tickets and drafts: a batch on another daemon for the same customers waits.
+        await self.store.lock_keys(session, (f"customer:{c}" for c in known_ids))
         threader = Threader(session, self.config.tickets, self.sla)
         await threader.load(msgs, known_ids)
 
@@ -659,6 +667,26 @@ async def _chunked(
                 batch.quarantined if i == 0 else [],
                 batch.cursor if (last and save_cursor) else None,
             )
+
+
+def _ingest_keys(messages: Iterable[InboundMessage]) -> Iterator[str]:
+    """What a batch's transaction must have to itself, as advisory lock keys: each message
+    (stored once), its author's identity keys (one new customer per person), and its thread
+    (one ticket per conversation). Batches that share none of these are written side by side."""
+    for m in messages:
+        ch = m.channel
+        yield f"message:{ch}:{m.external_id}"
+        yield f"thread:{ch}:{m.external_id}"
+        for ref in (m.in_reply_to, m.conversation_id, *m.references):
+            if ref:
+                yield f"thread:{ch}:{ref}"
+        a = m.author
+        if a.user_id:
+            yield f"user:{ch}:{a.user_id}"
+        if a.email:
+            yield f"email:{a.email}"
+        if (k := handle_key(a.handle)) is not None:
+            yield f"handle:{ch}:{k}"
 
 
 def _unique(messages: Sequence[InboundMessage]) -> list[InboundMessage]:

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import os
 import random
+import re
 import signal
 import statistics
 import sys
@@ -26,6 +27,8 @@ from socialcrm.models import Message
 from socialcrm.sandbox.faults import Faults
 from socialcrm.sandbox.server import PLATFORMS, Sandbox, serve
 
+_DAEMON_ONLY = re.compile(r'\{daemon="[^"]*"\}$')
+
 
 def write_config(path: Path, database: str, sources: list[dict[str, Any]], **extra: Any) -> Path:
     """A config file for a daemon under test."""
@@ -39,9 +42,10 @@ def write_config(path: Path, database: str, sources: list[dict[str, Any]], **ext
 class DaemonProcess:
     """``socialcrm run -c CONFIG`` in a child process."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, name: str | None = None) -> None:
         self.config = config
         self.log = log
+        self.name = name
         self.proc: asyncio.subprocess.Process | None = None
         self.port = free_port()
 
@@ -58,6 +62,7 @@ class DaemonProcess:
                 "run",
                 "--port",
                 str(self.port),
+                *(("--name", self.name) if self.name else ()),
                 stdout=out,
                 stderr=out,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -104,7 +109,11 @@ class DaemonProcess:
             text = await resp.text()
         out = {}
         for line in text.splitlines():
-            name, _, value = line.partition(" ")
+            name, _, value = line.rpartition(" ")
+            # The daemon's own name label alone still counts as unlabelled.
+            if self.name:
+                name = name.replace(f'{{daemon="{self.name}"}}', "")
+            name = _DAEMON_ONLY.sub("", name)
             if line and not line.startswith("#") and "{" not in name:
                 out[name] = float(value)
         return out

@@ -357,8 +357,9 @@ async def test_healthz_and_metrics(
     health = await (await client.get("/healthz")).json()
     assert health["status"] == "degraded" and health["sources"]["reviews"]["state"] == "failing"
     text = await (await client.get("/metrics")).text()
-    assert 'socialcrm_messages_stored_total{source="reviews"} 3.0' in text
-    assert 'socialcrm_poll_errors_total{kind="retryable",source="reviews"} 1.0' in text
+    d = f'daemon="{daemon.name}"'
+    assert f'socialcrm_messages_stored_total{{{d},source="reviews"}} 3.0' in text
+    assert f'socialcrm_poll_errors_total{{{d},kind="retryable",source="reviews"}} 1.0' in text
     assert "socialcrm_source_up" in text
 
 

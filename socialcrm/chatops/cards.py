@@ -348,6 +348,9 @@ class CardNotifier:
         self._next_sweep = 0.0
         self._paused_until = 0.0
         self._problem: str | None = None
+        #: Asked before each round: with several daemons, only the one holding the cards
+        #: lease posts and updates cards (see ``socialcrm.cluster``).
+        self.may_run: Callable[[], bool] = lambda: True
 
     @classmethod
     def from_config(cls, store: Store, config: Config, session: aiohttp.ClientSession) -> Self:
@@ -362,6 +365,11 @@ class CardNotifier:
         return cls(store, client, config.slack.channel)
 
     # -- the loop --------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """A round is running (a lease is not given back in the middle of one)."""
+        return self._lock.locked()
 
     def wake(self) -> None:
         """Something changed: sync now rather than at the next tick."""
@@ -399,7 +407,7 @@ class CardNotifier:
         """Post missing cards and update changed ones; returns how many Slack accepted."""
         async with self._lock:
             now = self.clock()
-            if now < self._paused_until:
+            if now < self._paused_until or not self.may_run():
                 return 0
             if now >= self._next_sweep:
                 self._floor = 0

@@ -1,0 +1,262 @@
+"""Several daemons on one PostgreSQL database, as real processes against the sandbox: sources
+spread over the daemons up and taken over when one is SIGKILLed, one approval card per draft
+and one reply per approval whichever daemon does what, and SQLite refusing a second daemon.
+
+``bench/cluster.py`` runs the long version (three daemons, random kills for ten minutes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import sqlalchemy as sa
+from sqlmodel import SQLModel
+
+from socialcrm.cluster import assign, describe, owner
+from socialcrm.config import Config
+from socialcrm.connector import Author, Batch, InboundMessage
+from socialcrm.db import Store
+from socialcrm.models import Customer, Identity, Message, Quarantine, Reply, utcnow
+from socialcrm.pipeline import Pipeline
+from socialcrm.rules import RuleSet
+from socialcrm.sentiment import SentimentScorer
+from tests.cluster_run import ClusterRun, chaos
+from tests.conftest import PG_ADMIN_URL, need
+from tests.daemon_process import DaemonProcess, write_config
+
+
+@pytest.fixture
+async def pg(pg_database: str | Exception) -> AsyncIterator[str]:
+    """The session's PostgreSQL database, emptied."""
+    if isinstance(pg_database, Exception):
+        need("PostgreSQL", f"{PG_ADMIN_URL}: {pg_database}")
+    assert isinstance(pg_database, str)
+    store = Store(pg_database)
+    tables = ", ".join(f'"{t.name}"' for t in SQLModel.metadata.sorted_tables)
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    finally:
+        await store.dispose()
+    yield pg_database
+
+
+def test_rendezvous_spreads_evenly_and_moves_little_when_a_daemon_joins() -> None:
+    items = [f"source-{i}" for i in range(200)]
+    before = assign(items, ["a", "b"])
+    after = assign(items, ["a", "b", "c"])
+    assert sorted(collections.Counter(after.values()).values()) == [66, 67, 67]
+    moved = [i for i in items if before[i] != after[i]]
+    assert sum(1 for i in moved if after[i] == "c") == 66, "the newcomer takes its share"
+    assert len(moved) < 100, "and little else moves"
+    few = [f"x-acme-{i}" for i in range(6)]
+    assert sorted(collections.Counter(assign(few, ["d1", "d2"]).values()).values()) == [3, 3]
+    assert assign(few, ["d2", "d1"]) == assign(few, ["d1", "d2"]), "every daemon agrees"
+    assert owner("x", []) is None and assign(few, []) == {}
+
+
+async def _only_holders_polled(run: ClusterRun, held: dict[str, list[str]]) -> None:
+    """Over a few poll intervals, each source was polled by its holder and nobody else."""
+    first = await run.polls()
+    await asyncio.sleep(run.interval_s * 4)
+    second = await run.polls()
+    holder = {s: d for d, srcs in held.items() for s in srcs}
+    for (daemon, source), n in second.items():
+        grew = n > first.get((daemon, source), 0.0)
+        if grew:
+            assert holder[source] == daemon, f"{daemon} polled {source}, held by {holder[source]}"
+    for source, daemon in holder.items():
+        assert second.get((daemon, source), 0.0) > first.get((daemon, source), 0.0), (
+            f"{daemon} holds {source} but did not poll it"
+        )
+
+
+@pytest.mark.timeout(300)
+async def test_a_joining_daemon_takes_its_share_without_a_failure(pg: str, tmp_path: Path) -> None:
+    async with ClusterRun(tmp_path, pg, daemons=2, sources_per_platform=2, chat=False) as run:
+        await run.daemons["d1"].start()
+        await run.wait_for(lambda: run.spread(["d1"]), 90, "d1 holds every source")
+        await run.daemons["d2"].start()
+        share = assign(run.source_names, ["d1", "d2"])
+        mine = sorted(s for s in run.source_names if share[s] == "d2")
+
+        async def settled() -> dict[str, list[str]] | None:
+            # d1 gives a source back once the poll in hand has finished.
+            held = await run.spread(["d1", "d2"])
+            return held if held is not None and sorted(held["d2"]) == mine else None
+
+        held = await run.wait_for(settled, 90, "d2 takes its share")
+        await _only_holders_polled(run, held)
+        view = {v.name: v for v in await describe(run.store)}
+        assert view["d1"].up and view["d2"].up
+        assert "alerts" in view["d1"].jobs + view["d2"].jobs
+        assert not set(view["d1"].jobs) & set(view["d2"].jobs), "one leader per job"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{run.daemons['d1'].port}/healthz") as resp,
+        ):
+            health = await resp.json()
+        assert health["daemon"] == "d1"
+        shown = {d["name"]: d for d in health["cluster"]["daemons"]}
+        assert sorted(shown) == ["d1", "d2"] and shown["d2"]["sources"] == sorted(held["d2"])
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "socialcrm",
+            "-c",
+            str(run.daemons["d1"].config),
+            "cluster",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out = (await cli.communicate())[0].decode()
+        assert cli.returncode == 0 and "d1  up" in out and "d2  up" in out, out
+
+
+@pytest.mark.timeout(300)
+async def test_a_killed_daemons_sources_are_taken_over_from_the_stored_cursor(
+    pg: str, tmp_path: Path
+) -> None:
+    async with ClusterRun(tmp_path, pg, daemons=2, sources_per_platform=2, chat=False) as run:
+        for d in run.daemons.values():
+            await d.start()
+        held = await run.wait_for(lambda: run.spread(["d1", "d2"]), 120, "both hold a share")
+        await run.daemons["d1"].kill()
+        after = await run.wait_for(lambda: run.spread(["d2"]), 60, "d2 takes d1's sources")
+        assert set(held["d1"]) <= set(after["d2"])
+        await _only_holders_polled(run, after)
+        await run.catch_up(120)
+        figures = await run.figures()
+        assert figures["served"] > 0
+        assert figures["lost"] == 0, figures
+        assert figures["stored_twice"] == 0, figures
+        assert await run.daemons["d2"].terminate() == 0
+        view = {v.name: v for v in await describe(run.store)}
+        assert not view["d1"].up and not view["d2"].up
+
+
+@pytest.mark.timeout(300)
+async def test_one_card_per_draft_and_one_reply_per_approval_with_two_daemons(
+    pg: str, tmp_path: Path
+) -> None:
+    rng = random.Random(3)
+    async with ClusterRun(tmp_path, pg, daemons=2, sources_per_platform=1, rate=20) as run:
+        for d in run.daemons.values():
+            await d.start()
+        await run.wait_for(lambda: run.spread(["d1", "d2"]), 120, "both hold a share")
+
+        async def enough_approved() -> bool:
+            await run.approve_some(rng, most=10)
+            return len(run.approved) >= 10
+
+        await run.wait_for(enough_approved, 120, "ten approvals")
+        await run.catch_up(120)
+
+        async def settled() -> bool:
+            f = await run.figures()
+            return f["drafts_with_card"] == f["drafts"] and not f["approvals_stuck"]
+
+        await run.wait_for(settled, 60, "every draft has a card and every approval is sent")
+        f = await run.figures()
+        assert f["drafts"] >= 10
+        assert f["drafts_with_two_cards"] == 0, f
+        assert f["approvals_sent_twice"] == 0, f
+        assert f["approvals_stuck"] == 0 and f["sent_but_not_posted"] == 0, f
+        assert f["approvals_sent_once"] == f["sent"] > 0, f
+
+
+@pytest.mark.timeout(120)
+async def test_a_second_daemon_on_one_sqlite_file_refuses_to_start(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.yaml", f"sqlite:///{tmp_path / 'one.db'}", [])
+    first = DaemonProcess(config, tmp_path / "first.log")
+    second = DaemonProcess(config, tmp_path / "second.log")
+    try:
+        await first.start()
+        await first.wait_up()
+        await second.start()
+        assert second.proc is not None
+        assert await asyncio.wait_for(second.proc.wait(), 60) != 0
+        text = (tmp_path / "second.log").read_text(encoding="utf-8")
+        assert "another socialcrm daemon" in text and "use PostgreSQL" in text
+        assert await first.terminate() == 0, "the first one runs on undisturbed"
+    finally:
+        await first.kill()
+        await second.kill()
+
+
+@pytest.mark.timeout(400)
+async def test_short_chaos_run_loses_repeats_and_doubles_nothing(pg: str, tmp_path: Path) -> None:
+    figures = await chaos(
+        tmp_path, pg, minutes=1.0, daemons=3, sources_per_platform=4, seed=5, kill_every_s=(10, 20)
+    )
+    shown = "\n".join(f"{k}: {v}" for k, v in figures.items())
+    assert figures["kills"] >= 2 and figures["failovers"] > 0, shown
+    assert figures["violations"] == [], shown
+
+
+async def test_daemons_ingesting_the_same_people_at_once_store_each_thing_once(
+    pg: str, config: Config, scorer: SentimentScorer
+) -> None:
+    """Per-key ingest locks: overlapping batches written at once by four daemons' pipelines
+    (each with its own store and connections) store each message, person and waiting draft
+    once."""
+    stores = [Store(pg) for _ in range(4)]
+    rules = RuleSet.load(config.rule_paths())
+    pipes = [Pipeline(config, s, rules=rules, scorer=scorer) for s in stores]
+    now = utcnow()
+
+    def batch(first: int, last: int, by: int) -> Batch:
+        # The same message now and then (a repeat across sources); the same 25 people, known
+        # by handle only (no user id to hold them unique in the database).
+        return Batch(
+            messages=[
+                InboundMessage(
+                    channel="x",
+                    external_id=f"m{i}" if i % 3 == 0 else f"m{i}-{by}",
+                    author=Author(handle=f"person{i % 25}"),
+                    text=f"@acme order {i} is late and nobody answers, refund please",
+                    conversation_id=f"c{i % 25}",
+                    created_at=now,
+                )
+                for i in range(first, last)
+            ]
+        )
+
+    try:
+        for r in range(12):
+            lo = r * 20
+            await asyncio.gather(
+                *(
+                    p.ingest(batch(lo, lo + 20, n), f"x-{n}", save_cursor=False)
+                    for n, p in enumerate(pipes)
+                )
+            )
+        async with stores[0].reader() as s:
+
+            async def count(q: Any) -> int:
+                return int((await s.execute(q)).scalar_one())
+
+            assert await count(sa.select(sa.func.count()).select_from(Quarantine)) == 0
+            # 240 indices: a third shared by the four, the rest once each.
+            assert await count(sa.select(sa.func.count()).select_from(Message)) == 80 + 160 * 4
+            assert await count(sa.select(sa.func.count()).select_from(Identity)) == 25
+            assert await count(sa.select(sa.func.count()).select_from(Customer)) == 25
+            waiting = (
+                await s.execute(
+                    sa.select(Reply.ticket_id, sa.func.count())
+                    .where(Reply.status == "draft", Reply.ticket_id.is_not(None))
+                    .group_by(Reply.ticket_id)
+                    .having(sa.func.count() > 1)
+                )
+            ).all()
+            assert waiting == [], "one waiting draft per ticket"
+    finally:
+        for st in stores:
+            await st.dispose()
