@@ -200,15 +200,6 @@ def vader_alone(texts: list[str]) -> list[Outcome]:
     return out
 
 
-def learned_rows(corpus: Path) -> list[Row]:
-    """LEARNED MODEL HOOK: cross-validated figures of the learned triage model.
-
-    Fill in with rows computed the same way as the zero-shot ones (``figures``), from
-    cross-validated predictions of the learned model on the same corpus. Empty until then.
-    """
-    return []
-
-
 def print_rows(rows: Sequence[Row]) -> None:
     """The table of figures."""
     print(
@@ -231,6 +222,9 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, required=True, help="folder with complaints.csv etc.")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N rows of each")
     ap.add_argument("--show", type=int, default=0, help="print N misses of each kind")
+    ap.add_argument(
+        "--no-learned", action="store_true", help="skip the learned model's cross-validation"
+    )
     args = ap.parse_args()
 
     complaints = load_complaints(args.corpus, args.limit)
@@ -263,7 +257,6 @@ def main() -> None:
             vader_alone(texts),
         ),
         figures("pipeline, zero-shot", complaints, c_out, gold, t_out),
-        *learned_rows(args.corpus),
     ]
     print_rows(rows)
     # TweetEval tweets are ingested as sent to us: a stand-in for brand mentions, whose goal
@@ -302,6 +295,13 @@ def main() -> None:
             print(f"\n{kind}: {len(hits)}")
             for r, o in hits[: args.show]:
                 print(f"  [{o.intent} {o.sentiment}] {r['text'][:160]!r}")
+    if not args.no_learned:
+        # After learning: the triage model trained with the production code on 2,000 labels
+        # of each corpus, cross-validated (bench/triage_learned.py, beside this file).
+        from triage_learned import main as learned
+
+        print("\nafter learning from 2,000 labelled messages (5-fold cross-validated):")
+        learned(["--corpus", str(args.corpus)])
     sys.exit(0 if all(ok for _, ok in checks) else 1)
 
 

@@ -328,6 +328,8 @@ class Daemon:
             jobs.append("sla")
         if self.config.spikes.enabled:
             jobs.append("spikes")
+        if self.config.triage.enabled:
+            jobs.append("triage")  # one daemon trains; the others take the new version up
         jobs += [f"digest:{d.name}" for d in self.config.reports.digests]
         if self.cards is not None:
             jobs.append("cards")
