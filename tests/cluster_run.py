@@ -88,6 +88,8 @@ class ClusterRun:
         self.source_names = [s["name"] for s in sources]
         extra: dict[str, Any] = {
             "brand": {"name": self.sandbox.brand, "handles": [self.sandbox.brand_handle]},
+            # The sandbox's traffic spans days; none of it is history here, so it is drafted.
+            "backfill_before": None,
             "alerts": {
                 "interval": "1s",
                 "lease": "20s",

@@ -376,12 +376,12 @@ async def test_metrics_show_the_backlog(daemon: Daemon, client: TestClient[Any, 
     drafts = await count(daemon.store, Reply, Reply.status == "draft")
     alerts = await count(daemon.store, Alert, Alert.status == "pending")
     assert drafts >= 2 and alerts >= 1
-    assert f'socialcrm_backlog{{what="drafts_waiting"}} {drafts:.1f}' in text
-    assert f'socialcrm_backlog{{what="alerts_waiting"}} {alerts:.1f}' in text
-    assert 'socialcrm_backlog{what="replies_sent"} 0.0' in text
-    assert 'socialcrm_backlog{what="replies_failed"} 0.0' in text
-    assert 'socialcrm_backlog{what="alerts_failed"} 0.0' in text
-    assert "socialcrm_alert_delivery_failures_total 0.0" in text
+    assert f'socialcrm_backlog{{daemon="{daemon.name}",what="drafts_waiting"}} {drafts:.1f}' in text
+    assert f'socialcrm_backlog{{daemon="{daemon.name}",what="alerts_waiting"}} {alerts:.1f}' in text
+    assert f'socialcrm_backlog{{daemon="{daemon.name}",what="replies_sent"}} 0.0' in text
+    assert f'socialcrm_backlog{{daemon="{daemon.name}",what="replies_failed"}} 0.0' in text
+    assert f'socialcrm_backlog{{daemon="{daemon.name}",what="alerts_failed"}} 0.0' in text
+    assert f'socialcrm_alert_delivery_failures_total{{daemon="{daemon.name}"}} 0.0' in text
 
 
 def signed(body: bytes, ts: float | None = None, secret: str = SECRET) -> dict[str, str]:
@@ -869,7 +869,10 @@ async def test_a_batch_that_cannot_be_stored_fails_the_poll_visibly(
     health = await (await client.get("/healthz")).json()
     assert health["status"] == "degraded" and health["sources"]["reviews"]["state"] == "failing"
     text = await (await client.get("/metrics")).text()
-    assert 'socialcrm_poll_errors_total{kind="store",source="reviews"} 1.0' in text
+    assert (
+        f'socialcrm_poll_errors_total{{daemon="{daemon.name}",kind="store",source="reviews"}} 1.0'
+        in text
+    )
     st = await state(store, "reviews")
     assert st.health == "failing" and st.failing_since is not None
     # Once the store works again the next poll stores the batch.
