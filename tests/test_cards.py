@@ -197,7 +197,12 @@ async def test_a_card_per_draft_with_everything_an_approver_needs(
     assert list(buttons) == ["approve", "edit", "reject"]
     assert buttons["approve"]["style"] == "primary" and buttons["approve"]["value"] == "1"
     assert {b["value"] for b in buttons.values()} == {"1"}
-    assert jane.metadata == {"event_type": "socialcrm_reply", "event_payload": {"reply_id": 1}}
+    marker = (await reply(store, 1)).chat_claim
+    assert marker and len(marker) == 32, "claimed before it was posted"
+    assert jane.metadata == {
+        "event_type": "socialcrm_reply",
+        "event_payload": {"reply_id": 1, "marker": marker},
+    }
     r = await reply(store, 1)
     assert (r.chat_channel, r.chat_ts, r.chat_shown) == (CHANNEL, jane.ts, "draft")
     # Again and again: nothing new to post, nothing to update.
