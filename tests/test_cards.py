@@ -37,6 +37,7 @@ from socialcrm.db import Store
 from socialcrm.models import Alert, AuditEvent, Reply, utcnow
 from socialcrm.pipeline import Pipeline
 from socialcrm.sandbox.slack import SlackWorkspace, check_blocks, make_slack_app
+from tests.slack_spec import exchange_problems
 
 SIGNING_SECRET = "test-signing-secret-7f3a9c"
 BOT_TOKEN = "xoxb-test-bot-token"
@@ -514,6 +515,8 @@ async def test_a_poster_killed_after_slacks_answer_leaves_one_card_that_the_next
     assert posted.updates and "approve" not in posted.buttons()
     assert "Approved by *dana*" in posted.all_text()
     assert len(ws.messages) == 3
+    problems = exchange_problems(ws.calls, ws.answers)
+    assert problems == [], "\n".join(problems)
 
 
 async def test_a_claim_whose_card_never_reached_slack_is_posted_once(
