@@ -259,6 +259,11 @@ class Reply(SQLModel, table=True):
     chat_ts: str | None = Field(default=None, max_length=64)
     #: The reply state the card last showed; the card is updated when this differs.
     chat_shown: str | None = Field(default=None, max_length=32)
+    #: A card being posted: the marker sent in its message metadata, written before
+    #: ``chat.postMessage`` so that a poster dying before storing ``chat_ts`` leaves a card
+    #: the next poster finds in the channel instead of posting a second one.
+    chat_claim: str | None = Field(default=None, max_length=64)
+    chat_claimed_at: datetime | None = _ts()
     #: The channel's constraints on this reply (``[{"reason", "blocking"}]``), as its
     #: connector's ``check_reply`` saw them when it was drafted, edited or approved.
     issues: list[dict[str, Any]] | None = Field(default=None, sa_type=JSONType)

@@ -46,6 +46,10 @@ def _param_schema(kind: str, json_value: bool) -> dict[str, Any]:
         return {"type": ["string", "array", "object"]}
     if kind == "boolean":  # form values are strings; JSON bodies carry real booleans
         return {"anyOf": [{"type": "boolean"}, {"enum": ["true", "false", "1", "0"]}]}
+    if kind == "number":  # a ts such as "1712345678.000100" travels as a string
+        return {
+            "anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"}]
+        }
     if kind == "integer":
         return {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": "^[0-9]+$"}]}
     return {"type": kind}
@@ -83,6 +87,8 @@ def response_validator(method: str, ok: bool) -> Draft4Validator:
     schema = copy.deepcopy(responses[key]["schema"])
     fixes = overlay()["corrections"].get(f"/{method}", {}).get(key, {})
     for dotted, fixed in fixes.items():
+        if dotted.startswith("x-"):
+            continue
         node = schema
         *parents, last = dotted.split(".")
         for name in parents:
@@ -98,8 +104,18 @@ def response_validator(method: str, ok: bool) -> Draft4Validator:
         for name, prop in errors["properties"].items():
             if not name.startswith("x-"):
                 props.setdefault(name, prop)
-    schema["definitions"] = spec()["definitions"]
+    schema["definitions"] = definitions()
     return Draft4Validator(schema)
+
+
+@functools.cache
+def definitions() -> dict[str, Any]:
+    """The spec's definitions, with the properties the overlay adds to them."""
+    defs = copy.deepcopy(spec()["definitions"])
+    for name, props in overlay().get("definitions", {}).items():
+        if not name.startswith("x-"):
+            defs[name]["properties"].update(props)
+    return defs
 
 
 def request_problems(method: str, args: dict[str, Any]) -> list[str]:

@@ -6,10 +6,13 @@ slack_sdk's AsyncWebClient. The helpers here are shared by the Slack and Matterm
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +23,21 @@ from aiohttp.test_utils import TestServer
 from slack_sdk.web.async_client import AsyncWebClient
 
 from socialcrm import responder
-from socialcrm.chatops.cards import SWEEP_S, CardNotifier, escape_mrkdwn
+from socialcrm.chatops.cards import (
+    CLAIM_GRACE_S,
+    CLAIM_SKEW_S,
+    SWEEP_S,
+    CardNotifier,
+    escape_mrkdwn,
+)
 from socialcrm.config import Config
 from socialcrm.connector import Author, Batch, InboundMessage
 from socialcrm.daemon import Daemon
 from socialcrm.db import Store
-from socialcrm.models import Alert, AuditEvent, Reply
+from socialcrm.models import Alert, AuditEvent, Reply, utcnow
 from socialcrm.pipeline import Pipeline
 from socialcrm.sandbox.slack import SlackWorkspace, check_blocks, make_slack_app
+from tests.slack_spec import exchange_problems
 
 SIGNING_SECRET = "test-signing-secret-7f3a9c"
 BOT_TOKEN = "xoxb-test-bot-token"
@@ -197,7 +207,12 @@ async def test_a_card_per_draft_with_everything_an_approver_needs(
     assert list(buttons) == ["approve", "edit", "reject"]
     assert buttons["approve"]["style"] == "primary" and buttons["approve"]["value"] == "1"
     assert {b["value"] for b in buttons.values()} == {"1"}
-    assert jane.metadata == {"event_type": "socialcrm_reply", "event_payload": {"reply_id": 1}}
+    marker = (await reply(store, 1)).chat_claim
+    assert marker and len(marker) == 32, "claimed before it was posted"
+    assert jane.metadata == {
+        "event_type": "socialcrm_reply",
+        "event_payload": {"reply_id": 1, "marker": marker},
+    }
     r = await reply(store, 1)
     assert (r.chat_channel, r.chat_ts, r.chat_shown) == (CHANNEL, jane.ts, "draft")
     # Again and again: nothing new to post, nothing to update.
@@ -446,6 +461,81 @@ async def test_a_deleted_card_comes_back_for_a_draft_and_is_let_go_after_a_decis
     await world.cards.sync()
     r1 = await reply(store, 1)
     assert r1.chat_ts not in (None, old_ts) and ws.card(1).ts == r1.chat_ts
+
+
+# -- a poster that dies mid-post -------------------------------------------------------------
+
+
+def _next_leader(world: SlackWorld, store: Store, after_s: float) -> CardNotifier:
+    """Another process's notifier, ``after_s`` of wall-clock time later."""
+    later = utcnow() + timedelta(seconds=after_s)
+    return CardNotifier(store, world.client, CHANNEL, clock=world.clock, wall_clock=lambda: later)
+
+
+async def test_a_poster_killed_after_slacks_answer_leaves_one_card_that_the_next_adopts(
+    world: SlackWorld, store: Store
+) -> None:
+    ws = world.workspace
+    # Slack posts the first card, but its answer (the ts) is held back while the poster dies.
+    ws.hold_answers("chat.postMessage")
+    round_ = asyncio.create_task(world.cards.sync())
+    await ws.wait_for(lambda: ws.held)
+    round_.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await round_
+    ws.release()
+    (posted,) = ws.messages
+    rid = posted.metadata["event_payload"]["reply_id"] if posted.metadata else 0
+    claimed = await reply(store, rid)
+    assert claimed.chat_ts is None and claimed.chat_claim is not None
+    assert posted.metadata == {
+        "event_type": "socialcrm_reply",
+        "event_payload": {"reply_id": rid, "marker": claimed.chat_claim},
+    }
+    # At once, the claim may still be in flight: the next leader posts the others only.
+    assert await _next_leader(world, store, 0).sync() == 2
+    assert len(ws.cards(rid)) == 1 and (await reply(store, rid)).chat_ts is None
+    # Once it cannot be in flight any more, the card is found in the channel and adopted.
+    leader = _next_leader(world, store, CLAIM_GRACE_S + 1)
+    assert await leader.sync() >= 1
+    assert [m.ts for m in ws.cards(rid)] == [posted.ts], "one card, the one already posted"
+    assert (await reply(store, rid)).chat_ts == posted.ts
+    history = [a for m, a in ws.calls if m == "conversations.history"]
+    assert len(history) == 1 and history[0]["include_all_metadata"] in ("1", "true", True)
+    claimed_at = claimed.chat_claimed_at
+    assert claimed_at is not None
+    oldest = float(history[0]["oldest"])
+    assert claimed_at.timestamp() - CLAIM_SKEW_S - 1 < oldest <= claimed_at.timestamp()
+    for r in (1, 2, 3):
+        assert len(ws.cards(r)) == 1, f"reply {r} has one card"
+    # The adopted card is redrawn, and kept in step with the reply from then on.
+    async with store.session() as s:
+        await responder.approve(s, rid, "dana", "cli")
+    await leader.sync()
+    assert posted.updates and "approve" not in posted.buttons()
+    assert "Approved by *dana*" in posted.all_text()
+    assert len(ws.messages) == 3
+    problems = exchange_problems(ws.calls, ws.answers)
+    assert problems == [], "\n".join(problems)
+
+
+async def test_a_claim_whose_card_never_reached_slack_is_posted_once(
+    world: SlackWorld, store: Store
+) -> None:
+    ws = world.workspace
+    long_ago = utcnow() - timedelta(minutes=5)
+    # A poster died after claiming reply 1 and before Slack saw the card; reply 2 was
+    # decided meanwhile, so it needs no card at all.
+    await set_status(store, 1, "draft", chat_claim="a" * 32, chat_claimed_at=long_ago)
+    await set_status(store, 2, "rejected", chat_claim="b" * 32, chat_claimed_at=long_ago)
+    assert await world.cards.sync() == 2
+    assert [m for m, _ in ws.calls].count("conversations.history") == 1
+    assert len(ws.cards(1)) == 1 and ws.cards(2) == [] and len(ws.cards(3)) == 1
+    assert (ws.cards(1)[0].metadata or {})["event_payload"]["marker"] == "a" * 32
+    assert (await reply(store, 1)).chat_ts == ws.cards(1)[0].ts
+    assert (await reply(store, 2)).chat_claim is None
+    assert await world.cards.sync() == 0
+    assert [m for m, _ in ws.calls].count("conversations.history") == 1
 
 
 async def test_a_card_changed_behind_the_floor_is_caught_by_the_sweep(

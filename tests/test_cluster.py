@@ -27,6 +27,7 @@ from socialcrm.db import Store
 from socialcrm.models import Customer, Identity, Message, Quarantine, Reply, utcnow
 from socialcrm.pipeline import Pipeline
 from socialcrm.rules import RuleSet
+from socialcrm.sandbox.server import SLACK_APPROVER
 from socialcrm.sentiment import SentimentScorer
 from tests.cluster_run import ClusterRun, chaos
 from tests.conftest import PG_ADMIN_URL, need
@@ -170,6 +171,80 @@ async def test_one_card_per_draft_and_one_reply_per_approval_with_two_daemons(
         assert f["approvals_sent_twice"] == 0, f
         assert f["approvals_stuck"] == 0 and f["sent_but_not_posted"] == 0, f
         assert f["approvals_sent_once"] == f["sent"] > 0, f
+
+
+@pytest.mark.timeout(300)
+async def test_a_card_poster_killed_after_slacks_answer_leaves_one_card_the_next_adopts(
+    pg: str, tmp_path: Path
+) -> None:
+    """d1 holds the cards lease; Slack posts its first card but d1 is SIGKILLed before the
+    answer (the card's ts) reaches it. d2, the next leader, finds that card in the channel by
+    its metadata and adopts it: one card for the draft, kept in step with it afterwards."""
+    async with ClusterRun(tmp_path, pg, daemons=2, sources_per_platform=1, rate=2) as run:
+        ws = run.sandbox.slack
+        ws.hold_answers("chat.postMessage")
+        # A draft waiting for its card, as the pipeline stores one.
+        async with run.store.session() as s:
+            msg = Message(
+                channel="x",
+                source="x-acme-1",
+                external_id="card-crash-1",
+                text="@acme my order is two weeks late",
+                created_at=utcnow(),
+            )
+            s.add(msg)
+            await s.flush()
+            assert msg.id is not None
+            s.add(
+                Reply(
+                    message_id=msg.id,
+                    channel="x",
+                    source="x-acme-1",
+                    draft_text="Sorry about the wait; we are on it.",
+                )
+            )
+        await run.daemons["d1"].start()
+
+        async def held() -> bool:
+            return bool(ws.held)
+
+        await run.wait_for(held, 120, "d1 posts a card")
+        await run.daemons["d1"].kill()
+        ws.release()
+        (posted,) = ws.messages
+        rid = int((posted.metadata or {})["event_payload"]["reply_id"])
+        async with run.store.reader() as s:
+            claimed = await s.get(Reply, rid)
+        assert claimed is not None and claimed.chat_ts is None and claimed.chat_claim
+        await run.daemons["d2"].start()
+
+        async def adopted() -> bool:
+            async with run.store.reader() as s:
+                r = await s.get(Reply, rid, populate_existing=True)
+            return r is not None and r.chat_ts == posted.ts
+
+        await run.wait_for(adopted, 120, "d2 adopts the card d1 posted")
+        assert ws.cards(rid) == [posted], "one card for the draft"
+        assert any(m == "conversations.history" for m, _ in ws.calls)
+        body, headers = ws.click(posted, "approve", SLACK_APPROVER)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"http://127.0.0.1:{run.daemons['d2'].port}/slack/interactions",
+                data=body,
+                headers=headers,
+            ) as resp,
+        ):
+            assert resp.status == 200
+        run.approved.add(rid)
+
+        async def redrawn() -> bool:
+            return bool(posted.updates) and "approve" not in posted.buttons()
+
+        await run.wait_for(redrawn, 60, "the adopted card shows the approval")
+        f = await run.figures()
+        assert f["drafts_with_two_cards"] == 0, f
+        assert ws.cards(rid) == [posted]
 
 
 @pytest.mark.timeout(120)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
+from slack_sdk.errors import SlackApiError
 
 from socialcrm import responder
 from socialcrm.alerts import AlertRenderer, SinkError, SlackSink, SlackSinkConfig, view_of
@@ -28,7 +30,7 @@ from tests.slack_spec import (
     response_problems,
     spec,
 )
-from tests.test_cards import SlackWorld, world
+from tests.test_cards import CHANNEL, SlackWorld, world
 
 __all__ = ["world"]
 
@@ -43,7 +45,12 @@ def test_the_vendored_spec_is_swagger_and_says_where_it_came_from() -> None:
             assert op["parameters"] and {"200", "default"} <= set(op["responses"])
     source = document["info"]["x-vendored-from"]
     assert source.startswith("https://github.com/slackapi/slack-api-specs/blob/")
-    assert {"/chat.postMessage", "/chat.update", "/auth.test"} <= set(spec()["paths"])
+    assert {
+        "/chat.postMessage",
+        "/chat.update",
+        "/auth.test",
+        "/conversations.history",
+    } <= set(spec()["paths"])
 
 
 async def test_cards_and_their_refusals_fit_slacks_spec(world: SlackWorld, store: Store) -> None:
@@ -132,3 +139,58 @@ async def test_the_checker_catches_a_wrong_field_name(world: SlackWorld) -> None
     assert any("'channel' is a required property" in p for p in problems)
     # An error code Slack does not have.
     assert response_problems("chat.update", {"ok": False, "error": "no_such_thing"})
+
+
+async def test_channel_history_pages_and_metadata_fit_slacks_spec(
+    world: SlackWorld, store: Store
+) -> None:
+    """conversations.history as the stand-in serves it: newest first, ``oldest`` exclusive,
+    ``limit`` per page with a cursor, metadata only with include_all_metadata; refusals too."""
+    ws = world.workspace
+    assert await world.cards.sync() == 3
+    client = world.client
+    first = await client.conversations_history(channel=CHANNEL)
+    assert [m["ts"] for m in first["messages"]] == [m.ts for m in reversed(ws.messages)]
+    assert first["has_more"] is False and "response_metadata" not in first.data
+    assert all("metadata" not in m for m in first["messages"]), "only when asked for"
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = await client.conversations_history(
+            channel=CHANNEL, limit=2, include_all_metadata=True, cursor=cursor
+        )
+        assert len(page["messages"]) <= 2
+        seen += page["messages"]
+        cursor = (page.get("response_metadata") or {}).get("next_cursor")
+        if not page["has_more"]:
+            break
+        assert cursor
+    assert [m["ts"] for m in seen] == [m["ts"] for m in first["messages"]]
+    assert [m["metadata"] for m in seen] == [m.metadata for m in reversed(ws.messages)]
+    after_first = await client.conversations_history(channel=CHANNEL, oldest=ws.messages[0].ts)
+    assert [m["ts"] for m in after_first["messages"]] == [m.ts for m in ws.messages[:0:-1]]
+    inclusive = await client.conversations_history(
+        channel=CHANNEL, oldest=ws.messages[0].ts, inclusive=True
+    )
+    assert len(inclusive["messages"]) == 3
+    for bad, error in (
+        ({"channel": "C0NOWHERE1"}, "channel_not_found"),
+        ({"channel": CHANNEL, "oldest": "yesterday"}, "invalid_ts_oldest"),
+        ({"channel": CHANNEL, "cursor": "not-a-cursor"}, "invalid_cursor"),
+    ):
+        with pytest.raises(SlackApiError) as refused:
+            await client.conversations_history(**bad)
+        assert refused.value.response["error"] == error
+    ws.scopes.discard("channels:history")
+    with pytest.raises(SlackApiError) as refused:
+        await client.conversations_history(channel=CHANNEL)
+    assert refused.value.response["needed"] == "channels:history"
+    problems = exchange_problems(ws.calls, ws.answers)
+    # Only the deliberately bad ``oldest``, which the spec (like Slack) does not take.
+    assert problems == [
+        "conversations.history request: 'yesterday' is not valid under any of the given schemas"
+    ], "\n".join(problems)
+    # The checker knows the method: a misspelt argument or answer field is caught.
+    assert request_problems("conversations.history", {"channel": CHANNEL, "olderst": "1"})
+    answer = next(body for method, _, body in ws.answers if method == "conversations.history")
+    assert response_problems("conversations.history", {**answer, "next_cursor": "x"})

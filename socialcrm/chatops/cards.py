@@ -12,6 +12,13 @@ permanent refusal (token revoked, bot not in the channel, channel archived, a mi
 stops the cards, raises one ``slack_failing`` alert and shows in ``/healthz`` (:meth:`health`),
 and is tried again only every ``STOPPED_RETRY_S`` until someone fixes it.
 
+Exactly one card per draft, even when the poster dies (SIGKILL, power cut) between Slack's
+answer to ``chat.postMessage`` and storing the card's ts: before posting, a unique marker is
+claimed on the reply (``Reply.chat_claim``, committed first) and sent in the card's message
+metadata. A reply claimed but without a ts is a card that may be in the channel already: the
+next round looks for it with ``conversations.history`` (``include_all_metadata``, from the
+claim's time on) and adopts its ts; only if the channel has no such card does it post one.
+
 The wording is in ``templates/chat/card.j2``; this module only arranges it into blocks.
 """
 
@@ -22,9 +29,10 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, Self
 
 import aiohttp
@@ -85,6 +93,15 @@ BACKOFF_BASE_S: Final = 2.0
 BACKOFF_MAX_S: Final = 300.0
 #: Kind and dedupe key of the alert raised when Slack refuses the cards for good.
 FAILING_KIND: Final = "slack_failing"
+#: How long one Web API call may take; a claim older than ``CLAIM_GRACE_S`` is no longer in
+#: flight anywhere, so a card that is not in the channel by then was never posted.
+CALL_TIMEOUT_S: Final = 10
+CLAIM_GRACE_S: Final = 15.0
+#: The channel is searched from this long before the claim (clocks of hosts and Slack differ).
+CLAIM_SKEW_S: Final = 120.0
+#: conversations.history page size, and the most pages read looking for one card.
+HISTORY_PAGE: Final = 200
+HISTORY_PAGES: Final = 20
 
 #: Short labels of the card and its modals (the prose is in card.j2).
 LABELS: Final = {
@@ -313,8 +330,22 @@ def reject_modal(card: Card, channel: str, ts: str) -> dict[str, Any]:
     }
 
 
+def _card_metadata(reply_id: int, marker: str | None) -> dict[str, Any]:
+    """A card's message metadata (docs.slack.dev/messaging/message-metadata)."""
+    payload: dict[str, Any] = {"reply_id": reply_id}
+    if marker is not None:
+        payload["marker"] = marker
+    return {"event_type": CARD_EVENT, "event_payload": payload}
+
+
 class _StopRound(Exception):
     """Slack refused in a way that concerns every card (rate limit, channel, token, network)."""
+
+    def __init__(self, *, refused: bool = False) -> None:
+        super().__init__()
+        #: Slack surely did nothing (a rate limit, a permanent refusal), as opposed to a
+        #: timeout or a 5xx after which the call may or may not have been done.
+        self.refused = refused
 
 
 class CardNotifier:
@@ -348,6 +379,9 @@ class CardNotifier:
         self._next_sweep = 0.0
         self._paused_until = 0.0
         self._problem: str | None = None
+        #: Claims of this notifier whose post ended without an answer (a timeout, a 5xx): no
+        #: longer in flight, so looked for at once rather than after ``CLAIM_GRACE_S``.
+        self._ended: set[str] = set()
         #: Asked before each round: with several daemons, only the one holding the cards
         #: lease posts and updates cards (see ``socialcrm.cluster``).
         self.may_run: Callable[[], bool] = lambda: True
@@ -361,6 +395,7 @@ class CardNotifier:
             token=config.slack.bot_token.get_secret_value(),
             base_url=config.slack.api_base,
             session=session,
+            timeout=CALL_TIMEOUT_S,
         )
         return cls(store, client, config.slack.channel)
 
@@ -450,48 +485,181 @@ class CardNotifier:
             return int((await s.execute(q)).scalar_one())
 
     async def _post_missing(self) -> int:
+        posted = await self._recover_claims()
         async with self.store.reader() as s:
             rows = (
                 await s.execute(
                     _select()
-                    .where(Reply.status == "draft", Reply.chat_ts.is_(None))
+                    .where(
+                        Reply.status == "draft",
+                        Reply.chat_ts.is_(None),
+                        Reply.chat_claim.is_(None),
+                    )
                     .order_by(*responder.queue_order())
                     .limit(BATCH)
                 )
             ).all()
-        posted = 0
         for row in rows:
             card = Card(*row)
+            marker = uuid.uuid4().hex
+            async with self.store.session() as s:
+                # Committed before Slack is asked: whoever comes next knows a card may exist.
+                claimed = await s.execute(
+                    sa.update(Reply)
+                    .where(
+                        Reply.id == card.reply_id,
+                        Reply.chat_ts.is_(None),
+                        Reply.chat_claim.is_(None),
+                    )
+                    .values(chat_claim=marker, chat_claimed_at=self.wall_clock())
+                )
+            if claimed.rowcount == 0:
+                continue  # another round claimed it meanwhile
+            if await self._post(card, marker):
+                posted += 1
+        return posted
+
+    async def _post(self, card: Card, marker: str) -> bool:
+        """Post a claimed card and store its ts; a card Slack refused gives its claim back."""
+        try:
             answer = await self._call(
                 card,
                 "chat.postMessage",
                 channel=self.channel,
                 text=card_text(card),
                 blocks=card_blocks(card),
-                metadata={"event_type": CARD_EVENT, "event_payload": {"reply_id": card.reply_id}},
+                metadata=_card_metadata(card.reply_id, marker),
                 unfurl_links=False,
                 unfurl_media=False,
             )
-            if answer is None:
-                continue
-            async with self.store.session() as s:
-                stored = await s.execute(
-                    sa.update(Reply)
-                    .where(Reply.id == card.reply_id, Reply.chat_ts.is_(None))
-                    .values(
-                        chat_channel=answer["channel"],
-                        chat_ts=answer["ts"],
-                        chat_shown=card.reply.status,
+        except _StopRound as stop:
+            # After a timeout or a 5xx the card may be posted: the claim stays, and a later
+            # round looks for the card before posting again.
+            if stop.refused:
+                await self._unclaim(card.reply_id, marker)
+            else:
+                self._ended.add(marker)
+            raise
+        if answer is None:
+            await self._unclaim(card.reply_id, marker)
+            return False
+        await self._store_card(card.reply_id, marker, answer["channel"], answer["ts"], "draft")
+        return True
+
+    async def _unclaim(self, reply_id: int, marker: str) -> None:
+        """Slack refused the post: no card exists, the next round posts one afresh."""
+        async with self.store.session() as s:
+            await s.execute(
+                sa.update(Reply)
+                .where(Reply.id == reply_id, Reply.chat_claim == marker, Reply.chat_ts.is_(None))
+                .values(chat_claim=None, chat_claimed_at=None)
+            )
+
+    async def _store_card(
+        self, reply_id: int, marker: str, channel: str, ts: str, shown: str | None
+    ) -> None:
+        async with self.store.session() as s:
+            stored = await s.execute(
+                sa.update(Reply)
+                .where(Reply.id == reply_id, Reply.chat_ts.is_(None), Reply.chat_claim == marker)
+                .values(chat_channel=channel, chat_ts=ts, chat_shown=shown)
+            )
+        if stored.rowcount == 0:
+            log.warning("reply %s: its approval card %s was stored by another round", reply_id, ts)
+
+    async def _recover_claims(self) -> int:
+        """Replies claimed but without a card ts: adopt the card found in the channel, or post.
+
+        The poster died (or lost Slack's answer) after claiming; the card is looked for by its
+        marker from the claim's time on. A claim younger than ``CLAIM_GRACE_S`` may still be
+        in flight elsewhere and is left alone until then.
+        """
+        now = self.wall_clock()
+        async with self.store.reader() as s:
+            rows = (
+                await s.execute(
+                    _select()
+                    .where(
+                        Reply.chat_ts.is_(None),
+                        Reply.chat_claim.is_not(None),
+                        sa.or_(
+                            Reply.chat_claimed_at <= now - timedelta(seconds=CLAIM_GRACE_S),
+                            Reply.chat_claim.in_(sorted(self._ended)),
+                        ),
                     )
+                    .order_by(Reply.chat_claimed_at)
+                    .limit(BATCH)
                 )
-            if stored.rowcount == 0:
-                log.warning(
-                    "reply %s got a second approval card (%s) from another process",
-                    card.reply_id,
-                    answer["ts"],
-                )
-            posted += 1
-        return posted
+            ).all()
+        if not rows:
+            return 0
+        cards = {Card(*row).reply_id: Card(*row) for row in rows}
+        oldest = min(c.reply.chat_claimed_at for c in cards.values() if c.reply.chat_claimed_at)
+        found = await self._find_cards(oldest - timedelta(seconds=CLAIM_SKEW_S), cards)
+        done = 0
+        for rid, card in cards.items():
+            marker = card.reply.chat_claim
+            assert marker is not None
+            self._ended.discard(marker)
+            ts = found.get((rid, marker))
+            if ts is not None:
+                log.info("reply %s: adopting its approval card %s found in Slack", rid, ts)
+                # What the card shows now is unknown: the update round redraws it.
+                await self._store_card(rid, marker, self.channel, ts, None)
+                done += 1
+            elif card.reply.status == "draft":
+                if await self._post(card, marker):
+                    done += 1
+            else:
+                # Decided before any card was posted: none is needed any more.
+                await self._unclaim(rid, marker)
+        return done
+
+    async def _find_cards(
+        self, since: datetime, wanted: dict[int, Card]
+    ) -> dict[tuple[int, str], str]:
+        """The ts of claimed cards in the channel posted since ``since``: {(reply, marker): ts}."""
+        markers = {(rid, c.reply.chat_claim) for rid, c in wanted.items()}
+        found: dict[tuple[int, str], str] = {}
+        cursor: str | None = None
+        for _ in range(HISTORY_PAGES):
+            page = await self._history(f"{since.timestamp():.6f}", cursor)
+            for msg in page.get("messages") or []:
+                meta = msg.get("metadata") or {}
+                payload = meta.get("event_payload") or {}
+                key = (payload.get("reply_id"), payload.get("marker"))
+                if meta.get("event_type") == CARD_EVENT and key in markers:
+                    found.setdefault((int(key[0]), str(key[1])), str(msg["ts"]))
+            cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
+            if len(found) == len(markers) or not page.get("has_more") or not cursor:
+                break
+        return found
+
+    async def _history(self, oldest: str, cursor: str | None) -> dict[str, Any]:
+        """One page of the channel's messages with their metadata (any failure stops the round)."""
+        try:
+            response = await self.client.conversations_history(
+                channel=self.channel,
+                oldest=oldest,
+                limit=HISTORY_PAGE,
+                include_all_metadata=True,
+                **({"cursor": cursor} if cursor else {}),
+            )
+        except SlackApiError as err:
+            failure = sort_failure(err, frozenset())
+            if failure.verdict == "rate_limited":
+                wait_s = failure.retry_after_s or 1.0
+                self._paused_until = self.clock() + wait_s
+                self._report(f"rate limited by Slack; cards wait {wait_s:g}s")
+            elif failure.verdict == "permanent":
+                await self._stop("conversations.history", failure)
+            else:
+                self._back_off(f"Slack refused conversations.history: {failure.code}")
+            raise _StopRound from err
+        except (aiohttp.ClientError, TimeoutError) as err:
+            self._back_off(f"cannot reach Slack: {err!r}")
+            raise _StopRound from err
+        return dict(response.data) if isinstance(response.data, dict) else {}
 
     async def _update_changed(self) -> int:
         async with self.store.reader() as s:
@@ -535,7 +703,7 @@ class CardNotifier:
             ts=reply.chat_ts,
             text=card_text(card),
             blocks=card_blocks(card),
-            metadata={"event_type": CARD_EVENT, "event_payload": {"reply_id": card.reply_id}},
+            metadata=_card_metadata(card.reply_id, reply.chat_claim),
         )
         if answer is None:
             return False
@@ -565,10 +733,10 @@ class CardNotifier:
                 wait_s = failure.retry_after_s or 1.0
                 self._paused_until = self.clock() + wait_s
                 self._report(f"rate limited by Slack; cards wait {wait_s:g}s")
-                raise _StopRound from err
+                raise _StopRound(refused=True) from err
             if failure.verdict == "permanent":
                 await self._stop(method, failure)
-                raise _StopRound from err
+                raise _StopRound(refused=True) from err
             if failure.code in _GONE:
                 await self._card_gone(card, failure.code)
                 return None
@@ -628,7 +796,15 @@ class CardNotifier:
         async with self.store.session() as s:
             stmt = sa.update(Reply).where(Reply.id == card.reply_id, Reply.chat_ts == reply.chat_ts)
             if reply.status == "draft":
-                await s.execute(stmt.values(chat_channel=None, chat_ts=None, chat_shown=None))
+                await s.execute(
+                    stmt.values(
+                        chat_channel=None,
+                        chat_ts=None,
+                        chat_shown=None,
+                        chat_claim=None,
+                        chat_claimed_at=None,
+                    )
+                )
             else:
                 await s.execute(
                     stmt.where(Reply.status == reply.status).values(chat_shown=reply.status)

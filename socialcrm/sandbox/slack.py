@@ -1,13 +1,20 @@
 """Stand-in for the part of the Slack Web API socialcrm uses, and for Slack's side of a click.
 
 Methods follow api.slack.com/methods (docs.slack.dev/reference/methods): ``auth.test``,
-``chat.postMessage``, ``chat.update``, ``chat.postEphemeral`` and ``views.open`` under
-``/api/``, each taking form-encoded or JSON arguments and a bearer token. Like Slack, every
+``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``, ``views.open`` and
+``conversations.history`` under ``/api/``, each taking form-encoded or JSON arguments (or, as
+Slack allows, query arguments on a GET) and a bearer token. Like Slack, every
 answer is HTTP 200 with ``{"ok": true, ...}`` or ``{"ok": false, "error": "invalid_auth"}``,
 except a rate limit, which is HTTP 429 with ``Retry-After`` and ``{"ok": false, "error":
 "ratelimited"}``. Message ``ts`` values look like Slack's (``"1712345678.000100"``, unique per
 workspace here), trigger ids expire after 3 seconds and can be exchanged once, and blocks are
 checked against Block Kit's size limits so a card that Slack would refuse is refused here too.
+Messages keep their metadata (docs.slack.dev/messaging/message-metadata), which
+``conversations.history`` shows only when asked with ``include_all_metadata``.
+
+A post can be answered late (:meth:`SlackWorkspace.hold_answers`): the message is in the
+channel, but the answer carrying its ts waits until the test lets it go, so the caller can be
+killed in between, as a poster dying after Slack's answer and before storing it would be.
 
 Slack refuses for good, and says so the way it does (HTTP 200, ``ok: false``; each method's
 "Errors" table at docs.slack.dev/reference/methods/chat.postMessage): a revoked token is
@@ -33,6 +40,8 @@ each returning the form body and the signed headers Slack would send::
 from __future__ import annotations
 
 import asyncio
+import base64
+import decimal
 import itertools
 import json
 import secrets
@@ -65,7 +74,13 @@ _SCOPES: Final = {
     "chat.postMessage": "chat:write",
     "chat.update": "chat:write",
     "chat.postEphemeral": "chat:write",
+    # Public channels; a private one would need groups:history.
+    "conversations.history": "channels:history",
 }
+#: conversations.history: the default and the largest ``limit``
+#: (docs.slack.dev/reference/methods/conversations.history, "Arguments").
+HISTORY_LIMIT: Final = 100
+HISTORY_MAX_LIMIT: Final = 999
 
 _STATE: Final[web.AppKey[SlackWorkspace]] = web.AppKey("socialcrm_slack_workspace")
 _ID_CHARS: Final = string.ascii_uppercase + string.digits
@@ -169,7 +184,7 @@ class SlackWorkspace:
     outside: set[str] = field(default_factory=set)
     #: The bot token's scopes; a method whose scope is missing is ``missing_scope``.
     scopes: set[str] = field(
-        default_factory=lambda: {"chat:write", "commands", "chat:write.public"}
+        default_factory=lambda: {"chat:write", "commands", "chat:write.public", "channels:history"}
     )
     #: The token was revoked (``token_revoked``), or the bot deactivated (``account_inactive``).
     revoked: bool = False
@@ -179,6 +194,9 @@ class SlackWorkspace:
     _triggers: dict[str, tuple[float, str]] = field(default_factory=dict)
     _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _changed: asyncio.Event | None = None
+    #: Methods whose next answers are held back, and the answers held now.
+    _holds: dict[str, int] = field(default_factory=dict)
+    held: list[tuple[str, asyncio.Event]] = field(default_factory=list)
 
     # -- what the tests set up and look at -------------------------------------------------
 
@@ -191,6 +209,34 @@ class SlackWorkspace:
     def fail_http_next(self, method: str, status: int = 503, *, times: int = 1) -> None:
         """Answer the next ``times`` calls of ``method`` with an HTTP ``status`` error page."""
         self._http_faults.setdefault(method, deque()).extend([status] * times)
+
+    def hold_answers(self, method: str, *, times: int = 1) -> None:
+        """Do the next ``times`` calls of ``method``, but hold their answers until released."""
+        self._holds[method] = self._holds.get(method, 0) + times
+
+    def release(self) -> None:
+        """Let every held answer go (to whoever is still there to read it)."""
+        for _, gate in self.held:
+            gate.set()
+        self.held.clear()
+
+    def take_hold(self, method: str) -> asyncio.Event | None:
+        """A gate to wait on before answering this call, if its answer is to be held."""
+        if not self._holds.get(method):
+            return None
+        self._holds[method] -= 1
+        gate = asyncio.Event()
+        self.held.append((method, gate))
+        self._notify()
+        return gate
+
+    def cards(self, reply_id: int) -> list[SlackMessage]:
+        """Every message whose metadata names the reply (its approval cards), oldest first."""
+        return [
+            m
+            for m in self.messages
+            if ((m.metadata or {}).get("event_payload") or {}).get("reply_id") == reply_id
+        ]
 
     def card(self, reply_id: int) -> SlackMessage:
         """The newest approval card of a reply: by its metadata, else by its buttons' value."""
@@ -589,8 +635,8 @@ class SlackWorkspace:
         self._notify()
         return {"ok": True, "view": opened}
 
-    def _message_json(self, msg: SlackMessage) -> dict[str, Any]:
-        return {
+    def _message_json(self, msg: SlackMessage, *, metadata: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "type": "message",
             "subtype": "bot_message",
             "text": msg.text,
@@ -599,11 +645,116 @@ class SlackWorkspace:
             "user": self.bot_user_id,
             "blocks": msg.blocks,
         }
+        if msg.thread_ts is not None:
+            out["thread_ts"] = msg.thread_ts
+        if metadata and msg.metadata is not None:
+            # docs.slack.dev/messaging/message-metadata: "event_type" and "event_payload"
+            # as posted, shown with include_all_metadata.
+            out["metadata"] = {
+                "event_type": msg.metadata["event_type"],
+                "event_payload": msg.metadata["event_payload"],
+            }
+        return out
+
+    def _conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        """docs.slack.dev/reference/methods/conversations.history: a channel's messages, newest
+        first, between ``oldest`` and ``latest`` (exclusive unless ``inclusive``), ``limit``
+        at a time with a ``next_cursor`` while there are more; thread replies are left out
+        (they are read with conversations.replies)."""
+        channel = str(args.get("channel") or "")
+        if not channel or channel not in self.channels:
+            return {"ok": False, "error": "channel_not_found"}
+        if channel in self.outside:
+            return {"ok": False, "error": "not_in_channel"}
+        oldest = _history_ts(args.get("oldest"), decimal.Decimal(0))
+        if oldest is None:
+            return {"ok": False, "error": "invalid_ts_oldest"}
+        # No latest: up to now, which is every message here.
+        latest = _history_ts(args.get("latest"), decimal.Decimal("Infinity"))
+        if latest is None:
+            return {"ok": False, "error": "invalid_ts_latest"}
+        inclusive = _flag(args.get("inclusive"))
+        with_metadata = _flag(args.get("include_all_metadata"))
+        raw_limit = args.get("limit")
+        try:
+            limit = int(raw_limit) if raw_limit not in (None, "") else HISTORY_LIMIT
+        except (TypeError, ValueError):
+            return {"ok": False, "error": "invalid_arguments"}
+        # Slack gives "no more than" limit; 0 or less means the default, above the most: the most.
+        limit = HISTORY_LIMIT if limit <= 0 else min(limit, HISTORY_MAX_LIMIT)
+        cursor = args.get("cursor")
+        if cursor:
+            before = _cursor_ts(str(cursor))
+            if before is None:
+                return {"ok": False, "error": "invalid_cursor"}
+            latest, inclusive_latest = min(latest, before), False
+        else:
+            inclusive_latest = inclusive
+
+        def within(ts: decimal.Decimal) -> bool:
+            above = ts >= oldest if inclusive else ts > oldest
+            below = ts <= latest if inclusive_latest else ts < latest
+            return above and below
+
+        found = sorted(
+            (
+                m
+                for m in self.messages
+                if m.channel == channel
+                and (m.thread_ts is None or m.thread_ts == m.ts)
+                and within(decimal.Decimal(m.ts))
+            ),
+            key=lambda m: decimal.Decimal(m.ts),
+            reverse=True,
+        )
+        page, more = found[:limit], len(found) > limit
+        answer: dict[str, Any] = {
+            "ok": True,
+            "messages": [self._message_json(m, metadata=with_metadata) for m in page],
+            "has_more": more,
+            "pin_count": 0,
+            "channel_actions_ts": None,
+            "channel_actions_count": 0,
+        }
+        if more:
+            answer["response_metadata"] = {"next_cursor": _make_cursor(page[-1].ts)}
+        return answer
 
     def record_response(self, url: str, body: Any) -> None:
         """Record a post to a ``response_url``."""
         self.responses.append({"url": url, "json": body})
         self._notify()
+
+
+def _flag(value: Any) -> bool:
+    """A boolean argument as Slack reads it: true, 1 (form or JSON) or a real boolean."""
+    return value is True or str(value).lower() in ("true", "1")
+
+
+def _history_ts(value: Any, default: decimal.Decimal) -> decimal.Decimal | None:
+    """A message ts argument (``"1712345678.000100"``), the default if absent, None if bad."""
+    if value in (None, ""):
+        return default
+    try:
+        ts = decimal.Decimal(str(value))
+    except decimal.InvalidOperation:
+        return None
+    return ts if ts.is_finite() and ts >= 0 else None
+
+
+def _make_cursor(ts: str) -> str:
+    # Slack's cursors are opaque base64 ("bmV4dF90czox..." is "next_ts:1..."); so are ours.
+    return base64.b64encode(f"next_ts:{ts}".encode()).decode()
+
+
+def _cursor_ts(cursor: str) -> decimal.Decimal | None:
+    try:
+        text = base64.b64decode(cursor, validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not text.startswith("next_ts:"):
+        return None
+    return _history_ts(text[len("next_ts:") :], decimal.Decimal(0))
 
 
 def check_blocks(blocks: list[Any]) -> str | None:
@@ -684,6 +835,9 @@ async def _api(request: web.Request) -> web.Response:
         return web.Response(status=failed, text=page, content_type="text/html")
     status, body, headers = state.call(method, args)
     state.answers.append((method, status, body))
+    gate = state.take_hold(method)
+    if gate is not None:
+        await gate.wait()
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -703,5 +857,6 @@ def make_slack_app(state: SlackWorkspace) -> web.Application:
     app = web.Application()
     app[_STATE] = state
     app.router.add_post("/api/{method}", _api)
+    app.router.add_get("/api/{method}", _api)
     app.router.add_post("/hooks/{kind}/{team}/{n}/{secret}", _hook)
     return app
