@@ -27,18 +27,12 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import precision_recall_fscore_support
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
-from sklearn.preprocessing import FunctionTransformer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from socialcrm.connector import InboundMessage
@@ -54,6 +48,13 @@ from socialcrm.models import (
 )
 from socialcrm.rules import Decision, RuleSet, text_context
 from socialcrm.sentiment import Score, SentimentScorer
+
+if TYPE_CHECKING:
+    # scikit-learn takes most of a second to import: the commands that only read the queue
+    # never need it, so it is imported where a model is built, trained or evaluated.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import FeatureUnion, Pipeline
+    from sklearn.preprocessing import FunctionTransformer
 
 SENTIMENT = ("negative", "neutral", "positive")
 REPLY = ("no", "yes")
@@ -153,6 +154,8 @@ def _texts(xs: Sequence[Sample]) -> list[str]:
 
 
 def _vader(weight: float) -> FunctionTransformer:
+    from sklearn.preprocessing import FunctionTransformer
+
     def scores(xs: Sequence[Sample]) -> NDArray[np.float64]:
         arr = np.array([x[1:] for x in xs], dtype=np.float64).reshape(len(xs), 4)
         return arr * weight
@@ -162,6 +165,10 @@ def _vader(weight: float) -> FunctionTransformer:
 
 def features(settings: Settings) -> FeatureUnion:
     """The feature extraction: stateless, so a model needs no stored vocabulary."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+    from sklearn.pipeline import FeatureUnion, make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
     words = HashingVectorizer(
         analyzer="word",
         ngram_range=(1, settings.word_max_n),
@@ -192,6 +199,8 @@ def features(settings: Settings) -> FeatureUnion:
 
 
 def _classifier(settings: Settings) -> LogisticRegression:
+    from sklearn.linear_model import LogisticRegression
+
     # tol 1e-3: the figures are the same to two decimals as at the default 1e-4, in half the
     # time (bench/triage_learned.py on 2,000 labelled tweets).
     return LogisticRegression(C=settings.c, max_iter=500, tol=1e-3, class_weight="balanced")
@@ -199,6 +208,8 @@ def _classifier(settings: Settings) -> LogisticRegression:
 
 def estimator(settings: Settings) -> Pipeline:
     """One head: the features and a logistic regression, as trained."""
+    from sklearn.pipeline import Pipeline
+
     return Pipeline([("features", features(settings)), ("model", _classifier(settings))])
 
 
@@ -228,6 +239,8 @@ class HeadFigures:
 
 def figures(classes: Sequence[str], truth: Sequence[str], predicted: Sequence[str]) -> HeadFigures:
     """Precision, recall and F1 per class of predictions against the truth."""
+    from sklearn.metrics import precision_recall_fscore_support
+
     labels = list(classes)
     p, r, f, s = precision_recall_fscore_support(truth, predicted, labels=labels, zero_division=0.0)
     per = {
@@ -263,6 +276,8 @@ def cross_validate(
     """Figures of one head by stratified k-fold cross-validation (fewer folds on tiny sets)."""
     if not trainable(labels):
         raise TriageError(f"{head}: need two classes with {MIN_PER_CLASS} examples each")
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
     k = max(2, min(folds, *Counter(labels).values()))
     split = StratifiedKFold(n_splits=k, shuffle=True, random_state=0)
     predicted = cross_val_predict(estimator(settings), list(xs), np.array(labels), cv=split)
@@ -287,6 +302,8 @@ class Model:
         cls, settings: Settings, data: Mapping[str, tuple[Sequence[Sample], Sequence[str]]]
     ) -> Model:
         """Train each head that has enough labels on all of them."""
+        from sklearn.pipeline import Pipeline
+
         feats = features(settings)
         heads: dict[str, LogisticRegression] = {}
         for head, (xs, labels) in data.items():
