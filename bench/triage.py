@@ -37,6 +37,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from socialcrm import triage
 from socialcrm.config import Config
 from socialcrm.connector import Author, Batch, InboundMessage
 from socialcrm.db import open_store
@@ -126,14 +127,24 @@ def _message(key: str, text: str, direct: bool) -> InboundMessage:
     )
 
 
-async def run_pipeline(items: list[tuple[str, str, bool]]) -> dict[str, Outcome]:
-    """Ingest (key, text, direct) triples through the shipped pipeline; what was stored, by key."""
+async def run_pipeline(
+    items: list[tuple[str, str, bool]], model: triage.Trained | None = None
+) -> dict[str, Outcome]:
+    """Ingest (key, text, direct) triples through the shipped pipeline; what was stored, by key.
+
+    With ``model``, that triage model is stored first and the pipeline reads every message
+    with it, as a daemon does once the team's model is trained.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         config = Config.model_validate(
             {"database": f"sqlite+aiosqlite:///{Path(tmp) / 'triage.db'}", "base_dir": tmp}
         )
         store = await open_store(config.database_url())
         pipeline = Pipeline(config, store, rules=RuleSet.load(config.rule_paths()))
+        if model is not None:
+            async with store.session() as s:
+                await triage.store_model(s, model, "bench")
+            await pipeline.refresh_triage(force=True)
         msgs = [_message(k, t, d) for k, t, d in items]
         for i in range(0, len(msgs), 1000):
             await pipeline.ingest(Batch(messages=msgs[i : i + 1000]), "bench", save_cursor=False)

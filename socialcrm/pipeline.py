@@ -398,9 +398,10 @@ class Pipeline:
             needs_reply_confidence=verdict.reply_confidence if verdict else None,
         )
         d = self.rules.evaluate(ctx)
-        if verdict is not None and triage.unsure(verdict, self.config.triage.min_confidence):
-            # A reading the model is unsure of goes to a person rather than nowhere.
-            triage.route_to_person(d)
+        if verdict is not None:
+            # The team's model, where it is sure, decides what the words left open; what it
+            # is unsure of goes to a person rather than nowhere.
+            triage.steer(d, verdict, self.config.triage.min_confidence)
         # Later messages from this customer in the same batch are no longer "new".
         cust.is_new = False
         prio = self.priority.score(
@@ -427,7 +428,7 @@ class Pipeline:
 
             def reason() -> str:
                 # The first line is the score; the rule trace follows, one rule a line.
-                text = f"{prio.reason}\n{d.explain()}" if d.matched else prio.reason
+                text = f"{prio.reason}\n{d.explain()}" if d.trail else prio.reason
                 return text[:2000]
 
             if threader.touch(

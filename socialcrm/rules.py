@@ -154,7 +154,7 @@ class Decision:
 
     def explain(self) -> str:
         """Short human text: which rules fired and what they did."""
-        if not self.matched:
+        if not self.matched and not self.trail:
             return "No rule matched."
         lines = self.trail or [f"matched: {', '.join(self.matched)}"]
         if self.ignore:

@@ -802,6 +802,70 @@ def route_to_person(d: Decision) -> None:
     d.trail.append(f"triage: the model is unsure of this message; tagged {NEEDS_TRIAGE}")
 
 
+#: Intents that ask something of us: a happy reading alone does not close them.
+ASKING = frozenset({"question"})
+
+
+def steer(d: Decision, verdict: Verdict, min_confidence: float) -> None:
+    """Let the team's model decide what the rules' words leave open, once one is trained.
+
+    The model learned from the team, so where it is sure it wins over the shipped word lists,
+    both ways; where it is unsure of a reading that could leave a customer unheard, a person
+    looks. Escalations (legal, safety, angry VIPs) and a rule's ``ignore`` are never undone by
+    a sure reading.
+
+    - With a "needs a reply" head: sure yes opens a ticket; sure no opens none and drafts
+      nothing; unsure goes to a person.
+    - With only the class: sure negative opens a ticket and is never thanked; sure positive
+      opens none unless it asks us something (and keeps a thank-you draft); an unsure negative
+      goes to a person; neutral, or unsure of a happier class, is left to the rules.
+    """
+    if d.ignore and not unsure(verdict, min_confidence):
+        return
+    if verdict.needs_reply is not None:
+        conf = verdict.reply_confidence or 0.0
+        if conf < min_confidence:
+            route_to_person(d)
+        elif verdict.needs_reply:
+            _open(d, verdict, f"needs a reply ({conf:.2f})")
+        elif not d.escalations:
+            _close(d, f"needs no reply ({conf:.2f})", keep_thanks=False)
+        return
+    conf = verdict.confidence or 0.0
+    if verdict.sentiment == "negative":
+        if conf < min_confidence:
+            route_to_person(d)
+        else:
+            _open(d, verdict, f"reads as negative ({conf:.2f})")
+    elif (
+        verdict.sentiment == "positive"
+        and conf >= min_confidence
+        and d.intent not in ASKING
+        and not d.escalations
+    ):
+        _close(d, f"reads as positive ({conf:.2f})", keep_thanks=True)
+
+
+def _open(d: Decision, verdict: Verdict, why: str) -> None:
+    if not d.open_ticket:
+        d.open_ticket = True
+        d.trail.append(f"triage: the team's model says this {why}; ticket opened")
+    if d.intent == "praise":
+        # Never thank someone who needs help: the person on the ticket writes the reply.
+        d.intent = "complaint" if verdict.sentiment == "negative" else None
+        d.draft_template = None
+        d.trail.append("triage: not thanked")
+
+
+def _close(d: Decision, why: str, *, keep_thanks: bool) -> None:
+    if d.open_ticket:
+        d.open_ticket = False
+        d.trail.append(f"triage: the team's model says this {why}; no ticket")
+    if d.draft_template is not None and not (keep_thanks and d.intent == "praise"):
+        d.draft_template = None
+        d.trail.append("triage: no draft")
+
+
 # -- labelled files (``socialcrm triage learn`` and ``eval``) --------------------------------
 
 

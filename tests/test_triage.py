@@ -25,7 +25,7 @@ from socialcrm.connector import Author, Batch, InboundMessage
 from socialcrm.db import Store
 from socialcrm.models import AuditEvent, Message, Reply, Ticket, TriageLabel
 from socialcrm.pipeline import Pipeline
-from socialcrm.rules import RuleContext, RuleError, RuleSet
+from socialcrm.rules import Decision, RuleContext, RuleError, RuleSet
 from socialcrm.scoring import ScoringPool
 from socialcrm.sentiment import SentimentScorer
 
@@ -418,6 +418,109 @@ async def test_a_low_confidence_message_goes_to_a_person(
         m = (await s.execute(sa.select(Message).where(Message.external_id == "2"))).scalar_one()
         t = await s.get(Ticket, m.ticket_id)
     assert triage.NEEDS_TRIAGE in m.tags and not m.ignored and t is not None
+
+
+def _decided(**kw: Any) -> Decision:
+    return Decision(**kw)
+
+
+PRAISE = {"intent": "praise", "draft_template": "thanks"}
+COMPLAINT = {"intent": "complaint", "open_ticket": True, "draft_template": "apology"}
+
+
+@pytest.mark.parametrize(
+    ("rules", "verdict", "ticket", "draft", "person"),
+    [
+        # The reply head, sure: the team's word wins over the words, both ways.
+        ({}, triage.Verdict(None, None, True, 0.9), True, None, False),
+        (PRAISE, triage.Verdict("negative", 0.8, True, 0.9), True, None, False),
+        (COMPLAINT, triage.Verdict(None, None, False, 0.9), False, None, False),
+        # ... but never over an escalation, and never over a rule's ignore.
+        (
+            {**COMPLAINT, "escalations": ["legal"]},
+            triage.Verdict(None, None, False, 0.9),
+            True,
+            "apology",
+            False,
+        ),
+        ({"ignore": True}, triage.Verdict(None, None, True, 0.9), False, None, False),
+        # Unsure whether to answer: a person looks, whatever the rules said.
+        ({}, triage.Verdict(None, None, False, 0.55), True, None, True),
+        ({"ignore": True}, triage.Verdict(None, None, True, 0.55), True, None, True),
+        # Only the class: a sure negative gets a ticket and is never thanked.
+        (PRAISE, triage.Verdict("negative", 0.7, None, None), True, None, False),
+        # A sure positive opens none and keeps its thanks, unless it asks us something.
+        (
+            {**PRAISE, "open_ticket": True},
+            triage.Verdict("positive", 0.8, None, None),
+            False,
+            "thanks",
+            False,
+        ),
+        (COMPLAINT, triage.Verdict("positive", 0.8, None, None), False, None, False),
+        (
+            {"intent": "question", "open_ticket": True, "draft_template": "answer_question"},
+            triage.Verdict("positive", 0.8, None, None),
+            True,
+            "answer_question",
+            False,
+        ),
+        # Unsure: a possible complaint goes to a person; a happier reading stays with the rules.
+        ({}, triage.Verdict("negative", 0.45, None, None), True, None, True),
+        ({}, triage.Verdict("positive", 0.45, None, None), False, None, False),
+        (COMPLAINT, triage.Verdict("neutral", 0.9, None, None), True, "apology", False),
+    ],
+)
+def test_the_teams_model_steers_tickets_where_it_is_sure(
+    rules: dict[str, Any],
+    verdict: triage.Verdict,
+    ticket: bool,
+    draft: str | None,
+    person: bool,
+) -> None:
+    d = _decided(**rules)
+    triage.steer(d, verdict, 0.6)
+    assert (d.open_ticket, d.draft_template) == (ticket, draft)
+    assert (triage.NEEDS_TRIAGE in d.tags) is person
+    assert d.intent != "praise" or verdict.sentiment != "negative", "a complaint is never thanked"
+
+
+OPEN_ALL = """
+rules:
+  - name: ticket_everything
+    when: {not: {keywords: [zzzz]}}
+    then: [open_ticket, {draft: apology}]
+"""
+
+NO_RULES = """
+rules:
+  - name: tag_only
+    when: {not: {keywords: [zzzz]}}
+    then: [{tag: seen}]
+"""
+
+
+async def test_a_sure_reading_opens_or_closes_the_ticket_through_the_pipeline(
+    config: Config, store: Store, scorer: SentimentScorer, trained: triage.Trained
+) -> None:
+    await _store_trained(store, trained)
+    happy, angry = "love the new update, works great", "charged twice and support hung up on me"
+    rules_open = Pipeline(config, store, rules=RuleSet.from_text(OPEN_ALL), scorer=scorer)
+    r = await rules_open.ingest(Batch(messages=[msg("1", happy)]), "t")
+    assert (r.tickets_opened, r.drafts) == (0, 0), "the team's model: no reply needed"
+    rules_quiet = Pipeline(config, store, rules=RuleSet.from_text(NO_RULES), scorer=scorer)
+    r = await rules_quiet.ingest(Batch(messages=[msg("2", angry, "bob")]), "t")
+    assert r.tickets_opened == 1, "the team's model: a reply is needed"
+    async with store.reader() as s:
+        rows = {m.external_id: m for m in (await s.execute(sa.select(Message))).scalars()}
+    assert (rows["1"].needs_reply, rows["1"].ticket_id) == (False, None)
+    assert rows["2"].needs_reply is True and rows["2"].ticket_id is not None
+    assert triage.NEEDS_TRIAGE not in rows["2"].tags, "a sure reading, not a person's triage"
+    async with store.reader() as s:
+        opened = await s.get(Ticket, rows["2"].ticket_id)
+    assert opened is not None and "the team's model says this needs a reply" in (
+        opened.priority_reason
+    ), "the ticket says why it was opened"
 
 
 # -- rules --------------------------------------------------------------------------------------

@@ -1,0 +1,171 @@
+"""Tickets after learning: what the shipped pipeline does with a team's trained triage model.
+
+    python bench/triage_tickets.py --corpus ../shared/data/triage [--size 2000] [--seed 7]
+
+``bench/triage_learned.py`` scores the model's heads; this asks what reaches people. From each
+labelled corpus (see the folder's SOURCES.md) ``--size`` examples are drawn and split into five
+stratified folds. For each fold a model is trained with the production code
+(``socialcrm.triage.train``, as ``socialcrm triage learn`` runs it) on the other four, stored
+in a fresh SQLite database, and the held-out fold goes through the real ``Pipeline`` with the
+shipped rules; the same held-out messages also go through without a model (zero-shot). Every
+message is read once, by a model that never saw it.
+
+- complaints.csv, labelled complaint / not (learned as ``needs_reply`` yes / no): complaints
+  ticketed, brand-directed non-complaints ticketed, complaints thanked;
+- TweetEval sentiment, labelled negative / neutral / positive (learned as the class), ingested
+  as if sent to us: negative ticketed, positive ticketed, negative thanked.
+
+Goals after learning from 2,000 labels: >= 90% of complaints / negative messages ticketed,
+<= 10% of positive ones, no complaint thanked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from triage import THANKS_TEMPLATE, Outcome, run_pipeline, share
+
+from socialcrm import triage
+from socialcrm.sentiment import SentimentScorer
+
+TWEETEVAL = {"0": "negative", "1": "neutral", "2": "positive"}
+FOLDS = 5
+
+#: One labelled example: key, text, sent to us, label.
+Example = tuple[str, str, bool, str]
+
+
+def _complaints(corpus: Path) -> list[Example]:
+    with (corpus / "complaints.csv").open(encoding="utf-8", newline="") as f:
+        return [
+            (f"c{i}", r["text"], not r["domain"].startswith("random_"), r["complaint"])
+            for i, r in enumerate(csv.DictReader(f))
+        ]
+
+
+def _tweeteval(corpus: Path) -> list[Example]:
+    out: list[Example] = []
+    for part in ("test", "val"):
+        texts = (corpus / f"tweeteval_sentiment_{part}_text.txt").read_text("utf-8").splitlines()
+        labels = (corpus / f"tweeteval_sentiment_{part}_labels.txt").read_text().splitlines()
+        out += [
+            (f"t{part}{i}", t, True, TWEETEVAL[y.strip()])
+            for i, (t, y) in enumerate(zip(texts, labels, strict=True))
+        ]
+    return out
+
+
+def _folds(examples: Sequence[Example], k: int, rng: random.Random) -> list[list[Example]]:
+    """Stratified folds: each label dealt round-robin after a shuffle."""
+    folds: list[list[Example]] = [[] for _ in range(k)]
+    by_label: dict[str, list[Example]] = {}
+    for e in examples:
+        by_label.setdefault(e[3], []).append(e)
+    n = 0
+    for label in sorted(by_label):
+        group = by_label[label]
+        rng.shuffle(group)
+        for e in group:
+            folds[n % k].append(e)
+            n += 1
+    return folds
+
+
+def held_out_outcomes(
+    examples: Sequence[Example],
+    head: str,
+    to_label: Callable[[str], str],
+    scorer: SentimentScorer,
+    rng: random.Random,
+) -> tuple[dict[str, Outcome], dict[str, Outcome]]:
+    """Each example's outcome zero-shot and with a model trained on the other folds."""
+    zero: dict[str, Outcome] = {}
+    learned: dict[str, Outcome] = {}
+    for i, fold in enumerate(folds := _folds(examples, FOLDS, rng)):
+        train = [e for j, f in enumerate(folds) if j != i for e in f]
+        xs = [triage.sample(t, scorer.score(t)) for _k, t, _d, _y in train]
+        trained = triage.train({head: (xs, [to_label(y) for *_, y in train])}, folds=2)
+        items = [(k, t, d) for k, t, d, _y in fold]
+        learned.update(asyncio.run(run_pipeline(items, trained)))
+        zero.update(asyncio.run(run_pipeline(items)))
+    return zero, learned
+
+
+def _row(name: str, cells: Sequence[tuple[str, float]]) -> str:
+    return f"  {name:12}" + "".join(f"  {label} {v:6.1%}" for label, v in cells)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", type=Path, required=True)
+    ap.add_argument("--size", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args(argv)
+    rng = random.Random(args.seed)
+    scorer = SentimentScorer()
+    started = time.perf_counter()
+    verdicts: list[tuple[str, bool]] = []
+
+    rows = _complaints(args.corpus)
+    picked = rng.sample(rows, min(args.size, len(rows)))
+    zero, learned = held_out_outcomes(
+        picked, "needs_reply", lambda y: "yes" if y == "1" else "no", scorer, rng
+    )
+    print(
+        f"complaints.csv, {len(picked)} labelled, {FOLDS} folds, each read by a model "
+        "trained on the others:"
+    )
+    yes = [e for e in picked if e[3] == "1"]
+    no = [e for e in picked if e[3] == "0" and e[2]]
+    for name, out in (("zero-shot", zero), ("learned", learned)):
+        cells = [
+            ("complaints ticketed", share([out[k].ticket for k, *_ in yes])),
+            ("non-complaints ticketed", share([out[k].ticket for k, *_ in no])),
+            ("complaints thanked", share([out[k].template == THANKS_TEMPLATE for k, *_ in yes])),
+        ]
+        print(_row(name, cells))
+        if name == "learned":
+            verdicts += [
+                ("complaints ticketed >= 90%", cells[0][1] >= 0.90),
+                ("non-complaints ticketed <= 10%", cells[1][1] <= 0.10),
+                ("no complaint thanked", cells[2][1] == 0.0),
+            ]
+
+    pool = _tweeteval(args.corpus)
+    picked2 = rng.sample(pool, min(args.size, len(pool)))
+    zero, learned = held_out_outcomes(picked2, "sentiment", str, scorer, rng)
+    print(f"TweetEval sentiment, {len(picked2)} labelled, as if sent to us, {FOLDS} folds:")
+    for name, out in (("zero-shot", zero), ("learned", learned)):
+        by = {
+            c: [out[k] for k, *_, y in picked2 if y == c]
+            for c in ("negative", "neutral", "positive")
+        }
+        cells = [
+            ("negative ticketed", share([o.ticket for o in by["negative"]])),
+            ("neutral ticketed", share([o.ticket for o in by["neutral"]])),
+            ("positive ticketed", share([o.ticket for o in by["positive"]])),
+            ("negative thanked", share([o.template == THANKS_TEMPLATE for o in by["negative"]])),
+        ]
+        print(_row(name, cells))
+        if name == "learned":
+            verdicts += [
+                ("negative ticketed >= 90%", cells[0][1] >= 0.90),
+                ("positive ticketed <= 10%", cells[2][1] <= 0.10),
+            ]
+    print(f"({time.perf_counter() - started:.0f}s)")
+    for label, ok in verdicts:
+        print(f"  {'ok  ' if ok else 'MISS'} {label}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
