@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import random
 import sys
 import time
@@ -33,11 +32,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from triage import THANKS_TEMPLATE, Outcome, run_pipeline, share
+from triage_learned import _complaints as complaints
+from triage_learned import _tweeteval as tweeteval
 
 from socialcrm import triage
 from socialcrm.sentiment import SentimentScorer
 
-TWEETEVAL = {"0": "negative", "1": "neutral", "2": "positive"}
 FOLDS = 5
 
 #: One labelled example: key, text, sent to us, label.
@@ -45,23 +45,14 @@ Example = tuple[str, str, bool, str]
 
 
 def _complaints(corpus: Path) -> list[Example]:
-    with (corpus / "complaints.csv").open(encoding="utf-8", newline="") as f:
-        return [
-            (f"c{i}", r["text"], not r["domain"].startswith("random_"), r["complaint"])
-            for i, r in enumerate(csv.DictReader(f))
-        ]
+    return [
+        (f"c{i}", text, not domain.startswith("random_"), label)
+        for i, (text, label, domain) in enumerate(complaints(corpus))
+    ]
 
 
 def _tweeteval(corpus: Path) -> list[Example]:
-    out: list[Example] = []
-    for part in ("test", "val"):
-        texts = (corpus / f"tweeteval_sentiment_{part}_text.txt").read_text("utf-8").splitlines()
-        labels = (corpus / f"tweeteval_sentiment_{part}_labels.txt").read_text().splitlines()
-        out += [
-            (f"t{part}{i}", t, True, TWEETEVAL[y.strip()])
-            for i, (t, y) in enumerate(zip(texts, labels, strict=True))
-        ]
-    return out
+    return [(f"t{i}", text, True, label) for i, (text, label) in enumerate(tweeteval(corpus))]
 
 
 def _folds(examples: Sequence[Example], k: int, rng: random.Random) -> list[list[Example]]:

@@ -212,42 +212,36 @@ class Commands:
     @command("approver")
     async def approve(self, actor: Actor, reply_id: int) -> str:
         """approve ID — approve a draft as written; it is then sent on its channel."""
-        async with self.store.session() as s:
-            handle = await _reply_handle(s, reply_id)
-            reply = await responder.approve(
-                s,
-                reply_id,
-                actor.name,
-                actor.via,
-                responder=self.responder,
-                to_handle=handle,
-                checker=self.checker,
-            )
-            # A draft approved: the message needed a reply (the triage model learns from it).
-            await triage.label_message(
-                s, reply.message_id, "needs_reply", "yes", "approve", actor.name, actor.via
-            )
+        reply = await self._approve(actor, reply_id)
         return self.render("decided", reply=reply, verb="approved")
 
     @command("approver")
     async def edit(self, actor: Actor, reply_id: int, text: str) -> str:
         """edit ID TEXT — replace a draft's text and approve it (the audit keeps both)."""
+        reply = await self._approve(actor, reply_id, text)
+        return self.render("decided", reply=reply, verb="edited and approved")
+
+    async def _approve(self, actor: Actor, reply_id: int, text: str | None = None) -> Reply:
+        """Approve a draft, edited to ``text`` first if given. Either way the message needed a
+        reply, and the triage model learns so."""
         async with self.store.session() as s:
             handle = await _reply_handle(s, reply_id)
-            reply = await responder.edit(
-                s,
-                reply_id,
-                text,
-                actor.name,
-                actor.via,
-                responder=self.responder,
-                to_handle=handle,
-                checker=self.checker,
-            )
+            if text is None:
+                act = responder.approve(s, reply_id, actor.name, actor.via, **self._sending(handle))
+            else:
+                act = responder.edit(
+                    s, reply_id, text, actor.name, actor.via, **self._sending(handle)
+                )
+            reply = await act
+            source = "approve" if text is None else "edit"
             await triage.label_message(
-                s, reply.message_id, "needs_reply", "yes", "edit", actor.name, actor.via
+                s, reply.message_id, "needs_reply", "yes", source, actor.name, actor.via
             )
-        return self.render("decided", reply=reply, verb="edited and approved")
+        return reply
+
+    def _sending(self, handle: str | None) -> dict[str, Any]:
+        """How an approved reply is checked and sent."""
+        return {"responder": self.responder, "to_handle": handle, "checker": self.checker}
 
     @command("agent")
     async def reject(self, actor: Actor, reply_id: int, reason: str) -> str:
