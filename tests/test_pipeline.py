@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from socialcrm import customers, tickets
+from socialcrm.chatops.commands import Actor, Commands
 from socialcrm.config import Config
 from socialcrm.connector import Author, Batch, InboundMessage, Quarantined
 from socialcrm.db import Store
@@ -325,7 +326,7 @@ async def test_ticket_tag_threads_an_email(pipeline: Pipeline, store: Store) -> 
 
 
 async def test_a_stranger_cannot_write_into_a_ticket_by_its_tag(
-    pipeline: Pipeline, store: Store
+    pipeline: Pipeline, store: Store, config: Config
 ) -> None:
     # Ticket numbers are sequential: "[#1]" in a stranger's subject joined ticket 1.
     root = msg("My refund never came", "email", user=None, handle=None, email="a@example.com")
@@ -347,6 +348,8 @@ async def test_a_stranger_cannot_write_into_a_ticket_by_its_tag(
     first, second = await rows(store, Ticket)
     assert first.id == t.id and first.message_count == 1
     assert second.related_ticket_id == t.id and second.customer_id != t.customer_id
+    shown = await Commands(config, store).run(Actor("ann", "viewer", "cli"), f"ticket {second.id}")
+    assert f"Related to ticket #{t.id}" in shown
     # Someone who already wrote in the ticket (here by answering inside its thread) may use
     # the tag later.
     colleague = msg(
