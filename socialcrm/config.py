@@ -149,11 +149,24 @@ class TriageConfig(_Section):
     min_labels: int = Field(default=200, ge=10)
     #: How often the daemon retrains when new labels came in.
     retrain: PositiveDuration = timedelta(hours=6)
-    #: Below this confidence in whether a message needs a reply (in its class while no reply
-    #: head is trained) it goes to a person: a ticket tagged ``needs-triage``.
+    #: The model's chance that a message needs us (needs a reply, or is negative while no
+    #: reply head is trained) at which it is sure: a ticket, whatever the rules said.
     min_confidence: float = Field(default=0.6, ge=0.0, le=1.0)
+    #: From this chance up to ``min_confidence`` a message keeps the rules' ticket or goes to
+    #: a person (``needs-triage``); below it the model may close what the rules opened. Low on
+    #: purpose: a customer left unheard costs more than a ticket closed with no reply.
+    ticket_at: float = Field(default=0.25, ge=0.0, le=1.0)
     #: How often the pipeline asks the store whether a newer model exists.
     check_every: PositiveDuration = timedelta(minutes=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TriageConfig:
+        if self.ticket_at > self.min_confidence:
+            raise ValueError(
+                f"ticket_at ({self.ticket_at}) must not be above min_confidence "
+                f"({self.min_confidence})"
+            )
+        return self
 
 
 class StaffMember(_Section):

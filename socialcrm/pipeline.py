@@ -401,7 +401,8 @@ class Pipeline:
         if verdict is not None:
             # The team's model, where it is sure, decides what the words left open; what it
             # is unsure of goes to a person rather than nowhere.
-            triage.steer(d, verdict, self.config.triage.min_confidence)
+            cfg = self.config.triage
+            triage.steer(d, verdict, cfg.min_confidence, cfg.ticket_at)
         # Later messages from this customer in the same batch are no longer "new".
         cust.is_new = False
         prio = self.priority.score(

@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 
 SENTIMENT = ("negative", "neutral", "positive")
 REPLY = ("no", "yes")
+#: The class of each head that means a customer needs us.
+RISKY = {"sentiment": "negative", "needs_reply": "yes"}
 #: The heads of the model and the labels each learns.
 HEADS: dict[str, tuple[str, ...]] = {"sentiment": SENTIMENT, "needs_reply": REPLY}
 #: Why a label was given.
@@ -132,6 +134,9 @@ class Verdict(NamedTuple):
     needs_reply: bool | None
     reply_confidence: float | None
     version: int = 0
+    #: The model's chance that the message needs us: that it needs a reply where that head
+    #: is trained, else that it is negative.
+    risk: float | None = None
 
 
 def sample(text: str, score: Score | None) -> Sample:
@@ -321,18 +326,21 @@ class Model:
         if not xs:
             return []
         matrix = self._features.transform(list(xs))
-        found: dict[str, tuple[list[str], list[float]]] = {}
+        found: dict[str, tuple[list[str], list[float], list[float]]] = {}
         for head, clf in self.heads.items():
             proba = clf.predict_proba(matrix)
             best = proba.argmax(axis=1)
+            at_risk = list(clf.classes_).index(RISKY[head])
             found[head] = (
                 [str(clf.classes_[i]) for i in best],
                 [float(proba[j, i]) for j, i in enumerate(best)],
+                [float(p) for p in proba[:, at_risk]],
             )
         out = []
+        sent = found.get("sentiment")
+        rep = found.get("needs_reply")
+        risk = (rep or sent or ([], [], []))[2]
         for j in range(len(xs)):
-            sent = found.get("sentiment")
-            rep = found.get("needs_reply")
             out.append(
                 Verdict(
                     sent[0][j] if sent else None,
@@ -340,6 +348,7 @@ class Model:
                     (rep[0][j] == "yes") if rep else None,
                     round(rep[1][j], 4) if rep else None,
                     self.version,
+                    round(risk[j], 4),
                 )
             )
         return out
@@ -784,13 +793,6 @@ async def retrain(
 NEEDS_TRIAGE = "needs-triage"
 
 
-def unsure(verdict: Verdict, min_confidence: float) -> bool:
-    """Whether the model is unsure of a message: of whether it needs a reply, or (with no
-    reply head trained yet) of its class."""
-    c = verdict.reply_confidence if verdict.reply_confidence is not None else verdict.confidence
-    return c is not None and c < min_confidence
-
-
 def route_to_person(d: Decision) -> None:
     """Send a message the model is unsure of to a person: a ticket, tagged, never ignored."""
     if NEEDS_TRIAGE not in d.tags:
@@ -806,50 +808,65 @@ def route_to_person(d: Decision) -> None:
 ASKING = frozenset({"question"})
 
 
-def steer(d: Decision, verdict: Verdict, min_confidence: float) -> None:
+def risk_of(verdict: Verdict) -> float:
+    """The model's chance that a message needs us (from its reading where it was not given:
+    exact for the reply head, an upper bound from the class otherwise)."""
+    if verdict.risk is not None:
+        return verdict.risk
+    if verdict.needs_reply is not None and verdict.reply_confidence is not None:
+        c = verdict.reply_confidence
+        return c if verdict.needs_reply else 1.0 - c
+    c = verdict.confidence or 0.0
+    return c if verdict.sentiment == "negative" else 1.0 - c
+
+
+def steer(d: Decision, verdict: Verdict, min_confidence: float, ticket_at: float) -> None:
     """Let the team's model decide what the rules' words leave open, once one is trained.
 
-    The model learned from the team, so where it is sure it wins over the shipped word lists,
-    both ways; where it is unsure of a reading that could leave a customer unheard, a person
-    looks. Escalations (legal, safety, angry VIPs) and a rule's ``ignore`` are never undone by
-    a sure reading.
+    ``risk`` is the model's chance that the message needs us (needs a reply where that head
+    is trained, else is negative). The model learned from the team, so where it is sure it
+    wins over the shipped word lists, both ways; in between, the rules' ticket stands and a
+    person looks at what they would leave alone:
 
-    - With a "needs a reply" head: sure yes opens a ticket; sure no opens none and drafts
-      nothing; unsure goes to a person.
-    - With only the class: sure negative opens a ticket and is never thanked; sure positive
-      opens none unless it asks us something (and keeps a thank-you draft); an unsure negative
-      goes to a person; neutral, or unsure of a happier class, is left to the rules.
+    - risk at least ``min_confidence``: a ticket, never a thank-you;
+    - risk from ``ticket_at`` up: the rules' ticket, or one for a person (``needs-triage``);
+      never a thank-you;
+    - risk below ``ticket_at``: with the reply head, no ticket and no draft; with only the
+      class, a sure positive opens no ticket unless it asks us something (its thank-you
+      stays), anything else is left to the rules.
+
+    Escalations (legal, safety, angry VIPs) are never undone, and a rule's ``ignore`` only by
+    a person's look.
     """
-    if d.ignore and not unsure(verdict, min_confidence):
-        return
-    if verdict.needs_reply is not None:
-        conf = verdict.reply_confidence or 0.0
-        if conf < min_confidence:
+    risk = risk_of(verdict)
+    if risk >= min_confidence:
+        if not d.ignore:
+            need = "needs a reply" if verdict.needs_reply is not None else "reads as negative"
+            _open(d, verdict, f"{need} ({risk:.2f})")
+    elif risk >= ticket_at:
+        if not d.open_ticket or d.ignore:
             route_to_person(d)
-        elif verdict.needs_reply:
-            _open(d, verdict, f"needs a reply ({conf:.2f})")
-        elif not d.escalations:
-            _close(d, f"needs no reply ({conf:.2f})", keep_thanks=False)
+        _not_thanked(d, verdict)
+    elif d.escalations or d.ignore:
         return
-    conf = verdict.confidence or 0.0
-    if verdict.sentiment == "negative":
-        if conf < min_confidence:
-            route_to_person(d)
-        else:
-            _open(d, verdict, f"reads as negative ({conf:.2f})")
+    elif verdict.needs_reply is not None:
+        _close(d, f"needs no reply ({1 - risk:.2f})", keep_thanks=False)
     elif (
         verdict.sentiment == "positive"
-        and conf >= min_confidence
+        and (verdict.confidence or 0.0) >= min_confidence
         and d.intent not in ASKING
-        and not d.escalations
     ):
-        _close(d, f"reads as positive ({conf:.2f})", keep_thanks=True)
+        _close(d, f"reads as positive ({verdict.confidence:.2f})", keep_thanks=True)
 
 
 def _open(d: Decision, verdict: Verdict, why: str) -> None:
     if not d.open_ticket:
         d.open_ticket = True
         d.trail.append(f"triage: the team's model says this {why}; ticket opened")
+    _not_thanked(d, verdict)
+
+
+def _not_thanked(d: Decision, verdict: Verdict) -> None:
     if d.intent == "praise":
         # Never thank someone who needs help: the person on the ticket writes the reply.
         d.intent = "complaint" if verdict.sentiment == "negative" else None

@@ -467,7 +467,18 @@ COMPLAINT = {"intent": "complaint", "open_ticket": True, "draft_template": "apol
         ),
         # Unsure: a possible complaint goes to a person; a happier reading stays with the rules.
         ({}, triage.Verdict("negative", 0.45, None, None), True, None, True),
-        ({}, triage.Verdict("positive", 0.45, None, None), False, None, False),
+        ({}, triage.Verdict("positive", 0.45, None, None, risk=0.1), False, None, False),
+        # In between: the rules' ticket stands (or a person's), and no one is thanked.
+        (
+            {**PRAISE, "open_ticket": True},
+            triage.Verdict("positive", 0.5, None, None, risk=0.3),
+            True,
+            None,
+            False,
+        ),
+        (PRAISE, triage.Verdict(None, None, False, 0.7), True, None, True),
+        # The reply head, sure no: closed even when the model's class is not sure.
+        (COMPLAINT, triage.Verdict("neutral", 0.4, False, 0.8), False, None, False),
         (COMPLAINT, triage.Verdict("neutral", 0.9, None, None), True, "apology", False),
     ],
 )
@@ -479,7 +490,7 @@ def test_the_teams_model_steers_tickets_where_it_is_sure(
     person: bool,
 ) -> None:
     d = _decided(**rules)
-    triage.steer(d, verdict, 0.6)
+    triage.steer(d, verdict, 0.6, 0.25)
     assert (d.open_ticket, d.draft_template) == (ticket, draft)
     assert (triage.NEEDS_TRIAGE in d.tags) is person
     assert d.intent != "praise" or verdict.sentiment != "negative", "a complaint is never thanked"
@@ -671,13 +682,19 @@ async def test_the_daemon_retrains_when_labels_came_in(
 
 
 @pytest.mark.parametrize(
-    ("verdict", "unsure"),
+    ("verdict", "risk"),
     [
-        (triage.Verdict("negative", 0.4, True, 0.9), False),  # sure a reply is needed
-        (triage.Verdict("negative", 0.9, True, 0.52), True),  # unsure whether to answer
-        (triage.Verdict("neutral", 0.45, None, None), True),  # no reply head: the class decides
-        (triage.Verdict("neutral", 0.8, None, None), False),
+        (triage.Verdict("negative", 0.4, True, 0.9, risk=0.9), 0.9),  # as the model gave it
+        (triage.Verdict("negative", 0.9, True, 0.52), 0.52),  # the reply head: exact
+        (triage.Verdict("negative", 0.9, False, 0.7), pytest.approx(0.3)),
+        (triage.Verdict("negative", 0.45, None, None), 0.45),  # only the class
+        (triage.Verdict("positive", 0.8, None, None), pytest.approx(0.2)),  # at most
     ],
 )
-def test_what_the_model_is_unsure_of(verdict: triage.Verdict, unsure: bool) -> None:
-    assert triage.unsure(verdict, 0.6) is unsure
+def test_the_chance_a_message_needs_us(verdict: triage.Verdict, risk: float) -> None:
+    assert triage.risk_of(verdict) == risk
+
+
+def test_a_ticket_threshold_above_the_sure_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="ticket_at"):
+        Config.model_validate({"triage": {"min_confidence": 0.5, "ticket_at": 0.7}})
