@@ -196,6 +196,9 @@ class Daemon:
         self.started_at = utcnow()
         self._stopped = asyncio.Event()
         self._alert_failures_seen = 0
+        #: Sources whose lease came or went since their health was read from the store: what
+        #: this process knows of them may be stale (another daemon polled them meanwhile).
+        self._stale: set[str] = set()
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -365,7 +368,9 @@ class Daemon:
         return src is not None and src.busy
 
     def _source_lease(self, name: str, held: bool) -> None:
-        """A source's lease came: poll it now, from its stored cursor."""
+        """A source's lease came: poll it now, from its stored cursor and with its stored
+        health (paused, failure streak, backoff), as the daemon that held it left them."""
+        self._stale.add(name)
         if held and self.scheduler.running and self.scheduler.get_job(f"poll:{name}"):
             self.scheduler.modify_job(f"poll:{name}", next_run_time=utcnow())
 
@@ -380,6 +385,15 @@ class Daemon:
         """Poll a source if this daemon holds its lease (always, alone on SQLite)."""
         if self.cluster is not None and not self.cluster.holds(name):
             return
+        if name in self._stale:
+            self._stale.discard(name)
+            try:
+                await self.poller.load_state([name])
+            except BaseException:
+                self._stale.add(name)
+                raise
+            if self.cluster is not None and not self.cluster.holds(name):
+                return
         # No await between the check and the poll marking itself busy: a lease is never given
         # back while a poll runs.
         await self.poller.poll(name)
