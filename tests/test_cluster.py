@@ -13,6 +13,7 @@ import random
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,11 @@ import sqlalchemy as sa
 from aiohttp import web
 from sqlmodel import SQLModel
 
+from socialcrm import triage
 from socialcrm.cluster import assign, describe, owner
 from socialcrm.config import Config
 from socialcrm.connector import Author, Batch, InboundMessage
+from socialcrm.daemon import Daemon
 from socialcrm.db import Store
 from socialcrm.demo import free_port
 from socialcrm.models import (
@@ -34,6 +37,7 @@ from socialcrm.models import (
     Quarantine,
     Reply,
     SourceState,
+    TriageModelVersion,
     utcnow,
 )
 from socialcrm.pipeline import Pipeline
@@ -44,6 +48,7 @@ from socialcrm.sentiment import SentimentScorer
 from tests.cluster_run import ClusterRun, chaos
 from tests.conftest import PG_ADMIN_URL, need
 from tests.daemon_process import DaemonProcess, write_config
+from tests.test_triage import labelled_set
 
 
 @pytest.fixture
@@ -282,6 +287,114 @@ async def test_a_source_taken_over_goes_on_from_its_stored_health(pg: str, tmp_p
             assert health["sources"][failing_src]["consecutive_failures"] == (
                 after.consecutive_failures
             )
+
+
+async def _models(store: Store) -> list[TriageModelVersion]:
+    async with store.reader() as s:
+        q = sa.select(TriageModelVersion).order_by(TriageModelVersion.id)  # type: ignore[arg-type]
+        return list((await s.execute(q)).scalars())
+
+
+async def _add_labels(store: Store, per_class: int, seed: int) -> None:
+    async with store.session() as s:
+        for text, label in labelled_set(per_class, seed):
+            triage.add_label(s, "sentiment", label, "import", "t", "cli", text=text)
+
+
+@pytest.mark.timeout(300)
+async def test_the_triage_retrain_runs_once_per_due_time_with_two_daemons(
+    pg: str, config: Config, scorer: SentimentScorer
+) -> None:
+    """Two daemons on one database, retraining every second when labels came in: one model per
+    batch of labels, not one per daemon. The retrain is a cluster-wide job: while the leader's
+    retrain runs (held here at its insert by a lock the test takes), a daemon joining does not
+    take its lease, though the job is its share, and runs no second retrain alongside."""
+    cfg = config.model_copy(
+        update={
+            "triage": config.triage.model_copy(
+                update={"min_labels": 20, "retrain": timedelta(seconds=1)}
+            )
+        }
+    )
+    rules = RuleSet.load(cfg.rule_paths())
+    stores: list[Store] = []
+    daemons: list[Daemon] = []
+
+    async def start(name: str) -> Daemon:
+        store = Store(pg)
+        stores.append(store)
+        d = Daemon(cfg, store, rules=rules, name=name)
+        d.pipeline.scorer = scorer
+        daemons.append(d)
+        await d.start("127.0.0.1", free_port())
+        return d
+
+    watch = Store(pg)
+    stores.append(watch)
+    await _add_labels(watch, 10, 1)
+    lock = await watch.engine.connect()
+    try:
+        await lock.begin()
+        await lock.execute(sa.text("LOCK TABLE triage_model IN SHARE MODE"))
+        first = await start("a")
+        assert first.cluster is not None and first.cluster.leads("triage")
+        jobs = first.cluster.jobs
+        # The second daemon's name: one the retrain job belongs to once both are up.
+        second_name = next(
+            n for n in (f"b{i}" for i in range(100)) if assign(jobs, ["a", n])["triage"] == n
+        )
+
+        async def retrain_held() -> bool:
+            q = sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query ILIKE '%INSERT INTO triage_model%'"
+            )
+            async with watch.reader() as s:
+                return int((await s.execute(q)).scalar_one()) == 1
+
+        await _wait(retrain_held, 120, "a's retrain reaches its insert")
+        second = await start(second_name)
+        assert second.cluster is not None
+        # A few ticks of both and several due times of the job: the lease stays with a.
+        await asyncio.sleep(5)
+        view = {v.name: v for v in await describe(watch)}
+        assert "triage" in view["a"].jobs and "triage" not in view[second_name].jobs
+        assert await retrain_held(), "one retrain waits at its insert"
+        await lock.rollback()
+    finally:
+        await lock.close()
+    try:
+
+        async def handed_over() -> bool:
+            return second.cluster is not None and second.cluster.leads("triage")
+
+        await _wait(handed_over, 60, "the job's lease goes to its owner once the retrain ends")
+        await asyncio.sleep(3)  # several due times on the new leader: nothing new to learn
+        assert [m.created_by for m in await _models(watch)] == ["socialcrm"]
+        # New labels: one more model, whichever daemon leads, over several due times.
+        await _add_labels(watch, 5, 2)
+
+        async def retrained() -> bool:
+            return len(await _models(watch)) >= 2
+
+        await _wait(retrained, 120, "a retrain after new labels")
+        await asyncio.sleep(3)
+        assert len(await _models(watch)) == 2
+        for d in daemons:
+            assert d.pipeline.triage_model is None or d.pipeline.triage_model.version <= 2
+    finally:
+        for d in daemons:
+            await d.stop()
+        for st in stores:
+            await st.dispose()
+
+
+async def _wait(check: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout_s:.0f}s")
+        await asyncio.sleep(0.2)
 
 
 @pytest.mark.timeout(300)
