@@ -225,13 +225,26 @@ class ClusterRun:
             return list((await s.execute(q)).scalars())
 
     async def catch_up(self, limit_s: float) -> float:
-        """Stop releasing; wait until everything served is stored; seconds taken."""
+        """Stop releasing; wait until everything served is stored and stays so while every
+        source is polled again (messages released before the stop may still be served by the
+        next polls, and a poll in hand has been served what it has not stored yet); seconds
+        taken until it was all stored."""
         self.sandbox.release_per_s = None
         began = time.monotonic()
+        caught: float | None = None
+        served = self.served()
         while time.monotonic() - began < limit_s:
-            if self.served() <= set(await self.stored()):
-                break
+            now = time.monotonic()
+            if served <= set(await self.stored()):
+                caught = caught if caught is not None else now
+                if now - caught >= 3 * self.interval_s:
+                    return caught - began
+            else:
+                caught = None
             await asyncio.sleep(0.5)
+            more = self.served()
+            if more != served:
+                served, caught = more, None
         return time.monotonic() - began
 
     async def figures(self) -> dict[str, Any]:
