@@ -5,6 +5,7 @@ metrics and inbound webhooks. SIGTERM/SIGINT finish the batch in hand and exit 0
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -196,6 +197,11 @@ class Daemon:
         self.started_at = utcnow()
         self._stopped = asyncio.Event()
         self._alert_failures_seen = 0
+        #: Sources whose lease came or went since their health was read from the store: what
+        #: this process knows of them may be stale (another daemon polled them meanwhile).
+        self._stale: set[str] = set()
+        #: Cluster-wide jobs running now: their leases wait for them to end.
+        self._running: collections.Counter[str] = collections.Counter()
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -358,14 +364,20 @@ class Daemon:
         await self.cluster.join()
 
     def _lease_busy(self, item: str) -> bool:
-        """A source's poll or the card round is running: its lease waits for it to end."""
+        """A source's poll, the card round or a cluster-wide job (a retrain, a digest) is
+        running: its lease waits for it to end, so that the next holder does not run it again
+        alongside."""
         if item == "cards":
             return self.cards is not None and self.cards.busy
+        if self._running[item]:
+            return True
         src = self.poller.sources.get(item)
         return src is not None and src.busy
 
     def _source_lease(self, name: str, held: bool) -> None:
-        """A source's lease came: poll it now, from its stored cursor."""
+        """A source's lease came: poll it now, from its stored cursor and with its stored
+        health (paused, failure streak, backoff), as the daemon that held it left them."""
+        self._stale.add(name)
         if held and self.scheduler.running and self.scheduler.get_job(f"poll:{name}"):
             self.scheduler.modify_job(f"poll:{name}", next_run_time=utcnow())
 
@@ -380,6 +392,15 @@ class Daemon:
         """Poll a source if this daemon holds its lease (always, alone on SQLite)."""
         if self.cluster is not None and not self.cluster.holds(name):
             return
+        if name in self._stale:
+            self._stale.discard(name)
+            try:
+                await self.poller.load_state([name])
+            except BaseException:
+                self._stale.add(name)
+                raise
+            if self.cluster is not None and not self.cluster.holds(name):
+                return
         # No await between the check and the poll marking itself busy: a lease is never given
         # back while a poll runs.
         await self.poller.poll(name)
@@ -389,11 +410,15 @@ class Daemon:
         lease = name.removesuffix(":missed")
         if self.cluster is not None and lease != "memory" and not self.cluster.leads(lease):
             return
+        # Marked before the first await: the lease is not given back while the job runs.
+        self._running[lease] += 1
         try:
             await fn()
         except Exception:
             self.metrics.job_errors.labels(name).inc()
             log.exception("%s job failed; it runs again on schedule", name)
+        finally:
+            self._running[lease] -= 1
 
     async def _deliver_alerts(self) -> None:
         assert self.alerts is not None

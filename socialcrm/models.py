@@ -321,6 +321,9 @@ class SourceState(SQLModel, table=True):
     last_error_at: datetime | None = _ts()
     #: When the running failure streak began: no poll since has stored anything.
     failing_since: datetime | None = _ts()
+    #: A failing source is not polled before this (its backoff or the platform's reset time),
+    #: by this daemon after a restart or by the one that takes it over.
+    retry_at: datetime | None = _ts()
     #: Health of each stream (mentions, a search, one subreddit) that failed while the rest of
     #: the source worked, by stream name: state, failures, last error, since, retry_at.
     streams: dict[str, Any] | None = Field(default=None, sa_type=JSONType)

@@ -36,7 +36,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -210,6 +210,9 @@ class Source:
     failures: int = 0
     #: Monotonic time before which no poll is made (backoff, rate limit).
     not_before: float = 0.0
+    #: The same moment as wall time, kept in the store (``SourceState.retry_at``) for a
+    #: restart or for the daemon that takes the source over.
+    retry_at: datetime | None = None
     paused: bool = False
     last_error: str | None = None
     last_success: datetime | None = None
@@ -299,11 +302,16 @@ class Poller:
         """Register a source to be polled."""
         self.sources[source.name] = source
 
-    async def load_state(self) -> None:
-        """Take paused flags and health from the store (a restart keeps a paused source paused,
-        and a failing one failing, with its streak)."""
+    async def load_state(self, names: Collection[str] | None = None) -> None:
+        """Take paused flags and health from the store: a restart keeps a paused source paused,
+        and a failing one failing, with its streak and the rest of its backoff. With ``names``,
+        those sources only, whatever this process thought of them before: a daemon taking a
+        source over from another (dead, or giving it back) goes on from what that one stored."""
+        wanted = sa.select(SourceState)
+        if names is not None:
+            wanted = wanted.where(col(SourceState.source).in_(list(names)))
         async with self.store.reader() as s:
-            rows = (await s.execute(sa.select(SourceState))).scalars().all()
+            rows = (await s.execute(wanted)).scalars().all()
             keys = [f"{FAILING_KIND}:{row.source}" for row in rows if row.health == "failing"]
             last_alerts: dict[str, datetime] = {}
             if keys:
@@ -313,9 +321,13 @@ class Poller:
                     .group_by(col(Alert.dedupe_key))
                 )
                 last_alerts = {str(k): at for k, at in (await s.execute(q)).all()}
+        # A poll running here knows better than the store: it stores what it ends with.
+        for name in names or ():
+            if name in self.sources and not self.sources[name].busy:
+                self._forget_state(self.sources[name])
         for row in rows:
             src = self.sources.get(row.source)
-            if src is None:
+            if src is None or (names is not None and src.busy):
                 continue
             src.paused = row.paused
             if row.paused and row.settings_fingerprint != settings_fingerprint(src.config):
@@ -328,7 +340,31 @@ class Poller:
             src.last_error = row.last_error
             if row.health == "failing" and row.consecutive_failures > 0:
                 self._restore_streak(src, row, last_alerts.get(f"{FAILING_KIND}:{src.name}"))
+                self._restore_backoff(src, row)
+            elif row.paused:
+                src.failures = row.consecutive_failures
             self._restore_streams(src, row)
+
+    @staticmethod
+    def _forget_state(src: Source) -> None:
+        """Health as if nothing was known of the source (before the store's is read)."""
+        src.paused = False
+        src.failures = 0
+        src.not_before = 0.0
+        src.retry_at = None
+        src.last_error = None
+        src.last_success = None
+        src.failing_since = None
+        src.failing_alerted = False
+        src.streams = {}
+
+    def _restore_backoff(self, src: Source, row: SourceState) -> None:
+        """The rest of a failing source's backoff: no poll before its stored ``retry_at``."""
+        if row.retry_at is None:
+            return
+        wait = (row.retry_at - self.wall_clock()).total_seconds()
+        src.retry_at = row.retry_at
+        src.not_before = self.clock() + max(0.0, wait)
 
     def _restore_streams(self, src: Source, row: SourceState) -> None:
         """Pick up the streams that were failing; a stopped stream whose source's settings
@@ -533,6 +569,7 @@ class Poller:
         src.paused = False
         src.failures = 0
         src.not_before = 0.0
+        src.retry_at = None
         src.failing_since = None
         src.failing_alerted = False
         return True
@@ -552,6 +589,7 @@ class Poller:
             log.warning("source %s recovered after %d failed polls", src.name, src.failures)
         src.failures = 0
         src.not_before = 0.0
+        src.retry_at = None
         src.last_error = None
         src.last_success = self.wall_clock()
         src.failing_since = None
@@ -575,6 +613,7 @@ class Poller:
         # The platform's own reset time wins over our computed wait.
         wait = retry_after if retry_after is not None else backoff_s(steps, self.rng)
         src.not_before = self.clock() + wait
+        src.retry_at = self.wall_clock() + timedelta(seconds=wait)
         src.last_error = _described(err)[:1000]
         if src.failures == 1:
             log.warning("source %s failing: %s (next try in %.0fs)", src.name, src.last_error, wait)
@@ -626,6 +665,7 @@ class Poller:
     async def _auth_failed(self, src: Source, err: AuthError) -> None:
         src.paused = True
         src.failures += 1
+        src.retry_at = None
         src.last_error = str(err)[:1000]
         log.error("source %s paused: credentials refused (%s)", src.name, err)
         await self._save_health(
@@ -661,6 +701,7 @@ class Poller:
                 state.settings_fingerprint = fingerprint
             state.consecutive_failures = src.failures
             state.failing_since = src.failing_since
+            state.retry_at = src.retry_at
             state.streams = {n: h.to_json() for n, h in src.streams.items()} or None
             now = self.wall_clock()
             if health == "ok":
@@ -702,6 +743,7 @@ class Poller:
         src.paused = False
         src.failures = 0
         src.not_before = 0.0
+        src.retry_at = None
         src.failing_since = None
         src.failing_alerted = False
         # New credentials may also open what was refused: every stream is tried again.

@@ -10,6 +10,7 @@ import contextlib
 import random
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,8 @@ class AlertReceiver:
 
 class ClusterRun:
     """The sandbox, an alert receiver and ``daemons`` named daemon processes sharing one
-    configuration and one database; each platform is polled through several sources."""
+    configuration and one database; each platform is polled through several sources (or the
+    ``sources`` given, built from the sandbox and its base URL)."""
 
     def __init__(
         self,
@@ -68,6 +70,7 @@ class ClusterRun:
         minutes: float = 2.0,
         interval_s: float = 1.0,
         chat: bool = True,
+        sources: Callable[[Sandbox, str], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.sandbox = Sandbox(
             seed, messages=int(rate * minutes * 60 * 1.6) + 500, release_per_s=rate
@@ -78,14 +81,17 @@ class ClusterRun:
         self.port = free_port()
         self.alerts = AlertReceiver()
         base = f"http://127.0.0.1:{self.port}"
-        sources = []
-        for src in sandbox_sources(self.sandbox, base, interval=f"{interval_s:g}s"):
-            for i in range(sources_per_platform):
-                one = {**src, "name": f"{src['name']}-{i + 1}"}
-                if one["type"] != "x":
-                    one["timeout_s"] = 5.0
-                sources.append(one)
-        self.source_names = [s["name"] for s in sources]
+        if sources is not None:
+            configured = sources(self.sandbox, base)
+        else:
+            configured = []
+            for src in sandbox_sources(self.sandbox, base, interval=f"{interval_s:g}s"):
+                for i in range(sources_per_platform):
+                    one = {**src, "name": f"{src['name']}-{i + 1}"}
+                    if one["type"] != "x":
+                        one["timeout_s"] = 5.0
+                    configured.append(one)
+        self.source_names = [s["name"] for s in configured]
         extra: dict[str, Any] = {
             "brand": {"name": self.sandbox.brand, "handles": [self.sandbox.brand_handle]},
             # The sandbox's traffic spans days; none of it is history here, so it is drafted.
@@ -105,7 +111,7 @@ class ClusterRun:
         }
         if chat:
             extra.update(sandbox_chat(self.sandbox, base))
-        config = write_config(workdir / "config.yaml", database, sources, **extra)
+        config = write_config(workdir / "config.yaml", database, configured, **extra)
         self.daemons = {
             f"d{i + 1}": DaemonProcess(config, workdir / f"d{i + 1}.log", name=f"d{i + 1}")
             for i in range(daemons)
@@ -219,13 +225,26 @@ class ClusterRun:
             return list((await s.execute(q)).scalars())
 
     async def catch_up(self, limit_s: float) -> float:
-        """Stop releasing; wait until everything served is stored; seconds taken."""
+        """Stop releasing; wait until everything served is stored and stays so while every
+        source is polled again (messages released before the stop may still be served by the
+        next polls, and a poll in hand has been served what it has not stored yet); seconds
+        taken until it was all stored."""
         self.sandbox.release_per_s = None
         began = time.monotonic()
+        caught: float | None = None
+        served = self.served()
         while time.monotonic() - began < limit_s:
-            if self.served() <= set(await self.stored()):
-                break
+            now = time.monotonic()
+            if served <= set(await self.stored()):
+                caught = caught if caught is not None else now
+                if now - caught >= 3 * self.interval_s:
+                    return caught - began
+            else:
+                caught = None
             await asyncio.sleep(0.5)
+            more = self.served()
+            if more != served:
+                served, caught = more, None
         return time.monotonic() - began
 
     async def figures(self) -> dict[str, Any]:

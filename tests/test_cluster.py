@@ -11,27 +11,44 @@ import asyncio
 import collections
 import random
 import sys
+import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import sqlalchemy as sa
+from aiohttp import web
 from sqlmodel import SQLModel
 
+from socialcrm import triage
 from socialcrm.cluster import assign, describe, owner
 from socialcrm.config import Config
 from socialcrm.connector import Author, Batch, InboundMessage
+from socialcrm.daemon import Daemon
 from socialcrm.db import Store
-from socialcrm.models import Customer, Identity, Message, Quarantine, Reply, utcnow
+from socialcrm.demo import free_port
+from socialcrm.models import (
+    Customer,
+    Identity,
+    Message,
+    Quarantine,
+    Reply,
+    SourceState,
+    TriageModelVersion,
+    utcnow,
+)
 from socialcrm.pipeline import Pipeline
 from socialcrm.rules import RuleSet
-from socialcrm.sandbox.server import SLACK_APPROVER
+from socialcrm.sandbox.mastodon import FULL_SCOPES
+from socialcrm.sandbox.server import SLACK_APPROVER, Sandbox
 from socialcrm.sentiment import SentimentScorer
 from tests.cluster_run import ClusterRun, chaos
 from tests.conftest import PG_ADMIN_URL, need
 from tests.daemon_process import DaemonProcess, write_config
+from tests.test_triage import labelled_set
 
 
 @pytest.fixture
@@ -141,6 +158,243 @@ async def test_a_killed_daemons_sources_are_taken_over_from_the_stored_cursor(
         assert await run.daemons["d2"].terminate() == 0
         view = {v.name: v for v in await describe(run.store)}
         assert not view["d1"].up and not view["d2"].up
+
+
+class BrokenPlatform:
+    """A Mastodon base URL whose every answer is a 503 (a platform down, a proxy in front of it
+    broken), noting when each request came."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.requests: list[float] = []
+        self.runner: web.AppRunner | None = None
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        self.requests.append(time.time())
+        return web.json_response({"error": "Service Unavailable"}, status=503)
+
+    async def __aenter__(self) -> BrokenPlatform:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._answer)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+async def _state(store: Store, source: str) -> SourceState:
+    """The source's stored state (an empty one before its first poll has stored any)."""
+    async with store.reader() as s:
+        row = await s.get(SourceState, source, populate_existing=True)
+    return row if row is not None else SourceState(source=source)
+
+
+@pytest.mark.timeout(300)
+async def test_a_source_taken_over_goes_on_from_its_stored_health(pg: str, tmp_path: Path) -> None:
+    """Both daemons are up (each read every source's health when it started) when two of
+    d1's sources go wrong: one's token is refused (d1 pauses it), one's platform answers 503
+    (d1 backs off, its failure streak grows). d1 is SIGKILLed and d2 takes both over from what
+    d1 stored, not from what it knew at its own start: the paused source stays paused though
+    its token works again, and the failing one is polled no sooner than its stored retry time,
+    its streak counted on from where d1 left it."""
+    names = [f"mastodon-{i}" for i in range(1, 5)]
+    share = assign(names, ["d1", "d2"])
+    paused_src, failing_src = sorted(n for n in names if share[n] == "d1")
+    token = {n: f"token-of-{n}" for n in names}
+
+    async with BrokenPlatform() as broken:
+
+        def sources(sandbox: Sandbox, base: str) -> list[dict[str, Any]]:
+            for n in names:
+                sandbox.mastodon.scopes[token[n]] = FULL_SCOPES
+            return [
+                {
+                    "name": n,
+                    "type": "mastodon",
+                    "interval": "1s",
+                    "jitter": 0,
+                    "timeout_s": 5.0,
+                    "base_url": f"{base}/mastodon"
+                    if n != failing_src
+                    else f"http://127.0.0.1:{broken.port}/mastodon",
+                    "access_token": token[n],
+                }
+                for n in names
+            ]
+
+        async with ClusterRun(tmp_path, pg, daemons=2, chat=False, sources=sources) as run:
+            scopes = run.sandbox.mastodon.scopes
+            for d in run.daemons.values():
+                await d.start()
+
+            async def settled() -> bool:
+                held = await run.spread(["d1", "d2"])
+                return held is not None and all(
+                    share[n] in held and n in held[share[n]] for n in names
+                )
+
+            await run.wait_for(settled, 120, "each daemon holds its share")
+            # The token is revoked at the platform: d1 pauses the source.
+            del scopes[token[paused_src]]
+
+            async def paused() -> bool:
+                return (await _state(run.store, paused_src)).paused
+
+            await run.wait_for(paused, 60, f"d1 pauses {paused_src}")
+            # A new token is not needed to see the point: the old one works again, but a
+            # paused source waits for `sources resume`.
+            scopes[token[paused_src]] = FULL_SCOPES
+
+            async def far_into_a_streak() -> bool:
+                st = await _state(run.store, failing_src)
+                return (
+                    st.consecutive_failures >= 3
+                    and st.retry_at is not None
+                    and (st.retry_at - utcnow()).total_seconds() > 4
+                )
+
+            await run.wait_for(far_into_a_streak, 120, f"{failing_src} fails three times")
+            await run.daemons["d1"].kill()
+            killed_at = time.time()
+            left = await _state(run.store, failing_src)
+            assert left.retry_at is not None and left.failing_since is not None
+            await run.wait_for(lambda: run.spread(["d2"]), 60, "d2 takes d1's sources")
+
+            async def polled_again() -> SourceState | None:
+                st = await _state(run.store, failing_src)
+                return st if st.updated_at > left.updated_at else None
+
+            after = await run.wait_for(polled_again, 90, f"d2 polls {failing_src}")
+            first = min(t for t in broken.requests if t > killed_at)
+            assert first >= left.retry_at.timestamp() - 0.5, (
+                f"d2 polled {left.retry_at.timestamp() - first:.1f}s before the stored retry time"
+            )
+            assert after.consecutive_failures == left.consecutive_failures + 1, "streak goes on"
+            assert after.failing_since == left.failing_since
+            assert after.retry_at is not None and after.retry_at > left.retry_at
+            state = await _state(run.store, paused_src)
+            assert state.paused and state.health == "paused", "d2 did not poll it"
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{run.daemons['d2'].port}/healthz") as resp,
+            ):
+                health = await resp.json()
+            assert health["sources"][paused_src]["state"] == "paused"
+            assert health["sources"][failing_src]["consecutive_failures"] == (
+                after.consecutive_failures
+            )
+
+
+async def _models(store: Store) -> list[TriageModelVersion]:
+    async with store.reader() as s:
+        q = sa.select(TriageModelVersion).order_by(TriageModelVersion.id)  # type: ignore[arg-type]
+        return list((await s.execute(q)).scalars())
+
+
+async def _add_labels(store: Store, per_class: int, seed: int) -> None:
+    async with store.session() as s:
+        for text, label in labelled_set(per_class, seed):
+            triage.add_label(s, "sentiment", label, "import", "t", "cli", text=text)
+
+
+@pytest.mark.timeout(300)
+async def test_the_triage_retrain_runs_once_per_due_time_with_two_daemons(
+    pg: str, config: Config, scorer: SentimentScorer
+) -> None:
+    """Two daemons on one database, retraining every second when labels came in: one model per
+    batch of labels, not one per daemon. The retrain is a cluster-wide job: while the leader's
+    retrain runs (held here at its insert by a lock the test takes), a daemon joining does not
+    take its lease, though the job is its share, and runs no second retrain alongside."""
+    cfg = config.model_copy(
+        update={
+            "triage": config.triage.model_copy(
+                update={"min_labels": 20, "retrain": timedelta(seconds=1)}
+            )
+        }
+    )
+    rules = RuleSet.load(cfg.rule_paths())
+    stores: list[Store] = []
+    daemons: list[Daemon] = []
+
+    async def start(name: str) -> Daemon:
+        store = Store(pg)
+        stores.append(store)
+        d = Daemon(cfg, store, rules=rules, name=name)
+        d.pipeline.scorer = scorer
+        daemons.append(d)
+        await d.start("127.0.0.1", free_port())
+        return d
+
+    watch = Store(pg)
+    stores.append(watch)
+    await _add_labels(watch, 10, 1)
+    lock = await watch.engine.connect()
+    try:
+        await lock.begin()
+        await lock.execute(sa.text("LOCK TABLE triage_model IN SHARE MODE"))
+        first = await start("a")
+        assert first.cluster is not None and first.cluster.leads("triage")
+        jobs = first.cluster.jobs
+        # The second daemon's name: one the retrain job belongs to once both are up.
+        second_name = next(
+            n for n in (f"b{i}" for i in range(100)) if assign(jobs, ["a", n])["triage"] == n
+        )
+
+        async def retrain_held() -> bool:
+            q = sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query ILIKE '%INSERT INTO triage_model%'"
+            )
+            async with watch.reader() as s:
+                return int((await s.execute(q)).scalar_one()) == 1
+
+        await _wait(retrain_held, 120, "a's retrain reaches its insert")
+        second = await start(second_name)
+        assert second.cluster is not None
+        # A few ticks of both and several due times of the job: the lease stays with a.
+        await asyncio.sleep(5)
+        view = {v.name: v for v in await describe(watch)}
+        assert "triage" in view["a"].jobs and "triage" not in view[second_name].jobs
+        assert await retrain_held(), "one retrain waits at its insert"
+        await lock.rollback()
+    finally:
+        await lock.close()
+    try:
+
+        async def handed_over() -> bool:
+            return second.cluster is not None and second.cluster.leads("triage")
+
+        await _wait(handed_over, 60, "the job's lease goes to its owner once the retrain ends")
+        await asyncio.sleep(3)  # several due times on the new leader: nothing new to learn
+        assert [m.created_by for m in await _models(watch)] == ["socialcrm"]
+        # New labels: one more model, whichever daemon leads, over several due times.
+        await _add_labels(watch, 5, 2)
+
+        async def retrained() -> bool:
+            return len(await _models(watch)) >= 2
+
+        await _wait(retrained, 120, "a retrain after new labels")
+        await asyncio.sleep(3)
+        assert len(await _models(watch)) == 2
+        for d in daemons:
+            assert d.pipeline.triage_model is None or d.pipeline.triage_model.version <= 2
+    finally:
+        for d in daemons:
+            await d.stop()
+        for st in stores:
+            await st.dispose()
+
+
+async def _wait(check: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout_s:.0f}s")
+        await asyncio.sleep(0.2)
 
 
 @pytest.mark.timeout(300)

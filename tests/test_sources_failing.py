@@ -328,6 +328,24 @@ async def test_restarts_neither_hide_nor_repeat_the_alert(harness: Harness, stor
     assert len(await failing_alerts(store)) == 2
 
 
+async def test_a_restart_waits_out_the_stored_backoff(harness: Harness, store: Store) -> None:
+    await harness.succeed()
+    assert (await harness.poll("server_error")).error is not None
+    st = await source_state(store)
+    assert st.retry_at is not None and st.retry_at > harness.clocks.now()
+    await harness.restart()
+    assert harness.poller.sources[NAME].failures == st.consecutive_failures == 1
+    requests = harness.sandbox.faults.requests("mastodon")
+    out = await harness.poller.poll(NAME)
+    assert out.skipped is not None and out.skipped.startswith("backing off"), out
+    assert harness.sandbox.faults.requests("mastodon") == requests
+    harness.clocks.tick((st.retry_at - harness.clocks.now()).total_seconds() + 0.1)
+    out = await harness.poller.poll(NAME)
+    assert out.skipped is None and out.error is None, out
+    st = await source_state(store)
+    assert st.health == "ok" and st.retry_at is None
+
+
 async def test_a_source_that_never_worked_alerts_across_restarts(
     harness: Harness, store: Store
 ) -> None:
