@@ -189,6 +189,10 @@ def _text_only(text: str) -> RuleContext:
     )
 
 
+#: The context of text facts: text conditions read nothing else.
+_NO_MESSAGE = _text_only("")
+
+
 def text_context(text: str) -> RuleContext:
     """A context for a text on its own, as a message with no customer, channel or time."""
     return _text_only(text)
@@ -199,9 +203,9 @@ class _Msg:
 
     __slots__ = ("ctx", "facts", "raw", "text", "words")
 
-    def __init__(self, ctx: RuleContext) -> None:
+    def __init__(self, ctx: RuleContext, text: str | None = None) -> None:
         self.ctx = ctx
-        self.raw = ctx.text
+        self.raw = ctx.text if text is None else text
         self.facts = ctx.text_facts
         if self.facts is not None:
             # The text conditions were answered already: no need to read the text.
@@ -297,7 +301,7 @@ class RuleSet:
 
     def text_facts(self, text: str) -> int:
         """Which of the rules' text conditions hold for ``text``, as bits (see RuleContext)."""
-        m = _Msg(_text_only(text))
+        m = _Msg(_NO_MESSAGE, text)  # text conditions read the text alone
         words = m.words
         folded = m.text
         facts = 0
