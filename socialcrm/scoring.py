@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -141,6 +142,12 @@ class ScoringPool:
             return []
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, _analyse_in_worker, items)
+
+    async def cpu_s(self) -> float:
+        """CPU seconds a worker process has used so far (the one worker, by default): what
+        the text work costs, on a machine busy with other work too."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, time.process_time)
 
     def close(self) -> None:
         """Stop the worker processes."""

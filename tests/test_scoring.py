@@ -6,7 +6,7 @@ from typing import Any
 
 from socialcrm.config import Config
 from socialcrm.rules import RuleSet
-from socialcrm.scoring import analyse_batch
+from socialcrm.scoring import ScoringPool, analyse_batch
 from socialcrm.sentiment import Score, SentimentScorer
 
 
@@ -25,3 +25,16 @@ def test_a_bad_text_is_reported_and_the_batch_goes_on() -> None:
     assert isinstance(s1, Score) and f1 != f3
     assert v1 is v2 is v3 is None  # no model
     assert [f for _, f, _ in analyse_batch(scorer, None, items)] == [None, None, None]
+
+
+async def test_the_pool_tells_the_cpu_time_its_worker_used() -> None:
+    pool = ScoringPool()
+    try:
+        before = await pool.cpu_s()
+        await pool.analyse(
+            [(f"my order {i} never arrived, still waiting", "en") for i in range(300)]
+        )
+        after = await pool.cpu_s()
+    finally:
+        pool.close()
+    assert 0 < before < after
