@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from sklearn.pipeline import FeatureUnion
 
 #: Distinct words or n-grams remembered per vectorizer before the memory starts afresh
-#: (a few hundred bytes each).
-MAX_REMEMBERED = 100_000
+#: (a few hundred bytes each: about 30 MB for the two vectorizers of a triage model, full).
+MAX_REMEMBERED = 50_000
 
 
 def _whole(unit: str) -> tuple[str]:
