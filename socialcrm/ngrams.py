@@ -14,6 +14,7 @@ kind) goes through the estimator's own ``transform``, so the figures never depen
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -147,9 +148,15 @@ class RememberingVectorizer:
             plain.update(analyzer=_whole)
         self._unit_rows = clone(vectorizer).set_params(**plain)
         self._rows = _Rows(limit)
+        # Batches may be read in several threads at once (scoring in this process).
+        self._lock = threading.Lock()
 
     def transform(self, docs: Sequence[str]) -> csr_matrix:
         """The vectorizer's matrix of ``docs``."""
+        with self._lock:
+            return self._transform(docs)
+
+    def _transform(self, docs: Sequence[str]) -> csr_matrix:
         from scipy.sparse import csr_matrix
         from sklearn.preprocessing import normalize
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -107,3 +109,20 @@ def test_predictions_are_the_estimators_own() -> None:
     assert [v.reply_confidence for v in got] == [
         round(float(proba[j, i]), 4) for j, i in enumerate(best)
     ]
+
+
+def test_threads_reading_at_once_get_the_vectorizers_matrices() -> None:
+    vec = HashingVectorizer(n_features=2**12, analyzer="char_wb", ngram_range=(2, 4))
+    fast = RememberingVectorizer(vec, limit=500)  # starts afresh while others read
+    docs = texts(600, seed=11)
+    parts = [docs[i : i + 20] for i in range(0, len(docs), 20)]
+    expected = [vec.transform(p) for p in parts]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns as often as they can
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(fast.transform, parts * 3))
+    finally:
+        sys.setswitchinterval(switch)
+    for want, have in zip(expected * 3, got, strict=True):
+        same(want, have)
