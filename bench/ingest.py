@@ -7,6 +7,10 @@ identity, rules, tickets, drafts, alerts, one transaction per batch), and their 
 Target: the pipeline reaches at least 50% of VADER-alone throughput. ``--triage`` stores a
 learned triage model first (trained on 300 generated messages labelled by VADER's class and
 the rules' ticket decision), so the worker reads every message with it as well.
+
+The CPU time per message of the main process (with its database thread) and of the worker is
+printed too: the two run side by side on two cores, so each must stay under twice VADER's
+time per text; on a machine busy with other work these hold steadier than the rates.
 """
 
 from __future__ import annotations
@@ -37,15 +41,16 @@ from socialcrm.sentiment import SentimentScorer
 LEXICON = {"delayed": -1.8, "refund": -0.5}
 
 
-def vader_alone(texts: list[str]) -> float:
-    """Texts per second through VADER's polarity_scores, nothing else."""
+def vader_alone(texts: list[str]) -> tuple[float, float]:
+    """Texts per second through VADER's polarity_scores, nothing else, and CPU s per text."""
     analyzer = SentimentIntensityAnalyzer()
     analyzer.lexicon.update(LEXICON)
     gc.collect()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for t in texts:
         analyzer.polarity_scores(t)
-    return len(texts) / (time.perf_counter() - start)
+    took = time.perf_counter() - start
+    return len(texts) / took, (time.process_time() - cpu) / len(texts)
 
 
 async def pipeline_run(
@@ -55,8 +60,9 @@ async def pipeline_run(
     *,
     pool: bool = True,
     model: triage.Trained | None = None,
-) -> tuple[float, dict[str, int]]:
-    """Messages per second through the whole pipeline into a fresh database.
+) -> tuple[float, dict[str, int], tuple[float, float]]:
+    """Messages per second through the whole pipeline into a fresh database, what it did,
+    and the CPU seconds per message of this process and of the worker (0 without one).
 
     ``pool``: sentiment and the rules' text matching in a worker process, as ``socialcrm run``
     and ``socialcrm ingest`` do; otherwise in a thread of this process (one core for all).
@@ -85,9 +91,13 @@ async def pipeline_run(
             for i in range(0, len(messages), batch):
                 yield Batch(messages=messages[i : i + batch])
 
-        start = time.perf_counter()
+        worker_cpu = await scoring.cpu_s() if scoring is not None else 0.0
+        start, cpu = time.perf_counter(), time.process_time()
         r = await pipeline.ingest_stream(batches(), "bench")
         rate = len(messages) / (time.perf_counter() - start)
+        cpu = (time.process_time() - cpu) / len(messages)
+        if scoring is not None:
+            worker_cpu = (await scoring.cpu_s() - worker_cpu) / len(messages)
         totals = {
             k: getattr(r, k)
             for k in ("stored", "tickets_opened", "drafts", "escalations", "new_customers")
@@ -95,7 +105,7 @@ async def pipeline_run(
         if scoring is not None:
             scoring.close()
         await store.dispose()
-        return rate, totals
+        return rate, totals, (cpu, worker_cpu)
 
 
 def trained_model(messages: list[InboundMessage], rules: RuleSet) -> triage.Trained:
@@ -139,13 +149,17 @@ def main() -> None:
     # Rounds alternate the two measurements, so a busy neighbour on a shared machine slows
     # both halves of a round alike; the median round is reported.
     rounds = []
+    cpus = []
     for i in range(args.rounds):
-        vader = vader_alone(texts)
-        full, totals = asyncio.run(pipeline_run(messages, args.database, args.batch, model=model))
-        single, _ = asyncio.run(
+        vader, vader_cpu = vader_alone(texts)
+        full, totals, (main_cpu, worker_cpu) = asyncio.run(
+            pipeline_run(messages, args.database, args.batch, model=model)
+        )
+        single, _, _ = asyncio.run(
             pipeline_run(messages, args.database, args.batch, pool=False, model=model)
         )
         rounds.append((full / vader, vader, full, single))
+        cpus.append((vader_cpu, main_cpu, worker_cpu))
         print(
             f"  round {i + 1}: VADER {vader:7.0f} texts/s, pipeline {full:7.0f} messages/s "
             f"(one process: {single:7.0f})"
@@ -160,6 +174,11 @@ def main() -> None:
     print(
         f"one process:   {single:9.0f} messages/s  ({single / vader:.1%} of VADER alone; "
         "everything on one core, for comparison)"
+    )
+    vader_cpu, main_cpu, worker_cpu = (statistics.median(c) * 1e6 for c in zip(*cpus, strict=True))
+    print(
+        f"CPU time:      {main_cpu:9.0f} us/message in the main process, {worker_cpu:.0f} in the "
+        f"worker; VADER alone {vader_cpu:.0f} us/text (medians of the rounds)"
     )
     print("pipeline did:  " + ", ".join(f"{k} {v}" for k, v in totals.items()))
     sys.exit(0 if ratio >= 0.5 else 1)

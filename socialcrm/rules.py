@@ -189,6 +189,10 @@ def _text_only(text: str) -> RuleContext:
     )
 
 
+#: The context of text facts: text conditions read nothing else.
+_NO_MESSAGE = _text_only("")
+
+
 def text_context(text: str) -> RuleContext:
     """A context for a text on its own, as a message with no customer, channel or time."""
     return _text_only(text)
@@ -199,9 +203,9 @@ class _Msg:
 
     __slots__ = ("ctx", "facts", "raw", "text", "words")
 
-    def __init__(self, ctx: RuleContext) -> None:
+    def __init__(self, ctx: RuleContext, text: str | None = None) -> None:
         self.ctx = ctx
-        self.raw = ctx.text
+        self.raw = ctx.text if text is None else text
         self.facts = ctx.text_facts
         if self.facts is not None:
             # The text conditions were answered already: no need to read the text.
@@ -267,17 +271,29 @@ class RuleSet:
     ) -> None:
         self.rules: list[Rule] = list(rules)
         self._text_checks = tuple(text_checks)
-        # Conditions that are just "one of these words" are answered from one pass over the
-        # message's words; the others run their own check.
+        # Keyword and phrase conditions are answered from one pass over the message's words:
+        # a word sets the bits of the conditions that hold it; a term (a phrase, a keyword with
+        # punctuation) is searched for only when the message has every word of it. The other
+        # text conditions (regexes) run their own check.
         self._word_bits: dict[str, int] = {}
+        self._terms: dict[str, list[tuple[int, frozenset[str], Search]]] = {}
+        self._wordless_terms: list[tuple[int, Search]] = []
         self._other_checks: list[tuple[int, Check]] = []
         for i, read in enumerate(self._text_checks):
-            words = getattr(read, "words", None)
-            if isinstance(words, frozenset):
-                for w in words:
-                    self._word_bits[w] = self._word_bits.get(w, 0) | 1 << i
-            else:
+            index = getattr(read, "index", None)
+            if not isinstance(index, _TextIndex):
                 self._other_checks.append((1 << i, read))
+                continue
+            for w in index.words:
+                self._word_bits[w] = self._word_bits.get(w, 0) | 1 << i
+            for need, search in index.terms:
+                if need:
+                    # Filed under its longest word, the one least likely to be in a message.
+                    anchor = max(sorted(need), key=len)
+                    self._terms.setdefault(anchor, []).append((1 << i, need, search))
+                else:
+                    self._wordless_terms.append((1 << i, search))
+        self._anchors = frozenset(self._terms)
         #: The files the rules came from, and a hash of their contents: two rule sets with the
         #: same fingerprint number their text conditions alike.
         self.paths = tuple(paths)
@@ -285,11 +301,20 @@ class RuleSet:
 
     def text_facts(self, text: str) -> int:
         """Which of the rules' text conditions hold for ``text``, as bits (see RuleContext)."""
-        m = _Msg(_text_only(text))
+        m = _Msg(_NO_MESSAGE, text)  # text conditions read the text alone
+        words = m.words
+        folded = m.text
         facts = 0
         bits = self._word_bits
-        for w in m.words:
+        for w in words:
             facts |= bits.get(w, 0)
+        for w in self._anchors.intersection(words):
+            for bit, need, search in self._terms[w]:
+                if not facts & bit and need <= words and search(folded) is not None:
+                    facts |= bit
+        for bit, search in self._wordless_terms:
+            if not facts & bit and search(folded) is not None:
+                facts |= bit
         for bit, read in self._other_checks:
             if read(m):
                 facts |= bit
@@ -382,12 +407,30 @@ class _Cond(NamedTuple):
     cost: int
 
 
+Search = Callable[[str], re.Match[str] | None]
+
+
+class _TextIndex(NamedTuple):
+    """What a keyword or phrase condition looks for, so that ``RuleSet.text_facts`` can
+    answer it from the message's words: whole words, and terms (phrases, keywords with
+    punctuation) each with the words it cannot match without."""
+
+    words: frozenset[str]
+    terms: tuple[tuple[frozenset[str], Search], ...] = ()
+
+
+def _indexed(check: Check, words: frozenset[str], terms: Sequence[str] = ()) -> Check:
+    """Attach to a check what it looks for (folded words, and folded terms)."""
+    found = tuple((frozenset(_WORD.findall(t)), re.compile(_term_pattern(t)).search) for t in terms)
+    check.index = _TextIndex(words, found)  # type: ignore[attr-defined]
+    return check
+
+
 def _any_word(wordset: frozenset[str]) -> Check:
     def check(m: _Msg) -> bool:
         return not wordset.isdisjoint(m.words)
 
-    check.words = wordset  # type: ignore[attr-defined]  # lets text_facts index it by word
-    return check
+    return _indexed(check, wordset)
 
 
 def _fold(text: str) -> str:
@@ -741,7 +784,7 @@ class _Compiler:
         if items is None:
             return None
         words: set[str] = set()
-        patterns: list[str] = []
+        terms: list[str] = []
         ok = True
         for item_loc, raw in items:
             kw = _fold(raw)
@@ -751,18 +794,18 @@ class _Compiler:
             elif _PLAIN_WORD.fullmatch(kw):
                 words.add(kw)
             else:
-                patterns.append(_term_pattern(kw))
+                terms.append(kw)
         if not ok:
             return None
         wordset = frozenset(words)
-        if not patterns:
+        if not terms:
             return self.text_cond(_Cond(_any_word(wordset), 2))
-        search = re.compile("|".join(patterns)).search
+        search = re.compile("|".join(map(_term_pattern, terms))).search
         if not wordset:
-            return self.text_cond(_Cond(lambda m: search(m.text) is not None, 3))
-        return self.text_cond(
-            _Cond(lambda m: not wordset.isdisjoint(m.words) or search(m.text) is not None, 4)
-        )
+            check: Check = lambda m: search(m.text) is not None  # noqa: E731
+            return self.text_cond(_Cond(_indexed(check, wordset, terms), 3))
+        check = lambda m: not wordset.isdisjoint(m.words) or search(m.text) is not None  # noqa: E731
+        return self.text_cond(_Cond(_indexed(check, wordset, terms), 4))
 
     def phrases(self, value: Any, loc: Loc) -> _Cond | None:
         items = self.strings(value, loc)
@@ -774,8 +817,10 @@ class _Compiler:
         # which starts with the lead as a literal that re can jump to.
         by_lead: dict[str, list[str]] = {}
         others: list[str] = []
+        phrases: list[str] = []
         for _, raw in items:
             phrase = " ".join(_fold(raw).split())
+            phrases.append(phrase)
             lead = _WORD.match(phrase)
             if lead is None:
                 others.append(_term_pattern(phrase))
@@ -788,9 +833,10 @@ class _Compiler:
         }
         lead_check = _phrases_after(searches)
         if not others:
-            return self.text_cond(_Cond(lead_check, 3))
+            return self.text_cond(_Cond(_indexed(lead_check, frozenset(), phrases), 3))
         search = re.compile("|".join(others)).search
-        return self.text_cond(_Cond(lambda m: lead_check(m) or search(m.text) is not None, 4))
+        check: Check = lambda m: lead_check(m) or search(m.text) is not None  # noqa: E731
+        return self.text_cond(_Cond(_indexed(check, frozenset(), phrases), 4))
 
     def regex(self, value: Any, loc: Loc) -> _Cond | None:
         items = self.strings(value, loc)

@@ -26,8 +26,11 @@ _MIN_LETTERS = 12
 _LETTER_RE = re.compile(r"[^\W\d_]", re.UNICODE)
 _STRIP_RE = re.compile(r"https?://\S+|[@#]\w[\w.@-]*", re.UNICODE)
 #: What scoring leaves out: links, bare web addresses and @handles (hashtags stay: "#fail").
+#: Every branch starts with a literal and checks what stands before it afterwards ("@" not
+#: after a word character or "@", "pic" at a word boundary), so re can jump from one candidate
+#: character to the next instead of trying a lookbehind at every position.
 _NOT_SENTIMENT_RE = re.compile(
-    r"https?://\S+|www\.\S+|(?<![\w@])@\w+|\bpic\.twitter\.com/\S+", re.UNICODE
+    r"https?://\S+|www\.\S+|@(?<![\w@]@)\w+|p(?<!\wp)ic\.twitter\.com/\S+", re.UNICODE
 )
 #: Words VADER scores that, written to a company, ask or fill rather than feel: "please help",
 #: "it's been like 3 weeks", "I want my money back", "ok so my order...", "pretty sure".

@@ -46,6 +46,7 @@ from socialcrm.models import (
     TriageModelVersion,
     utcnow,
 )
+from socialcrm.ngrams import RememberingUnion
 from socialcrm.rules import Decision, RuleSet, text_context
 from socialcrm.sentiment import Score, SentimentScorer
 
@@ -301,6 +302,8 @@ class Model:
         self.heads = heads
         self.version = version
         self._features = features(settings)
+        # The same matrix as self._features.transform, with each word's hashing remembered.
+        self._transform = RememberingUnion(self._features).transform
 
     @classmethod
     def fit(
@@ -325,7 +328,7 @@ class Model:
         """The model's reading of each sample, in order."""
         if not xs:
             return []
-        matrix = self._features.transform(list(xs))
+        matrix = self._transform(list(xs))
         found: dict[str, tuple[list[str], list[float], list[float]]] = {}
         for head, clf in self.heads.items():
             proba = clf.predict_proba(matrix)

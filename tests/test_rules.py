@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -266,6 +267,9 @@ def test_condition(when: str, ctx: dict[str, Any], expected: bool) -> None:
     ruleset = one_rule(when)
     assert ruleset.rules[0].matches(make_ctx(**ctx)) is expected
     assert (ruleset.evaluate(make_ctx(**ctx)).matched == ["r"]) is expected
+    # The same answer from the text facts worked out apart (as the scoring process does).
+    facts = ruleset.text_facts(make_ctx(**ctx).text)
+    assert (ruleset.evaluate(make_ctx(**ctx, text_facts=facts)).matched == ["r"]) is expected
 
 
 @pytest.mark.parametrize(
@@ -792,3 +796,35 @@ def test_shipped_pack_tests_cover_every_rule() -> None:
     doc = yamldoc.load(PACK.with_name("default.tests.yaml"))
     shown = {name for test in doc.data["tests"] for name in test["expect"].get("matched", [])}
     assert shown == {rule.name for rule in ruleset.rules}
+
+
+def test_text_facts_agree_with_each_condition_on_near_misses() -> None:
+    # Conditions that share words, and texts holding those words in and out of order: the
+    # text facts (one pass over the words) must say what each condition says on its own.
+    pack = """
+rules:
+  - {name: a, when: {phrases: [my order, where is my order, order is late]}, then: [{tag: a}]}
+  - {name: b, when: {phrases: ["where's my refund", refund please]}, then: [{tag: b}]}
+  - {name: c, when: {keywords: [refund, "wi-fi", "?"]}, then: [{tag: c}]}
+  - {name: d, when: {keywords: ["#late", "@acme"]}, then: [{tag: d}]}
+  - {name: e, when: {phrases: ["is it late?", "!!!", "#late again"]}, then: [{tag: e}]}
+  - {name: f, when: {any: [{phrases: [my wi-fi]}, {regex: 'order\\s+#?\\d+'}]}, then: [{tag: f}]}
+  - {name: g, when: {not: {phrases: [order is]}}, then: [{tag: g}]}
+"""
+    rules = RuleSet.from_text(pack, "t.yaml")
+    words = (
+        "my order where is where's late refund please wi-fi #late @acme again it ? !!! #12".split()
+    )
+    rng = random.Random(4)
+    texts = [" ".join(rng.choices(words, k=rng.randint(1, 7))) for _ in range(3000)]
+    texts += [
+        "Where\u2019s   my REFUND",
+        "is it late?",
+        "order 123",
+        "my wi-fis",
+        "my order's late",
+    ]
+    for text in texts:
+        ctx = make_ctx(text=text)
+        facts = rules.text_facts(text)
+        assert rules.evaluate(make_ctx(text=text, text_facts=facts)) == rules.evaluate(ctx), text

@@ -35,6 +35,25 @@ def test_handles_and_links_are_not_sentiment_words(plain: SentimentScorer) -> No
     )
 
 
+@pytest.mark.parametrize(
+    ("text", "cleaned"),
+    [
+        ("@united my bag", "  my bag"),
+        ("hi @united_help!", "hi  !"),
+        ("mail bob@united.com", "mail bob@united.com"),
+        ("@@united", "@@united"),
+        ("é@united", "é@united"),
+        ("-@united", "- "),
+        ("see pic.twitter.com/abc", "see  "),
+        ("epic.twitter.com/abc", "epic.twitter.com/abc"),
+        ("go to www.example.com/x now", "go to   now"),
+        ("http://a.example https://b.example/p?q=1", "   "),
+    ],
+)
+def test_what_is_cleaned_out(plain: SentimentScorer, text: str, cleaned: str) -> None:
+    assert plain.clean(text) == cleaned
+
+
 def test_brand_names_do_not_count_as_sentiment(plain: SentimentScorer) -> None:
     brand = SentimentScorer(brand=brand_terms("United", ["@united", "UnitedAirlines"]))
     text = "United lost my bags again. #United"

@@ -1,0 +1,252 @@
+"""Hashed n-gram features of a batch of texts, each n-gram source hashed once.
+
+A scikit-learn ``HashingVectorizer`` splits every text into n-grams in Python and hashes each
+one, batch after batch, although the texts of a stream repeat their words: most of a triage
+model's reading went there. ``RememberingUnion`` gives the same matrix as the model's
+``FeatureUnion.transform``, number for number, but remembers what each word (character
+n-grams, which never cross a word) or each n-gram (word n-grams) hashes to, and builds the
+batch's matrix from those rows with sparse products. A text step shared by several
+vectorizers (folding handles and links) runs once per batch.
+
+Anything the fast path does not know (another analyzer, weights, a transformer of another
+kind) goes through the estimator's own ``transform``, so the figures never depend on it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from scipy.sparse import csr_matrix
+    from sklearn.feature_extraction.text import HashingVectorizer
+    from sklearn.pipeline import FeatureUnion
+
+#: Distinct words or n-grams remembered per vectorizer before the memory starts afresh
+#: (a few hundred bytes each: about 30 MB for the two vectorizers of a triage model, full).
+MAX_REMEMBERED = 50_000
+
+
+def _whole(unit: str) -> tuple[str]:
+    """An analyzer that takes its input as one n-gram (to hash n-grams one by one)."""
+    return (unit,)
+
+
+def _joined(unit: str | tuple[str, ...]) -> tuple[str]:
+    """An analyzer for one word n-gram given as its tokens, joined as scikit-learn joins them."""
+    return (unit if isinstance(unit, str) else " ".join(unit),)
+
+
+def _word_ngrams(
+    preprocess: Callable[[str], str], tokenize: Callable[[str], list[str]], lo: int, hi: int
+) -> Callable[[str], Iterable[Hashable]]:
+    """The word n-grams of a text as the word analyzer has them: single tokens as strings,
+    longer n-grams as tuples of tokens (unjoined)."""
+
+    def units(doc: str) -> Iterable[Hashable]:
+        tokens = tokenize(preprocess(doc))
+        grams: list[Hashable] = list(tokens) if lo <= 1 else []
+        for n in range(max(lo, 2), hi + 1):
+            grams.extend(zip(*(tokens[i:] for i in range(n)), strict=False))
+        return grams
+
+    return units
+
+
+class _Columns(dict[Hashable, int]):
+    """Numbers units in the order they are first seen."""
+
+    def __missing__(self, unit: Hashable) -> int:
+        j = self[unit] = len(self)
+        return j
+
+
+class _Rows:
+    """What each unit (a word or an n-gram) hashes to: a sparse row per unit, in buffers."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.ids: dict[Hashable, int] = {}
+        self.start = np.zeros(1024, dtype=np.int64)
+        self.length = np.zeros(1024, dtype=np.int64)
+        self.indices = np.zeros(1 << 16, dtype=np.int32)
+        self.data = np.zeros(1 << 16, dtype=np.float64)
+        self.filled = 0
+
+    def clear(self) -> None:
+        self.ids.clear()
+        self.filled = 0
+
+    def add(self, units: list[Hashable], rows: csr_matrix) -> None:
+        """Remember the rows of units not seen before."""
+        n = len(self.ids)
+        need = n + len(units)
+        if need > len(self.start):
+            size = max(need, 2 * len(self.start))
+            self.start = np.resize(self.start, size)
+            self.length = np.resize(self.length, size)
+        nnz = int(rows.indptr[-1])
+        if self.filled + nnz > len(self.indices):
+            size = max(self.filled + nnz, 2 * len(self.indices))
+            self.indices = np.resize(self.indices, size)
+            self.data = np.resize(self.data, size)
+        self.start[n:need] = rows.indptr[:-1] + self.filled
+        self.length[n:need] = np.diff(rows.indptr)
+        self.indices[self.filled : self.filled + nnz] = rows.indices[:nnz]
+        self.data[self.filled : self.filled + nnz] = rows.data[:nnz]
+        self.filled += nnz
+        self.ids.update(zip(units, range(n, need), strict=True))
+
+    def gather(self, ids: NDArray[np.int64], n_features: int, dtype: Any) -> csr_matrix:
+        """The remembered rows of ``ids``, stacked."""
+        from scipy.sparse import csr_matrix
+
+        lengths = self.length[ids]
+        indptr = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        total = int(indptr[-1])
+        # Position k of the output reads the buffers at start[row] + (k - indptr[row]).
+        at = np.repeat(self.start[ids] - indptr[:-1], lengths) + np.arange(total)
+        return csr_matrix(
+            (self.data[at].astype(dtype, copy=False), self.indices[at], indptr),
+            shape=(len(ids), n_features),
+        )
+
+
+class RememberingVectorizer:
+    """A ``HashingVectorizer``'s transform, with the hashed rows of words or n-grams kept."""
+
+    def __init__(self, vectorizer: HashingVectorizer, limit: int = MAX_REMEMBERED) -> None:
+        from sklearn.base import clone
+
+        self.vectorizer = vectorizer
+        #: Signed hashes can cancel to a stored zero, which ``binary`` turns into a one; the
+        #: sums here drop such zeros, so that case is the vectorizer's own.
+        self.exact_zeros = bool(vectorizer.binary and vectorizer.alternate_sign)
+        plain: dict[str, Any] = {"norm": None, "binary": False}
+        if vectorizer.analyzer == "char_wb":
+            # Character n-grams are taken word by word ("char_wb" pads each word and never
+            # crosses a space): a text's counts are the sum of its words' counts.
+            preprocess = vectorizer.build_preprocessor()
+            self.units: Callable[[str], Iterable[Hashable]] = lambda doc: preprocess(doc).split()
+            plain.update(lowercase=False, strip_accents=None, preprocessor=None)
+        elif vectorizer.analyzer == "word" and vectorizer.get_stop_words() is None:
+            # Word n-grams as tuples of tokens: no string is joined unless it is new.
+            self.units = _word_ngrams(
+                vectorizer.build_preprocessor(),
+                vectorizer.build_tokenizer(),
+                *vectorizer.ngram_range,
+            )
+            plain.update(analyzer=_joined)
+        else:
+            # Other analyzers: each n-gram of the text is a unit, hashed alone.
+            self.units = vectorizer.build_analyzer()
+            plain.update(analyzer=_whole)
+        self._unit_rows = clone(vectorizer).set_params(**plain)
+        self._rows = _Rows(limit)
+        # Batches may be read in several threads at once (scoring in this process).
+        self._lock = threading.Lock()
+
+    def transform(self, docs: Sequence[str]) -> csr_matrix:
+        """The vectorizer's matrix of ``docs``."""
+        with self._lock:
+            return self._transform(docs)
+
+    def _transform(self, docs: Sequence[str]) -> csr_matrix:
+        from scipy.sparse import csr_matrix
+        from sklearn.preprocessing import normalize
+
+        vec = self.vectorizer
+        columns = _Columns()
+        number = columns.__getitem__
+        cols: list[int] = []
+        indptr = [0]
+        if self.exact_zeros:
+            return vec.transform(docs)
+        for doc in docs:
+            if not isinstance(doc, str):
+                return vec.transform(docs)  # decoding bytes is the vectorizer's to do
+            cols.extend(map(number, self.units(doc)))
+            indptr.append(len(cols))
+        units = list(columns)
+        rows = self._rows
+        new = [u for u in units if u not in rows.ids]
+        if len(rows.ids) + len(new) > rows.limit:
+            rows.clear()
+            new = units
+        if new:
+            rows.add(new, self._unit_rows.transform(new).tocsr())
+        ids = np.fromiter((rows.ids[u] for u in units), dtype=np.int64, count=len(units))
+        counts = csr_matrix(
+            (np.ones(len(cols), dtype=vec.dtype), np.asarray(cols, dtype=np.int64), indptr),
+            shape=(len(docs), len(units)),
+        )
+        # The product has each column once per row; through CSC and back its columns come
+        # out sorted, as the vectorizer's do (cheaper than sorting every row).
+        product = counts @ rows.gather(ids, vec.n_features, vec.dtype)
+        out: csr_matrix = product.tocsc().tocsr()
+        if vec.binary:
+            out.data.fill(1)
+        if vec.norm is not None:
+            out = normalize(out, norm=vec.norm, copy=False)
+        return out
+
+
+class RememberingUnion:
+    """A ``FeatureUnion``'s transform: fast for text steps feeding hashing vectorizers."""
+
+    def __init__(self, union: FeatureUnion) -> None:
+        from sklearn.feature_extraction.text import HashingVectorizer
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import FunctionTransformer
+
+        self.union = union
+        #: Per part: its text function (or None) and its vectorizer; None: the part's own.
+        self.parts: list[tuple[Callable[[Any], list[str]] | None, RememberingVectorizer] | None]
+        self.parts = []
+        #: False: the union's own transform (weights, or parts that are not estimators).
+        self.fast = union.transformer_weights is None and not any(
+            isinstance(part, str) for _name, part in union.transformer_list
+        )
+        if not self.fast:
+            return
+        for _name, part in union.transformer_list:
+            steps = [s for _n, s in part.steps] if isinstance(part, Pipeline) else [part]
+            *before, last = steps
+            fn = None
+            if len(before) == 1 and isinstance(before[0], FunctionTransformer):
+                t = before[0]
+                if not t.kw_args and not t.validate:
+                    fn = t.func
+            usable = isinstance(last, HashingVectorizer) and last.input == "content"
+            if usable and (fn is not None or not before):
+                self.parts.append((fn, RememberingVectorizer(last)))
+            else:
+                self.parts.append(None)
+
+    def transform(self, xs: list[Any]) -> csr_matrix:
+        """The union's matrix of ``xs``."""
+        from scipy import sparse
+
+        if not self.fast:
+            out: csr_matrix = self.union.transform(xs)
+            return out
+        texts: dict[Any, list[str]] = {}
+        blocks = []
+        for (_name, part), fast in zip(self.union.transformer_list, self.parts, strict=True):
+            if fast is None:
+                blocks.append(part.transform(xs))
+                continue
+            fn, vec = fast
+            if fn is None:
+                blocks.append(vec.transform(xs))
+                continue
+            docs = texts.get(fn)
+            if docs is None:
+                docs = texts[fn] = fn(xs)
+            blocks.append(vec.transform(docs))
+        return sparse.hstack(blocks).tocsr()

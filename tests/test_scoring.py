@@ -1,0 +1,40 @@
+"""The scoring worker's batch: each message's score, text facts and reading, in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from socialcrm.config import Config
+from socialcrm.rules import RuleSet
+from socialcrm.scoring import ScoringPool, analyse_batch
+from socialcrm.sentiment import Score, SentimentScorer
+
+
+def test_a_bad_text_is_reported_and_the_batch_goes_on() -> None:
+    scorer = SentimentScorer()
+    rules = RuleSet.load(Config().rule_paths())
+    bad: Any = 5  # not a text: scoring and the rules' text matching both fail on it
+    items = [("where is my refund??", "en"), (bad, None), ("thanks, sorted!", "en")]
+    out = analyse_batch(scorer, rules, items)
+    assert len(out) == 3
+    (s1, f1, v1), (s2, f2, v2), (s3, f3, v3) = out
+    assert s1 == scorer.score("where is my refund??", "en") and f1 == rules.text_facts(items[0][0])
+    assert isinstance(s2, str) and s2.startswith("sentiment failed: TypeError")
+    assert f2 is None
+    assert s3 == scorer.score("thanks, sorted!", "en") and f3 == rules.text_facts(items[2][0])
+    assert isinstance(s1, Score) and f1 != f3
+    assert v1 is v2 is v3 is None  # no model
+    assert [f for _, f, _ in analyse_batch(scorer, None, items)] == [None, None, None]
+
+
+async def test_the_pool_tells_the_cpu_time_its_worker_used() -> None:
+    pool = ScoringPool()
+    try:
+        before = await pool.cpu_s()
+        await pool.analyse(
+            [(f"my order {i} never arrived, still waiting", "en") for i in range(300)]
+        )
+        after = await pool.cpu_s()
+    finally:
+        pool.close()
+    assert 0 < before < after
