@@ -232,6 +232,16 @@ class Source:
     #: The connector's ``fetch`` takes ``resting`` (the streams held back this time).
     takes_resting: bool = False
 
+    def clear_streak(self, *, unpause: bool = True) -> None:
+        """No failure streak and no backoff (and, with ``unpause``, not paused)."""
+        if unpause:
+            self.paused = False
+        self.failures = 0
+        self.not_before = 0.0
+        self.retry_at = None
+        self.failing_since = None
+        self.failing_alerted = False
+
     @property
     def name(self) -> str:
         """The source's configured name."""
@@ -348,14 +358,9 @@ class Poller:
     @staticmethod
     def _forget_state(src: Source) -> None:
         """Health as if nothing was known of the source (before the store's is read)."""
-        src.paused = False
-        src.failures = 0
-        src.not_before = 0.0
-        src.retry_at = None
+        src.clear_streak()
         src.last_error = None
         src.last_success = None
-        src.failing_since = None
-        src.failing_alerted = False
         src.streams = {}
 
     def _restore_backoff(self, src: Source, row: SourceState) -> None:
@@ -566,12 +571,7 @@ class Poller:
         if state is None or state.paused:
             return False
         log.warning("source %s resumed; polling it again", src.name)
-        src.paused = False
-        src.failures = 0
-        src.not_before = 0.0
-        src.retry_at = None
-        src.failing_since = None
-        src.failing_alerted = False
+        src.clear_streak()
         return True
 
     async def _cursor(self, name: str) -> dict[str, Any] | None:
@@ -587,13 +587,9 @@ class Poller:
     async def _succeeded(self, src: Source) -> None:
         if src.failures:
             log.warning("source %s recovered after %d failed polls", src.name, src.failures)
-        src.failures = 0
-        src.not_before = 0.0
-        src.retry_at = None
+        src.clear_streak(unpause=False)  # paused meanwhile by a person: it stays paused
         src.last_error = None
         src.last_success = self.wall_clock()
-        src.failing_since = None
-        src.failing_alerted = False
         await self._save_health(src, "ok")
 
     async def _failed(
@@ -740,12 +736,7 @@ class Poller:
     async def resume(self, name: str) -> None:
         """Unpause a source (after its credentials were fixed)."""
         src = self.sources[name]
-        src.paused = False
-        src.failures = 0
-        src.not_before = 0.0
-        src.retry_at = None
-        src.failing_since = None
-        src.failing_alerted = False
+        src.clear_streak()
         # New credentials may also open what was refused: every stream is tried again.
         src.streams.clear()
         await self._save_health(src, "ok", paused_reason="")
