@@ -304,7 +304,7 @@ class AlertRenderer:
     """Alert text per format from the templates, each format escaped as its sink needs."""
 
     def __init__(self, templates_dir: Path | None = None, brand: str = "Acme") -> None:
-        from socialcrm.responder import template_environment
+        from socialcrm.templating import template_environment
 
         self.brand = brand
         self.envs: dict[str, jinja2.Environment] = {}
