@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import getpass
 import json
@@ -17,16 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import sqlalchemy as sa
 
 from socialcrm.config import STARTER_CONFIG, Config, ConfigError, load_config
-from socialcrm.db import Store, StoreError, open_store
 
 # Only what every command needs is imported here: a command imports the rest itself, so
 # `socialcrm queue` does not load the pipeline, the sentiment model or the HTTP clients.
+# Nor does it load SQLAlchemy: `socialcrm queue` reads through the plain database driver.
 if TYPE_CHECKING:
     from socialcrm.chatops.commands import Actor
     from socialcrm.connector import Batch, InboundMessage, Quarantined
+    from socialcrm.db import Store
     from socialcrm.pipeline import IngestResult
     from socialcrm.rules import RuleSet
     from socialcrm.scoring import ScoringPool
@@ -74,17 +73,18 @@ def async_command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
+        import asyncio  # here: `socialcrm queue` mostly runs without an event loop
+
         try:
             return asyncio.run(fn(*args, **kwargs))
-        except StoreError as err:
-            raise CliError(str(err)) from err
         except Exception as err:
             from socialcrm.chatops.commands import CommandError
             from socialcrm.customers import CsvImportError
+            from socialcrm.db import StoreError
             from socialcrm.rules import RuleError
             from socialcrm.yamldoc import YamlError
 
-            if isinstance(err, RuleError | YamlError | CommandError):
+            if isinstance(err, StoreError | RuleError | YamlError | CommandError):
                 raise CliError(str(err)) from err
             if isinstance(err, CsvImportError):
                 raise CliError("nothing imported:\n" + "\n".join(err.problems)) from err
@@ -95,6 +95,8 @@ def async_command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]
 
 @asynccontextmanager
 async def _store(config: Config) -> AsyncIterator[Store]:
+    from socialcrm.db import open_store
+
     store = await open_store(config.database_url())
     try:
         yield store
@@ -175,6 +177,8 @@ def config_group() -> None:
 @click.pass_context
 def config_check(ctx: click.Context) -> None:
     """Validate the config file and the rule files it names."""
+    from socialcrm.db import Store
+
     config = _load(ctx, secrets=True)
     _check_sources(ctx, config)
     rules = _check_rules_and_templates(config)
@@ -238,6 +242,8 @@ def db_group() -> None:
 @async_command
 async def db_upgrade(ctx: click.Context) -> None:
     """Upgrade the database schema to this version (the daemon and CLI do this on start)."""
+    from socialcrm.db import Store
+
     config = _load(ctx)
     store = Store(config.database_url())
     try:
@@ -253,7 +259,10 @@ async def db_upgrade(ctx: click.Context) -> None:
 async def db_rebuild_rollups(ctx: click.Context) -> None:
     """Count every stored message into the report's rollups anew (after messages were
     imported, corrected or deleted in SQL rather than by socialcrm)."""
+    import sqlalchemy as sa
+
     from socialcrm import rollups
+    from socialcrm.db import open_store
 
     config = _load(ctx)
     store = await open_store(config.database_url())
@@ -612,7 +621,29 @@ class _ChatCommand(click.Command):
         pass  # always the docstring
 
 
-_chat_command("queue", "limit", optional=("limit",))
+@main.command("queue", cls=_ChatCommand)
+@click.argument("limit", required=False)
+@click.pass_context
+def queue(ctx: click.Context, limit: str | None) -> None:
+    # The chat command's answer, read through the plain driver when the database allows
+    # (socialcrm.approvals): the command people type most starts without SQLAlchemy.
+    from socialcrm import approvals
+
+    config = _load(ctx)
+    if limit is None or (limit.isascii() and limit.isdigit()):
+        found = approvals.read_direct(
+            config.database_url(), approvals.DEFAULT_LIMIT if limit is None else int(limit)
+        )
+        if found is not None:
+            from socialcrm.templating import render_chat, template_environment
+
+            rows, total = found
+            click.echo(render_chat(template_environment(None), "queue", rows=rows, total=total))
+            return
+    # A database to create or upgrade, or a LIMIT the command layer refuses: its answer.
+    async_command(_run_command)(ctx, "queue" if limit is None else f"queue {limit}")
+
+
 _chat_command("show", "reply_id")
 _chat_command("approve", "reply_id")
 _chat_command("edit", "reply_id", "text", rest=True)
@@ -731,7 +762,7 @@ async def triage_status(ctx: click.Context) -> None:
 
 async def _triage_status(store: Store, config: Config) -> str:
     from socialcrm import triage
-    from socialcrm.responder import template_environment
+    from socialcrm.templating import template_environment
 
     async with store.reader() as s:
         row = await triage.newest(s)
@@ -759,9 +790,11 @@ async def _triage_status(store: Store, config: Config) -> str:
 async def triage_eval(ctx: click.Context, file: Path, as_json: bool) -> None:
     """Cross-validated precision, recall and F1 per class of the model trained on FILE's
     labels, beside VADER and the rules alone on the same messages. Nothing is stored."""
+    import asyncio
+
     from socialcrm import triage
-    from socialcrm.responder import template_environment
     from socialcrm.sentiment import SentimentScorer, brand_terms
+    from socialcrm.templating import template_environment
 
     config = _load(ctx)
     items, problems = _read_labelled(file)
@@ -837,6 +870,7 @@ async def report_command(
     ctx: click.Context, period: str, end: str | None, fmt: str, output: Path | None
 ) -> None:
     """Sentiment and service report for a period, compared with the period before it."""
+    import asyncio
     from zoneinfo import ZoneInfo
 
     from socialcrm.models import utcnow
@@ -893,6 +927,8 @@ def quarantine_group() -> None:
 @async_command
 async def quarantine_list(ctx: click.Context, show_all: bool) -> None:
     """List quarantined payloads with their errors."""
+    import sqlalchemy as sa
+
     from socialcrm.models import Quarantine
 
     config = _load(ctx)
@@ -901,7 +937,7 @@ async def quarantine_list(ctx: click.Context, show_all: bool) -> None:
         if not show_all:
             q = q.where(Quarantine.status == "waiting")
         rows = list((await s.execute(q)).scalars())
-    from socialcrm.responder import template_environment
+    from socialcrm.templating import template_environment
 
     page = template_environment(None).get_template("chat/quarantine.j2")
     click.echo(page.render(rows=rows, show_all=show_all).strip())
@@ -913,6 +949,8 @@ async def quarantine_list(ctx: click.Context, show_all: bool) -> None:
 @async_command
 async def quarantine_retry(ctx: click.Context, ids: tuple[int, ...]) -> None:
     """Process quarantined payloads again (all waiting ones, or the IDs given)."""
+    import sqlalchemy as sa
+
     from socialcrm.connector import Batch, Quarantined
     from socialcrm.models import Quarantine, utcnow
     from socialcrm.pipeline import Pipeline
@@ -965,12 +1003,13 @@ def alerts_group() -> None:
 async def alerts_list(ctx: click.Context, show_all: bool, limit: int) -> None:
     """Alerts waiting for a sink or failed (with --all, delivered ones too), newest first, and
     the backlog: drafts waiting, replies sent and failed, alerts waiting and failed."""
+    import sqlalchemy as sa
     from sqlmodel import col
 
     from socialcrm import backlog
     from socialcrm.alerts import delivery_state
     from socialcrm.models import Alert
-    from socialcrm.responder import template_environment
+    from socialcrm.templating import template_environment
 
     config = _load(ctx)
     async with _store(config) as store:
@@ -995,10 +1034,11 @@ async def audit_command(
     ctx: click.Context, limit: int, actor: str | None, action: str | None
 ) -> None:
     """The audit log, newest first: who did what, when, and from where."""
+    import sqlalchemy as sa
     from sqlmodel import col
 
     from socialcrm.models import AuditEvent
-    from socialcrm.responder import template_environment
+    from socialcrm.templating import template_environment
 
     config = _load(ctx)
     async with _store(config) as store, store.reader() as s:
@@ -1084,6 +1124,8 @@ async def sandbox(
 ) -> None:
     """Serve local stand-ins for X, Mastodon, Reddit and Slack (to try socialcrm without
     accounts)."""
+    import asyncio
+
     from socialcrm.models import utcnow
     from socialcrm.sandbox.server import Sandbox, serve, start_ending_before
 
@@ -1100,9 +1142,9 @@ async def sandbox(
         runner = await serve(box, host, port)
     except OSError as err:
         raise CliError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
-    from socialcrm.responder import template_environment
     from socialcrm.sandbox.server import SLACK_APPROVER, SLACK_CHANNEL
     from socialcrm.sandbox.x import BRAND_USER_ID
+    from socialcrm.templating import template_environment
 
     page = template_environment(None).get_template("chat/sandbox.j2")
     click.echo(

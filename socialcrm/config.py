@@ -22,11 +22,11 @@ from pydantic import (
 )
 
 from socialcrm import yamldoc
-from socialcrm.alerts import AlertsConfig
+from socialcrm.alert_config import AlertsConfig
 from socialcrm.connector import Credential, SigningSecret
-from socialcrm.reports.digest import ReportsConfig
-from socialcrm.sla import SlaConfig
-from socialcrm.spikes import SpikeConfig
+from socialcrm.digest_config import ReportsConfig
+from socialcrm.sla_config import SlaConfig
+from socialcrm.spike_config import SpikeConfig
 from socialcrm.timespec import Duration, PositiveDuration, TimeZoneName
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -5,11 +5,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import operator
-import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -18,9 +16,10 @@ from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
+from socialcrm.migrations import MIGRATIONS_DIR, code_head
+
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: Key of the PostgreSQL advisory lock that serialises schema upgrades between daemons.
 _UPGRADE_LOCK_KEY = 0x50C1A1C8
 #: Key of the advisory lock between batch ingestion (shared: batches run side by side) and
@@ -75,24 +74,6 @@ def keys_in(
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
     from alembic.script import ScriptDirectory
-
-_REVISION_RE = re.compile(r"^(down_)?revision(?:\s*:[^=]*)?\s*=\s*[\"']([^\"']*)[\"']", re.M)
-
-
-def code_head() -> str | None:
-    """The newest migration's revision, read from the migration files without Alembic
-    (None when the files do not form one straight line, so Alembic decides)."""
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        found = dict((bool(down), rev) for down, rev in _REVISION_RE.findall(path.read_text()))
-        if False not in found:
-            return None
-        revisions.add(found[False])
-        if found.get(True):
-            parents.add(found[True])
-    heads = revisions - parents
-    return heads.pop() if len(heads) == 1 else None
 
 
 class StoreError(RuntimeError):

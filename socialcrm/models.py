@@ -11,14 +11,12 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
+from socialcrm import utctime
+
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """Timezone-aware datetimes stored as UTC on every backend.
-
-    SQLite has no date type: there the value is UTC text in SQLAlchemy's own layout
-    (``2026-03-02 09:00:00.000000``, which sorts and compares as time does), written and read
-    with the C ``isoformat``/``fromisoformat`` because a batch writes thousands of them.
-    """
+    """Timezone-aware datetimes stored as UTC on every backend (text on SQLite; see
+    :mod:`socialcrm.utctime`)."""
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
@@ -34,18 +32,11 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         if dialect.name == "sqlite":
-            if value.tzinfo is not UTC:
-                value = value.astimezone(UTC)
-            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+            return utctime.to_sqlite(value)
         return value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            return datetime.fromisoformat(value).replace(tzinfo=UTC)
-        moment: datetime = value
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        return utctime.from_stored(value)
 
 
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")

@@ -33,6 +33,14 @@ class Priority:
         return f"{head}: " + ", ".join(shown) if shown else head
 
 
+def rank_sql(label: str) -> str:
+    """A priority label (an SQL expression) as its rank in SQL: urgent highest, no label (or
+    an unknown one) counted as normal. The one ranking every ordered list of drafts and
+    tickets uses, on SQLite and PostgreSQL alike."""
+    whens = " ".join(f"WHEN '{name}' THEN {rank}" for name, rank in RANK.items())
+    return f"CASE {label} {whens} ELSE {RANK['normal']} END"
+
+
 def higher(a: str | None, b: str | None) -> str | None:
     """The higher of two priority labels."""
     if a is None:

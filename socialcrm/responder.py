@@ -19,16 +19,16 @@ from typing import Any
 
 import jinja2
 import sqlalchemy as sa
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from socialcrm.approvals import REPLY_ORDER
 from socialcrm.config import ResponderConfig, SourceConfig
 from socialcrm.connector import InboundMessage, OutboundReply, ReplyIssue, load_connector
 from socialcrm.models import AuditEvent, Identity, Message, Reply, Ticket, utcnow
 from socialcrm.sender import outbound_reply
+from socialcrm.templating import template_environment, template_position
 
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 #: draft -> approved | rejected; approved -> sending -> sent | failed | needs_check
 REPLY_STATUSES = ("draft", "approved", "rejected", "sending", "sent", "failed", "needs_check")
 
@@ -44,37 +44,6 @@ class Draft:
     text: str
     template: str
     problem: str | None = None
-
-
-def template_environment(extra_dir: Path | None = None) -> ImmutableSandboxedEnvironment:
-    """The sandboxed jinja2 environment for replies and alerts (user templates first)."""
-    loaders: list[jinja2.BaseLoader] = []
-    if extra_dir is not None:
-        loaders.append(jinja2.FileSystemLoader(str(extra_dir)))
-    loaders.append(jinja2.FileSystemLoader(str(TEMPLATES_DIR)))
-    return ImmutableSandboxedEnvironment(
-        loader=jinja2.ChoiceLoader(loaders),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=False,
-    )
-
-
-def template_position(err: BaseException) -> str:
-    """``file:line`` of the template a jinja2 error happened in, as well as can be told."""
-    if isinstance(err, jinja2.TemplateSyntaxError) and err.lineno:
-        return f"{err.filename or err.name or '?'}:{err.lineno}"
-    # Jinja2 rewrites a rendering error's traceback so that its frames are template lines.
-    where = "?"
-    tb = err.__traceback__
-    while tb is not None:
-        name = tb.tb_frame.f_code.co_filename
-        if name.endswith(".j2"):
-            where = f"{name}:{tb.tb_lineno}"
-        tb = tb.tb_next
-    return where
 
 
 def compile_all(env: jinja2.Environment, prefix: str = "replies/") -> list[str]:
@@ -343,5 +312,6 @@ async def reject(
 
 
 def queue_order() -> list[Any]:
-    """Order of the approval queue: highest priority first, then oldest first."""
-    return [sa.desc(Reply.priority_score), sa.asc(Reply.created_at), sa.asc(Reply.id)]
+    """Order of drafts in the approval queue within a priority label: highest score first,
+    then oldest first (``approvals.REPLY_ORDER``)."""
+    return [sa.text(REPLY_ORDER)]

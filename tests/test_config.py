@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -224,3 +226,23 @@ def test_connector_secrets_must_not_be_empty_or_short(
         make_source(SourceConfig.model_validate({"name": "s", **settings}), 0)
     field, problem = expected
     assert f"sources[0].{field}:" in str(info.value) and problem in str(info.value)
+
+
+def test_reading_the_config_loads_no_database_layer(tmp_path: Path) -> None:
+    """Commands that only read the database start quickly: the config (every section, alerts,
+    SLA, spikes and digests with it) is read without SQLAlchemy, SQLModel or jinja2."""
+    path = tmp_path / "config.yaml"
+    path.write_text(STARTER_CONFIG, encoding="utf-8")
+    heavy = ["sqlalchemy", "sqlmodel", "jinja2", "socialcrm.models", "socialcrm.db"]
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from socialcrm.config import load_config\n"
+        f"config = load_config(Path({str(path)!r}))\n"
+        "assert config.sla.targets and config.alerts.cooldown and config.spikes.window\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"

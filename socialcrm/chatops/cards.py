@@ -46,8 +46,8 @@ from socialcrm.alerts import raise_alert
 from socialcrm.config import Config
 from socialcrm.db import Store
 from socialcrm.models import Customer, Message, Reply, Ticket, utcnow
-from socialcrm.responder import template_environment
 from socialcrm.slackapi import SlackFailure, sort_failure
+from socialcrm.templating import template_environment
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import jinja2
 import sqlalchemy as sa
 
-from socialcrm import priority, responder, tickets, triage
+from socialcrm import approvals, priority, responder, tickets, triage
 from socialcrm.config import Config
 from socialcrm.db import Store
 from socialcrm.models import (
@@ -31,7 +31,8 @@ from socialcrm.models import (
     Ticket,
     utcnow,
 )
-from socialcrm.responder import ReplyChecker, ReplyError, Responder, template_environment
+from socialcrm.responder import ReplyChecker, ReplyError, Responder
+from socialcrm.templating import render_chat, template_environment
 from socialcrm.tickets import TicketError
 from socialcrm.timespec import parse_duration, parse_period
 
@@ -87,7 +88,7 @@ class Commands:
 
     def render(self, template: str, **context: Any) -> str:
         """Render a chat/CLI answer from ``templates/chat``."""
-        return self.templates.get_template(f"chat/{template}.j2").render(**context).strip()
+        return render_chat(self.templates, template, **context)
 
     async def run(self, actor: Actor, line: str) -> str:
         """Parse and run one command line; the answer is text for the person."""
@@ -160,27 +161,12 @@ class Commands:
         return self.render("help", rows=rows)
 
     @command("viewer")
-    async def queue(self, actor: Actor, limit: int = 20) -> str:
+    async def queue(self, actor: Actor, limit: int = approvals.DEFAULT_LIMIT) -> str:
         """queue [LIMIT] — drafts awaiting approval, highest priority and oldest first."""
         async with self.store.reader() as s:
-            q = (
-                sa.select(Reply, Message, Ticket)
-                .join(Message, Message.id == Reply.message_id)  # type: ignore[arg-type]
-                .outerjoin(Ticket, Ticket.id == Reply.ticket_id)  # type: ignore[arg-type]
-                .where(Reply.status == "draft")
-                # The label shown first: a ticket's label can be raised past its score.
-                .order_by(
-                    sa.desc(_label_rank(sa.func.coalesce(Ticket.priority, Message.priority))),
-                    *responder.queue_order(),
-                )
-                .limit(max(1, min(limit, 200)))
-            )
-            rows = (await s.execute(q)).all()
-            total = (
-                await s.execute(
-                    sa.select(sa.func.count()).select_from(Reply).where(Reply.status == "draft")
-                )
-            ).scalar_one()
+            found = await s.execute(sa.text(approvals.QUEUE_SQL), {"limit": approvals.clamp(limit)})
+            rows = approvals.rows_of(found.all())
+            total = (await s.execute(sa.text(approvals.COUNT_SQL))).scalar_one()
         return self.render("queue", rows=rows, total=total)
 
     @command("viewer")
@@ -276,7 +262,7 @@ class Commands:
                     )
                 q = q.where(Ticket.status == status)
             q = q.order_by(
-                sa.desc(_label_rank(Ticket.priority)),
+                sa.text(priority.rank_sql("ticket.priority") + " DESC"),
                 Ticket.priority_score.desc(),  # type: ignore[attr-defined]
                 Ticket.last_message_at.desc(),  # type: ignore[attr-defined]
             ).limit(max(1, min(limit, 500)))
@@ -550,14 +536,6 @@ async def _reply_handle(s: Any, reply_id: int) -> str | None:
         )
     ).first()
     return row[0] if row else None
-
-
-def _label_rank(label: Any) -> Any:
-    """A priority label as its rank in SQL (urgent highest; no label counts as normal)."""
-    return sa.case(
-        *((label == name, rank) for name, rank in priority.RANK.items()),
-        else_=priority.RANK["normal"],
-    )
 
 
 def _label_audit(

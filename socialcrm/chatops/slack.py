@@ -47,7 +47,8 @@ from socialcrm.chatops.commands import ROLES, Actor, CommandError, Commands, err
 from socialcrm.config import Config
 from socialcrm.models import AuditEvent, Reply
 from socialcrm.replay import ReplayGuard, request_key
-from socialcrm.responder import ReplyError, template_environment
+from socialcrm.responder import ReplyError
+from socialcrm.templating import template_environment
 from socialcrm.tickets import TicketError
 
 log = logging.getLogger(__name__)
