@@ -15,11 +15,12 @@ labelled examples drawn from each corpus, and prints:
   time, not wall time, so that busy neighbours on a shared machine do not inflate it.
 
 Targets: complaint F1 >= 0.80; TweetEval macro-F1 >= 0.62. Measured (seed 7, 2,000 each):
-complaint F1 0.749 (precision 0.721, recall 0.779), macro-F1 0.798, trained in 55 s;
-TweetEval macro-F1 0.648; predict 358 us per message at a load average near 11 on 2 shared
-cores. The complaint target is not met;
-``bench/triage_variants.py`` measures the feature variants tried. The corpora are third-party
-research data (read the folder's SOURCES.md): never used by the tests, never shipped.
+complaint F1 0.752 (precision 0.730, recall 0.775), macro-F1 0.802, trained in 26 s;
+TweetEval macro-F1 0.647; predict 113 CPU us per message (about 160 with character
+2-5-grams and each text normalised twice, 145-150 with 2-5-grams normalised once). The
+complaint target is not met; ``bench/triage_variants.py`` measures the feature variants
+tried. The corpora are third-party research data (read the folder's SOURCES.md): never used
+by the tests, never shipped.
 """
 
 from __future__ import annotations
