@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 if TYPE_CHECKING:
     from scipy.sparse import csr_matrix
     from sklearn.feature_extraction.text import HashingVectorizer
-    from sklearn.pipeline import FeatureUnion
+    from sklearn.pipeline import FeatureUnion, Pipeline
 
 #: Distinct words or n-grams remembered per vectorizer before the memory starts afresh
 #: (a few hundred bytes each: about 30 MB for the two vectorizers of a triage model, full).
@@ -197,17 +197,36 @@ class RememberingVectorizer:
 
 
 class RememberingUnion:
-    """A ``FeatureUnion``'s transform: fast for text steps feeding hashing vectorizers."""
+    """A ``FeatureUnion``'s transform: fast for text steps feeding hashing vectorizers.
 
-    def __init__(self, union: FeatureUnion) -> None:
+    Also a ``Pipeline`` of stateless steps (``FunctionTransformer``s, such as one that
+    normalises the texts once for every part) ending in the union: those steps run first.
+    """
+
+    def __init__(self, union: FeatureUnion | Pipeline) -> None:
         from sklearn.feature_extraction.text import HashingVectorizer
-        from sklearn.pipeline import Pipeline
+        from sklearn.pipeline import FeatureUnion, Pipeline
         from sklearn.preprocessing import FunctionTransformer
 
-        self.union = union
+        #: The estimator as given: its own transform is the fallback.
+        self.estimator = union
+        #: Stateless steps before the union.
+        self.before: list[Any] = []
         #: Per part: its text function (or None) and its vectorizer; None: the part's own.
         self.parts: list[tuple[Callable[[Any], list[str]] | None, RememberingVectorizer] | None]
         self.parts = []
+        if isinstance(union, Pipeline):
+            *before, (_name, last) = union.steps
+            self.before = [step for _n, step in before]
+            stateless = all(
+                isinstance(step, FunctionTransformer) and not step.validate for step in self.before
+            )
+            if not (stateless and isinstance(last, FeatureUnion)):
+                self.union: Any = None
+                self.fast = False
+                return
+            union = last
+        self.union = union
         #: False: the union's own transform (weights, or parts that are not estimators).
         self.fast = union.transformer_weights is None and not any(
             isinstance(part, str) for _name, part in union.transformer_list
@@ -233,8 +252,10 @@ class RememberingUnion:
         from scipy import sparse
 
         if not self.fast:
-            out: csr_matrix = self.union.transform(xs)
+            out: csr_matrix = self.estimator.transform(xs)
             return out
+        for step in self.before:
+            xs = step.transform(xs)
         texts: dict[Any, list[str]] = {}
         blocks = []
         for (_name, part), fast in zip(self.union.transformer_list, self.parts, strict=True):

@@ -93,6 +93,11 @@ def test_a_union_the_fast_path_does_not_know_is_its_own() -> None:
     fast = RememberingUnion(mixed)
     assert fast.parts[1] is None
     same(mixed.transform(docs), fast.transform(docs))
+    # A pipeline that does not end in a union is run as it is.
+    piped = make_pipeline(FunctionTransformer(upper), vec)
+    fast = RememberingUnion(piped)
+    assert not fast.fast
+    same(piped.transform(docs), fast.transform(docs))
 
 
 def test_predictions_are_the_estimators_own() -> None:

@@ -152,6 +152,32 @@ def test_the_stored_model_round_trips(trained: triage.Trained) -> None:
         assert all(archive[k].dtype != object for k in archive.files)
 
 
+def test_a_model_stored_with_older_feature_settings_reads_with_its_own() -> None:
+    # New models read character 3-5-grams; one stored when 2-5-grams were the default keeps
+    # its settings in its header, so it loads and reads exactly as before.
+    scorer = SentimentScorer()
+    rows = labelled_set(10)
+    xs = [triage.sample(t, scorer.score(t)) for t, _ in rows]
+    data = {"sentiment": (xs, [y for _, y in rows])}
+    older = triage.Settings(word_bits=12, char_bits=12, char_min_n=2)
+    old = triage.train(data, older, folds=2)
+    new = triage.train(data, SMALL, folds=2)
+    assert (SMALL.char_min_n, SMALL.char_max_n) == (3, 5)
+    assert "character 3-5-grams" in new.card["features"]
+    assert "character 2-5-grams" in old.card["features"]
+    again = triage.Model.load(old.model.dump())
+    assert again.settings == older
+    unseen = [triage.sample(t, None) for t, _ in labelled_set(5, seed=9)]
+    before, after = old.model.predict(unseen), again.predict(unseen)
+    assert [v.sentiment for v in after] == [v.sentiment for v in before]
+    for a, b in zip(before, after, strict=True):
+        assert a.confidence == pytest.approx(b.confidence, abs=1e-3)
+    # The two feature layouts are not the same model.
+    assert not np.array_equal(
+        again.heads["sentiment"].coef_, triage.Model.load(new.model.dump()).heads["sentiment"].coef_
+    )
+
+
 def _npz(**arrays: Any) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
