@@ -852,8 +852,8 @@ def steer(d: Decision, verdict: Verdict, min_confidence: float, ticket_at: float
     - risk from ``ticket_at`` up: the rules' ticket, or one for a person (``needs-triage``);
       never a thank-you;
     - risk below ``ticket_at``: with the reply head, no ticket and no draft; with only the
-      class, a sure positive opens no ticket unless it asks us something (its thank-you
-      stays), anything else is left to the rules.
+      class, a message read as positive opens no ticket unless it asks us something (its
+      thank-you stays), anything else is left to the rules.
 
     Escalations (legal, safety, angry VIPs) are never undone, and a rule's ``ignore`` only by
     a person's look.
@@ -871,11 +871,7 @@ def steer(d: Decision, verdict: Verdict, min_confidence: float, ticket_at: float
         return
     elif verdict.needs_reply is not None:
         _close(d, f"needs no reply ({1 - risk:.2f})", keep_thanks=False)
-    elif (
-        verdict.sentiment == "positive"
-        and (verdict.confidence or 0.0) >= min_confidence
-        and d.intent not in ASKING
-    ):
+    elif verdict.sentiment == "positive" and d.intent not in ASKING:
         _close(d, f"reads as positive ({verdict.confidence:.2f})", keep_thanks=True)
 
 

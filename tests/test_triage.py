@@ -494,6 +494,14 @@ COMPLAINT = {"intent": "complaint", "open_ticket": True, "draft_template": "apol
         # Unsure: a possible complaint goes to a person; a happier reading stays with the rules.
         ({}, triage.Verdict("negative", 0.45, None, None), True, None, True),
         ({}, triage.Verdict("positive", 0.45, None, None, risk=0.1), False, None, False),
+        # Read as positive with a complaint unlikely: closed, however sure of the class.
+        (
+            {**PRAISE, "open_ticket": True},
+            triage.Verdict("positive", 0.45, None, None, risk=0.1),
+            False,
+            "thanks",
+            False,
+        ),
         # In between: the rules' ticket stands (or a person's), and no one is thanked.
         (
             {**PRAISE, "open_ticket": True},
