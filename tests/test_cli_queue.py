@@ -9,9 +9,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from socialcrm import priority
 from socialcrm.chatops.commands import Actor, Commands
@@ -51,20 +53,24 @@ def inbound(i: int, channel: str, handle: str | None, text: str) -> InboundMessa
     )
 
 
+async def replies_with_message_and_ticket(s: AsyncSession) -> list[Any]:
+    """Every reply with its message and its ticket (None without one), oldest reply first."""
+    q = (
+        sa.select(Reply, Message, Ticket)
+        .join(Message, Message.id == Reply.message_id)
+        .outerjoin(Ticket, Ticket.id == Reply.ticket_id)
+        .order_by(Reply.id)
+    )
+    return list((await s.execute(q)).all())
+
+
 async def drafts_of_every_kind(pipeline: Pipeline, store: Store) -> None:
     """Drafts from the real pipeline, then given every priority label with and without a
     ticket (and no label), ties of score and time, an edit, an error and a decided one."""
     messages = [inbound(i, *m) for i, m in enumerate(COMPLAINTS + PRAISE)]
     await pipeline.ingest(Batch(messages=messages), "test")
     async with store.session() as s:
-        rows = (
-            await s.execute(
-                sa.select(Reply, Message, Ticket)
-                .join(Message, Message.id == Reply.message_id)
-                .outerjoin(Ticket, Ticket.id == Reply.ticket_id)
-                .order_by(Reply.id)
-            )
-        ).all()
+        rows = await replies_with_message_and_ticket(s)
         with_ticket = [(r, m, t) for r, m, t in rows if t is not None]
         without = [(r, m) for r, m, t in rows if t is None]
         assert len(with_ticket) >= len(priority.LABELS) + 1, "the pipeline opened fewer tickets"
@@ -135,14 +141,7 @@ async def test_queue_order_ranks_labels_then_score_then_age(
     out = await Commands(config, store).run(VIEWER, "queue 200")
     shown = [int(line.split()[0][1:]) for line in out.splitlines() if line.startswith("  #")]
     async with store.reader() as s:
-        rows = (
-            await s.execute(
-                sa.select(Reply, Message, Ticket)
-                .join(Message, Message.id == Reply.message_id)
-                .outerjoin(Ticket, Ticket.id == Reply.ticket_id)
-                .where(Reply.status == "draft")
-            )
-        ).all()
+        rows = [row for row in await replies_with_message_and_ticket(s) if row[0].status == "draft"]
 
     def key(row: tuple[Reply, Message, Ticket | None]) -> tuple[int, float, object, int]:
         r, m, t = row
