@@ -213,21 +213,31 @@ class Commands:
         async with self.store.session() as s:
             handle = await _reply_handle(s, reply_id)
             if text is None:
-                act = responder.approve(s, reply_id, actor.name, actor.via, **self._sending(handle))
-            else:
-                act = responder.edit(
-                    s, reply_id, text, actor.name, actor.via, **self._sending(handle)
+                reply = await responder.approve(
+                    s,
+                    reply_id,
+                    actor.name,
+                    actor.via,
+                    responder=self.responder,
+                    to_handle=handle,
+                    checker=self.checker,
                 )
-            reply = await act
+            else:
+                reply = await responder.edit(
+                    s,
+                    reply_id,
+                    text,
+                    actor.name,
+                    actor.via,
+                    responder=self.responder,
+                    to_handle=handle,
+                    checker=self.checker,
+                )
             source = "approve" if text is None else "edit"
             await triage.label_message(
                 s, reply.message_id, "needs_reply", "yes", source, actor.name, actor.via
             )
         return reply
-
-    def _sending(self, handle: str | None) -> dict[str, Any]:
-        """How an approved reply is checked and sent."""
-        return {"responder": self.responder, "to_handle": handle, "checker": self.checker}
 
     @command("agent")
     async def reject(self, actor: Actor, reply_id: int, reason: str) -> str:
