@@ -69,8 +69,14 @@ async def pipeline_run(
     """
     with tempfile.TemporaryDirectory() as tmp:
         db_url = url or f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
+        # Generated traffic is dated in the past; it is live here, so it gets its drafts.
         config = Config.model_validate(
-            {"database": db_url, "brand": {"lexicon": LEXICON}, "base_dir": tmp}
+            {
+                "database": db_url,
+                "brand": {"lexicon": LEXICON},
+                "base_dir": tmp,
+                "backfill_before": None,
+            }
         )
         store = await open_store(config.database_url())
         rules = RuleSet.load(config.rule_paths())

@@ -136,8 +136,13 @@ async def run_pipeline(
     with it, as a daemon does once the team's model is trained.
     """
     with tempfile.TemporaryDirectory() as tmp:
+        # The messages are dated in the past, but they are live traffic here: drafts and all.
         config = Config.model_validate(
-            {"database": f"sqlite+aiosqlite:///{Path(tmp) / 'triage.db'}", "base_dir": tmp}
+            {
+                "database": f"sqlite+aiosqlite:///{Path(tmp) / 'triage.db'}",
+                "base_dir": tmp,
+                "backfill_before": None,
+            }
         )
         store = await open_store(config.database_url())
         pipeline = Pipeline(config, store, rules=RuleSet.load(config.rule_paths()))
