@@ -678,7 +678,10 @@ def model_card(
                     f"({f['support']} labelled)"
                 )
         for t, q, n in s["confusions"]:
-            fails.append(f"{head}: takes '{t}' for '{q}' most often ({n} times in validation)")
+            fails.append(
+                f"{head}: takes '{t}' for '{q}' most often "
+                f"({n} time{'' if n == 1 else 's'} in validation)"
+            )
     for head, labels in HEADS.items():
         if head not in scores:
             fails.append(f"{head}: not trained (too few labels of each kind); rules decide alone")

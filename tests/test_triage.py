@@ -677,10 +677,17 @@ def test_learn_train_status_and_eval_from_the_command_line(
     out = run("triage", "train", "--min-labels", "30")
     assert "Triage model #1" in out and "sentiment: trained on 36 labels" in out
     assert "cross-validated (5-fold)" in out and "Where it fails:" in out
-    assert "Triage model #1" in run("triage", "status")
+    # One thing a line: the card's lines are not run together.
+    lines = run("triage", "status").splitlines()
+    assert lines[0].startswith("Triage model #1") and lines[0].endswith("(in use)")
+    assert [line for line in lines if line.startswith("sentiment: trained on 36 labels")]
+    assert "Where it fails:" in lines and lines[-1].startswith("Features: ")
     out = run("triage", "eval", str(file))
-    assert "Sentiment class:" in out and "VADER alone" in out
-    assert "Needs a reply:" in out and "VADER and rules alone" in out
+    lines = out.splitlines()
+    assert "Sentiment class:" in lines and "Needs a reply:" in lines
+    assert "VADER alone" in out and "VADER and rules alone" in out
+    assert [line for line in lines if line.split()[:1] == ["negative"]]
+    assert [line for line in lines if line.split()[:1] == ["macro"]]
     figures = json.loads(run("triage", "eval", str(file), "--json").splitlines()[-1])
     assert (
         figures["sentiment"]["learned"]["macro_f1"] > figures["sentiment"]["baseline"]["macro_f1"]
