@@ -45,16 +45,17 @@ class Analyzer(SentimentIntensityAnalyzer):  # type: ignore[misc]
         super().__init__()
         # Only single characters can match: the library tests ``chr in self.emojis``.
         self._emoji_chars = frozenset(k for k in self.emojis if len(k) == 1)
-        self._lower_of: list[str] | None = None
-        self._lower: list[str] = []
+        # (sentence, its words lowercased), replaced as one: threads may share an analyzer.
+        self._lowered_memo: tuple[list[str] | None, list[str]] = (None, [])
 
     def _lowered(self, words: list[str]) -> list[str]:
         """``words`` lowercased, made once per sentence (the list is not changed while it is
         scored; holding it keeps its identity from being reused)."""
-        if words is not self._lower_of:
-            self._lower_of = words
-            self._lower = [str(w).lower() for w in words]
-        return self._lower
+        of, lowered = self._lowered_memo
+        if of is not words:
+            lowered = [str(w).lower() for w in words]
+            self._lowered_memo = (words, lowered)
+        return lowered
 
     def polarity_scores(self, text: str) -> dict[str, float]:
         if not self._emoji_chars.isdisjoint(text):
