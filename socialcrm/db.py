@@ -280,8 +280,7 @@ async def executemany(session: AsyncSession, stmt: Any, rows: Sequence[dict[str,
     if not rows:
         return
     conn = await session.connection()
-    dialect = conn.dialect
-    compiled = stmt.compile(dialect=dialect, column_keys=list(rows[0]))
+    compiled = _compiled(stmt, conn.dialect, tuple(rows[0]))
     order = compiled.positiontup
     if order is None:  # a named-parameter driver: let SQLAlchemy do it
         await session.execute(stmt, list(rows))
@@ -312,6 +311,31 @@ async def executemany(session: AsyncSession, stmt: Any, rows: Sequence[dict[str,
                 values[i] = proc(value)
         params.append(tuple(values))
     await conn.exec_driver_sql(compiled.string, params)
+
+
+#: Compiled forms of the statements executemany has run, by statement shape, dialect and
+#: the rows' keys: compiling costs more than hashing the shape, and a batch runs the same
+#: few statements every time.
+_COMPILED: dict[tuple[Any, ...], Any] = {}
+_MAX_COMPILED = 256
+
+
+def _compiled(stmt: Any, dialect: sa.Dialect, keys: tuple[str, ...]) -> Any:
+    """``stmt`` compiled for ``dialect`` with the row keys as its parameters.
+
+    Only the compiled SQL and its parameter order and types are used, never the statement's
+    own bound values, so statements of one shape (one cache key) share their compiled form.
+    """
+    shape = stmt._generate_cache_key()  # what SQLAlchemy's own statement cache keys on
+    if shape is None:  # a statement SQLAlchemy cannot cache either
+        return stmt.compile(dialect=dialect, column_keys=list(keys))
+    key = (shape.key, dialect, keys)
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        if len(_COMPILED) >= _MAX_COMPILED:
+            _COMPILED.clear()
+        compiled = _COMPILED[key] = stmt.compile(dialect=dialect, column_keys=list(keys))
+    return compiled
 
 
 def _column_default(column: sa.Column[Any]) -> Any:

@@ -270,4 +270,9 @@ class RememberingUnion:
             if docs is None:
                 docs = texts[fn] = fn(xs)
             blocks.append(vec.transform(docs))
-        return sparse.hstack(blocks).tocsr()
+        # With every block in CSR, scipy stacks them side by side directly rather than
+        # through COO and back: the same matrix, in less time.
+        blocks = [
+            b if sparse.issparse(b) and b.format == "csr" else sparse.csr_matrix(b) for b in blocks
+        ]
+        return sparse.hstack(blocks, format="csr")

@@ -23,7 +23,14 @@ class Priority:
 
     score: float
     label: str
-    parts: tuple[tuple[float, str], ...]
+    #: Each part's points, and its words as a format string and the value it shows: most
+    #: messages' reasons are never read, so the words are only formatted when they are.
+    terms: tuple[tuple[float, str, object], ...]
+
+    @property
+    def parts(self) -> tuple[tuple[float, str], ...]:
+        """Each part's points and its words: ``(19.0, "negative (-0.62)")``."""
+        return tuple((points, words.format(value)) for points, words, value in self.terms)
 
     @property
     def reason(self) -> str:
@@ -69,27 +76,28 @@ class PriorityModel:
     ) -> Priority:
         """Score one message; the label is at least what the rules asked for."""
         w = self.w
-        parts: list[tuple[float, str]] = []
+        parts: list[tuple[float, str, object]] = []
         if rule_priority is not None:
-            parts.append((w.rule_priority.get(rule_priority, 0.0), f"rules said {rule_priority}"))
+            parts.append((w.rule_priority.get(rule_priority, 0.0), "rules said {}", rule_priority))
         if sentiment is not None and sentiment < 0:
-            parts.append((w.negative * -sentiment, f"negative ({sentiment:+.2f})"))
+            parts.append((w.negative * -sentiment, "negative ({:+.2f})", sentiment))
         ltv = float(lifetime_value)
         if ltv > 0:
             parts.append(
                 (
                     min(w.lifetime_value_cap, w.lifetime_value_per_1000 * ltv / 1000),
-                    f"value {ltv:,.0f}",
+                    "value {:,.0f}",
+                    ltv,
                 )
             )
         if tier in w.tier:
-            parts.append((w.tier[tier], f"{tier} tier"))
+            parts.append((w.tier[tier], "{} tier", tier))
         if followers > 100:
             reach = min(w.reach_cap, w.reach_per_decade * math.log10(followers / 100))
-            parts.append((reach, f"reach {followers:,} followers"))
+            parts.append((reach, "reach {:,} followers", followers))
         if escalated:
-            parts.append((w.escalation, "escalated"))
-        total = round(sum(p for p, _ in parts), 1)
+            parts.append((w.escalation, "escalated", None))
+        total = round(sum(p for p, _, _ in parts), 1)
         # Normal unless the score says more; only the rules can say a message matters less.
         label = "low" if rule_priority == "low" else "normal"
         for name, threshold in self.thresholds:

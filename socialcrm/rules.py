@@ -294,6 +294,7 @@ class RuleSet:
                 else:
                     self._wordless_terms.append((1 << i, search))
         self._anchors = frozenset(self._terms)
+        self._indexed_words = frozenset(self._word_bits)
         #: The files the rules came from, and a hash of their contents: two rule sets with the
         #: same fingerprint number their text conditions alike.
         self.paths = tuple(paths)
@@ -306,8 +307,10 @@ class RuleSet:
         folded = m.text
         facts = 0
         bits = self._word_bits
-        for w in words:
-            facts |= bits.get(w, 0)
+        # Only the message's words some condition holds: the intersection is taken in C,
+        # and most of a message's words are in no condition.
+        for w in self._indexed_words.intersection(words):
+            facts |= bits[w]
         for w in self._anchors.intersection(words):
             for bit, need, search in self._terms[w]:
                 if not facts & bit and need <= words and search(folded) is not None:
