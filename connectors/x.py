@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import html
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -728,7 +729,8 @@ def _message(item: Any, users: dict[str, dict[str, Any]], *, direct: bool) -> In
         channel="x",
         external_id=first,  # an edit is the same message as the post it edits
         edited=first != ident,
-        text=item["text"],
+        # X escapes "&", "<" and ">" as HTML entities; people wrote the characters.
+        text=html.unescape(item["text"]),
         author=author,
         lang=item.get("lang"),
         in_reply_to=replied_to,

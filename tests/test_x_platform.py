@@ -543,6 +543,18 @@ async def test_an_edit_keeps_the_originals_id_and_the_latest_text(x: X) -> None:
     assert len(versions) == 1 and versions[0].text == edited.text
 
 
+async def test_text_arrives_as_written_though_x_sends_html_entities(x: X) -> None:
+    post = x.mention()
+    written = "@acme Q&A: is a <3 hour> wait fair?? I typed &amp; myself & it's gone"
+    x.sandbox.x.edit(post.external_id, written)
+    got, _ = await drain(x.connector(), None)
+    [message] = [m for m in got if m.external_id == post.external_id]
+    assert message.text == written
+    # On the wire it was escaped, as X escapes it; what the author typed as "&amp;" too.
+    wire = b"".join(e.answer for e in x.exchanges)
+    assert b"Q&amp;A: is a &lt;3 hour&gt; wait fair?? I typed &amp;amp; myself &amp; it" in wire
+
+
 async def test_an_edit_updates_the_stored_message_and_opens_nothing(
     x: X, pipeline: Pipeline, store: Store
 ) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import html
 import json
 import re
 import secrets
@@ -343,9 +344,12 @@ class XStandIn(StandIn):
     def tweet(self, message: InboundMessage, fields: set[str]) -> dict[str, Any]:
         """The post as X returns it with ``tweet.fields=fields``."""
         raw = message.raw
+        plain = raw.get("text", message.text)
         out: dict[str, Any] = {
             "id": message.external_id,
-            "text": raw.get("text", message.text),
+            # X sends ``&``, ``<`` and ``>`` as HTML entities (the data dictionary's example
+            # reads "understand &amp; respond"); entity offsets count the plain text.
+            "text": html.escape(plain, quote=False),
             "edit_history_tweet_ids": list(
                 raw.get("edit_history_tweet_ids", [message.external_id])
             ),
@@ -364,7 +368,7 @@ class XStandIn(StandIn):
                 if parent is not None and parent.author.user_id:
                     out[name] = parent.author.user_id
             elif name == "entities":
-                out[name] = self._entities(out["text"])
+                out[name] = self._entities(plain)
             elif name == "reply_settings":
                 out[name] = "everyone"
             elif name == "possibly_sensitive":
