@@ -56,6 +56,10 @@ _ENGLISH = frozenset(
     ).split()
 )
 _WORD_RE = re.compile(r"[a-z']+")
+#: Phones type curly quotes; VADER knows "isn't" and "'bad'", not "isn’t" and "‘bad’".
+_STRAIGHT_QUOTES = str.maketrans(
+    {"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"'}
+)
 
 
 class Score(NamedTuple):
@@ -115,8 +119,8 @@ class SentimentScorer:
         return str(found[0]["lang"])
 
     def clean(self, text: str) -> str:
-        """The words VADER should read: no links, @handles or brand names."""
-        text = _NOT_SENTIMENT_RE.sub(" ", text)
+        """The words VADER should read: no links, @handles or brand names; straight quotes."""
+        text = _NOT_SENTIMENT_RE.sub(" ", text).translate(_STRAIGHT_QUOTES)
         if self._brand is not None:
             text = self._brand.sub(" ", text)
         return text

@@ -69,6 +69,18 @@ def test_emoji_capitals_and_exclamations_still_count(plain: SentimentScorer) -> 
     assert compound(plain, "@acme this is BAD") < compound(plain, "@acme this is bad")
 
 
+def test_curly_quotes_read_as_straight_ones(plain: SentimentScorer) -> None:
+    # A phone's "isn’t" is a negation and its "‘bad’" a word, as typed on a keyboard.
+    assert compound(plain, "the new app isn\u2019t good") == compound(
+        plain, "the new app isn't good"
+    )
+    assert compound(plain, "the new app isn\u2019t good") < 0
+    assert compound(plain, "\u201cfast\u201d delivery, \u2018great\u2019 support") == compound(
+        plain, "\"fast\" delivery, 'great' support"
+    )
+    assert compound(plain, "that\u2019s \u2018bad\u2019") < 0
+
+
 def test_requests_are_not_happiness(plain: SentimentScorer) -> None:
     # "please help" came out at +0.69: a cry for help read as a happy message.
     assert compound(plain, "please help") == 0.0
