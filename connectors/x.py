@@ -76,6 +76,7 @@ from socialcrm.connector import (
     retry_after_s,
     walk_each,
 )
+from socialcrm.xtext import MAX_POST_WEIGHT, post_weight
 
 #: The origin tweepy sends every request to, and X's current name for it.
 TWEEPY_ORIGIN = "https://api.twitter.com"
@@ -87,6 +88,8 @@ TWEET_FIELDS = [
     "edit_history_tweet_ids",
     "entities",
     "lang",
+    # A long post's ``text`` is cut short; its whole text is in ``note_tweet``.
+    "note_tweet",
     "public_metrics",
     "referenced_tweets",
 ]
@@ -97,14 +100,11 @@ RECENT_KEEP = 300
 TOKEN_URL = "https://api.x.com/2/oauth2/token"
 #: A user token this close to its expiry is renewed before a call, not after X refuses it.
 REFRESH_AHEAD_S = 300.0
-#: Longest post in weighted characters (twitter-text v3: most scripts 1, CJK and emoji 2).
-MAX_POST_WEIGHT = 280
 #: X does not say when a usage cap resets: look again after this long, per cap period.
 USAGE_CAP_WAIT_S = {"Daily": 3600.0, "Monthly": 6 * 3600.0}
 #: What X says when a self-serve reply goes to a post that did not summon the brand.
 _NOT_SUMMONED = "not been mentioned or otherwise engaged"
 _STALE_ID = re.compile(r"larger than (\d+)")
-_URL = re.compile(r"https?://\S+", re.IGNORECASE)
 
 Stream = Literal["mentions", "search"]
 
@@ -647,25 +647,23 @@ async def _forbidden(err: tweepy.Forbidden) -> ConnectorError:
 
 def _summons(post: dict[str, Any], brand_id: str | None) -> bool:
     """Whether a post (X's payload) mentions the brand's account or quotes a post."""
-    entities = post.get("entities")
-    mentions = entities.get("mentions") if isinstance(entities, dict) else None
-    for mention in mentions if isinstance(mentions, list) else []:
-        if isinstance(mention, dict) and brand_id is not None and mention.get("id") == brand_id:
-            return True
+    note = post.get("note_tweet")
+    for holder in (post, note if isinstance(note, dict) else {}):
+        entities = holder.get("entities")
+        mentions = entities.get("mentions") if isinstance(entities, dict) else None
+        for mention in mentions if isinstance(mentions, list) else []:
+            if isinstance(mention, dict) and brand_id is not None and mention.get("id") == brand_id:
+                return True
     return False
 
 
-def post_weight(text: str) -> int:
-    """A post's length as X counts it (twitter-text v3): a link is 23, most characters 1,
-    the rest (CJK, emoji) 2."""
-    weight = 0
-    rest = _URL.sub("", text)
-    weight += 23 * len(_URL.findall(text))
-    for char in rest:
-        code = ord(char)
-        light = code <= 4351 or 8192 <= code <= 8205 or 8208 <= code <= 8223 or 8242 <= code <= 8247
-        weight += 1 if light else 2
-    return weight
+def _whole_text(item: dict[str, Any]) -> Any:
+    """A post's text: for a long post (over 280), X cuts ``text`` short and sends the whole in
+    ``note_tweet.text`` (data dictionary, "note_tweet")."""
+    note = item.get("note_tweet")
+    if isinstance(note, dict) and isinstance(note.get("text"), str):
+        return note["text"]
+    return item["text"]
 
 
 def _digest(raw: str) -> str:
@@ -730,7 +728,7 @@ def _message(item: Any, users: dict[str, dict[str, Any]], *, direct: bool) -> In
         external_id=first,  # an edit is the same message as the post it edits
         edited=first != ident,
         # X escapes "&", "<" and ">" as HTML entities; people wrote the characters.
-        text=html.unescape(item["text"]),
+        text=html.unescape(_whole_text(item)),
         author=author,
         lang=item.get("lang"),
         in_reply_to=replied_to,

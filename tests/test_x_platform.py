@@ -555,6 +555,22 @@ async def test_text_arrives_as_written_though_x_sends_html_entities(x: X) -> Non
     assert b"Q&amp;A: is a &lt;3 hour&gt; wait fair?? I typed &amp;amp; myself &amp; it" in wire
 
 
+async def test_a_long_post_arrives_whole_though_x_cuts_its_text(x: X) -> None:
+    post = x.mention()
+    story = " ".join(f"day {i}: still no refund for order 1234." for i in range(1, 30))
+    written = f"{story} Fix it @acme"
+    edited = x.sandbox.x.edit(post.external_id, written)
+    # Asked for the default fields, X sends the first 270 characters, cut at a word.
+    shown = x.sandbox.x.tweet(edited, set())["text"]
+    assert len(shown) <= 270 and written.startswith(shown) and "@acme" not in shown
+    connector = x.connector()
+    got, _ = await drain(connector, None)
+    [message] = [m for m in got if m.external_id == post.external_id]
+    assert message.text == written
+    # The brand is named only past the cut: the reply check finds it in note_tweet.
+    assert not XConnector.check_reply(connector.config, reply_to(message))
+
+
 async def test_an_edit_updates_the_stored_message_and_opens_nothing(
     x: X, pipeline: Pipeline, store: Store
 ) -> None:

@@ -26,6 +26,10 @@ The platform's limits are kept, each citing the page of docs.x.com (mirrored in 
   response-codes-and-errors.mdx``; body fields from ``UsageCapExceededProblem`` in the spec).
 - An edit is a new post whose ``edit_history_tweet_ids`` lists every version, oldest first
   (``x-api/fundamentals/edit-posts.mdx``).
+- ``text`` carries ``&``, ``<`` and ``>`` as HTML entities (the example in
+  ``x-api/fundamentals/data-dictionary.mdx``); a post over 280 weighted characters has its
+  ``text`` cut short, the whole of it in ``note_tweet`` when ``tweet.fields`` asks for it
+  (same page, "note_tweet").
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from socialcrm.sandbox.server import (
     StandIn,
     json_answer,
 )
+from socialcrm.xtext import MAX_POST_WEIGHT, post_weight
 
 #: The brand's account on the stand-in.
 BRAND_USER_ID: Final = "1585736014429175808"
@@ -90,6 +95,8 @@ USER_TOKEN_TTL_S: Final = 7200.0
 SEARCH_WINDOW_S: Final = 7 * 86400.0
 #: The mentions timeline serves the newest 800 posts (timelines/introduction.mdx).
 MENTIONS_CAP: Final = 800
+#: Where a long post's ``text`` is cut (seen on X: 270 characters, at a word).
+LONG_POST_CUT: Final = 270
 #: X's answer to a reply the author did not summon us to (self-serve tiers; observed body).
 NOT_SUMMONED: Final = (
     "Reply to this conversation is not allowed because you have not been mentioned or "
@@ -148,6 +155,16 @@ def invalid_request(message: str, parameters: dict[str, list[str]]) -> web.Respo
         400,
         problem=True,
     )
+
+
+def _cut_short(text: str) -> str:
+    """A long post's ``text`` as X sends it: over 280 weighted characters, cut at a word near
+    270 characters (the whole text is only in ``note_tweet``, and only when asked for)."""
+    if post_weight(text) <= MAX_POST_WEIGHT:
+        return text
+    head = text[:LONG_POST_CUT]
+    space = head.rfind(" ")
+    return head[:space] if space > 0 else head
 
 
 def _words(text: str) -> set[str]:
@@ -345,11 +362,12 @@ class XStandIn(StandIn):
         """The post as X returns it with ``tweet.fields=fields``."""
         raw = message.raw
         plain = raw.get("text", message.text)
+        shown = _cut_short(plain)
         out: dict[str, Any] = {
             "id": message.external_id,
             # X sends ``&``, ``<`` and ``>`` as HTML entities (the data dictionary's example
             # reads "understand &amp; respond"); entity offsets count the plain text.
-            "text": html.escape(plain, quote=False),
+            "text": html.escape(shown, quote=False),
             "edit_history_tweet_ids": list(
                 raw.get("edit_history_tweet_ids", [message.external_id])
             ),
@@ -368,7 +386,12 @@ class XStandIn(StandIn):
                 if parent is not None and parent.author.user_id:
                     out[name] = parent.author.user_id
             elif name == "entities":
-                out[name] = self._entities(plain)
+                out[name] = self._entities(shown)
+            elif name == "note_tweet" and shown != plain:
+                note: dict[str, Any] = {"text": html.escape(plain, quote=False)}
+                if entities := self._entities(plain):
+                    note["entities"] = entities
+                out[name] = note
             elif name == "reply_settings":
                 out[name] = "everyone"
             elif name == "possibly_sensitive":
