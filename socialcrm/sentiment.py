@@ -56,7 +56,7 @@ _ENGLISH = frozenset(
     ).split()
 )
 _WORD_RE = re.compile(r"[a-z']+")
-#: Phones type curly quotes; VADER knows "isn't" and "'bad'", not "isn’t" and "‘bad’".
+#: Phones type curly quotes (U+2018, U+2019, U+201C, U+201D); VADER knows only straight ones.
 _STRAIGHT_QUOTES = str.maketrans(
     {"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"'}
 )

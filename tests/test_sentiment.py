@@ -70,7 +70,7 @@ def test_emoji_capitals_and_exclamations_still_count(plain: SentimentScorer) -> 
 
 
 def test_curly_quotes_read_as_straight_ones(plain: SentimentScorer) -> None:
-    # A phone's "isn’t" is a negation and its "‘bad’" a word, as typed on a keyboard.
+    # A curly "isn't" is a negation, and a curly-quoted "bad" a word, as if typed straight.
     assert compound(plain, "the new app isn\u2019t good") == compound(
         plain, "the new app isn't good"
     )
