@@ -80,7 +80,7 @@ async def run(backfill: int, approvals: int, database: str | None, workdir: Path
         )
         store = await open_store(config.database_url())
         rules = RuleSet.load(config.rule_paths())
-        scoring = ScoringPool(config.brand.lexicon, rules)
+        scoring = ScoringPool.for_config(config, rules)
         daemon = Daemon(config, store, rules=rules, scoring=scoring)
         await daemon.start("127.0.0.1", 0)
         tune_gc()

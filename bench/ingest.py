@@ -80,7 +80,8 @@ async def pipeline_run(
         )
         store = await open_store(config.database_url())
         rules = RuleSet.load(config.rule_paths())
-        scoring = ScoringPool(LEXICON, rules) if pool else None
+        # As the daemon runs it: the brand's lexicon and names, and the starter model.
+        scoring = ScoringPool.for_config(config, rules) if pool else None
         pipeline = Pipeline(config, store, rules=rules, scoring=scoring)
         if model is not None:
             async with store.session() as s:

@@ -437,11 +437,8 @@ async def _file_batches(file: Path, progress: Callable[[int], None]) -> AsyncIte
 @asynccontextmanager
 async def _scoring(config: Config, rules: RuleSet) -> AsyncIterator[ScoringPool]:
     from socialcrm.scoring import ScoringPool
-    from socialcrm.sentiment import brand_terms
 
-    pool = ScoringPool(
-        config.brand.lexicon, rules, brand=brand_terms(config.brand.name, config.brand.handles)
-    )
+    pool = ScoringPool.for_config(config, rules)
     try:
         yield pool
     finally:
@@ -777,6 +774,7 @@ async def _triage_status(store: Store, config: Config) -> str:
             new_labels=new,
             min_labels=config.triage.min_labels,
             in_use=config.triage.enabled,
+            starter=config.triage.enabled and config.triage.starter,
         )
     )
     return text.strip()

@@ -145,6 +145,10 @@ class TriageConfig(_Section):
 
     #: Use the learned model at all (it is used only once one has been trained).
     enabled: bool = True
+    #: Until the team's model is in use, read each English message's sentiment class with the
+    #: starter model shipped in the package (trained on tweets people rated, published with
+    #: VADER). It sets the class reports count and rules test; it opens and closes nothing.
+    starter: bool = True
     #: Labelled messages needed before a model is trained on a schedule.
     min_labels: int = Field(default=200, ge=10)
     #: How often the daemon retrains when new labels came in.

@@ -42,7 +42,6 @@ from socialcrm.reports.digest import DigestConfig, send_digest
 from socialcrm.rules import RuleSet
 from socialcrm.scoring import ScoringPool
 from socialcrm.sender import Sender
-from socialcrm.sentiment import brand_terms
 from socialcrm.sla import SlaPolicy, check_sla
 from socialcrm.sources import Poller, PollOutcome, Source, make_source
 from socialcrm.spikes import check_spikes
@@ -656,9 +655,7 @@ async def run(config: Config, host: str, port: int, name: str | None = None) -> 
     try:
         store = await open_store(config.database_url())
         rules = RuleSet.load(config.rule_paths())
-        scoring = ScoringPool(
-            config.brand.lexicon, rules, brand=brand_terms(config.brand.name, config.brand.handles)
-        )
+        scoring = ScoringPool.for_config(config, rules)
         daemon = Daemon(config, store, rules=rules, scoring=scoring, name=name)
         try:
             await daemon.start(host, port)

@@ -30,7 +30,6 @@ from socialcrm.rules import RuleSet
 from socialcrm.sandbox.server import Sandbox, serve, start_ending_before
 from socialcrm.sandbox.traffic import DEFAULT_START
 from socialcrm.scoring import ScoringPool
-from socialcrm.sentiment import brand_terms
 
 #: Messages generated for the demo; those on X, Mastodon and Reddit are served by the sandbox,
 #: the rest (email, reviews, web forms) come from the bundled example file.
@@ -130,9 +129,7 @@ async def run_demo(directory: Path, count: int = DEMO_MESSAGES) -> None:
     runner = await serve(sandbox, "127.0.0.1", port)
     store = await open_store(config.database_url())
     rules = RuleSet.load(config.rule_paths())
-    scoring = ScoringPool(
-        config.brand.lexicon, rules, brand=brand_terms(config.brand.name, config.brand.handles)
-    )
+    scoring = ScoringPool.for_config(config, rules)
     daemon = Daemon(config, store, rules=rules, scoring=scoring)
     try:
         await _import_customers(store)

@@ -207,13 +207,15 @@ class Message(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     raw: dict[str, Any] = _json(dict)
-    #: The learned triage model's reading (NULL while no model is in use): its sentiment
-    #: class (negative | neutral | positive), whether a reply is needed, each with a confidence.
+    #: The triage model's reading (NULL while no model is in use, and for texts the starter
+    #: model cannot read): its sentiment class (negative | neutral | positive), whether a
+    #: reply is needed, each with a confidence.
     triage_class: str | None = Field(default=None, max_length=8)
     triage_confidence: float | None = None
     needs_reply: bool | None = None
     needs_reply_confidence: float | None = None
-    #: The model version that read it.
+    #: The model version that read it (0: the starter model shipped in the package, which
+    #: gives the class alone; see socialcrm/starter.py).
     triage_version: int | None = None
 
 

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from socialcrm import rollups, triage
+from socialcrm import rollups, starter, triage
 from socialcrm.alerts import raise_alert
 from socialcrm.config import Config
 from socialcrm.connector import Batch, Cursor, InboundMessage, Quarantined, clean_text
@@ -179,6 +179,14 @@ class Pipeline:
         log.info("triage model %s in use", row.id)
         return row.id
 
+    def _starter_on(self) -> bool:
+        cfg = self.config.triage
+        return cfg.enabled and cfg.starter
+
+    def _starter(self) -> triage.Model | None:
+        """The starter model, for a pipeline that scores in a thread and has no team model."""
+        return starter.model() if self._starter_on() else None
+
     def _triage_version(self) -> int | None:
         return self.triage_model.version if self.triage_model is not None else None
 
@@ -252,10 +260,17 @@ class Pipeline:
             same_rules = self.scoring.fingerprint == self.rules.fingerprint
         else:
             found = await asyncio.to_thread(
-                analyse_batch, self.scorer, None, items, self.triage_model
+                analyse_batch, self.scorer, None, items, self.triage_model or self._starter()
             )
             same_rules = False
-        for m, (score, facts, verdict) in zip(new, found, strict=True):
+        use_starter = self._starter_on()
+        for m, (score, facts, read) in zip(new, found, strict=True):
+            # A worker started with the starter model, but this config does without it.
+            verdict = (
+                None
+                if read is not None and starter.is_starter(read.version) and not use_starter
+                else read
+            )
             if isinstance(score, Score):
                 prep.scored.append(_Scored(m, score, facts if same_rules else None, verdict))
             else:
@@ -401,9 +416,10 @@ class Pipeline:
             needs_reply_confidence=verdict.reply_confidence if verdict else None,
         )
         d = self.rules.evaluate(ctx)
-        if verdict is not None:
+        if verdict is not None and not starter.is_starter(verdict.version):
             # The team's model, where it is sure, decides what the words left open; what it
-            # is unsure of goes to a person rather than nowhere.
+            # is unsure of goes to a person rather than nowhere. (The starter model only
+            # gives the class.)
             cfg = self.config.triage
             triage.steer(d, verdict, cfg.min_confidence, cfg.ticket_at)
         # Later messages from this customer in the same batch are no longer "new".

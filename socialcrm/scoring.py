@@ -15,11 +15,15 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from socialcrm import starter
 from socialcrm.rules import RuleError, RuleSet
-from socialcrm.sentiment import Score, SentimentScorer
+from socialcrm.sentiment import Score, SentimentScorer, brand_terms
 from socialcrm.triage import Model, TriageError, Verdict, sample
+
+if TYPE_CHECKING:
+    from socialcrm.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ def analyse_batch(
     model: Model | None = None,
 ) -> list[Analysis]:
     """Score each (text, language hint), answer the rules' text conditions, read it with the
-    triage model."""
+    triage model (the starter model reads only what VADER scored: it knows English alone)."""
     # One pass per kind of work rather than all of it per message: each pass keeps its own
     # tables (VADER's lexicon, the rules' index) in the CPU's caches.
     scores: list[Score | str] = []
@@ -61,10 +65,18 @@ def analyse_batch(
                     for (text, _), a in zip(items, out, strict=True)
                 ]
             )
-            out = [(a[0], a[1], v) for a, v in zip(out, verdicts, strict=True)]
+            english_only = starter.is_starter(model.version)
+            out = [
+                (a[0], a[1], None if english_only and not _scored(a[0]) else v)
+                for a, v in zip(out, verdicts, strict=True)
+            ]
         except Exception:  # the model's failure leaves the rules to decide alone
             log.exception("triage model failed on a batch; the rules decide alone")
     return out
+
+
+def _scored(score: Score | str) -> bool:
+    return isinstance(score, Score) and score.compound is not None
 
 
 class _Worker:
@@ -81,6 +93,7 @@ def _start_worker(
     fingerprint: str,
     brand: list[str],
     model: tuple[bytes, str, int] | None = None,
+    use_starter: bool = False,
 ) -> None:
     _Worker.scorer = SentimentScorer(lexicon, brand)
     if model is not None:
@@ -88,6 +101,8 @@ def _start_worker(
             _Worker.model = Model.load(*model)
         except TriageError:
             log.exception("triage model %s refused; the rules decide alone", model[2])
+    elif use_starter:
+        _Worker.model = starter.model()
     if rule_paths:
         try:
             rules = RuleSet.load([Path(p) for p in rule_paths])
@@ -129,6 +144,7 @@ class ScoringPool:
         rules: RuleSet | None = None,
         workers: int = 1,
         brand: Sequence[str] = (),
+        use_starter: bool = False,
     ) -> None:
         #: Text facts are only used by a pipeline whose rules have this fingerprint.
         self.fingerprint = rules.fingerprint if rules is not None else ""
@@ -136,6 +152,7 @@ class ScoringPool:
         self._brand = list(brand)
         self._paths = [str(p) for p in rules.paths] if rules is not None else []
         self._workers = workers
+        self._use_starter = use_starter
         #: The triage model version the workers hold (None: no model).
         self.model_version: int | None = None
         self._pool = self._start(None)
@@ -145,7 +162,25 @@ class ScoringPool:
             max_workers=self._workers,
             mp_context=multiprocessing.get_context("spawn"),  # never fork a threaded process
             initializer=_start_worker,
-            initargs=(self._lexicon, self._paths, self.fingerprint, self._brand, model),
+            initargs=(
+                self._lexicon,
+                self._paths,
+                self.fingerprint,
+                self._brand,
+                model,
+                self._use_starter,
+            ),
+        )
+
+    @classmethod
+    def for_config(cls, config: Config, rules: RuleSet) -> ScoringPool:
+        """The pool a daemon or a command runs with ``config``: its lexicon, brand names and
+        rules, and the starter model where the config uses it."""
+        return cls(
+            config.brand.lexicon,
+            rules,
+            brand=brand_terms(config.brand.name, config.brand.handles),
+            use_starter=config.triage.enabled and config.triage.starter,
         )
 
     def use_model(self, payload: bytes, digest: str, version: int) -> None:
