@@ -661,7 +661,7 @@ def _whole_text(item: dict[str, Any]) -> Any:
     """A post's text: for a long post (over 280), X cuts ``text`` short and sends the whole in
     ``note_tweet.text`` (data dictionary, "note_tweet")."""
     note = item.get("note_tweet")
-    if isinstance(note, dict) and isinstance(note.get("text"), str):
+    if isinstance(note, dict) and isinstance(note.get("text"), str) and note["text"].strip():
         return note["text"]
     return item["text"]
 

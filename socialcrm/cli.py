@@ -774,7 +774,7 @@ async def _triage_status(store: Store, config: Config) -> str:
             new_labels=new,
             min_labels=config.triage.min_labels,
             in_use=config.triage.enabled,
-            starter=config.triage.enabled and config.triage.starter,
+            starter=config.triage.use_starter,
         )
     )
     return text.strip()

@@ -147,8 +147,14 @@ class TriageConfig(_Section):
     enabled: bool = True
     #: Until the team's model is in use, read each English message's sentiment class with the
     #: starter model shipped in the package (trained on tweets people rated, published with
-    #: VADER). It sets the class reports count and rules test; it opens and closes nothing.
+    #: VADER). It sets the class the reports count; it opens, closes and drafts nothing.
     starter: bool = True
+
+    @property
+    def use_starter(self) -> bool:
+        """Whether the starter model reads messages (it is off with the whole triage model)."""
+        return self.enabled and self.starter
+
     #: Labelled messages needed before a model is trained on a schedule.
     min_labels: int = Field(default=200, ge=10)
     #: How often the daemon retrains when new labels came in.

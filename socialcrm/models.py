@@ -214,7 +214,7 @@ class Message(SQLModel, table=True):
     triage_confidence: float | None = None
     needs_reply: bool | None = None
     needs_reply_confidence: float | None = None
-    #: The model version that read it (0: the starter model shipped in the package, which
+    #: The model version that read it (-1: the starter model shipped in the package, which
     #: gives the class alone; see socialcrm/starter.py).
     triage_version: int | None = None
 

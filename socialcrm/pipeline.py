@@ -36,7 +36,7 @@ from socialcrm.models import Alert, Message, Quarantine, Reply, SourceState, utc
 from socialcrm.priority import PriorityModel
 from socialcrm.responder import ReplyChecker, Responder, blocking_reason, stored_issues
 from socialcrm.rules import Decision, RuleContext, RuleSet
-from socialcrm.scoring import ScoringPool, analyse_batch
+from socialcrm.scoring import Analysis, ScoringPool, analyse_batch
 from socialcrm.sentiment import Score, SentimentScorer, brand_terms
 from socialcrm.sla import SlaPolicy
 from socialcrm.tickets import Threader, TicketView, ticket_tag
@@ -179,13 +179,12 @@ class Pipeline:
         log.info("triage model %s in use", row.id)
         return row.id
 
-    def _starter_on(self) -> bool:
-        cfg = self.config.triage
-        return cfg.enabled and cfg.starter
-
-    def _starter(self) -> triage.Model | None:
-        """The starter model, for a pipeline that scores in a thread and has no team model."""
-        return starter.model() if self._starter_on() else None
+    def _analyse_here(self, items: list[tuple[str, str | None]]) -> list[Analysis]:
+        """The text work in this process (run in a thread: loading the starter takes time)."""
+        model = self.triage_model
+        if model is None and self.config.triage.use_starter:
+            model = starter.model()
+        return analyse_batch(self.scorer, None, items, model)
 
     def _triage_version(self) -> int | None:
         return self.triage_model.version if self.triage_model is not None else None
@@ -259,11 +258,9 @@ class Pipeline:
             found = await self.scoring.analyse(items)
             same_rules = self.scoring.fingerprint == self.rules.fingerprint
         else:
-            found = await asyncio.to_thread(
-                analyse_batch, self.scorer, None, items, self.triage_model or self._starter()
-            )
+            found = await asyncio.to_thread(self._analyse_here, items)
             same_rules = False
-        use_starter = self._starter_on()
+        use_starter = self.config.triage.use_starter
         for m, (score, facts, read) in zip(new, found, strict=True):
             # A worker started with the starter model, but this config does without it.
             verdict = (
@@ -394,6 +391,9 @@ class Pipeline:
         cust = ident.customer
         ticket = threader.find(m, cust.id, cust)
         followers = max(m.author.followers or 0, ident.followers)
+        # The team's model's reading: the rules may test it and it steers. The starter's
+        # reading is only stored, for the reports.
+        team = None if verdict is None or starter.is_starter(verdict.version) else verdict
         ctx = RuleContext(
             text=m.text,
             channel=m.channel,
@@ -410,18 +410,17 @@ class Pipeline:
             local_time=m.created_at.astimezone(self.tz),
             direct=m.direct,
             text_facts=facts,
-            triage=verdict.sentiment if verdict else None,
-            triage_confidence=verdict.confidence if verdict else None,
-            needs_reply=verdict.needs_reply if verdict else None,
-            needs_reply_confidence=verdict.reply_confidence if verdict else None,
+            triage=team.sentiment if team else None,
+            triage_confidence=team.confidence if team else None,
+            needs_reply=team.needs_reply if team else None,
+            needs_reply_confidence=team.reply_confidence if team else None,
         )
         d = self.rules.evaluate(ctx)
-        if verdict is not None and not starter.is_starter(verdict.version):
+        if team is not None:
             # The team's model, where it is sure, decides what the words left open; what it
-            # is unsure of goes to a person rather than nowhere. (The starter model only
-            # gives the class.)
+            # is unsure of goes to a person rather than nowhere.
             cfg = self.config.triage
-            triage.steer(d, verdict, cfg.min_confidence, cfg.ticket_at)
+            triage.steer(d, team, cfg.min_confidence, cfg.ticket_at)
         # Later messages from this customer in the same batch are no longer "new".
         cust.is_new = False
         prio = self.priority.score(

@@ -40,7 +40,7 @@ def analyse_batch(
     model: Model | None = None,
 ) -> list[Analysis]:
     """Score each (text, language hint), answer the rules' text conditions, read it with the
-    triage model (the starter model reads only what VADER scored: it knows English alone)."""
+    triage model (the starter model reads only texts known to be English: it knows no other)."""
     # One pass per kind of work rather than all of it per message: each pass keeps its own
     # tables (VADER's lexicon, the rules' index) in the CPU's caches.
     scores: list[Score | str] = []
@@ -67,7 +67,7 @@ def analyse_batch(
             )
             english_only = starter.is_starter(model.version)
             out = [
-                (a[0], a[1], None if english_only and not _scored(a[0]) else v)
+                (a[0], a[1], None if english_only and not _english(a[0]) else v)
                 for a, v in zip(out, verdicts, strict=True)
             ]
         except Exception:  # the model's failure leaves the rules to decide alone
@@ -75,8 +75,9 @@ def analyse_batch(
     return out
 
 
-def _scored(score: Score | str) -> bool:
-    return isinstance(score, Score) and score.compound is not None
+def _english(score: Score | str) -> bool:
+    """Whether VADER scored a text it knows to be English (not one too short to tell)."""
+    return isinstance(score, Score) and score.compound is not None and score.lang == "en"
 
 
 class _Worker:
@@ -180,7 +181,7 @@ class ScoringPool:
             config.brand.lexicon,
             rules,
             brand=brand_terms(config.brand.name, config.brand.handles),
-            use_starter=config.triage.enabled and config.triage.starter,
+            use_starter=config.triage.use_starter,
         )
 
     def use_model(self, payload: bytes, digest: str, version: int) -> None:

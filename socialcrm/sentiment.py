@@ -56,7 +56,8 @@ _ENGLISH = frozenset(
     ).split()
 )
 _WORD_RE = re.compile(r"[a-z']+")
-#: Phones type curly quotes (U+2018, U+2019, U+201C, U+201D); VADER knows only straight ones.
+#: Phones type curly quotes (U+2018, U+2019, U+02BC, U+201C, U+201D); VADER and the English
+#: word list know only straight ones.
 _STRAIGHT_QUOTES = str.maketrans(
     {"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"'}
 )
@@ -119,14 +120,17 @@ class SentimentScorer:
         return str(found[0]["lang"])
 
     def clean(self, text: str) -> str:
-        """The words VADER should read: no links, @handles or brand names; straight quotes."""
-        text = _NOT_SENTIMENT_RE.sub(" ", text).translate(_STRAIGHT_QUOTES)
+        """The words VADER should read: no links, @handles or brand names."""
+        text = _NOT_SENTIMENT_RE.sub(" ", text)
         if self._brand is not None:
             text = self._brand.sub(" ", text)
         return text
 
     def score(self, text: str, lang_hint: str | None = None) -> Score:
         """Score one text; texts in a language VADER does not know come back unscored."""
+        if not isinstance(text, str):
+            raise TypeError(f"a text is a str, not {type(text).__name__}")
+        text = straight_quotes(text)
         lang = self.language(text, lang_hint)
         if lang is not None and lang not in SCORED_LANGUAGES:
             return Score(None, None, None, None, lang)
@@ -138,6 +142,11 @@ class SentimentScorer:
         return self.score(text).compound
 
 
+def straight_quotes(text: str) -> str:
+    """The text with a phone's curly quotes (U+2019 in "isn't") made straight."""
+    return text.translate(_STRAIGHT_QUOTES)
+
+
 def brand_terms(name: str, handles: Iterable[str]) -> list[str]:
     """The brand's name and handles, as words that must not count as sentiment."""
     terms = [name, *(h.lstrip("@") for h in handles)]
@@ -146,7 +155,9 @@ def brand_terms(name: str, handles: Iterable[str]) -> list[str]:
 
 def brand_pattern(terms: Iterable[str]) -> re.Pattern[str] | None:
     """A pattern for the brand's names as whole words or hashtags, any case; None for none."""
-    words = sorted({t.strip().lower() for t in terms if t.strip()}, key=len, reverse=True)
+    words = sorted(
+        {straight_quotes(t.strip().lower()) for t in terms if t.strip()}, key=len, reverse=True
+    )
     if not words:
         return None
     alts = "|".join(r"\s+".join(map(re.escape, w.split())) for w in words)

@@ -9,9 +9,10 @@ project depends on). A tweet whose raters leaned at least half a point either wa
 -4 .. +4 scale is positive or negative, the rest neutral.
 
 It gives each English message a sentiment class and a confidence, stored as the message's
-triage class (reports count it, rules can test it with ``triage:``). It decides no ticket and
-no draft: that stays with the rules until the team's model, trained on the team's own labels,
-takes over. ``tools/train_starter.py`` rebuilds the file from the source package.
+triage class, which the reports count. It decides no ticket and no draft, and the rules' model
+conditions (``triage:``, ``needs_reply:``, ``triage_confidence:``) do not see it: all that stays
+with the rules until the team's model, trained on the team's own labels, takes over.
+``tools/train_starter.py`` rebuilds the file from the source package.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ log = logging.getLogger(__name__)
 
 #: Where the trained starter model lies in the package.
 PATH = Path(__file__).parent / "data" / "starter_sentiment.npz"
-#: The version a starter reading is stored with (the team's models are numbered from 1).
-VERSION = 0
+#: The version a starter reading is stored with: one no team model can have (stored models
+#: are numbered from 1, and a model not yet stored has 0).
+VERSION = -1
 #: The raters' mean rating (-4 .. +4) from which a tweet counts as leaning one way.
 LEAN = 0.5
 

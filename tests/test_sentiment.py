@@ -79,6 +79,9 @@ def test_curly_quotes_read_as_straight_ones(plain: SentimentScorer) -> None:
         plain, "\"fast\" delivery, 'great' support"
     )
     assert compound(plain, "that\u2019s \u2018bad\u2019") < 0
+    assert compound(plain, "it isn\u02bct good") == compound(plain, "it isn't good")
+    # The English word list knows "won't" and "i'm" typed either way.
+    assert plain.score("I\u2019m done, won\u2019t renew").lang == "en"
 
 
 def test_requests_are_not_happiness(plain: SentimentScorer) -> None:

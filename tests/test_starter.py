@@ -28,7 +28,16 @@ MESSAGES = [
     ("7", "Merci beaucoup, le service était parfait", "fr"),
     # Found by search, not sent to us: the rules tag it and open no ticket.
     ("8", "so sad, my flight got cancelled and I missed my sister's wedding", None),
+    # Too short to tell its language: VADER scores it, the starter does not read it.
+    ("9", "schlecht!!", None),
 ]
+#: A team's rule for its own model: it must not fire on the starter's reading.
+TEAM_RULE = """
+rules:
+  - name: model-says-negative
+    when: {triage: [negative], triage_confidence: {at_least: 0.5}}
+    then: [open_ticket]
+"""
 
 
 def _messages() -> list[InboundMessage]:
@@ -106,7 +115,10 @@ def test_the_shipped_starter_loads_and_reads_plain_cases() -> None:
 
 
 async def _ingest(config: Config, store: Store, scoring: ScoringPool | None = None) -> None:
-    pipeline = Pipeline(config, store, rules=RuleSet.load(config.rule_paths()), scoring=scoring)
+    extra = config.base_dir / "team.yaml"
+    extra.write_text(TEAM_RULE)
+    rules = RuleSet.load([*config.rule_paths(), extra])
+    pipeline = Pipeline(config, store, rules=rules, scoring=scoring)
     await pipeline.ingest(Batch(messages=_messages()), "t")
 
 
@@ -143,15 +155,16 @@ async def test_the_starter_gives_a_class_and_decides_nothing(
     assert {k: v[:3] for k, v in with_starter.items()} == {k: v[:3] for k, v in without.items()}
     assert any(v[0] for v in without.values()) and any(v[1] for v in without.values())
     assert without["8"][:3] == (False, None, "complaint")
-    # The starter's class and version 0 are stored; a text VADER cannot score gets none.
+    # The starter's class and version are stored; a text not known to be English gets none.
     assert {k: v[3:] for k, v in with_starter.items() if k in "1238"} == {
         "1": ("positive", starter.VERSION),
         "2": ("negative", starter.VERSION),
         "3": ("neutral", starter.VERSION),
         "8": ("negative", starter.VERSION),
     }
-    assert with_starter["7"][3:] == (None, None)
+    assert with_starter["7"][3:] == with_starter["9"][3:] == (None, None)
     assert all(v[3:] == (None, None) for v in without.values())
+    assert starter.VERSION < 0  # no team model, stored or not, has it
 
 
 async def test_the_scoring_worker_reads_with_the_starter(config: Config, store: Store) -> None:

@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
 from connectors.x import MAX_POST_WEIGHT, XConnector
+from connectors.x import _message as x_message
 from socialcrm import responder
 from socialcrm.config import Config
 from socialcrm.connector import (
@@ -47,6 +48,7 @@ from socialcrm.sandbox.x import (
 from socialcrm.sender import Sender
 from socialcrm.sources import Poller, Source, make_source
 from socialcrm.tokens import SourceTokens
+from socialcrm.xtext import post_weight
 from tests.connector_suite import drain, ids
 from tests.x_spec import Exchange, XSpec, record_x
 
@@ -569,6 +571,18 @@ async def test_a_long_post_arrives_whole_though_x_cuts_its_text(x: X) -> None:
     assert message.text == written
     # The brand is named only past the cut: the reply check finds it in note_tweet.
     assert not XConnector.check_reply(connector.config, reply_to(message))
+
+
+async def test_long_posts_are_cut_by_weight_and_a_blank_note_is_not_the_text(x: X) -> None:
+    post = x.mention()
+    # 150 CJK characters weigh 300: a long post, cut within 270 of weight.
+    edited = x.sandbox.x.edit(post.external_id, "@acme " + "漢" * 150)
+    out = x.sandbox.x.tweet(edited, {"note_tweet"})
+    assert post_weight(out["text"]) <= 270 and out["note_tweet"]["text"] == edited.text
+    item = {**out, "id": post.external_id, "note_tweet": {"text": "  "}}
+    assert x_message(item, {}, direct=True).text == out["text"]
+    got, _ = await drain(x.connector(), None)
+    assert [m.text for m in got if m.external_id == post.external_id] == [edited.text]
 
 
 async def test_an_edit_updates_the_stored_message_and_opens_nothing(

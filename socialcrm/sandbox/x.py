@@ -158,11 +158,16 @@ def invalid_request(message: str, parameters: dict[str, list[str]]) -> web.Respo
 
 
 def _cut_short(text: str) -> str:
-    """A long post's ``text`` as X sends it: over 280 weighted characters, cut at a word near
-    270 characters (the whole text is only in ``note_tweet``, and only when asked for)."""
+    """A long post's ``text`` as X sends it: over 280 weighted characters, cut at a word within
+    270 (the whole text is only in ``note_tweet``, and only when asked for)."""
     if post_weight(text) <= MAX_POST_WEIGHT:
         return text
-    head = text[:LONG_POST_CUT]
+    # The longest start that weighs at most LONG_POST_CUT (CJK and emoji weigh 2).
+    low, high = 0, len(text)
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if post_weight(text[:mid]) <= LONG_POST_CUT else (low, mid - 1)
+    head = text[:low]
     space = head.rfind(" ")
     return head[:space] if space > 0 else head
 
@@ -730,6 +735,7 @@ class XStandIn(StandIn):
             broken["created_at"] = "last Tuesday"
         else:
             broken["text"] = None
+            broken.pop("note_tweet", None)  # no whole text to fall back on either
         return broken
 
     async def create(self, request: web.Request) -> web.Response:
