@@ -1005,7 +1005,11 @@ def rules_need_reply(rules: RuleSet, text: str, score: Score) -> str:
 def evaluate(
     items: Sequence[Labelled], scorer: SentimentScorer, rules: RuleSet, folds: int = 5
 ) -> dict[str, dict[str, Any]]:
-    """Per head: the learned model's cross-validated figures beside VADER-and-rules alone."""
+    """Per head: the learned model's cross-validated figures beside VADER-and-rules alone, and
+    for the class beside the starter model too (what the reports count until a model is
+    trained: the starter's class for English, VADER's for the rest)."""
+    from socialcrm import starter
+
     scores = [scorer.score(i.message.text, i.message.lang) for i in items]
     out: dict[str, dict[str, Any]] = {}
     for head, classes in HEADS.items():
@@ -1022,6 +1026,14 @@ def evaluate(
         else:
             base = [rules_need_reply(rules, i.message.text, s) for i, s in rows]
         entry: dict[str, Any] = {"baseline": figures(classes, truth, base).as_dict()}
+        shipped = starter.model() if head == "sentiment" else None
+        if shipped is not None:
+            english = [j for j, (_, s) in enumerate(rows) if s.lang == "en" and s.scored]
+            read = shipped.predict([sample(rows[j][0].message.text, rows[j][1]) for j in english])
+            by_starter = list(base)
+            for j, v in zip(english, read, strict=True):
+                by_starter[j] = str(v.sentiment)
+            entry["starter"] = figures(classes, truth, by_starter).as_dict()
         if trainable(truth):
             xs = [sample(i.message.text, s) for i, s in rows]
             entry["learned"] = cross_validate(head, xs, truth, Settings(), folds).as_dict()

@@ -687,6 +687,10 @@ def test_learn_train_status_and_eval_from_the_command_line(
     lines = out.splitlines()
     assert "Sentiment class:" in lines and "Needs a reply:" in lines
     assert "VADER alone" in out and "VADER and rules alone" in out
+    # The class is compared with the starter model too: what the reports count until now.
+    assert "starter model" in out
+    negative = [line.split() for line in lines if line.split()[:1] == ["negative"]]
+    assert len(negative) == 1 and len(negative[0]) == 1 + 9 + 1  # three readings, support
     assert [line for line in lines if line.split()[:1] == ["negative"]]
     assert [line for line in lines if line.split()[:1] == ["macro"]]
     figures = json.loads(run("triage", "eval", str(file), "--json").splitlines()[-1])
@@ -694,6 +698,8 @@ def test_learn_train_status_and_eval_from_the_command_line(
         figures["sentiment"]["learned"]["macro_f1"] > figures["sentiment"]["baseline"]["macro_f1"]
     )
     assert set(figures["needs_reply"]["learned"]["per_class"]) == {"no", "yes"}
+    assert set(figures["sentiment"]["starter"]["per_class"]) == {"negative", "neutral", "positive"}
+    assert "starter" not in figures["needs_reply"]
     # Relabelling works from the command line too (the same command layer as chat).
     run("ingest", str(file))
     out = run("relabel", "1", "positive")
