@@ -43,7 +43,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -276,13 +276,18 @@ class RuleSet:
         # punctuation) is searched for only when the message has every word of it. The other
         # text conditions (regexes) run their own check.
         self._word_bits: dict[str, int] = {}
-        self._terms: dict[str, list[tuple[int, frozenset[str], Search]]] = {}
-        self._wordless_terms: list[tuple[int, Search]] = []
-        self._other_checks: list[tuple[int, Check]] = []
+        # The same term or regex in several conditions is searched for once: each search is
+        # kept with the bits of every condition it answers.
+        terms: dict[str, dict[tuple[frozenset[str], Search], int]] = {}
+        wordless: dict[Search, int] = {}
+        others: dict[Hashable, tuple[int, Check]] = {}
         for i, read in enumerate(self._text_checks):
             index = getattr(read, "index", None)
             if not isinstance(index, _TextIndex):
-                self._other_checks.append((1 << i, read))
+                same = getattr(read, "same", None)
+                key = read if same is None else same
+                bits, first = others.get(key, (0, read))
+                others[key] = (bits | 1 << i, first)
                 continue
             for w in index.words:
                 self._word_bits[w] = self._word_bits.get(w, 0) | 1 << i
@@ -290,9 +295,16 @@ class RuleSet:
                 if need:
                     # Filed under its longest word, the one least likely to be in a message.
                     anchor = max(sorted(need), key=len)
-                    self._terms.setdefault(anchor, []).append((1 << i, need, search))
+                    filed = terms.setdefault(anchor, {})
+                    filed[need, search] = filed.get((need, search), 0) | 1 << i
                 else:
-                    self._wordless_terms.append((1 << i, search))
+                    wordless[search] = wordless.get(search, 0) | 1 << i
+        self._terms: dict[str, list[tuple[int, frozenset[str], Search]]] = {
+            anchor: [(bits, need, search) for (need, search), bits in filed.items()]
+            for anchor, filed in terms.items()
+        }
+        self._wordless_terms: list[tuple[int, Search]] = [(b, s) for s, b in wordless.items()]
+        self._other_checks: list[tuple[int, Check]] = list(others.values())
         self._anchors = frozenset(self._terms)
         self._indexed_words = frozenset(self._word_bits)
         #: The files the rules came from, and a hash of their contents: two rule sets with the
@@ -312,15 +324,15 @@ class RuleSet:
         for w in self._indexed_words.intersection(words):
             facts |= bits[w]
         for w in self._anchors.intersection(words):
-            for bit, need, search in self._terms[w]:
-                if not facts & bit and need <= words and search(folded) is not None:
-                    facts |= bit
-        for bit, search in self._wordless_terms:
-            if not facts & bit and search(folded) is not None:
-                facts |= bit
-        for bit, read in self._other_checks:
+            for held, need, search in self._terms[w]:
+                if facts & held != held and need <= words and search(folded) is not None:
+                    facts |= held
+        for held, search in self._wordless_terms:
+            if facts & held != held and search(folded) is not None:
+                facts |= held
+        for held, read in self._other_checks:
             if read(m):
-                facts |= bit
+                facts |= held
         return facts
 
     @classmethod
@@ -855,9 +867,13 @@ class _Compiler:
             return None
         if len(compiled) == 1:
             search = compiled[0].search
-            return self.text_cond(_Cond(lambda m: search(m.raw) is not None, 3))
-        searches = tuple(p.search for p in compiled)
-        return self.text_cond(_Cond(lambda m: any(s(m.raw) is not None for s in searches), 3))
+            check: Check = lambda m: search(m.raw) is not None  # noqa: E731
+        else:
+            searches = tuple(p.search for p in compiled)
+            check = lambda m: any(s(m.raw) is not None for s in searches)  # noqa: E731
+        # Conditions with the same regexes hold together (``RuleSet.text_facts`` reads once).
+        check.same = ("regex", *((p.pattern, p.flags) for p in compiled))  # type: ignore[attr-defined]
+        return self.text_cond(_Cond(check, 3))
 
     def sentiment(self, value: Any, loc: Loc) -> _Cond | None:
         spec = self.mapping(value, loc, ("below", "above", "unscored"), "sentiment")
