@@ -420,6 +420,23 @@ class _Cond(NamedTuple):
     check: Check
     # Rough relative cost, so that `all`/`any` try cheap checks before text searches.
     cost: int
+    #: For a condition on the text alone: its answer as a Python expression over ``f``, a
+    #: message's text facts (None: the condition reads more than the text).
+    facts: str | None = None
+
+
+def _on_facts(expr: str, read: Check) -> Check:
+    """A check of a condition on the text alone: from the message's text facts with one
+    compiled expression where they were answered already (instead of a call per condition
+    of the tree), else by ``read``, which reads the text."""
+    # The expression is made here of bit numbers, operators and parentheses only.
+    answer: Callable[[int], bool] = eval(f"lambda f: bool({expr})", {"bool": bool})
+
+    def check(m: _Msg) -> bool:
+        facts = m.facts
+        return read(m) if facts is None else answer(facts)
+
+    return check
 
 
 Search = Callable[[str], re.Match[str] | None]
@@ -493,42 +510,75 @@ def _suggest(key: str, known: Sequence[str]) -> str:
 
 
 def _all_of(conds: list[_Cond]) -> _Cond:
+    conds = _text_together(conds, _all_of)
     conds = sorted(conds, key=lambda c: c.cost)
     cost = sum(c.cost for c in conds)
     checks = tuple(c.check for c in conds)
     if len(checks) == 1:
         return conds[0]
+    check: Check
     if len(checks) == 2:
         a, b = checks
-        return _Cond(lambda m: a(m) and b(m), cost)
+        check = lambda m: a(m) and b(m)  # noqa: E731
+    else:
 
-    def check(m: _Msg) -> bool:
-        # A plain loop: all() over a generator costs more than the checks on this hot path.
-        for c in checks:  # noqa: SIM110
-            if not c(m):
-                return False
-        return True
+        def check(m: _Msg) -> bool:
+            # A plain loop: all() over a generator costs more than the checks on this hot path.
+            for c in checks:  # noqa: SIM110
+                if not c(m):
+                    return False
+            return True
 
-    return _Cond(check, cost)
+    return _text_alone(check, cost, conds, " and ")
 
 
 def _any_of(conds: list[_Cond]) -> _Cond:
+    conds = _text_together(conds, _any_of)
     conds = sorted(conds, key=lambda c: c.cost)
     cost = sum(c.cost for c in conds)
     checks = tuple(c.check for c in conds)
     if len(checks) == 1:
         return conds[0]
+    check: Check
     if len(checks) == 2:
         a, b = checks
-        return _Cond(lambda m: a(m) or b(m), cost)
+        check = lambda m: a(m) or b(m)  # noqa: E731
+    else:
 
-    def check(m: _Msg) -> bool:
-        for c in checks:  # noqa: SIM110
-            if c(m):
-                return True
-        return False
+        def check(m: _Msg) -> bool:
+            for c in checks:  # noqa: SIM110
+                if c(m):
+                    return True
+            return False
 
-    return _Cond(check, cost)
+    return _text_alone(check, cost, conds, " or ")
+
+
+def _text_together(conds: list[_Cond], combine: Callable[[list[_Cond]], _Cond]) -> list[_Cond]:
+    """The conditions on the text alone among ``conds`` as one (answered by one expression
+    from the text facts), beside the others; the same answer, conditions having no effects."""
+    text = [c for c in conds if c.facts is not None]
+    if len(text) < 2 or len(text) == len(conds):
+        return conds
+    return [*(c for c in conds if c.facts is None), combine(text)]
+
+
+def _not(cond: _Cond) -> _Cond:
+    check = cond.check
+    negated: Check = lambda m: not check(m)  # noqa: E731
+    if cond.facts is None:
+        return _Cond(negated, cond.cost)
+    expr = f"(not {cond.facts})"
+    return _Cond(_on_facts(expr, negated), cond.cost, expr)
+
+
+def _text_alone(check: Check, cost: int, conds: Sequence[_Cond], op: str) -> _Cond:
+    """``check`` combining ``conds``; when they all read the text alone, so does it, and it
+    answers from the text facts in one expression."""
+    if any(c.facts is None for c in conds):
+        return _Cond(check, cost)
+    expr = f"({op.join(c.facts for c in conds if c.facts is not None)})"
+    return _Cond(_on_facts(expr, check), cost, expr)
 
 
 def _phrases_after(searches: Mapping[str, Callable[[str], re.Match[str] | None]]) -> Check:
@@ -640,7 +690,7 @@ class _Compiler:
             facts = m.facts
             return read(m) if facts is None else bool(facts & bit)
 
-        return _Cond(check, cond.cost)
+        return _Cond(check, cond.cost, f"(f & {bit})")
 
     def problem(self, loc: Loc, message: str) -> None:
         self.problems.append(f"{self.doc.where(loc)}: {format_loc(loc)}: {message}")
@@ -772,10 +822,7 @@ class _Compiler:
                 return self.combine(key, value, loc)
             case "not":
                 inner = self.condition(value, loc)
-                if inner is None:
-                    return None
-                check = inner.check
-                return _Cond(lambda m: not check(m), inner.cost)
+                return None if inner is None else _not(inner)
         self.problem(loc, f"unknown condition {key!r}{_suggest(key, _CONDITIONS)}")
         return None
 
