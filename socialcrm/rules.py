@@ -299,10 +299,20 @@ class RuleSet:
                     filed[need, search] = filed.get((need, search), 0) | 1 << i
                 else:
                     wordless[search] = wordless.get(search, 0) | 1 << i
-        self._terms: dict[str, list[tuple[int, frozenset[str], Search]]] = {
-            anchor: [(bits, need, search) for (need, search), bits in filed.items()]
-            for anchor, filed in terms.items()
-        }
+        # Under its anchor, a term is filed again under its next longest word: a message's
+        # words pick the terms it can hold with one intersection, not a test per term.
+        self._terms: dict[str, tuple[list[tuple[int, Search]], _Seconds]] = {}
+        for anchor, filed in terms.items():
+            alone: list[tuple[int, Search]] = []
+            seconds: _Seconds = {}
+            for (need, search), bits in filed.items():
+                rest = need - {anchor}
+                if not rest:
+                    alone.append((bits, search))
+                else:
+                    second = max(sorted(rest), key=len)
+                    seconds.setdefault(second, []).append((bits, need, search))
+            self._terms[anchor] = (alone, seconds)
         self._wordless_terms: list[tuple[int, Search]] = [(b, s) for s, b in wordless.items()]
         self._other_checks: list[tuple[int, Check]] = list(others.values())
         self._anchors = frozenset(self._terms)
@@ -324,9 +334,14 @@ class RuleSet:
         for w in self._indexed_words.intersection(words):
             facts |= bits[w]
         for w in self._anchors.intersection(words):
-            for held, need, search in self._terms[w]:
-                if facts & held != held and need <= words and search(folded) is not None:
+            alone, seconds = self._terms[w]
+            for held, search in alone:
+                if facts & held != held and search(folded) is not None:
                     facts |= held
+            for second in seconds.keys() & words:
+                for held, need, search in seconds[second]:
+                    if facts & held != held and need <= words and search(folded) is not None:
+                        facts |= held
         for held, search in self._wordless_terms:
             if facts & held != held and search(folded) is not None:
                 facts |= held
@@ -440,6 +455,8 @@ def _on_facts(expr: str, read: Check) -> Check:
 
 
 Search = Callable[[str], re.Match[str] | None]
+#: Terms filed by a word they need: (the conditions' bits, every word it needs, its search).
+_Seconds = dict[str, list[tuple[int, frozenset[str], Search]]]
 
 
 class _TextIndex(NamedTuple):
