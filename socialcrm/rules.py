@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -519,6 +520,58 @@ def _term_parts(term: str) -> tuple[str, str]:
     return f"{body[:n]}(?<!\\w{body[:n]})", body[n:]
 
 
+def _first_chars(pattern: re.Pattern[str]) -> frozenset[str] | None:
+    """The characters one of which starts every match of ``pattern``, when they are few and
+    have no case (so that IGNORECASE matches them only as themselves); else None."""
+    # re's own parser (what re.compile reads a pattern with); anything it does not say
+    # plainly below gets no shortcut.
+    parser: Any = importlib.import_module("re._parser")
+    c: Any = importlib.import_module("re._constants")
+    try:
+        parsed = parser.parse(pattern.pattern, pattern.flags)
+    except Exception:
+        return None
+
+    def first(items: Any) -> set[str] | None:
+        for op, arg in items:
+            if op in (c.AT, c.ASSERT, c.ASSERT_NOT):  # zero-width: the match starts after
+                continue
+            if op is c.LITERAL:
+                return {chr(arg)}
+            if op is c.IN:
+                found: set[str] = set()
+                for kind, value in arg:
+                    if kind is c.LITERAL:
+                        found.add(chr(value))
+                    elif kind is c.RANGE and value[1] - value[0] < 32:
+                        found.update(map(chr, range(value[0], value[1] + 1)))
+                    else:  # a negated set, a category, a wide range
+                        return None
+                return found
+            if op is c.BRANCH:
+                union: set[str] = set()
+                for branch in arg[1]:
+                    got = first(branch)
+                    if got is None:
+                        return None
+                    union |= got
+                return union
+            if op is c.SUBPATTERN:
+                _group, add_flags, del_flags, sub = arg
+                return first(sub) if not add_flags and not del_flags else None
+            if op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT) and arg[0] >= 1:
+                return first(arg[2])
+            return None
+        return None
+
+    chars = first(parsed.data)
+    if not chars or len(chars) > 16:
+        return None
+    if any(ch.lower() != ch or ch.upper() != ch or ch.casefold() != ch for ch in chars):
+        return None
+    return frozenset(chars)
+
+
 def _suggest(key: str, known: Sequence[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     if close:
@@ -935,6 +988,13 @@ class _Compiler:
         else:
             searches = tuple(p.search for p in compiled)
             check = lambda m: any(s(m.raw) is not None for s in searches)  # noqa: E731
+        firsts = [_first_chars(p) for p in compiled]
+        if all(f is not None for f in firsts):
+            # Every match starts with one of a few characters: a text with none of them is
+            # passed over with a find per character, not a scan by the regex engine.
+            starts = tuple(sorted(frozenset().union(*(f for f in firsts if f is not None))))
+            read = check
+            check = lambda m: any(c in m.raw for c in starts) and read(m)  # noqa: E731
         # Conditions with the same regexes hold together (``RuleSet.text_facts`` reads once).
         check.same = ("regex", *((p.pattern, p.flags) for p in compiled))  # type: ignore[attr-defined]
         return self.text_cond(_Cond(check, 3))
