@@ -387,7 +387,8 @@ class Resolver:
 async def insert_returning_ids(
     session: AsyncSession, table: Any, rows: list[dict[str, Any]]
 ) -> list[int]:
-    """Insert many rows with one executemany and return their ids, in order.
+    """Insert many rows with one executemany and return their ids, in order; each row dict
+    gets its id under "id" (rather than being copied with it: a batch inserts thousands).
 
     Ids are taken up front (a PostgreSQL sequence, or past SQLite's largest id while this
     transaction holds SQLite's write lock) so the insert needs no RETURNING, which SQLite
@@ -403,7 +404,7 @@ async def insert_returning_ids(
     else:
         top = (await session.execute(sa.select(sa.func.max(t.c.id)))).scalar() or 0
         ids = list(range(top + 1, top + 1 + len(rows)))
-    await executemany(
-        session, sa.insert(t), [{**r, "id": i} for r, i in zip(rows, ids, strict=True)]
-    )
+    for r, i in zip(rows, ids, strict=True):
+        r["id"] = i
+    await executemany(session, sa.insert(t), rows)
     return ids
