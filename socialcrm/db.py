@@ -292,25 +292,38 @@ async def executemany(session: AsyncSession, stmt: Any, rows: Sequence[dict[str,
         rows = [{**defaults, **r} for r in rows]
     get = operator.itemgetter(*order)
     convert = [(i, procs[name]) for i, name in enumerate(order) if procs.get(name)]
+    if len(order) == 1:
+        params: list[tuple[Any, ...]] = [(get(r),) for r in rows]
+    else:
+        params = list(map(get, rows))
+    if convert:
+        # Column by column: one comprehension per converted column costs less than a loop
+        # over the converted values of each row.
+        columns: list[Sequence[Any]] = list(zip(*params, strict=True))
+        for i, proc in convert:
+            columns[i] = _converted(columns[i], proc)
+        params = list(zip(*columns, strict=True))
+    await conn.exec_driver_sql(compiled.string, params)
+
+
+def _converted(values: Sequence[Any], proc: Any) -> list[Any]:
+    """One column's values through its bind processor (None stays None)."""
+    first = next((v for v in values if v is not None), None)
+    if type(first) is not datetime:
+        return [None if v is None else proc(v) for v in values]
     # A batch's rows share most of their moments (the batch's "now", a message's time in
     # several tables): each distinct moment is converted once per column.
-    moments: list[dict[datetime, Any]] = [{} for _ in convert]
-    params = []
-    for r in rows:
-        values = list(get(r)) if len(order) > 1 else [get(r)]
-        for (i, proc), seen in zip(convert, moments, strict=True):
-            value = values[i]
-            if value is None:
-                continue
-            if type(value) is datetime:
-                done = seen.get(value, _UNSEEN)
-                if done is _UNSEEN:
-                    done = seen[value] = proc(value)
-                values[i] = done
-            else:
-                values[i] = proc(value)
-        params.append(tuple(values))
-    await conn.exec_driver_sql(compiled.string, params)
+    seen: dict[datetime, Any] = {}
+    out = []
+    for value in values:
+        if type(value) is datetime:
+            done = seen.get(value, _UNSEEN)
+            if done is _UNSEEN:
+                done = seen[value] = proc(value)
+            out.append(done)
+        else:
+            out.append(None if value is None else proc(value))
+    return out
 
 
 #: Compiled forms of the statements executemany has run, by statement shape, dialect and

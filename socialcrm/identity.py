@@ -20,18 +20,23 @@ from socialcrm.connector import InboundMessage
 from socialcrm.db import executemany, keys_in
 from socialcrm.models import Customer, Identity, UTCDateTime, utcnow
 
+#: The tables' columns: selects of plain columns run on the Core path, which costs a batch
+#: less than the ORM's handling of the same statement.
+_C: sa.Table = Customer.__table__  # type: ignore[attr-defined]
+_I: sa.Table = Identity.__table__  # type: ignore[attr-defined]
+
 _CUSTOMER_COLS = (
-    Customer.id,
-    Customer.name,
-    Customer.email,
-    Customer.tier,
-    Customer.segment,
-    Customer.lifetime_value,
-    Customer.tags,
-    Customer.do_not_contact,
-    Customer.lifecycle_stage,
-    Customer.reach,
-    Customer.last_seen_at,
+    _C.c.id,
+    _C.c.name,
+    _C.c.email,
+    _C.c.tier,
+    _C.c.segment,
+    _C.c.lifetime_value,
+    _C.c.tags,
+    _C.c.do_not_contact,
+    _C.c.lifecycle_stage,
+    _C.c.reach,
+    _C.c.last_seen_at,
 )
 
 
@@ -100,27 +105,26 @@ class Resolver:
         }
         dialect = self.session.get_bind().dialect.name
         conds: list[sa.ColumnElement[bool]] = []
+        i = _I.c
         if users:
-            conds.append(
-                keys_in(dialect, [Identity.channel, Identity.external_user_id], list(users))
-            )  # type: ignore[list-item]
+            conds.append(keys_in(dialect, [i.channel, i.external_user_id], list(users)))
         if emails:
-            conds.append(keys_in(dialect, [Identity.email], list(emails)))  # type: ignore[list-item]
+            conds.append(keys_in(dialect, [i.email], list(emails)))
         if handles:
-            conds.append(keys_in(dialect, [Identity.channel, Identity.handle_key], list(handles)))  # type: ignore[list-item]
+            conds.append(keys_in(dialect, [i.channel, i.handle_key], list(handles)))
         rows: list[Any] = []
         if conds:
             rows = list(
                 (
                     await self.session.execute(
                         sa.select(
-                            Identity.id,
-                            Identity.customer_id,
-                            Identity.channel,
-                            Identity.external_user_id,
-                            Identity.handle,
-                            Identity.email,
-                            Identity.followers,
+                            i.id,
+                            i.customer_id,
+                            i.channel,
+                            i.external_user_id,
+                            i.handle,
+                            i.email,
+                            i.followers,
                         ).where(sa.or_(*conds))
                     )
                 ).all()
@@ -130,12 +134,12 @@ class Resolver:
         if customer_ids or emails:
             cconds: list[sa.ColumnElement[bool]] = []
             if customer_ids:
-                cconds.append(keys_in(dialect, [Customer.id], list(customer_ids)))  # type: ignore[list-item]
+                cconds.append(keys_in(dialect, [_C.c.id], list(customer_ids)))
             if emails:
                 cconds.append(
                     sa.and_(
-                        keys_in(dialect, [Customer.email], list(emails)),  # type: ignore[list-item]
-                        Customer.merged_into_id.is_(None),  # type: ignore[union-attr]
+                        keys_in(dialect, [_C.c.email], list(emails)),
+                        _C.c.merged_into_id.is_(None),
                     )
                 )
             cust_rows = list(
@@ -383,7 +387,8 @@ class Resolver:
 async def insert_returning_ids(
     session: AsyncSession, table: Any, rows: list[dict[str, Any]]
 ) -> list[int]:
-    """Insert many rows with one executemany and return their ids, in order.
+    """Insert many rows with one executemany and return their ids, in order; each row dict
+    gets its id under "id" (rather than being copied with it: a batch inserts thousands).
 
     Ids are taken up front (a PostgreSQL sequence, or past SQLite's largest id while this
     transaction holds SQLite's write lock) so the insert needs no RETURNING, which SQLite
@@ -399,7 +404,7 @@ async def insert_returning_ids(
     else:
         top = (await session.execute(sa.select(sa.func.max(t.c.id)))).scalar() or 0
         ids = list(range(top + 1, top + 1 + len(rows)))
-    await executemany(
-        session, sa.insert(t), [{**r, "id": i} for r, i in zip(rows, ids, strict=True)]
-    )
+    for r, i in zip(rows, ids, strict=True):
+        r["id"] = i
+    await executemany(session, sa.insert(t), rows)
     return ids

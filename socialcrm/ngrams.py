@@ -19,7 +19,6 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 if TYPE_CHECKING:
     from scipy.sparse import csr_matrix
@@ -57,63 +56,66 @@ def _word_ngrams(
     return units
 
 
-class _Columns(dict[Hashable, int]):
-    """Numbers units in the order they are first seen."""
+class _Ids(dict[Hashable, int]):
+    """Numbers units in the order they are first seen, and keeps the new ones apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Units numbered since their rows were last added.
+        self.new: list[Hashable] = []
 
     def __missing__(self, unit: Hashable) -> int:
         j = self[unit] = len(self)
+        self.new.append(unit)
         return j
 
 
 class _Rows:
-    """What each unit (a word or an n-gram) hashes to: a sparse row per unit, in buffers."""
+    """What each unit (a word or an n-gram) hashes to: a sparse row per unit, in buffers,
+    one after the other in the order of the units' numbers."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.ids: dict[Hashable, int] = {}
-        self.start = np.zeros(1024, dtype=np.int64)
-        self.length = np.zeros(1024, dtype=np.int64)
+        self.ids = _Ids()
+        self.start = np.zeros(1025, dtype=np.int32)
         self.indices = np.zeros(1 << 16, dtype=np.int32)
         self.data = np.zeros(1 << 16, dtype=np.float64)
-        self.filled = 0
+        #: Units whose rows are in the buffers.
+        self.n = 0
 
     def clear(self) -> None:
-        self.ids.clear()
-        self.filled = 0
+        self.ids = _Ids()
+        self.n = 0
 
     def add(self, units: list[Hashable], rows: csr_matrix) -> None:
-        """Remember the rows of units not seen before."""
-        n = len(self.ids)
+        """Remember the rows of the units numbered last (``units``, in their order)."""
+        n, filled = self.n, int(self.start[self.n])
         need = n + len(units)
-        if need > len(self.start):
-            size = max(need, 2 * len(self.start))
-            self.start = np.resize(self.start, size)
-            self.length = np.resize(self.length, size)
+        if need + 1 > len(self.start):
+            self.start = np.resize(self.start, max(need + 1, 2 * len(self.start)))
         nnz = int(rows.indptr[-1])
-        if self.filled + nnz > len(self.indices):
-            size = max(self.filled + nnz, 2 * len(self.indices))
+        if filled + nnz > len(self.indices):
+            size = max(filled + nnz, 2 * len(self.indices))
             self.indices = np.resize(self.indices, size)
             self.data = np.resize(self.data, size)
-        self.start[n:need] = rows.indptr[:-1] + self.filled
-        self.length[n:need] = np.diff(rows.indptr)
-        self.indices[self.filled : self.filled + nnz] = rows.indices[:nnz]
-        self.data[self.filled : self.filled + nnz] = rows.data[:nnz]
-        self.filled += nnz
-        self.ids.update(zip(units, range(n, need), strict=True))
+        self.start[n + 1 : need + 1] = rows.indptr[1:] + filled
+        self.indices[filled : filled + nnz] = rows.indices[:nnz]
+        self.data[filled : filled + nnz] = rows.data[:nnz]
+        self.n = need
 
-    def gather(self, ids: NDArray[np.int64], n_features: int, dtype: Any) -> csr_matrix:
-        """The remembered rows of ``ids``, stacked."""
+    def matrix(self, n_features: int, dtype: Any) -> csr_matrix:
+        """Every remembered row, stacked in the units' order (on the buffers, not a copy)."""
         from scipy.sparse import csr_matrix
 
-        lengths = self.length[ids]
-        indptr = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        total = int(indptr[-1])
-        # Position k of the output reads the buffers at start[row] + (k - indptr[row]).
-        at = np.repeat(self.start[ids] - indptr[:-1], lengths) + np.arange(total)
+        n = self.n
+        filled = int(self.start[n])
         return csr_matrix(
-            (self.data[at].astype(dtype, copy=False), self.indices[at], indptr),
-            shape=(len(ids), n_features),
+            (
+                self.data[:filled].astype(dtype, copy=False),
+                self.indices[:filled],
+                self.start[: n + 1],
+            ),
+            shape=(n, n_features),
         )
 
 
@@ -156,38 +158,48 @@ class RememberingVectorizer:
         with self._lock:
             return self._transform(docs)
 
+    def _numbered(self, docs: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Each doc's units by their numbers, one doc after the other, and where each ends."""
+        number = self._rows.ids.__getitem__
+        units = self.units
+        cols: list[int] = []
+        indptr = [0]
+        for doc in docs:
+            cols.extend(map(number, units(doc)))
+            indptr.append(len(cols))
+        return cols, indptr
+
     def _transform(self, docs: Sequence[str]) -> csr_matrix:
         from scipy.sparse import csr_matrix
         from sklearn.preprocessing import normalize
 
         vec = self.vectorizer
-        columns = _Columns()
-        number = columns.__getitem__
-        cols: list[int] = []
-        indptr = [0]
         if self.exact_zeros:
             return vec.transform(docs)
-        for doc in docs:
-            if not isinstance(doc, str):
-                return vec.transform(docs)  # decoding bytes is the vectorizer's to do
-            cols.extend(map(number, self.units(doc)))
-            indptr.append(len(cols))
-        units = list(columns)
+        if not all(isinstance(doc, str) for doc in docs):
+            return vec.transform(docs)  # decoding bytes is the vectorizer's to do
         rows = self._rows
-        new = [u for u in units if u not in rows.ids]
-        if len(rows.ids) + len(new) > rows.limit:
+        cols, indptr = self._numbered(docs)
+        if len(rows.ids) > rows.limit:
+            # The memory starts afresh, with this batch's units alone.
             rows.clear()
-            new = units
+            cols, indptr = self._numbered(docs)
+        new = rows.ids.new
         if new:
             rows.add(new, self._unit_rows.transform(new).tocsr())
-        ids = np.fromiter((rows.ids[u] for u in units), dtype=np.int64, count=len(units))
+            rows.ids.new = []
+        # 32-bit indices, as the remembered rows have: the product then converts neither.
         counts = csr_matrix(
-            (np.ones(len(cols), dtype=vec.dtype), np.asarray(cols, dtype=np.int64), indptr),
-            shape=(len(docs), len(units)),
+            (
+                np.ones(len(cols), dtype=vec.dtype),
+                np.asarray(cols, dtype=np.int32),
+                np.asarray(indptr, dtype=np.int32),
+            ),
+            shape=(len(docs), rows.n),
         )
         # The product has each column once per row; through CSC and back its columns come
         # out sorted, as the vectorizer's do (cheaper than sorting every row).
-        product = counts @ rows.gather(ids, vec.n_features, vec.dtype)
+        product = counts @ rows.matrix(vec.n_features, vec.dtype)
         out: csr_matrix = product.tocsc().tocsr()
         if vec.binary:
             out.data.fill(1)

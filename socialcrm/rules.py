@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -276,13 +277,18 @@ class RuleSet:
         # punctuation) is searched for only when the message has every word of it. The other
         # text conditions (regexes) run their own check.
         self._word_bits: dict[str, int] = {}
-        self._terms: dict[str, list[tuple[int, frozenset[str], Search]]] = {}
-        self._wordless_terms: list[tuple[int, Search]] = []
-        self._other_checks: list[tuple[int, Check]] = []
+        # The same term or regex in several conditions is searched for once: each search is
+        # kept with the bits of every condition it answers.
+        terms: dict[str, dict[tuple[frozenset[str], Search], int]] = {}
+        wordless: dict[Search, int] = {}
+        others: dict[Hashable, tuple[int, Check]] = {}
         for i, read in enumerate(self._text_checks):
             index = getattr(read, "index", None)
             if not isinstance(index, _TextIndex):
-                self._other_checks.append((1 << i, read))
+                same = getattr(read, "same", None)
+                key = read if same is None else same
+                bits, first = others.get(key, (0, read))
+                others[key] = (bits | 1 << i, first)
                 continue
             for w in index.words:
                 self._word_bits[w] = self._word_bits.get(w, 0) | 1 << i
@@ -290,9 +296,26 @@ class RuleSet:
                 if need:
                     # Filed under its longest word, the one least likely to be in a message.
                     anchor = max(sorted(need), key=len)
-                    self._terms.setdefault(anchor, []).append((1 << i, need, search))
+                    filed = terms.setdefault(anchor, {})
+                    filed[need, search] = filed.get((need, search), 0) | 1 << i
                 else:
-                    self._wordless_terms.append((1 << i, search))
+                    wordless[search] = wordless.get(search, 0) | 1 << i
+        # Under its anchor, a term is filed again under its next longest word: a message's
+        # words pick the terms it can hold with one intersection, not a test per term.
+        self._terms: dict[str, tuple[list[tuple[int, Search]], _Seconds]] = {}
+        for anchor, filed in terms.items():
+            alone: list[tuple[int, Search]] = []
+            seconds: _Seconds = {}
+            for (need, search), bits in filed.items():
+                rest = need - {anchor}
+                if not rest:
+                    alone.append((bits, search))
+                else:
+                    second = max(sorted(rest), key=len)
+                    seconds.setdefault(second, []).append((bits, need, search))
+            self._terms[anchor] = (alone, seconds)
+        self._wordless_terms: list[tuple[int, Search]] = [(b, s) for s, b in wordless.items()]
+        self._other_checks: list[tuple[int, Check]] = list(others.values())
         self._anchors = frozenset(self._terms)
         self._indexed_words = frozenset(self._word_bits)
         #: The files the rules came from, and a hash of their contents: two rule sets with the
@@ -312,15 +335,20 @@ class RuleSet:
         for w in self._indexed_words.intersection(words):
             facts |= bits[w]
         for w in self._anchors.intersection(words):
-            for bit, need, search in self._terms[w]:
-                if not facts & bit and need <= words and search(folded) is not None:
-                    facts |= bit
-        for bit, search in self._wordless_terms:
-            if not facts & bit and search(folded) is not None:
-                facts |= bit
-        for bit, read in self._other_checks:
+            alone, seconds = self._terms[w]
+            for held, search in alone:
+                if facts & held != held and search(folded) is not None:
+                    facts |= held
+            for second in seconds.keys() & words:
+                for held, need, search in seconds[second]:
+                    if facts & held != held and need <= words and search(folded) is not None:
+                        facts |= held
+        for held, search in self._wordless_terms:
+            if facts & held != held and search(folded) is not None:
+                facts |= held
+        for held, read in self._other_checks:
             if read(m):
-                facts |= bit
+                facts |= held
         return facts
 
     @classmethod
@@ -408,9 +436,28 @@ class _Cond(NamedTuple):
     check: Check
     # Rough relative cost, so that `all`/`any` try cheap checks before text searches.
     cost: int
+    #: For a condition on the text alone: its answer as a Python expression over ``f``, a
+    #: message's text facts (None: the condition reads more than the text).
+    facts: str | None = None
+
+
+def _on_facts(expr: str, read: Check) -> Check:
+    """A check of a condition on the text alone: from the message's text facts with one
+    compiled expression where they were answered already (instead of a call per condition
+    of the tree), else by ``read``, which reads the text."""
+    # The expression is made here of bit numbers, operators and parentheses only.
+    answer: Callable[[int], bool] = eval(f"lambda f: bool({expr})", {"bool": bool})
+
+    def check(m: _Msg) -> bool:
+        facts = m.facts
+        return read(m) if facts is None else answer(facts)
+
+    return check
 
 
 Search = Callable[[str], re.Match[str] | None]
+#: Terms filed by a word they need: (the conditions' bits, every word it needs, its search).
+_Seconds = dict[str, list[tuple[int, frozenset[str], Search]]]
 
 
 class _TextIndex(NamedTuple):
@@ -473,6 +520,58 @@ def _term_parts(term: str) -> tuple[str, str]:
     return f"{body[:n]}(?<!\\w{body[:n]})", body[n:]
 
 
+def _first_chars(pattern: re.Pattern[str]) -> frozenset[str] | None:
+    """The characters one of which starts every match of ``pattern``, when they are few and
+    have no case (so that IGNORECASE matches them only as themselves); else None."""
+    # re's own parser (what re.compile reads a pattern with); anything it does not say
+    # plainly below gets no shortcut.
+    parser: Any = importlib.import_module("re._parser")
+    c: Any = importlib.import_module("re._constants")
+    try:
+        parsed = parser.parse(pattern.pattern, pattern.flags)
+    except Exception:
+        return None
+
+    def first(items: Any) -> set[str] | None:
+        for op, arg in items:
+            if op in (c.AT, c.ASSERT, c.ASSERT_NOT):  # zero-width: the match starts after
+                continue
+            if op is c.LITERAL:
+                return {chr(arg)}
+            if op is c.IN:
+                found: set[str] = set()
+                for kind, value in arg:
+                    if kind is c.LITERAL:
+                        found.add(chr(value))
+                    elif kind is c.RANGE and value[1] - value[0] < 32:
+                        found.update(map(chr, range(value[0], value[1] + 1)))
+                    else:  # a negated set, a category, a wide range
+                        return None
+                return found
+            if op is c.BRANCH:
+                union: set[str] = set()
+                for branch in arg[1]:
+                    got = first(branch)
+                    if got is None:
+                        return None
+                    union |= got
+                return union
+            if op is c.SUBPATTERN:
+                _group, add_flags, del_flags, sub = arg
+                return first(sub) if not add_flags and not del_flags else None
+            if op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT) and arg[0] >= 1:
+                return first(arg[2])
+            return None
+        return None
+
+    chars = first(parsed.data)
+    if not chars or len(chars) > 16:
+        return None
+    if any(ch.lower() != ch or ch.upper() != ch or ch.casefold() != ch for ch in chars):
+        return None
+    return frozenset(chars)
+
+
 def _suggest(key: str, known: Sequence[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     if close:
@@ -481,42 +580,75 @@ def _suggest(key: str, known: Sequence[str]) -> str:
 
 
 def _all_of(conds: list[_Cond]) -> _Cond:
+    conds = _text_together(conds, _all_of)
     conds = sorted(conds, key=lambda c: c.cost)
     cost = sum(c.cost for c in conds)
     checks = tuple(c.check for c in conds)
     if len(checks) == 1:
         return conds[0]
+    check: Check
     if len(checks) == 2:
         a, b = checks
-        return _Cond(lambda m: a(m) and b(m), cost)
+        check = lambda m: a(m) and b(m)  # noqa: E731
+    else:
 
-    def check(m: _Msg) -> bool:
-        # A plain loop: all() over a generator costs more than the checks on this hot path.
-        for c in checks:  # noqa: SIM110
-            if not c(m):
-                return False
-        return True
+        def check(m: _Msg) -> bool:
+            # A plain loop: all() over a generator costs more than the checks on this hot path.
+            for c in checks:  # noqa: SIM110
+                if not c(m):
+                    return False
+            return True
 
-    return _Cond(check, cost)
+    return _text_alone(check, cost, conds, " and ")
 
 
 def _any_of(conds: list[_Cond]) -> _Cond:
+    conds = _text_together(conds, _any_of)
     conds = sorted(conds, key=lambda c: c.cost)
     cost = sum(c.cost for c in conds)
     checks = tuple(c.check for c in conds)
     if len(checks) == 1:
         return conds[0]
+    check: Check
     if len(checks) == 2:
         a, b = checks
-        return _Cond(lambda m: a(m) or b(m), cost)
+        check = lambda m: a(m) or b(m)  # noqa: E731
+    else:
 
-    def check(m: _Msg) -> bool:
-        for c in checks:  # noqa: SIM110
-            if c(m):
-                return True
-        return False
+        def check(m: _Msg) -> bool:
+            for c in checks:  # noqa: SIM110
+                if c(m):
+                    return True
+            return False
 
-    return _Cond(check, cost)
+    return _text_alone(check, cost, conds, " or ")
+
+
+def _text_together(conds: list[_Cond], combine: Callable[[list[_Cond]], _Cond]) -> list[_Cond]:
+    """The conditions on the text alone among ``conds`` as one (answered by one expression
+    from the text facts), beside the others; the same answer, conditions having no effects."""
+    text = [c for c in conds if c.facts is not None]
+    if len(text) < 2 or len(text) == len(conds):
+        return conds
+    return [*(c for c in conds if c.facts is None), combine(text)]
+
+
+def _not(cond: _Cond) -> _Cond:
+    check = cond.check
+    negated: Check = lambda m: not check(m)  # noqa: E731
+    if cond.facts is None:
+        return _Cond(negated, cond.cost)
+    expr = f"(not {cond.facts})"
+    return _Cond(_on_facts(expr, negated), cond.cost, expr)
+
+
+def _text_alone(check: Check, cost: int, conds: Sequence[_Cond], op: str) -> _Cond:
+    """``check`` combining ``conds``; when they all read the text alone, so does it, and it
+    answers from the text facts in one expression."""
+    if any(c.facts is None for c in conds):
+        return _Cond(check, cost)
+    expr = f"({op.join(c.facts for c in conds if c.facts is not None)})"
+    return _Cond(_on_facts(expr, check), cost, expr)
 
 
 def _phrases_after(searches: Mapping[str, Callable[[str], re.Match[str] | None]]) -> Check:
@@ -628,7 +760,7 @@ class _Compiler:
             facts = m.facts
             return read(m) if facts is None else bool(facts & bit)
 
-        return _Cond(check, cond.cost)
+        return _Cond(check, cond.cost, f"(f & {bit})")
 
     def problem(self, loc: Loc, message: str) -> None:
         self.problems.append(f"{self.doc.where(loc)}: {format_loc(loc)}: {message}")
@@ -760,10 +892,7 @@ class _Compiler:
                 return self.combine(key, value, loc)
             case "not":
                 inner = self.condition(value, loc)
-                if inner is None:
-                    return None
-                check = inner.check
-                return _Cond(lambda m: not check(m), inner.cost)
+                return None if inner is None else _not(inner)
         self.problem(loc, f"unknown condition {key!r}{_suggest(key, _CONDITIONS)}")
         return None
 
@@ -855,9 +984,20 @@ class _Compiler:
             return None
         if len(compiled) == 1:
             search = compiled[0].search
-            return self.text_cond(_Cond(lambda m: search(m.raw) is not None, 3))
-        searches = tuple(p.search for p in compiled)
-        return self.text_cond(_Cond(lambda m: any(s(m.raw) is not None for s in searches), 3))
+            check: Check = lambda m: search(m.raw) is not None  # noqa: E731
+        else:
+            searches = tuple(p.search for p in compiled)
+            check = lambda m: any(s(m.raw) is not None for s in searches)  # noqa: E731
+        firsts = [_first_chars(p) for p in compiled]
+        if all(f is not None for f in firsts):
+            # Every match starts with one of a few characters: a text with none of them is
+            # passed over with a find per character, not a scan by the regex engine.
+            starts = tuple(sorted(frozenset().union(*(f for f in firsts if f is not None))))
+            read = check
+            check = lambda m: any(c in m.raw for c in starts) and read(m)  # noqa: E731
+        # Conditions with the same regexes hold together (``RuleSet.text_facts`` reads once).
+        check.same = ("regex", *((p.pattern, p.flags) for p in compiled))  # type: ignore[attr-defined]
+        return self.text_cond(_Cond(check, 3))
 
     def sentiment(self, value: Any, loc: Loc) -> _Cond | None:
         spec = self.mapping(value, loc, ("below", "above", "unscored"), "sentiment")

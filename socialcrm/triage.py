@@ -164,7 +164,8 @@ def normalise(text: str) -> str:
 
 def _normalised(xs: Sequence[Sample]) -> list[Sample]:
     """Each sample with its text normalised, once for both n-gram branches."""
-    return [x._replace(text=normalise(x.text)) for x in xs]
+    # Built field by field: half the time of _replace(text=...), the same sample.
+    return [Sample(normalise(x.text), x.compound, x.pos, x.neu, x.neg) for x in xs]
 
 
 def _texts(xs: Sequence[Sample]) -> list[str]:
@@ -346,11 +347,13 @@ class Model:
         for head, clf in self.heads.items():
             proba = clf.predict_proba(matrix)
             best = proba.argmax(axis=1)
-            at_risk = list(clf.classes_).index(RISKY[head])
+            classes = [str(c) for c in clf.classes_]
+            at_risk = classes.index(RISKY[head])
+            # tolist() gives the same Python floats as float() of each element, in one call.
             found[head] = (
-                [str(clf.classes_[i]) for i in best],
-                [float(proba[j, i]) for j, i in enumerate(best)],
-                [float(p) for p in proba[:, at_risk]],
+                [classes[i] for i in best.tolist()],
+                proba[np.arange(len(best)), best].tolist(),
+                proba[:, at_risk].tolist(),
             )
         out = []
         sent = found.get("sentiment")
