@@ -446,7 +446,12 @@ def _on_facts(expr: str, read: Check) -> Check:
     compiled expression where they were answered already (instead of a call per condition
     of the tree), else by ``read``, which reads the text."""
     # The expression is made here of bit numbers, operators and parentheses only.
-    answer: Callable[[int], bool] = eval(f"lambda f: bool({expr})", {"bool": bool})
+    try:
+        answer: Callable[[int], bool] = eval(f"lambda f: bool({expr})", {"bool": bool})
+    except (SyntaxError, RecursionError, MemoryError):
+        # Nested past what Python compiles in one expression: the tree answers, condition
+        # by condition, from the same facts.
+        return read
 
     def check(m: _Msg) -> bool:
         facts = m.facts

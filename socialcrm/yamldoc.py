@@ -101,6 +101,8 @@ def loads(text: str, source: str = "<string>") -> YamlDoc:
         raise YamlError(f"{source}{line}: invalid YAML: {err.problem or err.context}") from err
     except yaml.YAMLError as err:
         raise YamlError(f"{source}: invalid YAML: {err}") from err
+    except RecursionError as err:
+        raise YamlError(f"{source}: invalid YAML: nested too deeply to read") from err
     finally:
         loader.dispose()
     return YamlDoc(data=data, source=source, lines=lines, text=text)

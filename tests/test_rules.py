@@ -828,3 +828,26 @@ rules:
         ctx = make_ctx(text=text)
         facts = rules.text_facts(text)
         assert rules.evaluate(make_ctx(text=text, text_facts=facts)) == rules.evaluate(ctx), text
+
+
+def _nested(depth: int) -> str:
+    cond = "{any: [{keywords: [refund]}, {phrases: [never arrived]}]}"
+    for i in range(depth):
+        cond = "{not: " + cond + "}" if i % 2 else "{any: [" + cond + ", {keywords: [zzz]}]}"
+    return f"rules:\n  - name: deep\n    when: {cond}\n    then: [open_ticket]\n"
+
+
+@pytest.mark.parametrize("depth", [10, 300])
+def test_deeply_nested_conditions_answer_alike_from_text_and_facts(depth: int) -> None:
+    # Past a depth Python will not compile as one expression, the tree answers instead.
+    rules = RuleSet.from_text(_nested(depth))
+    for text in ("where is my refund", "it never arrived", "thanks!"):
+        facts = rules.text_facts(text)
+        ctx = make_ctx(text=text)
+        assert rules.evaluate(make_ctx(text=text, text_facts=facts)) == rules.evaluate(ctx)
+    assert rules.evaluate(make_ctx(text="where is my refund")).open_ticket is (depth // 2 % 2 == 0)
+
+
+def test_a_rule_file_nested_past_reading_is_a_clear_error() -> None:
+    with pytest.raises(RuleError, match="nested too deeply"):
+        RuleSet.from_text(_nested(900))
