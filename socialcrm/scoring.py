@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -88,6 +90,19 @@ class _Worker:
     model: Model | None = None
 
 
+#: How often a worker looks whether the process that started it is still there.
+PARENT_CHECK_S = 1.0
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker once its parent is gone. A daemon killed with SIGKILL cannot stop its
+    pool, and a worker waits on its queue for ever: each restart would leave one behind,
+    holding the models' memory."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
+
+
 def _start_worker(
     lexicon: dict[str, float],
     rule_paths: list[str],
@@ -95,7 +110,10 @@ def _start_worker(
     brand: list[str],
     model: tuple[bytes, str, int] | None = None,
     use_starter: bool = False,
+    parent: int | None = None,
 ) -> None:
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     _Worker.scorer = SentimentScorer(lexicon, brand)
     if model is not None:
         try:
@@ -170,6 +188,7 @@ class ScoringPool:
                 self._brand,
                 model,
                 self._use_starter,
+                os.getpid(),
             ),
         )
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from socialcrm.config import Config
 from socialcrm.rules import RuleSet
-from socialcrm.scoring import ScoringPool, analyse_batch
+from socialcrm.scoring import PARENT_CHECK_S, ScoringPool, analyse_batch
 from socialcrm.sentiment import Score, SentimentScorer
 
 
@@ -38,3 +44,45 @@ async def test_the_pool_tells_the_cpu_time_its_worker_used() -> None:
     finally:
         pool.close()
     assert 0 < before < after
+
+
+_KILLED_PARENT = """
+import asyncio, multiprocessing, time
+from socialcrm.scoring import ScoringPool
+
+async def main():
+    pool = ScoringPool()
+    await pool.analyse([("hello there, friend", "en")])
+    print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie has exited; whoever adopted it has not reaped it yet
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_worker_ends_when_its_daemon_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(_KILLED_PARENT)
+    with subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True
+    ) as parent:
+        try:
+            assert parent.stdout is not None
+            workers = [int(p) for p in parent.stdout.readline().split()]
+            assert workers and all(_running(w) for w in workers)
+        finally:
+            parent.kill()  # SIGKILL: the pool cannot stop its workers
+    deadline = time.monotonic() + 10 * PARENT_CHECK_S
+    while any(_running(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(w) for w in workers), "a worker outlived its killed parent"
