@@ -8,7 +8,6 @@ import operator
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -20,9 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, c
 from socialcrm.migrations import MIGRATIONS_DIR, code_head
 
 log = logging.getLogger(__name__)
-
-#: A value no column converts to (the memo of converted moments uses it for "not yet").
-_UNSEEN = object()
 
 #: Key of the PostgreSQL advisory lock that serialises schema upgrades between daemons.
 _UPGRADE_LOCK_KEY = 0x50C1A1C8
@@ -299,31 +295,13 @@ async def executemany(session: AsyncSession, stmt: Any, rows: Sequence[dict[str,
     if convert:
         # Column by column: one comprehension per converted column costs less than a loop
         # over the converted values of each row.
+        # (A moment repeated across rows is converted once: SQLite's processor remembers
+        # the text of recent ones, see utctime.to_sqlite_column.)
         columns: list[Sequence[Any]] = list(zip(*params, strict=True))
         for i, proc in convert:
-            columns[i] = _converted(columns[i], proc)
+            columns[i] = [None if v is None else proc(v) for v in columns[i]]
         params = list(zip(*columns, strict=True))
     await conn.exec_driver_sql(compiled.string, params)
-
-
-def _converted(values: Sequence[Any], proc: Any) -> list[Any]:
-    """One column's values through its bind processor (None stays None)."""
-    first = next((v for v in values if v is not None), None)
-    if type(first) is not datetime:
-        return [None if v is None else proc(v) for v in values]
-    # A batch's rows share most of their moments (the batch's "now", a message's time in
-    # several tables): each distinct moment is converted once per column.
-    seen: dict[datetime, Any] = {}
-    out = []
-    for value in values:
-        if type(value) is datetime:
-            done = seen.get(value, _UNSEEN)
-            if done is _UNSEEN:
-                done = seen[value] = proc(value)
-            out.append(done)
-        else:
-            out.append(None if value is None else proc(value))
-    return out
 
 
 #: Compiled forms of the statements executemany has run, by statement shape, dialect and

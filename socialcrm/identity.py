@@ -322,7 +322,7 @@ class Resolver:
         # One statement shape per table, so each is one executemany.
         changed = [i for i in self._identities() if i.changed]
         if changed:
-            t = Identity.__table__
+            t = _I
             await executemany(
                 self.session,
                 sa.update(t)
@@ -348,7 +348,7 @@ class Resolver:
                 i.changed = False
         seen = [c for c in self._customers.values() if c.seen]
         if seen:
-            t = Customer.__table__
+            t = _C
             first = sa.bindparam("_first", type_=UTCDateTime)
             await executemany(
                 self.session,

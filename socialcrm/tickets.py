@@ -413,17 +413,17 @@ class Threader:
         touched = [t for t in self._by_id.values() if t.changed or t.added]
         if touched:
             # One statement shape for every ticket, so this is one executemany.
-            t = Ticket.__table__
+            tc = _TICKET.c
             values: dict[str, Any] = {c: sa.bindparam(f"_{c}") for c in _CORE}
-            values |= {c: sa.func.coalesce(sa.bindparam(f"_{c}"), t.c[c]) for c in _SET_ONLY}
+            values |= {c: sa.func.coalesce(sa.bindparam(f"_{c}"), tc[c]) for c in _SET_ONLY}
             values |= {
                 "updated_at": sa.bindparam("_now"),
-                "message_count": t.c.message_count + sa.bindparam("_n"),
-                "reopened_count": t.c.reopened_count + sa.bindparam("_r"),
+                "message_count": tc.message_count + sa.bindparam("_n"),
+                "reopened_count": tc.reopened_count + sa.bindparam("_r"),
             }
             await executemany(
                 self.session,
-                sa.update(t).where(t.c.id == sa.bindparam("_id")).values(values),
+                sa.update(_TICKET).where(tc.id == sa.bindparam("_id")).values(values),
                 [
                     {
                         "_id": v.id,
