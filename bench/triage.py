@@ -39,13 +39,12 @@ from pathlib import Path
 import sqlalchemy as sa
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from socialcrm import triage
+from socialcrm import rollups, triage
 from socialcrm.config import Config
 from socialcrm.connector import Author, Batch, InboundMessage
 from socialcrm.db import open_store
 from socialcrm.models import Message, Reply
 from socialcrm.pipeline import Pipeline
-from socialcrm.rollups import NEGATIVE_AT, POSITIVE_AT
 from socialcrm.rules import RuleSet
 
 #: A Wednesday morning: no after-hours tags.
@@ -79,22 +78,20 @@ class Row:
     macro_recall: float
 
 
+#: The reports' classes (rollups.sentiment_class: -1, 0, 1, and 2 for unscored) as this
+#: bench's: 0 negative, 1 neutral, 2 positive, unscored counted neutral.
+_AS_LABEL = {-1: 0, 0: 1, 1: 2, 2: 1}
+
+
 def stored_class(o: Outcome) -> int:
-    """0 negative, 1 neutral, 2 positive: the class the reports count for a stored message."""
-    if o.triage_class is not None:
-        return CLASSES.index(o.triage_class)
-    return sentiment_class(o.sentiment)
+    """0 negative, 1 neutral, 2 positive: the class the reports count for a stored message
+    (the triage model's where it gave one, else the score's)."""
+    return _AS_LABEL[rollups.sentiment_class(o.sentiment, False, o.triage_class)]
 
 
 def sentiment_class(compound: float | None) -> int:
-    """0 negative, 1 neutral, 2 positive, as the reports count them (unscored is neutral)."""
-    if compound is None:
-        return 1
-    if compound >= POSITIVE_AT:
-        return 2
-    if compound <= NEGATIVE_AT:
-        return 0
-    return 1
+    """0 negative, 1 neutral, 2 positive, as the reports count a score (unscored is neutral)."""
+    return _AS_LABEL[rollups.sentiment_class(compound, False)]
 
 
 def macro(gold: Sequence[int], pred: Sequence[int]) -> tuple[float, float]:

@@ -61,25 +61,23 @@ def analyse_batch(
     out: list[Analysis] = [(s, f, None) for s, f in zip(scores, facts, strict=True)]
     if model is not None:
         try:
-            verdicts = model.predict(
-                [
-                    sample(text, a[0] if isinstance(a[0], Score) else None)
-                    for (text, _), a in zip(items, out, strict=True)
-                ]
+            verdicts: list[Verdict | None] = list(
+                model.predict(
+                    [
+                        sample(text, a[0] if isinstance(a[0], Score) else None)
+                        for (text, _), a in zip(items, out, strict=True)
+                    ]
+                )
             )
-            english_only = starter.is_starter(model.version)
-            out = [
-                (a[0], a[1], None if english_only and not _english(a[0]) else v)
-                for a, v in zip(out, verdicts, strict=True)
-            ]
+            if starter.is_starter(model.version):  # it reads no language but English
+                verdicts = [
+                    v if isinstance(a[0], Score) and starter.reads(a[0]) else None
+                    for a, v in zip(out, verdicts, strict=True)
+                ]
+            out = [(a[0], a[1], v) for a, v in zip(out, verdicts, strict=True)]
         except Exception:  # the model's failure leaves the rules to decide alone
             log.exception("triage model failed on a batch; the rules decide alone")
     return out
-
-
-def _english(score: Score | str) -> bool:
-    """Whether VADER scored a text it knows to be English (not one too short to tell)."""
-    return isinstance(score, Score) and score.compound is not None and score.lang == "en"
 
 
 class _Worker:

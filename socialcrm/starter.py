@@ -4,8 +4,8 @@ has trained its own.
 VADER's lexicon scores words; people read whole messages. The starter model is the triage
 model's own features and regression (``socialcrm.triage``), trained once on the 4,200 tweets
 that VADER's authors had rated by ten people each (Hutto & Gilbert, ICWSM 2014; published
-under the MIT License in the ``vaderSentiment`` source package on PyPI, the same release the
-project depends on). A tweet whose raters leaned at least half a point either way on their
+under the MIT License in the ``vaderSentiment`` 3.3.2 source package on PyPI, the release the
+project asks for at least). A tweet whose raters leaned at least half a point either way on their
 -4 .. +4 scale is positive or negative, the rest neutral.
 
 It gives each English message a sentiment class and a confidence, stored as the message's
@@ -22,7 +22,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from socialcrm.sentiment import SentimentScorer
+from socialcrm.sentiment import Score, SentimentScorer
 from socialcrm.triage import Model, Settings, TriageError, sample
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,12 @@ def model() -> Model | None:
     except (OSError, TriageError):
         log.exception("the starter sentiment model %s cannot be read; VADER's class is used", PATH)
         return None
+
+
+def reads(score: Score) -> bool:
+    """Whether the starter reads a text so scored: one VADER scored and known to be English
+    (not one too short to tell); it knows no other language."""
+    return score.compound is not None and score.lang == "en"
 
 
 def is_starter(version: int | None) -> bool:

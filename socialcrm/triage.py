@@ -1031,7 +1031,7 @@ def evaluate(
         entry: dict[str, Any] = {"baseline": figures(classes, truth, base).as_dict()}
         shipped = starter.model() if head == "sentiment" else None
         if shipped is not None:
-            english = [j for j, (_, s) in enumerate(rows) if s.lang == "en" and s.scored]
+            english = [j for j, (_, s) in enumerate(rows) if starter.reads(s)]
             read = shipped.predict([sample(rows[j][0].message.text, rows[j][1]) for j in english])
             by_starter = list(base)
             for j, v in zip(english, read, strict=True):
