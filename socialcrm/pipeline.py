@@ -223,7 +223,18 @@ class Pipeline:
         pending: asyncio.Task[_Prepared] | None = None
         chunks = _chunked(batches, save_cursor)
         try:
-            async for chunk in chunks:
+            while True:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except Exception:
+                    # The stream failed (a file that cannot be read on): what it gave is
+                    # stored before the error is raised.
+                    if pending is not None:
+                        await self._commit(await pending, source)
+                        pending = None
+                    raise
                 nxt = asyncio.create_task(self._prepare(*chunk))
                 if pending is not None:
                     result.add(await self._commit(await pending, source))

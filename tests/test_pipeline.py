@@ -750,6 +750,23 @@ async def test_scoring_process_gives_the_same_result(
     assert len({v[1] for v in pooled.values()}) > 3  # intents came out of the rules
 
 
+async def test_a_stream_that_fails_keeps_what_it_gave(
+    config: Config, store: Store, scorer: SentimentScorer
+) -> None:
+    # A file that cannot be read on: every message of the batches before is stored, the
+    # last chunk (prepared while the stream was asked for more) included; the error is told.
+    messages = list(TrafficGenerator(6).messages(pipeline_mod.MAX_BATCH + 50))
+
+    async def batches() -> Any:
+        yield Batch(messages=messages)
+        raise OSError("disk gone")
+
+    pipeline = Pipeline(config, store, rules=RuleSet.load(config.rule_paths()), scorer=scorer)
+    with pytest.raises(OSError, match="disk gone"):
+        await pipeline.ingest_stream(batches(), "file:broken.jsonl", save_cursor=False)
+    assert len(await rows(store, Message)) == len(messages)
+
+
 # -- what the rules decide lands on the ticket ----------------------------------------------
 
 
