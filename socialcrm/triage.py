@@ -863,7 +863,8 @@ def steer(d: Decision, verdict: Verdict, min_confidence: float, ticket_at: float
       never a thank-you;
     - risk below ``ticket_at``: with the reply head, no ticket and no draft; with only the
       class, a message read as positive opens no ticket unless it asks us something (its
-      thank-you stays), anything else is left to the rules.
+      thank-you stays), anything else is left to the rules. A thank-you stays only where
+      the model reads the message as positive with at least ``min_confidence``.
 
     Escalations (legal, safety, angry VIPs) are never undone, and a rule's ``ignore`` only by
     a person's look.
@@ -883,6 +884,13 @@ def steer(d: Decision, verdict: Verdict, min_confidence: float, ticket_at: float
         _close(d, f"needs no reply ({1 - risk:.2f})", keep_thanks=False)
     elif verdict.sentiment == "positive" and d.intent not in ASKING:
         _close(d, f"reads as positive ({verdict.confidence:.2f})", keep_thanks=True)
+    if d.intent == "praise" and d.draft_template is not None:
+        sure = verdict.sentiment == "positive" and (verdict.confidence or 0.0) >= min_confidence
+        if not sure:
+            # Sarcasm reads as thanks to the words ("thanks for nothing"): a thank-you is
+            # drafted only when the team's model, too, is sure the message is happy.
+            d.draft_template = None
+            d.trail.append("triage: the team's model is not sure this is praise; no thank-you")
 
 
 def _open(d: Decision, verdict: Verdict, why: str) -> None:

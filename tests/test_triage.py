@@ -495,14 +495,17 @@ COMPLAINT = {"intent": "complaint", "open_ticket": True, "draft_template": "apol
         # Unsure: a possible complaint goes to a person; a happier reading stays with the rules.
         ({}, triage.Verdict("negative", 0.45, None, None), True, None, True),
         ({}, triage.Verdict("positive", 0.45, None, None, risk=0.1), False, None, False),
-        # Read as positive with a complaint unlikely: closed, however sure of the class.
+        # Read as positive with a complaint unlikely: closed, however sure of the class; but
+        # thanked only where the model is sure it is happy (sarcasm reads as thanks).
         (
             {**PRAISE, "open_ticket": True},
             triage.Verdict("positive", 0.45, None, None, risk=0.1),
             False,
-            "thanks",
+            None,
             False,
         ),
+        (PRAISE, triage.Verdict("positive", 0.7, None, None, risk=0.1), False, "thanks", False),
+        (PRAISE, triage.Verdict("neutral", 0.9, None, None, risk=0.05), False, None, False),
         # In between: the rules' ticket stands (or a person's), and no one is thanked.
         (
             {**PRAISE, "open_ticket": True},
