@@ -15,9 +15,9 @@ labelled examples drawn from each corpus, and prints:
   time, not wall time, so that busy neighbours on a shared machine do not inflate it.
 
 Targets: complaint F1 >= 0.80; TweetEval macro-F1 >= 0.62. Measured (seed 7, 2,000 each):
-complaint F1 0.752 (precision 0.730, recall 0.775), macro-F1 0.802, trained in 26 s;
-TweetEval macro-F1 0.647; predict 113 CPU us per message (about 160 with character
-2-5-grams and each text normalised twice, 145-150 with 2-5-grams normalised once). The
+complaint F1 0.752 (precision 0.732, recall 0.774), macro-F1 0.803, trained in 20-26 s;
+TweetEval macro-F1 0.643; predict 55-64 CPU us per message on a busy machine (about 160
+with character 2-5-grams and each text normalised twice). The
 complaint target is not met; ``bench/triage_variants.py`` measures the feature variants
 tried. The corpora are third-party research data (read the folder's SOURCES.md): never used
 by the tests, never shipped.
