@@ -347,6 +347,10 @@ class XConnector:
         ident = item.get("id") if isinstance(item, dict) else None
         if isinstance(ident, str) and ident in seen:
             return  # a mention that the search found too (``seen`` holds post ids)
+        if isinstance(item, dict) and _is_retweet(item):
+            # A retweet carries no words of its author's, only the original cut short: the
+            # original comes by itself where it names us, and "RT @brand: ..." is our own.
+            return
         raw = json.dumps(item, ensure_ascii=False, sort_keys=True, default=str)
         try:
             message = _message(item, users, direct=stream == "mentions")
@@ -655,6 +659,14 @@ def _summons(post: dict[str, Any], brand_id: str | None) -> bool:
             if isinstance(mention, dict) and brand_id is not None and mention.get("id") == brand_id:
                 return True
     return False
+
+
+def _is_retweet(item: dict[str, Any]) -> bool:
+    """A plain retweet (a quote is the quoter's own words, and stays)."""
+    refs = item.get("referenced_tweets")
+    return isinstance(refs, list) and any(
+        isinstance(ref, dict) and ref.get("type") == "retweeted" for ref in refs
+    )
 
 
 def _whole_text(item: dict[str, Any]) -> Any:

@@ -24,6 +24,7 @@ from socialcrm import responder
 from socialcrm.config import Config
 from socialcrm.connector import (
     AuthError,
+    Author,
     ForbiddenError,
     InboundMessage,
     MemoryTokens,
@@ -583,6 +584,24 @@ async def test_long_posts_are_cut_by_weight_and_a_blank_note_is_not_the_text(x: 
     assert x_message(item, {}, direct=True).text == out["text"]
     got, _ = await drain(x.connector(), None)
     assert [m.text for m in got if m.external_id == post.external_id] == [edited.text]
+
+
+async def test_retweets_are_not_messages_though_the_mentions_timeline_holds_them(x: X) -> None:
+    post = x.mention()
+    fan = Author(user_id="4242", handle="fan_of_acme", name="Fan")
+    # A retweet of a customer's complaint: the original, cut short, under someone else's name.
+    rt = x.sandbox.x.retweet(post.external_id, fan)
+    # A retweet of our own reply: "RT @acme: ..." names us, so the mentions timeline has it.
+    receipt = await x.connector().send(reply_to(post, "Sorry to hear that! We sent you a DM."))
+    ours = x.sandbox.x.retweet(receipt.external_id, fan)
+    assert rt.text.startswith(f"RT @{post.author.handle}: ") and len(rt.text) <= 140
+    assert x.sandbox.x.is_mention(ours) and ours.text.startswith("RT @acme: Sorry")
+    got, _ = await drain(x.connector(), None)
+    assert post.external_id in ids(got)
+    assert not {rt.external_id, ours.external_id} & set(ids(got))
+    # They were served as X serves them, retweet and all.
+    wire = b"".join(e.answer for e in x.exchanges)
+    assert ours.external_id.encode() in wire and b'"type":"retweeted"' in wire.replace(b" ", b"")
 
 
 async def test_an_edit_updates_the_stored_message_and_opens_nothing(

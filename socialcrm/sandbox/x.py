@@ -30,6 +30,10 @@ The platform's limits are kept, each citing the page of docs.x.com (mirrored in 
   ``x-api/fundamentals/data-dictionary.mdx``); a post over 280 weighted characters has its
   ``text`` cut short, the whole of it in ``note_tweet`` when ``tweet.fields`` asks for it
   (same page, "note_tweet").
+- A retweet is a post of its own whose ``text`` is ``RT @author: `` and the original, cut
+  to 140 characters with an ellipsis, and whose ``referenced_tweets`` has the original as
+  ``retweeted`` (data dictionary, "referenced_tweets"); a retweet of a post naming @brand, or
+  of the brand's own post, names @brand too and is in its mentions timeline.
 """
 
 from __future__ import annotations
@@ -97,6 +101,8 @@ SEARCH_WINDOW_S: Final = 7 * 86400.0
 MENTIONS_CAP: Final = 800
 #: Where a long post's ``text`` is cut (seen on X: 270 characters, at a word).
 LONG_POST_CUT: Final = 270
+#: A retweet's ``RT @author: text`` is cut to this many characters, the last an ellipsis.
+RETWEET_CUT: Final = 140
 #: X's answer to a reply the author did not summon us to (self-serve tiers; observed body).
 NOT_SUMMONED: Final = (
     "Reply to this conversation is not allowed because you have not been mentioned or "
@@ -482,6 +488,11 @@ class XStandIn(StandIn):
             now = max(now, self.extra[-1].created_at.timestamp())
         return now
 
+    def _new_id(self, at: float, worker: int) -> str:
+        """A snowflake id for a post made at ``at`` (epoch seconds) by this stand-in."""
+        self._seq = (self._seq + 1) & 0xFFF
+        return str(((int(at * 1000) - X_EPOCH_MS) << 22) | (worker << 12) | self._seq)
+
     def edit(self, tweet_id: str, text: str) -> InboundMessage:
         """The author edits a visible post: a new post, ``edit_history_tweet_ids`` the chain."""
         old = self._lookup(tweet_id)
@@ -489,8 +500,7 @@ class XStandIn(StandIn):
             raise KeyError(tweet_id)
         history = [*old.raw.get("edit_history_tweet_ids", [tweet_id])]
         now = self.now() + 1.0
-        self._seq = (self._seq + 1) & 0xFFF
-        new_id = str(((int(now * 1000) - X_EPOCH_MS) << 22) | (2 << 12) | self._seq)
+        new_id = self._new_id(now, 2)
         created = datetime.fromtimestamp(now, old.created_at.tzinfo)
         raw = {
             **copy.deepcopy(old.raw),
@@ -501,6 +511,46 @@ class XStandIn(StandIn):
         }
         post = old.model_copy(
             update={"external_id": new_id, "text": text, "created_at": created, "raw": raw}
+        )
+        self.extra.append(post)
+        return post
+
+    def retweet(self, tweet_id: str, by: Author) -> InboundMessage:
+        """``by`` retweets a visible post (or one of the brand's own replies)."""
+        old = self._lookup(tweet_id)
+        if old is not None and self._visible_id(tweet_id):
+            handle, text = old.author.handle, old.raw.get("text", old.text)
+        elif tweet_id in self._posted:
+            handle, text = self.sandbox.brand_handle, self._posted[tweet_id]
+        else:
+            raise KeyError(tweet_id)
+        shown = f"RT @{handle}: {text}"
+        if len(shown) > RETWEET_CUT:
+            shown = shown[: RETWEET_CUT - 1] + "\u2026"
+        now = self.now() + 1.0
+        new_id = self._new_id(now, 2)
+        created = datetime.fromtimestamp(now, UTC)
+        raw = {
+            "id": new_id,
+            "text": shown,
+            "author_id": by.user_id,
+            "created_at": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "conversation_id": new_id,
+            "edit_history_tweet_ids": [new_id],
+            "referenced_tweets": [{"type": "retweeted", "id": tweet_id}],
+            "public_metrics": {"retweet_count": 0, "reply_count": 0, "like_count": 0},
+        }
+        if old is not None and old.lang:
+            raw["lang"] = old.lang
+        post = InboundMessage(
+            channel="x",
+            external_id=new_id,
+            text=shown,
+            author=by,
+            created_at=created,
+            lang=old.lang if old is not None else None,
+            conversation_id=new_id,
+            raw=raw,
         )
         self.extra.append(post)
         return post
@@ -784,9 +834,7 @@ class XStandIn(StandIn):
             return problem(
                 403, "Forbidden", "You are not allowed to create a Tweet with duplicate content."
             )
-        now_ms = int(self.sandbox.clock() * 1000)
-        self._seq = (self._seq + 1) & 0xFFF
-        tweet_id = str(((now_ms - X_EPOCH_MS) << 22) | (1 << 12) | self._seq)
+        tweet_id = self._new_id(self.sandbox.clock(), 1)
         self._posted[tweet_id] = text
         self.sandbox.replies.append(
             PostedReply(
