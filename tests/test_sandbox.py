@@ -807,18 +807,34 @@ def test_traffic_is_dated_up_to_now_and_the_sandbox_says_what_it_accepts(
     tmp_path: Path,
 ) -> None:
     """A fresh sandbox's traffic lies in the past, its newest a moment ago (not in March 2026,
-    not in the future), and it prints the credentials and ids it accepts."""
+    not in the future), and it prints the credentials and ids it accepts.
+
+    The traffic follows the hours of the day: in its quiet night hours the newest message can
+    be over an hour old, and then the traffic is as recent as it can be, its start two
+    minutes later would put a message past now. Checked at now and at two fixed night
+    moments (so the test does not depend on when it runs)."""
     import subprocess
     import sys
     from datetime import UTC, datetime, timedelta
 
     from socialcrm.demo import free_port
-    from socialcrm.sandbox.server import Sandbox, start_ending_before
+    from socialcrm.sandbox.server import RECENT_MARGIN, Sandbox, start_ending_before
+    from socialcrm.sandbox.traffic import TrafficGenerator
 
-    now = datetime.now(UTC)
-    box = Sandbox(7, messages=1500, start=start_ending_before(now, 7, 1500))
-    dates = [m.created_at for ms in box.messages.values() for m in ms]
-    assert max(dates) <= now and now - max(dates) < timedelta(hours=1)
+    def newest(start: datetime) -> datetime:
+        return max(m.created_at for m in TrafficGenerator(7, start=start).messages(1500))
+
+    moments = [datetime.now(UTC), datetime(2026, 12, 7, 1, 24, tzinfo=UTC)]
+    # A start rounded down to the minute once ended in the future here: an earlier start can
+    # end later, so every start is checked before it is returned.
+    moments.append(datetime(2026, 12, 7, 1, 39, 57, 833739, tzinfo=UTC))
+    for now in moments:
+        start = start_ending_before(now, 7, 1500)
+        box = Sandbox(7, messages=1500, start=start)
+        dates = [m.created_at for ms in box.messages.values() for m in ms]
+        assert max(dates) <= now, now
+        if now - max(dates) >= timedelta(hours=1):
+            assert newest(start + timedelta(minutes=2)) > now - RECENT_MARGIN, now
     proc = subprocess.Popen(
         [
             sys.executable,

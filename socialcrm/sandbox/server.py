@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -522,6 +523,7 @@ def start_ending_before(
     backlog that makes every SLA overdue at once.
     """
 
+    @functools.cache
     def newest(start: datetime) -> datetime:
         probe = TrafficGenerator(seed, brand=brand, brand_handle=brand_handle, start=start)
         return max((m.created_at for m in probe.messages(messages)), default=start)
@@ -541,7 +543,17 @@ def start_ending_before(
             early = mid
         else:
             late = mid
-    return min(early, target - at_least).replace(second=0, microsecond=0)
+    # The newest message does not move steadily with the start (quiet hours stretch the
+    # traffic), so an earlier start can end later: a start is returned only once checked.
+    start = min(early, target - at_least)
+    for _ in range(120):
+        whole = start.replace(second=0, microsecond=0)
+        if newest(whole) <= target:
+            return whole
+        if newest(start) <= target:
+            return start
+        start = whole - timedelta(minutes=1)
+    return start
 
 
 async def serve(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 8765) -> web.AppRunner:
