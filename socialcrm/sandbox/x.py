@@ -59,6 +59,7 @@ from socialcrm.sandbox.server import (
     PostedReply,
     Sandbox,
     StandIn,
+    iso_z,
     json_answer,
 )
 from socialcrm.xtext import MAX_POST_WEIGHT, post_weight
@@ -506,7 +507,7 @@ class XStandIn(StandIn):
             **copy.deepcopy(old.raw),
             "id": new_id,
             "text": text,
-            "created_at": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "created_at": iso_z(now),
             "edit_history_tweet_ids": [*history, new_id],
         }
         post = old.model_copy(
@@ -534,7 +535,7 @@ class XStandIn(StandIn):
             "id": new_id,
             "text": shown,
             "author_id": by.user_id,
-            "created_at": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "created_at": iso_z(now),
             "conversation_id": new_id,
             "edit_history_tweet_ids": [new_id],
             "referenced_tweets": [{"type": "retweeted", "id": tweet_id}],
