@@ -28,6 +28,15 @@ PG_ADMIN_URL = os.environ.get(
 )
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Workers for ``-n auto``: one more than the cores, since most tests spend their time
+    waiting on a server, a daemon process or a timer (PYTEST_XDIST_AUTO_NUM_WORKERS wins)."""
+    named = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if named:
+        return int(named)
+    return min((os.cpu_count() or 1) + 1, 8)
+
+
 def need(what: str, reason: str) -> None:
     """Skip on a laptop that lacks a server; in CI a missing server is a failure."""
     if IN_CI:
