@@ -10,9 +10,10 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,7 +33,7 @@ from socialcrm.chatops.cards import CardNotifier
 from socialcrm.chatops.commands import Commands
 from socialcrm.chatops.mattermost import add_mattermost_routes
 from socialcrm.chatops.slack import add_slack_routes
-from socialcrm.cluster import TICK_S, Cluster, DaemonLabel, SqliteClaim, default_name
+from socialcrm.cluster import TICK_S, Cluster, DaemonLabel, SqliteClaim, default_name, describe
 from socialcrm.config import Config
 from socialcrm.connector import Batch
 from socialcrm.db import Store
@@ -184,7 +185,7 @@ class Daemon:
         self.poller = Poller(store, self.pipeline, clock=clock)
         self.metrics = Metrics(sqlite=store.is_sqlite)
         self.poller.on_result = self.metrics.record
-        self.sender = Sender(store, {})
+        self.sender = Sender(store, {}, who=f"{self.name}/{os.getpid()}", up=self._senders_up)
         self.commands = Commands(config, store)
         #: The daemon's own HTTP session, for chat (answers to Slack, approval cards).
         self.http: aiohttp.ClientSession | None = None
@@ -219,7 +220,6 @@ class Daemon:
             self.cards = CardNotifier.from_config(self.store, self.config, self.http)
             self.sender.on_change = self.cards.changed
             self.cards.start(tick_s=1.0)
-        self.sender.start()
         self.alerts = AlertDispatcher(
             self.store,
             self.config.alerts,
@@ -230,6 +230,8 @@ class Daemon:
         self._schedule_housekeeping()
         if not self.store.is_sqlite:
             await self._join_cluster()
+        # Once this daemon is a member: its claims name a process the others see up.
+        self.sender.start()
         count = max(1, len(self.poller.sources))
         for n, src in enumerate(self.poller.sources.values()):
             interval = src.config.interval.total_seconds()
@@ -361,6 +363,14 @@ class Daemon:
         self.cluster.on_source = self._source_lease
         self.cluster.on_job = self._job_lease
         await self.cluster.join()
+
+    async def _senders_up(self, claimers: Collection[str]) -> set[str]:
+        """Which of these processes (``daemon/pid``) that claimed a reply for sending are up.
+        On SQLite this daemon runs alone, so none other is; in a cluster, the daemons whose
+        membership PostgreSQL holds, as each last wrote its pid."""
+        if self.cluster is None:
+            return set()
+        return {f"{v.name}/{v.pid}" for v in await describe(self.store) if v.up} & set(claimers)
 
     def _lease_busy(self, item: str) -> bool:
         """A source's poll, the card round or a cluster-wide job (a retrain, a digest) is

@@ -248,6 +248,8 @@ class Reply(SQLModel, table=True):
     rejected_reason: str | None = None
     edited: bool = False
     sending_started_at: datetime | None = _ts()
+    #: The process that claimed it for sending (``daemon/pid``): one no longer up left it.
+    sending_by: str | None = Field(default=None, max_length=128)
     sent_at: datetime | None = _ts()
     external_id: str | None = Field(default=None, max_length=998)
     attempts: int = 0

@@ -2,8 +2,11 @@
 
 A reply is claimed by moving it from ``approved`` to ``sending`` in its own committed
 transaction *before* the platform is called. If the process dies between that and the
-platform's answer, the reply stays ``sending``; on the next start (or after a grace period)
-it becomes ``needs_check`` for a person to look at, and is never sent again by itself.
+platform's answer, the reply stays ``sending``; it becomes ``needs_check`` for a person to look
+at, and is never sent again by itself. The claim names its process (``reply.sending_by``), so
+a reply whose process is no longer up (a daemon restarted, or dead while others run on the
+same database) is flagged within seconds; one with no such name, or whose process cannot be
+told, after a grace period.
 A rate-limit refusal (the platform surely did not post it) is retried with backoff; a
 refused credential or a permanent error marks the reply ``failed`` and alerts a person.
 """
@@ -13,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: A reply still ``sending`` this long after it was claimed is flagged for a person.
 SENDING_GRACE = timedelta(minutes=2)
+#: A claim this old whose process is not up was interrupted: the claimer had time to be seen.
+CLAIM_SETTLE = timedelta(seconds=5)
 #: Rate-limited tries before a reply is marked failed.
 MAX_ATTEMPTS = 8
 #: How often the sender looks for approvals made by other processes.
@@ -53,11 +59,18 @@ class Sender:
         *,
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
+        who: str | None = None,
+        up: Callable[[Collection[str]], Awaitable[set[str]]] | None = None,
     ) -> None:
         self.store = store
         self.connectors = dict(connectors)
         self.clock = clock
         self.rng = rng or random.Random()
+        #: This process, as its claims name it (``reply.sending_by``).
+        self.who = (who or f"socialcrm/{os.getpid()}")[:128]
+        #: Which of the named processes are up now; None when that cannot be told, and then
+        #: only ``SENDING_GRACE`` says a send was interrupted.
+        self.up = up
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         #: Called with each reply whose state changed here (to update its chat card).
@@ -92,21 +105,29 @@ class Sender:
             self._wake.clear()
 
     async def flag_interrupted(self) -> int:
-        """Replies left ``sending`` by a process that died: a person must check them."""
+        """Replies left ``sending`` by a process that stopped: a person must check them."""
         now = self.clock()
-        cutoff = now - SENDING_GRACE
         async with self.store.session() as s:
-            stuck = (
+            claimed = (
                 (
                     await s.execute(
                         sa.select(Reply).where(
-                            Reply.status == "sending", Reply.sending_started_at < cutoff
+                            Reply.status == "sending",
+                            Reply.sending_started_at < now - CLAIM_SETTLE,  # type: ignore[operator]
                         )
                     )
                 )
                 .scalars()
                 .all()
             )
+            others = {r.sending_by for r in claimed if r.sending_by and r.sending_by != self.who}
+            up = await self.up(others) if self.up is not None and others else others
+            stuck = [
+                r
+                for r in claimed
+                if (r.sending_started_at is not None and r.sending_started_at < now - SENDING_GRACE)
+                or (r.sending_by in others and r.sending_by not in up)
+            ]
             for r in stuck:
                 await _flag(
                     s,
@@ -187,7 +208,12 @@ class Sender:
             res = await s.execute(
                 sa.update(Reply)
                 .where(Reply.id == reply_id, Reply.status == "approved")  # type: ignore[arg-type]
-                .values(status="sending", sending_started_at=now, attempts=Reply.attempts + 1)
+                .values(
+                    status="sending",
+                    sending_started_at=now,
+                    sending_by=self.who,
+                    attempts=Reply.attempts + 1,
+                )
             )
             if res.rowcount != 1:  # type: ignore[attr-defined]
                 return None

@@ -24,10 +24,12 @@ from aiohttp.test_utils import TestServer
 from socialcrm import responder
 from socialcrm.config import Config
 from socialcrm.connector import Author, Batch, InboundMessage
+from socialcrm.daemon import Daemon
 from socialcrm.db import Store
+from socialcrm.demo import free_port
 from socialcrm.models import Alert, Message, Reply, Ticket, utcnow
 from socialcrm.pipeline import Pipeline
-from socialcrm.sender import MAX_ATTEMPTS, SENDING_GRACE, Sender
+from socialcrm.sender import CLAIM_SETTLE, MAX_ATTEMPTS, SENDING_GRACE, Sender
 from socialcrm.sources import make_source
 
 SECRET = "a-webhook-secret-of-some-length"
@@ -241,6 +243,70 @@ async def test_killed_mid_send_is_flagged_and_never_sent_twice(
     clock.now += timedelta(days=1)
     await sender.send_due()
     assert len(server.received) == 1  # the one the child sent, never a second
+
+
+async def claimed_by(store: Store, who: str, ago: timedelta, rid: int = 1) -> None:
+    """The reply as a process named ``who`` left it, ``ago`` after claiming it to send."""
+    async with store.session() as s:
+        await s.execute(
+            sa.update(Reply)
+            .where(Reply.id == rid)  # type: ignore[arg-type]
+            .values(status="sending", sending_by=who, sending_started_at=utcnow() - ago)
+        )
+
+
+async def test_a_send_claimed_by_a_process_that_is_not_up_is_flagged_without_the_grace(
+    setup: tuple[Sender, Clock], store: Store, platform: tuple[Platform, str]
+) -> None:
+    """The claim names its process: a reply left ``sending`` by one no longer up goes to a
+    person once the claim has settled, not two minutes later; one whose process is up, or
+    that names none, waits out the grace (its send may still be in hand)."""
+    sender, clock = setup
+    server, _ = platform
+    up = {"other/2"}
+
+    async def seen_up(names: Any) -> set[str]:
+        return up & set(names)
+
+    sender.up = seen_up
+    await approve(store)
+    await claimed_by(store, "other/2", timedelta(0))
+    clock.now = utcnow() + CLAIM_SETTLE + timedelta(seconds=1)
+    assert await sender.flag_interrupted() == 0, "its process is up: maybe still sending"
+    up.clear()
+    clock.now = utcnow()
+    assert await sender.flag_interrupted() == 0, "a claim this fresh has not settled"
+    clock.now = utcnow() + CLAIM_SETTLE + timedelta(seconds=1)
+    assert await sender.flag_interrupted() == 1
+    r = await reply(store)
+    assert r.status == "needs_check" and "check on the platform" in (r.last_error or "")
+    assert not server.received, "never sent by itself"
+
+
+async def test_a_restarted_daemon_flags_the_send_its_former_process_left_at_once(
+    config: Config, store: Store, pipeline: Pipeline
+) -> None:
+    """On SQLite one daemon runs, so a claim by any other process is a dead one's; on
+    PostgreSQL the daemons up are the ones whose membership the server holds."""
+    msg = InboundMessage(
+        channel="webhook",
+        external_id="form-9",
+        text="My order never arrived and it is two weeks late, terrible",
+        author=Author(email="cora@example.com", name="Cora"),
+    )
+    await pipeline.ingest(Batch(messages=[msg]), "forms")
+    await approve(store)
+    await claimed_by(store, "socialcrm-old/4242", CLAIM_SETTLE * 2)
+    daemon = Daemon(config, store, name="socialcrm-new")
+    await daemon.start("127.0.0.1", free_port())
+    try:
+        for _ in range(100):
+            if (await reply(store)).status != "sending":
+                break
+            await asyncio.sleep(0.1)
+        assert (await reply(store)).status == "needs_check", "flagged within the grace"
+    finally:
+        await daemon.stop()
 
 
 async def test_rate_limits_without_a_reset_back_off_then_give_up(
