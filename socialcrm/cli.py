@@ -727,7 +727,7 @@ async def triage_learn(ctx: click.Context, file: Path) -> None:
 async def triage_train(ctx: click.Context, min_labels: int | None) -> None:
     """Train a new model version from every label now, and show its card."""
     from socialcrm import triage
-    from socialcrm.sentiment import SentimentScorer, brand_terms
+    from socialcrm.sentiment import SentimentScorer
 
     config = _load(ctx)
     actor = _actor()
@@ -735,9 +735,7 @@ async def triage_train(ctx: click.Context, min_labels: int | None) -> None:
         try:
             await triage.retrain(
                 store,
-                SentimentScorer(
-                    config.brand.lexicon, brand_terms(config.brand.name, config.brand.handles)
-                ),
+                SentimentScorer.for_brand(config.brand),
                 actor.name,
                 actor.via,
                 min_labels=config.triage.min_labels if min_labels is None else min_labels,
@@ -791,7 +789,7 @@ async def triage_eval(ctx: click.Context, file: Path, as_json: bool) -> None:
     import asyncio
 
     from socialcrm import triage
-    from socialcrm.sentiment import SentimentScorer, brand_terms
+    from socialcrm.sentiment import SentimentScorer
     from socialcrm.templating import template_environment
 
     config = _load(ctx)
@@ -800,9 +798,7 @@ async def triage_eval(ctx: click.Context, file: Path, as_json: bool) -> None:
     if not items:
         raise CliError(f"{file}: no labelled messages to evaluate on")
     rules = load_rules(config)
-    scorer = SentimentScorer(
-        config.brand.lexicon, brand_terms(config.brand.name, config.brand.handles)
-    )
+    scorer = SentimentScorer.for_brand(config.brand)
     results = await asyncio.to_thread(triage.evaluate, items, scorer, rules)
     if as_json:
         click.echo(json.dumps(results))
@@ -1072,14 +1068,12 @@ def rules_check(ctx: click.Context) -> None:
 def rules_test(ctx: click.Context) -> None:
     """Run the example-based tests kept next to the rule files (x.yaml -> x.tests.yaml)."""
     from socialcrm.rules import RuleError, find_rule_tests, run_rule_tests
-    from socialcrm.sentiment import SentimentScorer, brand_terms
+    from socialcrm.sentiment import SentimentScorer
 
     config = _load(ctx)
     try:
         rules = load_rules(config)
-        scorer = SentimentScorer(
-            config.brand.lexicon, brand_terms(config.brand.name, config.brand.handles)
-        )
+        scorer = SentimentScorer.for_brand(config.brand)
         results = run_rule_tests(rules, find_rule_tests(config.rule_paths()), scorer.compound)
     except RuleError as err:
         raise CliError(f"bad rules:\n{err}") from err

@@ -534,11 +534,19 @@ class Daemon:
         mono = self.poller.clock()
         sources = {}
         worst = "ok"
+        holders = (
+            {s: v.name for v in self.cluster.view if v.up for s in v.sources}
+            if self.cluster is not None
+            else {}
+        )
         for src in self.poller.sources.values():
             state = "paused" if src.paused else ("failing" if src.failures else "ok")
             if state == "ok" and src.streams:
                 state = "degraded"
-            if state != "ok":
+            # In a cluster, a source another daemon polls is that daemon's to report: what
+            # this one knows of it dates from when it last held it.
+            here = self.cluster is None or self.cluster.holds(src.name)
+            if state != "ok" and here:
                 worst = "degraded"
             lag = (now - src.last_success).total_seconds() if src.last_success else None
             if lag is not None:
@@ -546,6 +554,8 @@ class Daemon:
             sources[src.name] = {
                 "type": src.config.type,
                 "state": state,
+                "polled_here": here,
+                "held_by": self.name if here else holders.get(src.name),
                 "last_success_at": src.last_success.isoformat() if src.last_success else None,
                 "last_error": src.last_error,
                 "consecutive_failures": src.failures,

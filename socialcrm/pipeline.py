@@ -37,7 +37,7 @@ from socialcrm.priority import PriorityModel
 from socialcrm.responder import ReplyChecker, Responder, blocking_reason, stored_issues
 from socialcrm.rules import Decision, RuleContext, RuleSet
 from socialcrm.scoring import Analysis, ScoringPool, analyse_batch
-from socialcrm.sentiment import Score, SentimentScorer, brand_terms
+from socialcrm.sentiment import Score, SentimentScorer
 from socialcrm.sla import SlaPolicy
 from socialcrm.tickets import Threader, TicketView, ticket_tag
 from socialcrm.triage import Verdict
@@ -129,9 +129,7 @@ class Pipeline:
         self.config = config
         self.store = store
         self.rules = rules
-        self.scorer = scorer or SentimentScorer(
-            config.brand.lexicon, brand_terms(config.brand.name, config.brand.handles)
-        )
+        self.scorer = scorer or SentimentScorer.for_brand(config.brand)
         #: Worker processes for sentiment; without them scoring runs in a thread.
         self.scoring = scoring
         self.responder = responder or Responder(

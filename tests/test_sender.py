@@ -71,6 +71,17 @@ class Clock:
         return self.now
 
 
+async def complaint(pipeline: Pipeline) -> None:
+    """A complaint through the webhook source ``forms``: its reply draft is reply 1."""
+    msg = InboundMessage(
+        channel="webhook",
+        external_id="form-1",
+        text="My order never arrived and it is two weeks late, terrible",
+        author=Author(email="cora@example.com", name="Cora"),
+    )
+    await pipeline.ingest(Batch(messages=[msg]), "forms")
+
+
 @pytest.fixture
 async def setup(
     config: Config, store: Store, pipeline: Pipeline, platform: tuple[Platform, str]
@@ -80,13 +91,7 @@ async def setup(
         {"sources": [{"name": "forms", "type": "webhook", "secret": SECRET, "reply_url": url}]}
     )
     src = make_source(cfg.sources[0], 0)
-    msg = InboundMessage(
-        channel="webhook",
-        external_id="form-1",
-        text="My order never arrived and it is two weeks late, terrible",
-        author=Author(email="cora@example.com", name="Cora"),
-    )
-    await pipeline.ingest(Batch(messages=[msg]), "forms")
+    await complaint(pipeline)
     clock = Clock()
     sender = Sender(store, {"forms": src.connector}, clock=clock)
     try:
@@ -280,6 +285,7 @@ async def test_a_send_claimed_by_a_process_that_is_not_up_is_flagged_without_the
     assert await sender.flag_interrupted() == 1
     r = await reply(store)
     assert r.status == "needs_check" and "check on the platform" in (r.last_error or "")
+    assert "process other/2 stopped" in (r.last_error or ""), "it names the process"
     assert not server.received, "never sent by itself"
 
 
@@ -288,13 +294,7 @@ async def test_a_restarted_daemon_flags_the_send_its_former_process_left_at_once
 ) -> None:
     """On SQLite one daemon runs, so a claim by any other process is a dead one's; on
     PostgreSQL the daemons up are the ones whose membership the server holds."""
-    msg = InboundMessage(
-        channel="webhook",
-        external_id="form-9",
-        text="My order never arrived and it is two weeks late, terrible",
-        author=Author(email="cora@example.com", name="Cora"),
-    )
-    await pipeline.ingest(Batch(messages=[msg]), "forms")
+    await complaint(pipeline)
     await approve(store)
     await claimed_by(store, "socialcrm-old/4242", CLAIM_SETTLE * 2)
     daemon = Daemon(config, store, name="socialcrm-new")
