@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import pytest
 
 from socialcrm.config import Config
 from socialcrm.rules import RuleSet
+from socialcrm.runtime import GC_GEN0_THRESHOLD
 from socialcrm.scoring import PARENT_CHECK_S, ScoringPool, analyse_batch
 from socialcrm.sentiment import Score, SentimentScorer
 
@@ -44,6 +46,19 @@ async def test_the_pool_tells_the_cpu_time_its_worker_used() -> None:
     finally:
         pool.close()
     assert 0 < before < after
+
+
+def test_a_worker_collects_garbage_as_the_daemon_does() -> None:
+    # What a worker loaded at start (lexicon, rules, model) is frozen out of the collector's
+    # walks, and a batch's short-lived objects do not set off a collection every 700.
+    pool = ScoringPool(rules=RuleSet.load(Config().rule_paths()))
+    try:
+        threshold = pool._pool.submit(gc.get_threshold).result(timeout=60)
+        frozen = pool._pool.submit(gc.get_freeze_count).result(timeout=60)
+    finally:
+        pool.close()
+    assert threshold[0] == GC_GEN0_THRESHOLD
+    assert frozen > 10_000  # VADER's lexicon alone is thousands of objects
 
 
 _KILLED_PARENT = """
