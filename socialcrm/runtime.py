@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gc
 
-from socialcrm import memory
-
 #: The C allocator's arenas in a long-running process (see ``memory.limit_arenas``).
 MALLOC_ARENAS = 2
 
@@ -25,4 +23,8 @@ def tune_gc() -> None:
 def tune_allocator() -> None:
     """Fewer C allocator arenas, before the database driver's threads start: a daemon's
     resident memory then follows what it uses instead of creeping up for hours."""
+    # Here, not at the top: the scoring worker tunes its collector too, and has no use for
+    # the metrics library the memory module brings (tens of milliseconds at every start).
+    from socialcrm import memory
+
     memory.limit_arenas(MALLOC_ARENAS)
