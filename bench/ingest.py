@@ -130,7 +130,7 @@ def trained_model(messages: list[InboundMessage], rules: RuleSet) -> triage.Trai
     """A model trained on generated messages labelled by VADER and the rules (for speed only)."""
     scorer = SentimentScorer(LEXICON)
     scores = [scorer.score(m.text, m.lang) for m in messages]
-    xs = [triage.sample(m.text, s) for m, s in zip(messages, scores, strict=True)]
+    xs = triage.read([(m.text, m.lang) for m in messages], scorer, rules)
     return triage.train(
         {
             "sentiment": (xs, [triage.vader_class(s) for s in scores]),

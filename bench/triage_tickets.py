@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import random
 import sys
 import time
@@ -40,9 +41,18 @@ from triage_learned import _complaints as complaints
 from triage_learned import _tweeteval as tweeteval
 
 from socialcrm import triage
+from socialcrm.config import Config
+from socialcrm.rules import RuleSet
 from socialcrm.sentiment import SentimentScorer
 
 FOLDS = 5
+
+
+@functools.cache
+def shipped_rules() -> RuleSet:
+    """The shipped rule pack, as ``run_pipeline`` loads it."""
+    return RuleSet.load(Config().rule_paths())
+
 
 #: One labelled example: key, text, sent to us, label.
 Example = tuple[str, str, bool, str]
@@ -89,12 +99,15 @@ def held_out_outcomes(
     risks: dict[str, float] = {}
     for i, fold in enumerate(folds := _folds(examples, FOLDS, rng)):
         train = [e for j, f in enumerate(folds) if j != i for e in f]
-        xs = [triage.sample(t, scorer.score(t)) for _k, t, _d, _y in train]
+        # Read by the shipped rules, as the pipeline below reads each message.
+        xs = triage.read([(t, None) for _k, t, _d, _y in train], scorer, shipped_rules())
         trained = triage.train({head: (xs, [to_label(y) for *_, y in train])}, folds=2)
         items = [(k, t, d) for k, t, d, _y in fold]
         learned.update(asyncio.run(run_pipeline(items, trained)))
         zero.update(asyncio.run(run_pipeline(items)))
-        read = trained.model.predict([triage.sample(t, scorer.score(t)) for _k, t, _d in items])
+        read = trained.model.predict(
+            triage.read([(t, None) for _k, t, _d in items], scorer, shipped_rules())
+        )
         risks.update((k, triage.risk_of(v)) for (k, _t, _d), v in zip(items, read, strict=True))
     return zero, learned, risks
 

@@ -113,7 +113,7 @@ def variants(
 ) -> dict[str, Fold]:
     """Each wanted variant as a function (train rows, test rows) -> predicted labels."""
     texts = [normalise(x.text) for x in xs]
-    vader = sp.csr_matrix(np.array([x[1:] for x in xs]) * 3.0)
+    vader = sp.csr_matrix(np.array([x[1:5] for x in xs]) * 3.0)
     words, chars = _vec("word", False).transform(texts), _vec("char_wb", False).transform(texts)
     base = sp.hstack([words, chars, vader]).tocsr()
 

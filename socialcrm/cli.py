@@ -736,6 +736,7 @@ async def triage_train(ctx: click.Context, min_labels: int | None) -> None:
             await triage.retrain(
                 store,
                 SentimentScorer.for_brand(config.brand),
+                load_rules(config),
                 actor.name,
                 actor.via,
                 min_labels=config.triage.min_labels if min_labels is None else min_labels,

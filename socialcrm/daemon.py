@@ -445,6 +445,7 @@ class Daemon:
             made = await triage.retrain(
                 self.store,
                 self.pipeline.scorer,
+                self.pipeline.rules,
                 "socialcrm",
                 "system",
                 min_labels=self.config.triage.min_labels,

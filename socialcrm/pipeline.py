@@ -177,12 +177,12 @@ class Pipeline:
         log.info("triage model %s in use", row.id)
         return row.id
 
-    def _analyse_here(self, items: list[tuple[str, str | None]]) -> list[Analysis]:
+    def _analyse_here(self, items: list[tuple[str, str | None]], rules: RuleSet) -> list[Analysis]:
         """The text work in this process (run in a thread: loading the starter takes time)."""
         model = self.triage_model
         if model is None and self.config.triage.use_starter:
             model = starter.model()
-        return analyse_batch(self.scorer, None, items, model)
+        return analyse_batch(self.scorer, rules, items, model)
 
     def _triage_version(self) -> int | None:
         return self.triage_model.version if self.triage_model is not None else None
@@ -267,8 +267,9 @@ class Pipeline:
             found = await self.scoring.analyse(items)
             same_rules = self.scoring.fingerprint == self.rules.fingerprint
         else:
-            found = await asyncio.to_thread(self._analyse_here, items)
-            same_rules = False
+            rules = self.rules
+            found = await asyncio.to_thread(self._analyse_here, items, rules)
+            same_rules = rules is self.rules
         use_starter = self.config.triage.use_starter
         for m, (score, facts, read) in zip(new, found, strict=True):
             # A worker started with the starter model, but this config does without it.

@@ -44,6 +44,7 @@ import difflib
 import hashlib
 import importlib
 import re
+import zlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -318,6 +319,8 @@ class RuleSet:
         self._other_checks: list[tuple[int, Check]] = list(others.values())
         self._anchors = frozenset(self._terms)
         self._indexed_words = frozenset(self._word_bits)
+        #: Per condition, a number for what it looks for (see ``fact_keys``).
+        self._fact_keys = tuple(_fact_key(read) for read in self._text_checks)
         #: The files the rules came from, and a hash of their contents: two rule sets with the
         #: same fingerprint number their text conditions alike.
         self.paths = tuple(paths)
@@ -350,6 +353,21 @@ class RuleSet:
             if read(m):
                 facts |= held
         return facts
+
+    def fact_keys(self, facts: int) -> tuple[int, ...]:
+        """A number for each text condition that holds in ``facts``, taken from what the
+        condition looks for (its words, phrases or regexes), not from where it stands: the
+        same condition has the same number in any rule, in any version of the rule files.
+        A triage model learns from these, so an edit to the rules changes what it reads of
+        the edited conditions alone."""
+        keys = self._fact_keys
+        out = []
+        while facts:
+            low = facts & -facts
+            out.append(keys[low.bit_length() - 1])
+            facts ^= low
+        # A condition in several rules holds once.
+        return tuple(dict.fromkeys(out))
 
     @classmethod
     def load(cls, paths: Sequence[Path]) -> RuleSet:
@@ -472,12 +490,24 @@ class _TextIndex(NamedTuple):
 
     words: frozenset[str]
     terms: tuple[tuple[frozenset[str], Search], ...] = ()
+    #: The terms as written (folded), sorted: what the condition looks for, with ``words``.
+    written: tuple[str, ...] = ()
+
+
+def _fact_key(read: Check) -> int:
+    """A stable number for what a text condition looks for (CRC-32 of its description)."""
+    index = getattr(read, "index", None)
+    if isinstance(index, _TextIndex):
+        what: Hashable = ("text", tuple(sorted(index.words)), index.written)
+    else:
+        what = getattr(read, "same", None) or ("check", getattr(read, "__qualname__", ""))
+    return zlib.crc32(repr(what).encode())
 
 
 def _indexed(check: Check, words: frozenset[str], terms: Sequence[str] = ()) -> Check:
     """Attach to a check what it looks for (folded words, and folded terms)."""
     found = tuple((frozenset(_WORD.findall(t)), re.compile(_term_pattern(t)).search) for t in terms)
-    check.index = _TextIndex(words, found)  # type: ignore[attr-defined]
+    check.index = _TextIndex(words, found, tuple(sorted(terms)))  # type: ignore[attr-defined]
     return check
 
 

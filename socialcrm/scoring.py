@@ -61,11 +61,17 @@ def analyse_batch(
                 log.exception("text conditions failed; the rules read this text themselves")
     out: list[Analysis] = [(s, f, None) for s, f in zip(scores, facts, strict=True)]
     if model is not None:
+        # A model trained beside the rules reads which of their text conditions hold.
+        keys = rules.fact_keys if rules is not None and model.settings.fact_bits else None
         try:
             verdicts: list[Verdict | None] = list(
                 model.predict(
                     [
-                        sample(text, a[0] if isinstance(a[0], Score) else None)
+                        sample(
+                            text,
+                            a[0] if isinstance(a[0], Score) else None,
+                            keys(a[1]) if keys is not None and a[1] is not None else (),
+                        )
                         for (text, _), a in zip(items, out, strict=True)
                     ]
                 )

@@ -113,21 +113,33 @@ class Settings(BaseModel):
     vader_weight: float = Field(default=3.0, ge=0.0, le=10.0)
     #: Inverse regularisation strength of the regressions.
     c: float = Field(default=4.0, gt=0.0, le=1000.0)
+    #: Columns (as a power of two) for the rules' text conditions that hold in a message, by
+    #: what each looks for (``RuleSet.fact_keys``); 0: the model reads no rule (the starter,
+    #: and models stored before it could). The complaint words, phrases and patterns of the
+    #: rule pack carry what 2,000 labels cannot teach a model about words it never saw.
+    fact_bits: int = Field(default=0, ge=0, le=16)
 
     @property
     def n_features(self) -> int:
         """Columns of the feature matrix."""
-        return (1 << self.word_bits) + (1 << self.char_bits) + 4
+        facts = (1 << self.fact_bits) if self.fact_bits else 0
+        return (1 << self.word_bits) + (1 << self.char_bits) + 4 + facts
+
+
+#: The settings a team's model is trained with: the defaults, and the rules' text facts.
+LEARNED = Settings(fact_bits=10)
 
 
 class Sample(NamedTuple):
-    """One message as the model sees it: its text and VADER's scores of it."""
+    """One message as the model sees it: its text, VADER's scores of it, and the rules' text
+    conditions that hold in it (``RuleSet.fact_keys``; none where the rules did not read it)."""
 
     text: str
     compound: float
     pos: float
     neu: float
     neg: float
+    facts: tuple[int, ...] = ()
 
 
 class Verdict(NamedTuple):
@@ -143,11 +155,24 @@ class Verdict(NamedTuple):
     risk: float | None = None
 
 
-def sample(text: str, score: Score | None) -> Sample:
-    """A message and its VADER score as a sample (an unscored text has zero scores)."""
+def sample(text: str, score: Score | None, facts: tuple[int, ...] = ()) -> Sample:
+    """A message, its VADER score and its rule facts as a sample (an unscored text has zero
+    scores)."""
     if score is None or score.compound is None:
-        return Sample(text, 0.0, 0.0, 0.0, 0.0)
-    return Sample(text, score.compound, score.pos or 0.0, score.neu or 0.0, score.neg or 0.0)
+        return Sample(text, 0.0, 0.0, 0.0, 0.0, facts)
+    return Sample(text, score.compound, score.pos or 0.0, score.neu or 0.0, score.neg or 0.0, facts)
+
+
+def read(
+    texts: Sequence[tuple[str, str | None]], scorer: SentimentScorer, rules: RuleSet | None
+) -> list[Sample]:
+    """Samples of (text, language) pairs, scored and read by the rules as the pipeline reads
+    them: the one way training, evaluation and the benches make samples."""
+    if rules is None:
+        return [sample(t, scorer.score(t, lang)) for t, lang in texts]
+    return [
+        sample(t, scorer.score(t, lang), rules.fact_keys(rules.text_facts(t))) for t, lang in texts
+    ]
 
 
 def normalise(text: str) -> str:
@@ -165,7 +190,7 @@ def normalise(text: str) -> str:
 def _normalised(xs: Sequence[Sample]) -> list[Sample]:
     """Each sample with its text normalised, once for both n-gram branches."""
     # Built field by field: half the time of _replace(text=...), the same sample.
-    return [Sample(normalise(x.text), x.compound, x.pos, x.neu, x.neg) for x in xs]
+    return [Sample(normalise(x.text), x.compound, x.pos, x.neu, x.neg, x.facts) for x in xs]
 
 
 def _texts(xs: Sequence[Sample]) -> list[str]:
@@ -176,10 +201,33 @@ def _vader(weight: float) -> FunctionTransformer:
     from sklearn.preprocessing import FunctionTransformer
 
     def scores(xs: Sequence[Sample]) -> NDArray[np.float64]:
-        arr = np.array([x[1:] for x in xs], dtype=np.float64).reshape(len(xs), 4)
+        arr = np.array([x[1:5] for x in xs], dtype=np.float64).reshape(len(xs), 4)
         return arr * weight
 
     return FunctionTransformer(scores, accept_sparse=False, validate=False)
+
+
+def _facts(bits: int) -> FunctionTransformer:
+    """The rule facts of each sample as 0/1 columns, each fact's number folded into ``bits``."""
+    from scipy.sparse import csr_matrix
+    from sklearn.preprocessing import FunctionTransformer
+
+    mask = (1 << bits) - 1
+
+    def columns(xs: Sequence[Sample]) -> csr_matrix:
+        cols: list[int] = []
+        indptr = [0]
+        for x in xs:
+            # Sorted and once each, as a CSR matrix keeps them.
+            cols.extend(sorted({k & mask for k in x.facts}))
+            indptr.append(len(cols))
+        data = np.ones(len(cols), dtype=np.float64)
+        return csr_matrix(
+            (data, np.asarray(cols, dtype=np.int32), np.asarray(indptr, dtype=np.int32)),
+            shape=(len(xs), 1 << bits),
+        )
+
+    return FunctionTransformer(columns, accept_sparse=True, validate=False)
 
 
 def features(settings: Settings) -> Pipeline:
@@ -207,13 +255,14 @@ def features(settings: Settings) -> Pipeline:
         norm="l2",
         dtype=np.float64,
     )
-    union = FeatureUnion(
-        [
-            ("words", make_pipeline(FunctionTransformer(_texts, validate=False), words)),
-            ("chars", make_pipeline(FunctionTransformer(_texts, validate=False), chars)),
-            ("vader", _vader(settings.vader_weight)),
-        ]
-    )
+    parts = [
+        ("words", make_pipeline(FunctionTransformer(_texts, validate=False), words)),
+        ("chars", make_pipeline(FunctionTransformer(_texts, validate=False), chars)),
+        ("vader", _vader(settings.vader_weight)),
+    ]
+    if settings.fact_bits:
+        parts.append(("facts", _facts(settings.fact_bits)))
+    union = FeatureUnion(parts)
     # Normalising a text costs about half as much as hashing its word n-grams: done once.
     return make_pipeline(FunctionTransformer(_normalised, validate=False), union)
 
@@ -653,7 +702,7 @@ def train(
     folds: int = 5,
 ) -> Trained:
     """Cross-validate each head, then fit it on every label: the one training routine."""
-    settings = settings or Settings()
+    settings = settings or LEARNED
     scores: dict[str, dict[str, Any]] = {}
     for head, (xs, labels) in data.items():
         if trainable(labels):
@@ -671,7 +720,7 @@ def model_card(
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """What the model was trained on, how well it did, and where it fails."""
-    settings = settings or Settings()
+    settings = settings or LEARNED
     fails: list[str] = []
     for head, s in scores.items():
         for cls, f in s["per_class"].items():
@@ -709,6 +758,7 @@ def model_card(
         "features": (
             f"hashed word 1-{settings.word_max_n}-grams and character "
             f"{settings.char_min_n}-{settings.char_max_n}-grams, VADER's four scores"
+            + (", the rules' text conditions that hold" if settings.fact_bits else "")
         ),
     }
 
@@ -766,22 +816,21 @@ async def labels_since(session: AsyncSession, since: datetime | None) -> int:
     return n
 
 
-def samples_of(texts: Sequence[tuple[str, str | None]], scorer: SentimentScorer) -> list[Sample]:
-    """Training samples: each (text, language) scored as the pipeline scores it."""
-    return [sample(t, scorer.score(t, lang)) for t, lang in texts]
-
-
 def train_set(
-    ts: TrainingSet, scorer: SentimentScorer, settings: Settings | None = None
+    ts: TrainingSet,
+    scorer: SentimentScorer,
+    rules: RuleSet | None,
+    settings: Settings | None = None,
 ) -> Trained:
     """Train on a training set read from the store (CPU work: run it off the event loop)."""
-    data = {h: (samples_of(ts.texts[h], scorer), ts.labels[h]) for h in ts.labels}
+    data = {h: (read(ts.texts[h], scorer, rules), ts.labels[h]) for h in ts.labels}
     return train(data, settings)
 
 
 async def retrain(
     store: Store,
     scorer: SentimentScorer,
+    rules: RuleSet | None,
     actor: str,
     via: str,
     *,
@@ -801,7 +850,7 @@ async def retrain(
             "the labels do not yet show two kinds of message for either question "
             f"(labels so far: {ts.counts()})"
         )
-    trained = await asyncio.to_thread(train_set, ts, scorer, settings)
+    trained = await asyncio.to_thread(train_set, ts, scorer, rules, settings)
     async with store.session() as s:
         row = await store_model(s, trained, actor)
         s.add(
@@ -1046,7 +1095,10 @@ def evaluate(
                 by_starter[j] = str(v.sentiment)
             entry["starter"] = figures(classes, truth, by_starter).as_dict()
         if trainable(truth):
-            xs = [sample(i.message.text, s) for i, s in rows]
-            entry["learned"] = cross_validate(head, xs, truth, Settings(), folds).as_dict()
+            xs = [
+                sample(i.message.text, s, rules.fact_keys(rules.text_facts(i.message.text)))
+                for i, s in rows
+            ]
+            entry["learned"] = cross_validate(head, xs, truth, LEARNED, folds).as_dict()
         out[head] = entry
     return out

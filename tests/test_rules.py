@@ -830,6 +830,41 @@ rules:
         assert rules.evaluate(make_ctx(text=text, text_facts=facts)) == rules.evaluate(ctx), text
 
 
+def test_a_conditions_fact_key_is_what_it_looks_for_not_where_it_stands() -> None:
+    # A triage model learns from these keys: the same condition keeps its key when rules are
+    # added, reordered or renamed, and an edited condition gets a key of its own.
+    first = RuleSet.from_text(
+        """
+rules:
+  - {name: late, when: {keywords: [late, delayed]}, then: [{tag: late}]}
+  - {name: where, when: {phrases: [where is my order]}, then: [{tag: where}]}
+  - {name: number, when: {regex: 'order\\s+#?\\d+'}, then: [{tag: n}]}
+""",
+        "a.yaml",
+    )
+    second = RuleSet.from_text(
+        """
+rules:
+  - {name: new, when: {keywords: [refund]}, then: [{tag: r}]}
+  - {name: n2, when: {regex: 'order\\s+#?\\d+'}, then: [{tag: n}]}
+  - {name: lateness, when: {keywords: [delayed, late]}, then: [{tag: late}]}
+  - {name: twice, when: {all: [{keywords: [late, delayed]}, {keywords: [refund]}]}, then: [stop]}
+  - {name: where, when: {phrases: [where is my parcel]}, then: [{tag: where}]}
+""",
+        "b.yaml",
+    )
+    text = "where is my order 123? it is late"
+    a = first.fact_keys(first.text_facts(text))
+    b = second.fact_keys(second.text_facts(text))
+    assert len(a) == 3 and len(set(a)) == 3
+    # "late" and the order number hold in both: the same keys, though numbered otherwise and
+    # (for "late") in two rules of the second set; the edited phrase holds in the first only.
+    assert len(b) == 2 and set(b) < set(a)
+    assert first.fact_keys(0) == ()
+    refund = second.fact_keys(second.text_facts("refund"))
+    assert len(refund) == 1 and refund[0] not in a
+
+
 def _nested(depth: int) -> str:
     cond = "{any: [{keywords: [refund]}, {phrases: [never arrived]}]}"
     for i in range(depth):

@@ -178,6 +178,71 @@ def test_a_model_stored_with_older_feature_settings_reads_with_its_own() -> None
     )
 
 
+DAMAGE = """
+rules:
+  - name: damaged
+    when: {keywords: [broken, smashed, faulty, cracked, dented, chipped]}
+    then: [open_ticket]
+"""
+
+
+def _damage_set() -> tuple[list[tuple[str, str]], list[str]]:
+    """Texts alike but for one word: a word of the rules' damage list needs a reply."""
+    rows = []
+    for opener, closer in itertools.product(_OPENERS, _CLOSERS):
+        for word in ("broken", "smashed", "faulty"):
+            rows.append((f"{opener}the lid came {word}{closer}", "yes"))
+        for word in ("blue", "early", "wrapped"):
+            rows.append((f"{opener}the lid came {word}{closer}", "no"))
+    return rows, ["the lid came cracked", "@acme the lid came dented", "the lid came chipped!"]
+
+
+def test_a_model_trained_beside_the_rules_reads_their_text_conditions() -> None:
+    # The rules know words of complaint that no label has shown the model: trained beside
+    # them, it reads an unseen word of a condition as that condition's other words.
+    rules = RuleSet.from_text(DAMAGE)
+    scorer = SentimentScorer()
+    rows, unseen = _damage_set()
+    texts = [(t, None) for t, _ in rows]
+    labels = [y for _, y in rows]
+    beside = triage.Settings(word_bits=12, char_bits=12, fact_bits=8)
+    with_facts = triage.Model.fit(
+        beside, {"needs_reply": (triage.read(texts, scorer, rules), labels)}
+    )
+    without = triage.Model.fit(SMALL, {"needs_reply": (triage.read(texts, scorer, None), labels)})
+    read = with_facts.predict(triage.read([(t, None) for t in unseen], scorer, rules))
+    alone = without.predict(triage.read([(t, None) for t in unseen], scorer, None))
+    assert [v.needs_reply for v in read] == [True] * 3
+    for a, b in zip(read, alone, strict=True):
+        assert a.risk is not None and b.risk is not None and a.risk > b.risk + 0.2
+    # Stored and loaded, it reads the same; without the facts it reads as the model alone.
+    again = triage.Model.load(with_facts.dump())
+    assert again.settings.fact_bits == 8
+    assert [
+        v.risk for v in again.predict(triage.read([(t, None) for t in unseen], scorer, rules))
+    ] == [v.risk for v in read]
+    blind = again.predict(triage.read([(t, None) for t in unseen], scorer, None))
+    assert all(v.needs_reply is False for v in blind)
+    # The card says what it reads.
+    trained = triage.train({"needs_reply": (triage.read(texts, scorer, rules), labels)}, beside)
+    assert "the rules' text conditions" in trained.card["features"]
+
+
+def test_a_model_stored_before_rule_facts_loads_and_reads_none() -> None:
+    # A payload written before models could read the rules has no fact_bits in its header.
+    xs = [triage.sample(t, None) for t, _ in labelled_set(5)]
+    model = triage.Model.fit(SMALL, {"sentiment": (xs, [y for _, y in labelled_set(5)])})
+    with np.load(io.BytesIO(model.dump()), allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    header = json.loads(arrays["header"].tobytes())
+    del header["settings"]["fact_bits"]
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    old = triage.Model.load(_npz(**arrays))
+    assert old.settings == SMALL and old.settings.fact_bits == 0
+    assert old.settings.n_features == (1 << 12) * 2 + 4
+    assert [v.sentiment for v in old.predict(xs)] == [v.sentiment for v in model.predict(xs)]
+
+
 def _npz(**arrays: Any) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -417,6 +482,32 @@ async def test_the_scoring_worker_reads_with_the_newest_model(
         rows = {m.external_id: m for m in (await s.execute(sa.select(Message))).scalars()}
     assert (rows["1"].triage_class, rows["1"].triage_version) == ("positive", first)
     assert (rows["2"].triage_class, rows["2"].triage_version) == ("negative", second)
+
+
+async def test_the_scoring_worker_gives_the_model_the_rules_text_facts(config: Config) -> None:
+    # The worker reads the rules' text conditions anyway; a model trained beside the rules
+    # gets them there, as training gave them, with no second reading of the text.
+    rules = RuleSet.from_text(DAMAGE)
+    scorer = SentimentScorer()
+    rows, unseen = _damage_set()
+    xs = triage.read([(t, None) for t, _ in rows], scorer, rules)
+    model = triage.Model.fit(
+        triage.Settings(word_bits=12, char_bits=12, fact_bits=8),
+        {"needs_reply": (xs, [y for _, y in rows])},
+    )
+    path = config.base_dir / "damage.yaml"
+    path.write_text(DAMAGE)
+    on_file = RuleSet.load([path])
+    pool = ScoringPool(config.brand.lexicon, on_file)
+    try:
+        payload = model.dump()
+        pool.use_model(payload, hashlib.sha256(payload).hexdigest(), 3)
+        found = await pool.analyse([(t, "en") for t in unseen])
+    finally:
+        pool.close()
+    expected = model.predict(triage.read([(t, "en") for t in unseen], SentimentScorer(), rules))
+    assert [a[2].risk if a[2] else None for a in found] == [v.risk for v in expected]
+    assert all(a[2] is not None and a[2].needs_reply for a in found)
 
 
 IGNORE_ALL = """
