@@ -434,12 +434,13 @@ class Daemon:
         self.metrics.alerts_sent.inc(await self.alerts.deliver_due())
 
     async def retrain_triage(self) -> int | None:
-        """Train a new triage model when labels came in since the newest one and there are
-        enough of them; the pipeline's workers take it up. The new version, if any."""
+        """Train a new triage model when labels came in since the newest one, or the rules'
+        text conditions it reads have changed, and there are enough labels; the pipeline's
+        workers take it up. The new version, if any."""
         async with self.store.reader() as s:
             row = await triage.newest(s)
             new = await triage.labels_since(s, row.created_at if row is not None else None)
-        if not new:
+        if not new and not triage.read_other_rules(row, self.pipeline.rules):
             return None
         try:
             made = await triage.retrain(

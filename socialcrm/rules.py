@@ -354,6 +354,13 @@ class RuleSet:
                 facts |= held
         return facts
 
+    @property
+    def conditions_key(self) -> str:
+        """A hash of what the text conditions look for, whatever their order, file or rule:
+        a model that reads them (``fact_keys``) was trained beside rules with this key."""
+        keys = ",".join(map(str, sorted(set(self._fact_keys))))
+        return hashlib.sha256(keys.encode()).hexdigest()[:16]
+
     def fact_keys(self, facts: int) -> tuple[int, ...]:
         """A number for each text condition that holds in ``facts``, taken from what the
         condition looks for (its words, phrases or regexes), not from where it stands: the

@@ -807,6 +807,14 @@ def load_row(row: TriageModelVersion) -> Model:
     return Model.load(row.payload, row.digest, row.id)
 
 
+def read_other_rules(row: TriageModelVersion | None, rules: RuleSet) -> bool:
+    """Whether a stored model was trained beside rules whose text conditions differ from
+    these (a model that reads no rules never did)."""
+    if row is None or not isinstance(row.card, dict) or "rules" not in row.card:
+        return False
+    return bool(row.card["rules"] != rules.conditions_key)
+
+
 async def labels_since(session: AsyncSession, since: datetime | None) -> int:
     """Labels added after a moment (all of them with None)."""
     q = sa.select(sa.func.count()).select_from(TriageLabel)
@@ -851,6 +859,9 @@ async def retrain(
             f"(labels so far: {ts.counts()})"
         )
     trained = await asyncio.to_thread(train_set, ts, scorer, rules, settings)
+    if rules is not None and trained.model.settings.fact_bits:
+        # The rules it read: when their conditions change, the daemon trains it again.
+        trained.card["rules"] = rules.conditions_key
     async with store.session() as s:
         row = await store_model(s, trained, actor)
         s.add(

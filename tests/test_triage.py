@@ -821,6 +821,19 @@ async def test_the_daemon_retrains_when_labels_came_in(
     assert version == 1 and daemon.pipeline.triage_model is not None
     assert daemon.pipeline.triage_model.version == 1
     assert await daemon.retrain_triage() is None, "no new labels since: not retrained"
+    # The model reads the rules' text conditions: when they change, it is trained again; the
+    # same conditions in other rules, in another order, are no change.
+    pack = daemon.pipeline.rules
+    assert daemon.pipeline.triage_model.settings.fact_bits > 0
+    daemon.pipeline.rules = RuleSet.from_text(DAMAGE)
+    assert await daemon.retrain_triage() == 2
+    async with store.reader() as s:
+        row = await triage.newest(s)
+    assert row is not None and row.card["rules"] == daemon.pipeline.rules.conditions_key
+    assert row.card["rules"] != pack.conditions_key
+    assert await daemon.retrain_triage() is None
+    daemon.pipeline.rules = RuleSet.from_text(DAMAGE.replace("name: damaged", "name: harmed"))
+    assert await daemon.retrain_triage() is None, "the same conditions: not retrained"
 
 
 @pytest.mark.parametrize(
