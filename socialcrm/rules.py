@@ -355,10 +355,15 @@ class RuleSet:
         return facts
 
     @property
+    def condition_keys(self) -> frozenset[int]:
+        """The number of each distinct text condition (see ``fact_keys``)."""
+        return frozenset(self._fact_keys)
+
+    @property
     def conditions_key(self) -> str:
         """A hash of what the text conditions look for, whatever their order, file or rule:
         a model that reads them (``fact_keys``) was trained beside rules with this key."""
-        keys = ",".join(map(str, sorted(set(self._fact_keys))))
+        keys = ",".join(map(str, sorted(self.condition_keys)))
         return hashlib.sha256(keys.encode()).hexdigest()[:16]
 
     def fact_keys(self, facts: int) -> tuple[int, ...]:
@@ -502,13 +507,18 @@ class _TextIndex(NamedTuple):
 
 
 def _fact_key(read: Check) -> int:
-    """A stable number for what a text condition looks for (CRC-32 of its description)."""
+    """A stable number for what a text condition looks for: the CRC-32 of a plain description
+    (its words and terms, or its regexes), each list sorted, so that neither the order they
+    are written in nor the Python version that reads them changes it."""
     index = getattr(read, "index", None)
     if isinstance(index, _TextIndex):
-        what: Hashable = ("text", tuple(sorted(index.words)), index.written)
+        what = "text\x1f" + "\x1e".join(sorted(index.words)) + "\x1f" + "\x1e".join(index.written)
     else:
-        what = getattr(read, "same", None) or ("check", getattr(read, "__qualname__", ""))
-    return zlib.crc32(repr(what).encode())
+        same = getattr(read, "same", None)
+        if not (isinstance(same, tuple) and same[:1] == ("regex",)):
+            raise TypeError(f"a text condition that says not what it looks for: {read!r}")
+        what = "regex\x1f" + "\x1e".join(sorted(f"{flags}:{p}" for p, flags in same[1:]))
+    return zlib.crc32(what.encode("utf-8", "surrogatepass"))
 
 
 def _indexed(check: Check, words: frozenset[str], terms: Sequence[str] = ()) -> Check:

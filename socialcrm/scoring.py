@@ -92,6 +92,10 @@ class _Worker:
 
     scorer: SentimentScorer | None = None
     rules: RuleSet | None = None
+    #: Whether its rules are the parent's (the same fingerprint): only then are their text
+    #: facts, numbered by their place in the files, handed to the parent's rules. The model
+    #: reads the facts by what each condition looks for, so it reads them either way.
+    same_rules: bool = False
     model: Model | None = None
 
 
@@ -129,11 +133,17 @@ def _start_worker(
         _Worker.model = starter.model()
     if rule_paths:
         try:
-            rules = RuleSet.load([Path(p) for p in rule_paths])
+            _Worker.rules = RuleSet.load([Path(p) for p in rule_paths])
         except RuleError:
-            rules = None
-        # Rule files edited since the parent loaded them would number conditions otherwise.
-        _Worker.rules = rules if rules is not None and rules.fingerprint == fingerprint else None
+            log.warning("the rule files no longer load; the parent's rules read every text")
+        # Rule files edited since the parent loaded them number their conditions otherwise.
+        _Worker.same_rules = _Worker.rules is not None and _Worker.rules.fingerprint == fingerprint
+    if _Worker.model is not None and _Worker.model.settings.fact_bits and _Worker.rules is None:
+        log.warning(
+            "triage model %s reads the rules' text conditions, but no rules could be loaded: "
+            "it reads the texts alone",
+            _Worker.model.version,
+        )
     # As the daemon's own process: what was just loaded (the lexicon, the rules, the model) is
     # frozen out of the collector's walks, and a batch's many short-lived objects no longer
     # set off a collection every few hundred allocations.
@@ -148,8 +158,13 @@ _Plain = tuple[tuple[float | str | None, ...] | str, int | None, tuple[Any, ...]
 def _analyse_in_worker(items: list[tuple[str, str | None]]) -> list[_Plain]:
     assert _Worker.scorer is not None
     found = analyse_batch(_Worker.scorer, _Worker.rules, items, _Worker.model)
+    same = _Worker.same_rules
     return [
-        (s if isinstance(s, str) else tuple(s), f, None if v is None else tuple(v))
+        (
+            s if isinstance(s, str) else tuple(s),
+            f if same else None,
+            None if v is None else tuple(v),
+        )
         for s, f, v in found
     ]
 

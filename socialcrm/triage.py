@@ -127,7 +127,9 @@ class Settings(BaseModel):
 
 
 #: The settings a team's model is trained with: the defaults, and the rules' text facts.
-LEARNED = Settings(fact_bits=10)
+#: 14 bits: the shipped pack's 90 distinct text conditions each have a column of their own
+#: (10 bits put 7 of them, praise words and sarcasm markers among them, on 3 columns).
+LEARNED = Settings(fact_bits=14)
 
 
 class Sample(NamedTuple):
@@ -701,8 +703,11 @@ def train(
     now: datetime | None = None,
     folds: int = 5,
 ) -> Trained:
-    """Cross-validate each head, then fit it on every label: the one training routine."""
-    settings = settings or LEARNED
+    """Cross-validate each head, then fit it on every label: the one training routine. By
+    default a model reads the rules' text facts where the samples carry them."""
+    if settings is None:
+        reads_rules = any(x.facts for xs, _labels in data.values() for x in xs)
+        settings = LEARNED if reads_rules else Settings()
     scores: dict[str, dict[str, Any]] = {}
     for head, (xs, labels) in data.items():
         if trainable(labels):
@@ -808,11 +813,12 @@ def load_row(row: TriageModelVersion) -> Model:
 
 
 def read_other_rules(row: TriageModelVersion | None, rules: RuleSet) -> bool:
-    """Whether a stored model was trained beside rules whose text conditions differ from
-    these (a model that reads no rules never did)."""
-    if row is None or not isinstance(row.card, dict) or "rules" not in row.card:
+    """Whether the stored model was trained beside rules whose text conditions differ from
+    these, or (stored before models could) beside no rules at all."""
+    if row is None:
         return False
-    return bool(row.card["rules"] != rules.conditions_key)
+    card = row.card if isinstance(row.card, dict) else {}
+    return bool(card.get("rules") != rules.conditions_key)
 
 
 async def labels_since(session: AsyncSession, since: datetime | None) -> int:
@@ -859,8 +865,9 @@ async def retrain(
             f"(labels so far: {ts.counts()})"
         )
     trained = await asyncio.to_thread(train_set, ts, scorer, rules, settings)
-    if rules is not None and trained.model.settings.fact_bits:
-        # The rules it read: when their conditions change, the daemon trains it again.
+    if rules is not None:
+        # The rules it was trained beside: when their conditions change, the daemon trains it
+        # again (also where none of them held in a labelled message, and it reads none).
         trained.card["rules"] = rules.conditions_key
     async with store.session() as s:
         row = await store_model(s, trained, actor)

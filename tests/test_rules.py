@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -863,6 +864,20 @@ rules:
     assert first.fact_keys(0) == ()
     refund = second.fact_keys(second.text_facts("refund"))
     assert len(refund) == 1 and refund[0] not in a
+    # The edited phrase is a condition of its own; regexes in another order are the same.
+    parcel = second.fact_keys(second.text_facts("where is my parcel"))
+    order = first.fact_keys(first.text_facts("where is my order"))
+    assert len(parcel) == len(order) == 1 and parcel != order
+    one = RuleSet.from_text(
+        "rules:\n  - {name: r, when: {regex: ['a+b', 'c\\d']}, then: [stop]}\n"
+    ).fact_keys(1)
+    two = RuleSet.from_text(
+        "rules:\n  - {name: s, when: {regex: ['c\\d', 'a+b']}, then: [stop]}\n"
+    ).fact_keys(1)
+    assert one == two
+    # The same number in every process and Python: a stored model reads it years later.
+    late = RuleSet.from_text("rules:\n  - {name: r, when: {keywords: [late]}, then: [stop]}\n")
+    assert late.fact_keys(late.text_facts("late")) == (zlib.crc32(b"text\x1flate\x1f"),)
 
 
 def _nested(depth: int) -> str:

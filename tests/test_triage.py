@@ -228,6 +228,37 @@ def test_a_model_trained_beside_the_rules_reads_their_text_conditions() -> None:
     assert "the rules' text conditions" in trained.card["features"]
 
 
+def test_each_condition_of_the_shipped_pack_has_a_column_of_its_own(config: Config) -> None:
+    pack = RuleSet.load(config.rule_paths())
+    keys = pack.condition_keys
+    assert len(keys) > 50
+    mask = (1 << triage.LEARNED.fact_bits) - 1
+    assert len({k & mask for k in keys}) == len(keys)
+
+
+async def test_the_pipeline_reading_texts_itself_gives_the_model_the_facts(
+    config: Config, store: Store
+) -> None:
+    # Without a scoring worker, the pipeline reads texts in a thread of its own: the model
+    # gets the rules' text facts there too.
+    rules = RuleSet.from_text(DAMAGE)
+    scorer = SentimentScorer()
+    rows, unseen = _damage_set()
+    xs = triage.read([(t, None) for t, _ in rows], scorer, rules)
+    trained = triage.train(
+        {"needs_reply": (xs, [y for _, y in rows])},
+        triage.Settings(word_bits=12, char_bits=12, fact_bits=8),
+        folds=2,
+    )
+    pipeline = Pipeline(config, store, rules=rules, scorer=scorer)
+    await _store_trained(store, trained)
+    await pipeline.refresh_triage(force=True)
+    await pipeline.ingest(Batch(messages=[msg(str(i), t) for i, t in enumerate(unseen)]), "t")
+    async with store.reader() as s:
+        got = [m.needs_reply for m in (await s.execute(sa.select(Message))).scalars()]
+    assert got == [True, True, True]
+
+
 def test_a_model_stored_before_rule_facts_loads_and_reads_none() -> None:
     # A payload written before models could read the rules has no fact_bits in its header.
     xs = [triage.sample(t, None) for t, _ in labelled_set(5)]
@@ -499,15 +530,24 @@ async def test_the_scoring_worker_gives_the_model_the_rules_text_facts(config: C
     path.write_text(DAMAGE)
     on_file = RuleSet.load([path])
     pool = ScoringPool(config.brand.lexicon, on_file)
+    payload = model.dump()
     try:
-        payload = model.dump()
         pool.use_model(payload, hashlib.sha256(payload).hexdigest(), 3)
         found = await pool.analyse([(t, "en") for t in unseen])
+        # The file edited under a running daemon (a rule renamed): workers started now read
+        # other rules than the parent's. Their facts no longer go to the parent's rules, but
+        # the model still reads them: it knows each condition by what it looks for.
+        path.write_text(DAMAGE.replace("name: damaged", "name: harmed"))
+        pool.use_model(payload, hashlib.sha256(payload).hexdigest(), 4)
+        edited = await pool.analyse([(t, "en") for t in unseen])
     finally:
         pool.close()
     expected = model.predict(triage.read([(t, "en") for t in unseen], SentimentScorer(), rules))
     assert [a[2].risk if a[2] else None for a in found] == [v.risk for v in expected]
     assert all(a[2] is not None and a[2].needs_reply for a in found)
+    assert all(a[1] is not None for a in found)
+    assert [a[1] for a in edited] == [None] * 3
+    assert [a[2].risk if a[2] else None for a in edited] == [v.risk for v in expected]
 
 
 IGNORE_ALL = """
@@ -834,6 +874,19 @@ async def test_the_daemon_retrains_when_labels_came_in(
     assert await daemon.retrain_triage() is None
     daemon.pipeline.rules = RuleSet.from_text(DAMAGE.replace("name: damaged", "name: harmed"))
     assert await daemon.retrain_triage() is None, "the same conditions: not retrained"
+    # Trained beside the damage rule, the model learned from it ("broken", "smashed" in the
+    # labelled texts): the columns of the rules' facts carry weight.
+    model = daemon.pipeline.triage_model
+    assert model is not None and model.version == 2
+    s_ = model.settings
+    start = (1 << s_.word_bits) + (1 << s_.char_bits) + 4
+    assert np.abs(model.heads["sentiment"].coef_[:, start:]).max() > 0.1
+    # A model stored before models read the rules (no hash in its card) is trained again.
+    async with store.session() as s:
+        row = await triage.newest(s)
+        assert row is not None
+        row.card = {k: v for k, v in row.card.items() if k != "rules"}
+    assert await daemon.retrain_triage() == 3
 
 
 @pytest.mark.parametrize(
