@@ -55,7 +55,11 @@ _ENGLISH = frozenset(
         "the my you your how and to of it this for not what why can with have we our are been "
         "just get got when where please thanks thank they that will would should could any "
         "still again from about has had did does but if or all i'm it's don't can't won't didn't "
-        "thx ty pls plz hold waiting ever worst never"
+        "thx ty pls plz hold waiting ever worst never "
+        # Contractions typed without their apostrophe, as tweets have them ("cant wait till
+        # Christmas" read as French); "dont" (French) and "im" (German) are words elsewhere.
+        "cant wont didnt doesnt isnt wasnt havent hasnt couldnt wouldnt shouldnt youre thats "
+        "gonna wanna"
     ).split()
 )
 _WORD_RE = re.compile(r"[a-z']+")

@@ -94,7 +94,14 @@ def test_requests_are_not_happiness(plain: SentimentScorer) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["thanks so much!", "im still on hold...", "worst service ever", "thx, all sorted now"],
+    [
+        "thanks so much!",
+        "im still on hold...",
+        "worst service ever",
+        "thx, all sorted now",
+        "Cant wait till Christmas day",
+        "app doesnt load again",
+    ],
 )
 def test_short_english_is_english(plain: SentimentScorer, text: str) -> None:
     s = plain.score(text)
@@ -107,6 +114,7 @@ def test_short_english_is_english(plain: SentimentScorer, text: str) -> None:
         ("gracias por todo amigo", "es"),
         ("danke schön für alles", "de"),
         ("Meine Bestellung ist immer noch nicht angekommen", "de"),
+        ("la commande dont je parle", "fr"),
     ],
 )
 def test_short_texts_in_other_languages_stay_unscored(
