@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
@@ -136,12 +137,15 @@ def _message(key: str, text: str, direct: bool) -> InboundMessage:
 
 
 async def run_pipeline(
-    items: list[tuple[str, str, bool]], model: triage.Trained | None = None
+    items: list[tuple[str, str, bool]],
+    model: triage.Trained | None = None,
+    triage_settings: dict[str, Any] | None = None,
 ) -> dict[str, Outcome]:
     """Ingest (key, text, direct) triples through the shipped pipeline; what was stored, by key.
 
     With ``model``, that triage model is stored first and the pipeline reads every message
-    with it, as a daemon does once the team's model is trained.
+    with it, as a daemon does once the team's model is trained; ``triage_settings`` are the
+    config's ``triage`` section (the defaults where not given).
     """
     with tempfile.TemporaryDirectory() as tmp:
         # The messages are dated in the past, but they are live traffic here: drafts and all.
@@ -150,6 +154,7 @@ async def run_pipeline(
                 "database": f"sqlite+aiosqlite:///{Path(tmp) / 'triage.db'}",
                 "base_dir": tmp,
                 "backfill_before": None,
+                "triage": triage_settings or {},
             }
         )
         store = await open_store(config.database_url())

@@ -1,6 +1,7 @@
 """Tickets after learning: what the shipped pipeline does with a team's trained triage model.
 
     python bench/triage_tickets.py --corpus ../shared/data/triage [--size 2000] [--seed 7]
+        [--ticket-at 0.2]
 
 ``bench/triage_learned.py`` scores the model's heads; this asks what reaches people. From each
 labelled corpus (see the folder's SOURCES.md) ``--size`` examples are drawn and split into five
@@ -33,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -91,9 +93,11 @@ def held_out_outcomes(
     to_label: Callable[[str], str],
     scorer: SentimentScorer,
     rng: random.Random,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Outcome], dict[str, Outcome], dict[str, float]]:
     """Each example's outcome zero-shot and with a model trained on the other folds, and that
-    model's risk (its chance that the message needs us) for each."""
+    model's risk (its chance that the message needs us) for each; ``settings``: the config's
+    ``triage`` section the learned runs use."""
     zero: dict[str, Outcome] = {}
     learned: dict[str, Outcome] = {}
     risks: dict[str, float] = {}
@@ -103,7 +107,7 @@ def held_out_outcomes(
         xs = triage.read([(t, None) for _k, t, _d, _y in train], scorer, shipped_rules())
         trained = triage.train({head: (xs, [to_label(y) for *_, y in train])}, folds=2)
         items = [(k, t, d) for k, t, d, _y in fold]
-        learned.update(asyncio.run(run_pipeline(items, trained)))
+        learned.update(asyncio.run(run_pipeline(items, trained, settings)))
         zero.update(asyncio.run(run_pipeline(items)))
         read = trained.model.predict(
             triage.read([(t, None) for _k, t, _d in items], scorer, shipped_rules())
@@ -129,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", type=Path, required=True)
     ap.add_argument("--size", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--ticket-at",
+        type=float,
+        default=None,
+        help="triage.ticket_at for the learned runs (default: the config's default)",
+    )
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
     scorer = SentimentScorer()
@@ -137,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = _complaints(args.corpus)
     picked = rng.sample(rows, min(args.size, len(rows)))
+    settings = {} if args.ticket_at is None else {"ticket_at": args.ticket_at}
     zero, learned, _ = held_out_outcomes(
-        picked, "needs_reply", lambda y: "yes" if y == "1" else "no", scorer, rng
+        picked, "needs_reply", lambda y: "yes" if y == "1" else "no", scorer, rng, settings
     )
     print(
         f"complaints.csv, {len(picked)} labelled, {FOLDS} folds, each read by a model "
@@ -161,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pool = _tweeteval(args.corpus)
     picked2 = rng.sample(pool, min(args.size, len(pool)))
-    zero, learned, risks = held_out_outcomes(picked2, "sentiment", str, scorer, rng)
+    zero, learned, risks = held_out_outcomes(picked2, "sentiment", str, scorer, rng, settings)
     print(f"TweetEval sentiment, {len(picked2)} labelled, as if sent to us, {FOLDS} folds:")
     for name, out in (("zero-shot", zero), ("learned", learned)):
         by = {
