@@ -16,9 +16,9 @@ labelled examples drawn from each corpus, and prints:
 
 The model reads the shipped rule pack's text conditions, as a daemon's model trained beside
 it does (``--no-facts``: as before it could). Targets: complaint F1 >= 0.80; TweetEval
-macro-F1 >= 0.62. Measured (seed 7, 2,000 each): complaint-class F1 0.773 (precision 0.771,
-recall 0.775), macro-F1 0.822 (without the rules' conditions 0.752 and 0.803), trained in
-8-26 s; TweetEval macro-F1 0.650; predict 28-64 CPU us per message, by how busy the machine
+macro-F1 >= 0.62. Measured (seed 7, 2,000 each): complaint-class F1 0.777 (precision 0.777,
+recall 0.777), macro-F1 0.825 (without the rules' conditions 0.752 and 0.803), trained in
+8-26 s; TweetEval macro-F1 0.652; predict 28-64 CPU us per message, by how busy the machine
 is (about 160 with character 2-5-grams and each text normalised twice). The complaint-class
 target is not met; ``bench/triage_variants.py`` measures the feature variants tried.
 The corpora are third-party research data (read the folder's SOURCES.md): never used
