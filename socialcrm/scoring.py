@@ -138,6 +138,9 @@ def _start_worker(
             log.warning("the rule files no longer load; the parent's rules read every text")
         # Rule files edited since the parent loaded them number their conditions otherwise.
         _Worker.same_rules = _Worker.rules is not None and _Worker.rules.fingerprint == fingerprint
+        reads_facts = _Worker.model is not None and _Worker.model.settings.fact_bits > 0
+        if not (_Worker.same_rules or reads_facts):
+            _Worker.rules = None  # nobody would read their facts: the texts are not read twice
     if _Worker.model is not None and _Worker.model.settings.fact_bits and _Worker.rules is None:
         log.warning(
             "triage model %s reads the rules' text conditions, but no rules could be loaded: "
