@@ -722,10 +722,9 @@ def model_card(
     counts: dict[str, dict[str, int]],
     scores: dict[str, dict[str, Any]],
     at: datetime,
-    settings: Settings | None = None,
+    settings: Settings,
 ) -> dict[str, Any]:
     """What the model was trained on, how well it did, and where it fails."""
-    settings = settings or LEARNED
     fails: list[str] = []
     for head, s in scores.items():
         for cls, f in s["per_class"].items():
