@@ -31,9 +31,10 @@ Measured again (seeds 7 / 8 / 9; complaint F1, then TweetEval macro-F1): base 0.
 0.739 and 0.651 / 0.629 / 0.620; facts 0.769 / 0.776 / 0.754 and 0.652 / 0.625 / 0.630;
 decision 0.765 and 0.642, rules 0.773 and 0.652 (seed 7). The text facts carry most of what
 the rules add, +0.015 to +0.016 on every draw, and cost the model nothing to read: the worker
-has them for every message before the model reads it. Not in the package yet: a model that
-reads them must be tied to the rule pack that numbered them (its fingerprint) and trained
-again when the rules change.
+has them for every message before the model reads it. The package's model now reads them
+(``socialcrm.triage.LEARNED``), each condition known by what it looks for rather than by its
+bit here, so that rule edits leave the other conditions' columns alone; ``base`` here is the
+model without them.
 """
 
 from __future__ import annotations
