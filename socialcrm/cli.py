@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from socialcrm.config import STARTER_CONFIG, Config, ConfigError, load_config
+from socialcrm.connector import CHANNELS
 
 # Only what every command needs is imported here: a command imports the rest itself, so
 # `socialcrm queue` does not load the pipeline, the sentiment model or the HTTP clients.
@@ -1086,6 +1087,52 @@ def rules_test(ctx: click.Context) -> None:
     click.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
     if failed:
         sys.exit(1)
+
+
+@rules_group.command("explain")
+@click.argument("text")
+@click.option("--public", is_flag=True, help="Found by search, not sent to us.")
+@click.option("--channel", type=click.Choice(CHANNELS), default="x", show_default=True)
+@click.option("--lang", default=None, help="The platform's language tag (default: detected).")
+@click.option(
+    "--at",
+    "at",
+    type=click.DateTime(["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]),
+    default=None,
+    help="When it arrived, in the brand's time zone (default: now).",
+)
+@click.option("--ticket-open", is_flag=True, help="The customer already has an open ticket.")
+@click.option(
+    "--no-model", is_flag=True, help="Leave the team's triage model out: the rules alone."
+)
+@click.option("--all", "every_rule", is_flag=True, help="List every rule, not only those involved.")
+@click.pass_context
+@async_command
+async def rules_explain(
+    ctx: click.Context,
+    text: str,
+    public: bool,
+    channel: str,
+    lang: str | None,
+    at: datetime | None,
+    ticket_open: bool,
+    no_model: bool,
+    every_rule: bool,
+) -> None:
+    """explain TEXT — why the rules (and the team's model) decide what they do for a message:
+    each rule's outcome, the conditions on the text that hold, by file and line, and what
+    they found."""
+    from zoneinfo import ZoneInfo
+
+    from socialcrm.explain import Message, explain, team_model
+
+    config = _load(ctx)
+    rules = _check_rules_and_templates(config)
+    if at is not None:
+        at = at.replace(tzinfo=ZoneInfo(config.brand.timezone))
+    message = Message(text, not public, channel, lang, at, ticket_open)
+    model = None if no_model else await team_model(config)
+    click.echo("\n".join(explain(config, rules, message, model, every_rule=every_rule)))
 
 
 # -- the demo and the sandbox ----------------------------------------------------------------

@@ -420,10 +420,7 @@ class Pipeline:
             local_time=m.created_at.astimezone(self.tz),
             direct=m.direct,
             text_facts=facts,
-            triage=team.sentiment if team else None,
-            triage_confidence=team.confidence if team else None,
-            needs_reply=team.needs_reply if team else None,
-            needs_reply_confidence=team.reply_confidence if team else None,
+            **triage.reading(team),
         )
         d = self.rules.evaluate(ctx)
         if team is not None:

@@ -164,6 +164,44 @@ class Decision:
         return "\n".join(lines)
 
 
+class TextSite(NamedTuple):
+    """Where a condition on the text is written: its rule, ``file:line`` and kind."""
+
+    rule: str
+    where: str
+    #: keywords, phrases or regex.
+    kind: str
+    #: Under a `not` (an odd number of them): holding keeps its rule from matching.
+    negated: bool
+
+
+class Held(NamedTuple):
+    """A text condition that holds in a message, and what it found there."""
+
+    site: TextSite
+    #: The words, phrases or regex matches it found, as they stand in the (folded) text.
+    found: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleReading:
+    """One rule's part in a decision, for ``RuleSet.explain``."""
+
+    rule: Rule
+    #: "matched", "not matched", or "not reached" (an earlier matching rule stopped there).
+    outcome: str
+    #: Its text conditions that hold in the message.
+    held: tuple[Held, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Why the rules decided what they did for one message (``socialcrm rules explain``)."""
+
+    decision: Decision
+    rules: tuple[RuleReading, ...]
+
+
 class RuleError(ValueError):
     """Rule or rule-test files that cannot be used; one ``file:line: path: problem`` per line."""
 
@@ -270,9 +308,11 @@ class RuleSet:
         text_checks: Sequence[Check] = (),
         paths: Sequence[Path] = (),
         fingerprint: str = "",
+        text_sites: Sequence[TextSite] = (),
     ) -> None:
         self.rules: list[Rule] = list(rules)
         self._text_checks = tuple(text_checks)
+        self._text_sites = tuple(text_sites)
         # Keyword and phrase conditions are answered from one pass over the message's words:
         # a word sets the bits of the conditions that hold it; a term (a phrase, a keyword with
         # punctuation) is searched for only when the message has every word of it. The other
@@ -388,6 +428,7 @@ class RuleSet:
         seen: dict[str, str] = {}
         rules: list[Rule] = []
         text_checks: list[Check] = []
+        sites: list[TextSite] = []
         digest = hashlib.sha256()
         for path in paths:
             try:
@@ -396,10 +437,10 @@ class RuleSet:
                 problems.append(str(err))
                 continue
             digest.update(f"{path}\0{doc.text}\0".encode())
-            rules.extend(_Compiler(doc, problems, text_checks).rule_file(seen))
+            rules.extend(_Compiler(doc, problems, text_checks, sites).rule_file(seen))
         if problems:
             raise RuleError(problems)
-        return cls(rules, text_checks, paths, digest.hexdigest())
+        return cls(rules, text_checks, paths, digest.hexdigest(), sites)
 
     @classmethod
     def from_text(cls, text: str, source: str = "<rules>") -> RuleSet:
@@ -410,10 +451,11 @@ class RuleSet:
             raise RuleError(str(err)) from err
         problems: list[str] = []
         text_checks: list[Check] = []
-        rules = _Compiler(doc, problems, text_checks).rule_file({})
+        sites: list[TextSite] = []
+        rules = _Compiler(doc, problems, text_checks, sites).rule_file({})
         if problems:
             raise RuleError(problems)
-        return cls(rules, text_checks, (), hashlib.sha256(text.encode()).hexdigest())
+        return cls(rules, text_checks, (), hashlib.sha256(text.encode()).hexdigest(), sites)
 
     def evaluate(self, ctx: RuleContext) -> Decision:
         """Run every rule against one message and combine what the matching ones do."""
@@ -453,6 +495,32 @@ class RuleSet:
             d.open_ticket = False
             d.draft_template = None
         return d
+
+    def explain(self, ctx: RuleContext) -> Explanation:
+        """What ``evaluate`` decides for ``ctx``, with each rule's outcome and the conditions on
+        the text that hold in it (those written under a `not` hold against the rule)."""
+        decision = self.evaluate(ctx)
+        m = _Msg(replace(ctx, text_facts=None))
+        by_rule: dict[str, dict[TextSite, Held]] = {}
+        facts = self.text_facts(ctx.text) if self._text_sites else 0
+        while facts:
+            low = facts & -facts
+            facts ^= low
+            i = low.bit_length() - 1
+            site = self._text_sites[i]
+            by_rule.setdefault(site.rule, {}).setdefault(
+                site, Held(site, _found(self._text_checks[i], m))
+            )
+        readings = []
+        reached = True
+        for rule in self.rules:
+            matched = reached and rule.name in decision.matched
+            outcome = "matched" if matched else "not matched" if reached else "not reached"
+            held = tuple(by_rule.get(rule.name, {}).values())
+            readings.append(RuleReading(rule, outcome, held))
+            if matched and rule.stop:
+                reached = False
+        return Explanation(decision, tuple(readings))
 
     def template_names(self) -> set[str]:
         """Every reply template the rules draft with, so the caller can check they exist."""
@@ -519,6 +587,23 @@ def _fact_key(read: Check) -> int:
             raise TypeError(f"a text condition that says not what it looks for: {read!r}")
         what = "regex\x1f" + "\x1e".join(sorted(f"{flags}:{p}" for p, flags in same[1:]))
     return zlib.crc32(what.encode("utf-8", "surrogatepass"))
+
+
+def _found(read: Check, m: _Msg) -> tuple[str, ...]:
+    """What a text condition that holds found in ``m``: its words and terms as they stand in
+    the folded text, or its regexes' matches in the raw text."""
+    index = getattr(read, "index", None)
+    if isinstance(index, _TextIndex):
+        found = sorted(index.words & m.words)
+        for _need, search in index.terms:
+            if (hit := search(m.text)) is not None:
+                found.append(hit[0])
+        return tuple(dict.fromkeys(found))
+    same = getattr(read, "same", None)
+    if isinstance(same, tuple) and same[:1] == ("regex",):
+        hits = (re.search(p, m.raw, flags) for p, flags in same[1:])
+        return tuple(dict.fromkeys(h[0] for h in hits if h is not None))
+    return ()
 
 
 def _indexed(check: Check, words: frozenset[str], terms: Sequence[str] = ()) -> Check:
@@ -795,18 +880,30 @@ class _Compiler:
     """Turns parsed YAML into checks, collecting every problem rather than stopping at one."""
 
     def __init__(
-        self, doc: YamlDoc, problems: list[str], text_checks: list[Check] | None = None
+        self,
+        doc: YamlDoc,
+        problems: list[str],
+        text_checks: list[Check] | None = None,
+        text_sites: list[TextSite] | None = None,
     ) -> None:
         self.doc = doc
         self.problems = problems
         #: Every condition on the text, numbered: bit i of a message's text facts is check i.
         self.text_checks = text_checks if text_checks is not None else []
+        #: Where each of them is written, in the same order (for ``RuleSet.explain``).
+        self.text_sites = text_sites if text_sites is not None else []
+        #: The rule being compiled.
+        self.rule_name = ""
 
-    def text_cond(self, cond: _Cond) -> _Cond:
+    def text_cond(self, cond: _Cond, loc: Loc) -> _Cond:
         """Number a text condition so its answer can come precomputed in ``text_facts``."""
         bit = 1 << len(self.text_checks)
         read = cond.check
         self.text_checks.append(read)
+        self.text_sites.append(
+            # Under an odd number of `not`s the condition holding keeps its rule from matching.
+            TextSite(self.rule_name, self.doc.where(loc), str(loc[-1]), loc.count("not") % 2 == 1)
+        )
 
         def check(m: _Msg) -> bool:
             facts = m.facts
@@ -983,13 +1080,13 @@ class _Compiler:
             return None
         wordset = frozenset(words)
         if not terms:
-            return self.text_cond(_Cond(_any_word(wordset), 2))
+            return self.text_cond(_Cond(_any_word(wordset), 2), loc)
         search = re.compile("|".join(map(_term_pattern, terms))).search
         if not wordset:
             check: Check = lambda m: search(m.text) is not None  # noqa: E731
-            return self.text_cond(_Cond(_indexed(check, wordset, terms), 3))
+            return self.text_cond(_Cond(_indexed(check, wordset, terms), 3), loc)
         check = lambda m: not wordset.isdisjoint(m.words) or search(m.text) is not None  # noqa: E731
-        return self.text_cond(_Cond(_indexed(check, wordset, terms), 4))
+        return self.text_cond(_Cond(_indexed(check, wordset, terms), 4), loc)
 
     def phrases(self, value: Any, loc: Loc) -> _Cond | None:
         items = self.strings(value, loc)
@@ -1017,10 +1114,10 @@ class _Compiler:
         }
         lead_check = _phrases_after(searches)
         if not others:
-            return self.text_cond(_Cond(_indexed(lead_check, frozenset(), phrases), 3))
+            return self.text_cond(_Cond(_indexed(lead_check, frozenset(), phrases), 3), loc)
         search = re.compile("|".join(others)).search
         check: Check = lambda m: lead_check(m) or search(m.text) is not None  # noqa: E731
-        return self.text_cond(_Cond(_indexed(check, frozenset(), phrases), 4))
+        return self.text_cond(_Cond(_indexed(check, frozenset(), phrases), 4), loc)
 
     def regex(self, value: Any, loc: Loc) -> _Cond | None:
         items = self.strings(value, loc)
@@ -1049,7 +1146,7 @@ class _Compiler:
             check = lambda m: any(c in m.raw for c in starts) and read(m)  # noqa: E731
         # Conditions with the same regexes hold together (``RuleSet.text_facts`` reads once).
         check.same = ("regex", *((p.pattern, p.flags) for p in compiled))  # type: ignore[attr-defined]
-        return self.text_cond(_Cond(check, 3))
+        return self.text_cond(_Cond(check, 3), loc)
 
     def sentiment(self, value: Any, loc: Loc) -> _Cond | None:
         spec = self.mapping(value, loc, ("below", "above", "unscored"), "sentiment")
@@ -1266,6 +1363,7 @@ class _Compiler:
                 name = None
             elif name is not None:
                 seen[name] = self.doc.where(loc)
+        self.rule_name = name or ""
         description = None
         if value.get("description") is not None:
             description = self.string(value["description"], (*loc, "description"))

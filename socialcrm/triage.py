@@ -157,6 +157,18 @@ class Verdict(NamedTuple):
     risk: float | None = None
 
 
+def reading(verdict: Verdict | None) -> dict[str, Any]:
+    """The model's reading as the rules' context takes it (``RuleContext``'s triage fields)."""
+    if verdict is None:
+        return {}
+    return {
+        "triage": verdict.sentiment,
+        "triage_confidence": verdict.confidence,
+        "needs_reply": verdict.needs_reply,
+        "needs_reply_confidence": verdict.reply_confidence,
+    }
+
+
 def sample(text: str, score: Score | None, facts: tuple[int, ...] = ()) -> Sample:
     """A message, its VADER score and its rule facts as a sample (an unscored text has zero
     scores)."""

@@ -168,6 +168,47 @@ def test_rules_check_and_test(cli: CliRunner, tmp_path: Path) -> None:
     assert f"{tmp_path / 'mine.yaml'}:3" in bad.output
 
 
+def test_rules_explain_shows_each_rule_and_what_it_found(cli: CliRunner, tmp_path: Path) -> None:
+    """An operator asks why a message got what it got: the shipped pack's rules that matched,
+    with the file, line and words of each condition that held; no database is made for it."""
+    out = run(
+        cli,
+        "rules",
+        "explain",
+        "@acme still waiting for my order, 3 weeks now. Thanks for nothing",
+        "--at",
+        "2026-03-04 11:00",
+    ).output
+    assert "Model:     no team model in use: the rules decide alone" in out
+    lines = out.splitlines()
+    complaint = next(
+        i for i, line in enumerate(lines) if line.split()[:2] == ["MATCH", "complaint"]
+    )
+    assert "default.yaml:" in lines[complaint] and "open ticket" in lines[complaint]
+    held = lines[
+        complaint + 1 : next(
+            i for i in range(complaint + 1, len(lines)) if not lines[i].startswith("          ")
+        )
+    ]
+    assert any("phrases" in line and "'thanks for nothing'" in line for line in held)
+    # `praise` found its thanks, and the complaint words that kept it from matching.
+    praise = next(line for line in lines if line.split()[:2] == ["no", "praise"])
+    assert praise
+    assert "Decision:  ticket" in out and "intent complaint" in out
+    assert "did not match and found nothing in the text" in out
+    assert "VADER read: 'still waiting" in out  # the brand's handle is not read
+    assert not list(tmp_path.glob("*.db"))
+    # Found by search, `complaint` (for messages sent to us) does not match; --all lists every
+    # rule.
+    out = run(cli, "rules", "explain", "still waiting for my order", "--public", "--all").output
+    assert "found by search" in out and "no    complaint" in out and "--all lists" not in out
+    assert "no    vip" not in out and "angry-vip" in out
+    assert (
+        "Invalid value for '--at'"
+        in run(cli, "rules", "explain", "x", "--at", "soon", code=2).output
+    )
+
+
 def test_quarantine_retry_stores_a_payload_that_now_parses(cli: CliRunner, tmp_path: Path) -> None:
     run(cli, "init")
     run(cli, "ingest", str(jsonl(tmp_path / "a.jsonl", ['{"channel": "x"}'])))

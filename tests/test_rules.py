@@ -901,3 +901,67 @@ def test_deeply_nested_conditions_answer_alike_from_text_and_facts(depth: int) -
 def test_a_rule_file_nested_past_reading_is_a_clear_error() -> None:
     with pytest.raises(RuleError, match="nested too deeply"):
         RuleSet.from_text(_nested(900))
+
+
+# -- explaining a decision ----------------------------------------------------------------------
+
+EXPLAINED = r"""rules:
+  - name: stop-spam
+    when: {regex: 'win \d+ prizes'}
+    then: [ignore, stop]
+  - name: praise
+    when:
+      all:
+        - keywords: &happy [thanks, love]
+        - not:
+            any: &problem
+              - phrases: [still waiting, never arrived]
+              - regex: '#\w*fail'
+    then: [{intent: praise}]
+  - name: complaint
+    when:
+      any:
+        - any: *problem
+        - sentiment: {below: -0.5}
+    then: [open_ticket]
+  - name: vip
+    when: {customer: {tier: [vip]}}
+    then: [{tag: vip}]
+"""
+
+
+def test_explain_names_each_rules_outcome_and_what_its_text_conditions_found() -> None:
+    rules = RuleSet.from_text(EXPLAINED, "pack.yaml")
+    found = rules.explain(make_ctx(text="Thanks, the parcel still  waiting since May #EpicFail"))
+    assert found.decision.matched == ["complaint"] and found.decision.open_ticket
+    by = {r.rule.name: r for r in found.rules}
+    assert [r.outcome for r in found.rules] == [
+        "not matched",
+        "not matched",
+        "matched",
+        "not matched",
+    ]
+    # The keyword found, and the conditions that kept `praise` from matching, under a `not`,
+    # at the line of the anchor they were written at.
+    praise = {(h.site.kind, h.site.negated, h.site.where): h.found for h in by["praise"].held}
+    assert praise == {
+        ("keywords", False, "pack.yaml:8"): ("thanks",),
+        ("phrases", True, "pack.yaml:11"): ("still  waiting",),
+        ("regex", True, "pack.yaml:12"): ("#EpicFail",),
+    }
+    # The same conditions, by alias, count for `complaint`; `vip` reads no text.
+    complaint = {(h.site.kind, h.site.negated, h.found) for h in by["complaint"].held}
+    assert complaint == {("phrases", False, ("still  waiting",)), ("regex", False, ("#EpicFail",))}
+    assert by["vip"].held == ()
+
+
+def test_explain_marks_the_rules_a_stop_kept_from_running() -> None:
+    rules = RuleSet.from_text(EXPLAINED, "pack.yaml")
+    found = rules.explain(make_ctx(text="WIN 3 PRIZES, thanks"))
+    assert found.decision.ignore and found.decision.matched == ["stop-spam"]
+    assert [r.outcome for r in found.rules] == ["matched", *["not reached"] * 3]
+    assert found.rules[0].held[0].found == ("WIN 3 PRIZES",)
+    # A rule not reached still shows what its conditions found in the text.
+    assert found.rules[1].held[0].found == ("thanks",)
+    # Explaining decides as evaluating does.
+    assert rules.evaluate(make_ctx(text="WIN 3 PRIZES, thanks")) == found.decision

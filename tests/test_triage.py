@@ -812,6 +812,10 @@ def test_learn_train_status_and_eval_from_the_command_line(
     out = run("triage", "train", "--min-labels", "30")
     assert "Triage model #1" in out and "sentiment: trained on 36 labels" in out
     assert "cross-validated (5-fold)" in out and "Where it fails:" in out
+    # `rules explain` reads a message with the model in use, as the pipeline does.
+    out = run("rules", "explain", "my order never arrived and nobody answers")
+    assert "Model:     team model #1, reads " in out and "chance it needs us" in out
+    assert "no team model in use" in run("rules", "explain", "hello", "--no-model")
     # One thing a line: the card's lines are not run together.
     lines = run("triage", "status").splitlines()
     assert lines[0].startswith("Triage model #1") and lines[0].endswith("(in use)")

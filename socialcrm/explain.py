@@ -1,0 +1,197 @@
+"""``socialcrm rules explain``: why the rules (and the team's model) decide what they do for a text.
+
+A message is read as the pipeline reads it (the language gate, VADER on the cleaned text, the
+rules' text conditions, the team's triage model where one is stored) and each rule is shown
+with its outcome and the conditions on the text that hold in it, by file and line, with the
+words they found. Tuning a rule pack on real messages starts here: "why was this thanked?",
+"why did this open a ticket?".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.engine import make_url
+
+from socialcrm import triage
+from socialcrm.config import Config
+from socialcrm.rules import Explanation, Held, RuleSet, text_context
+from socialcrm.scoring import analyse_batch
+from socialcrm.sentiment import Score, SentimentScorer, straight_quotes
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """The message to explain, and what the rules may look at besides its text."""
+
+    text: str
+    direct: bool = True
+    channel: str = "x"
+    #: The platform's language tag; None: detected, as for a platform that gives none.
+    lang: str | None = None
+    #: When it arrived; None: now. Shown and tested in the brand's time zone.
+    at: datetime | None = None
+    ticket_open: bool = False
+
+
+async def team_model(config: Config) -> triage.Model | None:
+    """The newest stored team model, or None (none trained, triage off, or no database yet:
+    explaining a text creates no database)."""
+    if not config.triage.enabled or not _database_exists(config.database_url()):
+        return None
+    from socialcrm.db import open_store
+
+    store = await open_store(config.database_url())
+    try:
+        async with store.reader() as s:
+            row = await triage.newest(s)
+    finally:
+        await store.dispose()
+    return None if row is None else await asyncio.to_thread(triage.load_row, row)
+
+
+def _database_exists(database_url: str) -> bool:
+    """False for an SQLite file not made yet; a server's database is asked."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        return True
+    return url.database is not None and Path(url.database).exists()
+
+
+def explain(
+    config: Config,
+    rules: RuleSet,
+    message: Message,
+    model: triage.Model | None = None,
+    *,
+    every_rule: bool = False,
+) -> list[str]:
+    """The explanation, as lines of text; ``model``: the team's model, as the pipeline uses
+    it (it may close or open what the rules decided); ``every_rule``: also the rules that
+    neither matched nor found anything in the text."""
+    scorer = SentimentScorer.for_brand(config.brand)
+    [(score, facts, verdict)] = analyse_batch(scorer, rules, [(message.text, message.lang)], model)
+    if isinstance(score, str):  # the scorer failed on this text: the pipeline stores it so
+        score = Score(None, None, None, None, None)
+    tz = ZoneInfo(config.brand.timezone)
+    at = (message.at or datetime.now(tz)).astimezone(tz)
+    ctx = replace(
+        text_context(message.text),
+        channel=message.channel,
+        source=message.channel,
+        sentiment=score.compound,
+        lang=score.lang,
+        has_open_ticket=message.ticket_open,
+        local_time=at,
+        direct=message.direct,
+        text_facts=facts,
+        **triage.reading(verdict),
+    )
+    found = rules.explain(ctx)
+    d = found.decision
+    steered_from = len(d.trail)
+    if verdict is not None:
+        triage.steer(d, verdict, config.triage.min_confidence, config.triage.ticket_at)
+    lines = [
+        f"Message:   {'sent to us' if message.direct else 'found by search'}, "
+        f"channel {message.channel}, arrived {at:%a %Y-%m-%d %H:%M} ({tz.key})",
+        "Sentiment: " + _sentiment(scorer, score, message.text),
+        "Model:     " + _model(model, verdict),
+        "",
+        "Rules, in order, each with the conditions on its text that hold and what they found",
+        "(`not`: written under a `not`, it counts against the rule):",
+        *_rules(found, every_rule),
+        "",
+        "Decision:  " + _decision(found),
+        *(f"  {line}" for line in d.trail[steered_from:]),
+    ]
+    return lines
+
+
+def _sentiment(scorer: SentimentScorer, score: Score, text: str) -> str:
+    if score.compound is None:
+        lang = score.lang or "unknown"
+        return f"not scored: the language is {lang}, and VADER reads English"
+    read = " ".join(scorer.clean(straight_quotes(text)).split())
+    return f"{score.compound:+.3f}, language {score.lang or 'unknown'}; VADER read: {read!r}"
+
+
+def _model(model: triage.Model | None, verdict: triage.Verdict | None) -> str:
+    if model is None or verdict is None:
+        return "no team model in use: the rules decide alone"
+    said = [f"team model #{model.version}"]
+    if verdict.sentiment is not None:
+        said.append(f"reads {verdict.sentiment} ({verdict.confidence or 0:.2f})")
+    if verdict.needs_reply is not None:
+        yes = "yes" if verdict.needs_reply else "no"
+        said.append(f"needs a reply: {yes} ({verdict.reply_confidence or 0:.2f})")
+    said.append(f"chance it needs us {triage.risk_of(verdict):.2f}")
+    return ", ".join(said)
+
+
+def _rules(found: Explanation, every_rule: bool) -> Iterator[str]:
+    quiet = 0
+    for r in found.rules:
+        if not every_rule and r.outcome != "matched" and not r.held:
+            quiet += 1
+            continue
+        mark = {"matched": "MATCH", "not matched": "no   ", "not reached": "--   "}[r.outcome]
+        head = f"  {mark} {r.rule.name}  ({_short(r.rule.source)})"
+        if r.outcome == "matched":
+            head += "  " + r.rule.summary.split(": ", 1)[-1]
+        elif r.outcome == "not reached":
+            head += "  not reached: an earlier rule stopped the rules"
+        yield head
+        for h in sorted(r.held, key=lambda h: (h.site.negated, _line(h))):
+            yield "          " + _held(h)
+    if quiet:
+        yield f"  ({quiet} more did not match and found nothing in the text; --all lists them)"
+
+
+def _held(h: Held) -> str:
+    kind = ("not " if h.site.negated else "") + h.site.kind
+    return f"line {_line(h):<5} {kind:13} {', '.join(map(repr, h.found))}"
+
+
+def _line(h: Held) -> int:
+    """The line of a condition (its rule's file is on the rule's line)."""
+    tail = h.site.where.rpartition(":")[2]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _decision(found: Explanation) -> str:
+    d = found.decision
+    if d.ignore:
+        return "ignored: stored, with no ticket and no draft"
+    parts = [
+        "ticket" + (f" for {d.team}" if d.team else "") if d.open_ticket else "no ticket",
+        f"intent {d.intent or '-'}",
+        f"draft {d.draft_template or '-'}",
+    ]
+    if d.priority:
+        parts.append(f"priority {d.priority}")
+    if d.tags:
+        parts.append("tags " + ", ".join(d.tags))
+    if d.escalations:
+        parts.append("escalated: " + "; ".join(d.escalations))
+    return " · ".join(parts)
+
+
+def _short(where: str) -> str:
+    """``file:line`` with the file relative to the working folder where it is inside it."""
+    path, sep, line = where.rpartition(":")
+    if not sep or not line.isdigit():
+        path, line = where, ""
+    try:
+        shown = os.path.relpath(path)
+    except ValueError:  # another drive
+        shown = path
+    if shown.startswith(".."):
+        shown = path
+    return f"{shown}:{line}" if line else shown
