@@ -216,7 +216,7 @@ def _yaml_positions(path: Path | None) -> Callable[[tuple[str | int, ...]], str]
 
 def _check_rules_and_templates(config: Config) -> RuleSet:
     """The rules load, every reply template compiles, and every template a rule names exists."""
-    from socialcrm.responder import Responder, compile_all
+    from socialcrm.responder import Responder, reply_problems
     from socialcrm.rules import RuleError
 
     try:
@@ -224,12 +224,9 @@ def _check_rules_and_templates(config: Config) -> RuleSet:
     except RuleError as err:
         raise CliError(f"bad rules:\n{err}") from err
     responder = Responder(config.responder, config.brand.name, config.base_dir)
-    broken = compile_all(responder.env)
-    if broken:
-        raise CliError("reply templates that do not compile:\n" + "\n".join(broken))
-    missing = sorted(t for t in rules.template_names() if not responder.known(t))
-    if missing:
-        raise CliError(f"rules name reply templates that do not exist: {', '.join(missing)}")
+    problems = reply_problems(responder, rules.template_names())
+    if problems:
+        raise CliError("reply templates that cannot be used:\n" + "\n".join(problems))
     return rules
 
 

@@ -1,5 +1,6 @@
 """The monitoring daemon: a scheduler polling every source, and an HTTP server for health,
-metrics and inbound webhooks. SIGTERM/SIGINT finish the batch in hand and exit 0.
+metrics and inbound webhooks. SIGTERM/SIGINT finish the batch in hand and exit 0; SIGHUP
+loads the rule files and reply templates anew (kept as they were if the new ones are bad).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from socialcrm.db import Store
 from socialcrm.models import utcnow
 from socialcrm.pipeline import Pipeline
 from socialcrm.reports.digest import DigestConfig, send_digest
-from socialcrm.rules import RuleSet
+from socialcrm.responder import Responder, reply_problems
+from socialcrm.rules import RuleError, RuleSet
 from socialcrm.scoring import ScoringPool
 from socialcrm.sender import Sender
 from socialcrm.sla import SlaPolicy, check_sla
@@ -127,6 +129,12 @@ class Metrics:
             ["source", "status"],
             registry=r,
         )
+        self.rule_reloads = Counter(
+            "socialcrm_rule_reloads_total",
+            "Reloads of the rules and reply templates (SIGHUP), by outcome: ok or refused",
+            ["outcome"],
+            registry=r,
+        )
 
     def record(self, src: Source, out: PollOutcome, seconds: float) -> None:
         """Count one poll's outcome."""
@@ -195,6 +203,10 @@ class Daemon:
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self.runner: web.AppRunner | None = None
         self.started_at = utcnow()
+        #: When the rules in use were loaded, and why the last reload was refused (None: it
+        #: was not), for /healthz.
+        self.rules_loaded_at = self.started_at
+        self.reload_error: str | None = None
         self._stopped = asyncio.Event()
         self._alert_failures_seen = 0
         #: Sources whose lease came or went since their health was read from the store: what
@@ -458,6 +470,40 @@ class Daemon:
         log.info("triage model %s trained (%s)", made.id, made.card.get("scores"))
         return made.id
 
+    def reload(self) -> bool:
+        """Load the rule files and reply templates anew (SIGHUP): from the next message on,
+        on this daemon (each daemon on a database reloads on its own signal). Rules or
+        templates with a problem are refused whole, and those in use stay; /healthz and the
+        log say why. True when the new ones are in use."""
+        try:
+            rules = RuleSet.load(self.config.rule_paths())
+            responder = Responder(
+                self.config.responder, self.config.brand.name, self.config.base_dir
+            )
+            problems = reply_problems(responder, rules.template_names())
+            if problems:
+                raise RuleError(problems)
+        except RuleError as err:
+            self.reload_error = str(err)
+            self.metrics.rule_reloads.labels("refused").inc()
+            log.error("rules not reloaded; the rules in use stay:\n%s", err)
+            return False
+        if self.scoring is not None:
+            self.scoring.use_rules(rules)
+        self.rules = rules
+        self.pipeline.use_rules(rules, responder)
+        self.commands.use_responder(responder)
+        self.rules_loaded_at = utcnow()
+        self.reload_error = None
+        self.metrics.rule_reloads.labels("ok").inc()
+        log.info(
+            "rules reloaded: %d rule(s) from %d file(s), fingerprint %s",
+            len(rules.rules),
+            len(rules.paths),
+            rules.fingerprint[:12],
+        )
+        return True
+
     async def _trim_memory(self) -> None:
         await asyncio.to_thread(memory.trim)
 
@@ -586,6 +632,14 @@ class Daemon:
             "status": worst,
             "daemon": self.name,
             "started_at": self.started_at.isoformat(),
+            # Which rule files this daemon runs: after an edit and a SIGHUP to each daemon,
+            # the same fingerprint everywhere says every daemon took them up.
+            "rules": {
+                "count": len(self.rules.rules),
+                "fingerprint": self.rules.fingerprint[:12],
+                "loaded_at": self.rules_loaded_at.isoformat(),
+                "reload_error": self.reload_error,
+            },
             "sources": sources,
             "chat": chat,
         }
@@ -674,6 +728,8 @@ async def run(config: Config, host: str, port: int, name: str | None = None) -> 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reload = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
     try:
         store = await open_store(config.database_url())
         rules = RuleSet.load(config.rule_paths())
@@ -682,12 +738,27 @@ async def run(config: Config, host: str, port: int, name: str | None = None) -> 
         try:
             await daemon.start(host, port)
             tune_gc()
-            await stop.wait()
+            await _serve(daemon, stop, reload)
             log.info("stopping: finishing the batch in hand")
         finally:
             await daemon.stop()
             scoring.close()
             await store.dispose()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+async def _serve(daemon: Daemon, stop: asyncio.Event, reload: asyncio.Event) -> None:
+    """Run until ``stop`` is set, reloading the rules each time ``reload`` is."""
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            reloading = asyncio.ensure_future(reload.wait())
+            await asyncio.wait({stopping, reloading}, return_when=asyncio.FIRST_COMPLETED)
+            if reload.is_set() and not stop.is_set():
+                reload.clear()
+                daemon.reload()
+            reloading.cancel()
+    finally:
+        stopping.cancel()

@@ -81,6 +81,8 @@ class _Scored(NamedTuple):
     facts: int | None
     #: The learned triage model's reading (None: no model in use).
     verdict: Verdict | None = None
+    #: The rules whose conditions ``facts`` answers (rules reloaded meanwhile read the text).
+    rules: RuleSet | None = None
 
 
 @dataclass(slots=True)
@@ -144,6 +146,14 @@ class Pipeline:
         #: The triage model used when scoring runs in a thread (the worker holds its own).
         self.triage_model: triage.Model | None = None
         self._triage_checked_at: datetime | None = None
+
+    def use_rules(self, rules: RuleSet, responder: Responder) -> None:
+        """Rules and reply templates loaded anew (``socialcrm run`` on SIGHUP): from the next
+        message planned on; a chunk whose text facts were worked out for the old rules has
+        its texts read by the new ones."""
+        self.rules = rules
+        self.responder = responder
+        self.checker = ReplyChecker(self.config.sources, responder)
 
     async def refresh_triage(self, force: bool = False) -> int | None:
         """Take up the newest stored triage model (asked at most every ``check_every``)."""
@@ -263,13 +273,16 @@ class Pipeline:
         items = [(m.text, m.lang) for m in new]
         if self.config.triage.enabled:
             await self.refresh_triage()
+        # The rules the facts are for, taken before the work is handed out: rules reloaded
+        # while it runs number their conditions otherwise.
+        rules = self.rules
         if self.scoring is not None:
+            fingerprint = self.scoring.fingerprint
             found = await self.scoring.analyse(items)
-            same_rules = self.scoring.fingerprint == self.rules.fingerprint
+            same_rules = fingerprint == rules.fingerprint
         else:
-            rules = self.rules
             found = await asyncio.to_thread(self._analyse_here, items, rules)
-            same_rules = rules is self.rules
+            same_rules = True
         use_starter = self.config.triage.use_starter
         for m, (score, facts, read) in zip(new, found, strict=True):
             # A worker started with the starter model, but this config does without it.
@@ -279,7 +292,7 @@ class Pipeline:
                 else read
             )
             if isinstance(score, Score):
-                prep.scored.append(_Scored(m, score, facts if same_rules else None, verdict))
+                prep.scored.append(_Scored(m, score, facts if same_rules else None, verdict, rules))
             else:
                 log.error("cannot score %s %s: %s", m.channel, m.external_id, score)
                 prep.bad.append(Quarantined(external_id=m.external_id, error=score, raw=_dump(m)))
@@ -351,10 +364,13 @@ class Pipeline:
         await threader.load(msgs, known_ids)
 
         planned: list[_Planned] = []
-        for (m, score, facts, verdict), ident in zip(scored, idents, strict=True):
+        rules = self.rules
+        for (m, score, facts, verdict, facts_for), ident in zip(scored, idents, strict=True):
+            # Facts worked out for rules reloaded since: the rules read the text themselves.
+            known = facts if facts_for is rules else None
             try:
                 planned.append(
-                    self._plan(now, m, score, facts, ident, threader, source, result, verdict)
+                    self._plan(now, m, score, known, ident, threader, source, result, verdict)
                 )
             except Exception as err:  # one message's failure is quarantined, not fatal
                 log.exception("cannot process %s %s", m.channel, m.external_id)

@@ -57,6 +57,18 @@ def compile_all(env: jinja2.Environment, prefix: str = "replies/") -> list[str]:
     return problems
 
 
+def reply_problems(responder: Responder, template_names: set[str]) -> list[str]:
+    """What keeps the reply templates from serving rules that draft with ``template_names``:
+    templates that do not compile, and names no template has."""
+    problems = compile_all(responder.env)
+    if problems:  # a name is looked up by compiling its template
+        return problems
+    missing = sorted(t for t in template_names if not responder.known(t))
+    return (
+        [f"rules name reply templates that do not exist: {', '.join(missing)}"] if missing else []
+    )
+
+
 def reply_length(channel: str, text: str, to_handle: str | None) -> int:
     """Characters the platform counts: on X and Mastodon the @handle prefix counts too."""
     if channel in ("x", "mastodon") and to_handle and not text.startswith(f"@{to_handle}"):

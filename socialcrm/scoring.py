@@ -201,9 +201,10 @@ class ScoringPool:
         self._use_starter = use_starter
         #: The triage model version the workers hold (None: no model).
         self.model_version: int | None = None
-        self._pool = self._start(None)
+        self._model: tuple[bytes, str, int] | None = None
+        self._pool = self._start()
 
-    def _start(self, model: tuple[bytes, str, int] | None) -> ProcessPoolExecutor:
+    def _start(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             max_workers=self._workers,
             mp_context=multiprocessing.get_context("spawn"),  # never fork a threaded process
@@ -213,7 +214,7 @@ class ScoringPool:
                 self._paths,
                 self.fingerprint,
                 self._brand,
-                model,
+                self._model,
                 self._use_starter,
                 os.getpid(),
             ),
@@ -233,8 +234,20 @@ class ScoringPool:
     def use_model(self, payload: bytes, digest: str, version: int) -> None:
         """Hand the workers a new triage model: new workers start with it, the old ones finish
         the batch in hand and stop."""
-        old, self._pool = self._pool, self._start((payload, digest, version))
+        self._model = (payload, digest, version)
         self.model_version = version
+        self._restart()
+
+    def use_rules(self, rules: RuleSet) -> None:
+        """Hand the workers new rules (``socialcrm run`` reloading its rule files): new
+        workers start with them and the model in use, the old ones finish the batch in hand
+        (their text facts are for the old rules) and stop."""
+        self._paths = [str(p) for p in rules.paths]
+        self.fingerprint = rules.fingerprint
+        self._restart()
+
+    def _restart(self) -> None:
+        old, self._pool = self._pool, self._start()
         old.shutdown(wait=False)
 
     async def analyse(self, items: list[tuple[str, str | None]]) -> list[Analysis]:

@@ -12,10 +12,11 @@ import hmac
 import json
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -44,6 +45,7 @@ from socialcrm.models import (
     utcnow,
 )
 from socialcrm.pipeline import Pipeline
+from socialcrm.rules import RuleSet
 from socialcrm.sla import SlaConfig, SlaPolicy
 from socialcrm.sources import SourceSetupError, backoff_s, make_source
 from tests.test_alerts import WEBHOOK_SECRET, Receiver, Smtp, smtp  # noqa: F401  (the fixture)
@@ -879,3 +881,160 @@ async def test_a_batch_that_cannot_be_stored_fails_the_poll_visibly(
     daemon.poller.sources["reviews"].not_before = 0
     out = await daemon.poller.poll("reviews")
     assert out.error is None and out.result.stored == 2
+
+
+# -- reloading the rules (SIGHUP) --------------------------------------------------------------
+
+KETTLE = "rules:\n  - name: mine\n    when: {keywords: [kettle]}\n    then: [{tag: kettle}]\n"
+TOASTER = (
+    "rules:\n  - name: mine\n    when: {phrases: [toaster oven]}\n"
+    "    then: [{tag: toaster}, {draft: thanks}]\n"
+)
+
+
+async def _tags(store: Store, external_id: str) -> list[str]:
+    async with store.reader() as s:
+        row = (
+            await s.execute(sa.select(Message).where(Message.external_id == external_id))
+        ).scalar_one()
+        return list(row.tags)
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["in-process", "scoring-workers"])
+async def test_reload_takes_up_edited_rules_and_keeps_them_when_the_new_ones_are_bad(
+    config: Config, store: Store, tmp_path: Path, pooled: bool
+) -> None:
+    from socialcrm.scoring import ScoringPool
+    from tests.test_pipeline import ingest, msg
+
+    rule_file = tmp_path / "mine.yaml"
+    rule_file.write_text(KETTLE)
+    replies = config.responder.model_copy(update={"templates_dir": Path("mine")})
+    cfg = config.model_copy(
+        update={"rules": [Path("mine.yaml")], "default_rules": False, "responder": replies}
+    )
+    rules = RuleSet.load(cfg.rule_paths())
+    pool = ScoringPool.for_config(cfg, rules) if pooled else None
+    d = Daemon(cfg, store, rules=rules, scoring=pool)
+    try:
+        rule_file.write_text(TOASTER)
+        # Until the reload, the daemon runs the rules it started with.
+        await ingest(d.pipeline, msg("a kettle and a toaster oven", ext="r1"))
+        assert await _tags(store, "r1") == ["kettle"]
+        assert d.reload() is True
+        await ingest(d.pipeline, msg("a kettle and a toaster oven", ext="r2"))
+        assert await _tags(store, "r2") == ["toaster"]
+        assert await count(store, Reply, Reply.template == "thanks") == 1
+        health = d.health()["rules"]
+        assert health["fingerprint"] == RuleSet.load(cfg.rule_paths()).fingerprint[:12]
+        assert health["count"] == 1 and health["reload_error"] is None
+        # Bad rules, or rules that draft with a template that does not exist, are refused
+        # whole: the rules in use stay, and /healthz says why.
+        rule_file.write_text("rules:\n  - name: mine\n    when: {bogus: 1}\n    then: [ignore]\n")
+        assert d.reload() is False
+        assert f"{rule_file}:3" in d.health()["rules"]["reload_error"]
+        rule_file.write_text(TOASTER.replace("thanks", "no_such_reply"))
+        assert d.reload() is False
+        assert "no_such_reply" in d.health()["rules"]["reload_error"]
+        await ingest(d.pipeline, msg("a toaster oven", ext="r3"))
+        assert await _tags(store, "r3") == ["toaster"]
+        assert d.health()["rules"]["fingerprint"] == health["fingerprint"]
+        # Reply templates are read anew too: one of our own now overrides the shipped one.
+        (tmp_path / "mine" / "replies").mkdir(parents=True)
+        (tmp_path / "mine" / "replies" / "thanks.x.j2").write_text("Cheers, from our own.")
+        rule_file.write_text(TOASTER)
+        await ingest(d.pipeline, msg("a toaster oven", ext="r4"))
+        assert d.reload() is True
+        await ingest(d.pipeline, msg("a toaster oven", ext="r5"))
+        async with store.reader() as s:
+            drafts = (await s.execute(sa.select(Reply.draft_text).order_by(Reply.id))).all()
+        # Not before the reload (r4): the templates in use stay until then.
+        assert ["Cheers, from our own." in text for (text,) in drafts][-2:] == [False, True]
+        reloads = d.metrics.rule_reloads
+        assert reloads.labels("ok")._value.get() == 2
+        assert reloads.labels("refused")._value.get() == 2
+    finally:
+        await d.stop()
+        if pool is not None:
+            pool.close()
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["in-process", "scoring-workers"])
+async def test_a_chunk_read_before_a_reload_is_decided_by_the_new_rules_reading_its_text(
+    config: Config, store: Store, tmp_path: Path, pooled: bool
+) -> None:
+    # The text facts are bits numbered by the conditions' places in the rules they were worked
+    # out for: the first condition of the old rules (kettle) is the first of the new ones
+    # (toaster oven) too. Read as the new rules' facts, "a kettle" would be a toaster oven.
+    from socialcrm.responder import Responder
+    from socialcrm.scoring import ScoringPool
+    from tests.test_pipeline import msg
+
+    (tmp_path / "old.yaml").write_text(KETTLE)
+    (tmp_path / "new.yaml").write_text(TOASTER)
+    old, new = RuleSet.load([tmp_path / "old.yaml"]), RuleSet.load([tmp_path / "new.yaml"])
+    pool = ScoringPool.for_config(config, old) if pooled else None
+    pipeline = Pipeline(config, store, rules=old, scoring=pool)
+    try:
+        prepared = await pipeline._prepare([msg("a kettle", ext="k1")], [], None)
+        assert prepared.scored[0].facts == 1  # the old rules' first condition holds
+        pipeline.use_rules(new, Responder(config.responder, "Acme"))
+        if pool is not None:
+            pool.use_rules(new)
+        assert (await pipeline._commit(prepared, "test")).stored == 1
+    finally:
+        if pool is not None:
+            pool.close()
+    assert await _tags(store, "k1") == []
+
+
+@pytest.mark.timeout(120)
+async def test_sighup_reloads_the_rules_of_a_running_daemon(tmp_path: Path) -> None:
+    """`socialcrm run` as a real process: SIGHUP reloads, bad rules leave it running as it was."""
+    import signal
+
+    import aiohttp
+
+    from tests.daemon_process import DaemonProcess, write_config
+
+    rule_file = tmp_path / "mine.yaml"
+    rule_file.write_text(KETTLE)
+    config = write_config(
+        tmp_path / "config.yaml",
+        f"sqlite+aiosqlite:///{tmp_path / 'crm.db'}",
+        [],
+        rules=["mine.yaml"],
+        default_rules=False,
+    )
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    await daemon.start()
+    try:
+        await daemon.wait_up()
+        assert daemon.proc is not None
+
+        async def rules_once(change: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+            """/healthz's rules, once ``change`` holds for them (a reload takes a moment)."""
+            url = f"http://127.0.0.1:{daemon.port}/healthz"
+            async with aiohttp.ClientSession() as http:
+                for _ in range(400):
+                    async with http.get(url) as resp:
+                        rules: dict[str, Any] = (await resp.json())["rules"]
+                    if change(rules):
+                        return rules
+                    await asyncio.sleep(0.05)
+            raise AssertionError(f"no reload seen: {rules}; see {daemon.log}")
+
+        first = await rules_once(lambda r: True)
+        rule_file.write_text(TOASTER)
+        daemon.proc.send_signal(signal.SIGHUP)
+        second = await rules_once(lambda r: r["fingerprint"] != first["fingerprint"])
+        assert second["reload_error"] is None
+        rule_file.write_text("rules: [oops\n")
+        daemon.proc.send_signal(signal.SIGHUP)
+        refused = await rules_once(lambda r: r["reload_error"] is not None)
+        assert refused["fingerprint"] == second["fingerprint"] and "mine.yaml" in str(refused)
+        assert await daemon.terminate() == 0
+    finally:
+        await daemon.kill()
+    log = (tmp_path / "daemon.log").read_text()
+    assert "rules reloaded: 1 rule(s) from 1 file(s)" in log and "rules not reloaded" in log

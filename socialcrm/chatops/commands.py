@@ -86,6 +86,11 @@ class Commands:
             if meta:
                 self.table[meta[0]] = (fn, meta[1])
 
+    def use_responder(self, responder: Responder) -> None:
+        """Reply templates loaded anew (``socialcrm run`` on SIGHUP)."""
+        self.responder = responder
+        self.checker = ReplyChecker(self.config.sources, responder)
+
     def render(self, template: str, **context: Any) -> str:
         """Render a chat/CLI answer from ``templates/chat``."""
         return render_chat(self.templates, template, **context)
