@@ -1,7 +1,7 @@
 """Tickets after learning: what the shipped pipeline does with a team's trained triage model.
 
     python bench/triage_tickets.py --corpus ../shared/data/triage [--size 2000] [--seed 7]
-        [--ticket-at 0.2]
+        [--ticket-recall 0.9 | --ticket-at 0.2]
 
 ``bench/triage_learned.py`` scores the model's heads; this asks what reaches people. From each
 labelled corpus (see the folder's SOURCES.md) ``--size`` examples are drawn and split into five
@@ -94,18 +94,22 @@ def held_out_outcomes(
     scorer: SentimentScorer,
     rng: random.Random,
     settings: dict[str, Any] | None = None,
-) -> tuple[dict[str, Outcome], dict[str, Outcome], dict[str, float]]:
-    """Each example's outcome zero-shot and with a model trained on the other folds, and that
-    model's risk (its chance that the message needs us) for each; ``settings``: the config's
-    ``triage`` section the learned runs use."""
+) -> tuple[dict[str, Outcome], dict[str, Outcome], dict[str, float], list[float]]:
+    """Each example's outcome zero-shot and with a model trained on the other folds, that
+    model's risk (its chance that the message needs us) for each, and each fold's ticket
+    threshold; ``settings``: the config's ``triage`` section the learned runs use."""
     zero: dict[str, Outcome] = {}
     learned: dict[str, Outcome] = {}
     risks: dict[str, float] = {}
+    thresholds: list[float] = []
+    triage_config = Config.model_validate({"triage": settings or {}}).triage
     for i, fold in enumerate(folds := _folds(examples, FOLDS, rng)):
         train = [e for j, f in enumerate(folds) if j != i for e in f]
         # Read by the shipped rules, as the pipeline below reads each message.
         xs = triage.read([(t, None) for _k, t, _d, _y in train], scorer, shipped_rules())
-        trained = triage.train({head: (xs, [to_label(y) for *_, y in train])}, folds=2)
+        # Cross-validated as `socialcrm triage train` does: the ticket threshold comes from it.
+        trained = triage.train({head: (xs, [to_label(y) for *_, y in train])})
+        thresholds.append(triage_config.threshold(trained.scores).at)
         items = [(k, t, d) for k, t, d, _y in fold]
         learned.update(asyncio.run(run_pipeline(items, trained, settings)))
         zero.update(asyncio.run(run_pipeline(items)))
@@ -113,7 +117,7 @@ def held_out_outcomes(
             triage.read([(t, None) for _k, t, _d in items], scorer, shipped_rules())
         )
         risks.update((k, triage.risk_of(v)) for (k, _t, _d), v in zip(items, read, strict=True))
-    return zero, learned, risks
+    return zero, learned, risks, thresholds
 
 
 def model_alone(risks: Sequence[float], others: Sequence[float], share: float) -> float:
@@ -122,6 +126,10 @@ def model_alone(risks: Sequence[float], others: Sequence[float], share: float) -
     ranked = sorted(risks, reverse=True)
     cut = ranked[max(0, min(len(ranked) - 1, int(len(ranked) * share + 0.5) - 1))]
     return sum(r >= cut for r in others) / len(others) if others else 0.0
+
+
+def _cuts(cuts: Sequence[float]) -> str:
+    return ", ".join(f"{c:.2f}" for c in cuts)
 
 
 def _row(name: str, cells: Sequence[tuple[str, float]]) -> str:
@@ -137,7 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         "--ticket-at",
         type=float,
         default=None,
-        help="triage.ticket_at for the learned runs (default: the config's default)",
+        help="triage.ticket_at for the learned runs (default: each model's own)",
+    )
+    ap.add_argument(
+        "--ticket-recall",
+        type=float,
+        default=None,
+        help="triage.ticket_recall for the learned runs (default: the config's default)",
     )
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
@@ -147,13 +161,17 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = _complaints(args.corpus)
     picked = rng.sample(rows, min(args.size, len(rows)))
-    settings = {} if args.ticket_at is None else {"ticket_at": args.ticket_at}
-    zero, learned, _ = held_out_outcomes(
+    settings = {
+        k: v
+        for k, v in (("ticket_at", args.ticket_at), ("ticket_recall", args.ticket_recall))
+        if v is not None
+    }
+    zero, learned, _, cuts = held_out_outcomes(
         picked, "needs_reply", lambda y: "yes" if y == "1" else "no", scorer, rng, settings
     )
     print(
         f"complaints.csv, {len(picked)} labelled, {FOLDS} folds, each read by a model "
-        "trained on the others:"
+        f"trained on the others (ticket thresholds {_cuts(cuts)}):"
     )
     yes = [e for e in picked if e[3] == "1"]
     no = [e for e in picked if e[3] == "0" and e[2]]
@@ -172,8 +190,11 @@ def main(argv: list[str] | None = None) -> int:
 
     pool = _tweeteval(args.corpus)
     picked2 = rng.sample(pool, min(args.size, len(pool)))
-    zero, learned, risks = held_out_outcomes(picked2, "sentiment", str, scorer, rng, settings)
-    print(f"TweetEval sentiment, {len(picked2)} labelled, as if sent to us, {FOLDS} folds:")
+    zero, learned, risks, cuts = held_out_outcomes(picked2, "sentiment", str, scorer, rng, settings)
+    print(
+        f"TweetEval sentiment, {len(picked2)} labelled, as if sent to us, {FOLDS} folds "
+        f"(ticket thresholds {_cuts(cuts)}):"
+    )
     for name, out in (("zero-shot", zero), ("learned", learned)):
         by = {
             c: [out[k] for k, *_, y in picked2 if y == c]

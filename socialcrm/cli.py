@@ -762,6 +762,10 @@ async def _triage_status(store: Store, config: Config) -> str:
         row = await triage.newest(s)
         labelled = (await triage.training_set(s)).messages
         new = await triage.labels_since(s, row.created_at if row is not None else None)
+    cfg = config.triage
+    threshold = None
+    if row is not None:
+        threshold = cfg.threshold(row.scores)
     text = (
         template_environment(None)
         .get_template("triage/status.j2")
@@ -772,6 +776,8 @@ async def _triage_status(store: Store, config: Config) -> str:
             min_labels=config.triage.min_labels,
             in_use=config.triage.enabled,
             starter=config.triage.use_starter,
+            threshold=threshold,
+            sure_at=cfg.min_confidence,
         )
     )
     return text.strip()

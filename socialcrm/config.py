@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -28,6 +29,9 @@ from socialcrm.digest_config import ReportsConfig
 from socialcrm.sla_config import SlaConfig
 from socialcrm.spike_config import SpikeConfig
 from socialcrm.timespec import Duration, PositiveDuration, TimeZoneName
+
+if TYPE_CHECKING:
+    from socialcrm.triage import Threshold
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -163,18 +167,32 @@ class TriageConfig(_Section):
     #: reply head is trained) at which it is sure: a ticket, whatever the rules said.
     min_confidence: float = Field(default=0.6, ge=0.0, le=1.0)
     #: From this chance up to ``min_confidence`` a message keeps the rules' ticket or goes to
-    #: a person (``needs-triage``); below it the model may close what the rules opened. Low on
-    #: purpose: a customer left unheard costs more than a ticket closed with no reply. 0.2
-    #: rather than 0.25 since the model reads the rules' text conditions and is surer either
-    #: way (bench/triage_tickets.py: complaints ticketed after learning 92.4% and 90.7% on
-    #: two draws, against 90.3% and 88.2% at 0.25).
-    ticket_at: float = Field(default=0.2, ge=0.0, le=1.0)
+    #: a person (``needs-triage``); below it the model may close what the rules opened. Unset
+    #: (the default), each model sets its own: the chance at which, in its cross-validation,
+    #: it kept ``ticket_recall`` of the labelled messages that need us (a model that tells
+    #: them apart well closes more of what does not need us; one that does not, less). A
+    #: number fixes it for every model.
+    ticket_at: float | None = Field(default=None, ge=0.0, le=1.0)
+    #: The share of the messages that need us (labelled as needing a reply, or negative) a
+    #: model's own ticket threshold keeps ticketed, measured in its cross-validation. The
+    #: rules ticket more besides (bench/triage_tickets.py, after learning from 2,000 labels:
+    #: 91.4% and 89.7% of complaints, 92.5% and 93.9% of negative tweets ticketed).
+    ticket_recall: float = Field(default=0.9, ge=0.5, le=0.99)
     #: How often the pipeline asks the store whether a newer model exists.
     check_every: PositiveDuration = timedelta(minutes=1)
 
+    def threshold(self, scores: Mapping[str, Any]) -> Threshold:
+        """The chance of needing us from which a model keeps a ticket: ``ticket_at``, or the
+        model's own from its cross-validation ``scores`` (``triage.ticket_threshold``)."""
+        from socialcrm.triage import ticket_threshold
+
+        return ticket_threshold(
+            scores, fixed=self.ticket_at, recall=self.ticket_recall, ceiling=self.min_confidence
+        )
+
     @model_validator(mode="after")
     def _ordered(self) -> TriageConfig:
-        if self.ticket_at > self.min_confidence:
+        if self.ticket_at is not None and self.ticket_at > self.min_confidence:
             raise ValueError(
                 f"ticket_at ({self.ticket_at}) must not be above min_confidence "
                 f"({self.min_confidence})"

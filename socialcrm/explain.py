@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import make_url
@@ -40,7 +41,14 @@ class Message:
     ticket_open: bool = False
 
 
-async def team_model(config: Config) -> triage.Model | None:
+class TeamModel(NamedTuple):
+    """The team's model in use, and the chance from which it keeps a ticket."""
+
+    model: triage.Model
+    ticket_at: float
+
+
+async def team_model(config: Config) -> TeamModel | None:
     """The newest stored team model, or None (none trained, triage off, or no database yet:
     explaining a text creates no database)."""
     if not config.triage.enabled or not _database_exists(config.database_url()):
@@ -53,7 +61,13 @@ async def team_model(config: Config) -> triage.Model | None:
             row = await triage.newest(s)
     finally:
         await store.dispose()
-    return None if row is None else await asyncio.to_thread(triage.load_row, row)
+    if row is None:
+        return None
+    cfg = config.triage
+    return TeamModel(
+        await asyncio.to_thread(triage.load_row, row),
+        cfg.threshold(row.scores).at,
+    )
 
 
 def _database_exists(database_url: str) -> bool:
@@ -68,14 +82,15 @@ def explain(
     config: Config,
     rules: RuleSet,
     message: Message,
-    model: triage.Model | None = None,
+    team: TeamModel | None = None,
     *,
     every_rule: bool = False,
 ) -> list[str]:
-    """The explanation, as lines of text; ``model``: the team's model, as the pipeline uses
+    """The explanation, as lines of text; ``team``: the team's model, as the pipeline uses
     it (it may close or open what the rules decided); ``every_rule``: also the rules that
     neither matched nor found anything in the text."""
     scorer = SentimentScorer.for_brand(config.brand)
+    model = team.model if team is not None else None
     [(score, facts, verdict)] = analyse_batch(scorer, rules, [(message.text, message.lang)], model)
     if isinstance(score, str):  # the scorer failed on this text: the pipeline stores it so
         score = Score(None, None, None, None, None)
@@ -96,13 +111,13 @@ def explain(
     found = rules.explain(ctx)
     d = found.decision
     steered_from = len(d.trail)
-    if verdict is not None:
-        triage.steer(d, verdict, config.triage.min_confidence, config.triage.ticket_at)
+    if verdict is not None and team is not None:
+        triage.steer(d, verdict, config.triage.min_confidence, team.ticket_at)
     lines = [
         f"Message:   {'sent to us' if message.direct else 'found by search'}, "
         f"channel {message.channel}, arrived {at:%a %Y-%m-%d %H:%M} ({tz.key})",
         "Sentiment: " + _sentiment(scorer, score, message.text),
-        "Model:     " + _model(model, verdict),
+        "Model:     " + _model(team, verdict),
         "",
         "Rules, in order, each with the conditions on its text that hold and what they found",
         "(`not`: written under a `not`, it counts against the rule):",
@@ -122,16 +137,18 @@ def _sentiment(scorer: SentimentScorer, score: Score, text: str) -> str:
     return f"{score.compound:+.3f}, language {score.lang or 'unknown'}; VADER read: {read!r}"
 
 
-def _model(model: triage.Model | None, verdict: triage.Verdict | None) -> str:
-    if model is None or verdict is None:
+def _model(team: TeamModel | None, verdict: triage.Verdict | None) -> str:
+    if team is None or verdict is None:
         return "no team model in use: the rules decide alone"
-    said = [f"team model #{model.version}"]
+    said = [f"team model #{team.model.version}"]
     if verdict.sentiment is not None:
         said.append(f"reads {verdict.sentiment} ({verdict.confidence or 0:.2f})")
     if verdict.needs_reply is not None:
         yes = "yes" if verdict.needs_reply else "no"
         said.append(f"needs a reply: {yes} ({verdict.reply_confidence or 0:.2f})")
-    said.append(f"chance it needs us {triage.risk_of(verdict):.2f}")
+    said.append(
+        f"chance it needs us {triage.risk_of(verdict):.2f} (a ticket from {team.ticket_at:.2f})"
+    )
     return ", ".join(said)
 
 

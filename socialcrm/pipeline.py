@@ -145,6 +145,8 @@ class Pipeline:
         self.brand_handles = {h.lower().lstrip("@") for h in config.brand.handles}
         #: The triage model used when scoring runs in a thread (the worker holds its own).
         self.triage_model: triage.Model | None = None
+        #: The chance of needing us from which the model in use keeps a ticket (``steer``).
+        self.triage_ticket_at = triage.FALLBACK_TICKET_AT
         self._triage_checked_at: datetime | None = None
 
     def use_rules(self, rules: RuleSet, responder: Responder) -> None:
@@ -184,7 +186,13 @@ class Pipeline:
         if self.scoring is not None:
             self.scoring.use_model(row.payload, row.digest, row.id)
         self.triage_model = model
-        log.info("triage model %s in use", row.id)
+        self.triage_ticket_at = cfg.threshold(row.scores).at
+        log.info(
+            "triage model %s in use; it keeps a ticket from a chance of %.2f that a message "
+            "needs us",
+            row.id,
+            self.triage_ticket_at,
+        )
         return row.id
 
     def _analyse_here(self, items: list[tuple[str, str | None]], rules: RuleSet) -> list[Analysis]:
@@ -443,7 +451,7 @@ class Pipeline:
             # The team's model, where it is sure, decides what the words left open; what it
             # is unsure of goes to a person rather than nowhere.
             cfg = self.config.triage
-            triage.steer(d, team, cfg.min_confidence, cfg.ticket_at)
+            triage.steer(d, team, cfg.min_confidence, self.triage_ticket_at)
         # Later messages from this customer in the same batch are no longer "new".
         cust.is_new = False
         prio = self.priority.score(

@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import io
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -82,6 +83,19 @@ NO_REPLY_REASONS = (
 )
 #: Smallest number of examples of a class for a head to be trained.
 MIN_PER_CLASS = 2
+#: Recall of the messages that need us, from 50% to 99% by 1%, at which a head's
+#: cross-validation notes the chance it gave them (``HeadFigures.risk_at_recall``).
+RECALLS = tuple(r / 100 for r in range(50, 100))
+#: Below this many labelled messages that need us, the cross-validated chances are too few to
+#: set the ticket threshold from: ``FALLBACK_TICKET_AT`` is used.
+MIN_RISKY_FOR_THRESHOLD = 30
+#: The ticket threshold of a model whose cross-validation set none (trained before, or on too
+#: few labels): low on purpose, a customer left unheard costs more than a ticket closed with
+#: no reply.
+FALLBACK_TICKET_AT = 0.2
+#: A learned threshold is never below this: a model that gives those who need us a chance this
+#: low is no model to close tickets with.
+LOWEST_TICKET_AT = 0.05
 #: Largest payload read back (a model is a few MB).
 MAX_PAYLOAD = 64 * 1024 * 1024
 
@@ -307,6 +321,10 @@ class HeadFigures:
     folds: int
     #: Most frequent mistakes: (true, predicted, count).
     confusions: list[tuple[str, str, int]] = field(default_factory=list)
+    #: For each of ``RECALLS``, the highest chance of needing us (``RISKY``'s probability) at
+    #: which that share of the labelled messages that need us were read, held out: the ticket
+    #: threshold that keeps that share ticketed (``ticket_threshold``).
+    risk_at_recall: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for the store and JSON."""
@@ -317,6 +335,7 @@ class HeadFigures:
             "n": self.n,
             "folds": self.folds,
             "confusions": [list(c) for c in self.confusions],
+            "risk_at_recall": self.risk_at_recall,
         }
 
 
@@ -363,10 +382,64 @@ def cross_validate(
 
     k = max(2, min(folds, *Counter(labels).values()))
     split = StratifiedKFold(n_splits=k, shuffle=True, random_state=0)
-    predicted = cross_val_predict(estimator(settings), list(xs), np.array(labels), cv=split)
-    out = figures(HEADS[head], labels, [str(v) for v in predicted])
+    truth = np.array(labels)
+    proba = cross_val_predict(
+        estimator(settings), list(xs), truth, cv=split, method="predict_proba"
+    )
+    classes = sorted(set(labels))  # the columns' order: the classifier's sorted classes
+    out = figures(HEADS[head], labels, [classes[i] for i in proba.argmax(axis=1).tolist()])
     out.folds = k
+    risky = RISKY[head]
+    if risky in classes:
+        out.risk_at_recall = risk_at_recall(proba[truth == risky, classes.index(risky)])
     return out
+
+
+def risk_at_recall(risks: NDArray[Any]) -> list[float]:
+    """For each of ``RECALLS``, the highest threshold on ``risks`` (the chances a model gave
+    messages that do need us) that keeps that share of them at or above it."""
+    ranked = np.sort(np.asarray(risks, dtype=np.float64))[::-1]
+    if not len(ranked):
+        return []
+    at = [min(len(ranked), max(1, math.ceil(r * len(ranked) - 1e-9))) - 1 for r in RECALLS]
+    return [round(float(ranked[i]), 4) for i in at]
+
+
+class Threshold(NamedTuple):
+    """The chance of needing us from which a model's reading keeps a message ticketed, and
+    where it comes from, in words."""
+
+    at: float
+    why: str
+
+
+def ticket_threshold(
+    scores: Mapping[str, Any], *, fixed: float | None, recall: float, ceiling: float
+) -> Threshold:
+    """``steer``'s ``ticket_at`` for a model: ``fixed`` where the config sets one; else the
+    chance at which the model, in its cross-validation (``scores``, as stored with it), kept
+    ``recall`` of the labelled messages that need us, between ``LOWEST_TICKET_AT`` and
+    ``ceiling`` (``min_confidence``); ``FALLBACK_TICKET_AT`` where it noted none."""
+    if fixed is not None:
+        return Threshold(fixed, "set in the config (triage.ticket_at)")
+    # The chance that steers is the reply head's where it was trained (``Model.predict``).
+    name = "needs_reply" if "needs_reply" in scores else "sentiment"
+    head = scores.get(name) or {}
+    curve = head.get("risk_at_recall") or []
+    support = (head.get("per_class") or {}).get(RISKY[name], {}).get("support", 0)
+    if len(curve) != len(RECALLS) or support < MIN_RISKY_FOR_THRESHOLD:
+        return Threshold(
+            min(FALLBACK_TICKET_AT, ceiling),
+            f"the default: the model's validation gave no threshold (fewer than "
+            f"{MIN_RISKY_FOR_THRESHOLD} labelled '{RISKY[name]}', or trained before it did)",
+        )
+    i = min(len(RECALLS) - 1, max(0, round((recall - RECALLS[0]) * 100)))
+    at = min(max(float(curve[i]), LOWEST_TICKET_AT), ceiling)
+    return Threshold(
+        at,
+        f"it kept {RECALLS[i]:.0%} of the {support} messages labelled '{RISKY[name]}' "
+        f"({name}) at or above it in cross-validation",
+    )
 
 
 class Model:

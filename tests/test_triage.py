@@ -910,3 +910,91 @@ def test_the_chance_a_message_needs_us(verdict: triage.Verdict, risk: float) -> 
 def test_a_ticket_threshold_above_the_sure_one_is_refused() -> None:
     with pytest.raises(ValueError, match="ticket_at"):
         Config.model_validate({"triage": {"min_confidence": 0.5, "ticket_at": 0.7}})
+
+
+# -- the ticket threshold each model sets itself ----------------------------------------------
+
+
+def test_risk_at_recall_is_the_highest_threshold_that_keeps_each_share() -> None:
+    rng = random.Random(3)
+    risks = np.array([rng.random() for _ in range(137)])
+    curve = triage.risk_at_recall(risks)
+    assert len(curve) == len(triage.RECALLS) == 50
+    assert curve == sorted(curve, reverse=True)
+    for share, cut in zip(triage.RECALLS, curve, strict=True):
+        kept = (risks >= cut - 1e-4).mean()
+        assert kept >= share, (share, cut)
+        # Any higher threshold keeps less than the share.
+        above = risks[risks > cut + 1e-4]
+        assert len(above) / len(risks) < share
+    assert triage.risk_at_recall(np.array([])) == []
+
+
+def _scores(curve: list[float], support: int, head: str = "needs_reply") -> dict[str, Any]:
+    risky = triage.RISKY[head]
+    return {head: {"risk_at_recall": curve, "per_class": {risky: {"support": support}}}}
+
+
+def test_the_ticket_threshold_is_the_models_own_unless_the_config_sets_one() -> None:
+    curve = [round(0.9 - i / 100, 2) for i in range(50)]  # recall 50% at 0.9 ... 99% at 0.41
+    own = triage.ticket_threshold(_scores(curve, 200), fixed=None, recall=0.9, ceiling=0.6)
+    assert own.at == pytest.approx(0.5) and "kept 90% of the 200 messages labelled 'yes'" in own.why
+    # The reply head steers where it was trained; the class head's curve where it alone was.
+    both = {**_scores([0.1] * 50, 200, "sentiment"), **_scores(curve, 200)}
+    assert triage.ticket_threshold(both, fixed=None, recall=0.9, ceiling=0.6).at == 0.5
+    alone = _scores(curve, 200, "sentiment")
+    assert (
+        "'negative' (sentiment)"
+        in triage.ticket_threshold(alone, fixed=None, recall=0.9, ceiling=0.6).why
+    )
+    # Never above the sure threshold, never below the lowest.
+    assert (
+        triage.ticket_threshold(_scores(curve, 200), fixed=None, recall=0.6, ceiling=0.6).at == 0.6
+    )
+    low = _scores([0.01] * 50, 200)
+    assert triage.ticket_threshold(low, fixed=None, recall=0.9, ceiling=0.6).at == (
+        triage.LOWEST_TICKET_AT
+    )
+    # Too few labelled to trust, or a model trained before models noted one: the default.
+    for scores in (_scores(curve, 29), {"needs_reply": {"per_class": {}}}, {}):
+        fallback = triage.ticket_threshold(scores, fixed=None, recall=0.9, ceiling=0.6)
+        assert fallback.at == triage.FALLBACK_TICKET_AT and "the default" in fallback.why
+    fixed = triage.ticket_threshold(_scores(curve, 200), fixed=0.33, recall=0.9, ceiling=0.6)
+    assert fixed == triage.Threshold(0.33, "set in the config (triage.ticket_at)")
+
+
+async def test_the_pipeline_keeps_tickets_from_the_threshold_of_the_model_in_use(
+    config: Config, store: Store, scorer: SentimentScorer, trained: triage.Trained
+) -> None:
+    curve = trained.scores["needs_reply"]["risk_at_recall"]
+    assert len(curve) == 50 and curve == sorted(curve, reverse=True)
+    await _store_trained(store, trained)
+    pipeline = Pipeline(config, store, rules=RuleSet.from_text(OPEN_ALL), scorer=scorer)
+    await pipeline.refresh_triage(force=True)
+    own = config.triage.threshold(trained.scores)
+    assert "cross-validation" in own.why and pipeline.triage_ticket_at == own.at
+    # A message the model is unsure of, with a chance between the default threshold and the
+    # model's own: the rules ticket everything, the model closes it; pinned at the default,
+    # the rules' ticket stands.
+    mixed = [
+        "love it but the app crashes sometimes",
+        "thanks, still waiting though",
+        "the parcel came late, but the staff were lovely",
+        "my order arrived but the box was a bit dented, otherwise fine",
+    ]
+    model = pipeline.triage_model
+    assert model is not None
+    read = model.predict(triage.read([(t, None) for t in mixed], scorer, None))
+    mid = [t for t, v in zip(mixed, read, strict=True) if 0.2 <= triage.risk_of(v) < own.at]
+    assert mid, "no message between the default and the model's own threshold"
+    await pipeline.ingest(Batch(messages=[msg("own", mid[0])]), "t")
+    fixed = config.model_copy(
+        update={"triage": config.triage.model_copy(update={"ticket_at": 0.2})}
+    )
+    pinned = Pipeline(fixed, store, rules=RuleSet.from_text(OPEN_ALL), scorer=scorer)
+    await pinned.refresh_triage(force=True)
+    assert pinned.triage_ticket_at == 0.2
+    await pinned.ingest(Batch(messages=[msg("pinned", mid[0], "bob")]), "t")
+    async with store.reader() as s:
+        rows = {m.external_id: m for m in (await s.execute(sa.select(Message))).scalars()}
+    assert rows["own"].ticket_id is None and rows["pinned"].ticket_id is not None
