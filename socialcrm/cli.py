@@ -685,11 +685,15 @@ def _show_problems(problems: list[str]) -> None:
 
 @triage_group.command("learn")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "--no-train", is_flag=True, help="Import only; the daemon or `triage train` trains later."
+)
 @click.pass_context
 @async_command
-async def triage_learn(ctx: click.Context, file: Path) -> None:
+async def triage_learn(ctx: click.Context, file: Path, no_train: bool) -> None:
     """Import labels from a JSON Lines file of messages (the `socialcrm ingest` format), each
-    with `sentiment_label` (negative|neutral|positive) and/or `needs_reply` (true|false)."""
+    with `sentiment_label` (negative|neutral|positive) and/or `needs_reply` (true|false), then
+    train a model version once there are `triage.min_labels` labels in all."""
     from socialcrm import triage
     from socialcrm.models import AuditEvent
 
@@ -714,8 +718,16 @@ async def triage_learn(ctx: click.Context, file: Path) -> None:
     click.echo(
         f"{counts.get('sentiment', 0)} sentiment and {counts.get('needs_reply', 0)} needs-reply "
         f"label(s) imported from {len(items)} message(s) ({counts.get('linked', 0)} stored here "
-        f"already), {len(problems)} line(s) skipped; `socialcrm triage train` trains now"
+        f"already), {len(problems)} line(s) skipped"
     )
+    if no_train or not config.triage.enabled:
+        click.echo("not trained: `socialcrm triage train` trains now")
+        return
+    # What was learned is used at once: by `socialcrm ingest` too, with no daemon running.
+    try:
+        click.echo(await _train(config, config.triage.min_labels))
+    except CliError as err:
+        click.echo(f"not trained yet: {err.message}")
 
 
 @triage_group.command("train")
@@ -724,10 +736,16 @@ async def triage_learn(ctx: click.Context, file: Path) -> None:
 @async_command
 async def triage_train(ctx: click.Context, min_labels: int | None) -> None:
     """Train a new model version from every label now, and show its card."""
+
+    config = _load(ctx)
+    click.echo(await _train(config, config.triage.min_labels if min_labels is None else min_labels))
+
+
+async def _train(config: Config, min_labels: int) -> str:
+    """Train a new model version from every label; its card, as `triage status` shows it."""
     from socialcrm import triage
     from socialcrm.sentiment import SentimentScorer
 
-    config = _load(ctx)
     actor = _actor()
     async with _store(config) as store:
         try:
@@ -737,11 +755,11 @@ async def triage_train(ctx: click.Context, min_labels: int | None) -> None:
                 load_rules(config),
                 actor.name,
                 actor.via,
-                min_labels=config.triage.min_labels if min_labels is None else min_labels,
+                min_labels=min_labels,
             )
         except triage.TriageError as err:
             raise CliError(str(err)) from err
-        click.echo(await _triage_status(store, config))
+        return await _triage_status(store, config)
 
 
 @triage_group.command("status")

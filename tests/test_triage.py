@@ -807,6 +807,7 @@ def test_learn_train_status_and_eval_from_the_command_line(
     assert "3 line(s) skipped" in out
     assert "line 37: no sentiment_label or needs_reply" in out
     assert "line 38: sentiment: one of negative, neutral, positive, got 'meh'" in out
+    assert "not trained yet: 36 labelled message(s); at least 200 are needed" in out
     out = run("triage", "train", code=2)
     assert "36 labelled message(s); at least 200 are needed" in out
     out = run("triage", "train", "--min-labels", "30")
@@ -848,6 +849,15 @@ def test_learn_train_status_and_eval_from_the_command_line(
     empty = tmp_path / "empty.jsonl"
     empty.write_text("not json\n")
     assert "no labelled messages" in run("triage", "learn", str(empty), code=2)
+    # Once there are `min_labels` labels, learning trains a version at once (so that
+    # `socialcrm ingest` reads with it, no daemon running); --no-train only imports.
+    config = tmp_path / "config.yaml"
+    config.write_text(config.read_text() + "triage:\n  min_labels: 30\n")
+    assert "not trained: `socialcrm triage train`" in run(
+        "triage", "learn", str(file), "--no-train"
+    )
+    out = run("triage", "learn", str(file))
+    assert "Triage model #2" in out and "Tickets: from a chance of" in out
 
 
 async def test_the_daemon_retrains_when_labels_came_in(
