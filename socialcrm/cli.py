@@ -1114,6 +1114,7 @@ def rules_test(ctx: click.Context) -> None:
 @click.argument("text")
 @click.option("--public", is_flag=True, help="Found by search, not sent to us.")
 @click.option("--channel", type=click.Choice(CHANNELS), default="x", show_default=True)
+@click.option("--source", default=None, help="The configured source's name (default: the channel).")
 @click.option("--lang", default=None, help="The platform's language tag (default: detected).")
 @click.option(
     "--at",
@@ -1134,6 +1135,7 @@ async def rules_explain(
     text: str,
     public: bool,
     channel: str,
+    source: str | None,
     lang: str | None,
     at: datetime | None,
     ticket_open: bool,
@@ -1151,9 +1153,9 @@ async def rules_explain(
     rules = _check_rules_and_templates(config)
     if at is not None:
         at = at.replace(tzinfo=ZoneInfo(config.brand.timezone))
-    message = Message(text, not public, channel, lang, at, ticket_open)
-    model = None if no_model else await team_model(config)
-    click.echo("\n".join(explain(config, rules, message, model, every_rule=every_rule)))
+    message = Message(text, not public, channel, source or channel, lang, at, ticket_open)
+    team = "left out (--no-model): the rules decide alone" if no_model else await team_model(config)
+    click.echo("\n".join(explain(config, rules, message, team, every_rule=every_rule)))
 
 
 # -- the demo and the sandbox ----------------------------------------------------------------

@@ -34,6 +34,8 @@ class Message:
     text: str
     direct: bool = True
     channel: str = "x"
+    #: The configured source it came from (``source:`` conditions).
+    source: str = "x"
     #: The platform's language tag; None: detected, as for a platform that gives none.
     lang: str | None = None
     #: When it arrived; None: now. Shown and tested in the brand's time zone.
@@ -48,26 +50,37 @@ class TeamModel(NamedTuple):
     ticket_at: float
 
 
-async def team_model(config: Config) -> TeamModel | None:
-    """The newest stored team model, or None (none trained, triage off, or no database yet:
-    explaining a text creates no database)."""
-    if not config.triage.enabled or not _database_exists(config.database_url()):
-        return None
-    from socialcrm.db import open_store
+async def team_model(config: Config) -> TeamModel | str:
+    """The newest stored team model, or why none is used. The database is only read: none
+    is made, and one on another schema version is left as it is (the rules decide alone)."""
+    if not config.triage.enabled:
+        return "triage is off in the config: the rules decide alone"
+    if not _database_exists(config.database_url()):
+        return "no database yet: the rules decide alone"
+    from socialcrm.db import Store
+    from socialcrm.migrations import code_head
 
-    store = await open_store(config.database_url())
+    store = Store(config.database_url())
     try:
+        at = await store.current_revision()
+        if at != code_head():
+            return (
+                f"the database is at schema {at or '(empty)'}, not this version's "
+                f"{code_head()}; its model is not read: the rules decide alone"
+            )
         async with store.reader() as s:
             row = await triage.newest(s)
+    except Exception as err:  # unreachable, refused: explaining the rules needs no database
+        return f"the database cannot be read ({type(err).__name__}): the rules decide alone"
     finally:
         await store.dispose()
     if row is None:
-        return None
-    cfg = config.triage
-    return TeamModel(
-        await asyncio.to_thread(triage.load_row, row),
-        cfg.threshold(row.scores).at,
-    )
+        return "no team model trained yet: the rules decide alone"
+    try:
+        model = await asyncio.to_thread(triage.load_row, row)
+    except triage.TriageError as err:
+        return f"model #{row.id} cannot be read ({err}): the rules decide alone"
+    return TeamModel(model, config.triage.threshold(row.scores).at)
 
 
 def _database_exists(database_url: str) -> bool:
@@ -82,7 +95,7 @@ def explain(
     config: Config,
     rules: RuleSet,
     message: Message,
-    team: TeamModel | None = None,
+    team: TeamModel | str = "no team model in use: the rules decide alone",
     *,
     every_rule: bool = False,
 ) -> list[str]:
@@ -90,7 +103,7 @@ def explain(
     it (it may close or open what the rules decided); ``every_rule``: also the rules that
     neither matched nor found anything in the text."""
     scorer = SentimentScorer.for_brand(config.brand)
-    model = team.model if team is not None else None
+    model = team.model if isinstance(team, TeamModel) else None
     [(score, facts, verdict)] = analyse_batch(scorer, rules, [(message.text, message.lang)], model)
     if isinstance(score, str):  # the scorer failed on this text: the pipeline stores it so
         score = Score(None, None, None, None, None)
@@ -99,7 +112,7 @@ def explain(
     ctx = replace(
         text_context(message.text),
         channel=message.channel,
-        source=message.channel,
+        source=message.source,
         sentiment=score.compound,
         lang=score.lang,
         has_open_ticket=message.ticket_open,
@@ -111,11 +124,12 @@ def explain(
     found = rules.explain(ctx)
     d = found.decision
     steered_from = len(d.trail)
-    if verdict is not None and team is not None:
+    if verdict is not None and isinstance(team, TeamModel):
         triage.steer(d, verdict, config.triage.min_confidence, team.ticket_at)
     lines = [
         f"Message:   {'sent to us' if message.direct else 'found by search'}, "
-        f"channel {message.channel}, arrived {at:%a %Y-%m-%d %H:%M} ({tz.key})",
+        f"channel {message.channel}, source {message.source}, "
+        f"arrived {at:%a %Y-%m-%d %H:%M} ({tz.key})",
         "Sentiment: " + _sentiment(scorer, score, message.text),
         "Model:     " + _model(team, verdict),
         "",
@@ -137,9 +151,11 @@ def _sentiment(scorer: SentimentScorer, score: Score, text: str) -> str:
     return f"{score.compound:+.3f}, language {score.lang or 'unknown'}; VADER read: {read!r}"
 
 
-def _model(team: TeamModel | None, verdict: triage.Verdict | None) -> str:
-    if team is None or verdict is None:
-        return "no team model in use: the rules decide alone"
+def _model(team: TeamModel | str, verdict: triage.Verdict | None) -> str:
+    if isinstance(team, str):
+        return team
+    if verdict is None:
+        return f"team model #{team.model.version} gave no reading: the rules decide alone"
     said = [f"team model #{team.model.version}"]
     if verdict.sentiment is not None:
         said.append(f"reads {verdict.sentiment} ({verdict.confidence or 0:.2f})")

@@ -147,6 +147,9 @@ class Pipeline:
         self.triage_model: triage.Model | None = None
         #: The chance of needing us from which the model in use keeps a ticket (``steer``).
         self.triage_ticket_at = triage.FALLBACK_TICKET_AT
+        #: The same, by model version: a chunk read by the previous model while a new one
+        #: was taken up is steered with the threshold of the model that read it.
+        self._ticket_at: dict[int, float] = {}
         self._triage_checked_at: datetime | None = None
 
     def use_rules(self, rules: RuleSet, responder: Responder) -> None:
@@ -187,6 +190,10 @@ class Pipeline:
             self.scoring.use_model(row.payload, row.digest, row.id)
         self.triage_model = model
         self.triage_ticket_at = cfg.threshold(row.scores).at
+        # Newest first, and the few before it, for chunks they read while this one came in.
+        kept = {row.id: self.triage_ticket_at}
+        kept.update(list(self._ticket_at.items())[:3])
+        self._ticket_at = kept
         log.info(
             "triage model %s in use; it keeps a ticket from a chance of %.2f that a message "
             "needs us",
@@ -372,7 +379,9 @@ class Pipeline:
         await threader.load(msgs, known_ids)
 
         planned: list[_Planned] = []
-        rules = self.rules
+        # One reading of the rules and the templates they draft with, for the whole chunk: a
+        # reload between planning and drafting does not draft old decisions with new templates.
+        rules, responder, checker = self.rules, self.responder, self.checker
         for (m, score, facts, verdict, facts_for), ident in zip(scored, idents, strict=True):
             # Facts worked out for rules reloaded since: the rules read the text themselves.
             known = facts if facts_for is rules else None
@@ -399,7 +408,9 @@ class Pipeline:
             rows.append(p.row)
         ids = await insert_returning_ids(session, Message, rows)
         await rollups.add(session, rows)
-        await self._drafts_and_alerts(session, planned, ids, source, now, result)
+        await self._drafts_and_alerts(
+            session, planned, ids, source, now, result, responder, checker
+        )
 
         if bad:
             # Counted either way (it is in quarantine), kept once.
@@ -451,7 +462,8 @@ class Pipeline:
             # The team's model, where it is sure, decides what the words left open; what it
             # is unsure of goes to a person rather than nowhere.
             cfg = self.config.triage
-            triage.steer(d, team, cfg.min_confidence, self.triage_ticket_at)
+            ticket_at = self._ticket_at.get(team.version, self.triage_ticket_at)
+            triage.steer(d, team, cfg.min_confidence, ticket_at)
         # Later messages from this customer in the same batch are no longer "new".
         cust.is_new = False
         prio = self.priority.score(
@@ -538,6 +550,8 @@ class Pipeline:
         source: str,
         now: datetime,
         result: IngestResult,
+        responder: Responder,
+        checker: ReplyChecker,
     ) -> None:
         replies: list[dict[str, Any]] = []
         alerts: list[dict[str, Any]] = []
@@ -566,10 +580,8 @@ class Pipeline:
             ):
                 if tid is not None:
                     waiting.add(tid)
-                draft = self.responder.draft(
-                    d.draft_template, p.msg.channel, _draft_context(p, cust)
-                )
-                issues = self.checker.draft_issues(source, p.msg, draft.text)
+                draft = responder.draft(d.draft_template, p.msg.channel, _draft_context(p, cust))
+                issues = checker.draft_issues(source, p.msg, draft.text)
                 problem = draft.problem if not draft.text else blocking_reason(issues)
                 # A template that failed still leaves an (empty) draft, flagged for a person.
                 if draft.text or draft.problem:

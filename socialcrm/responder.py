@@ -54,6 +54,8 @@ def compile_all(env: jinja2.Environment, prefix: str = "replies/") -> list[str]:
             env.get_template(name)
         except jinja2.TemplateSyntaxError as err:
             problems.append(f"{template_position(err)}: {err.message}")
+        except (jinja2.TemplateError, OSError, UnicodeDecodeError) as err:  # unreadable
+            problems.append(f"{name}: cannot be read: {err}")
     return problems
 
 

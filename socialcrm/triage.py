@@ -433,13 +433,17 @@ def ticket_threshold(
             f"the default: the model's validation gave no threshold (fewer than "
             f"{MIN_RISKY_FOR_THRESHOLD} labelled '{RISKY[name]}', or trained before it did)",
         )
-    i = min(len(RECALLS) - 1, max(0, round((recall - RECALLS[0]) * 100)))
-    at = min(max(float(curve[i]), LOWEST_TICKET_AT), ceiling)
-    return Threshold(
-        at,
-        f"it kept {RECALLS[i]:.0%} of the {support} messages labelled '{RISKY[name]}' "
-        f"({name}) at or above it in cross-validation",
+    # The first noted share at least ``recall``: a recall between two notes is not rounded down.
+    i = min(len(RECALLS) - 1, max(0, math.ceil((recall - RECALLS[0]) * 100 - 1e-9)))
+    own = float(curve[i])
+    at = min(max(own, LOWEST_TICKET_AT), ceiling)
+    why = (
+        f"the model kept {RECALLS[i]:.0%} of the {support} messages labelled '{RISKY[name]}' "
+        f"({name}) at or above {own:.2f} in cross-validation"
     )
+    if at != own:
+        why += f", held within {LOWEST_TICKET_AT:.2f}-{ceiling:.2f}"
+    return Threshold(at, why)
 
 
 class Model:

@@ -179,7 +179,7 @@ def test_rules_explain_shows_each_rule_and_what_it_found(cli: CliRunner, tmp_pat
         "--at",
         "2026-03-04 11:00",
     ).output
-    assert "Model:     no team model in use: the rules decide alone" in out
+    assert "Model:     no database yet: the rules decide alone" in out
     lines = out.splitlines()
     complaint = next(
         i for i, line in enumerate(lines) if line.split()[:2] == ["MATCH", "complaint"]
@@ -207,6 +207,15 @@ def test_rules_explain_shows_each_rule_and_what_it_found(cli: CliRunner, tmp_pat
         "Invalid value for '--at'"
         in run(cli, "rules", "explain", "x", "--at", "soon", code=2).output
     )
+    # A database on another schema version is read, never upgraded: the rules decide alone.
+    with sqlite3.connect(tmp_path / "socialcrm.db") as db:
+        db.execute("create table alembic_version (version_num varchar(32) not null)")
+        db.execute("insert into alembic_version values ('0001')")
+    out = run(cli, "rules", "explain", "hello").output
+    assert "the database is at schema 0001, not this version's" in out
+    with sqlite3.connect(tmp_path / "socialcrm.db") as db:
+        assert db.execute("select version_num from alembic_version").fetchall() == [("0001",)]
+        assert [t for (t,) in db.execute("select name from sqlite_master")] == ["alembic_version"]
 
 
 def test_quarantine_retry_stores_a_payload_that_now_parses(cli: CliRunner, tmp_path: Path) -> None:

@@ -921,7 +921,12 @@ async def test_reload_takes_up_edited_rules_and_keeps_them_when_the_new_ones_are
         # Until the reload, the daemon runs the rules it started with.
         await ingest(d.pipeline, msg("a kettle and a toaster oven", ext="r1"))
         assert await _tags(store, "r1") == ["kettle"]
-        assert d.reload() is True
+        assert await d.reload() is True
+        if pool is not None:
+            # The workers were started again with the new rules: their text facts are used.
+            assert pool.fingerprint == d.rules.fingerprint == d.pipeline.rules.fingerprint
+            read = await d.pipeline._prepare([msg("a toaster oven here")], [], None)
+            assert read.scored[0].facts == 1
         await ingest(d.pipeline, msg("a kettle and a toaster oven", ext="r2"))
         assert await _tags(store, "r2") == ["toaster"]
         assert await count(store, Reply, Reply.template == "thanks") == 1
@@ -931,20 +936,26 @@ async def test_reload_takes_up_edited_rules_and_keeps_them_when_the_new_ones_are
         # Bad rules, or rules that draft with a template that does not exist, are refused
         # whole: the rules in use stay, and /healthz says why.
         rule_file.write_text("rules:\n  - name: mine\n    when: {bogus: 1}\n    then: [ignore]\n")
-        assert d.reload() is False
+        assert await d.reload() is False
         assert f"{rule_file}:3" in d.health()["rules"]["reload_error"]
         rule_file.write_text(TOASTER.replace("thanks", "no_such_reply"))
-        assert d.reload() is False
+        assert await d.reload() is False
         assert "no_such_reply" in d.health()["rules"]["reload_error"]
+        # A reply template that cannot even be read (not UTF-8) is refused the same way.
+        (tmp_path / "mine" / "replies").mkdir(parents=True)
+        (tmp_path / "mine" / "replies" / "apology.j2").write_bytes(b"Sorry \xff\xfe")
+        rule_file.write_text(TOASTER)
+        assert await d.reload() is False
+        assert "apology.j2: cannot be read" in d.health()["rules"]["reload_error"]
+        (tmp_path / "mine" / "replies" / "apology.j2").unlink()
         await ingest(d.pipeline, msg("a toaster oven", ext="r3"))
         assert await _tags(store, "r3") == ["toaster"]
         assert d.health()["rules"]["fingerprint"] == health["fingerprint"]
         # Reply templates are read anew too: one of our own now overrides the shipped one.
-        (tmp_path / "mine" / "replies").mkdir(parents=True)
         (tmp_path / "mine" / "replies" / "thanks.x.j2").write_text("Cheers, from our own.")
         rule_file.write_text(TOASTER)
         await ingest(d.pipeline, msg("a toaster oven", ext="r4"))
-        assert d.reload() is True
+        assert await d.reload() is True
         await ingest(d.pipeline, msg("a toaster oven", ext="r5"))
         async with store.reader() as s:
             drafts = (await s.execute(sa.select(Reply.draft_text).order_by(Reply.id))).all()
@@ -952,7 +963,7 @@ async def test_reload_takes_up_edited_rules_and_keeps_them_when_the_new_ones_are
         assert ["Cheers, from our own." in text for (text,) in drafts][-2:] == [False, True]
         reloads = d.metrics.rule_reloads
         assert reloads.labels("ok")._value.get() == 2
-        assert reloads.labels("refused")._value.get() == 2
+        assert reloads.labels("refused")._value.get() == 3
     finally:
         await d.stop()
         if pool is not None:

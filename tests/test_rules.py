@@ -949,9 +949,12 @@ def test_explain_names_each_rules_outcome_and_what_its_text_conditions_found() -
         ("phrases", True, "pack.yaml:11"): ("still  waiting",),
         ("regex", True, "pack.yaml:12"): ("#EpicFail",),
     }
-    # The same conditions, by alias, count for `complaint`; `vip` reads no text.
-    complaint = {(h.site.kind, h.site.negated, h.found) for h in by["complaint"].held}
-    assert complaint == {("phrases", False, ("still  waiting",)), ("regex", False, ("#EpicFail",))}
+    # The same conditions, by alias, count for `complaint`, at the lines the anchor wrote them.
+    complaint = {(h.site.kind, h.site.negated, h.site.where, h.found) for h in by["complaint"].held}
+    assert complaint == {
+        ("phrases", False, "pack.yaml:11", ("still  waiting",)),
+        ("regex", False, "pack.yaml:12", ("#EpicFail",)),
+    }
     assert by["vip"].held == ()
 
 

@@ -816,7 +816,7 @@ def test_learn_train_status_and_eval_from_the_command_line(
     # `rules explain` reads a message with the model in use, as the pipeline does.
     out = run("rules", "explain", "my order never arrived and nobody answers")
     assert "Model:     team model #1, reads " in out and "chance it needs us" in out
-    assert "no team model in use" in run("rules", "explain", "hello", "--no-model")
+    assert "left out (--no-model)" in run("rules", "explain", "hello", "--no-model")
     # One thing a line: the card's lines are not run together.
     lines = run("triage", "status").splitlines()
     assert lines[0].startswith("Triage model #1") and lines[0].endswith("(in use)")
@@ -957,14 +957,16 @@ def test_the_ticket_threshold_is_the_models_own_unless_the_config_sets_one() -> 
         "'negative' (sentiment)"
         in triage.ticket_threshold(alone, fixed=None, recall=0.9, ceiling=0.6).why
     )
+    # A share between two noted ones takes the higher: 90.5% is not rounded down to 90%.
+    between = triage.ticket_threshold(_scores(curve, 200), fixed=None, recall=0.905, ceiling=0.6)
+    assert between.at == pytest.approx(0.49) and "kept 91%" in between.why
     # Never above the sure threshold, never below the lowest.
     assert (
         triage.ticket_threshold(_scores(curve, 200), fixed=None, recall=0.6, ceiling=0.6).at == 0.6
     )
     low = _scores([0.01] * 50, 200)
-    assert triage.ticket_threshold(low, fixed=None, recall=0.9, ceiling=0.6).at == (
-        triage.LOWEST_TICKET_AT
-    )
+    floored = triage.ticket_threshold(low, fixed=None, recall=0.9, ceiling=0.6)
+    assert floored.at == triage.LOWEST_TICKET_AT and "held within 0.05-0.60" in floored.why
     # Too few labelled to trust, or a model trained before models noted one: the default.
     for scores in (_scores(curve, 29), {"needs_reply": {"per_class": {}}}, {}):
         fallback = triage.ticket_threshold(scores, fixed=None, recall=0.9, ceiling=0.6)
