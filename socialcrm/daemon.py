@@ -491,6 +491,10 @@ class Daemon:
         self.rules_loaded_at = utcnow()
         self.reload_error = None
         self.metrics.rule_reloads.labels("ok").inc()
+        # A model trained beside other rules' conditions is trained again now, not at the next
+        # scheduled retrain (with several daemons, by the one leading the job, on its reload).
+        if self.scheduler.running and self.scheduler.get_job("triage") is not None:
+            self.scheduler.modify_job("triage", next_run_time=utcnow())
         log.info(
             "rules reloaded: %d rule(s) from %d file(s), fingerprint %s",
             len(rules.rules),

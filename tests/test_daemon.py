@@ -916,12 +916,21 @@ async def test_reload_takes_up_edited_rules_and_keeps_them_when_the_new_ones_are
     rules = RuleSet.load(cfg.rule_paths())
     pool = ScoringPool.for_config(cfg, rules) if pooled else None
     d = Daemon(cfg, store, rules=rules, scoring=pool)
+    d._schedule_housekeeping()
+    d.scheduler.start(paused=True)
     try:
         rule_file.write_text(TOASTER)
         # Until the reload, the daemon runs the rules it started with.
         await ingest(d.pipeline, msg("a kettle and a toaster oven", ext="r1"))
         assert await _tags(store, "r1") == ["kettle"]
+        retrain = d.scheduler.get_job("triage")
+        assert retrain is not None and retrain.next_run_time > datetime.now(UTC) + timedelta(
+            hours=1
+        )
         assert await d.reload() is True
+        # The retraining job runs now: a model trained beside the old rules is trained again.
+        retrain = d.scheduler.get_job("triage")
+        assert retrain.next_run_time <= datetime.now(UTC) + timedelta(seconds=1)
         if pool is not None:
             # The workers were started again with the new rules: their text facts are used.
             assert pool.fingerprint == d.rules.fingerprint == d.pipeline.rules.fingerprint
