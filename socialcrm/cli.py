@@ -1111,7 +1111,14 @@ def rules_test(ctx: click.Context) -> None:
 
 
 @rules_group.command("explain")
-@click.argument("text")
+@click.argument("text", required=False)
+@click.option(
+    "--message",
+    "message_id",
+    type=int,
+    default=None,
+    help="A stored message instead of TEXT: read again as it came in, beside what was stored.",
+)
 @click.option("--public", is_flag=True, help="Found by search, not sent to us.")
 @click.option("--channel", type=click.Choice(CHANNELS), default="x", show_default=True)
 @click.option("--source", default=None, help="The configured source's name (default: the channel).")
@@ -1132,7 +1139,8 @@ def rules_test(ctx: click.Context) -> None:
 @async_command
 async def rules_explain(
     ctx: click.Context,
-    text: str,
+    text: str | None,
+    message_id: int | None,
     public: bool,
     channel: str,
     source: str | None,
@@ -1142,18 +1150,27 @@ async def rules_explain(
     no_model: bool,
     every_rule: bool,
 ) -> None:
-    """explain TEXT — why the rules (and the team's model) decide what they do for a message:
-    each rule's outcome, the conditions on the text that hold, by file and line, and what
-    they found."""
+    """explain TEXT | --message ID — why the rules (and the team's model) decide what they do
+    for a message: each rule's outcome, the conditions on the text that hold, by file and line,
+    and what they found."""
     from zoneinfo import ZoneInfo
 
-    from socialcrm.explain import Message, explain, team_model
+    from socialcrm.explain import Message, explain, stored_message, team_model
 
+    if (text is None) == (message_id is None):
+        raise CliError("give a TEXT or --message ID (one of them)")
     config = _load(ctx)
     rules = _check_rules_and_templates(config)
-    if at is not None:
-        at = at.replace(tzinfo=ZoneInfo(config.brand.timezone))
-    message = Message(text, not public, channel, source or channel, lang, at, ticket_open)
+    if message_id is not None:
+        found = await stored_message(config, message_id)
+        if isinstance(found, str):
+            raise CliError(found)
+        message = found
+    else:
+        assert text is not None
+        if at is not None:
+            at = at.replace(tzinfo=ZoneInfo(config.brand.timezone))
+        message = Message(text, not public, channel, source or channel, lang, at, ticket_open)
     team = "left out (--no-model): the rules decide alone" if no_model else await team_model(config)
     click.echo("\n".join(explain(config, rules, message, team, every_rule=every_rule)))
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from socialcrm import triage
 from socialcrm.config import Config
@@ -41,6 +43,16 @@ class Message:
     #: When it arrived; None: now. Shown and tested in the brand's time zone.
     at: datetime | None = None
     ticket_open: bool = False
+    #: Its author's customer record, as the rules' ``customer:`` and ``followers`` see it
+    #: (none given: a first message from no known customer).
+    tier: str | None = None
+    segment: str | None = None
+    lifetime_value: float = 0.0
+    customer_tags: frozenset[str] = frozenset()
+    customer_is_new: bool = False
+    followers: int = 0
+    #: What the pipeline stored for it, when it is a stored message (one line).
+    stored: str | None = None
 
 
 class TeamModel(NamedTuple):
@@ -50,30 +62,46 @@ class TeamModel(NamedTuple):
     ticket_at: float
 
 
-async def team_model(config: Config) -> TeamModel | str:
-    """The newest stored team model, or why none is used. The database is only read: none
-    is made, and one on another schema version is left as it is (the rules decide alone)."""
-    if not config.triage.enabled:
-        return "triage is off in the config: the rules decide alone"
+class _Unreadable(Exception):
+    """Why the database is not read (the message says it in words)."""
+
+
+@asynccontextmanager
+async def _reading(config: Config) -> AsyncIterator[AsyncSession]:
+    """A session on the configured database, only read: none is made, and one on another
+    schema version is not upgraded (``_Unreadable`` says so)."""
     if not _database_exists(config.database_url()):
-        return "no database yet: the rules decide alone"
+        raise _Unreadable("no database yet")
+    import sqlalchemy as sa
+
     from socialcrm.db import Store
     from socialcrm.migrations import code_head
 
     store = Store(config.database_url())
     try:
-        at = await store.current_revision()
-        if at != code_head():
-            return (
-                f"the database is at schema {at or '(empty)'}, not this version's "
-                f"{code_head()}; its model is not read: the rules decide alone"
-            )
-        async with store.reader() as s:
-            row = await triage.newest(s)
-    except Exception as err:  # unreachable, refused: explaining the rules needs no database
-        return f"the database cannot be read ({type(err).__name__}): the rules decide alone"
+        try:
+            at = await store.current_revision()
+            if at != code_head():
+                raise _Unreadable(
+                    f"the database is at schema {at or '(empty)'}, not this version's {code_head()}"
+                )
+            async with store.reader() as s:
+                yield s
+        except (OSError, sa.exc.SQLAlchemyError) as err:  # unreachable, refused
+            raise _Unreadable(f"the database cannot be read ({type(err).__name__})") from err
     finally:
         await store.dispose()
+
+
+async def team_model(config: Config) -> TeamModel | str:
+    """The newest stored team model, or why none is used (the rules then decide alone)."""
+    if not config.triage.enabled:
+        return "triage is off in the config: the rules decide alone"
+    try:
+        async with _reading(config) as s:
+            row = await triage.newest(s)
+    except _Unreadable as why:
+        return f"{why}: the rules decide alone"
     if row is None:
         return "no team model trained yet: the rules decide alone"
     try:
@@ -81,6 +109,70 @@ async def team_model(config: Config) -> TeamModel | str:
     except triage.TriageError as err:
         return f"model #{row.id} cannot be read ({err}): the rules decide alone"
     return TeamModel(model, config.triage.threshold(row.scores).at)
+
+
+async def stored_message(config: Config, message_id: int) -> Message | str:
+    """A stored inbound message as the rules saw it, with its customer's record as it stands
+    now, and what the pipeline stored for it; or why it cannot be read."""
+    import sqlalchemy as sa
+    from sqlmodel import col
+
+    from socialcrm.models import Customer, Reply, Ticket
+    from socialcrm.models import Message as Stored
+
+    try:
+        async with _reading(config) as s:
+            row = await s.get(Stored, message_id)
+            if row is None or row.direction != "inbound":
+                return f"no inbound message #{message_id}"
+            customer = await s.get(Customer, row.customer_id) if row.customer_id else None
+            ticket = await s.get(Ticket, row.ticket_id) if row.ticket_id else None
+            drafts = (
+                await s.execute(
+                    sa.select(col(Reply.template)).where(col(Reply.message_id) == message_id)
+                )
+            ).scalars()
+            templates = [t for t in drafts if t]
+            # The ticket it joined was open when it came in if an earlier message was on it.
+            joined = (
+                ticket is not None
+                and (
+                    await s.execute(
+                        sa.select(sa.func.count())
+                        .select_from(Stored)
+                        .where(col(Stored.ticket_id) == ticket.id, col(Stored.id) < message_id)
+                    )
+                ).scalar_one()
+                > 0
+            )
+    except _Unreadable as why:
+        return str(why)
+    said = [
+        f"message #{message_id}: rules {', '.join(row.rules_matched) or 'none'}",
+        f"intent {row.intent or '-'}",
+        f"ticket #{ticket.id}" if ticket is not None else "no ticket",
+        f"draft {', '.join(templates) or '-'}",
+    ]
+    if row.triage_version is not None and row.triage_version > 0:
+        said.append(f"read by team model #{row.triage_version}")
+    return Message(
+        text=row.text,
+        direct=row.direct,
+        channel=row.channel,
+        source=row.source,
+        lang=row.lang,
+        at=row.created_at,
+        ticket_open=joined,
+        tier=customer.tier if customer else None,
+        segment=customer.segment if customer else None,
+        lifetime_value=float(customer.lifetime_value) if customer else 0.0,
+        customer_tags=frozenset(customer.tags) if customer else frozenset(),
+        customer_is_new=customer is not None
+        and customer.first_seen_at is not None
+        and customer.first_seen_at >= row.created_at,
+        followers=row.followers,
+        stored=" · ".join(said),
+    )
 
 
 def _database_exists(database_url: str) -> bool:
@@ -116,6 +208,12 @@ def explain(
         sentiment=score.compound,
         lang=score.lang,
         has_open_ticket=message.ticket_open,
+        customer_tier=message.tier,
+        customer_segment=message.segment,
+        lifetime_value=message.lifetime_value,
+        customer_tags=message.customer_tags,
+        customer_is_new=message.customer_is_new,
+        followers=message.followers,
         local_time=at,
         direct=message.direct,
         text_facts=facts,
@@ -140,6 +238,8 @@ def explain(
         "Decision:  " + _decision(found),
         *(f"  {line}" for line in d.trail[steered_from:]),
     ]
+    if message.stored is not None:
+        lines.append("Stored:    " + message.stored)
     return lines
 
 

@@ -218,6 +218,30 @@ def test_rules_explain_shows_each_rule_and_what_it_found(cli: CliRunner, tmp_pat
         assert [t for (t,) in db.execute("select name from sqlite_master")] == ["alembic_version"]
 
 
+def test_rules_explain_reads_a_stored_message_again_beside_what_was_stored(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    run(cli, "init")
+    first = mention("m1", "@acme my order never arrived, nobody answers")
+    later = mention("m2", "@acme still nothing. please help")
+    run(cli, "ingest", str(jsonl(tmp_path / "in.jsonl", [first, later])))
+    for message_id in ("1", "2"):
+        out = run(cli, "rules", "explain", "--message", message_id).output
+        stored = next(line for line in out.splitlines() if line.startswith("Stored:"))
+        assert stored.startswith(f"Stored:    message #{message_id}: rules ")
+        # Read again with the customer as it came in, the rules decide as they did then.
+        matched = [line.split()[1] for line in out.splitlines() if line.startswith("  MATCH ")]
+        assert stored.split(": rules ", 1)[1].split(" · ")[0] == ", ".join(matched)
+        assert "ticket #1" in stored
+    assert "first-contact" in run(cli, "rules", "explain", "--message", "1").output
+    second = run(cli, "rules", "explain", "--message", "2").output
+    assert "MATCH follow-up" in second and "first-contact" not in second
+    assert "no inbound message #9" in run(cli, "rules", "explain", "--message", "9", code=2).output
+    assert "give a TEXT or --message ID" in run(cli, "rules", "explain", code=2).output
+    both = run(cli, "rules", "explain", "hi", "--message", "1", code=2).output
+    assert "give a TEXT or --message ID" in both
+
+
 def test_quarantine_retry_stores_a_payload_that_now_parses(cli: CliRunner, tmp_path: Path) -> None:
     run(cli, "init")
     run(cli, "ingest", str(jsonl(tmp_path / "a.jsonl", ['{"channel": "x"}'])))
