@@ -21,6 +21,7 @@ import yaml
 from aiohttp import web
 
 from socialcrm.cli import fault_mix
+from socialcrm.daemon import STOP_GRACE_S
 from socialcrm.db import Store
 from socialcrm.demo import free_port, sandbox_sources
 from socialcrm.models import Message
@@ -76,8 +77,9 @@ class DaemonProcess:
             self.proc.send_signal(signal.SIGKILL)
             await self.proc.wait()
 
-    async def terminate(self, timeout_s: float = 60.0) -> int:
-        """SIGTERM and wait; returns the exit status."""
+    async def terminate(self, timeout_s: float = STOP_GRACE_S + 30.0) -> int:
+        """SIGTERM and wait; returns the exit status. A daemon lets the poll in hand finish
+        for up to ``STOP_GRACE_S`` before it closes: it is given that and a margin."""
         assert self.proc is not None
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
