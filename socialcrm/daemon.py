@@ -59,6 +59,8 @@ logging.getLogger("apscheduler").setLevel(logging.ERROR)
 TRIM_EVERY = timedelta(minutes=5)
 #: Longest time a stop waits for polls in flight to finish their batch.
 STOP_GRACE_S = 60.0
+#: After this long the log says which polls a stop still waits for.
+STOP_NOTE_S = 5.0
 
 
 class Metrics:
@@ -540,7 +542,7 @@ class Daemon:
         # The batch in hand is finished before the scheduler goes: shutting it down cancels
         # the jobs it is running.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.poller.idle(), STOP_GRACE_S)
+            await asyncio.wait_for(self._polls_done(), STOP_GRACE_S)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         await self.sender.stop()
@@ -561,6 +563,22 @@ class Daemon:
         if self.http is not None:
             await self.http.close()
         self._stopped.set()
+
+    async def _polls_done(self) -> None:
+        """Until no poll runs; a stop kept waiting says for which sources."""
+        idle = asyncio.ensure_future(self.poller.idle())
+        try:
+            await asyncio.wait_for(asyncio.shield(idle), STOP_NOTE_S)
+        except TimeoutError:
+            busy = sorted(name for name, src in self.poller.sources.items() if src.busy)
+            log.warning(
+                "stopping: waiting up to %.0f s for the polls in hand: %s",
+                STOP_GRACE_S,
+                ", ".join(busy) or "none",
+            )
+            await idle
+        finally:
+            idle.cancel()  # given up on after the grace: nothing is left pending
 
     # -- HTTP ------------------------------------------------------------------------------
 

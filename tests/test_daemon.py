@@ -64,6 +64,8 @@ class FeedServer:
         self.headers: dict[str, str] = {}
         self.body: bytes | None = None
         self.hits = 0
+        #: Seconds the server takes to answer.
+        self.delay = 0.0
 
     def add(self, n: int, word: str = "Acme") -> None:
         start = len(self.entries)
@@ -75,6 +77,7 @@ class FeedServer:
 
     async def handle(self, request: web.Request) -> web.Response:
         self.hits += 1
+        await asyncio.sleep(self.delay)
         if self.status != 200:
             return web.Response(status=self.status, headers=self.headers, text="nope")
         if self.body is not None:
@@ -491,6 +494,27 @@ async def test_stop_waits_for_the_poll_in_hand(
     out = await poll
     assert out.error is None
     assert await count(store, Message) == out.result.stored == 50
+
+
+async def test_a_stop_kept_waiting_says_for_which_polls(
+    daemon: Daemon,
+    feed: tuple[FeedServer, str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socialcrm.daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "STOP_NOTE_S", 0.05)
+    server, _ = feed
+    server.add(3)
+    server.delay = 0.5
+    poll = asyncio.create_task(daemon.poller.poll("reviews"))
+    await asyncio.sleep(0.05)
+    with caplog.at_level("WARNING", logger="socialcrm.daemon"):
+        await daemon.stop()
+    assert (await poll).result.stored == 3
+    waited = [r.getMessage() for r in caplog.records if "polls in hand" in r.getMessage()]
+    assert waited == ["stopping: waiting up to 60 s for the polls in hand: reviews"]
 
 
 # -- housekeeping: SLA checks and alert delivery ------------------------------------------------
