@@ -502,12 +502,10 @@ class RuleSet:
         decision = self.evaluate(ctx)
         m = _Msg(replace(ctx, text_facts=None))
         by_rule: dict[str, dict[TextSite, Held]] = {}
-        facts = self.text_facts(ctx.text) if self._text_sites else 0
-        while facts:
-            low = facts & -facts
-            facts ^= low
-            i = low.bit_length() - 1
-            site = self._text_sites[i]
+        facts = self.text_facts(ctx.text)
+        for i, site in enumerate(self._text_sites):
+            if not facts >> i & 1:
+                continue
             by_rule.setdefault(site.rule, {}).setdefault(
                 site, Held(site, _found(self._text_checks[i], m))
             )
@@ -574,6 +572,12 @@ class _TextIndex(NamedTuple):
     written: tuple[str, ...] = ()
 
 
+def _regexes(read: Check) -> tuple[tuple[str, int], ...] | None:
+    """The (pattern, flags) of a regex condition's check; None for any other check."""
+    same = getattr(read, "same", None)
+    return same[1:] if isinstance(same, tuple) and same[:1] == ("regex",) else None
+
+
 def _fact_key(read: Check) -> int:
     """A stable number for what a text condition looks for: the CRC-32 of a plain description
     (its words and terms, or its regexes), each list sorted, so that neither the order they
@@ -581,11 +585,10 @@ def _fact_key(read: Check) -> int:
     index = getattr(read, "index", None)
     if isinstance(index, _TextIndex):
         what = "text\x1f" + "\x1e".join(sorted(index.words)) + "\x1f" + "\x1e".join(index.written)
+    elif (regexes := _regexes(read)) is not None:
+        what = "regex\x1f" + "\x1e".join(sorted(f"{flags}:{p}" for p, flags in regexes))
     else:
-        same = getattr(read, "same", None)
-        if not (isinstance(same, tuple) and same[:1] == ("regex",)):
-            raise TypeError(f"a text condition that says not what it looks for: {read!r}")
-        what = "regex\x1f" + "\x1e".join(sorted(f"{flags}:{p}" for p, flags in same[1:]))
+        raise TypeError(f"a text condition that says not what it looks for: {read!r}")
     return zlib.crc32(what.encode("utf-8", "surrogatepass"))
 
 
@@ -599,11 +602,8 @@ def _found(read: Check, m: _Msg) -> tuple[str, ...]:
             if (hit := search(m.text)) is not None:
                 found.append(hit[0])
         return tuple(dict.fromkeys(found))
-    same = getattr(read, "same", None)
-    if isinstance(same, tuple) and same[:1] == ("regex",):
-        hits = (re.search(p, m.raw, flags) for p, flags in same[1:])
-        return tuple(dict.fromkeys(h[0] for h in hits if h is not None))
-    return ()
+    hits = (re.search(p, m.raw, flags) for p, flags in _regexes(read) or ())
+    return tuple(dict.fromkeys(h[0] for h in hits if h is not None))
 
 
 def _indexed(check: Check, words: frozenset[str], terms: Sequence[str] = ()) -> Check:
