@@ -216,18 +216,15 @@ def _yaml_positions(path: Path | None) -> Callable[[tuple[str | int, ...]], str]
 
 def _check_rules_and_templates(config: Config) -> RuleSet:
     """The rules load, every reply template compiles, and every template a rule names exists."""
-    from socialcrm.responder import Responder, reply_problems
+    from socialcrm.responder import ReplyTemplateError, load_checked
     from socialcrm.rules import RuleError
 
     try:
-        rules = load_rules(config)
+        return load_checked(config)[0]
+    except ReplyTemplateError as err:
+        raise CliError(f"reply templates that cannot be used:\n{err}") from err
     except RuleError as err:
         raise CliError(f"bad rules:\n{err}") from err
-    responder = Responder(config.responder, config.brand.name, config.base_dir)
-    problems = reply_problems(responder, rules.template_names())
-    if problems:
-        raise CliError("reply templates that cannot be used:\n" + "\n".join(problems))
-    return rules
 
 
 @main.group("db")

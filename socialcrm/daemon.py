@@ -41,7 +41,7 @@ from socialcrm.db import Store
 from socialcrm.models import utcnow
 from socialcrm.pipeline import Pipeline
 from socialcrm.reports.digest import DigestConfig, send_digest
-from socialcrm.responder import Responder, reply_problems
+from socialcrm.responder import load_checked
 from socialcrm.rules import RuleError, RuleSet
 from socialcrm.scoring import ScoringPool
 from socialcrm.sender import Sender
@@ -479,7 +479,7 @@ class Daemon:
         log say why. True when the new ones are in use."""
         try:
             # Off the event loop: the shipped pack takes a few tenths of a second to compile.
-            rules, responder = await asyncio.to_thread(self._load_rules)
+            rules, responder = await asyncio.to_thread(load_checked, self.config)
         except Exception as err:  # whatever the files hold, the daemon runs on as it was
             self.reload_error = str(err) if isinstance(err, RuleError) else repr(err)
             self.metrics.rule_reloads.labels("refused").inc()
@@ -504,15 +504,6 @@ class Daemon:
             rules.fingerprint[:12],
         )
         return True
-
-    def _load_rules(self) -> tuple[RuleSet, Responder]:
-        """The configured rules and reply templates, checked; RuleError says what is wrong."""
-        rules = RuleSet.load(self.config.rule_paths())
-        responder = Responder(self.config.responder, self.config.brand.name, self.config.base_dir)
-        problems = reply_problems(responder, rules.template_names())
-        if problems:
-            raise RuleError(problems)
-        return rules, responder
 
     async def _trim_memory(self) -> None:
         await asyncio.to_thread(memory.trim)

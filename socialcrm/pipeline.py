@@ -145,12 +145,19 @@ class Pipeline:
         self.brand_handles = {h.lower().lstrip("@") for h in config.brand.handles}
         #: The triage model used when scoring runs in a thread (the worker holds its own).
         self.triage_model: triage.Model | None = None
-        #: The chance of needing us from which the model in use keeps a ticket (``steer``).
-        self.triage_ticket_at = triage.FALLBACK_TICKET_AT
-        #: The same, by model version: a chunk read by the previous model while a new one
-        #: was taken up is steered with the threshold of the model that read it.
+        #: The chance of needing us from which a model keeps a ticket (``steer``), by model
+        #: version: a chunk read by the previous model while a new one was taken up is
+        #: steered with the threshold of the model that read it.
         self._ticket_at: dict[int, float] = {}
         self._triage_checked_at: datetime | None = None
+
+    @property
+    def triage_ticket_at(self) -> float:
+        """The chance of needing us from which the model in use keeps a ticket."""
+        model = self.triage_model
+        if model is None:
+            return triage.FALLBACK_TICKET_AT
+        return self._ticket_at.get(model.version, triage.FALLBACK_TICKET_AT)
 
     def use_rules(self, rules: RuleSet, responder: Responder) -> None:
         """Rules and reply templates loaded anew (``socialcrm run`` on SIGHUP): from the next
@@ -189,9 +196,8 @@ class Pipeline:
         if self.scoring is not None:
             self.scoring.use_model(row.payload, row.digest, row.id)
         self.triage_model = model
-        self.triage_ticket_at = cfg.threshold(row.scores).at
         # Newest first, and the few before it, for chunks they read while this one came in.
-        kept = {row.id: self.triage_ticket_at}
+        kept = {row.id: cfg.threshold(row.scores).at}
         kept.update(list(self._ticket_at.items())[:3])
         self._ticket_at = kept
         log.info(
@@ -462,7 +468,9 @@ class Pipeline:
             # The team's model, where it is sure, decides what the words left open; what it
             # is unsure of goes to a person rather than nowhere.
             cfg = self.config.triage
-            ticket_at = self._ticket_at.get(team.version, self.triage_ticket_at)
+            ticket_at = self._ticket_at.get(team.version)
+            if ticket_at is None:  # read by a model taken up long ago: the one in use now
+                ticket_at = self.triage_ticket_at
             triage.steer(d, team, cfg.min_confidence, ticket_at)
         # Later messages from this customer in the same batch are no longer "new".
         cust.is_new = False

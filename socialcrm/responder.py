@@ -23,9 +23,10 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from socialcrm.approvals import REPLY_ORDER
-from socialcrm.config import ResponderConfig, SourceConfig
+from socialcrm.config import Config, ResponderConfig, SourceConfig
 from socialcrm.connector import InboundMessage, OutboundReply, ReplyIssue, load_connector
 from socialcrm.models import AuditEvent, Identity, Message, Reply, Ticket, utcnow
+from socialcrm.rules import RuleError, RuleSet
 from socialcrm.sender import outbound_reply
 from socialcrm.templating import template_environment, template_position
 
@@ -69,6 +70,22 @@ def reply_problems(responder: Responder, template_names: set[str]) -> list[str]:
     return (
         [f"rules name reply templates that do not exist: {', '.join(missing)}"] if missing else []
     )
+
+
+class ReplyTemplateError(RuleError):
+    """Reply templates that cannot serve the rules; one problem per line (``reply_problems``)."""
+
+
+def load_checked(config: Config) -> tuple[RuleSet, Responder]:
+    """The configured rules and reply templates, checked together, as the daemon starts and
+    reloads with them: RuleError for rule files that do not load, ReplyTemplateError for
+    templates that do not compile or that a rule names and none has."""
+    rules = RuleSet.load(config.rule_paths())
+    responder = Responder(config.responder, config.brand.name, config.base_dir)
+    problems = reply_problems(responder, rules.template_names())
+    if problems:
+        raise ReplyTemplateError(problems)
+    return rules, responder
 
 
 def reply_length(channel: str, text: str, to_handle: str | None) -> int:
