@@ -502,7 +502,7 @@ class RuleSet:
         decision = self.evaluate(ctx)
         m = _Msg(replace(ctx, text_facts=None))
         by_rule: dict[str, dict[TextSite, Held]] = {}
-        facts = self.text_facts(ctx.text)
+        facts = ctx.text_facts if ctx.text_facts is not None else self.text_facts(ctx.text)
         for i, site in enumerate(self._text_sites):
             if not facts >> i & 1:
                 continue
