@@ -196,7 +196,7 @@ class Daemon:
         self.metrics = Metrics(sqlite=store.is_sqlite)
         self.poller.on_result = self.metrics.record
         self.sender = Sender(store, {}, who=f"{self.name}/{os.getpid()}", up=self._senders_up)
-        self.commands = Commands(config, store)
+        self.commands = Commands(config, store, rules=self.rules)
         #: The daemon's own HTTP session, for chat (answers to Slack, approval cards).
         self.http: aiohttp.ClientSession | None = None
         self.cards: CardNotifier | None = None
@@ -489,7 +489,7 @@ class Daemon:
             self.scoring.use_rules(rules)
         self.rules = rules
         self.pipeline.use_rules(rules, responder)
-        self.commands.use_responder(responder)
+        self.commands.use_rules(rules, responder)
         self.rules_loaded_at = utcnow()
         self.reload_error = None
         self.metrics.rule_reloads.labels("ok").inc()
@@ -734,8 +734,11 @@ def _problem(status: int, detail: str) -> web.Response:
     )
 
 
-async def run(config: Config, host: str, port: int, name: str | None = None) -> None:
-    """``socialcrm run``: start everything and serve until SIGTERM or SIGINT, then stop cleanly."""
+async def run(
+    config: Config, host: str, port: int, name: str | None = None, rules: RuleSet | None = None
+) -> None:
+    """``socialcrm run``: start everything and serve until SIGTERM or SIGINT, then stop cleanly.
+    ``rules``: the configured rules, loaded and checked already (else loaded here)."""
     from socialcrm.db import open_store
     from socialcrm.runtime import tune_allocator, tune_gc
 
@@ -749,7 +752,7 @@ async def run(config: Config, host: str, port: int, name: str | None = None) -> 
     loop.add_signal_handler(signal.SIGHUP, reload.set)
     try:
         store = await open_store(config.database_url())
-        rules = RuleSet.load(config.rule_paths())
+        rules = rules or RuleSet.load(config.rule_paths())
         scoring = ScoringPool.for_config(config, rules)
         daemon = Daemon(config, store, rules=rules, scoring=scoring, name=name)
         try:

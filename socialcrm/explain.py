@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from socialcrm import triage
 from socialcrm.config import Config
+from socialcrm.models import TriageModelVersion
 from socialcrm.rules import Explanation, Held, RuleSet, text_context
 from socialcrm.scoring import analyse_batch
 from socialcrm.sentiment import Score, SentimentScorer, straight_quotes
@@ -62,6 +63,10 @@ class TeamModel(NamedTuple):
     ticket_at: float
 
 
+#: Why no model reads the message when triage is off.
+TRIAGE_OFF = "triage is off in the config: the rules decide alone"
+
+
 class _Unreadable(Exception):
     """Why the database is not read (the message says it in words)."""
 
@@ -96,57 +101,69 @@ async def _reading(config: Config) -> AsyncIterator[AsyncSession]:
 async def team_model(config: Config) -> TeamModel | str:
     """The newest stored team model, or why none is used (the rules then decide alone)."""
     if not config.triage.enabled:
-        return "triage is off in the config: the rules decide alone"
+        return TRIAGE_OFF
     try:
         async with _reading(config) as s:
             row = await triage.newest(s)
     except _Unreadable as why:
         return f"{why}: the rules decide alone"
+    return await team_model_of(config, row)
+
+
+async def team_model_of(
+    config: Config, row: TriageModelVersion | None, loaded: triage.Model | None = None
+) -> TeamModel | str:
+    """A stored model as the pipeline uses it, or why none is used; ``loaded``: that row's
+    model, read already (it is not read again)."""
     if row is None:
         return "no team model trained yet: the rules decide alone"
-    try:
-        model = await asyncio.to_thread(triage.load_row, row)
-    except triage.TriageError as err:
-        return f"model #{row.id} cannot be read ({err}): the rules decide alone"
-    return TeamModel(model, config.triage.threshold(row.scores).at)
+    if loaded is None or loaded.version != row.id:
+        try:
+            loaded = await asyncio.to_thread(triage.load_row, row)
+        except triage.TriageError as err:
+            return f"model #{row.id} cannot be read ({err}): the rules decide alone"
+    return TeamModel(loaded, config.triage.threshold(row.scores).at)
 
 
 async def stored_message(config: Config, message_id: int) -> Message | str:
     """A stored inbound message as the rules saw it, with its customer's record as it stands
     now, and what the pipeline stored for it; or why it cannot be read."""
+    try:
+        async with _reading(config) as s:
+            return await stored_message_in(s, message_id)
+    except _Unreadable as why:
+        return str(why)
+
+
+async def stored_message_in(s: AsyncSession, message_id: int) -> Message | str:
+    """``stored_message`` read in a session on a database of this version."""
     import sqlalchemy as sa
     from sqlmodel import col
 
     from socialcrm.models import Customer, Reply, Ticket
     from socialcrm.models import Message as Stored
 
-    try:
-        async with _reading(config) as s:
-            row = await s.get(Stored, message_id)
-            if row is None or row.direction != "inbound":
-                return f"no inbound message #{message_id}"
-            customer = await s.get(Customer, row.customer_id) if row.customer_id else None
-            ticket = await s.get(Ticket, row.ticket_id) if row.ticket_id else None
-            drafts = (
-                await s.execute(
-                    sa.select(col(Reply.template)).where(col(Reply.message_id) == message_id)
-                )
-            ).scalars()
-            templates = [t for t in drafts if t]
-            # The ticket it joined was open when it came in if an earlier message was on it.
-            joined = (
-                ticket is not None
-                and (
-                    await s.execute(
-                        sa.select(sa.func.count())
-                        .select_from(Stored)
-                        .where(col(Stored.ticket_id) == ticket.id, col(Stored.id) < message_id)
-                    )
-                ).scalar_one()
-                > 0
+    row = await s.get(Stored, message_id)
+    if row is None or row.direction != "inbound":
+        return f"no inbound message #{message_id}"
+    customer = await s.get(Customer, row.customer_id) if row.customer_id else None
+    ticket = await s.get(Ticket, row.ticket_id) if row.ticket_id else None
+    drafts = (
+        await s.execute(sa.select(col(Reply.template)).where(col(Reply.message_id) == message_id))
+    ).scalars()
+    templates = [t for t in drafts if t]
+    # The ticket it joined was open when it came in if an earlier message was on it.
+    joined = (
+        ticket is not None
+        and (
+            await s.execute(
+                sa.select(sa.func.count())
+                .select_from(Stored)
+                .where(col(Stored.ticket_id) == ticket.id, col(Stored.id) < message_id)
             )
-    except _Unreadable as why:
-        return str(why)
+        ).scalar_one()
+        > 0
+    )
     said = [
         f"message #{message_id}: rules {', '.join(row.rules_matched) or 'none'}",
         f"intent {row.intent or '-'}",
@@ -190,10 +207,11 @@ def explain(
     team: TeamModel | str = "no team model in use: the rules decide alone",
     *,
     every_rule: bool = False,
+    all_hint: str = "--all lists them",
 ) -> list[str]:
     """The explanation, as lines of text; ``team``: the team's model, as the pipeline uses
     it (it may close or open what the rules decided); ``every_rule``: also the rules that
-    neither matched nor found anything in the text."""
+    neither matched nor found anything in the text (``all_hint`` says how to ask for them)."""
     scorer = SentimentScorer.for_brand(config.brand)
     model = team.model if isinstance(team, TeamModel) else None
     [(score, facts, verdict)] = analyse_batch(scorer, rules, [(message.text, message.lang)], model)
@@ -233,7 +251,7 @@ def explain(
         "",
         "Rules, in order, each with the conditions on its text that hold and what they found",
         "(`not`: written under a `not`, it counts against the rule):",
-        *_rules(found, every_rule),
+        *_rules(found, every_rule, all_hint),
         "",
         "Decision:  " + _decision(found),
         *(f"  {line}" for line in d.trail[steered_from:]),
@@ -268,7 +286,7 @@ def _model(team: TeamModel | str, verdict: triage.Verdict | None) -> str:
     return ", ".join(said)
 
 
-def _rules(found: Explanation, every_rule: bool) -> Iterator[str]:
+def _rules(found: Explanation, every_rule: bool, all_hint: str) -> Iterator[str]:
     quiet = 0
     for r in found.rules:
         if not every_rule and r.outcome != "matched" and not r.held:
@@ -284,7 +302,7 @@ def _rules(found: Explanation, every_rule: bool) -> Iterator[str]:
         for h in sorted(r.held, key=lambda h: (h.site.negated, _line(h))):
             yield "          " + _held(h)
     if quiet:
-        yield f"  ({quiet} more did not match and found nothing in the text; --all lists them)"
+        yield f"  ({quiet} more did not match and found nothing in the text; {all_hint})"
 
 
 def _held(h: Held) -> str:

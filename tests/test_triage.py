@@ -390,6 +390,59 @@ async def test_relabel_and_needs_reply_commands(
     assert ts.labels == {"sentiment": ["neutral"], "needs_reply": ["no"]}
 
 
+async def test_explain_from_chat_reads_a_stored_message_with_the_rules_and_model_in_use(
+    config: Config, store: Store, pipeline: Pipeline, trained: triage.Trained, tmp_path: Path
+) -> None:
+    text = "three weeks and my refund never arrived, terrible service"
+    await pipeline.ingest(Batch(messages=[msg("1", text)]), "t")
+    async with store.reader() as s:
+        mid = (await s.execute(sa.select(Message.id))).scalar_one()
+    cmds = Commands(config, store)
+    viewer = Actor("vic", "viewer", "slack")
+    out = await cmds.run(viewer, f"explain #{mid}")
+    lines = out.splitlines()
+    assert "Model:     no team model trained yet: the rules decide alone" in lines
+    # Each rule that matched, with the words its conditions found, by file and line.
+    assert [ln for ln in lines if ln.startswith("  MATCH ") and "default.yaml:" in ln]
+    assert any("'terrible'" in ln for ln in lines)
+    decision = next(ln for ln in lines if ln.startswith("Decision:  "))
+    stored = next(ln for ln in lines if ln.startswith("Stored:    "))
+    assert "ticket" in decision and f"message #{mid}: rules " in stored
+    hint = next(ln for ln in lines if "more did not match" in ln)
+    assert f"`explain {mid} all` lists them" in hint
+    every = (await cmds.run(viewer, f"explain {mid} all")).splitlines()
+    assert len(every) > len(lines) and not [ln for ln in every if "more did not match" in ln]
+    assert "explain MESSAGE_ID [ALL]" in await cmds.run(viewer, "help explain")
+    with pytest.raises(CommandError, match="usage: explain MESSAGE"):
+        await cmds.run(viewer, f"explain {mid} everything")
+    with pytest.raises(CommandError, match="no inbound message #999"):
+        await cmds.run(viewer, "explain 999")
+    with pytest.raises(CommandError, match="needs the viewer role"):
+        await cmds.run(Actor("who", "", "slack"), f"explain {mid}")
+
+    # With a team model stored: read with it, and kept for the next question.
+    version = await _store_trained(store, trained)
+    out = await cmds.run(viewer, f"explain {mid}")
+    assert f"Model:     team model #{version}, reads " in out and "chance it needs us" in out
+    kept = cmds._model
+    assert kept is not None and kept.version == version
+    await cmds.run(viewer, f"explain {mid}")
+    assert cmds._model is kept, "the same model is not read again for every question"
+
+    # Rules reloaded (SIGHUP) are the ones it reads with from then on.
+    pack = tmp_path / "other.yaml"
+    pack.write_text(
+        "rules:\n  - name: refund-watch\n    when: {keywords: [refund]}\n"
+        "    then: [{intent: refund}, open_ticket]\n",
+        encoding="utf-8",
+    )
+    other = RuleSet.load([pack])
+    cmds.use_rules(other, cmds.responder)
+    out = await cmds.run(viewer, f"explain {mid}")
+    assert "MATCH refund-watch" in out and "'refund'" in out
+    assert "default.yaml" not in out.split("Decision:")[0]
+
+
 async def _drafts(store: Store) -> list[Reply]:
     async with store.reader() as s:
         return list((await s.execute(sa.select(Reply).order_by(Reply.id))).scalars())  # type: ignore[arg-type]

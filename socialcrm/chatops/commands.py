@@ -7,6 +7,7 @@ the least a person needs to run it. ``CommandError`` goes back to the person wor
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import uuid
@@ -19,6 +20,7 @@ import jinja2
 import sqlalchemy as sa
 
 from socialcrm import approvals, priority, responder, tickets, triage
+from socialcrm import explain as explaining
 from socialcrm.config import Config
 from socialcrm.db import Store
 from socialcrm.models import (
@@ -32,6 +34,7 @@ from socialcrm.models import (
     utcnow,
 )
 from socialcrm.responder import ReplyChecker, ReplyError, Responder
+from socialcrm.rules import RuleSet
 from socialcrm.templating import render_chat, template_environment
 from socialcrm.tickets import TicketError
 from socialcrm.timespec import parse_duration, parse_period
@@ -71,12 +74,22 @@ def command(role: str = "viewer", name: str | None = None) -> Callable[[F], F]:
 class Commands:
     """Every command a person can run, the same from chat and from the CLI."""
 
-    def __init__(self, config: Config, store: Store, responder_: Responder | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        responder_: Responder | None = None,
+        rules: RuleSet | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.responder = responder_ or Responder(
             config.responder, config.brand.name, config.base_dir
         )
+        #: The rules ``explain`` reads with: the daemon's own; loaded on first use without one.
+        self._rules = rules
+        #: The team model ``explain`` read last, kept for the next one while it is the newest.
+        self._model: triage.Model | None = None
         self.checker = ReplyChecker(config.sources, self.responder)
         self.templates: jinja2.Environment = template_environment(None)
         self.table: dict[str, tuple[Callable[..., Awaitable[str]], str]] = {}
@@ -86,10 +99,18 @@ class Commands:
             if meta:
                 self.table[meta[0]] = (fn, meta[1])
 
-    def use_responder(self, responder: Responder) -> None:
-        """Reply templates loaded anew (``socialcrm run`` on SIGHUP)."""
+    def use_rules(self, rules: RuleSet, responder: Responder) -> None:
+        """Rules and reply templates loaded anew (``socialcrm run`` on SIGHUP)."""
+        self._rules = rules
         self.responder = responder
         self.checker = ReplyChecker(self.config.sources, responder)
+
+    @property
+    def rules(self) -> RuleSet:
+        """The rules in use (loaded from the config on first use where none were given)."""
+        if self._rules is None:
+            self._rules = RuleSet.load(self.config.rule_paths())
+        return self._rules
 
     def render(self, template: str, **context: Any) -> str:
         """Render a chat/CLI answer from ``templates/chat``."""
@@ -122,7 +143,11 @@ class Commands:
         fn, _ = self.table[name]
         params = list(inspect.signature(fn).parameters.values())[1:]
         shown = " ".join(
-            (f"[{p.name.upper()}]" if p.default is not inspect.Parameter.empty else p.name.upper())
+            (
+                f"[{p.name.rstrip('_').upper()}]"
+                if p.default is not inspect.Parameter.empty
+                else p.name.upper()
+            )
             for p in params
         )
         return f"{name} {shown}".strip()
@@ -406,6 +431,38 @@ class Commands:
             s.add(_label_audit(actor, "triage.needs_reply", message_id, value, row.id))
         said = "needed a reply" if value == "yes" else "needed no reply"
         return f"Message #{message_id} {said}; the triage model learns from it."
+
+    @command("viewer")
+    async def explain(self, actor: Actor, message_id: int, all_: str = "") -> str:
+        """explain MESSAGE [all] — why a stored message got what it got: its sentiment, the
+        team model's reading, each rule involved with the conditions that hold and the words
+        they found (by file and line), and the decision, read again with the rules in use now.
+
+        `all` lists every rule, also those that neither matched nor found anything.
+        """
+        if all_.lower() not in ("", "all"):
+            raise CommandError(f"usage: explain MESSAGE [all], got {all_!r}")
+        async with self.store.reader() as s:
+            found = await explaining.stored_message_in(s, message_id)
+            row = await triage.newest(s) if self.config.triage.enabled else None
+        if isinstance(found, str):
+            raise CommandError(found)
+        team: explaining.TeamModel | str = explaining.TRIAGE_OFF
+        if self.config.triage.enabled:
+            team = await explaining.team_model_of(self.config, row, self._model)
+            if isinstance(team, explaining.TeamModel):
+                self._model = team.model
+        rules = self.rules
+        lines = await asyncio.to_thread(
+            explaining.explain,
+            self.config,
+            rules,
+            found,
+            team,
+            every_rule=bool(all_),
+            all_hint=f"`explain {message_id} all` lists them",
+        )
+        return "\n".join(lines)
 
     @command("viewer")
     async def sources(self, actor: Actor) -> str:
