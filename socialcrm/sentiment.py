@@ -40,6 +40,11 @@ _NOT_SENTIMENT_RE = re.compile(
 #: "it's been like 3 weeks", "I want my money back", "ok so my order...", "pretty sure".
 #: The brand lexicon can give any of them a valence again.
 NEUTRAL_WORDS = ("please", "help", "like", "want", "sure", "ok", "okay", "yes", "well", "pretty")
+#: Emoji that VADER reads by their names as sad or harmful, but that people write as often
+#: for joy or praise: 😭 ("loudly crying face") for being moved or laughing ("so cute 😭"),
+#: 🔥 ("fire") for excellent ("the new update is 🔥"). They carry no sentiment of their own;
+#: the words beside them decide ("my flight was cancelled 😭" is still unhappy).
+AMBIGUOUS_EMOJI = "\U0001f62d\U0001f525"
 #: A text with fewer words than this is short: the detector needs English ruled out, not
 #: merely out-scored ("thanks so much!" comes out Spanish, "im still on hold" German).
 _SHORT_WORDS = 8
@@ -99,6 +104,7 @@ class SentimentScorer:
         # The analyzer's lexicon is per instance, so overrides stay with this scorer.
         for word in NEUTRAL_WORDS:
             self._vader.lexicon.pop(word, None)
+        self._vader.drop_emoji(AMBIGUOUS_EMOJI)
         self._vader.lexicon.update({w.lower(): float(v) for w, v in (lexicon or {}).items()})
         self._brand = brand_pattern(brand)
         self._detector = LangDetector(

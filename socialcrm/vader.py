@@ -48,6 +48,13 @@ class Analyzer(SentimentIntensityAnalyzer):  # type: ignore[misc]
         # (sentence, its words lowercased), replaced as one: threads may share an analyzer.
         self._lowered_memo: tuple[list[str] | None, list[str]] = (None, [])
 
+    def drop_emoji(self, chars: str) -> None:
+        """Read these emoji as no sentiment word (they stay in the text, as a word VADER does
+        not know) rather than as their names."""
+        for c in chars:
+            self.emojis.pop(c, None)
+        self._emoji_chars = frozenset(k for k in self.emojis if len(k) == 1)
+
     def _lowered(self, words: list[str]) -> list[str]:
         """``words`` lowercased, made once per sentence (the list is not changed while it is
         scored; holding it keeps its identity from being reused)."""

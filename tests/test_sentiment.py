@@ -69,6 +69,18 @@ def test_emoji_capitals_and_exclamations_still_count(plain: SentimentScorer) -> 
     assert compound(plain, "@acme this is BAD") < compound(plain, "@acme this is bad")
 
 
+def test_emoji_written_for_joy_as_often_as_for_sorrow_carry_no_sentiment(
+    plain: SentimentScorer,
+) -> None:
+    # VADER reads them by their names: "loudly crying face" (-0.48 alone), "fire" (-0.34).
+    assert compound(plain, "so cute 😭😭😭") == compound(plain, "so cute") > 0
+    assert compound(plain, "the new update is 🔥🔥") == 0.0
+    # The words beside them still decide, and other emoji still count.
+    assert compound(plain, "my flight was cancelled 😭") < 0
+    assert compound(plain, "the kitchen is on fire 🔥") < 0
+    assert compound(plain, "the checkout page just spins 😢") < 0
+
+
 def test_curly_quotes_read_as_straight_ones(plain: SentimentScorer) -> None:
     # A curly "isn't" is a negation, and a curly-quoted "bad" a word, as if typed straight.
     assert compound(plain, "the new app isn\u2019t good") == compound(
