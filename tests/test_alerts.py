@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import itertools
 import json
-import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,6 +41,7 @@ from socialcrm.models import Alert, Customer, Ticket
 from socialcrm.sandbox.slack import SlackWorkspace, make_slack_app
 from socialcrm.sla import SlaConfig, SlaPolicy, check_sla
 from socialcrm.spikes import Example, RisingWord, Spike
+from tests.email_server import free_port
 from tests.test_sla import open_ticket
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -68,13 +68,6 @@ class FakeClock:
 
 
 # -- the servers -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
