@@ -150,6 +150,9 @@ class Pipeline:
         #: steered with the threshold of the model that read it.
         self._ticket_at: dict[int, float] = {}
         self._triage_checked_at: datetime | None = None
+        #: One look for a new model at a time: the next chunk, prepared while this one is
+        #: taken up, waits for it rather than being read with the model it replaces.
+        self._triage_lock = asyncio.Lock()
 
     @property
     def triage_ticket_at(self) -> float:
@@ -169,6 +172,10 @@ class Pipeline:
 
     async def refresh_triage(self, force: bool = False) -> int | None:
         """Take up the newest stored triage model (asked at most every ``check_every``)."""
+        async with self._triage_lock:
+            return await self._refresh_triage(force)
+
+    async def _refresh_triage(self, force: bool) -> int | None:
         cfg = self.config.triage
         now = self.clock()
         if not cfg.enabled:

@@ -568,6 +568,32 @@ async def test_the_scoring_worker_reads_with_the_newest_model(
     assert (rows["2"].triage_class, rows["2"].triage_version) == ("negative", second)
 
 
+async def test_a_model_stored_before_an_ingest_reads_every_chunk_of_it(
+    config: Config, store: Store, trained: triage.Trained
+) -> None:
+    # `triage learn`, then `socialcrm ingest`: the batch is cut into chunks, the next one
+    # prepared while the first is taken up; it waits for the new model, and is not read by
+    # the starter model that the worker started with.
+    rules = RuleSet.load(config.rule_paths())
+    pool = ScoringPool.for_config(config, rules)
+    try:
+        version = await _store_trained(store, trained)
+        pipeline = Pipeline(config, store, rules=rules, scoring=pool)
+        texts = ["my parcel never arrived and nobody answers", "love the new app, thank you"]
+        msgs = [msg(str(i), f"{texts[i % 2]} #{i}", f"h{i}") for i in range(1300)]
+        result = await pipeline.ingest(Batch(messages=msgs), "t")
+        assert result.stored == 1300
+    finally:
+        pool.close()
+    async with store.reader() as s:
+        got = (
+            await s.execute(
+                sa.select(Message.triage_version, sa.func.count()).group_by(Message.triage_version)
+            )
+        ).all()
+    assert [tuple(r) for r in got] == [(version, 1300)]
+
+
 async def test_the_scoring_worker_gives_the_model_the_rules_text_facts(config: Config) -> None:
     # The worker reads the rules' text conditions anyway; a model trained beside the rules
     # gets them there, as training gave them, with no second reading of the text.
