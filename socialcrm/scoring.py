@@ -23,7 +23,7 @@ from socialcrm import starter
 from socialcrm.rules import RuleError, RuleSet
 from socialcrm.runtime import tune_gc
 from socialcrm.sentiment import Score, SentimentScorer, brand_terms
-from socialcrm.triage import Model, TriageError, Verdict, sample
+from socialcrm.triage import Model, TriageError, Verdict, has_words, sample
 
 if TYPE_CHECKING:
     from socialcrm.config import Config
@@ -81,6 +81,10 @@ def analyse_batch(
                     v if isinstance(a[0], Score) and starter.reads(a[0]) else None
                     for a, v in zip(out, verdicts, strict=True)
                 ]
+            # A mention with nothing in it but handles and links: the rules decide alone.
+            verdicts = [
+                v if has_words(text) else None for (text, _), v in zip(items, verdicts, strict=True)
+            ]
             out = [(a[0], a[1], v) for a, v in zip(out, verdicts, strict=True)]
         except Exception:  # the model's failure leaves the rules to decide alone
             log.exception("triage model failed on a batch; the rules decide alone")

@@ -203,6 +203,16 @@ def read(
     ]
 
 
+def has_words(text: str) -> bool:
+    """Whether a text holds anything for the model to read besides links and @handles (an
+    emoji counts): an empty mention gives it only its bias, which says nothing of the text."""
+    if "@" in text:
+        text = _HANDLE_RE.sub(" ", text)
+    if "http" in text or "www." in text:
+        text = _URL_RE.sub(" ", text)
+    return not text.isspace() and text != ""
+
+
 def normalise(text: str) -> str:
     """The text the n-grams are taken from: links and handles folded, digits as 0."""
     # Each pass only where it can match: most texts have no link, many no handle.

@@ -544,6 +544,23 @@ async def test_pipeline_stores_the_class_and_confidence(
     assert rollups.sentiment_class(0.9, False, None) == 1
 
 
+async def test_a_mention_with_nothing_to_read_is_left_to_the_rules(
+    config: Config, store: Store, pipeline: Pipeline, trained: triage.Trained
+) -> None:
+    # Nothing but handles and links: the model would read only its bias, which opened a
+    # ticket for "@acme" ("needs a reply (0.73)"). An emoji is something to read.
+    await _store_trained(store, trained)
+    await pipeline.refresh_triage(force=True)
+    texts = {"empty": "", "handle": "@acme", "link": "@acme https://example.com/x"}
+    texts["emoji"] = "@acme 😡"
+    await pipeline.ingest(Batch(messages=[msg(k, t, k) for k, t in texts.items()]), "t")
+    async with store.reader() as s:
+        rows = {m.external_id: m for m in (await s.execute(sa.select(Message))).scalars()}
+    for key in ("empty", "handle", "link"):
+        assert rows[key].triage_version is None and rows[key].ticket_id is None, key
+    assert rows["emoji"].triage_version is not None and rows["emoji"].ticket_id is not None
+
+
 async def test_the_scoring_worker_reads_with_the_newest_model(
     config: Config, store: Store, trained: triage.Trained
 ) -> None:
