@@ -118,6 +118,14 @@ async def test_agent_rejects_with_a_reason(loaded: Commands, store: Store) -> No
         ("ticket 999", "no ticket #999"),
         ("tickets weird", "unknown status 'weird'"),
         ("customer nobody@nowhere.example", "no customer matches"),
+        # A value quoted at the end keeps its closing quote.
+        ("relabel 1 angry", r"one of negative, neutral, positive, got 'angry'$"),
+        ("needs-reply 1 maybe", r"got 'maybe'$"),
+        # Usage as `help` shows it, whichever mistake it answers.
+        ("explain", r"^usage: explain MESSAGE_ID \[ALL\]$"),
+        ("explain 1 al", r"^usage: explain MESSAGE_ID \[ALL\] \(the last word can only be"),
+        ("explain 1 all more", r"can only be 'all', got 'all more'\)$"),
+        ("show 1 2", r"^too many words for show; usage: show REPLY_ID$"),
     ],
 )
 async def test_mistakes_get_a_clear_answer(loaded: Commands, line: str, error: str) -> None:

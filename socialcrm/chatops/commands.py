@@ -136,21 +136,11 @@ class Commands:
         try:
             return await fn(actor, *args)
         except (ReplyError, TicketError, LookupError, ValueError) as err:
-            raise CommandError(str(err).strip("'\"")) from err
+            raise CommandError(said(err)) from err
 
     def usage(self, name: str) -> str:
         """One-line usage of a command, from its signature."""
-        fn, _ = self.table[name]
-        params = list(inspect.signature(fn).parameters.values())[1:]
-        shown = " ".join(
-            (
-                f"[{p.name.rstrip('_').upper()}]"
-                if p.default is not inspect.Parameter.empty
-                else p.name.upper()
-            )
-            for p in params
-        )
-        return f"{name} {shown}".strip()
+        return _usage(self.table[name][0], name)
 
     async def _audit(
         self,
@@ -434,14 +424,17 @@ class Commands:
 
     @command("viewer")
     async def explain(self, actor: Actor, message_id: int, all_: str = "") -> str:
-        """explain MESSAGE [all] — why a stored message got what it got: its sentiment, the
-        team model's reading, each rule involved with the conditions that hold and the words
-        they found (by file and line), and the decision, read again with the rules in use now.
+        """explain MESSAGE_ID [ALL] — why a stored message got its ticket, draft or neither.
 
-        `all` lists every rule, also those that neither matched nor found anything.
+        Read again with the rules and the team's model in use now: its sentiment, the model's
+        reading, each rule involved with the conditions that hold and the words they found
+        (by file and line), and the decision. `all` lists every rule, also those that neither
+        matched nor found anything.
         """
         if all_.lower() not in ("", "all"):
-            raise CommandError(f"usage: explain MESSAGE [all], got {all_!r}")
+            raise CommandError(
+                f"usage: {self.usage('explain')} (the last word can only be 'all', got {all_!r})"
+            )
         async with self.store.reader() as s:
             found = await explaining.stored_message_in(s, message_id)
             row = await triage.newest(s) if self.config.triage.enabled else None
@@ -623,6 +616,26 @@ def _label_audit(
     )
 
 
+def said(err: Exception) -> str:
+    """What an error says, for a person: a KeyError's message without the quotes its str()
+    adds (others as they are: "got 'angry'" keeps its closing quote)."""
+    if isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str):
+        return err.args[0]
+    return str(err)
+
+
+def _usage(fn: Callable[..., Any], name: str) -> str:
+    """``name`` and its arguments, from the signature (optional ones in brackets)."""
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    shown = " ".join(
+        f"[{p.name.rstrip('_').upper()}]"
+        if p.default is not inspect.Parameter.empty
+        else p.name.rstrip("_").upper()
+        for p in params
+    )
+    return f"{name} {shown}".strip()
+
+
 def _doc(fn: Callable[..., Any]) -> str:
     return inspect.cleandoc(fn.__doc__ or "")
 
@@ -635,7 +648,7 @@ def _bind(fn: Callable[..., Any], name: str, rest: str) -> list[Any]:
         last = i == len(params) - 1
         if not words:
             if p.default is inspect.Parameter.empty:
-                raise CommandError(f"usage: {name} {' '.join(q.name.upper() for q in params)}")
+                raise CommandError(f"usage: {_usage(fn, name)}")
             break
         if last and p.annotation in ("str", str):
             # The last text argument takes the rest of the line as typed (outer quotes dropped).
@@ -652,9 +665,7 @@ def _bind(fn: Callable[..., Any], name: str, rest: str) -> list[Any]:
             value = int(value)
         out.append(value)
     if words:
-        raise CommandError(
-            f"too many words for {name}; usage: {name} {' '.join(q.name.upper() for q in params)}"
-        )
+        raise CommandError(f"too many words for {name}; usage: {_usage(fn, name)}")
     return out
 
 

@@ -43,7 +43,14 @@ from socialcrm.chatops.cards import (
     load_card,
     reject_modal,
 )
-from socialcrm.chatops.commands import ROLES, Actor, CommandError, Commands, error_reference
+from socialcrm.chatops.commands import (
+    ROLES,
+    Actor,
+    CommandError,
+    Commands,
+    error_reference,
+    said,
+)
 from socialcrm.config import Config
 from socialcrm.models import AuditEvent, Reply
 from socialcrm.replay import ReplayGuard, request_key
@@ -140,7 +147,7 @@ async def invoke(commands: Commands, actor: Actor, name: str, *args: Any) -> str
     try:
         answer: str = await fn(actor, *args)
     except (ReplyError, TicketError, LookupError, ValueError) as err:
-        raise CommandError(str(err).strip("'\"")) from err
+        raise CommandError(said(err)) from err
     return answer
 
 
