@@ -1156,6 +1156,17 @@ async def rules_explain(
 
     if (text is None) == (message_id is None):
         raise CliError("give a TEXT or --message ID (one of them)")
+    if message_id is not None:
+        # A stored message is read as it came in: what-if options would be silently ignored.
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("public", "channel", "source", "lang", "at", "ticket_open")
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise CliError(
+                f"{', '.join(given)}: for a TEXT; --message reads the stored message as it came in"
+            )
     config = _load(ctx)
     rules = _check_rules_and_templates(config)
     if message_id is not None:

@@ -240,6 +240,10 @@ def test_rules_explain_reads_a_stored_message_again_beside_what_was_stored(
     assert "give a TEXT or --message ID" in run(cli, "rules", "explain", code=2).output
     both = run(cli, "rules", "explain", "hi", "--message", "1", code=2).output
     assert "give a TEXT or --message ID" in both
+    # What-if options are for a TEXT: with --message they are refused, not silently ignored.
+    out = run(cli, "rules", "explain", "--message", "1", "--channel", "x", "--public", code=2)
+    assert "--public, --channel: for a TEXT; --message reads the stored message" in out.output
+    assert "--all" not in run(cli, "rules", "explain", "--message", "1", "--all").output
 
 
 def test_quarantine_retry_stores_a_payload_that_now_parses(cli: CliRunner, tmp_path: Path) -> None:
