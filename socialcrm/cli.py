@@ -712,10 +712,12 @@ async def triage_learn(ctx: click.Context, file: Path, no_train: bool) -> None:
                 detail={"labels": counts, "skipped": len(problems)},
             )
         )
+    same = counts.get("unchanged", 0)
     click.echo(
         f"{counts.get('sentiment', 0)} sentiment and {counts.get('needs_reply', 0)} needs-reply "
-        f"label(s) imported from {len(items)} message(s) ({counts.get('linked', 0)} stored here "
-        f"already), {len(problems)} line(s) skipped"
+        f"label(s) imported from {len(items)} message(s) ({counts.get('linked', 0)} of them "
+        f"stored here as messages), {len(problems)} line(s) skipped"
+        + (f", {same} label(s) already here as given" if same else "")
     )
     if no_train or not config.triage.enabled:
         click.echo("not trained: `socialcrm triage train` trains now")

@@ -746,6 +746,8 @@ class TrainingSet:
 
     texts: dict[str, list[tuple[str, str | None]]] = field(default_factory=dict)
     labels: dict[str, list[str]] = field(default_factory=dict)
+    #: The labelled messages (a stored message, else a platform's id, else a text).
+    keys: set[Any] = field(default_factory=set)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Labels per head and class."""
@@ -753,8 +755,8 @@ class TrainingSet:
 
     @property
     def messages(self) -> int:
-        """Distinct labelled texts (a text labelled for both heads counts once)."""
-        return len({t for rows in self.texts.values() for t in rows})
+        """Labelled messages (one labelled for both heads counts once), as imported."""
+        return len(self.keys)
 
 
 async def training_set(session: AsyncSession) -> TrainingSet:
@@ -774,10 +776,13 @@ async def training_set(session: AsyncSession) -> TrainingSet:
     ).all()
     newest: dict[tuple[Any, str], tuple[str, str | None, str]] = {}
     for mid, channel, ext, text, lang, kind, value in rows:
-        key: Any = ("m", mid) if mid is not None else ("x", channel, ext) if ext else ("t", text)
+        # A message by its platform id first: a label imported before the message was stored
+        # and a relabel of it once stored are about one message, and the newer one counts.
+        key: Any = ("x", channel, ext) if ext else ("m", mid) if mid is not None else ("t", text)
         newest[(key, kind)] = (text, lang, value)
     out = TrainingSet()
-    for (_key, kind), (text, lang, value) in newest.items():
+    for (key, kind), (text, lang, value) in newest.items():
+        out.keys.add(key)
         out.texts.setdefault(kind, []).append((text, lang))
         out.labels.setdefault(kind, []).append(value)
     return out
@@ -1137,12 +1142,30 @@ async def import_labels(
             )
         )
         stored.update({(c, e): i for c, e, i in rows.all()})
+    # The newest label of each of these messages already here: the same word again (a
+    # file imported twice) is not a new label, and does not make the model train again.
+    newest: dict[tuple[str | None, str | None, str], str] = {}
+    for start in range(0, len(keys), 500):
+        part = keys[start : start + 500]
+        rows = await session.execute(
+            sa.select(
+                TriageLabel.channel, TriageLabel.external_id, TriageLabel.kind, TriageLabel.value
+            )
+            .where(sa.tuple_(TriageLabel.channel, TriageLabel.external_id).in_(part))
+            .order_by(TriageLabel.id)  # type: ignore[arg-type]
+        )
+        newest.update({(c, e, k): v for c, e, k, v in rows.all()})
     counts: Counter[str] = Counter()
     for item in items:
         m = item.message
         for kind, value in (("sentiment", item.sentiment), ("needs_reply", item.needs_reply)):
             if value is None:
                 continue
+            key = (m.channel, m.external_id[:998], kind)
+            if newest.get(key) == value:
+                counts["unchanged"] += 1
+                continue
+            newest[key] = value
             add_label(
                 session,
                 kind,

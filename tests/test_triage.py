@@ -949,9 +949,16 @@ def test_learn_train_status_and_eval_from_the_command_line(
     # `socialcrm ingest` reads with it, no daemon running); --no-train only imports.
     config = tmp_path / "config.yaml"
     config.write_text(config.read_text() + "triage:\n  min_labels: 30\n")
-    assert "not trained: `socialcrm triage train`" in run(
-        "triage", "learn", str(file), "--no-train"
-    )
+    again = run("triage", "learn", str(file), "--no-train")
+    assert "not trained: `socialcrm triage train`" in again
+    # The same file again adds only what differs from the newest word on each message (here
+    # message #1, said to need a reply above); the rest are not new labels, which the status would
+    # count and the daemon would train again for.
+    assert "0 sentiment and 1 needs-reply label(s) imported from 36 message(s)" in again
+    assert "71 label(s) already here as given" in again
+    status = run("triage", "status")
+    # Message #1's relabels replace its imported labels: one message, not two.
+    assert "36 message(s) labelled now; 3 since this model" in status
     out = run("triage", "learn", str(file))
     assert "Triage model #2" in out and "Tickets: from a chance of" in out
 
