@@ -25,7 +25,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -953,8 +953,10 @@ async def retrain(
     *,
     min_labels: int,
     settings: Settings | None = None,
+    on_start: Callable[[TrainingSet], None] | None = None,
 ) -> TriageModelVersion:
-    """Train a new version from every label in the store and save it as the newest."""
+    """Train a new version from every label in the store and save it as the newest;
+    ``on_start`` is told what it trains on once the labels are found enough."""
     async with store.reader() as s:
         ts = await training_set(s)
     if ts.messages < min_labels:
@@ -963,10 +965,16 @@ async def retrain(
             "(triage.min_labels)"
         )
     if not any(trainable(v) for v in ts.labels.values()):
+        so_far = "; ".join(
+            f"{head}: " + ", ".join(f"{n} {label}" for label, n in counts.items())
+            for head, counts in ts.counts().items()
+        )
         raise TriageError(
             "the labels do not yet show two kinds of message for either question "
-            f"(labels so far: {ts.counts()})"
+            f"(labels so far: {so_far})"
         )
+    if on_start is not None:
+        on_start(ts)
     trained = await asyncio.to_thread(train_set, ts, scorer, rules, settings)
     if rules is not None:
         # The rules it was trained beside: when their conditions change, the daemon trains it

@@ -908,6 +908,7 @@ def test_learn_train_status_and_eval_from_the_command_line(
     assert "36 labelled message(s); at least 200 are needed" in out
     out = run("triage", "train", "--min-labels", "30")
     assert "Triage model #1" in out and "sentiment: trained on 36 labels" in out
+    assert "training on 36 labelled message(s): cross-validated in 5 folds" in out
     assert "cross-validated (5-fold)" in out and "Where it fails:" in out
     # `rules explain` reads a message with the model in use, as the pipeline does.
     out = run("rules", "explain", "my order never arrived and nobody answers")
@@ -961,6 +962,19 @@ def test_learn_train_status_and_eval_from_the_command_line(
     assert "36 message(s) labelled now; 3 since this model" in status
     out = run("triage", "learn", str(file))
     assert "Triage model #2" in out and "Tickets: from a chance of" in out
+
+
+async def test_labels_of_one_kind_say_so_in_words(store: Store) -> None:
+    async with store.session() as s:
+        for i in range(3):
+            triage.add_label(s, "sentiment", "negative", "import", "t", "cli", text=f"bad {i}")
+    started: list[triage.TrainingSet] = []
+    with pytest.raises(triage.TriageError) as err:
+        await triage.retrain(
+            store, SentimentScorer(), None, "t", "cli", min_labels=1, on_start=started.append
+        )
+    assert str(err.value).endswith("(labels so far: sentiment: 3 negative)")
+    assert not started, "nothing is trained, and nobody is told it is"
 
 
 async def test_the_daemon_retrains_when_labels_came_in(
