@@ -447,6 +447,57 @@ def _subject_from_text(text: str) -> str:
     return line if len(line) <= 80 else line[:77].rstrip() + "..."
 
 
+async def open_for_message(
+    session: AsyncSession,
+    message: Message,
+    actor: str,
+    via: str,
+    sla: SlaPolicy | None,
+    now: datetime | None = None,
+) -> Ticket:
+    """Open a ticket for a stored customer message that has none: a person says it needs a
+    reply that the rules (and the model) did not see. Its targets count from now."""
+    now = now or utcnow()
+    if message.ticket_id is not None:
+        raise TicketError(f"message #{message.id} is on ticket #{message.ticket_id} already")
+    if message.direction != "inbound" or message.customer_id is None:
+        raise TicketError(f"message #{message.id} is not a customer's")
+    priority = message.priority or "normal"
+    ticket = Ticket(
+        customer_id=message.customer_id,
+        channel=message.channel,
+        source=message.source,
+        subject=_subject_from_text(message.subject or message.text)[:500],
+        priority=priority,
+        priority_reason=f"opened by {actor} ({via}): the message needs a reply",
+        intent=message.intent,
+        conversation_id=message.conversation_id
+        or (message.external_id if message.channel != "email" else None),
+        opened_at=now,
+        last_message_at=message.created_at,
+        message_count=1,
+        updated_at=now,
+    )
+    if sla is not None:
+        ticket.first_response_due_at, ticket.resolution_due_at = sla.due(now, priority)
+    session.add(ticket)
+    await session.flush()
+    message.ticket_id = ticket.id
+    session.add(message)
+    session.add(
+        AuditEvent(
+            at=now,
+            actor=actor,
+            via=via,
+            action="ticket.open",
+            object_type="ticket",
+            object_id=str(ticket.id),
+            detail={"message": message.id, "why": "needs a reply"},
+        )
+    )
+    return ticket
+
+
 _TRANSITIONS = {
     "open": {"pending", "resolved", "closed"},
     "pending": {"open", "resolved", "closed"},

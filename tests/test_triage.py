@@ -390,6 +390,44 @@ async def test_relabel_and_needs_reply_commands(
     assert ts.labels == {"sentiment": ["neutral"], "needs_reply": ["no"]}
 
 
+async def test_a_message_said_to_need_a_reply_gets_a_ticket_when_it_has_none(
+    config: Config, store: Store, pipeline: Pipeline
+) -> None:
+    # Read as nothing to answer ("the app is fine" to the rules), but the team knows better.
+    await pipeline.ingest(Batch(messages=[msg("1", "so the new app update is out")]), "t")
+    async with store.reader() as s:
+        first = (await s.execute(sa.select(Message))).scalar_one()
+    assert first.ticket_id is None
+    cmds = Commands(config, store)
+    agent = Actor("ana", "agent", "slack")
+    out = await cmds.run(agent, f"needs-reply {first.id} yes")
+    assert out.endswith("It had no ticket: ticket #1 is open for it.")
+    async with store.reader() as s:
+        ticket = await s.get(Ticket, 1)
+        stored = await s.get(Message, first.id)
+        opened = (
+            await s.execute(sa.select(AuditEvent).where(AuditEvent.action == "ticket.open"))
+        ).scalar_one()
+    assert ticket is not None and stored is not None and stored.ticket_id == 1
+    assert (ticket.status, ticket.customer_id, ticket.channel) == ("open", first.customer_id, "x")
+    assert "opened by ana (slack)" in ticket.priority_reason and opened.actor == "ana"
+    assert ticket.first_response_due_at is not None  # the SLA counts from now
+    # Said again, or "no": no second ticket.
+    again = await cmds.run(agent, f"needs-reply {first.id} yes")
+    assert "ticket #" not in again
+    await cmds.run(agent, f"needs-reply {first.id} no")
+    # The customer's answer in that conversation threads into it.
+    follow = msg("2", "hello? anyone?")
+    follow = follow.model_copy(update={"in_reply_to": "1"})
+    await pipeline.ingest(Batch(messages=[follow]), "t")
+    async with store.reader() as s:
+        n = (await s.execute(sa.select(sa.func.count()).select_from(Ticket))).scalar_one()
+        second = (
+            await s.execute(sa.select(Message).where(Message.external_id == "2"))
+        ).scalar_one()
+    assert n == 1 and second.ticket_id == 1
+
+
 async def test_explain_from_chat_reads_a_stored_message_with_the_rules_and_model_in_use(
     config: Config, store: Store, pipeline: Pipeline, trained: triage.Trained, tmp_path: Path
 ) -> None:

@@ -35,6 +35,7 @@ from socialcrm.models import (
 )
 from socialcrm.responder import ReplyChecker, ReplyError, Responder
 from socialcrm.rules import RuleSet
+from socialcrm.sla import SlaPolicy
 from socialcrm.templating import render_chat, template_environment
 from socialcrm.tickets import TicketError
 from socialcrm.timespec import parse_duration, parse_period
@@ -91,6 +92,7 @@ class Commands:
         #: The team model ``explain`` read last, kept for the next one while it is the newest.
         self._model: triage.Model | None = None
         self.checker = ReplyChecker(config.sources, self.responder)
+        self.sla = SlaPolicy(config.sla) if config.sla.enabled else None
         self.templates: jinja2.Environment = template_environment(None)
         self.table: dict[str, tuple[Callable[..., Awaitable[str]], str]] = {}
         for attr in dir(self):
@@ -410,17 +412,28 @@ class Commands:
     async def needs_reply(self, actor: Actor, message_id: int, answer: str) -> str:
         """needs-reply MESSAGE yes|no — say whether a message needed a reply.
 
-        The triage model learns from it at its next training.
+        The triage model learns from it at its next training. A message that needed a reply
+        and has no ticket gets one, open, for a person to answer.
         """
         value = triage.reply_label(answer)
+        opened: Ticket | None = None
         async with self.store.session() as s:
             row = await triage.label_message(
                 s, message_id, "needs_reply", value, "relabel", actor.name, actor.via
             )
             await s.flush()
             s.add(_label_audit(actor, "triage.needs_reply", message_id, value, row.id))
+            msg = await s.get(Message, message_id)
+            if value == "yes" and msg is not None and msg.ticket_id is None:
+                # Nobody would answer it otherwise: a ticket puts it in front of a person.
+                assert msg.customer_id is not None
+                await self.store.lock_keys(s, [f"customer:{msg.customer_id}"])
+                opened = await tickets.open_for_message(s, msg, actor.name, actor.via, self.sla)
         said = "needed a reply" if value == "yes" else "needed no reply"
-        return f"Message #{message_id} {said}; the triage model learns from it."
+        answer = f"Message #{message_id} {said}; the triage model learns from it."
+        if opened is not None:
+            answer += f" It had no ticket: ticket #{opened.id} is open for it."
+        return answer
 
     @command("viewer")
     async def explain(self, actor: Actor, message_id: int, all_: str = "") -> str:
