@@ -424,9 +424,8 @@ class Commands:
             await s.flush()
             s.add(_label_audit(actor, "triage.needs_reply", message_id, value, row.id))
             msg = await s.get(Message, message_id)
-            if value == "yes" and msg is not None and msg.ticket_id is None:
+            if value == "yes" and msg is not None and msg.ticket_id is None and msg.customer_id:
                 # Nobody would answer it otherwise: a ticket puts it in front of a person.
-                assert msg.customer_id is not None
                 await self.store.lock_keys(s, [f"customer:{msg.customer_id}"])
                 opened = await tickets.open_for_message(s, msg, actor.name, actor.via, self.sla)
         said = "needed a reply" if value == "yes" else "needed no reply"
