@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from socialcrm import triage
-from socialcrm.config import Config
+from socialcrm.config import Config, shipped_rules_dir
 from socialcrm.models import TriageModelVersion
 from socialcrm.rules import Explanation, Held, RuleSet, text_context
 from socialcrm.scoring import analyse_batch
@@ -335,12 +335,17 @@ def _decision(found: Explanation) -> str:
 
 
 def _short(where: str) -> str:
-    """``file:line`` with the file relative to the working folder where it is inside it."""
+    """``file:line`` with the file as the README names it: the shipped pack as
+    ``rules/default.yaml`` wherever the package is installed, another file relative to the
+    working folder where it is inside it."""
     path, sep, line = where.rpartition(":")
     if not sep or not line.isdigit():
         path, line = where, ""
+    shipped = shipped_rules_dir()
     try:
         shown = os.path.relpath(path)
+        if Path(path).resolve().is_relative_to(shipped.resolve()):
+            shown = f"rules/{Path(path).resolve().relative_to(shipped.resolve()).as_posix()}"
     except ValueError:  # another drive
         shown = path
     if shown.startswith(".."):

@@ -429,8 +429,16 @@ async def test_a_message_said_to_need_a_reply_gets_a_ticket_when_it_has_none(
 
 
 async def test_explain_from_chat_reads_a_stored_message_with_the_rules_and_model_in_use(
-    config: Config, store: Store, pipeline: Pipeline, trained: triage.Trained, tmp_path: Path
+    config: Config,
+    store: Store,
+    pipeline: Pipeline,
+    trained: triage.Trained,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A daemon runs in its own folder: the shipped pack is named as the README names it, not
+    # by where the package is installed.
+    monkeypatch.chdir(tmp_path)
     text = "three weeks and my refund never arrived, terrible service"
     await pipeline.ingest(Batch(messages=[msg("1", text)]), "t")
     async with store.reader() as s:
@@ -441,7 +449,7 @@ async def test_explain_from_chat_reads_a_stored_message_with_the_rules_and_model
     lines = out.splitlines()
     assert "Model:     no team model trained yet: the rules decide alone" in lines
     # Each rule that matched, with the words its conditions found, by file and line.
-    assert [ln for ln in lines if ln.startswith("  MATCH ") and "default.yaml:" in ln]
+    assert [ln for ln in lines if ln.startswith("  MATCH ") and "(rules/default.yaml:" in ln]
     assert any("'terrible'" in ln for ln in lines)
     decision = next(ln for ln in lines if ln.startswith("Decision:  "))
     stored = next(ln for ln in lines if ln.startswith("Stored:    "))
