@@ -89,6 +89,8 @@ RECALLS = tuple(r / 100 for r in range(50, 100))
 #: Below this many labelled messages that need us, the cross-validated chances are too few to
 #: set the ticket threshold from: ``FALLBACK_TICKET_AT`` is used.
 MIN_RISKY_FOR_THRESHOLD = 30
+#: Below this many labels a head's validated figures are flagged as uncertain on its card.
+SMALL_SET = 500
 #: The ticket threshold of a model whose cross-validation set none (trained before, or on too
 #: few labels): low on purpose, a customer left unheard costs more than a ticket closed with
 #: no reply.
@@ -846,6 +848,12 @@ def model_card(
         if head not in scores:
             fails.append(f"{head}: not trained (too few labels of each kind); rules decide alone")
         else:
+            n = sum(counts.get(head, {}).values())
+            if n < SMALL_SET:
+                fails.append(
+                    f"{head}: validated on {n} labels only: figures from a small set, or from "
+                    "texts written alike, are better than the model will do on new messages"
+                )
             for cls in labels:
                 if counts.get(head, {}).get(cls, 0) < 20:
                     fails.append(f"{head}: few '{cls}' examples; its figures are uncertain")

@@ -117,6 +117,16 @@ def test_training_on_a_small_labelled_set_generalises(trained: triage.Trained) -
     assert set(s["per_class"]) == {"negative", "neutral", "positive"}
     assert trained.card["training_size"] == {"sentiment": 90, "needs_reply": 90}
     assert any("not English" in line for line in trained.card["fails"])
+    # 90 labels of texts written alike score 0.8 and more: the card says not to trust that.
+    assert (
+        "sentiment: validated on 90 labels only: figures from a small set, or from texts "
+        "written alike, are better than the model will do on new messages"
+    ) in trained.card["fails"]
+    figures = {**trained.scores["sentiment"], "confusions": []}
+    many = {"negative": 300, "neutral": 300, "positive": 300}
+    big = triage.model_card({"sentiment": many}, {"sentiment": figures}, datetime.now(UTC), SMALL)
+    assert "sentiment: not trained" not in " ".join(big["fails"])
+    assert not [line for line in big["fails"] if "validated on" in line]
 
 
 def test_a_head_without_two_kinds_of_label_is_not_trained() -> None:
