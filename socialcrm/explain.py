@@ -110,19 +110,15 @@ async def team_model(config: Config) -> TeamModel | str:
     return await team_model_of(config, row)
 
 
-async def team_model_of(
-    config: Config, row: TriageModelVersion | None, loaded: triage.Model | None = None
-) -> TeamModel | str:
-    """A stored model as the pipeline uses it, or why none is used; ``loaded``: that row's
-    model, read already (it is not read again)."""
+async def team_model_of(config: Config, row: TriageModelVersion | None) -> TeamModel | str:
+    """A stored model as the pipeline uses it, or why none is used."""
     if row is None:
         return "no team model trained yet: the rules decide alone"
-    if loaded is None or loaded.version != row.id:
-        try:
-            loaded = await asyncio.to_thread(triage.load_row, row)
-        except triage.TriageError as err:
-            return f"model #{row.id} cannot be read ({err}): the rules decide alone"
-    return TeamModel(loaded, config.triage.threshold(row.scores).at)
+    try:
+        model = await asyncio.to_thread(triage.load_row, row)
+    except triage.TriageError as err:
+        return f"model #{row.id} cannot be read ({err}): the rules decide alone"
+    return TeamModel(model, config.triage.threshold(row.scores).at)
 
 
 async def stored_message(config: Config, message_id: int) -> Message | str:

@@ -480,10 +480,10 @@ async def test_explain_from_chat_reads_a_stored_message_with_the_rules_and_model
     version = await _store_trained(store, trained)
     out = await cmds.run(viewer, f"explain {mid}")
     assert f"Model:     team model #{version}, reads " in out and "chance it needs us" in out
-    kept = cmds._model
-    assert kept is not None and kept.version == version
+    kept = cmds._team
+    assert kept is not None and kept.model.version == version
     await cmds.run(viewer, f"explain {mid}")
-    assert cmds._model is kept, "the same model is not read again for every question"
+    assert cmds._team is kept, "the same model is not read again for every question"
 
     # Rules reloaded (SIGHUP) are the ones it reads with from then on.
     pack = tmp_path / "other.yaml"

@@ -90,7 +90,7 @@ class Commands:
         #: The rules ``explain`` reads with: the daemon's own; loaded on first use without one.
         self._rules = rules
         #: The team model ``explain`` read last, kept for the next one while it is the newest.
-        self._model: triage.Model | None = None
+        self._team: explaining.TeamModel | None = None
         self.checker = ReplyChecker(config.sources, self.responder)
         self.sla = SlaPolicy(config.sla) if config.sla.enabled else None
         self.templates: jinja2.Environment = template_environment(None)
@@ -447,16 +447,23 @@ class Commands:
             raise CommandError(
                 f"usage: {self.usage('explain')} (the last word can only be 'all', got {all_!r})"
             )
+        team: explaining.TeamModel | str = explaining.TRIAGE_OFF
+        newer, row = False, None
         async with self.store.reader() as s:
             found = await explaining.stored_message_in(s, message_id)
-            row = await triage.newest(s) if self.config.triage.enabled else None
+            if self.config.triage.enabled:
+                kept = self._team
+                # The model's payload is read only when a newer one has been stored.
+                if kept is not None and kept.model.version == await triage.newest_version(s):
+                    team = kept
+                else:
+                    newer, row = True, await triage.newest(s)
         if isinstance(found, str):
             raise CommandError(found)
-        team: explaining.TeamModel | str = explaining.TRIAGE_OFF
-        if self.config.triage.enabled:
-            team = await explaining.team_model_of(self.config, row, self._model)
+        if newer:
+            team = await explaining.team_model_of(self.config, row)
             if isinstance(team, explaining.TeamModel):
-                self._model = team.model
+                self._team = team
         rules = self.rules
         lines = await asyncio.to_thread(
             explaining.explain,
