@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from triage import THANKS_TEMPLATE
+from triage import THANKS_TEMPLATE, share
 from triage_learned import _complaints as complaints
 from triage_learned import _tweeteval as tweeteval
 
@@ -93,8 +93,9 @@ def learn_and_ingest(
     return {k: (bool(t), tpl, v) for k, t, tpl, v in rows}, threshold, time.perf_counter() - start
 
 
-def share(flags: list[bool]) -> str:
-    return f"{sum(flags) / len(flags):6.1%}" if flags else "     -"
+def shown(flags: list[bool]) -> str:
+    """The share of true flags, as printed."""
+    return f"{share(flags):6.1%}" if flags else "     -"
 
 
 def main() -> int:
@@ -130,9 +131,9 @@ def main() -> int:
     )
     print(f"  {threshold}")
     print(
-        f"  ticketed: negative {share([g[0] for g in by['negative']])}, neutral "
-        f"{share([g[0] for g in by['neutral']])}, positive {share([g[0] for g in by['positive']])}"
-        f"; negative thanked {share([g[1] == THANKS_TEMPLATE for g in by['negative']])}"
+        f"  ticketed: negative {shown([g[0] for g in by['negative']])}, neutral "
+        f"{shown([g[0] for g in by['neutral']])}, positive {shown([g[0] for g in by['positive']])}"
+        f"; negative thanked {shown([g[1] == THANKS_TEMPLATE for g in by['negative']])}"
     )
     print(f"  read by the team's model: {len(got) - unread} of {len(got)}")
     neg = [g[0] for g in by["negative"]]
@@ -168,9 +169,9 @@ def main() -> int:
     )
     print(f"  {threshold}")
     print(
-        f"  complaints ticketed {share([g[0] for g in yes])}, brand-directed non-complaints "
-        f"ticketed {share([g[0] for g in other])}, complaints thanked "
-        f"{share([g[1] == THANKS_TEMPLATE for g in yes])}"
+        f"  complaints ticketed {shown([g[0] for g in yes])}, brand-directed non-complaints "
+        f"ticketed {shown([g[0] for g in other])}, complaints thanked "
+        f"{shown([g[1] == THANKS_TEMPLATE for g in yes])}"
     )
     goals += [
         ("complaints ticketed >= 90%", sum(g[0] for g in yes) >= 0.9 * len(yes)),

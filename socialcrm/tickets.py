@@ -306,7 +306,7 @@ class Threader:
             priority_score=0.0,
             last_message_at=m.created_at,
             resolved_at=None,
-            conversation_id=m.conversation_id or (m.external_id if m.channel != "email" else None),
+            conversation_id=_conversation(m.channel, m.conversation_id, m.external_id),
             customer_ref=customer_ref,
             new=True,
             opened_at=m.created_at,
@@ -442,6 +442,12 @@ class Threader:
             v.added = v.reopened = 0
 
 
+def _conversation(channel: str, conversation_id: str | None, external_id: str) -> str | None:
+    """The conversation a ticket opened by a message threads: the platform's, else the
+    message itself (replies name it), but for e-mail, which threads by its references."""
+    return conversation_id or (external_id if channel != "email" else None)
+
+
 def _subject_from_text(text: str) -> str:
     line = " ".join(text.split())
     return line if len(line) <= 80 else line[:77].rstrip() + "..."
@@ -471,8 +477,9 @@ async def open_for_message(
         priority=priority,
         priority_reason=f"opened by {actor} ({via}): the message needs a reply",
         intent=message.intent,
-        conversation_id=message.conversation_id
-        or (message.external_id if message.channel != "email" else None),
+        conversation_id=_conversation(
+            message.channel, message.conversation_id, message.external_id
+        ),
         opened_at=now,
         last_message_at=message.created_at,
         message_count=1,

@@ -1150,6 +1150,9 @@ async def import_labels(
     """Store the labels of a labelled file, tied to the stored message where there is one."""
     keys = [(i.message.channel, i.message.external_id) for i in items]
     stored: dict[tuple[str, str], int] = {}
+    # The newest label of each of these messages already here: the same word again (a
+    # file imported twice) is not a new label, and does not make the model train again.
+    newest: dict[tuple[str | None, str | None, str], str] = {}
     for start in range(0, len(keys), 500):
         part = keys[start : start + 500]
         rows = await session.execute(
@@ -1158,19 +1161,14 @@ async def import_labels(
             )
         )
         stored.update({(c, e): i for c, e, i in rows.all()})
-    # The newest label of each of these messages already here: the same word again (a
-    # file imported twice) is not a new label, and does not make the model train again.
-    newest: dict[tuple[str | None, str | None, str], str] = {}
-    for start in range(0, len(keys), 500):
-        part = keys[start : start + 500]
-        rows = await session.execute(
+        labelled = await session.execute(
             sa.select(
                 TriageLabel.channel, TriageLabel.external_id, TriageLabel.kind, TriageLabel.value
             )
             .where(sa.tuple_(TriageLabel.channel, TriageLabel.external_id).in_(part))
             .order_by(TriageLabel.id)  # type: ignore[arg-type]
         )
-        newest.update({(c, e, k): v for c, e, k, v in rows.all()})
+        newest.update({(c, e, k): v for c, e, k, v in labelled.all()})
     counts: Counter[str] = Counter()
     for item in items:
         m = item.message
