@@ -33,6 +33,12 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 THRESHOLD = timedelta(minutes=30)
 #: The kinds' default cooldown (``alerts.cooldown``).
 COOLDOWN = timedelta(hours=1)
+#: The client's timeout for a poll meant to work: a loaded machine never comes near it (one
+#: healthy poll took more than 0.3 s on a loaded CI machine).
+HEALTHY_TIMEOUT_S = 10.0
+#: The client's timeout for a poll the ``timeout`` fault fails: short, since a streak is dozens
+#: of such polls, and below the stand-in's delay.
+FAULT_TIMEOUT_S = 0.3
 
 
 class Clocks:
@@ -70,7 +76,7 @@ class Harness:
             "jitter": 0,
             "base_url": base_url,
             "access_token": sandbox.credentials.mastodon_token,
-            "timeout_s": 0.3,
+            "timeout_s": HEALTHY_TIMEOUT_S,
             **settings,
         }
         sources = Config.model_validate({"sources": [source]}).sources
@@ -78,6 +84,7 @@ class Harness:
         self.daemon: Daemon | None = None
         #: A forced fault waits in the sandbox for the next request.
         self.armed = False
+        self.armed_kind: FaultKind | None = None
         #: The first failed poll of the running streak, as the test saw it.
         self.first_failure: datetime | None = None
 
@@ -111,16 +118,26 @@ class Harness:
         self.clocks.tick(60)
         if fault is not None and not self.armed:
             self.sandbox.inject("mastodon", fault)
-            self.armed = True
+            self.armed, self.armed_kind = True, fault
         requests = self.sandbox.faults.requests("mastodon")
+        self.client_timeout(
+            FAULT_TIMEOUT_S if self.armed and self.armed_kind == "timeout" else HEALTHY_TIMEOUT_S
+        )
         out = await self.poller.poll(NAME)
         if out.skipped is None:
             if self.armed:  # the poll's request took the fault
                 assert self.sandbox.faults.requests("mastodon") > requests
-            self.armed = False
+            self.armed, self.armed_kind = False, None
         else:
             assert out.skipped.startswith(("backing off", "paused")), out.skipped
         return out
+
+    def client_timeout(self, seconds: float) -> None:
+        """Set the connector's request timeout, as its ``timeout_s`` setting would."""
+        connector = self.poller.sources[NAME].connector
+        config = connector.config  # type: ignore[attr-defined]
+        if config.timeout_s != seconds:
+            connector.config = config.model_copy(update={"timeout_s": seconds})  # type: ignore[attr-defined]
 
     async def succeed(self) -> None:
         """Poll until a poll goes through (the backoff may skip some), and works."""
