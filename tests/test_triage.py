@@ -129,6 +129,31 @@ def test_training_on_a_small_labelled_set_generalises(trained: triage.Trained) -
     assert not [line for line in big["fails"] if "validated on" in line]
 
 
+@pytest.mark.parametrize("labels", ["sentiment", "needs_reply"])
+def test_fitting_on_the_used_columns_finds_the_model_a_full_fit_finds(labels: str) -> None:
+    """Training solves only for the columns the labelled messages touch: the same model as
+    the plain regression over every column, zero where no message has a feature."""
+    from sklearn.linear_model import LogisticRegression
+
+    from socialcrm.compact_fit import CompactLogisticRegression
+
+    rows = labelled_set(10)
+    xs = [triage.sample(t, SentimentScorer().score(t)) for t, _ in rows]
+    y = np.array([y if labels == "sentiment" else reply_of(y) for _, y in rows])
+    matrix = triage.features(SMALL).fit_transform(xs)
+    unused = np.setdiff1d(np.arange(matrix.shape[1]), np.unique(matrix.indices))
+    assert len(unused) > matrix.shape[1] // 2  # a small set leaves most columns untouched
+    settings = {"C": SMALL.c, "max_iter": 500, "tol": 1e-3, "class_weight": "balanced"}
+    full = LogisticRegression(**settings).fit(matrix, y)
+    compact = CompactLogisticRegression(**settings).fit(matrix, y)
+    assert compact.coef_.shape == full.coef_.shape and compact.n_features_in_ == matrix.shape[1]
+    assert np.abs(compact.coef_ - full.coef_).max() < 1e-8
+    assert np.abs(compact.intercept_ - full.intercept_).max() < 1e-8
+    assert not compact.coef_[:, unused].any() and compact.coef_.any()
+    assert np.abs(compact.predict_proba(matrix) - full.predict_proba(matrix)).max() < 1e-8
+    assert (compact.classes_ == full.classes_).all()
+
+
 def test_a_head_without_two_kinds_of_label_is_not_trained() -> None:
     xs = [triage.sample(t, None) for t, _ in labelled_set(5)]
     with pytest.raises(triage.TriageError, match="no head"):
