@@ -757,7 +757,7 @@ async def _train(config: Config, min_labels: int) -> str:
                 min_labels=min_labels,
                 on_start=lambda ts: click.echo(
                     f"training on {ts.messages} labelled message(s): cross-validated in 5 "
-                    "folds, then fitted on all of them (about a minute for 2,000)...",
+                    "folds, then fitted on all of them (well under a minute for 2,000)...",
                     err=True,
                 ),
             )
