@@ -584,6 +584,41 @@ def test_which_reject_reasons_say_no_reply_was_needed(reason: str, no_reply: boo
     assert triage.says_no_reply(reason) is no_reply
 
 
+@pytest.mark.parametrize(
+    ("given", "sentiment", "reply"),
+    [
+        ('"sentiment_label": "Negative"', "negative", None),
+        ('"sentiment_label": " neutral "', "neutral", None),
+        ('"needs_reply": true', None, "yes"),
+        ('"needs_reply": "No"', None, "no"),
+        ('"needs_reply": "y"', None, "yes"),
+        ('"needs_reply": 0', None, "no"),
+        ('"sentiment_label": "POSITIVE", "needs_reply": false', "positive", "no"),
+    ],
+)
+def test_labels_are_read_as_people_write_them(
+    given: str, sentiment: str | None, reply: str | None
+) -> None:
+    line = f'{{"channel": "x", "external_id": "1", "text": "hi", "author": {{}}, {given}}}'
+    got = triage.parse_labelled(3, line)
+    assert isinstance(got, triage.Labelled), got
+    assert (got.sentiment, got.needs_reply) == (sentiment, reply)
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ('"sentiment_label": "angry"', "line 3: sentiment: one of negative, neutral, positive"),
+        ('"needs_reply": "maybe"', "line 3: needs a reply: say yes or no, got 'maybe'"),
+        ('"needs_reply": 2', "line 3: needs a reply: say yes or no, got '2'"),
+    ],
+)
+def test_a_label_nobody_would_write_is_refused_with_its_line(given: str, said: str) -> None:
+    line = f'{{"channel": "x", "external_id": "1", "text": "hi", "author": {{}}, {given}}}'
+    got = triage.parse_labelled(3, line)
+    assert isinstance(got, str) and got.startswith(said), got
+
+
 # -- the pipeline -----------------------------------------------------------------------------
 
 
