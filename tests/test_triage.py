@@ -1173,9 +1173,11 @@ def test_risk_at_recall_is_the_highest_threshold_that_keeps_each_share() -> None
     assert triage.risk_at_recall(np.array([])) == []
 
 
-def _scores(curve: list[float], support: int, head: str = "needs_reply") -> dict[str, Any]:
+def _scores(
+    curve: list[float], support: int, head: str = "needs_reply", n: int = 2000
+) -> dict[str, Any]:
     risky = triage.RISKY[head]
-    return {head: {"risk_at_recall": curve, "per_class": {risky: {"support": support}}}}
+    return {head: {"risk_at_recall": curve, "per_class": {risky: {"support": support}}, "n": n}}
 
 
 def test_the_ticket_threshold_is_the_models_own_unless_the_config_sets_one() -> None:
@@ -1206,11 +1208,30 @@ def test_the_ticket_threshold_is_the_models_own_unless_the_config_sets_one() -> 
         assert fallback.at == triage.FALLBACK_TICKET_AT and "the default" in fallback.why
     fixed = triage.ticket_threshold(_scores(curve, 200), fixed=0.33, recall=0.9, ceiling=0.6)
     assert fixed == triage.Threshold(0.33, "set in the config (triage.ticket_at)")
+    # Validated on a small set, whose figures flatter it: never less careful than the default.
+    small = triage.ticket_threshold(_scores(curve, 200, n=499), fixed=None, recall=0.9, ceiling=0.6)
+    assert small.at == triage.FALLBACK_TICKET_AT
+    assert "held within 0.05-0.20 (validated on 499 labels, fewer than 500)" in small.why
+    low_small = triage.ticket_threshold(
+        _scores([0.1] * 50, 200, n=300), fixed=None, recall=0.9, ceiling=0.6
+    )
+    assert low_small.at == 0.1 and "held" not in low_small.why
 
 
 async def test_the_pipeline_keeps_tickets_from_the_threshold_of_the_model_in_use(
-    config: Config, store: Store, scorer: SentimentScorer, trained: triage.Trained
+    config: Config, store: Store, scorer: SentimentScorer
 ) -> None:
+    # Enough labels for the model's own threshold to stand (a smaller set's is held at the
+    # default's).
+    rows = labelled_set(triage.SMALL_SET // 3 + 1)
+    xs = [triage.sample(t, scorer.score(t)) for t, _ in rows]
+    trained = triage.train(
+        {
+            "sentiment": (xs, [y for _, y in rows]),
+            "needs_reply": (xs, [reply_of(y) for _, y in rows]),
+        },
+        SMALL,
+    )
     curve = trained.scores["needs_reply"]["risk_at_recall"]
     assert len(curve) == 50 and curve == sorted(curve, reverse=True)
     await _store_trained(store, trained)
