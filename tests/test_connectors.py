@@ -53,8 +53,11 @@ from tests.x_spec import Exchange, XSpec, record_x
 X_SPEC = XSpec()
 SEED = 11
 MESSAGES = 700
-#: Client timeout in the tests; the sandbox's "timeout" fault answers later than this.
-CLIENT_TIMEOUT_S = 1.0
+#: Client timeout in the tests: a healthy request on a loaded CI machine never comes near it
+#: (a reply sent to the Mastodon stand-in once took more than 1 s there).
+CLIENT_TIMEOUT_S = 3.0
+#: The sandbox's "timeout" fault answers later than the client waits.
+TIMEOUT_DELAY_S = CLIENT_TIMEOUT_S + 1.0
 QUERY = "acme"
 
 
@@ -78,7 +81,9 @@ class SandboxHarness:
     @contextlib.asynccontextmanager
     async def running(cls, sandbox: Sandbox | None = None) -> AsyncIterator[Any]:
         """Serve a sandbox and yield a harness on it; close every session and the server."""
-        sandbox = sandbox or Sandbox(SEED, messages=MESSAGES, faults=Faults(timeout_delay_s=3.0))
+        sandbox = sandbox or Sandbox(
+            SEED, messages=MESSAGES, faults=Faults(timeout_delay_s=TIMEOUT_DELAY_S)
+        )
         async with TestServer(make_app(sandbox), host="127.0.0.1") as server:
             harness = cls(sandbox, server)
             try:
@@ -139,7 +144,9 @@ class XHarness(SandboxHarness):
     async def running(cls, sandbox: Sandbox | None = None) -> AsyncIterator[Any]:
         """Serve a sandbox; at the end, every X exchange the stand-in did not break on purpose
         must follow X's OpenAPI description (tests/specs/x)."""
-        sandbox = sandbox or Sandbox(SEED, messages=MESSAGES, faults=Faults(timeout_delay_s=3.0))
+        sandbox = sandbox or Sandbox(
+            SEED, messages=MESSAGES, faults=Faults(timeout_delay_s=TIMEOUT_DELAY_S)
+        )
         app = make_app(sandbox)
         exchanges: list[Exchange] = []
         record_x(app, exchanges, sandbox.faults)
@@ -187,7 +194,9 @@ class MastodonHarness(SandboxHarness):
     async def running(cls, sandbox: Sandbox | None = None) -> AsyncIterator[Any]:
         """Serve a sandbox whose Mastodon traffic is checked against the documented shapes
         (tests/specs/mastodon/): every request the connector makes, every answer it gets."""
-        sandbox = sandbox or Sandbox(SEED, messages=MESSAGES, faults=Faults(timeout_delay_s=3.0))
+        sandbox = sandbox or Sandbox(
+            SEED, messages=MESSAGES, faults=Faults(timeout_delay_s=TIMEOUT_DELAY_S)
+        )
         spec = MastodonSpec(sandbox)
         async with TestServer(spec.install(make_app(sandbox)), host="127.0.0.1") as server:
             harness = cls(sandbox, server)
@@ -249,7 +258,9 @@ class Clock:
 
 def reddit_sandbox(messages: int = MESSAGES, seed: int = SEED) -> Sandbox:
     """A sandbox on a fake clock, so that a test can wait out Reddit's search index lag."""
-    return Sandbox(seed, messages=messages, faults=Faults(timeout_delay_s=3.0), clock=Clock())
+    return Sandbox(
+        seed, messages=messages, faults=Faults(timeout_delay_s=TIMEOUT_DELAY_S), clock=Clock()
+    )
 
 
 class RedditHarness(SandboxHarness):
@@ -810,7 +821,7 @@ class FeedHarness:
         if fault == "server_error":
             return web.Response(status=503, text="upstream down")
         if fault == "timeout":
-            await asyncio.sleep(CLIENT_TIMEOUT_S * 3)
+            await asyncio.sleep(TIMEOUT_DELAY_S)
         if fault == "bad_item":
             self.broken.add(self.entries[len(self.entries) // 2])
         items = "".join(
@@ -1001,7 +1012,7 @@ async def test_each_fetch_keeps_what_it_read_when_a_later_page_fails(
     """A third of the requests fail. A fetch of thirty pages almost never succeeds whole, but
     every fetch keeps the pages it read before the failure, so the backlog arrives once each
     in a bounded number of fetches instead of never."""
-    faults = Faults(seed=5, server_error=0.3, timeout_delay_s=3.0)
+    faults = Faults(seed=5, server_error=0.3, timeout_delay_s=TIMEOUT_DELAY_S)
     sandbox = Sandbox(SEED, messages=4000, faults=faults)
     async with harness_class.running(sandbox) as harness:
         published = await harness.publish(harness.page_size * 30)

@@ -69,7 +69,7 @@ class Harness:
             "query": "acme",
             "subreddits": self.subreddits,
             "keywords": [],
-            "timeout_s": 0.5,
+            "timeout_s": 10.0,  # no test here times out: a loaded machine must not either
             **settings,
         }
 
