@@ -20,8 +20,8 @@ message is read once, by a model that never saw it.
 Goals after learning from 2,000 labels: >= 90% of complaints and of negative messages
 ticketed, <= 10% of positive ones, no complaint thanked. For TweetEval it also prints what the
 model's reading allows whatever the policy: the share of positive tweets a ticket at the
-model's P(negative) alone would open, at the threshold that tickets 85% and 90% of the
-negative ones.
+model's risk alone (its chance that a message is negative rather than positive) would open,
+at the threshold that tickets 85% and 90% of the negative ones.
 """
 
 from __future__ import annotations
@@ -212,11 +212,11 @@ def main(argv: list[str] | None = None) -> int:
                 ("negative ticketed >= 90%", cells[0][1] >= 0.90),
                 ("positive ticketed <= 10%", cells[2][1] <= 0.10),
             ]
-    # What the model's reading allows, whatever the policy: a ticket at its P(negative) alone.
+    # What the model's reading allows, whatever the policy: a ticket at its risk alone.
     neg = [risks[k] for k, *_, y in picked2 if y == "negative"]
     pos = [risks[k] for k, *_, y in picked2 if y == "positive"]
     print(
-        "  the model's P(negative) alone, as the ticket threshold: "
+        "  the model's risk alone, as the ticket threshold: "
         + ", ".join(
             f"{share:.0%} of negatives ticketed opens {model_alone(neg, pos, share):.1%} "
             "of positives"

@@ -187,6 +187,42 @@ def test_the_stored_model_round_trips(trained: triage.Trained) -> None:
         assert all(archive[k].dtype != object for k in archive.files)
 
 
+def test_a_class_only_model_reads_negative_against_positive() -> None:
+    """A team's model that learned only the class weighs negative against positive: a
+    message's neutral share does not dilute its chance of needing us. Its validation notes
+    the same reading, and a model stored before reads the plain chance of negative still."""
+    scorer = SentimentScorer()
+    rows = labelled_set(20)
+    xs = [triage.sample(t, scorer.score(t)) for t, _ in rows]
+    data = {"sentiment": (xs, [y for _, y in rows])}
+    assert triage.LEARNED.sentiment_risk == "negative_vs_positive"
+    against = SMALL.model_copy(update={"sentiment_risk": "negative_vs_positive"})
+    trained = triage.train(data, against, folds=2)
+    model = triage.Model.load(trained.model.dump())
+    assert model.settings.sentiment_risk == "negative_vs_positive"
+    unseen = [triage.sample(t, scorer.score(t)) for t, _ in labelled_set(8, seed=9)]
+    clf = model.heads["sentiment"]
+    proba = clf.predict_proba(triage.features(against).fit_transform(unseen))
+    neg, pos = (list(clf.classes_).index(c) for c in ("negative", "positive"))
+    expected = proba[:, neg] / (proba[:, neg] + proba[:, pos])
+    got = [v.risk for v in model.predict(unseen)]
+    assert got == pytest.approx(expected.tolist(), abs=1e-4)
+    assert not np.allclose(expected, proba[:, neg], atol=1e-3)  # a reading of its own
+    # The threshold's curve was noted on the same reading: a share of negatives at or above.
+    curve = trained.scores["sentiment"]["risk_at_recall"]
+    assert len(curve) == 50 and curve == sorted(curve, reverse=True)
+    # Stored before, with no word on it: the chance of negative, as it was validated on.
+    plain = triage.train(data, SMALL, folds=2)
+    header_settings = plain.model.settings.model_dump()
+    del header_settings["sentiment_risk"]
+    assert triage.Settings.model_validate(header_settings).sentiment_risk == "negative"
+    clf = plain.model.heads["sentiment"]
+    proba = clf.predict_proba(triage.features(SMALL).fit_transform(unseen))
+    assert [v.risk for v in plain.model.predict(unseen)] == pytest.approx(
+        proba[:, list(clf.classes_).index("negative")].tolist(), abs=1e-4
+    )
+
+
 def test_a_model_stored_with_older_feature_settings_reads_with_its_own() -> None:
     # New models read character 3-5-grams; one stored when 2-5-grams were the default keeps
     # its settings in its header, so it loads and reads exactly as before.
