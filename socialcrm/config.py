@@ -174,10 +174,12 @@ class TriageConfig(_Section):
     #: number fixes it for every model.
     ticket_at: float | None = Field(default=None, ge=0.0, le=1.0)
     #: The share of the messages that need us (labelled as needing a reply, or negative) a
-    #: model's own ticket threshold keeps ticketed, measured in its cross-validation. The
-    #: rules ticket more besides (bench/triage_tickets.py, after learning from 2,000 labels:
-    #: 91.4% and 89.7% of complaints, 92.5% and 93.9% of negative tweets ticketed).
-    ticket_recall: float = Field(default=0.9, ge=0.5, le=0.99)
+    #: model's own ticket threshold keeps ticketed, measured in its cross-validation. Above
+    #: the 90% a team wants, since new messages land a point or two either side of what
+    #: validation measured: at 0.90, one draw of 2,000 complaints kept 89.7% ticketed; at
+    #: 0.92, 93.2% and 92.5% of complaints and 93.7% and 94.1% of negative tweets
+    #: (bench/triage_tickets.py, seeds 7 and 9; the rules ticket a little more besides).
+    ticket_recall: float = Field(default=0.92, ge=0.5, le=0.99)
     #: How often the pipeline asks the store whether a newer model exists.
     check_every: PositiveDuration = timedelta(minutes=1)
 

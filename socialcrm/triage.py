@@ -139,8 +139,9 @@ class Settings(BaseModel):
     #: ``negative``, its chance of being negative (the starter, and models stored before);
     #: ``negative_vs_positive``, that chance against the chance of being positive, so that
     #: the neutral share, which says nothing of which way a message leans, does not dilute it.
-    #: At the threshold that keeps 90% of negative tweets, held-out positive ones over it fell
-    #: from 26% to 17-18% (TweetEval, two draws of 2,000 labels), neutral ones rose 5 points.
+    #: A ticket at this chance alone, at the threshold that keeps 90% of negative tweets,
+    #: opened 22.0% and 16.3% of the positive ones against 27.8% and 18.3% for the plain
+    #: chance of negative (bench/triage_tickets.py, TweetEval, seeds 7 and 9).
     sentiment_risk: Literal["negative", "negative_vs_positive"] = "negative"
 
     @property
