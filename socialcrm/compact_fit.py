@@ -1,6 +1,6 @@
 """A logistic regression fitted on the columns its training data uses.
 
-The triage features are hashed into some 135,000 columns, of which a few thousand labelled
+The triage features are hashed into some 150,000 columns, of which a few thousand labelled
 messages touch a fraction. L-BFGS works on dense vectors as wide as the coefficients, so on
 a small set nearly all of its time went to columns no message has. A column no training row
 touches has a zero gradient at the start and stays at zero under the L2 penalty (every step
