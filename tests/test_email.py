@@ -435,8 +435,10 @@ class ImapHarness:
         self.sent = 0
 
     def connector(self, *, valid_credentials: bool = True) -> Connector:
+        # A healthy command on a loaded CI machine never comes near 5 s; the proxy's timeout
+        # fault says nothing until the client gives up, however long it waits.
         settings = self.server.settings(
-            mailbox=self.mailbox, batch_size=self.page_size, port=self.proxy.port, timeout_s=2.0
+            mailbox=self.mailbox, batch_size=self.page_size, port=self.proxy.port, timeout_s=5.0
         )
         if not valid_credentials:
             settings["password"] = "wrong-" + self.server.password
