@@ -26,7 +26,9 @@ class CompactLogisticRegression(LogisticRegression):  # type: ignore[misc]
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> CompactLogisticRegression:
         matrix = sp.csr_matrix(X)
         width = matrix.shape[1]
-        used = np.unique(matrix.indices)
+        # Rows with no feature at all (texts with nothing to read) still fit, as the plain
+        # regression does: on one column of zeros, which keeps its zero coefficient.
+        used = np.unique(matrix.indices) if matrix.nnz else np.zeros(1, dtype=np.int32)
         super().fit(matrix[:, used], y, sample_weight)
         solved: np.ndarray[Any, Any] = self.coef_  # type: ignore[has-type]
         coef = np.zeros((solved.shape[0], width), dtype=solved.dtype)

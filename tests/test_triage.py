@@ -152,6 +152,13 @@ def test_fitting_on_the_used_columns_finds_the_model_a_full_fit_finds(labels: st
     assert not compact.coef_[:, unused].any() and compact.coef_.any()
     assert np.abs(compact.predict_proba(matrix) - full.predict_proba(matrix)).max() < 1e-8
     assert (compact.classes_ == full.classes_).all()
+    # Rows with nothing in them fit as the plain regression fits them: on the intercept alone.
+    empty = matrix[:, :0].tocsr()
+    empty.resize(matrix.shape)
+    plain = LogisticRegression(**settings).fit(empty, y)
+    alone = CompactLogisticRegression(**settings).fit(empty, y)
+    assert not alone.coef_.any() and alone.coef_.shape == plain.coef_.shape
+    assert np.abs(alone.predict_proba(matrix) - plain.predict_proba(matrix)).max() < 1e-8
 
 
 def test_a_head_without_two_kinds_of_label_is_not_trained() -> None:
