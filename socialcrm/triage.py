@@ -387,9 +387,13 @@ def figures(classes: Sequence[str], truth: Sequence[str], predicted: Sequence[st
     )
 
 
-def trainable(labels: Sequence[str]) -> bool:
-    """Whether a head can learn from these labels: two classes, each seen a few times."""
+def trainable(labels: Sequence[str], head: str | None = None) -> bool:
+    """Whether a head can learn from these labels: two classes, each seen a few times, one of
+    them (for ``head``) the class that needs us: a model that never saw a negative message
+    cannot say which ones need us, and would read every batch in vain."""
     counts = Counter(labels)
+    if head is not None and RISKY[head] not in counts:
+        return False
     return len(counts) >= 2 and min(counts.values()) >= MIN_PER_CLASS
 
 
@@ -397,8 +401,11 @@ def cross_validate(
     head: str, xs: Sequence[Sample], labels: Sequence[str], settings: Settings, folds: int = 5
 ) -> HeadFigures:
     """Figures of one head by stratified k-fold cross-validation (fewer folds on tiny sets)."""
-    if not trainable(labels):
-        raise TriageError(f"{head}: need two classes with {MIN_PER_CLASS} examples each")
+    if not trainable(labels, head):
+        raise TriageError(
+            f"{head}: need two classes with {MIN_PER_CLASS} examples each, one of them "
+            f"'{RISKY[head]}'"
+        )
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     k = max(2, min(folds, *Counter(labels).values()))
@@ -512,7 +519,7 @@ class Model:
         feats = features(settings)
         heads: dict[str, LogisticRegression] = {}
         for head, (xs, labels) in data.items():
-            if not trainable(labels):
+            if not trainable(labels, head):
                 continue
             pipe = Pipeline([("features", feats), ("model", _classifier(settings))])
             pipe.fit(list(xs), np.array(labels))
@@ -846,7 +853,7 @@ def train(
         settings = LEARNED if reads_rules else Settings()
     scores: dict[str, dict[str, Any]] = {}
     for head, (xs, labels) in data.items():
-        if trainable(labels):
+        if trainable(labels, head):
             scores[head] = cross_validate(head, xs, labels, settings, folds).as_dict()
     model = Model.fit(settings, data)
     counts = {h: dict(sorted(Counter(labels).items())) for h, (_xs, labels) in data.items()}
@@ -876,7 +883,10 @@ def model_card(
             )
     for head, labels in HEADS.items():
         if head not in scores:
-            fails.append(f"{head}: not trained (too few labels of each kind); rules decide alone")
+            fails.append(
+                f"{head}: not trained (too few labels of each kind, or none "
+                f"'{RISKY[head]}'); rules decide alone"
+            )
         else:
             n = sum(counts.get(head, {}).values())
             if n < SMALL_SET:
@@ -1002,13 +1012,14 @@ async def retrain(
             f"{ts.messages} labelled message(s); at least {min_labels} are needed "
             "(triage.min_labels)"
         )
-    if not any(trainable(v) for v in ts.labels.values()):
+    if not any(trainable(v, head) for head, v in ts.labels.items()):
         so_far = "; ".join(
             f"{head}: " + ", ".join(f"{n} {label}" for label, n in counts.items())
             for head, counts in ts.counts().items()
         )
         raise TriageError(
-            "the labels do not yet show two kinds of message for either question "
+            "the labels do not yet show two kinds of message, one of them needing us "
+            "(negative, or needs a reply), for either question "
             f"(labels so far: {so_far})"
         )
     if on_start is not None:
@@ -1277,7 +1288,7 @@ def evaluate(
             for j, v in zip(english, read, strict=True):
                 by_starter[j] = str(v.sentiment)
             entry["starter"] = figures(classes, truth, by_starter).as_dict()
-        if trainable(truth):
+        if trainable(truth, head):
             xs = [
                 sample(i.message.text, s, rules.fact_keys(rules.text_facts(i.message.text)))
                 for i, s in rows

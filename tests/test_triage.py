@@ -174,6 +174,16 @@ def test_a_head_without_two_kinds_of_label_is_not_trained() -> None:
     )
     (v,) = model.predict(xs[:1])
     assert v.sentiment is not None and v.needs_reply is None and v.reply_confidence is None
+    # No message labelled negative: the model could not say which messages need us (it read
+    # every batch in vain, failing to find the class), so that head is not trained.
+    rows = [(t, y) for t, y in labelled_set(10) if y != "negative"]
+    happy = [triage.sample(t, None) for t, _ in rows]
+    assert not triage.trainable([y for _, y in rows], "sentiment")
+    assert triage.trainable([y for _, y in rows])  # two kinds, each seen often enough
+    with pytest.raises(triage.TriageError, match="no head"):
+        triage.Model.fit(SMALL, {"sentiment": (happy, [y for _, y in rows])})
+    with pytest.raises(triage.TriageError, match="one of them 'negative'"):
+        triage.cross_validate("sentiment", happy, [y for _, y in rows], SMALL)
 
 
 def test_the_stored_model_round_trips(trained: triage.Trained) -> None:
