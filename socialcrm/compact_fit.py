@@ -24,6 +24,10 @@ class CompactLogisticRegression(LogisticRegression):  # type: ignore[misc]
     coefficients keep the full width, zero elsewhere, so it predicts like any other."""
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> CompactLogisticRegression:
+        if self.warm_start:
+            # A warm start goes on from coefficients as wide as the matrix: the plain fit.
+            super().fit(X, y, sample_weight)
+            return self
         matrix = sp.csr_matrix(X)
         width = matrix.shape[1]
         # Rows with no feature at all (texts with nothing to read) still fit, as the plain

@@ -171,7 +171,8 @@ class TriageConfig(_Section):
     #: (the default), each model sets its own: the chance at which, in its cross-validation,
     #: it kept ``ticket_recall`` of the labelled messages that need us (a model that tells
     #: them apart well closes more of what does not need us; one that does not, less). A
-    #: number fixes it for every model.
+    #: number fixes it for every model (for a model that learned only the class, on its
+    #: chance of negative against positive: ``triage.Settings.sentiment_risk``).
     ticket_at: float | None = Field(default=None, ge=0.0, le=1.0)
     #: The share of the messages that need us (labelled as needing a reply, or negative) a
     #: model's own ticket threshold keeps ticketed, measured in its cross-validation. Above

@@ -491,7 +491,7 @@ def ticket_threshold(
     )
     if at != own:
         why += f", held within {LOWEST_TICKET_AT:.2f}-{top:.2f}"
-        if top < ceiling:
+        if own > top < ceiling:
             why += f" (validated on {validated} labels, fewer than {SMALL_SET})"
     return Threshold(at, why)
 
@@ -1081,11 +1081,15 @@ def steer(d: Decision, verdict: Verdict, min_confidence: float, ticket_at: float
     """Let the team's model decide what the rules' words leave open, once one is trained.
 
     ``risk`` is the model's chance that the message needs us (needs a reply where that head
-    is trained, else is negative). The model learned from the team, so where it is sure it
-    wins over the shipped word lists, both ways; in between, the rules' ticket stands and a
-    person looks at what they would leave alone:
+    is trained, else is negative, as ``Settings.sentiment_risk`` reads it). The model
+    learned from the team, so where it is sure it wins over the shipped word lists, both
+    ways; in between, the rules' ticket stands and a person looks at what they would leave
+    alone:
 
-    - risk at least ``min_confidence``: a ticket, never a thank-you;
+    - sure it needs us (the reply head's chance at least ``min_confidence``, or with only the
+      class, read as negative with at least ``min_confidence``: a share of negative against
+      positive says which way a message leans, not that the model is sure of it): a ticket,
+      never a thank-you;
     - risk from ``ticket_at`` up: the rules' ticket, or one for a person (``needs-triage``);
       never a thank-you;
     - risk below ``ticket_at``: with the reply head, no ticket and no draft; with only the
@@ -1097,10 +1101,15 @@ def steer(d: Decision, verdict: Verdict, min_confidence: float, ticket_at: float
     a person's look.
     """
     risk = risk_of(verdict)
-    if risk >= min_confidence:
+    if verdict.needs_reply is not None:
+        sure, said = risk >= min_confidence, f"needs a reply ({risk:.2f})"
+    else:
+        c = verdict.confidence or 0.0
+        sure = verdict.sentiment == "negative" and c >= min_confidence
+        said = f"reads as negative ({c:.2f})"
+    if sure:
         if not d.ignore:
-            need = "needs a reply" if verdict.needs_reply is not None else "reads as negative"
-            _open(d, verdict, f"{need} ({risk:.2f})")
+            _open(d, verdict, said)
     elif risk >= ticket_at:
         if not d.open_ticket or d.ignore:
             route_to_person(d)

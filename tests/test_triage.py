@@ -159,6 +159,10 @@ def test_fitting_on_the_used_columns_finds_the_model_a_full_fit_finds(labels: st
     alone = CompactLogisticRegression(**settings).fit(empty, y)
     assert not alone.coef_.any() and alone.coef_.shape == plain.coef_.shape
     assert np.abs(alone.predict_proba(matrix) - plain.predict_proba(matrix)).max() < 1e-8
+    # A warm start goes on from the full-width coefficients of a fit before: the plain fit.
+    warm = CompactLogisticRegression(**settings, warm_start=True).fit(matrix, y).fit(matrix, y)
+    assert warm.coef_.shape == full.coef_.shape
+    assert np.abs(warm.predict_proba(matrix) - full.predict_proba(matrix)).max() < 1e-3
 
 
 def test_a_head_without_two_kinds_of_label_is_not_trained() -> None:
@@ -225,17 +229,40 @@ def test_a_class_only_model_reads_negative_against_positive() -> None:
     got = [v.risk for v in model.predict(unseen)]
     assert got == pytest.approx(expected.tolist(), abs=1e-4)
     assert not np.allclose(expected, proba[:, neg], atol=1e-3)  # a reading of its own
-    # The threshold's curve was noted on the same reading: a share of negatives at or above.
-    curve = trained.scores["sentiment"]["risk_at_recall"]
-    assert len(curve) == 50 and curve == sorted(curve, reverse=True)
-    # Stored before, with no word on it: the chance of negative, as it was validated on.
+    # The threshold's curve was noted on the same reading, held out as validation holds out.
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    labels = np.array(data["sentiment"][1])
+    held_out = cross_val_predict(
+        triage.estimator(against),
+        xs,
+        labels,
+        cv=StratifiedKFold(n_splits=2, shuffle=True, random_state=0),
+        method="predict_proba",
+    )
+    classes = sorted(set(labels.tolist()))
+    for reading in (against, SMALL):
+        noted = triage.train(data, reading, folds=2).scores["sentiment"]["risk_at_recall"]
+        at_risk = triage.risks("sentiment", classes, held_out, reading)[labels == "negative"]
+        assert noted == triage.risk_at_recall(at_risk)
+    assert trained.scores["sentiment"]["risk_at_recall"] != triage.risk_at_recall(
+        held_out[labels == "negative", classes.index("negative")]
+    )
+    # Stored before, with no word on it in its header: it reads the chance of negative, as it
+    # was validated on.
     plain = triage.train(data, SMALL, folds=2)
-    header_settings = plain.model.settings.model_dump()
-    del header_settings["sentiment_risk"]
-    assert triage.Settings.model_validate(header_settings).sentiment_risk == "negative"
-    clf = plain.model.heads["sentiment"]
+    with np.load(io.BytesIO(plain.model.dump()), allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    header = json.loads(arrays["header"].tobytes())
+    del header["settings"]["sentiment_risk"]
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, allow_pickle=False, **arrays)
+    older = triage.Model.load(buf.getvalue())
+    assert older.settings.sentiment_risk == "negative"
+    clf = older.heads["sentiment"]
     proba = clf.predict_proba(triage.features(SMALL).fit_transform(unseen))
-    assert [v.risk for v in plain.model.predict(unseen)] == pytest.approx(
+    assert [v.risk for v in older.predict(unseen)] == pytest.approx(
         proba[:, list(clf.classes_).index("negative")].tolist(), abs=1e-4
     )
 
@@ -911,6 +938,10 @@ COMPLAINT = {"intent": "complaint", "open_ticket": True, "draft_template": "apol
             False,
         ),
         (PRAISE, triage.Verdict(None, None, False, 0.7), True, None, True),
+        # Read as neutral, leaning negative against positive (3% to 2%): which way it leans
+        # is not sureness: a person looks rather than a ticket "whatever the rules said".
+        ({}, triage.Verdict("neutral", 0.95, None, None, risk=0.6), True, None, True),
+        ({}, triage.Verdict("neutral", 0.95, None, None, risk=0.9), True, None, True),
         # The reply head, sure no: closed even when the model's class is not sure.
         (COMPLAINT, triage.Verdict("neutral", 0.4, False, 0.8), False, None, False),
         (COMPLAINT, triage.Verdict("neutral", 0.9, None, None), True, "apology", False),
@@ -1269,6 +1300,10 @@ def test_the_ticket_threshold_is_the_models_own_unless_the_config_sets_one() -> 
         _scores([0.1] * 50, 200, n=300), fixed=None, recall=0.9, ceiling=0.6
     )
     assert low_small.at == 0.1 and "held" not in low_small.why
+    floored_small = triage.ticket_threshold(
+        _scores([0.01] * 50, 200, n=300), fixed=None, recall=0.9, ceiling=0.6
+    )
+    assert floored_small.at == triage.LOWEST_TICKET_AT and "validated on" not in floored_small.why
 
 
 async def test_the_pipeline_keeps_tickets_from_the_threshold_of_the_model_in_use(
