@@ -337,11 +337,11 @@ def _short(where: str) -> str:
     path, sep, line = where.rpartition(":")
     if not sep or not line.isdigit():
         path, line = where, ""
-    shipped = shipped_rules_dir()
+    resolved, shipped = Path(path).resolve(), shipped_rules_dir().resolve()
     try:
         shown = os.path.relpath(path)
-        if Path(path).resolve().is_relative_to(shipped.resolve()):
-            shown = f"rules/{Path(path).resolve().relative_to(shipped.resolve()).as_posix()}"
+        if resolved.is_relative_to(shipped):
+            shown = f"rules/{resolved.relative_to(shipped).as_posix()}"
     except ValueError:  # another drive
         shown = path
     if shown.startswith(".."):

@@ -417,9 +417,8 @@ def cross_validate(
     classes = sorted(set(labels))  # the columns' order: the classifier's sorted classes
     out = figures(HEADS[head], labels, [classes[i] for i in proba.argmax(axis=1).tolist()])
     out.folds = k
-    risky = RISKY[head]
-    if risky in classes:
-        out.risk_at_recall = risk_at_recall(risks(head, classes, proba, settings)[truth == risky])
+    # Trainable labels hold the class that needs us: the curve of the chances it was given.
+    out.risk_at_recall = risk_at_recall(risks(head, classes, proba, settings)[truth == RISKY[head]])
     return out
 
 
@@ -430,9 +429,8 @@ def risks(
     ``classes`` order): the risky class's, or for the class head read as
     ``negative_vs_positive``, negative's share of negative and positive together."""
     risky = np.asarray(proba[:, classes.index(RISKY[head])], dtype=np.float64)
-    if head != "sentiment" or settings.sentiment_risk != "negative_vs_positive":
-        return risky
-    if "positive" not in classes:
+    against = head == "sentiment" and settings.sentiment_risk == "negative_vs_positive"
+    if not against or "positive" not in classes:
         return risky
     either = risky + proba[:, classes.index("positive")]
     out: NDArray[np.float64] = np.divide(risky, either, out=np.zeros_like(risky), where=either > 0)
