@@ -165,6 +165,76 @@ def test_fitting_on_the_used_columns_finds_the_model_a_full_fit_finds(labels: st
     assert np.abs(warm.predict_proba(matrix) - full.predict_proba(matrix)).max() < 1e-3
 
 
+#: SMALL with the team model's n-gram weighting.
+SCALED = SMALL.model_copy(update={"scaling": "log_count_ratio", "fact_bits": 10})
+
+
+@pytest.mark.parametrize("labels", ["sentiment", "needs_reply"])
+def test_log_count_ratio_scaling_weights_each_gram_by_the_class_it_belongs_to(labels: str) -> None:
+    """Each regression reads the n-grams a message has, weighted by their log-count ratio and
+    brought to unit length; the margins computed without that matrix are the same."""
+    import scipy.sparse as sp
+
+    from socialcrm.scaled_fit import ScaledLogisticRegression
+
+    rows = labelled_set(10)
+    xs = [triage.sample(t, SentimentScorer().score(t), (3, 7)) for t, _ in rows]
+    y = np.array([y if labels == "sentiment" else reply_of(y) for _, y in rows])
+    matrix = triage.features(SCALED).fit_transform(xs)
+    grams = matrix[:, : SCALED.n_grams]
+    assert set(grams.data) == {1.0}  # present or not, however often
+    clf = triage._classifier(SCALED).fit(matrix, y)
+    assert isinstance(clf, ScaledLogisticRegression)
+    regressions = 1 if labels == "needs_reply" else 3
+    assert clf.ratio_.shape == (regressions, SCALED.n_grams)
+    assert clf.coef_.shape == (regressions, SCALED.n_features)
+    # A gram found only in one class's messages weighs for that class; one found only in the
+    # others' weighs against it.
+    for k, c in enumerate(clf.classes_[1:] if regressions == 1 else clf.classes_):
+        mine = np.asarray(grams[y == c].sum(axis=0)).ravel() > 0
+        theirs = np.asarray(grams[y != c].sum(axis=0)).ravel() > 0
+        assert (mine & ~theirs).any() and (theirs & ~mine).any()
+        assert (clf.ratio_[k][mine & ~theirs] > 0).all()
+        assert (clf.ratio_[k][theirs & ~mine] < 0).all()
+    # The margins are those of the weighted, unit-length matrix.
+    for k in range(regressions):
+        weighted = grams @ sp.diags(clf.ratio_[k])
+        norms = np.sqrt(np.asarray(weighted.multiply(weighted).sum(axis=1)).ravel())
+        z = sp.hstack([sp.diags(1 / norms) @ weighted, matrix[:, SCALED.n_grams :]]).tocsr()
+        explicit = z @ clf.coef_[k] + clf.intercept_[k]
+        assert np.abs(explicit - clf.decision_function(matrix)[:, k]).max() < 1e-9
+    proba = clf.predict_proba(matrix)
+    assert np.allclose(proba.sum(axis=1), 1.0) and (proba > 0).all()
+    assert (clf.predict(matrix) == y).mean() > 0.9  # it learned its own training set
+    # A text with nothing to read has no n-gram: its margins are the other columns' alone.
+    blank = triage.features(SCALED).fit_transform([triage.sample("", None)])
+    assert np.isfinite(clf.predict_proba(blank)).all()
+
+
+def test_a_scaled_model_is_stored_with_its_ratios_and_checked_on_load() -> None:
+    scorer = SentimentScorer()
+    rows = labelled_set(10)
+    xs = [triage.sample(t, scorer.score(t)) for t, _ in rows]
+    model = triage.Model.fit(SCALED, {"sentiment": (xs, [y for _, y in rows])})
+    payload = model.dump()
+    again = triage.Model.load(payload)
+    assert again.settings == SCALED
+    assert again.predict(xs) == model.predict(xs)
+    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    assert arrays["sentiment.ratio"].shape == (3, SCALED.n_grams)
+    for change, said in (
+        ({"sentiment.ratio": arrays["sentiment.ratio"][:, :10]}, "ratio"),
+        ({"sentiment.ratio": np.full((3, SCALED.n_grams), np.inf, np.float32)}, "finite"),
+        ({"sentiment.ratio": np.zeros((3, SCALED.n_grams), np.int32)}, "ratio"),
+    ):
+        with pytest.raises(triage.TriageError, match=said):
+            triage.Model.load(_npz(**{**arrays, **change}))
+    without = {k: v for k, v in arrays.items() if k != "sentiment.ratio"}
+    with pytest.raises(triage.TriageError, match="unexpected arrays"):
+        triage.Model.load(_npz(**without))
+
+
 def test_a_head_without_two_kinds_of_label_is_not_trained() -> None:
     xs = [triage.sample(t, None) for t, _ in labelled_set(5)]
     with pytest.raises(triage.TriageError, match="no head"):
