@@ -824,16 +824,25 @@ async def triage_eval(ctx: click.Context, file: Path, as_json: bool) -> None:
     _show_problems(problems)
     if not items:
         raise CliError(f"{file}: no labelled messages to evaluate on")
+    items, merged = triage.merge_duplicates(items, same_text=True)
     rules = load_rules(config)
     scorer = SentimentScorer.for_brand(config.brand)
     results = await asyncio.to_thread(triage.evaluate, items, scorer, rules)
     if as_json:
+        if merged:
+            click.echo(f"{merged} duplicate line(s) merged", err=True)
         click.echo(json.dumps(results))
         return
     text = (
         template_environment(None)
         .get_template("triage/eval.j2")
-        .render(results=results, count=len(items), file=file.name, problems=len(problems))
+        .render(
+            results=results,
+            count=len(items),
+            file=file.name,
+            problems=len(problems),
+            merged=merged,
+        )
     )
     click.echo(text.strip())
 

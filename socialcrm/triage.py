@@ -1192,6 +1192,40 @@ def parse_labelled(n: int, line: str) -> Labelled | str:
     return Labelled(msg, sent_value, reply_value)
 
 
+def merge_duplicates(
+    items: Sequence[Labelled], *, same_text: bool = False
+) -> tuple[list[Labelled], int]:
+    """A labelled file's lines, one a message: the lines for one message (its channel and
+    ``external_id``) merge, a later line's labels winning; with ``same_text``, a text repeated
+    with the same labels under another id goes too. The lines kept, and how many merged."""
+    by_id: dict[tuple[str, str], Labelled] = {}
+    for item in items:
+        key = (item.message.channel, item.message.external_id)
+        before = by_id.get(key)
+        by_id[key] = (
+            item
+            if before is None
+            else Labelled(
+                item.message,
+                item.sentiment if item.sentiment is not None else before.sentiment,
+                item.needs_reply if item.needs_reply is not None else before.needs_reply,
+            )
+        )
+    kept = list(by_id.values())
+    if same_text:
+        # Copies of one text in a cross-validation would land on both sides of a fold, and
+        # the model would be scored on what it was trained on.
+        seen: set[tuple[str, str | None, str | None]] = set()
+        unique = []
+        for item in kept:
+            said = (item.message.text, item.sentiment, item.needs_reply)
+            if said not in seen:
+                seen.add(said)
+                unique.append(item)
+        kept = unique
+    return kept, len(items) - len(kept)
+
+
 async def import_labels(
     session: AsyncSession, items: Sequence[Labelled], actor: str, via: str
 ) -> dict[str, int]:

@@ -1164,6 +1164,68 @@ def test_learn_train_status_and_eval_from_the_command_line(
     assert "Triage model #2" in out and "Tickets: from a chance of" in out
 
 
+def _cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`socialcrm` in a fresh folder, initialised: run(*args, code=0) gives its output."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOCIALCRM_USER", "tester")
+    cli = CliRunner()
+
+    def run(*args: str, code: int = 0) -> str:
+        result = cli.invoke(main, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result.output
+
+    run("init")
+    return run
+
+
+def test_labelled_lines_merge_by_message_and_the_later_line_wins() -> None:
+    def line(ext: str, text: str, labels: str) -> triage.Labelled:
+        record = f'"channel": "x", "external_id": "{ext}", "text": "{text}", "author": {{}}'
+        got = triage.parse_labelled(1, f"{{{record}, {labels}}}")
+        assert isinstance(got, triage.Labelled), got
+        return got
+
+    items = [
+        line("1", "late again", '"sentiment_label": "neutral", "needs_reply": true'),
+        line("2", "late again", '"sentiment_label": "negative"'),
+        line("1", "late again!", '"sentiment_label": "negative"'),
+        line("3", "late again", '"sentiment_label": "negative"'),
+        line("4", "late again", '"sentiment_label": "negative", "needs_reply": false'),
+    ]
+    kept, merged = triage.merge_duplicates(items)
+    assert merged == 1
+    assert [(i.message.external_id, i.message.text, i.sentiment, i.needs_reply) for i in kept] == [
+        ("1", "late again!", "negative", "yes"),
+        ("2", "late again", "negative", None),
+        ("3", "late again", "negative", None),
+        ("4", "late again", "negative", "no"),
+    ]
+    kept, merged = triage.merge_duplicates(items, same_text=True)
+    assert merged == 2 and [i.message.external_id for i in kept] == ["1", "2", "4"]
+
+
+@pytest.mark.timeout(200)
+def test_eval_counts_a_message_repeated_in_the_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _cli(tmp_path, monkeypatch)
+    once = _labelled_file(tmp_path / "once.jsonl", labelled_set(12), [])
+    lines = once.read_text(encoding="utf-8").splitlines()
+    # The file twice over, and a third time under other ids: the same texts, the same labels.
+    other_ids = [line.replace('"external_id": "L', '"external_id": "M') for line in lines]
+    assert other_ids != lines
+    thrice = tmp_path / "thrice.jsonl"
+    thrice.write_text("\n".join(lines + lines + other_ids) + "\n", encoding="utf-8")
+    out = run("triage", "eval", str(thrice))
+    assert "36 labelled message(s) from thrice.jsonl (72 duplicate line(s) merged)." in out
+    # Scored as the file once: no copy of a message on both sides of a fold.
+    alone = json.loads(run("triage", "eval", str(once), "--json").splitlines()[-1])
+    merged = json.loads(run("triage", "eval", str(thrice), "--json").splitlines()[-1])
+    assert merged == alone
+    assert merged["sentiment"]["learned"]["macro_f1"] < 1
+
+
 async def test_labels_of_one_kind_say_so_in_words(store: Store) -> None:
     async with store.session() as s:
         for i in range(3):
