@@ -720,27 +720,43 @@ async def triage_learn(ctx: click.Context, file: Path, no_train: bool) -> None:
         + (f", {same} label(s) already here as given" if same else "")
     )
     if no_train or not config.triage.enabled:
-        click.echo("not trained: `socialcrm triage train` trains now")
+        async with _store(config) as store, store.reader() as s:
+            labelled = (await triage.training_set(s)).messages
+        click.echo(f"not trained: {_train_now(labelled, config.triage.min_labels)}")
         return
     # What was learned is used at once: by `socialcrm ingest` too, with no daemon running.
     try:
-        click.echo(await _train(config, config.triage.min_labels))
+        click.echo(await _train(config))
     except CliError as err:
         click.echo(f"not trained yet: {err.message}")
 
 
 @triage_group.command("train")
-@click.option("--min-labels", type=int, default=None, help="Default: triage.min_labels.")
+@click.option(
+    "--min-labels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train from this many labelled messages. Default: triage.min_labels.",
+)
 @click.pass_context
 @async_command
 async def triage_train(ctx: click.Context, min_labels: int | None) -> None:
     """Train a new model version from every label now, and show its card."""
 
     config = _load(ctx)
-    click.echo(await _train(config, config.triage.min_labels if min_labels is None else min_labels))
+    click.echo(await _train(config, min_labels))
 
 
-async def _train(config: Config, min_labels: int) -> str:
+def _train_now(labelled: int, min_labels: int) -> str:
+    """How a model is trained now, with this many labelled messages."""
+    if labelled >= min_labels:
+        return "`socialcrm triage train` trains now"
+    if labelled:
+        return f"`socialcrm triage train --min-labels {labelled}` trains on these {labelled} now"
+    return "`socialcrm triage learn FILE` imports labels"
+
+
+async def _train(config: Config, min_labels: int | None = None) -> str:
     """Train a new model version from every label; its card, as `triage status` shows it."""
     from socialcrm import triage
     from socialcrm.sentiment import SentimentScorer
@@ -754,13 +770,19 @@ async def _train(config: Config, min_labels: int) -> str:
                 load_rules(config),
                 actor.name,
                 actor.via,
-                min_labels=min_labels,
+                min_labels=config.triage.min_labels if min_labels is None else min_labels,
                 on_start=lambda ts: click.echo(
                     f"training on {ts.messages} labelled message(s): cross-validated in 5 "
                     "folds, then fitted on all of them (well under a minute for 2,000)...",
                     err=True,
                 ),
             )
+        except triage.TooFewLabels as err:
+            said = "triage.min_labels" if min_labels is None else "--min-labels"
+            raise CliError(
+                f"{err.labelled} labelled message(s); at least {err.needed} are needed ({said}): "
+                + _train_now(err.labelled, err.needed)
+            ) from err
         except triage.TriageError as err:
             raise CliError(str(err)) from err
         return await _triage_status(store, config)
@@ -796,6 +818,7 @@ async def _triage_status(store: Store, config: Config) -> str:
             labelled=labelled,
             new_labels=new,
             min_labels=config.triage.min_labels,
+            train_now=_train_now(labelled, config.triage.min_labels),
             in_use=config.triage.enabled,
             starter=config.triage.use_starter,
             threshold=threshold,

@@ -990,6 +990,17 @@ def train_set(
     return train(data, settings)
 
 
+class TooFewLabels(TriageError):
+    """Fewer labelled messages than a model is trained from."""
+
+    def __init__(self, labelled: int, needed: int) -> None:
+        super().__init__(
+            f"{labelled} labelled message(s); at least {needed} are needed (triage.min_labels)"
+        )
+        self.labelled = labelled
+        self.needed = needed
+
+
 async def retrain(
     store: Store,
     scorer: SentimentScorer,
@@ -1006,10 +1017,7 @@ async def retrain(
     async with store.reader() as s:
         ts = await training_set(s)
     if ts.messages < min_labels:
-        raise TriageError(
-            f"{ts.messages} labelled message(s); at least {min_labels} are needed "
-            "(triage.min_labels)"
-        )
+        raise TooFewLabels(ts.messages, min_labels)
     if not any(trainable(v, head) for head, v in ts.labels.items()):
         so_far = "; ".join(
             f"{head}: " + ", ".join(f"{n} {label}" for label, n in counts.items())

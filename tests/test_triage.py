@@ -1226,6 +1226,29 @@ def test_eval_counts_a_message_repeated_in_the_file_once(
     assert merged["sentiment"]["learned"]["macro_f1"] < 1
 
 
+@pytest.mark.timeout(200)
+def test_too_few_labels_to_train_say_how_to_train_on_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _cli(tmp_path, monkeypatch)
+    out = run("triage", "status")
+    assert "(`socialcrm triage learn FILE` imports labels)" in out
+    file = _labelled_file(tmp_path / "labels.jsonl", labelled_set(12), [])
+    out = run("triage", "learn", str(file), "--no-train")
+    way = "`socialcrm triage train --min-labels 36` trains on these 36 now"
+    assert f"not trained: {way}" in out
+    assert f"the daemon trains a model from 200 ({way})." in run("triage", "status")
+    out = run("triage", "train", code=2)
+    assert f"36 labelled message(s); at least 200 are needed (triage.min_labels): {way}" in out
+    out = run("triage", "train", "--min-labels", "37", code=2)
+    assert "at least 37 are needed (--min-labels): `socialcrm triage train --min-labels 36`" in out
+    # The way out it names works.
+    assert "Triage model #1" in run("triage", "train", "--min-labels", "36")
+    for bad in ("0", "-5"):
+        out = run("triage", "train", "--min-labels", bad, code=2)
+        assert f"Invalid value for '--min-labels': {bad} is not in the range x>=1" in out
+
+
 async def test_labels_of_one_kind_say_so_in_words(store: Store) -> None:
     async with store.session() as s:
         for i in range(3):
