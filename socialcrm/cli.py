@@ -719,10 +719,13 @@ async def triage_learn(ctx: click.Context, file: Path, no_train: bool) -> None:
         f"stored here as messages), {len(problems)} line(s) skipped"
         + (f", {same} label(s) already here as given" if same else "")
     )
-    if no_train or not config.triage.enabled:
+    # Nothing new is nothing to train on: the same file again makes no new version.
+    nothing_new = not counts.get("sentiment") and not counts.get("needs_reply")
+    if no_train or not config.triage.enabled or nothing_new:
         async with _store(config) as store, store.reader() as s:
             labelled = (await triage.training_set(s)).messages
-        click.echo(f"not trained: {_train_now(labelled, config.triage.min_labels)}")
+        why = "" if no_train or not config.triage.enabled else "no new labels; "
+        click.echo(f"not trained: {why}{_train_now(labelled, config.triage.min_labels)}")
         return
     # What was learned is used at once: by `socialcrm ingest` too, with no daemon running.
     try:

@@ -1160,7 +1160,11 @@ def test_learn_train_status_and_eval_from_the_command_line(
     status = run("triage", "status")
     # Message #1's relabels replace its imported labels: one message, not two.
     assert "36 message(s) labelled now; 3 since this model" in status
-    out = run("triage", "learn", str(file))
+    # A file with a new label trains at once.
+    more = tmp_path / "more.jsonl"
+    record = json.loads(msg("N1", "the parcel never came, again", "h99").model_dump_json())
+    more.write_text(json.dumps({**record, "sentiment_label": "negative"}) + "\n", encoding="utf-8")
+    out = run("triage", "learn", str(more))
     assert "Triage model #2" in out and "Tickets: from a chance of" in out
 
 
@@ -1247,6 +1251,24 @@ def test_too_few_labels_to_train_say_how_to_train_on_them(
     for bad in ("0", "-5"):
         out = run("triage", "train", "--min-labels", bad, code=2)
         assert f"Invalid value for '--min-labels': {bad} is not in the range x>=1" in out
+
+
+@pytest.mark.timeout(200)
+def test_learning_the_same_file_again_trains_no_new_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _cli(tmp_path, monkeypatch)
+    config = tmp_path / "config.yaml"
+    config.write_text(config.read_text() + "triage:\n  min_labels: 30\n")
+    file = _labelled_file(tmp_path / "labels.jsonl", labelled_set(12), [])
+    assert "Triage model #1" in run("triage", "learn", str(file))
+    out = run("triage", "learn", str(file))
+    assert "0 sentiment and 0 needs-reply label(s) imported" in out
+    assert "72 label(s) already here as given" in out
+    assert "not trained: no new labels; `socialcrm triage train` trains now" in out
+    assert "Triage model" not in out
+    status = run("triage", "status")
+    assert status.startswith("Triage model #1") and "labelled now; 0 since this model" in status
 
 
 async def test_labels_of_one_kind_say_so_in_words(store: Store) -> None:
