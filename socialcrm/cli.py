@@ -699,6 +699,8 @@ async def triage_learn(ctx: click.Context, file: Path, no_train: bool) -> None:
     _show_problems(problems)
     if not items:
         raise CliError(f"{file}: no labelled messages to learn from")
+    # One word a message (the later line's), so that importing the file again changes nothing.
+    items, merged = triage.merge_duplicates(items)
     actor = _actor()
     async with _store(config) as store, store.session() as s:
         counts = await triage.import_labels(s, items, actor.name, actor.via)
@@ -709,15 +711,22 @@ async def triage_learn(ctx: click.Context, file: Path, no_train: bool) -> None:
                 action="triage.learn",
                 object_type="file",
                 object_id=file.name[:64],
-                detail={"labels": counts, "skipped": len(problems)},
+                detail={"labels": counts, "skipped": len(problems), "merged": merged},
             )
         )
     same = counts.get("unchanged", 0)
+    relabelled = counts.get("relabelled", 0)
     click.echo(
         f"{counts.get('sentiment', 0)} sentiment and {counts.get('needs_reply', 0)} needs-reply "
         f"label(s) imported from {len(items)} message(s) ({counts.get('linked', 0)} of them "
         f"stored here as messages), {len(problems)} line(s) skipped"
+        + (f", {merged} duplicate line(s) merged" if merged else "")
         + (f", {same} label(s) already here as given" if same else "")
+        + (
+            f", {relabelled} label(s) imported before and relabelled since, left as relabelled"
+            if relabelled
+            else ""
+        )
     )
     # Nothing new is nothing to train on: the same file again makes no new version.
     nothing_new = not counts.get("sentiment") and not counts.get("needs_reply")

@@ -1243,6 +1243,9 @@ async def import_labels(
     # The newest label of each of these messages already here: the same word again (a
     # file imported twice) is not a new label, and does not make the model train again.
     newest: dict[tuple[str | None, str | None, str], str] = {}
+    # And the newest an import gave: what a file said before is not new either, where a
+    # person relabelled the message since.
+    imported: dict[tuple[str | None, str | None, str], str] = {}
     for start in range(0, len(keys), 500):
         part = keys[start : start + 500]
         rows = await session.execute(
@@ -1253,12 +1256,19 @@ async def import_labels(
         stored.update({(c, e): i for c, e, i in rows.all()})
         labelled = await session.execute(
             sa.select(
-                TriageLabel.channel, TriageLabel.external_id, TriageLabel.kind, TriageLabel.value
+                TriageLabel.channel,
+                TriageLabel.external_id,
+                TriageLabel.kind,
+                TriageLabel.value,
+                TriageLabel.reason,
             )
             .where(sa.tuple_(TriageLabel.channel, TriageLabel.external_id).in_(part))
             .order_by(TriageLabel.id)  # type: ignore[arg-type]
         )
-        newest.update({(c, e, k): v for c, e, k, v in labelled.all()})
+        for c, e, k, v, reason in labelled.all():
+            newest[(c, e, k)] = v
+            if reason == "import":
+                imported[(c, e, k)] = v
     counts: Counter[str] = Counter()
     for item in items:
         m = item.message
@@ -1269,7 +1279,10 @@ async def import_labels(
             if newest.get(key) == value:
                 counts["unchanged"] += 1
                 continue
-            newest[key] = value
+            if imported.get(key) == value:
+                counts["relabelled"] += 1
+                continue
+            newest[key] = imported[key] = value
             add_label(
                 session,
                 kind,

@@ -8,6 +8,7 @@ import itertools
 import json
 import pickle
 import random
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -1152,14 +1153,15 @@ def test_learn_train_status_and_eval_from_the_command_line(
     config.write_text(config.read_text() + "triage:\n  min_labels: 30\n")
     again = run("triage", "learn", str(file), "--no-train")
     assert "not trained: `socialcrm triage train`" in again
-    # The same file again adds only what differs from the newest word on each message (here
-    # message #1, said to need a reply above); the rest are not new labels, which the status would
-    # count and the daemon would train again for.
-    assert "0 sentiment and 1 needs-reply label(s) imported from 36 message(s)" in again
+    # The same file again adds no label: not the words already here, which the status would
+    # count and the daemon would train again for, nor what it said of message #1 before it was
+    # relabelled (said to need a reply above): a person's later word stands.
+    assert "0 sentiment and 0 needs-reply label(s) imported from 36 message(s)" in again
     assert "71 label(s) already here as given" in again
+    assert "1 label(s) imported before and relabelled since, left as relabelled" in again
     status = run("triage", "status")
     # Message #1's relabels replace its imported labels: one message, not two.
-    assert "36 message(s) labelled now; 3 since this model" in status
+    assert "36 message(s) labelled now; 2 since this model" in status
     # A file with a new label trains at once.
     more = tmp_path / "more.jsonl"
     record = json.loads(msg("N1", "the parcel never came, again", "h99").model_dump_json())
@@ -1269,6 +1271,49 @@ def test_learning_the_same_file_again_trains_no_new_version(
     assert "Triage model" not in out
     status = run("triage", "status")
     assert status.startswith("Triage model #1") and "labelled now; 0 since this model" in status
+
+
+@pytest.mark.timeout(200)
+def test_importing_a_file_again_leaves_a_later_relabel_standing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _cli(tmp_path, monkeypatch)
+    rows = labelled_set(4)
+    file = _labelled_file(tmp_path / "labels.jsonl", rows, [])
+    lines = file.read_text(encoding="utf-8").splitlines()
+    # A message twice, said otherwise on its later line: that line's word is the file's.
+    first = json.loads(lines[0])
+    other = next(label for label in triage.SENTIMENT if label != first["sentiment_label"])
+    file.write_text(
+        "\n".join([*lines, json.dumps({**first, "sentiment_label": other})]) + "\n",
+        encoding="utf-8",
+    )
+    out = run("triage", "learn", str(file), "--no-train")
+    assert "12 sentiment and 12 needs-reply label(s) imported from 12 message(s)" in out
+    assert "1 duplicate line(s) merged" in out
+    run("ingest", str(file))
+    # Message #1 is the file's first line: a person says otherwise on both questions.
+    said = (first["sentiment_label"], other)
+    person = next(label for label in triage.SENTIMENT if label not in said)
+    run("relabel", "1", person)
+    run("needs-reply", "1", "no" if first["needs_reply"] else "yes")
+
+    def stored() -> list[tuple[str, str, str, str]]:
+        with sqlite3.connect(tmp_path / "socialcrm.db") as db:
+            return db.execute(
+                "SELECT external_id, kind, value, reason FROM triage_label ORDER BY id"
+            ).fetchall()
+
+    before = stored()
+    assert before[-2:] == [
+        ("L0", "sentiment", person, "relabel"),
+        ("L0", "needs_reply", "no" if first["needs_reply"] else "yes", "relabel"),
+    ]
+    out = run("triage", "learn", str(file), "--no-train")
+    assert "0 sentiment and 0 needs-reply label(s) imported from 12 message(s)" in out
+    assert "22 label(s) already here as given" in out
+    assert "2 label(s) imported before and relabelled since, left as relabelled" in out
+    assert stored() == before
 
 
 async def test_labels_of_one_kind_say_so_in_words(store: Store) -> None:
