@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
 import getpass
 import json
@@ -338,6 +339,9 @@ async def cluster_cmd(ctx: click.Context, as_json: bool) -> None:
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, str]]:
     with path.open("rb") as f:
+        # Notepad and Excel save UTF-8 with a byte-order mark: no part of the first line.
+        if f.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+            f.seek(0)
         for n, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8").strip()

@@ -1316,6 +1316,19 @@ def test_importing_a_file_again_leaves_a_later_relabel_standing(
     assert stored() == before
 
 
+def test_a_labelled_file_saved_with_a_byte_order_mark_loses_no_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _cli(tmp_path, monkeypatch)
+    file = _labelled_file(tmp_path / "labels.jsonl", labelled_set(4), [])
+    file.write_text(file.read_text(encoding="utf-8"), encoding="utf-8-sig")
+    out = run("triage", "eval", str(file))
+    assert out.startswith("12 labelled message(s) from labels.jsonl.\n")
+    out = run("triage", "learn", str(file), "--no-train")
+    assert "12 sentiment and 12 needs-reply label(s) imported from 12 message(s)" in out
+    assert ", 0 line(s) skipped" in out
+
+
 async def test_labels_of_one_kind_say_so_in_words(store: Store) -> None:
     async with store.session() as s:
         for i in range(3):
