@@ -1197,6 +1197,8 @@ def parse_labelled(n: int, line: str) -> Labelled | str:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(record)"
         return f"line {n}: {where}: {first['msg']}"
+    if not msg.text.strip():
+        return f"line {n}: text is empty"  # a label on no words teaches nothing
     return Labelled(msg, sent_value, reply_value)
 
 

@@ -700,6 +700,13 @@ def test_a_label_nobody_would_write_is_refused_with_its_line(given: str, said: s
     assert isinstance(got, str) and got.startswith(said), got
 
 
+@pytest.mark.parametrize("text", ["", "   ", "\\n\\t "])
+def test_a_label_on_no_text_is_refused_with_its_line(text: str) -> None:
+    line = f'{{"channel": "x", "external_id": "1", "text": "{text}", "author": {{}}, '
+    got = triage.parse_labelled(3, line + '"sentiment_label": "negative"}')
+    assert got == "line 3: text is empty"
+
+
 # -- the pipeline -----------------------------------------------------------------------------
 
 
