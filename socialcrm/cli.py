@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
 import getpass
 import json
@@ -338,6 +339,9 @@ async def cluster_cmd(ctx: click.Context, as_json: bool) -> None:
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, str]]:
     with path.open("rb") as f:
+        # Notepad and Excel save UTF-8 with a byte-order mark: no part of the first line.
+        if f.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+            f.seek(0)
         for n, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8").strip()
@@ -699,6 +703,8 @@ async def triage_learn(ctx: click.Context, file: Path, no_train: bool) -> None:
     _show_problems(problems)
     if not items:
         raise CliError(f"{file}: no labelled messages to learn from")
+    # One word a message (the later line's), so that importing the file again changes nothing.
+    items, merged = triage.merge_duplicates(items)
     actor = _actor()
     async with _store(config) as store, store.session() as s:
         counts = await triage.import_labels(s, items, actor.name, actor.via)
@@ -709,38 +715,64 @@ async def triage_learn(ctx: click.Context, file: Path, no_train: bool) -> None:
                 action="triage.learn",
                 object_type="file",
                 object_id=file.name[:64],
-                detail={"labels": counts, "skipped": len(problems)},
+                detail={"labels": counts, "skipped": len(problems), "merged": merged},
             )
         )
     same = counts.get("unchanged", 0)
+    relabelled = counts.get("relabelled", 0)
     click.echo(
         f"{counts.get('sentiment', 0)} sentiment and {counts.get('needs_reply', 0)} needs-reply "
         f"label(s) imported from {len(items)} message(s) ({counts.get('linked', 0)} of them "
         f"stored here as messages), {len(problems)} line(s) skipped"
+        + (f", {merged} duplicate line(s) merged" if merged else "")
         + (f", {same} label(s) already here as given" if same else "")
+        + (
+            f", {relabelled} label(s) imported before and relabelled since, left as relabelled"
+            if relabelled
+            else ""
+        )
     )
-    if no_train or not config.triage.enabled:
-        click.echo("not trained: `socialcrm triage train` trains now")
+    # Nothing new is nothing to train on: the same file again makes no new version.
+    nothing_new = not counts.get("sentiment") and not counts.get("needs_reply")
+    if no_train or not config.triage.enabled or nothing_new:
+        async with _store(config) as store, store.reader() as s:
+            labelled = (await triage.training_set(s)).messages
+        why = "" if no_train or not config.triage.enabled else "no new labels; "
+        click.echo(f"not trained: {why}{_train_now(labelled, config.triage.min_labels)}")
         return
     # What was learned is used at once: by `socialcrm ingest` too, with no daemon running.
     try:
-        click.echo(await _train(config, config.triage.min_labels))
+        click.echo(await _train(config))
     except CliError as err:
         click.echo(f"not trained yet: {err.message}")
 
 
 @triage_group.command("train")
-@click.option("--min-labels", type=int, default=None, help="Default: triage.min_labels.")
+@click.option(
+    "--min-labels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train from this many labelled messages. Default: triage.min_labels.",
+)
 @click.pass_context
 @async_command
 async def triage_train(ctx: click.Context, min_labels: int | None) -> None:
     """Train a new model version from every label now, and show its card."""
 
     config = _load(ctx)
-    click.echo(await _train(config, config.triage.min_labels if min_labels is None else min_labels))
+    click.echo(await _train(config, min_labels))
 
 
-async def _train(config: Config, min_labels: int) -> str:
+def _train_now(labelled: int, min_labels: int) -> str:
+    """How a model is trained now, with this many labelled messages."""
+    if labelled >= min_labels:
+        return "`socialcrm triage train` trains now"
+    if labelled:
+        return f"`socialcrm triage train --min-labels {labelled}` trains on these {labelled} now"
+    return "`socialcrm triage learn FILE` imports labels"
+
+
+async def _train(config: Config, min_labels: int | None = None) -> str:
     """Train a new model version from every label; its card, as `triage status` shows it."""
     from socialcrm import triage
     from socialcrm.sentiment import SentimentScorer
@@ -754,13 +786,19 @@ async def _train(config: Config, min_labels: int) -> str:
                 load_rules(config),
                 actor.name,
                 actor.via,
-                min_labels=min_labels,
+                min_labels=config.triage.min_labels if min_labels is None else min_labels,
                 on_start=lambda ts: click.echo(
                     f"training on {ts.messages} labelled message(s): cross-validated in 5 "
                     "folds, then fitted on all of them (well under a minute for 2,000)...",
                     err=True,
                 ),
             )
+        except triage.TooFewLabels as err:
+            said = "triage.min_labels" if min_labels is None else "--min-labels"
+            raise CliError(
+                f"{err.labelled} labelled message(s); at least {err.needed} are needed ({said}): "
+                + _train_now(err.labelled, err.needed)
+            ) from err
         except triage.TriageError as err:
             raise CliError(str(err)) from err
         return await _triage_status(store, config)
@@ -796,6 +834,7 @@ async def _triage_status(store: Store, config: Config) -> str:
             labelled=labelled,
             new_labels=new,
             min_labels=config.triage.min_labels,
+            train_now=_train_now(labelled, config.triage.min_labels),
             in_use=config.triage.enabled,
             starter=config.triage.use_starter,
             threshold=threshold,
@@ -824,16 +863,25 @@ async def triage_eval(ctx: click.Context, file: Path, as_json: bool) -> None:
     _show_problems(problems)
     if not items:
         raise CliError(f"{file}: no labelled messages to evaluate on")
+    items, merged = triage.merge_duplicates(items, same_text=True)
     rules = load_rules(config)
     scorer = SentimentScorer.for_brand(config.brand)
     results = await asyncio.to_thread(triage.evaluate, items, scorer, rules)
     if as_json:
+        if merged:
+            click.echo(f"{merged} duplicate line(s) merged", err=True)
         click.echo(json.dumps(results))
         return
     text = (
         template_environment(None)
         .get_template("triage/eval.j2")
-        .render(results=results, count=len(items), file=file.name, problems=len(problems))
+        .render(
+            results=results,
+            count=len(items),
+            file=file.name,
+            problems=len(problems),
+            merged=merged,
+        )
     )
     click.echo(text.strip())
 

@@ -1026,6 +1026,17 @@ def train_set(
     return train(data, settings)
 
 
+class TooFewLabels(TriageError):
+    """Fewer labelled messages than a model is trained from."""
+
+    def __init__(self, labelled: int, needed: int) -> None:
+        super().__init__(
+            f"{labelled} labelled message(s); at least {needed} are needed (triage.min_labels)"
+        )
+        self.labelled = labelled
+        self.needed = needed
+
+
 async def retrain(
     store: Store,
     scorer: SentimentScorer,
@@ -1042,10 +1053,7 @@ async def retrain(
     async with store.reader() as s:
         ts = await training_set(s)
     if ts.messages < min_labels:
-        raise TriageError(
-            f"{ts.messages} labelled message(s); at least {min_labels} are needed "
-            "(triage.min_labels)"
-        )
+        raise TooFewLabels(ts.messages, min_labels)
     if not any(trainable(v, head) for head, v in ts.labels.items()):
         so_far = "; ".join(
             f"{head}: " + ", ".join(f"{n} {label}" for label, n in counts.items())
@@ -1225,7 +1233,43 @@ def parse_labelled(n: int, line: str) -> Labelled | str:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(record)"
         return f"line {n}: {where}: {first['msg']}"
+    if not msg.text.strip():
+        return f"line {n}: text is empty"  # a label on no words teaches nothing
     return Labelled(msg, sent_value, reply_value)
+
+
+def merge_duplicates(
+    items: Sequence[Labelled], *, same_text: bool = False
+) -> tuple[list[Labelled], int]:
+    """A labelled file's lines, one a message: the lines for one message (its channel and
+    ``external_id``) merge, a later line's labels winning; with ``same_text``, a text repeated
+    with the same labels under another id goes too. The lines kept, and how many merged."""
+    by_id: dict[tuple[str, str], Labelled] = {}
+    for item in items:
+        key = (item.message.channel, item.message.external_id)
+        before = by_id.get(key)
+        by_id[key] = (
+            item
+            if before is None
+            else Labelled(
+                item.message,
+                item.sentiment if item.sentiment is not None else before.sentiment,
+                item.needs_reply if item.needs_reply is not None else before.needs_reply,
+            )
+        )
+    kept = list(by_id.values())
+    if same_text:
+        # Copies of one text in a cross-validation would land on both sides of a fold, and
+        # the model would be scored on what it was trained on.
+        seen: set[tuple[str, str | None, str | None]] = set()
+        unique = []
+        for item in kept:
+            said = (item.message.text, item.sentiment, item.needs_reply)
+            if said not in seen:
+                seen.add(said)
+                unique.append(item)
+        kept = unique
+    return kept, len(items) - len(kept)
 
 
 async def import_labels(
@@ -1237,6 +1281,9 @@ async def import_labels(
     # The newest label of each of these messages already here: the same word again (a
     # file imported twice) is not a new label, and does not make the model train again.
     newest: dict[tuple[str | None, str | None, str], str] = {}
+    # And the newest an import gave: what a file said before is not new either, where a
+    # person relabelled the message since.
+    imported: dict[tuple[str | None, str | None, str], str] = {}
     for start in range(0, len(keys), 500):
         part = keys[start : start + 500]
         rows = await session.execute(
@@ -1247,12 +1294,19 @@ async def import_labels(
         stored.update({(c, e): i for c, e, i in rows.all()})
         labelled = await session.execute(
             sa.select(
-                TriageLabel.channel, TriageLabel.external_id, TriageLabel.kind, TriageLabel.value
+                TriageLabel.channel,
+                TriageLabel.external_id,
+                TriageLabel.kind,
+                TriageLabel.value,
+                TriageLabel.reason,
             )
             .where(sa.tuple_(TriageLabel.channel, TriageLabel.external_id).in_(part))
             .order_by(TriageLabel.id)  # type: ignore[arg-type]
         )
-        newest.update({(c, e, k): v for c, e, k, v in labelled.all()})
+        for c, e, k, v, reason in labelled.all():
+            newest[(c, e, k)] = v
+            if reason == "import":
+                imported[(c, e, k)] = v
     counts: Counter[str] = Counter()
     for item in items:
         m = item.message
@@ -1263,7 +1317,10 @@ async def import_labels(
             if newest.get(key) == value:
                 counts["unchanged"] += 1
                 continue
-            newest[key] = value
+            if imported.get(key) == value:
+                counts["relabelled"] += 1
+                continue
+            newest[key] = imported[key] = value
             add_label(
                 session,
                 kind,

@@ -83,6 +83,16 @@ def test_ingest_file_with_bad_lines(cli: CliRunner, tmp_path: Path) -> None:
     assert again["stored"] == 0 and again["duplicates"] == 2
 
 
+def test_ingest_reads_past_a_byte_order_mark(cli: CliRunner, tmp_path: Path) -> None:
+    run(cli, "init")
+    f = tmp_path / "in.jsonl"
+    lines = [mention("1", "@acme where is my parcel?"), mention("2", "@acme thanks!")]
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
+    assert f.read_bytes().startswith(b"\xef\xbb\xbf")
+    summary = json.loads(run(cli, "ingest", str(f), "--json").output)
+    assert summary["stored"] == 2 and summary["quarantined"] == 0
+
+
 def test_ingest_missing_file_is_one_clear_line(cli: CliRunner) -> None:
     res = run(cli, "ingest", "nope.jsonl", code=2)
     assert "does not exist" in res.output

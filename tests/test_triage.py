@@ -8,6 +8,7 @@ import itertools
 import json
 import pickle
 import random
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -769,6 +770,13 @@ def test_a_label_nobody_would_write_is_refused_with_its_line(given: str, said: s
     assert isinstance(got, str) and got.startswith(said), got
 
 
+@pytest.mark.parametrize("text", ["", "   ", "\\n\\t "])
+def test_a_label_on_no_text_is_refused_with_its_line(text: str) -> None:
+    line = f'{{"channel": "x", "external_id": "1", "text": "{text}", "author": {{}}, '
+    got = triage.parse_labelled(3, line + '"sentiment_label": "negative"}')
+    assert got == "line 3: text is empty"
+
+
 # -- the pipeline -----------------------------------------------------------------------------
 
 
@@ -1222,16 +1230,180 @@ def test_learn_train_status_and_eval_from_the_command_line(
     config.write_text(config.read_text() + "triage:\n  min_labels: 30\n")
     again = run("triage", "learn", str(file), "--no-train")
     assert "not trained: `socialcrm triage train`" in again
-    # The same file again adds only what differs from the newest word on each message (here
-    # message #1, said to need a reply above); the rest are not new labels, which the status would
-    # count and the daemon would train again for.
-    assert "0 sentiment and 1 needs-reply label(s) imported from 36 message(s)" in again
+    # The same file again adds no label: not the words already here, which the status would
+    # count and the daemon would train again for, nor what it said of message #1 before it was
+    # relabelled (said to need a reply above): a person's later word stands.
+    assert "0 sentiment and 0 needs-reply label(s) imported from 36 message(s)" in again
     assert "71 label(s) already here as given" in again
+    assert "1 label(s) imported before and relabelled since, left as relabelled" in again
     status = run("triage", "status")
     # Message #1's relabels replace its imported labels: one message, not two.
-    assert "36 message(s) labelled now; 3 since this model" in status
-    out = run("triage", "learn", str(file))
+    assert "36 message(s) labelled now; 2 since this model" in status
+    # A file with a new label trains at once.
+    more = tmp_path / "more.jsonl"
+    record = json.loads(msg("N1", "the parcel never came, again", "h99").model_dump_json())
+    more.write_text(json.dumps({**record, "sentiment_label": "negative"}) + "\n", encoding="utf-8")
+    out = run("triage", "learn", str(more))
     assert "Triage model #2" in out and "Tickets: from a chance of" in out
+
+
+def _cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`socialcrm` in a fresh folder, initialised: run(*args, code=0) gives its output."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOCIALCRM_USER", "tester")
+    cli = CliRunner()
+
+    def run(*args: str, code: int = 0) -> str:
+        result = cli.invoke(main, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result.output
+
+    run("init")
+    return run
+
+
+def test_labelled_lines_merge_by_message_and_the_later_line_wins() -> None:
+    def line(ext: str, text: str, labels: str) -> triage.Labelled:
+        record = f'"channel": "x", "external_id": "{ext}", "text": "{text}", "author": {{}}'
+        got = triage.parse_labelled(1, f"{{{record}, {labels}}}")
+        assert isinstance(got, triage.Labelled), got
+        return got
+
+    items = [
+        line("1", "late again", '"sentiment_label": "neutral", "needs_reply": true'),
+        line("2", "late again", '"sentiment_label": "negative"'),
+        line("1", "late again!", '"sentiment_label": "negative"'),
+        line("3", "late again", '"sentiment_label": "negative"'),
+        line("4", "late again", '"sentiment_label": "negative", "needs_reply": false'),
+    ]
+    kept, merged = triage.merge_duplicates(items)
+    assert merged == 1
+    assert [(i.message.external_id, i.message.text, i.sentiment, i.needs_reply) for i in kept] == [
+        ("1", "late again!", "negative", "yes"),
+        ("2", "late again", "negative", None),
+        ("3", "late again", "negative", None),
+        ("4", "late again", "negative", "no"),
+    ]
+    kept, merged = triage.merge_duplicates(items, same_text=True)
+    assert merged == 2 and [i.message.external_id for i in kept] == ["1", "2", "4"]
+
+
+@pytest.mark.timeout(200)
+def test_eval_counts_a_message_repeated_in_the_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _cli(tmp_path, monkeypatch)
+    once = _labelled_file(tmp_path / "once.jsonl", labelled_set(12), [])
+    lines = once.read_text(encoding="utf-8").splitlines()
+    # The file twice over, and a third time under other ids: the same texts, the same labels.
+    other_ids = [line.replace('"external_id": "L', '"external_id": "M') for line in lines]
+    assert other_ids != lines
+    thrice = tmp_path / "thrice.jsonl"
+    thrice.write_text("\n".join(lines + lines + other_ids) + "\n", encoding="utf-8")
+    out = run("triage", "eval", str(thrice))
+    assert "36 labelled message(s) from thrice.jsonl (72 duplicate line(s) merged)." in out
+    # Scored as the file once: no copy of a message on both sides of a fold.
+    alone = json.loads(run("triage", "eval", str(once), "--json").splitlines()[-1])
+    merged = json.loads(run("triage", "eval", str(thrice), "--json").splitlines()[-1])
+    assert merged == alone
+    assert merged["sentiment"]["learned"]["macro_f1"] < 1
+
+
+@pytest.mark.timeout(200)
+def test_too_few_labels_to_train_say_how_to_train_on_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _cli(tmp_path, monkeypatch)
+    out = run("triage", "status")
+    assert "(`socialcrm triage learn FILE` imports labels)" in out
+    file = _labelled_file(tmp_path / "labels.jsonl", labelled_set(12), [])
+    out = run("triage", "learn", str(file), "--no-train")
+    way = "`socialcrm triage train --min-labels 36` trains on these 36 now"
+    assert f"not trained: {way}" in out
+    assert f"the daemon trains a model from 200 ({way})." in run("triage", "status")
+    out = run("triage", "train", code=2)
+    assert f"36 labelled message(s); at least 200 are needed (triage.min_labels): {way}" in out
+    out = run("triage", "train", "--min-labels", "37", code=2)
+    assert "at least 37 are needed (--min-labels): `socialcrm triage train --min-labels 36`" in out
+    # The way out it names works.
+    assert "Triage model #1" in run("triage", "train", "--min-labels", "36")
+    for bad in ("0", "-5"):
+        out = run("triage", "train", "--min-labels", bad, code=2)
+        assert f"Invalid value for '--min-labels': {bad} is not in the range x>=1" in out
+
+
+@pytest.mark.timeout(200)
+def test_learning_the_same_file_again_trains_no_new_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _cli(tmp_path, monkeypatch)
+    config = tmp_path / "config.yaml"
+    config.write_text(config.read_text() + "triage:\n  min_labels: 30\n")
+    file = _labelled_file(tmp_path / "labels.jsonl", labelled_set(12), [])
+    assert "Triage model #1" in run("triage", "learn", str(file))
+    out = run("triage", "learn", str(file))
+    assert "0 sentiment and 0 needs-reply label(s) imported" in out
+    assert "72 label(s) already here as given" in out
+    assert "not trained: no new labels; `socialcrm triage train` trains now" in out
+    assert "Triage model" not in out
+    status = run("triage", "status")
+    assert status.startswith("Triage model #1") and "labelled now; 0 since this model" in status
+
+
+@pytest.mark.timeout(200)
+def test_importing_a_file_again_leaves_a_later_relabel_standing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _cli(tmp_path, monkeypatch)
+    rows = labelled_set(4)
+    file = _labelled_file(tmp_path / "labels.jsonl", rows, [])
+    lines = file.read_text(encoding="utf-8").splitlines()
+    # A message twice, said otherwise on its later line: that line's word is the file's.
+    first = json.loads(lines[0])
+    other = next(label for label in triage.SENTIMENT if label != first["sentiment_label"])
+    file.write_text(
+        "\n".join([*lines, json.dumps({**first, "sentiment_label": other})]) + "\n",
+        encoding="utf-8",
+    )
+    out = run("triage", "learn", str(file), "--no-train")
+    assert "12 sentiment and 12 needs-reply label(s) imported from 12 message(s)" in out
+    assert "1 duplicate line(s) merged" in out
+    run("ingest", str(file))
+    # Message #1 is the file's first line: a person says otherwise on both questions.
+    said = (first["sentiment_label"], other)
+    person = next(label for label in triage.SENTIMENT if label not in said)
+    run("relabel", "1", person)
+    run("needs-reply", "1", "no" if first["needs_reply"] else "yes")
+
+    def stored() -> list[tuple[str, str, str, str]]:
+        with sqlite3.connect(tmp_path / "socialcrm.db") as db:
+            return db.execute(
+                "SELECT external_id, kind, value, reason FROM triage_label ORDER BY id"
+            ).fetchall()
+
+    before = stored()
+    assert before[-2:] == [
+        ("L0", "sentiment", person, "relabel"),
+        ("L0", "needs_reply", "no" if first["needs_reply"] else "yes", "relabel"),
+    ]
+    out = run("triage", "learn", str(file), "--no-train")
+    assert "0 sentiment and 0 needs-reply label(s) imported from 12 message(s)" in out
+    assert "22 label(s) already here as given" in out
+    assert "2 label(s) imported before and relabelled since, left as relabelled" in out
+    assert stored() == before
+
+
+def test_a_labelled_file_saved_with_a_byte_order_mark_loses_no_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _cli(tmp_path, monkeypatch)
+    file = _labelled_file(tmp_path / "labels.jsonl", labelled_set(4), [])
+    file.write_text(file.read_text(encoding="utf-8"), encoding="utf-8-sig")
+    out = run("triage", "eval", str(file))
+    assert out.startswith("12 labelled message(s) from labels.jsonl.\n")
+    out = run("triage", "learn", str(file), "--no-train")
+    assert "12 sentiment and 12 needs-reply label(s) imported from 12 message(s)" in out
+    assert ", 0 line(s) skipped" in out
 
 
 async def test_labels_of_one_kind_say_so_in_words(store: Store) -> None:
