@@ -527,13 +527,17 @@ class Daemon:
         )
         await self._deliver_alerts()
 
-    async def stop(self) -> None:
-        """Stop polling, let polls in flight finish their batch, and close everything."""
+    async def stop_polling(self) -> None:
+        """Start no new poll, and let polls in flight finish their batch."""
         self.poller.stopping = True
-        # The batch in hand is finished before the scheduler goes: shutting it down cancels
-        # the jobs it is running.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._polls_done(), STOP_GRACE_S)
+
+    async def stop(self) -> None:
+        """Stop polling, let polls in flight finish their batch, and close everything."""
+        # The batch in hand is finished before the scheduler goes: shutting it down cancels
+        # the jobs it is running.
+        await self.stop_polling()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         await self.sender.stop()
