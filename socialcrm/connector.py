@@ -58,6 +58,15 @@ SigningSecret = Annotated[SecretStr, _secret(16)]
 Credential = Annotated[SecretStr, _secret(1)]
 
 
+def _number_as_text(value: Any) -> Any:
+    # True is an int to Python, and no id.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+#: A platform's id as text: exports often write tweet and user ids as JSON numbers.
+IdText = Annotated[str, BeforeValidator(_number_as_text)]
+
+
 #: What no store keeps: NUL (PostgreSQL text and JSONB refuse it) and UTF-16 surrogates, which
 #: a valid str never holds paired and neither database can encode alone.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -112,7 +121,7 @@ class Author(_Clean):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    user_id: str | None = Field(default=None, max_length=256)
+    user_id: IdText | None = Field(default=None, max_length=256)
     handle: str | None = Field(default=None, max_length=256)
     name: str | None = Field(default=None, max_length=512)
     email: str | None = Field(default=None, max_length=320)
@@ -142,16 +151,16 @@ class InboundMessage(_Clean):
     model_config = ConfigDict(extra="ignore")
 
     channel: Channel
-    external_id: str = Field(min_length=1, max_length=512)
+    external_id: IdText = Field(min_length=1, max_length=512)
     text: str
     author: Author
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     #: Language the platform reported (BCP 47 / ISO 639-1), if any.
     lang: str | None = Field(default=None, max_length=16)
     #: External id of the message this one answers (tweet, status, comment, Message-ID).
-    in_reply_to: str | None = Field(default=None, max_length=998)
+    in_reply_to: IdText | None = Field(default=None, max_length=998)
     #: Platform conversation or thread id (X conversation_id, Reddit link id, ...).
-    conversation_id: str | None = Field(default=None, max_length=512)
+    conversation_id: IdText | None = Field(default=None, max_length=512)
     #: Email References chain, oldest first.
     references: list[str] = Field(default_factory=list)
     subject: str | None = Field(default=None, max_length=998)

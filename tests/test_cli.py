@@ -93,6 +93,26 @@ def test_ingest_reads_past_a_byte_order_mark(cli: CliRunner, tmp_path: Path) -> 
     assert summary["stored"] == 2 and summary["quarantined"] == 0
 
 
+def test_ingest_takes_ids_written_as_numbers(cli: CliRunner, tmp_path: Path) -> None:
+    """Exports often write tweet and user ids as JSON numbers: they are the ids' digits; a
+    true or a fraction is no id and the line is quarantined."""
+    run(cli, "init")
+    f = tmp_path / "in.jsonl"
+    big = 1712345678901234567  # past what a double holds exactly
+    line = {"channel": "x", "text": "@acme where is my parcel?", "in_reply_to": 7}
+    lines = [
+        {**line, "external_id": big, "author": {"user_id": 42, "handle": "jane"}},
+        {**line, "external_id": True, "author": {"handle": "joe"}},
+        {**line, "external_id": 1.5, "author": {"handle": "joe"}},
+    ]
+    f.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    summary = json.loads(run(cli, "ingest", str(f), "--json").output)
+    assert summary["stored"] == 1 and summary["quarantined"] == 2
+    with sqlite3.connect(tmp_path / "socialcrm.db") as db:
+        stored = db.execute("select external_id, in_reply_to from message").fetchall()
+    assert stored == [(str(big), "7")]
+
+
 def test_ingest_missing_file_is_one_clear_line(cli: CliRunner) -> None:
     res = run(cli, "ingest", "nope.jsonl", code=2)
     assert "does not exist" in res.output
