@@ -429,10 +429,32 @@ def trainable(labels: Sequence[str], head: str | None = None) -> bool:
     return len(counts) >= 2 and min(counts.values()) >= MIN_PER_CLASS
 
 
+def matrices(
+    settings: Settings, data: Mapping[str, tuple[Sequence[Sample], Sequence[str]]]
+) -> dict[str, Any]:
+    """The feature matrix of each head's samples, made once for heads that share them: the
+    features are stateless (hashed, each row on its own), so the rows of a fold are the
+    same whether the matrix is made for the fold or for all of it."""
+    transform = RememberingUnion(features(settings)).transform
+    made: dict[int, Any] = {}
+    out = {}
+    for head, (xs, _labels) in data.items():
+        if id(xs) not in made:
+            made[id(xs)] = transform(list(xs))
+        out[head] = made[id(xs)]
+    return out
+
+
 def cross_validate(
-    head: str, xs: Sequence[Sample], labels: Sequence[str], settings: Settings, folds: int = 5
+    head: str,
+    xs: Sequence[Sample],
+    labels: Sequence[str],
+    settings: Settings,
+    folds: int = 5,
+    matrix: Any = None,
 ) -> HeadFigures:
-    """Figures of one head by stratified k-fold cross-validation (fewer folds on tiny sets)."""
+    """Figures of one head by stratified k-fold cross-validation (fewer folds on tiny sets);
+    ``matrix``: the samples' features where they were made already (``matrices``)."""
     if not trainable(labels, head):
         raise TriageError(
             f"{head}: need two classes with {MIN_PER_CLASS} examples each, one of them "
@@ -443,8 +465,11 @@ def cross_validate(
     k = max(2, min(folds, *Counter(labels).values()))
     split = StratifiedKFold(n_splits=k, shuffle=True, random_state=0)
     truth = np.array(labels)
+    if matrix is None:
+        matrix = matrices(settings, {head: (xs, labels)})[head]
+    # The features once, not once a fold: the same figures as ``estimator`` fold by fold.
     proba = cross_val_predict(
-        estimator(settings), list(xs), truth, cv=split, method="predict_proba"
+        _classifier(settings), matrix, truth, cv=split, method="predict_proba"
     )
     classes = sorted(set(labels))  # the columns' order: the classifier's sorted classes
     out = figures(HEADS[head], labels, [classes[i] for i in proba.argmax(axis=1).tolist()])
@@ -539,19 +564,19 @@ class Model:
 
     @classmethod
     def fit(
-        cls, settings: Settings, data: Mapping[str, tuple[Sequence[Sample], Sequence[str]]]
+        cls,
+        settings: Settings,
+        data: Mapping[str, tuple[Sequence[Sample], Sequence[str]]],
+        made: Mapping[str, Any] | None = None,
     ) -> Model:
-        """Train each head that has enough labels on all of them."""
-        from sklearn.pipeline import Pipeline
-
-        feats = features(settings)
+        """Train each head that has enough labels on all of them; ``made``: each head's
+        feature matrix where it was made already (``matrices``)."""
+        data = {h: (xs, labels) for h, (xs, labels) in data.items() if trainable(labels, h)}
+        if made is None:
+            made = matrices(settings, data)
         heads: dict[str, Head] = {}
-        for head, (xs, labels) in data.items():
-            if not trainable(labels, head):
-                continue
-            pipe = Pipeline([("features", feats), ("model", _classifier(settings))])
-            pipe.fit(list(xs), np.array(labels))
-            heads[head] = pipe.named_steps["model"]
+        for head, (_xs, labels) in data.items():
+            heads[head] = _classifier(settings).fit(made[head], np.array(labels))
         if not heads:
             raise TriageError("no head has enough labels to learn from")
         return cls(settings, heads)
@@ -888,10 +913,12 @@ def train(
         reads_rules = any(x.facts for xs, _labels in data.values() for x in xs)
         settings = LEARNED if reads_rules else Settings()
     scores: dict[str, dict[str, Any]] = {}
+    # Each head's features once, for its validation and its fit alike.
+    made = matrices(settings, {h: d for h, d in data.items() if trainable(d[1], h)})
     for head, (xs, labels) in data.items():
-        if trainable(labels, head):
-            scores[head] = cross_validate(head, xs, labels, settings, folds).as_dict()
-    model = Model.fit(settings, data)
+        if head in made:
+            scores[head] = cross_validate(head, xs, labels, settings, folds, made[head]).as_dict()
+    model = Model.fit(settings, data, made)
     counts = {h: dict(sorted(Counter(labels).items())) for h, (_xs, labels) in data.items()}
     card = model_card(counts, scores, now or utcnow(), settings)
     return Trained(model, counts, scores, card)
