@@ -12,7 +12,7 @@ ones against 17.0% and 16.9% (bench/triage_variants.py, seeds 7 and 9).
 
 The class probabilities are a softmax of the classes' margins (a sigmoid for two classes). A
 margin is computed without building the weighted matrix: for a 0/1 row ``x`` it is
-``x·(r∘w) / sqrt(x·r²) + rest·w' + b``, two sparse products per class.
+``x·(r∘w) / sqrt(x·r²) + rest·w' + b``, every class's three parts in one sparse product.
 
 Imported where a model is trained or read: scikit-learn is slow to import.
 """
@@ -84,18 +84,32 @@ class ScaledLogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[
         return self
 
     def decision_function(self, X: Any) -> NDArray[np.float64]:
-        """Each regression's margin for each row (one column per regression)."""
-        matrix = sp.csr_matrix(X, dtype=np.float64)
-        grams = _present(matrix[:, : self.scaled])
-        rest = matrix[:, self.scaled :]
-        ratio = np.asarray(self.ratio_, dtype=np.float64)
-        coef = np.asarray(self.coef_, dtype=np.float64)
-        weights = coef[:, : self.scaled]
-        numerators = grams @ (ratio * weights).T
-        norms = np.sqrt(grams @ (ratio * ratio).T)
-        scaled = numerators / np.where(norms > 0, norms, 1.0)
-        out = scaled + rest @ coef[:, self.scaled :].T + self.intercept_
+        """Each regression's margin for each row (one column per regression). The n-gram
+        columns hold 0 or 1, as the features make them."""
+        k = len(self.intercept_)
+        # One product gives, per regression, the weighted grams' sum, their squared length,
+        # and the other columns' part.
+        parts = sp.csr_matrix(X, dtype=np.float64) @ self._packed()
+        numerators, squares, rest = parts[:, :k], parts[:, k : 2 * k], parts[:, 2 * k :]
+        norms = np.sqrt(squares)
+        out = numerators / np.where(norms > 0, norms, 1.0) + rest + self.intercept_
         return np.asarray(out, dtype=np.float64)
+
+    def _packed(self) -> NDArray[np.float64]:
+        """The columns ``decision_function`` multiplies by: ratio times weight and ratio
+        squared over the n-grams, the weights over the rest (made once a fit or a load)."""
+        made_for = getattr(self, "_packed_for", (None, None))
+        if made_for[0] is not self.ratio_ or made_for[1] is not self.coef_:
+            ratio = np.asarray(self.ratio_, dtype=np.float64)
+            coef = np.asarray(self.coef_, dtype=np.float64)
+            n = self.scaled
+            packed = np.zeros((coef.shape[1], 3 * len(ratio)))
+            packed[:n, : len(ratio)] = (ratio * coef[:, :n]).T
+            packed[:n, len(ratio) : 2 * len(ratio)] = (ratio * ratio).T
+            packed[n:, 2 * len(ratio) :] = coef[:, n:].T
+            self._packed_cols, self._packed_for = packed, (self.ratio_, self.coef_)
+        cols: NDArray[np.float64] = self._packed_cols
+        return cols
 
     def predict_proba(self, X: Any) -> NDArray[np.float64]:
         margins = self.decision_function(X)
