@@ -1153,10 +1153,8 @@ def _labelled_file(path: Path, rows: list[tuple[str, str]], extra: list[str]) ->
     return path
 
 
-@pytest.mark.timeout(400)  # each command loads VADER and the language model anew
-def test_learn_train_status_and_eval_from_the_command_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`socialcrm` in a fresh folder, initialised: run(*args, code=0) gives its output."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SOCIALCRM_USER", "tester")
     cli = CliRunner()
@@ -1167,6 +1165,14 @@ def test_learn_train_status_and_eval_from_the_command_line(
         return result.output
 
     run("init")
+    return run
+
+
+@pytest.mark.timeout(400)  # each command loads VADER and the language model anew
+def test_learn_train_status_and_eval_from_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _cli(tmp_path, monkeypatch)
     out = run("triage", "status")
     assert "No triage model yet" in out and "the starter model gives each English message" in out
     bad = [
@@ -1245,21 +1251,6 @@ def test_learn_train_status_and_eval_from_the_command_line(
     more.write_text(json.dumps({**record, "sentiment_label": "negative"}) + "\n", encoding="utf-8")
     out = run("triage", "learn", str(more))
     assert "Triage model #2" in out and "Tickets: from a chance of" in out
-
-
-def _cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """`socialcrm` in a fresh folder, initialised: run(*args, code=0) gives its output."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SOCIALCRM_USER", "tester")
-    cli = CliRunner()
-
-    def run(*args: str, code: int = 0) -> str:
-        result = cli.invoke(main, list(args), catch_exceptions=False)
-        assert result.exit_code == code, result.output
-        return result.output
-
-    run("init")
-    return run
 
 
 def test_labelled_lines_merge_by_message_and_the_later_line_wins() -> None:
