@@ -31,7 +31,9 @@ from socialcrm.compact_fit import CompactLogisticRegression
 
 class ScaledLogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """One regression per class (one for two classes) over its log-count-ratio weighted
-    n-grams, the first ``scaled`` columns, and the other columns as they are.
+    n-grams, the first ``scaled`` columns, and the other columns as they are. The n-gram
+    columns hold 0 or 1 (``triage.features`` makes them so for a scaled model), in training
+    and in reading alike.
 
     After ``fit``: ``classes_``; ``ratio_`` (one row of ``scaled`` ratios per regression);
     ``coef_`` and ``intercept_`` as ``LogisticRegression`` lays them out (one row for two
@@ -58,8 +60,7 @@ class ScaledLogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[
         self.classes_ = np.unique(labels)
         if len(self.classes_) < 2:
             raise ValueError("needs at least two classes")
-        grams = _present(matrix[:, : self.scaled])
-        rest = matrix[:, self.scaled :]
+        grams, rest = matrix[:, : self.scaled], matrix[:, self.scaled :]
         ones = self.classes_[1:] if len(self.classes_) == 2 else self.classes_
         ratios, coefs, intercepts = [], [], []
         for c in ones:
@@ -84,8 +85,7 @@ class ScaledLogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[
         return self
 
     def decision_function(self, X: Any) -> NDArray[np.float64]:
-        """Each regression's margin for each row (one column per regression). The n-gram
-        columns hold 0 or 1, as the features make them."""
+        """Each regression's margin for each row (one column per regression)."""
         k = len(self.intercept_)
         # One product gives, per regression, the weighted grams' sum, their squared length,
         # and the other columns' part.
@@ -121,11 +121,3 @@ class ScaledLogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[
 
     def predict(self, X: Any) -> NDArray[Any]:
         return np.asarray(self.classes_[self.predict_proba(X).argmax(axis=1)])
-
-
-def _present(grams: sp.csr_matrix) -> sp.csr_matrix:
-    """The n-grams a row has, as ones (hashed counts of two or more count once)."""
-    out = sp.csr_matrix(grams, copy=True)
-    out.data = np.ones_like(out.data)
-    out.eliminate_zeros()
-    return out
