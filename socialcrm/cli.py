@@ -39,6 +39,18 @@ FILE_BATCH = 1000
 DEFAULT_CONFIG = "config.yaml"
 
 
+#: The exit status of a command that did its work but left some input out (lines quarantined
+#: or skipped, each named): a script can tell a partial import from a whole one (0) and from
+#: a failure (1, or 2 for bad arguments and configuration).
+PARTIAL = 3
+
+
+def _partial(ctx: click.Context, left_out: int) -> None:
+    """End the command with ``PARTIAL`` where it left input out."""
+    if left_out:
+        ctx.exit(PARTIAL)
+
+
 class CliError(click.ClickException):
     """A one-line error for the person at the terminal; exit status 2."""
 
@@ -96,9 +108,23 @@ def async_command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]
 
 
 @asynccontextmanager
-async def _store(config: Config) -> AsyncIterator[Store]:
+async def _store(config: Config, *, create: bool = False) -> AsyncIterator[Store]:
+    """The configured store. Only a command that stores what it is given (``create``) makes
+    a SQLite database that is not there: one that reads or acts on what is stored says so
+    instead of leaving an empty ``socialcrm.db`` behind (a typo in ``--config``, or a folder
+    without its config)."""
     from socialcrm.db import open_store
 
+    path = config.sqlite_path()
+    if not create and path is not None and not path.exists():
+        ctx = click.get_current_context(silent=True)
+        named = ctx is not None and (ctx.find_root().obj or {}).get("config_path") is not None
+        if named or Path(DEFAULT_CONFIG).exists():
+            raise CliError(f"no database at {path}: `socialcrm db upgrade` creates it")
+        raise CliError(
+            f"no database at {path}, and no {DEFAULT_CONFIG} here: `socialcrm init` makes "
+            "both, or `--config FILE` names yours"
+        )
     store = await open_store(config.database_url())
     try:
         yield store
@@ -166,7 +192,7 @@ async def init(directory: Path, force: bool) -> None:
         raise CliError(f"{path} exists; use --force to overwrite it")
     path.write_text(STARTER_CONFIG, encoding="utf-8")
     config = load_config(path)
-    async with _store(config) as store:
+    async with _store(config, create=True) as store:
         click.echo(f"wrote {path}; database ready at {store.safe_url()}")
 
 
@@ -393,7 +419,7 @@ async def ingest(
     size = file.stat().st_size
     show_bar = size > 1_000_000 and sys.stderr.isatty()
     rules = load_rules(config)
-    async with _store(config) as store, _scoring(config, rules) as scoring:
+    async with _store(config, create=True) as store, _scoring(config, rules) as scoring:
         pipeline = Pipeline(config, store, rules=rules, scoring=scoring)
         tune_gc()
         with (
@@ -408,6 +434,7 @@ async def ingest(
         click.echo(json.dumps(asdict(total)))
     else:
         click.echo(_summary(total))
+    _partial(ctx, total.quarantined)
 
 
 async def _file_batches(file: Path, progress: Callable[[int], None]) -> AsyncIterator[Batch]:
@@ -489,7 +516,7 @@ async def customers_import(ctx: click.Context, file: Path) -> None:
     except UnicodeDecodeError as err:
         raise CliError(f"{file}: not UTF-8 text") from err
     rows = customers_mod.parse_csv(text)
-    async with _store(config) as store, store.session() as s:
+    async with _store(config, create=True) as store, store.session() as s:
         actor = _actor()
         result = await customers_mod.import_customers(s, rows, actor.name, actor.via)
     click.echo(
@@ -706,7 +733,7 @@ async def triage_learn(ctx: click.Context, file: Path, no_train: bool) -> None:
     # One word a message (the later line's), so that importing the file again changes nothing.
     items, merged = triage.merge_duplicates(items)
     actor = _actor()
-    async with _store(config) as store, store.session() as s:
+    async with _store(config, create=True) as store, store.session() as s:
         counts = await triage.import_labels(s, items, actor.name, actor.via)
         s.add(
             AuditEvent(
@@ -739,12 +766,13 @@ async def triage_learn(ctx: click.Context, file: Path, no_train: bool) -> None:
             labelled = (await triage.training_set(s)).messages
         why = "" if no_train or not config.triage.enabled else "no new labels; "
         click.echo(f"not trained: {why}{_train_now(labelled, config.triage.min_labels)}")
-        return
-    # What was learned is used at once: by `socialcrm ingest` too, with no daemon running.
-    try:
-        click.echo(await _train(config))
-    except CliError as err:
-        click.echo(f"not trained yet: {err.message}")
+    else:
+        # What was learned is used at once: by `socialcrm ingest` too, with no daemon running.
+        try:
+            click.echo(await _train(config))
+        except CliError as err:
+            click.echo(f"not trained yet: {err.message}")
+    _partial(ctx, len(problems))
 
 
 @triage_group.command("train")
@@ -871,6 +899,7 @@ async def triage_eval(ctx: click.Context, file: Path, as_json: bool) -> None:
         if merged:
             click.echo(f"{merged} duplicate line(s) merged", err=True)
         click.echo(json.dumps(results))
+        _partial(ctx, len(problems))
         return
     text = (
         template_environment(None)
@@ -884,6 +913,7 @@ async def triage_eval(ctx: click.Context, file: Path, as_json: bool) -> None:
         )
     )
     click.echo(text.strip())
+    _partial(ctx, len(problems))
 
 
 @main.group("sources", invoke_without_command=True)
@@ -1054,6 +1084,7 @@ async def quarantine_retry(ctx: click.Context, ids: tuple[int, ...]) -> None:
                     entry.retried_at = utcnow()
                     ok += 1
     click.echo(f"{ok} retried successfully, {failed} still failing")
+    _partial(ctx, failed)
 
 
 # -- alerts and the audit log ----------------------------------------------------------------

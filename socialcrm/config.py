@@ -310,6 +310,14 @@ class Config(_Section):
         found = self.reports.templates_dir
         return self.resolve(found) if found is not None else None
 
+    def sqlite_path(self) -> Path | None:
+        """The file of a SQLite database (resolved as ``database_url`` resolves it); None for
+        another database or one in memory."""
+        prefix = "sqlite+aiosqlite:///"
+        url = self.database_url()
+        path = url[len(prefix) :].split("?", 1)[0] if url.startswith(prefix) else ""
+        return Path(path) if path and path != ":memory:" else None
+
     def database_url(self) -> str:
         """The database URL, with a relative SQLite path resolved against the config folder."""
         prefix = "sqlite+aiosqlite:///"

@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from socialcrm.connector import InboundMessage
 from socialcrm.db import Store
@@ -749,6 +750,14 @@ def says_no_reply(reason: str) -> bool:
     return any(words.startswith(p) for p in NO_REPLY_REASONS)
 
 
+class Recorded(NamedTuple):
+    """A message's label: the row, and whether it is new (False: the message's newest label
+    on that head said the same already, and nothing was added)."""
+
+    row: TriageLabel
+    added: bool
+
+
 async def label_message(
     session: AsyncSession,
     message_id: int,
@@ -757,25 +766,50 @@ async def label_message(
     reason: str,
     actor: str,
     via: str,
-) -> TriageLabel:
-    """Record a label on a stored message (its text goes with the label)."""
+) -> Recorded:
+    """Record a label on a stored message (its text goes with the label), unless its newest
+    label on that head says the same."""
     msg = await session.get(Message, message_id)
     if msg is None:
         raise TriageError(f"no message #{message_id}")
     if msg.direction != "inbound":
         raise TriageError(f"message #{message_id} is one of ours, not a customer's")
-    return add_label(
-        session,
-        kind,
-        value,
-        reason,
-        actor,
-        via,
-        text=msg.text,
-        lang=msg.lang,
-        message_id=msg.id,
-        channel=msg.channel,
-        external_id=msg.external_id,
+    # The message's newest word on this head, by its id or its platform id (as the training
+    # set keys it): the same word again teaches nothing and would count as a new label.
+    same = col(TriageLabel.message_id) == msg.id
+    if msg.external_id:
+        same = sa.or_(
+            same,
+            sa.and_(
+                col(TriageLabel.channel) == msg.channel,
+                col(TriageLabel.external_id) == msg.external_id,
+            ),
+        )
+    last = (
+        await session.execute(
+            sa.select(TriageLabel)
+            .where(TriageLabel.kind == kind, same)
+            .order_by(col(TriageLabel.id).desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if last is not None and last.value == value:
+        return Recorded(last, added=False)
+    return Recorded(
+        add_label(
+            session,
+            kind,
+            value,
+            reason,
+            actor,
+            via,
+            text=msg.text,
+            lang=msg.lang,
+            message_id=msg.id,
+            channel=msg.channel,
+            external_id=msg.external_id,
+        ),
+        added=True,
     )
 
 

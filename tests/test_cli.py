@@ -74,13 +74,16 @@ def test_ingest_file_with_bad_lines(cli: CliRunner, tmp_path: Path) -> None:
             "",
         ],
     )
-    out = run(cli, "ingest", str(f), "--json").output
+    # Exit status 3: done, with lines left out (in quarantine), so a script can tell.
+    out = run(cli, "ingest", str(f), "--json", code=3).output
     summary = json.loads(out)
     assert summary["stored"] == 2 and summary["quarantined"] == 2
     listing = run(cli, "quarantine", "list").output
     assert "line 2:" in listing and "line 3:" in listing
-    again = json.loads(run(cli, "ingest", str(f), "--json").output)
+    again = json.loads(run(cli, "ingest", str(f), "--json", code=3).output)
     assert again["stored"] == 0 and again["duplicates"] == 2
+    whole = jsonl(tmp_path / "ok.jsonl", [mention("4", "@acme hi", "u3", "al")])
+    assert "1 stored" in run(cli, "ingest", str(whole)).output  # exit status 0
 
 
 def test_ingest_reads_past_a_byte_order_mark(cli: CliRunner, tmp_path: Path) -> None:
@@ -106,7 +109,7 @@ def test_ingest_takes_ids_written_as_numbers(cli: CliRunner, tmp_path: Path) -> 
         {**line, "external_id": 1.5, "author": {"handle": "joe"}},
     ]
     f.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
-    summary = json.loads(run(cli, "ingest", str(f), "--json").output)
+    summary = json.loads(run(cli, "ingest", str(f), "--json", code=3).output)
     assert summary["stored"] == 1 and summary["quarantined"] == 2
     with sqlite3.connect(tmp_path / "socialcrm.db") as db:
         stored = db.execute("select external_id, in_reply_to from message").fetchall()
@@ -278,8 +281,8 @@ def test_rules_explain_reads_a_stored_message_again_beside_what_was_stored(
 
 def test_quarantine_retry_stores_a_payload_that_now_parses(cli: CliRunner, tmp_path: Path) -> None:
     run(cli, "init")
-    run(cli, "ingest", str(jsonl(tmp_path / "a.jsonl", ['{"channel": "x"}'])))
-    assert "1 still failing" in run(cli, "quarantine", "retry").output
+    run(cli, "ingest", str(jsonl(tmp_path / "a.jsonl", ['{"channel": "x"}'])), code=3)
+    assert "1 still failing" in run(cli, "quarantine", "retry", code=3).output
     # A person fixes the payload in the store; the retry then stores it.
     import sqlite3
 
@@ -456,7 +459,7 @@ def test_quarantine_list_is_plain_words(cli: CliRunner, tmp_path: Path) -> None:
     run(cli, "init")
     assert "The quarantine is empty" in run(cli, "quarantine", "list").output
     f = jsonl(tmp_path / "bad.jsonl", ["{not json", json.dumps({"channel": "x"})])
-    run(cli, "ingest", str(f))
+    run(cli, "ingest", str(f), code=3)
     out = run(cli, "quarantine", "list").output
     assert "None" not in out and "(record)" not in out
     assert "2 quarantined payloads waiting" in out and "line 1: Invalid JSON" in out
@@ -512,9 +515,60 @@ def test_unopenable_sqlite_file_starts_no_driver_thread(
 
     monkeypatch.setattr(threading.Thread, "start", start)
     (tmp_path / "config.yaml").write_text("database: sqlite:///no/such/dir/x.db\n")
-    res = run(cli, "queue", code=2)
+    res = run(cli, "ingest", str(jsonl(tmp_path / "in.jsonl", [mention("1", "hi")])), code=2)
     assert res.output.strip().endswith("unable to open database file")
     assert started == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("triage", "status"),
+        ("tickets", "list"),
+        ("queue",),
+        ("report",),
+        ("quarantine", "list"),
+        ("alerts", "list"),
+        ("audit",),
+        ("cluster",),
+        ("approve", "1"),
+    ],
+)
+def test_a_command_that_reads_makes_no_database(
+    cli: CliRunner, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """Run in the wrong folder, or with a config naming a file not made yet, a command that
+    reads the store says so rather than leaving an empty database behind."""
+    db = tmp_path / "socialcrm.db"
+    out = run(cli, *command, code=2).output.strip()
+    assert out == (
+        f"socialcrm: no database at {db}, and no config.yaml here: `socialcrm init` makes "
+        "both, or `--config FILE` names yours"
+    )
+    (tmp_path / "config.yaml").write_text("database: sqlite:///elsewhere.db\n")
+    out = run(cli, *command, code=2).output.strip()
+    assert out == (
+        f"socialcrm: no database at {tmp_path / 'elsewhere.db'}: `socialcrm db upgrade` creates it"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def test_commands_that_store_what_they_are_given_make_the_database(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    db = tmp_path / "socialcrm.db"
+    labelled = json.loads(mention("1", "@acme my parcel is lost"))
+    labelled["sentiment_label"] = "negative"
+    given = [
+        ("ingest", str(jsonl(tmp_path / "in.jsonl", [mention("1", "@acme hi")]))),
+        ("triage", "learn", "--no-train", str(jsonl(tmp_path / "l.jsonl", [json.dumps(labelled)]))),
+        ("customers", "import", str(tmp_path / "c.csv")),
+    ]
+    (tmp_path / "c.csv").write_text("name,email\nJane Doe,jane@example.com\n", encoding="utf-8")
+    for command in given:
+        db.unlink(missing_ok=True)
+        run(cli, *command)
+        assert db.exists(), command
 
 
 def test_alerts_list_and_audit_from_the_command_line(cli: CliRunner, tmp_path: Path) -> None:
@@ -543,7 +597,8 @@ def test_alerts_list_and_audit_from_the_command_line(cli: CliRunner, tmp_path: P
 def test_log_format_json(cli: CliRunner, tmp_path: Path) -> None:
     run(cli, "init")
     (tmp_path / "config.yaml").write_text("database: sqlite:///fresh.db\n")
-    res = run(cli, "--log-format", "json", "-v", "queue")
+    f = jsonl(tmp_path / "in.jsonl", [mention("1", "@acme hi")])
+    res = run(cli, "--log-format", "json", "-v", "ingest", str(f))
     logged = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
     assert any("upgrading database schema" in r["message"] for r in logged), res.output
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in logged)

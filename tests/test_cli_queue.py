@@ -151,22 +151,35 @@ async def test_queue_order_ranks_labels_then_score_then_age(
     assert shown == [r.id for r, _m, _t in sorted(rows, key=key)]
 
 
-def test_cli_queue_creates_a_missing_database_through_the_store(tmp_path: Path) -> None:
-    """No database yet: the plain driver leaves it to the store, which creates it."""
+def test_cli_queue_on_a_missing_database_says_so_and_makes_none(tmp_path: Path) -> None:
+    """No database yet: the plain driver leaves it to the store, which does not create one
+    for a command that only reads; once the schema is made, the plain driver answers."""
     path = tmp_path / "new.db"
-    done = cli_queue(tmp_path, f"sqlite:///{path}")
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        cli_queue(tmp_path, f"sqlite:///{path}")
+    assert refused.value.returncode == 2
+    assert refused.value.stderr.strip().endswith(
+        f"socialcrm: no database at {path}: `socialcrm db upgrade` creates it"
+    )
+    assert not path.exists()
+    subprocess.run(
+        [sys.executable, "-m", "socialcrm", "-c", str(tmp_path / "config.yaml"), "db", "upgrade"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    done = cli_queue(tmp_path, f"sqlite:///{path}")  # at the code's schema now
     assert done.stdout.strip() == "The approval queue is empty."
-    assert path.exists()
-    assert "sqlalchemy" in imported(done.stderr)
-    again = cli_queue(tmp_path, f"sqlite:///{path}")  # at the code's schema now
-    assert again.stdout == done.stdout and "sqlalchemy" not in imported(again.stderr)
+    assert "sqlalchemy" not in imported(done.stderr)
 
 
 def test_cli_queue_refuses_a_bad_limit_as_the_command_does(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(f"database: sqlite:///{tmp_path / 'q.db'}\n", encoding="utf-8")
+    cmd = [sys.executable, "-m", "socialcrm", "-c", str(config)]
+    subprocess.run([*cmd, "db", "upgrade"], check=True, capture_output=True, timeout=60)
     done = subprocess.run(
-        [sys.executable, "-m", "socialcrm", "-c", str(config), "queue", "many"],
+        [*cmd, "queue", "many"],
         capture_output=True,
         text=True,
         check=False,

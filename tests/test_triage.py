@@ -569,11 +569,23 @@ async def test_relabel_and_needs_reply_commands(
         )
     assert actions.count("triage.relabel") == 1 and actions.count("triage.needs_reply") == 1
     assert "command.refused" in actions
+    # The same word again, by anyone, adds no label (it would count as new for retraining).
+    again = await cmds.run(Actor("bo", "agent", "cli"), f"relabel {mid} negative")
+    assert again == f"Message #{mid} is labelled negative already; nothing changed."
+    assert "labelled so already" in await cmds.run(agent, f"needs-reply {mid} no")
+    assert len(await labels(store)) == 2
     # A later word on the same message replaces the earlier one in the training set.
     await cmds.run(agent, f"relabel {mid} neutral")
     async with store.reader() as s:
         ts = await triage.training_set(s)
     assert ts.labels == {"sentiment": ["neutral"], "needs_reply": ["no"]}
+    # ... and the first word, said again after it, is new again.
+    await cmds.run(agent, f"relabel {mid} negative")
+    assert [v for _m, k, v, _r, _a in await labels(store) if k == "sentiment"] == [
+        "negative",
+        "neutral",
+        "negative",
+    ]
 
 
 async def test_a_message_said_to_need_a_reply_gets_a_ticket_when_it_has_none(
@@ -598,10 +610,11 @@ async def test_a_message_said_to_need_a_reply_gets_a_ticket_when_it_has_none(
     assert (ticket.status, ticket.customer_id, ticket.channel) == ("open", first.customer_id, "x")
     assert "opened by ana (slack)" in ticket.priority_reason and opened.actor == "ana"
     assert ticket.first_response_due_at is not None  # the SLA counts from now
-    # Said again, or "no": no second ticket.
+    # Said again, or "no": no second ticket; "no" leaves closing the open one to a person.
     again = await cmds.run(agent, f"needs-reply {first.id} yes")
     assert "ticket #" not in again
-    await cmds.run(agent, f"needs-reply {first.id} no")
+    no = await cmds.run(agent, f"needs-reply {first.id} no")
+    assert no.endswith("Its ticket #1 is open: `close 1` closes it.")
     # The customer's answer in that conversation threads into it.
     follow = msg("2", "hello? anyone?")
     follow = follow.model_copy(update={"in_reply_to": "1"})
@@ -1182,7 +1195,7 @@ def test_learn_train_status_and_eval_from_the_command_line(
         "not json",
     ]
     file = _labelled_file(tmp_path / "labels.jsonl", labelled_set(12), bad)
-    out = run("triage", "learn", str(file))
+    out = run("triage", "learn", str(file), code=3)  # done, with lines left out
     assert "36 sentiment and 36 needs-reply label(s) imported" in out
     assert "3 line(s) skipped" in out
     assert "line 37: no sentiment_label or needs_reply" in out
@@ -1203,7 +1216,7 @@ def test_learn_train_status_and_eval_from_the_command_line(
     assert lines[0].startswith("Triage model #1") and lines[0].endswith("(in use)")
     assert [line for line in lines if line.startswith("sentiment: trained on 36 labels")]
     assert "Where it fails:" in lines and lines[-1].startswith("Features: ")
-    out = run("triage", "eval", str(file))
+    out = run("triage", "eval", str(file), code=3)
     lines = out.splitlines()
     assert "Sentiment class:" in lines and "Needs a reply:" in lines
     assert "VADER alone" in out and "VADER and rules alone" in out
@@ -1213,7 +1226,7 @@ def test_learn_train_status_and_eval_from_the_command_line(
     assert len(negative) == 1 and len(negative[0]) == 1 + 9 + 1  # three readings, support
     assert [line for line in lines if line.split()[:1] == ["negative"]]
     assert [line for line in lines if line.split()[:1] == ["macro"]]
-    figures = json.loads(run("triage", "eval", str(file), "--json").splitlines()[-1])
+    figures = json.loads(run("triage", "eval", str(file), "--json", code=3).splitlines()[-1])
     assert (
         figures["sentiment"]["learned"]["macro_f1"] > figures["sentiment"]["baseline"]["macro_f1"]
     )
@@ -1221,9 +1234,11 @@ def test_learn_train_status_and_eval_from_the_command_line(
     assert set(figures["sentiment"]["starter"]["per_class"]) == {"negative", "neutral", "positive"}
     assert "starter" not in figures["needs_reply"]
     # Relabelling works from the command line too (the same command layer as chat).
-    run("ingest", str(file))
-    out = run("relabel", "1", "positive")
-    assert "Message #1 is labelled positive" in out
+    run("ingest", str(file), code=3)
+    # Imported as positive: the same word again changes nothing; another one is a label.
+    assert "labelled positive already; nothing changed" in run("relabel", "1", "positive")
+    out = run("relabel", "1", "negative")
+    assert "Message #1 is labelled negative; the triage model learns from it." in out
     out = run("needs-reply", "1", "yes")
     assert "Message #1 needed a reply" in out
     assert "relabel MESSAGE" in run("relabel", "--help")
@@ -1234,14 +1249,14 @@ def test_learn_train_status_and_eval_from_the_command_line(
     # `socialcrm ingest` reads with it, no daemon running); --no-train only imports.
     config = tmp_path / "config.yaml"
     config.write_text(config.read_text() + "triage:\n  min_labels: 30\n")
-    again = run("triage", "learn", str(file), "--no-train")
+    again = run("triage", "learn", str(file), "--no-train", code=3)
     assert "not trained: `socialcrm triage train`" in again
     # The same file again adds no label: not the words already here, which the status would
     # count and the daemon would train again for, nor what it said of message #1 before it was
     # relabelled (said to need a reply above): a person's later word stands.
     assert "0 sentiment and 0 needs-reply label(s) imported from 36 message(s)" in again
-    assert "71 label(s) already here as given" in again
-    assert "1 label(s) imported before and relabelled since, left as relabelled" in again
+    assert "70 label(s) already here as given" in again
+    assert "2 label(s) imported before and relabelled since, left as relabelled" in again
     status = run("triage", "status")
     # Message #1's relabels replace its imported labels: one message, not two.
     assert "36 message(s) labelled now; 2 since this model" in status

@@ -401,9 +401,11 @@ class Commands:
         """
         value = triage.sentiment_label(label)
         async with self.store.session() as s:
-            row = await triage.label_message(
+            row, added = await triage.label_message(
                 s, message_id, "sentiment", value, "relabel", actor.name, actor.via
             )
+            if not added:
+                return f"Message #{message_id} is labelled {value} already; nothing changed."
             await s.flush()
             s.add(_label_audit(actor, "triage.relabel", message_id, value, row.id))
         return f"Message #{message_id} is labelled {value}; the triage model learns from it."
@@ -418,20 +420,31 @@ class Commands:
         value = triage.reply_label(answer)
         opened: Ticket | None = None
         async with self.store.session() as s:
-            row = await triage.label_message(
+            row, added = await triage.label_message(
                 s, message_id, "needs_reply", value, "relabel", actor.name, actor.via
             )
-            await s.flush()
-            s.add(_label_audit(actor, "triage.needs_reply", message_id, value, row.id))
+            if added:
+                await s.flush()
+                s.add(_label_audit(actor, "triage.needs_reply", message_id, value, row.id))
             msg = await s.get(Message, message_id)
             if value == "yes" and msg is not None and msg.ticket_id is None and msg.customer_id:
                 # Nobody would answer it otherwise: a ticket puts it in front of a person.
                 await self.store.lock_keys(s, [f"customer:{msg.customer_id}"])
                 opened = await tickets.open_for_message(s, msg, actor.name, actor.via, self.sla)
+            waiting = None
+            if value == "no" and msg is not None and msg.ticket_id is not None:
+                # Closing is a person's own step (the ticket may hold other messages).
+                ticket = await s.get(Ticket, msg.ticket_id)
+                if ticket is not None and ticket.status in ("open", "pending"):
+                    waiting = (ticket.id, ticket.status)
         said = "needed a reply" if value == "yes" else "needed no reply"
-        answer = f"Message #{message_id} {said}; the triage model learns from it."
+        answer = f"Message #{message_id} {said}; " + (
+            "the triage model learns from it." if added else "it was labelled so already."
+        )
         if opened is not None:
             answer += f" It had no ticket: ticket #{opened.id} is open for it."
+        if waiting is not None:
+            answer += f" Its ticket #{waiting[0]} is {waiting[1]}: `close {waiting[0]}` closes it."
         return answer
 
     @command("viewer")
