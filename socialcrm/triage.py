@@ -1223,8 +1223,16 @@ def steer(d: Decision, verdict: Verdict, min_confidence: float, ticket_at: float
         return
     elif verdict.needs_reply is not None:
         _close(d, f"needs no reply ({1 - risk:.2f})", keep_thanks=False)
-    elif verdict.sentiment == "positive" and d.intent not in ASKING:
-        _close(d, f"reads as positive ({verdict.confidence:.2f})", keep_thanks=True)
+    elif verdict.sentiment == "positive":
+        c = verdict.confidence or 0.0
+        if d.intent not in ASKING:
+            _close(d, f"reads as positive ({c:.2f})", keep_thanks=True)
+        elif c >= min_confidence and d.draft_template is not None:
+            # A happy question ("love the app! does it work on iPad?"): its answer waits in
+            # the approval queue, where a person reads it, as small talk's does; no ticket.
+            _close(
+                d, f"reads as a happy question ({c:.2f}); its answer is drafted", keep_draft=True
+            )
     if d.intent == "praise" and d.draft_template is not None:
         sure = verdict.sentiment == "positive" and (verdict.confidence or 0.0) >= min_confidence
         if not sure:
@@ -1249,10 +1257,12 @@ def _not_thanked(d: Decision, verdict: Verdict) -> None:
         d.trail.append("triage: not thanked")
 
 
-def _close(d: Decision, why: str, *, keep_thanks: bool) -> None:
+def _close(d: Decision, why: str, *, keep_thanks: bool = False, keep_draft: bool = False) -> None:
     if d.open_ticket:
         d.open_ticket = False
         d.trail.append(f"triage: the team's model says this {why}; no ticket")
+    if keep_draft:
+        return
     if d.draft_template is not None and not (keep_thanks and d.intent == "praise"):
         d.draft_template = None
         d.trail.append("triage: no draft")

@@ -990,7 +990,8 @@ COMPLAINT = {"intent": "complaint", "open_ticket": True, "draft_template": "apol
         ({"ignore": True}, triage.Verdict(None, None, True, 0.55), True, None, True),
         # Only the class: a sure negative gets a ticket and is never thanked.
         (PRAISE, triage.Verdict("negative", 0.7, None, None), True, None, False),
-        # A sure positive opens none and keeps its thanks, unless it asks us something.
+        # A sure positive opens none and keeps its thanks; one that asks us something keeps
+        # its drafted answer, which a person reads in the approval queue, as small talk's.
         (
             {**PRAISE, "open_ticket": True},
             triage.Verdict("positive", 0.8, None, None),
@@ -1002,6 +1003,22 @@ COMPLAINT = {"intent": "complaint", "open_ticket": True, "draft_template": "apol
         (
             {"intent": "question", "open_ticket": True, "draft_template": "answer_question"},
             triage.Verdict("positive", 0.8, None, None),
+            False,
+            "answer_question",
+            False,
+        ),
+        # ... but a question with nothing drafted, or read as positive without being sure,
+        # keeps its ticket: a question to us is answered.
+        (
+            {"intent": "question", "open_ticket": True},
+            triage.Verdict("positive", 0.8, None, None),
+            True,
+            None,
+            False,
+        ),
+        (
+            {"intent": "question", "open_ticket": True, "draft_template": "answer_question"},
+            triage.Verdict("positive", 0.5, None, None, risk=0.1),
             True,
             "answer_question",
             False,
