@@ -713,6 +713,9 @@ async def test_approve_edit_reject_and_close_teach_the_model(
     await cmds.run(approver, f"edit {drafts[1].id} We are looking into it now.")
     await cmds.run(approver, f"reject {drafts[2].id} No reply needed - they sorted it out.")
     await cmds.run(approver, f"reject {drafts[3].id} wrong template")
+    # What an approval taught, said again by a person, adds no label (the list below).
+    again = await cmds.run(approver, f"needs-reply {drafts[0].message_id} yes")
+    assert again.endswith("needed a reply; it was labelled so already.")
     got = await labels(store)
     assert got == [
         (drafts[0].message_id, "needs_reply", "yes", "approve", "amy"),
