@@ -663,7 +663,8 @@ def queue(ctx: click.Context, limit: str | None) -> None:
             rows, total = found
             click.echo(render_chat(template_environment(None), "queue", rows=rows, total=total))
             return
-    # A database to create or upgrade, or a LIMIT the command layer refuses: its answer.
+    # A database to upgrade (or none yet, which the store names), or a LIMIT the command
+    # layer refuses: its answer.
     async_command(_run_command)(ctx, "queue" if limit is None else f"queue {limit}")
 
 
