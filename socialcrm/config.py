@@ -33,6 +33,8 @@ from socialcrm.timespec import Duration, PositiveDuration, TimeZoneName
 if TYPE_CHECKING:
     from socialcrm.triage import Threshold
 
+#: The start of a SQLite database URL, as the store opens it (a file path follows).
+SQLITE_URL = "sqlite+aiosqlite:///"
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -235,7 +237,7 @@ class MattermostConfig(_Section):
 class Config(_Section):
     """The whole configuration file."""
 
-    database: str = "sqlite+aiosqlite:///socialcrm.db"
+    database: str = SQLITE_URL + "socialcrm.db"
     brand: BrandConfig = BrandConfig()
     #: Rule files, in order. The shipped pack comes first unless ``default_rules`` is false.
     rules: list[Path] = Field(default_factory=list)
@@ -268,7 +270,7 @@ class Config(_Section):
     @classmethod
     def _known_database(cls, v: str) -> str:
         if v.startswith("sqlite:///"):
-            v = "sqlite+aiosqlite:///" + v[len("sqlite:///") :]
+            v = SQLITE_URL + v[len("sqlite:///") :]
         elif v.startswith(("postgresql://", "postgres://")):
             v = "postgresql+asyncpg://" + v.split("://", 1)[1]
         if not v.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
@@ -313,18 +315,16 @@ class Config(_Section):
     def sqlite_path(self) -> Path | None:
         """The file of a SQLite database (resolved as ``database_url`` resolves it); None for
         another database or one in memory."""
-        prefix = "sqlite+aiosqlite:///"
         url = self.database_url()
-        path = url[len(prefix) :].split("?", 1)[0] if url.startswith(prefix) else ""
+        path = url[len(SQLITE_URL) :].split("?", 1)[0] if url.startswith(SQLITE_URL) else ""
         return Path(path) if path and path != ":memory:" else None
 
     def database_url(self) -> str:
         """The database URL, with a relative SQLite path resolved against the config folder."""
-        prefix = "sqlite+aiosqlite:///"
-        if self.database.startswith(prefix):
-            path = self.database[len(prefix) :]
+        if self.database.startswith(SQLITE_URL):
+            path = self.database[len(SQLITE_URL) :]
             if path and path != ":memory:" and not Path(path).is_absolute():
-                return prefix + str(self.base_dir / path)
+                return SQLITE_URL + str(self.base_dir / path)
         return self.database
 
 
