@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from socialcrm.config import SQLITE_URL
 from socialcrm.migrations import code_head
 from socialcrm.priority import rank_sql
 from socialcrm.utctime import from_stored
@@ -46,7 +47,6 @@ LIMIT :limit"""
 COUNT_SQL: Final = "SELECT count(*) FROM reply WHERE reply.status = 'draft'"
 _REVISION_SQL: Final = "SELECT version_num FROM alembic_version"
 _PARAM_RE: Final = re.compile(r"(?<!:):([a-z_]+)")
-_SQLITE: Final = "sqlite+aiosqlite:///"
 _POSTGRES: Final = "postgresql+asyncpg://"
 
 
@@ -106,8 +106,8 @@ def read_direct(url: str, limit: int) -> tuple[list[Row], int] | None:
     """The first ``limit`` drafts and how many there are, through the plain driver; None when
     the store must answer instead (a database that is not at the code's schema, that does not
     exist yet, or that the driver cannot open or read)."""
-    if url.startswith(_SQLITE):
-        return _read_sqlite(url[len(_SQLITE) :], clamp(limit))
+    if url.startswith(SQLITE_URL):
+        return _read_sqlite(url[len(SQLITE_URL) :], clamp(limit))
     if url.startswith(_POSTGRES) and "?" not in url:  # options: the store's own way to read them
         return _read_postgres("postgresql://" + url[len(_POSTGRES) :], clamp(limit))
     return None
