@@ -259,7 +259,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, required=True, help="folder with complaints.csv etc.")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N rows of each")
-    ap.add_argument("--show", type=int, default=0, help="print N misses of each kind")
+    ap.add_argument(
+        "--show", type=int, default=0, help="print N misses of each kind, and happy tweets ticketed"
+    )
     ap.add_argument(
         "--no-learned", action="store_true", help="skip the learned model's cross-validation"
     )
@@ -328,11 +330,18 @@ def main() -> None:
             ),
             "random row, ticket": lambda r, o: r["domain"].startswith("random_") and o.ticket,
         }
-        for kind, test in kinds.items():
-            hits = [(r, o) for r, o in zip(complaints, c_out, strict=True) if test(r, o)]
+        shown = {
+            kind: [(r["text"], o) for r, o in zip(complaints, c_out, strict=True) if test(r, o)]
+            for kind, test in kinds.items()
+        }
+        # What the brand-mention goal counts against us: happy tweets, as if sent to us.
+        shown["positive tweet, ticket"] = [
+            (t, o) for t, o, g in zip(texts, t_out, gold, strict=True) if g == 2 and o.ticket
+        ]
+        for kind, hits in shown.items():
             print(f"\n{kind}: {len(hits)}")
-            for r, o in hits[: args.show]:
-                print(f"  [{o.intent} {o.sentiment}] {r['text'][:160]!r}")
+            for text, o in hits[: args.show]:
+                print(f"  [{o.intent} {o.sentiment}] {text[:160]!r}")
     if not args.no_learned:
         # After learning: the triage model trained with the production code on 2,000 labels
         # of each corpus, cross-validated (bench/triage_learned.py, beside this file).
