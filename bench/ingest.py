@@ -37,6 +37,7 @@ from socialcrm.config import Config
 from socialcrm.connector import Batch, InboundMessage
 from socialcrm.db import open_store
 from socialcrm.pipeline import Pipeline
+from socialcrm.responder import load_checked
 from socialcrm.rules import RuleSet
 from socialcrm.runtime import tune_gc
 from socialcrm.sandbox.traffic import TrafficGenerator
@@ -85,10 +86,12 @@ async def pipeline_run(
             }
         )
         store = await open_store(config.database_url())
-        rules = RuleSet.load(config.rule_paths())
+        # As `socialcrm ingest` starts: the rules and every reply template checked (compiled)
+        # before the first message.
+        rules, responder = load_checked(config)
         # As the daemon runs it: the brand's lexicon and names, and the starter model.
         scoring = ScoringPool.for_config(config, rules) if pool else None
-        pipeline = Pipeline(config, store, rules=rules, scoring=scoring)
+        pipeline = Pipeline(config, store, rules=rules, responder=responder, scoring=scoring)
         if model is not None:
             async with store.session() as s:
                 await triage.store_model(s, model, "bench")

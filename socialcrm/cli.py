@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from socialcrm.connector import Batch, InboundMessage, Quarantined
     from socialcrm.db import Store
     from socialcrm.pipeline import IngestResult
+    from socialcrm.responder import Responder
     from socialcrm.rules import RuleSet
     from socialcrm.scoring import ScoringPool
 
@@ -142,7 +143,8 @@ def _actor() -> Actor:
 
 
 def load_rules(config: Config) -> RuleSet:
-    """The configured rules, checked; a template a rule names must exist."""
+    """The configured rules, loaded and checked (their reply templates are not: see
+    ``_check_rules_and_templates``)."""
     from socialcrm.rules import RuleSet
 
     return RuleSet.load(config.rule_paths())
@@ -209,7 +211,7 @@ def config_check(ctx: click.Context) -> None:
 
     config = _load(ctx, secrets=True)
     _check_sources(ctx, config)
-    rules = _check_rules_and_templates(config)
+    rules, _ = _check_rules_and_templates(config)
     click.echo(
         f"config OK: {len(config.sources)} source(s), {len(rules.rules)} rule(s), "
         f"database {Store(config.database_url()).safe_url()}"
@@ -241,13 +243,15 @@ def _yaml_positions(path: Path | None) -> Callable[[tuple[str | int, ...]], str]
     return lambda loc: f"{doc.where(loc)}: "
 
 
-def _check_rules_and_templates(config: Config) -> RuleSet:
-    """The rules load, every reply template compiles, and every template a rule names exists."""
+def _check_rules_and_templates(config: Config) -> tuple[RuleSet, Responder]:
+    """The rules load, every reply template compiles, and every template a rule names exists;
+    the rules, and the responder whose templates were compiled so (a command that drafts
+    uses it rather than compile them again)."""
     from socialcrm.responder import ReplyTemplateError, load_checked
     from socialcrm.rules import RuleError
 
     try:
-        return load_checked(config)[0]
+        return load_checked(config)
     except ReplyTemplateError as err:
         raise CliError(f"reply templates that cannot be used:\n{err}") from err
     except RuleError as err:
@@ -320,7 +324,7 @@ async def run_daemon(ctx: click.Context, host: str, port: int, name: str | None)
     _check_port(port)
     config = _load(ctx, secrets=True)
     _check_sources(ctx, config)
-    rules = _check_rules_and_templates(config)
+    rules, _ = _check_rules_and_templates(config)
     try:
         await daemon.run(config, host, port, name, rules)
     except SourceSetupError as err:
@@ -418,9 +422,10 @@ async def ingest(
     source = source or f"file:{file.name}"[:128]
     size = file.stat().st_size
     show_bar = size > 1_000_000 and sys.stderr.isatty()
-    rules = load_rules(config)
+    # As the daemon starts: rules and reply templates checked before anything is stored.
+    rules, responder = _check_rules_and_templates(config)
     async with _store(config, create=True) as store, _scoring(config, rules) as scoring:
-        pipeline = Pipeline(config, store, rules=rules, scoring=scoring)
+        pipeline = Pipeline(config, store, rules=rules, responder=responder, scoring=scoring)
         tune_gc()
         with (
             click.progressbar(length=size, label="ingesting", file=sys.stderr, show_pos=False)
@@ -1057,7 +1062,8 @@ async def quarantine_retry(ctx: click.Context, ids: tuple[int, ...]) -> None:
 
     config = _load(ctx)
     async with _store(config) as store:
-        pipeline = Pipeline(config, store, rules=load_rules(config))
+        rules, responder = _check_rules_and_templates(config)
+        pipeline = Pipeline(config, store, rules=rules, responder=responder)
         async with store.reader() as s:
             q = sa.select(Quarantine).where(Quarantine.status == "waiting")
             if ids:
@@ -1166,7 +1172,7 @@ def rules_group() -> None:
 def rules_check(ctx: click.Context) -> None:
     """Load every configured rule file and report problems with file:line."""
     config = _load(ctx)
-    rules = _check_rules_and_templates(config)
+    rules, _ = _check_rules_and_templates(config)
     click.echo(f"{len(rules.rules)} rules OK in {len(config.rule_paths())} file(s)")
 
 
@@ -1255,7 +1261,7 @@ async def rules_explain(
                 f"{', '.join(given)}: for a TEXT; --message reads the stored message as it came in"
             )
     config = _load(ctx)
-    rules = _check_rules_and_templates(config)
+    rules, _ = _check_rules_and_templates(config)
     if message_id is not None:
         found = await stored_message(config, message_id)
         if isinstance(found, str):

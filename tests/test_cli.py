@@ -652,17 +652,26 @@ def test_config_check_runs_what_run_runs(cli: CliRunner, tmp_path: Path) -> None
         assert "Traceback" not in out
 
 
-def test_config_check_compiles_every_reply_template(cli: CliRunner, tmp_path: Path) -> None:
+def test_every_reply_template_compiles_before_a_command_checks_or_drafts(
+    cli: CliRunner, tmp_path: Path
+) -> None:
     run(cli, "init")
     (tmp_path / "tpl" / "replies").mkdir(parents=True)
-    (tmp_path / "tpl" / "replies" / "thanks.j2").write_text("Thanks {{ name }},\n{% if %}\n")
+    broken = tmp_path / "tpl" / "replies" / "thanks.j2"
+    broken.write_text("Thanks {{ name }},\n{% if %}\n")
     base = (tmp_path / "config.yaml").read_text()
     (tmp_path / "config.yaml").write_text(
         base.replace("responder:\n", "responder:\n  templates_dir: tpl\n")
     )
-    for command in (["config", "check"], ["rules", "check"]):
+    f = jsonl(tmp_path / "in.jsonl", [mention("1", "@acme love the new app, thank you!")])
+    # The commands that draft refuse as the daemon does, before anything is stored.
+    for command in (["config", "check"], ["rules", "check"], ["ingest", str(f)]):
         out = run(cli, *command, code=2).output
-        assert f"{tmp_path / 'tpl' / 'replies' / 'thanks.j2'}:2: Expected an expression" in out
+        assert f"{broken}:2: Expected an expression" in out, out
+    broken.write_text("Thanks {{ name }}, {{ signature }}\n")
+    # Stored now, and not before: no repeat of a message stored by the refused run.
+    summary = json.loads(run(cli, "ingest", str(f), "--json").output)
+    assert (summary["stored"], summary["duplicates"], summary["drafts"]) == (1, 0, 1), summary
 
 
 def test_report_ends_at_the_last_whole_day_and_marks_partial_buckets(
