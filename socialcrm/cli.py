@@ -769,9 +769,10 @@ async def triage_learn(ctx: click.Context, file: Path, no_train: bool) -> None:
     nothing_new = not counts.get("sentiment") and not counts.get("needs_reply")
     if no_train or not config.triage.enabled or nothing_new:
         async with _store(config) as store, store.reader() as s:
-            labelled = (await triage.training_set(s)).messages
+            ts = await triage.training_set(s)
         why = "" if no_train or not config.triage.enabled else "no new labels; "
-        click.echo(f"not trained: {why}{_train_now(labelled, config.triage.min_labels)}")
+        way = _train_now(ts.messages, config.triage.min_labels, triage.untrainable(ts))
+        click.echo(f"not trained: {why}{way}")
     else:
         # What was learned is used at once: by `socialcrm ingest` too, with no daemon running.
         try:
@@ -797,13 +798,16 @@ async def triage_train(ctx: click.Context, min_labels: int | None) -> None:
     click.echo(await _train(config, min_labels))
 
 
-def _train_now(labelled: int, min_labels: int) -> str:
-    """How a model is trained now, with this many labelled messages."""
+def _train_now(labelled: int, min_labels: int, lacking: str | None) -> str:
+    """How a model is trained now, with this many labelled messages; ``lacking``: what more
+    the labels must show first (``triage.untrainable``), None if nothing."""
+    if not labelled:
+        return "`socialcrm triage learn FILE` imports labels"
+    if lacking is not None:
+        return f"more labels first: {lacking}"
     if labelled >= min_labels:
         return "`socialcrm triage train` trains now"
-    if labelled:
-        return f"`socialcrm triage train --min-labels {labelled}` trains on these {labelled} now"
-    return "`socialcrm triage learn FILE` imports labels"
+    return f"`socialcrm triage train --min-labels {labelled}` trains on these {labelled} now"
 
 
 async def _train(config: Config, min_labels: int | None = None) -> str:
@@ -831,7 +835,7 @@ async def _train(config: Config, min_labels: int | None = None) -> str:
             said = "triage.min_labels" if min_labels is None else "--min-labels"
             raise CliError(
                 f"{err.labelled} labelled message(s); at least {err.needed} are needed ({said}): "
-                + _train_now(err.labelled, err.needed)
+                + _train_now(err.labelled, err.needed, err.lacking)
             ) from err
         except triage.TriageError as err:
             raise CliError(str(err)) from err
@@ -854,7 +858,7 @@ async def _triage_status(store: Store, config: Config) -> str:
 
     async with store.reader() as s:
         row = await triage.newest(s)
-        labelled = (await triage.training_set(s)).messages
+        ts = await triage.training_set(s)
         new = await triage.labels_since(s, row.created_at if row is not None else None)
     cfg = config.triage
     threshold = None
@@ -865,10 +869,10 @@ async def _triage_status(store: Store, config: Config) -> str:
         .get_template("triage/status.j2")
         .render(
             row=row,
-            labelled=labelled,
+            labelled=ts.messages,
             new_labels=new,
             min_labels=config.triage.min_labels,
-            train_now=_train_now(labelled, config.triage.min_labels),
+            train_now=_train_now(ts.messages, config.triage.min_labels, triage.untrainable(ts)),
             in_use=config.triage.enabled,
             starter=config.triage.use_starter,
             threshold=threshold,

@@ -1090,14 +1090,31 @@ def train_set(
 
 
 class TooFewLabels(TriageError):
-    """Fewer labelled messages than a model is trained from."""
+    """Fewer labelled messages than a model is trained from; ``lacking``: what more the
+    labels must show before any number of them trains (``untrainable``), None if nothing."""
 
-    def __init__(self, labelled: int, needed: int) -> None:
+    def __init__(self, labelled: int, needed: int, lacking: str | None = None) -> None:
         super().__init__(
             f"{labelled} labelled message(s); at least {needed} are needed (triage.min_labels)"
         )
         self.labelled = labelled
         self.needed = needed
+        self.lacking = lacking
+
+
+def untrainable(ts: TrainingSet) -> str | None:
+    """Why no head can learn from these labels yet, in words; None when one can."""
+    if any(trainable(v, head) for head, v in ts.labels.items()):
+        return None
+    so_far = "; ".join(
+        f"{head}: " + ", ".join(f"{n} {label}" for label, n in counts.items())
+        for head, counts in ts.counts().items()
+    )
+    return (
+        f"the labels do not yet show two kinds of message, {MIN_PER_CLASS} of each at least, "
+        "one of them needing us (negative, or needs a reply), for either question "
+        f"(labels so far: {so_far or 'none'})"
+    )
 
 
 async def retrain(
@@ -1115,18 +1132,11 @@ async def retrain(
     ``on_start`` is told what it trains on once the labels are found enough."""
     async with store.reader() as s:
         ts = await training_set(s)
+    lacking = untrainable(ts)
     if ts.messages < min_labels:
-        raise TooFewLabels(ts.messages, min_labels)
-    if not any(trainable(v, head) for head, v in ts.labels.items()):
-        so_far = "; ".join(
-            f"{head}: " + ", ".join(f"{n} {label}" for label, n in counts.items())
-            for head, counts in ts.counts().items()
-        )
-        raise TriageError(
-            "the labels do not yet show two kinds of message, one of them needing us "
-            "(negative, or needs a reply), for either question "
-            f"(labels so far: {so_far})"
-        )
+        raise TooFewLabels(ts.messages, min_labels, lacking)
+    if lacking is not None:
+        raise TriageError(lacking)
     if on_start is not None:
         on_start(ts)
     trained = await asyncio.to_thread(train_set, ts, scorer, rules, settings)

@@ -1359,6 +1359,25 @@ def test_too_few_labels_to_train_say_how_to_train_on_them(
 
 
 @pytest.mark.timeout(200)
+def test_labels_of_too_few_kinds_say_what_to_add_not_a_train_that_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _cli(tmp_path, monkeypatch)
+    rows = [("never arrived, useless", "negative"), ("ok", "neutral"), ("love it", "positive")]
+    file = _labelled_file(tmp_path / "three.jsonl", rows, [])
+    out = run("triage", "learn", str(file), "--no-train")
+    lacking = "two kinds of message, 2 of each at least, one of them needing us"
+    assert "not trained: more labels first: the labels do not yet show " + lacking in out, out
+    assert "--min-labels 3" not in out
+    assert lacking in run("triage", "status")
+    out = run("triage", "train", "--min-labels", "5", code=2)
+    assert "3 labelled message(s); at least 5 are needed" in out and lacking in out, out
+    assert "--min-labels 3" not in out
+    out = run("triage", "train", "--min-labels", "3", code=2)
+    assert "sentiment: 1 negative, 1 neutral, 1 positive" in out and lacking in out, out
+
+
+@pytest.mark.timeout(200)
 def test_learning_the_same_file_again_trains_no_new_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
