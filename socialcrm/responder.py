@@ -103,6 +103,8 @@ class Responder:
         if extra is not None and not extra.is_absolute() and base_dir is not None:
             extra = base_dir / extra
         self.env = template_environment(extra)
+        #: The team's own folder, whose templates win over the shipped ones.
+        self.own_dir = extra
         self.limits = config.channel_limits
         self.signature = config.signature.replace("{brand}", brand)
         self.brand = brand
@@ -120,8 +122,14 @@ class Responder:
         key = (name, channel)
         tpl = self._cache.get(key)
         if tpl is None:
-            # A channel's own variant (short for X) wins over the general one.
-            tpl = self.env.select_template([f"replies/{name}.{channel}.j2", f"replies/{name}.j2"])
+            # A channel's own variant (short for X) wins over the general one, and the team's
+            # folder over the shipped one: their `apology.j2` serves X too rather than the
+            # shipped `apology.x.j2` (their `apology.x.j2`, if they wrote one, serves X).
+            names = [f"replies/{name}.{channel}.j2", f"replies/{name}.j2"]
+            own = self.own_dir
+            if own is not None:
+                names = [n for n in names if (own / n).is_file()] + names
+            tpl = self.env.select_template(names)
             self._cache[key] = tpl
         return tpl
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -519,6 +520,35 @@ async def test_no_draft_for_do_not_contact(pipeline: Pipeline, store: Store) -> 
     r = await ingest(pipeline, msg("@acme my order is late, terrible", user="5", handle="dan"))
     assert r.tickets_opened == 1 and r.drafts == 0
     assert await count(store, Reply) == 0
+
+
+def test_the_teams_own_template_serves_every_channel_unless_they_wrote_one_for_it(
+    config: Config,
+) -> None:
+    from socialcrm.responder import Responder
+
+    tpl = config.base_dir / "tpl" / "replies"
+    tpl.mkdir(parents=True)
+    (tpl / "thanks.j2").write_text("Ours, {{ first_name }}.")
+    (tpl / "apology.j2").write_text("Our apology, {{ first_name }}.")
+    (tpl / "apology.mastodon.j2").write_text("Our toot, {{ first_name }}.")
+    cfg = config.responder.model_copy(update={"templates_dir": Path("tpl")})
+    responder = Responder(cfg, "Acme", config.base_dir)
+    shipped = Responder(config.responder, "Acme", config.base_dir)
+    ctx = {"first_name": "Pat", "handle": "pat", "name": "Pat"}
+
+    def text(r: Responder, name: str, channel: str) -> str:
+        return r.draft(name, channel, dict(ctx)).text
+
+    # Their general template wins over the shipped channel variants (X, Mastodon) too.
+    for channel in ("x", "mastodon", "email", "reddit"):
+        assert text(responder, "thanks", channel) == "Ours, Pat."
+    assert text(shipped, "thanks", "x") != "Ours, Pat."
+    # Their channel variant wins on its channel; their general one elsewhere.
+    assert text(responder, "apology", "mastodon") == "Our toot, Pat."
+    assert text(responder, "apology", "x") == "Our apology, Pat."
+    # What they did not write stays the shipped one, channel variant included.
+    assert text(responder, "refund", "x") == text(shipped, "refund", "x")
 
 
 async def test_draft_over_the_x_limit_is_flagged(
