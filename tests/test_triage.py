@@ -627,6 +627,39 @@ async def test_a_message_said_to_need_a_reply_gets_a_ticket_when_it_has_none(
     assert n == 1 and second.ticket_id == 1
 
 
+async def test_a_message_needing_a_reply_after_its_ticket_was_done_with_goes_to_a_person(
+    config: Config, store: Store, pipeline: Pipeline
+) -> None:
+    texts = {"1": "my order never arrived", "2": "the app is broken again"}
+    await pipeline.ingest(Batch(messages=[msg(k, t, f"h{k}") for k, t in texts.items()]), "t")
+    async with store.reader() as s:
+        stored = {m.external_id: m for m in (await s.execute(sa.select(Message))).scalars()}
+    resolved, closed = stored["1"], stored["2"]
+    assert resolved.ticket_id is not None and closed.ticket_id is not None
+    cmds = Commands(config, store)
+    agent = Actor("ana", "agent", "slack")
+    await cmds.run(agent, f"resolve {resolved.ticket_id}")
+    await cmds.run(agent, f"close {closed.ticket_id}")
+    # A resolved ticket opens again.
+    out = await cmds.run(agent, f"needs-reply {resolved.id} yes")
+    assert f"Its ticket #{resolved.ticket_id} was resolved: it is open again." in out, out
+    # A closed one stays closed (closing is final): the message gets a ticket of its own.
+    out = await cmds.run(agent, f"needs-reply {closed.id} yes")
+    assert f"Its ticket #{closed.ticket_id} is closed. Ticket #" in out, out
+    async with store.reader() as s:
+        again = await s.get(Ticket, resolved.ticket_id)
+        old = await s.get(Ticket, closed.ticket_id)
+        moved = await s.get(Message, closed.id)
+        assert moved is not None and moved.ticket_id not in (None, closed.ticket_id)
+        new = await s.get(Ticket, moved.ticket_id)
+    assert again is not None and again.status == "open"
+    assert old is not None and old.status == "closed"
+    assert new is not None and new.status == "open" and new.customer_id == closed.customer_id
+    assert f"Ticket #{new.id} is open for it." in out
+    # Said again: it is in front of a person already.
+    assert "ticket #" not in (await cmds.run(agent, f"needs-reply {closed.id} yes")).lower()
+
+
 async def test_explain_from_chat_reads_a_stored_message_with_the_rules_and_model_in_use(
     config: Config,
     store: Store,

@@ -419,6 +419,7 @@ class Commands:
         """
         value = triage.reply_label(answer)
         opened: Ticket | None = None
+        done: str | None = None  # what became of a ticket it was on and that was done with
         async with self.store.session() as s:
             row, added = await triage.label_message(
                 s, message_id, "needs_reply", value, "relabel", actor.name, actor.via
@@ -427,10 +428,20 @@ class Commands:
                 await s.flush()
                 s.add(_label_audit(actor, "triage.needs_reply", message_id, value, row.id))
             msg = await s.get(Message, message_id)
-            if value == "yes" and msg is not None and msg.ticket_id is None and msg.customer_id:
-                # Nobody would answer it otherwise: a ticket puts it in front of a person.
+            if value == "yes" and msg is not None and msg.customer_id:
+                # Nobody would answer it otherwise: a ticket puts it in front of a person. A
+                # resolved ticket opens again; a closed one stays closed (closing is final),
+                # and the message gets a ticket of its own.
                 await self.store.lock_keys(s, [f"customer:{msg.customer_id}"])
-                opened = await tickets.open_for_message(s, msg, actor.name, actor.via, self.sla)
+                old = await s.get(Ticket, msg.ticket_id) if msg.ticket_id is not None else None
+                if old is not None and old.status == "resolved":
+                    await tickets.set_status(s, old.id, "open", actor.name, actor.via)
+                    done = f" Its ticket #{old.id} was resolved: it is open again."
+                elif old is None or old.status == "closed":
+                    if old is not None:
+                        done = f" Its ticket #{old.id} is closed."
+                        msg.ticket_id = None
+                    opened = await tickets.open_for_message(s, msg, actor.name, actor.via, self.sla)
             waiting = None
             if value == "no" and msg is not None and msg.ticket_id is not None:
                 # Closing is a person's own step (the ticket may hold other messages).
@@ -441,8 +452,11 @@ class Commands:
         answer = f"Message #{message_id} {said}; " + (
             "the triage model learns from it." if added else "it was labelled so already."
         )
+        if done is not None:
+            answer += done
         if opened is not None:
-            answer += f" It had no ticket: ticket #{opened.id} is open for it."
+            had = "Ticket" if done else "It had no ticket: ticket"
+            answer += f" {had} #{opened.id} is open for it."
         if waiting is not None:
             answer += f" Its ticket #{waiting[0]} is {waiting[1]}: `close {waiting[0]}` closes it."
         return answer
