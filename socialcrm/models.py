@@ -175,7 +175,13 @@ class Message(SQLModel, table=True):
         # The report's per-customer counts and its most negative and positive messages read
         # only these columns (an index-only scan); its other counts come from the rollups.
         sa.Index(
-            "ix_message_report", "created_at", "direction", "ignored", "sentiment", "customer_id"
+            "ix_message_report",
+            "created_at",
+            "direction",
+            "ignored",
+            "sentiment",
+            "customer_id",
+            "triage_class",
         ),
     )
 

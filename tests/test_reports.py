@@ -266,6 +266,26 @@ async def test_complaints_are_never_the_most_positive(store: Store) -> None:
     assert [q.sentiment for q in report.most_negative] == [-0.9, -0.7, -0.6, -0.3, -0.2]
 
 
+async def test_a_customers_figures_count_the_class_the_headline_counts(store: Store) -> None:
+    """ "oh great, another delay" reads happy to VADER; the team's model reads it negative, and
+    so do the customer's figures, as the headline does."""
+    await seed(store)
+    before = await build_report(store, period=WEEK, end=END, brand="Acme")
+    was = {a.customer_id: a.messages for a in before.customers.most_active}[1]
+    async with store.session() as s:
+        s.add_all(
+            _message(310 + i, at("04-02", f"1{i}:00"), "x", 1, 0.9, None, [], triage_class=c)
+            for i, c in enumerate(["negative", "negative", "neutral"])
+        )
+    after = await build_report(store, period=WEEK, end=END, brand="Acme")
+    now = {a.customer_id: a.messages for a in after.customers.most_active}[1]
+    assert (now.negative, now.neutral, now.positive) == (
+        was.negative + 2,
+        was.neutral + 1,
+        was.positive,
+    )
+
+
 async def test_topics(report: Report) -> None:
     t = report.topics
     assert [(c.key, c.current, c.previous) for c in t.intents] == [

@@ -528,8 +528,10 @@ def _sentiment_sums(
     within: sa.ColumnElement[bool] | None = None, suffix: str = ""
 ) -> list[sa.ColumnElement[Any]]:
     """n, pos, neg, uns (in the order ``_sentiment_of`` takes them) of the rows, or of those
-    ``within`` a condition, labelled with ``suffix``."""
-    s = M.c.sentiment
+    ``within`` a condition, labelled with ``suffix``: by the class the headline counts (the
+    learned model's where it read the message, else the score's), so that a customer's
+    figures agree with the headline's."""
+    c = class_sql(M.c.sentiment, triage=M.c.triage_class)
 
     def count(cond: sa.ColumnElement[bool] | None) -> sa.ColumnElement[Any]:
         if within is not None:
@@ -540,9 +542,9 @@ def _sentiment_sums(
 
     return [
         count(None).label(f"n{suffix}"),
-        count(s >= POSITIVE_AT).label(f"pos{suffix}"),
-        count(s <= NEGATIVE_AT).label(f"neg{suffix}"),
-        count(s.is_(None)).label(f"uns{suffix}"),
+        count(c == 1).label(f"pos{suffix}"),
+        count(c == -1).label(f"neg{suffix}"),
+        count(c == 2).label(f"uns{suffix}"),
     ]
 
 
