@@ -324,9 +324,9 @@ async def run_daemon(ctx: click.Context, host: str, port: int, name: str | None)
     _check_port(port)
     config = _load(ctx, secrets=True)
     _check_sources(ctx, config)
-    rules, _ = _check_rules_and_templates(config)
+    rules, responder = _check_rules_and_templates(config)
     try:
-        await daemon.run(config, host, port, name, rules)
+        await daemon.run(config, host, port, name, rules, responder)
     except SourceSetupError as err:
         raise CliError(f"bad source settings:\n{err}") from err
     except OSError as err:

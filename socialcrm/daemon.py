@@ -41,7 +41,7 @@ from socialcrm.db import Store
 from socialcrm.models import utcnow
 from socialcrm.pipeline import Pipeline
 from socialcrm.reports.digest import DigestConfig, send_digest
-from socialcrm.responder import load_checked
+from socialcrm.responder import Responder, load_checked
 from socialcrm.rules import RuleError, RuleSet
 from socialcrm.scoring import ScoringPool
 from socialcrm.sender import Sender
@@ -176,6 +176,7 @@ class Daemon:
         store: Store,
         *,
         rules: RuleSet | None = None,
+        responder: Responder | None = None,
         scoring: ScoringPool | None = None,
         clock: Callable[[], float] = time.monotonic,
         name: str | None = None,
@@ -191,12 +192,16 @@ class Daemon:
         self.store = store
         self.rules = rules or RuleSet.load(config.rule_paths())
         self.scoring = scoring
-        self.pipeline = Pipeline(config, store, rules=self.rules, scoring=scoring)
+        # One responder for drafts and chat, as a reload gives them (``responder``: the one
+        # whose templates the start-up check compiled; else each makes its own).
+        self.pipeline = Pipeline(
+            config, store, rules=self.rules, responder=responder, scoring=scoring
+        )
         self.poller = Poller(store, self.pipeline, clock=clock)
         self.metrics = Metrics(sqlite=store.is_sqlite)
         self.poller.on_result = self.metrics.record
         self.sender = Sender(store, {}, who=f"{self.name}/{os.getpid()}", up=self._senders_up)
-        self.commands = Commands(config, store, rules=self.rules)
+        self.commands = Commands(config, store, self.pipeline.responder, rules=self.rules)
         #: The daemon's own HTTP session, for chat (answers to Slack, approval cards).
         self.http: aiohttp.ClientSession | None = None
         self.cards: CardNotifier | None = None
@@ -739,10 +744,16 @@ def _problem(status: int, detail: str) -> web.Response:
 
 
 async def run(
-    config: Config, host: str, port: int, name: str | None = None, rules: RuleSet | None = None
+    config: Config,
+    host: str,
+    port: int,
+    name: str | None = None,
+    rules: RuleSet | None = None,
+    responder: Responder | None = None,
 ) -> None:
     """``socialcrm run``: start everything and serve until SIGTERM or SIGINT, then stop cleanly.
-    ``rules``: the configured rules, loaded and checked already (else loaded here)."""
+    ``rules`` and ``responder``: the configured rules and reply templates, loaded and checked
+    already (else loaded here, the templates when first drafted with)."""
     from socialcrm.db import open_store
     from socialcrm.runtime import tune_allocator, tune_gc
 
@@ -758,7 +769,7 @@ async def run(
         store = await open_store(config.database_url())
         rules = rules or RuleSet.load(config.rule_paths())
         scoring = ScoringPool.for_config(config, rules)
-        daemon = Daemon(config, store, rules=rules, scoring=scoring, name=name)
+        daemon = Daemon(config, store, rules=rules, responder=responder, scoring=scoring, name=name)
         try:
             await daemon.start(host, port)
             tune_gc()
