@@ -168,6 +168,8 @@ async def stored_message_in(s: AsyncSession, message_id: int) -> Message | str:
     ]
     if row.triage_version is not None and row.triage_version > 0:
         said.append(f"read by team model #{row.triage_version}")
+    elif row.triage_version == 0:
+        said.append(f"relabelled {row.triage_class} by a person")
     return Message(
         text=row.text,
         direct=row.direct,

@@ -222,13 +222,14 @@ class Message(SQLModel, table=True):
     raw: dict[str, Any] = _json(dict)
     #: The triage model's reading (NULL while no model is in use, and for texts the starter
     #: model cannot read): its sentiment class (negative | neutral | positive), whether a
-    #: reply is needed, each with a confidence.
+    #: reply is needed, each with a confidence. A person's ``relabel`` replaces the class (its
+    #: confidence then NULL, its version 0): reports count the class a person gave.
     triage_class: str | None = Field(default=None, max_length=8)
     triage_confidence: float | None = None
     needs_reply: bool | None = None
     needs_reply_confidence: float | None = None
     #: The model version that read it (-1: the starter model shipped in the package, which
-    #: gives the class alone; see socialcrm/starter.py).
+    #: gives the class alone, see socialcrm/starter.py; 0: a person relabelled it).
     triage_version: int | None = None
 
 

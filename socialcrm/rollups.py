@@ -130,6 +130,25 @@ async def add(session: AsyncSession, rows: Iterable[Mapping[str, Any]]) -> None:
         )
 
 
+async def move(
+    session: AsyncSession,
+    *,
+    created_at: datetime,
+    channel: str,
+    source: str,
+    ignored: bool,
+    old: int,
+    new: int,
+) -> None:
+    """Count one stored inbound message under class ``new`` instead of ``old`` (a person
+    relabelled it): one off the old class's count and one on the new one's, in key order."""
+    if old == new:
+        return
+    key = {"slot": slot_of(created_at), "channel": channel, "source": source, "ignored": ignored}
+    for cls, n in sorted(((old, -1), (new, 1))):
+        await session.execute(_upsert(session, _R).values(**key, sentiment=cls, n=n))
+
+
 def _rebuild_sql(dialect: sa.Dialect) -> list[str]:
     cls = class_sql(
         sa.literal_column("m.sentiment"),

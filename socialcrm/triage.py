@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from socialcrm import rollups
 from socialcrm.connector import InboundMessage
 from socialcrm.db import Store
 from socialcrm.models import (
@@ -768,8 +769,10 @@ async def label_message(
     via: str,
 ) -> Recorded:
     """Record a label on a stored message (its text goes with the label), unless its newest
-    label on that head says the same."""
-    msg = await session.get(Message, message_id)
+    label on that head says the same. A sentiment label is the message's class from then on
+    (``take_class``)."""
+    # Locked: two people relabelling one message at once each move its count in the rollups.
+    msg = await session.get(Message, message_id, with_for_update=kind == "sentiment")
     if msg is None:
         raise TriageError(f"no message #{message_id}")
     if msg.direction != "inbound":
@@ -795,6 +798,8 @@ async def label_message(
     ).scalar_one_or_none()
     if last is not None and last.value == value:
         return Recorded(last, added=False)
+    if kind == "sentiment":
+        await take_class(session, msg, value)
     return Recorded(
         add_label(
             session,
@@ -810,6 +815,28 @@ async def label_message(
             external_id=msg.external_id,
         ),
         added=True,
+    )
+
+
+#: ``Message.triage_version`` of a message whose class a person gave.
+BY_PERSON = 0
+
+
+async def take_class(session: AsyncSession, msg: Message, value: str) -> None:
+    """A person's sentiment class becomes the stored message's, in place of the model's
+    reading: the reports count it (their rollups too) and list the message by it ("most
+    positive" no longer shows a message the team called negative)."""
+    old = rollups.sentiment_class(msg.sentiment, msg.ignored, msg.triage_class)
+    msg.triage_class, msg.triage_confidence, msg.triage_version = value, None, BY_PERSON
+    new = rollups.sentiment_class(msg.sentiment, msg.ignored, value)
+    await rollups.move(
+        session,
+        created_at=msg.created_at,
+        channel=msg.channel,
+        source=msg.source,
+        ignored=msg.ignored,
+        old=old,
+        new=new,
     )
 
 

@@ -20,12 +20,14 @@ import pytest
 import sqlalchemy as sa
 
 from socialcrm import rollups
+from socialcrm.chatops.commands import Actor, Commands
+from socialcrm.config import Config
 from socialcrm.connector import Batch
 from socialcrm.db import Store
 from socialcrm.models import Customer, Message, Ticket
 from socialcrm.pipeline import Pipeline
 from socialcrm.reports import build_report, render
-from socialcrm.reports.data import Report, _message_facts, window
+from socialcrm.reports.data import Report, Sentiment, _message_facts, window
 from socialcrm.sandbox.traffic import TrafficGenerator
 
 END = datetime(2026, 4, 8, tzinfo=UTC)
@@ -578,3 +580,39 @@ async def test_the_pipeline_keeps_the_rollups(store: Store, pipeline: Pipeline) 
     async with store.session() as s:
         await rollups.rebuild(s)
     assert await _rollup_tables(store) == kept
+
+
+async def test_a_message_the_team_relabelled_counts_as_they_said(store: Store) -> None:
+    """The most positive message of the week was sarcasm: a person relabels it negative, and
+    the report counts it negative and no longer quotes it as praise; the rollups moved its
+    count as a rebuild would count it."""
+    await seed(store)
+    before = await build_report(store, period=WEEK, end=END, brand="Acme")
+    top = before.most_positive[0]
+    assert top.sentiment == 0.95
+    agent = Actor("ana", "agent", "cli")
+    out = await Commands(Config(), store).run(agent, f"relabel {top.id} negative")
+    assert "labelled negative" in out
+    after = await build_report(store, period=WEEK, end=END, brand="Acme")
+    assert top.id not in {q.id for q in after.most_positive}
+    was, now = before.overall.current, after.overall.current
+    assert (now.positive, now.negative, now.neutral) == (
+        was.positive - 1,
+        was.negative + 1,
+        was.neutral,
+    )
+    # Its author's figures too (customer 1 wrote it).
+    mine = {a.customer_id: a.messages for a in before.customers.most_active}[1]
+    assert {a.customer_id: a.messages for a in after.customers.most_active}[1] == (
+        mine - Sentiment(positive=1) + Sentiment(negative=1)
+    )
+    # The same label again moves nothing; another moves it on, once.
+    await Commands(Config(), store).run(agent, f"relabel {top.id} negative")
+    await Commands(Config(), store).run(agent, f"relabel {top.id} neutral")
+    again = (await build_report(store, period=WEEK, end=END, brand="Acme")).overall.current
+    assert (again.negative, again.neutral) == (was.negative, was.neutral + 1)
+    kept = await _rollup_tables(store)
+    async with store.session() as s:
+        await rollups.rebuild(s)
+    rebuilt = await _rollup_tables(store)
+    assert {r for r in kept[0] if r[-1]} == rebuilt[0] and kept[1] == rebuilt[1]
