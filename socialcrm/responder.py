@@ -24,7 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from socialcrm.approvals import REPLY_ORDER
 from socialcrm.config import Config, ResponderConfig, SourceConfig
-from socialcrm.connector import InboundMessage, OutboundReply, ReplyIssue, load_connector
+from socialcrm.connector import (
+    Connector,
+    InboundMessage,
+    OutboundReply,
+    ReplyIssue,
+    load_connector,
+)
 from socialcrm.models import AuditEvent, Identity, Message, Reply, Ticket, utcnow
 from socialcrm.rules import RuleError, RuleSet
 from socialcrm.sender import outbound_reply
@@ -179,18 +185,33 @@ class ReplyChecker:
         self.responder = responder
         self._checks: dict[str, Callable[[OutboundReply], list[ReplyIssue]] | None] = {}
 
+    def _connector(self, source: str) -> type[Connector] | None:
+        """The connector class of a configured source; None for one not configured or not
+        installed (the source itself reports that when it starts)."""
+        cfg = self.sources.get(source)
+        if cfg is None:
+            return None
+        try:
+            return load_connector(cfg.type)
+        except LookupError:
+            return None
+
+    def sends(self, source: str) -> bool:
+        """Whether ``source`` is configured with a connector that sends replies: an approved
+        reply through any other fails when the daemon comes to send it."""
+        return callable(getattr(self._connector(source), "send", None))
+
     def _check_of(self, source: str) -> Callable[[OutboundReply], list[ReplyIssue]] | None:
         if source in self._checks:
             return self._checks[source]
         check = None
-        cfg = self.sources.get(source)
-        if cfg is not None:
+        cls = self._connector(source)
+        if cls is not None and (hook := getattr(cls, "check_reply", None)) is not None:
             try:
-                cls = load_connector(cfg.type)
-                hook = getattr(cls, "check_reply", None)
-                if hook is not None:
-                    check = functools.partial(hook, cls.Config.model_validate(cfg.settings()))
-            except (LookupError, ValidationError):
+                check = functools.partial(
+                    hook, cls.Config.model_validate(self.sources[source].settings())
+                )
+            except ValidationError:
                 check = None  # the source itself reports its bad settings when it starts
         self._checks[source] = check
         return check

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from socialcrm.chatops.commands import Actor, CommandError, Commands
-from socialcrm.config import Config
+from socialcrm.config import Config, SourceConfig
 from socialcrm.connector import Author, Batch, InboundMessage
 from socialcrm.db import Store
 from socialcrm.models import AuditEvent, Reply, SourceState
@@ -213,3 +213,23 @@ async def test_the_report_summary_is_plain_text(loaded: Commands, config: Config
 async def test_report_refuses_bad_periods(loaded: Commands, line: str, problem: str) -> None:
     with pytest.raises(CommandError, match=problem):
         await loaded.run(VIEWER, line)
+
+
+async def test_an_approval_says_whether_a_configured_source_will_send_it(
+    loaded: Commands, config: Config, store: Store
+) -> None:
+    """The drafts came through source "test", which this config does not have: approving one
+    says it will not be sent from here (the daemon would fail it), not that it will be. With
+    an X source of that name configured, it will be sent."""
+    out = await loaded.run(APPROVER, "approve 1")
+    assert "It will be sent" not in out
+    assert "No source named test that sends replies is configured" in out
+    assert "answer the customer on x yourself" in out
+    x = {"name": "test", "type": "x", "bearer_token": "t", "user_id": "1"}
+    sends = Commands(config.model_copy(update={"sources": [SourceConfig(**x)]}), store)
+    out = await sends.run(APPROVER, "edit 2 Sorry about that, we are on it.")
+    assert out == "Reply #2 edited and approved by dana. It will be sent on x."
+    # A source of that name whose connector only reads (an RSS feed) sends nothing either.
+    rss = {"name": "test", "type": "rss", "url": "http://127.0.0.1:9/feed"}
+    reads = Commands(config.model_copy(update={"sources": [SourceConfig(**rss)]}), store)
+    assert not reads.checker.sends("test") and sends.checker.sends("test")

@@ -70,6 +70,13 @@ class Harness:
         return [r["json"]["text"] for r in self.world.workspace.responses]
 
 
+#: What an approval says of a draft from source "test", which the chat config has not.
+UNSENT = (
+    "No source named test that sends replies is configured, so it will not be sent from here: "
+    "answer the customer on x yourself."
+)
+
+
 @pytest.fixture
 async def h(store: Store, pipeline: Pipeline, tmp_path: Path) -> AsyncIterator[Harness]:
     await ingest(pipeline)
@@ -365,7 +372,7 @@ async def test_approve_button(h: Harness, store: Store) -> None:
     assert (r.status, r.decided_by) == ("approved", "dana")
     assert h.approved == [1]
     await h.settle()
-    assert h.responses() == ["Reply #1 approved by dana. It will be sent on x."]
+    assert h.responses() == [f"Reply #1 approved by dana. {UNSENT}"]
     assert h.world.workspace.responses[0]["json"]["replace_original"] is False
     card = h.world.workspace.card(1)
     assert card.buttons()
@@ -463,7 +470,7 @@ async def test_a_slow_command_is_acknowledged_in_time_and_answered_later(
         }
         assert (await reply(store, 1)).status == "draft"
     late = await ws.wait_for(lambda: ws.responses)
-    assert late[0]["json"]["text"] == "Reply #1 approved by dana. It will be sent on x."
+    assert late[0]["json"]["text"] == f"Reply #1 approved by dana. {UNSENT}"
     assert late[0]["url"] == urllib.parse.parse_qs(body.decode())["response_url"][0]
     assert (await reply(store, 1)).status == "approved"
     assert h.approved == [1]
@@ -479,7 +486,7 @@ async def test_a_slow_click_is_acknowledged_in_time(h: Harness, store: Store) ->
         resp = await h.http.post("/slack/interactions", data=body, headers=headers)
         assert resp.status == 200 and loop.time() - started < 2.9
     await ws.wait_for(lambda: ws.responses)
-    assert h.responses() == ["Reply #2 approved by dana. It will be sent on x."]
+    assert h.responses() == [f"Reply #2 approved by dana. {UNSENT}"]
     assert h.approved == [2]
     assert NASTY not in h.responses()[0]
 

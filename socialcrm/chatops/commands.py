@@ -221,13 +221,20 @@ class Commands:
     async def approve(self, actor: Actor, reply_id: int) -> str:
         """approve ID — approve a draft as written; it is then sent on its channel."""
         reply = await self._approve(actor, reply_id)
-        return self.render("decided", reply=reply, verb="approved")
+        return self.render(
+            "decided", reply=reply, verb="approved", sends=self.checker.sends(reply.source)
+        )
 
     @command("approver")
     async def edit(self, actor: Actor, reply_id: int, text: str) -> str:
         """edit ID TEXT — replace a draft's text and approve it (the audit keeps both)."""
         reply = await self._approve(actor, reply_id, text)
-        return self.render("decided", reply=reply, verb="edited and approved")
+        return self.render(
+            "decided",
+            reply=reply,
+            verb="edited and approved",
+            sends=self.checker.sends(reply.source),
+        )
 
     async def _approve(self, actor: Actor, reply_id: int, text: str | None = None) -> Reply:
         """Approve a draft, edited to ``text`` first if given. Either way the message needed a
