@@ -908,7 +908,9 @@ async def triage_eval(ctx: click.Context, file: Path, as_json: bool) -> None:
     if as_json:
         if merged:
             click.echo(f"{merged} duplicate line(s) merged", err=True)
-        click.echo(json.dumps(results))
+        # What the figures stand on beside them: a script sees lines left out, as a person does.
+        counts = {"messages": len(items), "skipped": len(problems), "merged": merged}
+        click.echo(json.dumps({**counts, **results}))
         _partial(ctx, len(problems))
         return
     text = (
