@@ -116,21 +116,28 @@ async def _store(config: Config, *, create: bool = False) -> AsyncIterator[Store
     without its config)."""
     from socialcrm.db import open_store
 
-    path = config.sqlite_path()
-    if not create and path is not None and not path.exists():
-        ctx = click.get_current_context(silent=True)
-        named = ctx is not None and (ctx.find_root().obj or {}).get("config_path") is not None
-        if named or Path(DEFAULT_CONFIG).exists():
-            raise CliError(f"no database at {path}: `socialcrm db upgrade` creates it")
-        raise CliError(
-            f"no database at {path}, and no {DEFAULT_CONFIG} here: `socialcrm init` makes "
-            "both, or `--config FILE` names yours"
-        )
+    if not create:
+        _need_database(config)
     store = await open_store(config.database_url())
     try:
         yield store
     finally:
         await store.dispose()
+
+
+def _need_database(config: Config) -> None:
+    """Refuse, saying how to make it, where the configured SQLite database is not there."""
+    path = config.sqlite_path()
+    if path is None or path.exists():
+        return
+    ctx = click.get_current_context(silent=True)
+    named = ctx is not None and (ctx.find_root().obj or {}).get("config_path") is not None
+    if named or Path(DEFAULT_CONFIG).exists():
+        raise CliError(f"no database at {path}: `socialcrm db upgrade` creates it")
+    raise CliError(
+        f"no database at {path}, and no {DEFAULT_CONFIG} here: `socialcrm init` makes "
+        "both, or `--config FILE` names yours"
+    )
 
 
 def _actor() -> Actor:
@@ -1269,6 +1276,7 @@ async def rules_explain(
     config = _load(ctx)
     rules, _ = _check_rules_and_templates(config)
     if message_id is not None:
+        _need_database(config)  # where the message would be, and how to make it
         found = await stored_message(config, message_id)
         if isinstance(found, str):
             raise CliError(found)

@@ -230,6 +230,10 @@ def test_rules_explain_shows_each_rule_and_what_it_found(cli: CliRunner, tmp_pat
     assert "did not match and found nothing in the text" in out
     assert "VADER read: 'still waiting" in out  # the brand's handle is not read
     assert not list(tmp_path.glob("*.db"))
+    # A stored message needs the database: where it would be, and how to make it, is said.
+    missing = run(cli, "rules", "explain", "--message", "1", code=2).output
+    assert f"no database at {tmp_path / 'socialcrm.db'}, and no config.yaml here" in missing
+    assert "`socialcrm init` makes both" in missing and not list(tmp_path.glob("*.db"))
     # Found by search, `complaint` (for messages sent to us) does not match; --all lists every
     # rule.
     out = run(cli, "rules", "explain", "still waiting for my order", "--public", "--all").output
