@@ -197,9 +197,14 @@ class ReplyChecker:
             return None
 
     def sends(self, source: str) -> bool:
-        """Whether ``source`` is configured with a connector that sends replies: an approved
-        reply through any other fails when the daemon comes to send it."""
-        return callable(getattr(self._connector(source), "send", None))
+        """Whether this config has ``source``, enabled, with a connector that sends replies.
+        The daemon that sends reads its own config: this is what this one says of it."""
+        cfg = self.sources.get(source)
+        return (
+            cfg is not None
+            and cfg.enabled
+            and callable(getattr(self._connector(source), "send", None))
+        )
 
     def _check_of(self, source: str) -> Callable[[OutboundReply], list[ReplyIssue]] | None:
         if source in self._checks:

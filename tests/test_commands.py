@@ -223,13 +223,19 @@ async def test_an_approval_says_whether_a_configured_source_will_send_it(
     an X source of that name configured, it will be sent."""
     out = await loaded.run(APPROVER, "approve 1")
     assert "It will be sent" not in out
-    assert "No source named test that sends replies is configured" in out
-    assert "answer the customer on x yourself" in out
+    assert "through source test, which this config does not have enabled" in out
+    # It is still approved: a daemon whose config has the source sends it (no "answer it
+    # yourself", which would answer the customer twice).
+    assert (await reply(store, 1)).status == "approved"
     x = {"name": "test", "type": "x", "bearer_token": "t", "user_id": "1"}
     sends = Commands(config.model_copy(update={"sources": [SourceConfig(**x)]}), store)
     out = await sends.run(APPROVER, "edit 2 Sorry about that, we are on it.")
     assert out == "Reply #2 edited and approved by dana. It will be sent on x."
-    # A source of that name whose connector only reads (an RSS feed) sends nothing either.
+    # A source of that name whose connector only reads (an RSS feed), or one switched off,
+    # sends nothing either.
     rss = {"name": "test", "type": "rss", "url": "http://127.0.0.1:9/feed"}
     reads = Commands(config.model_copy(update={"sources": [SourceConfig(**rss)]}), store)
-    assert not reads.checker.sends("test") and sends.checker.sends("test")
+    off = {**x, "enabled": False}
+    idle = Commands(config.model_copy(update={"sources": [SourceConfig(**off)]}), store)
+    assert not reads.checker.sends("test") and not idle.checker.sends("test")
+    assert sends.checker.sends("test")

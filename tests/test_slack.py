@@ -72,8 +72,9 @@ class Harness:
 
 #: What an approval says of a draft from source "test", which the chat config has not.
 UNSENT = (
-    "No source named test that sends replies is configured, so it will not be sent from here: "
-    "answer the customer on x yourself."
+    "The daemon sends it on x through source test, which this config does not have enabled "
+    "with a connector that sends replies: if the daemon's config has none either, the reply "
+    "fails and a person is alerted."
 )
 
 
