@@ -796,10 +796,12 @@ async def label_message(
             .limit(1)
         )
     ).scalar_one_or_none()
+    if kind == "sentiment" and (msg.triage_class, msg.triage_version) != (value, BY_PERSON):
+        # Also where the word is said again: a label imported, or given before this version,
+        # did not change the message's class.
+        await take_class(session, msg, value)
     if last is not None and last.value == value:
         return Recorded(last, added=False)
-    if kind == "sentiment":
-        await take_class(session, msg, value)
     return Recorded(
         add_label(
             session,

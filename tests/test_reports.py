@@ -24,7 +24,7 @@ from socialcrm.chatops.commands import Actor, Commands
 from socialcrm.config import Config
 from socialcrm.connector import Batch
 from socialcrm.db import Store
-from socialcrm.models import Customer, Message, Ticket
+from socialcrm.models import Customer, Message, Ticket, TriageLabel
 from socialcrm.pipeline import Pipeline
 from socialcrm.reports import build_report, render
 from socialcrm.reports.data import Report, Sentiment, _message_facts, window
@@ -616,3 +616,34 @@ async def test_a_message_the_team_relabelled_counts_as_they_said(store: Store) -
         await rollups.rebuild(s)
     rebuilt = await _rollup_tables(store)
     assert {r for r in kept[0] if r[-1]} == rebuilt[0] and kept[1] == rebuilt[1]
+
+
+async def test_relabels_of_an_earlier_version_and_imported_labels_count_too(store: Store) -> None:
+    """Relabels made before the class was written on the message take effect on upgrade
+    (migration 0017); a label that came with an import takes effect when a person says it."""
+    await seed(store)
+    before = await build_report(store, period=WEEK, end=END, brand="Acme")
+    first, second = before.most_positive[0].id, before.most_positive[1].id
+    async with store.session() as s:
+        for mid, reason in ((first, "relabel"), (second, "import")):
+            msg = await s.get(Message, mid)
+            assert msg is not None
+            s.add(TriageLabel(message_id=mid, text=msg.text, kind="sentiment", value="negative",
+                              reason=reason, actor="ana", via="cli"))  # fmt: skip
+    await store.downgrade("0016")
+    await store.upgrade("head")
+    after = await build_report(store, period=WEEK, end=END, brand="Acme")
+    shown = {q.id for q in after.most_positive}
+    assert first not in shown and second in shown
+    was, now = before.overall.current, after.overall.current
+    assert (now.positive, now.negative) == (was.positive - 1, was.negative + 1)
+    out = await Commands(Config(), store).run(
+        Actor("ana", "agent", "cli"), f"relabel {second} negative"
+    )
+    assert "already" in out
+    now = (await build_report(store, period=WEEK, end=END, brand="Acme")).overall.current
+    assert (now.positive, now.negative) == (was.positive - 2, was.negative + 2)
+    kept = await _rollup_tables(store)
+    async with store.session() as s:
+        await rollups.rebuild(s)
+    assert {r for r in kept[0] if r[-1]} == (await _rollup_tables(store))[0]

@@ -42,7 +42,7 @@ async def test_downgrade_and_upgrade_again(store: Store) -> None:
     await store.downgrade("base")
     assert await store.current_revision() is None
     await store.upgrade("head")
-    assert await store.current_revision() == "0016"
+    assert await store.current_revision() == "0017"
 
 
 async def test_a_failing_source_starts_its_streak_at_its_last_error(store: Store) -> None:
