@@ -323,6 +323,11 @@ class RedditConnector:
 
     # -- replying -----------------------------------------------------------------------------
 
+    @classmethod
+    def sends_with(cls, config: Config) -> bool:
+        """Only the brand's account can comment: a read-only app (no username) cannot."""
+        return config.username is not None
+
     async def send(self, reply: OutboundReply) -> SentReceipt:
         """Post ``reply`` as a comment under the post or comment it answers."""
         if self.config.username is None:

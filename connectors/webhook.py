@@ -147,6 +147,11 @@ class WebhookConnector:
         fields.setdefault("raw", item)
         return InboundMessage.model_validate(fields)
 
+    @classmethod
+    def sends_with(cls, config: Config) -> bool:
+        """Replies go out only to a configured callback URL."""
+        return bool(config.reply_url)
+
     async def send(self, reply: OutboundReply) -> SentReceipt:
         """POST an approved reply to the configured callback URL, signed."""
         if not self.config.reply_url:

@@ -495,7 +495,11 @@ class ReplyingConnector(Connector, Protocol):
     #   def check_reply(cls, config: Config, reply: OutboundReply) -> list[ReplyIssue]
     # the channel's constraints on ``reply`` (length, visibility, reply permission). The core
     # calls it when a draft is made, edited or approved and shows the reasons on the card and
-    # in the CLI; a blocking issue stops the approval.
+    # in the CLI; a blocking issue stops the approval. And:
+    #   @classmethod
+    #   def sends_with(cls, config: Config) -> bool
+    # False where these settings leave it unable to send (no callback URL, a read-only app):
+    # an approval then says so rather than "It will be sent".
 
 
 ENTRY_POINT_GROUP = "socialcrm.connectors"

@@ -200,11 +200,20 @@ class ReplyChecker:
         """Whether this config has ``source``, enabled, with a connector that sends replies.
         The daemon that sends reads its own config: this is what this one says of it."""
         cfg = self.sources.get(source)
-        return (
-            cfg is not None
-            and cfg.enabled
-            and callable(getattr(self._connector(source), "send", None))
-        )
+        cls = self._connector(source)
+        if (
+            cfg is None
+            or not cfg.enabled
+            or cls is None
+            or not callable(getattr(cls, "send", None))
+        ):
+            return False
+        if (hook := getattr(cls, "sends_with", None)) is None:
+            return True
+        try:
+            return bool(hook(cls.Config.model_validate(cfg.settings())))
+        except ValidationError:
+            return False  # the source reports its bad settings when it starts
 
     def _check_of(self, source: str) -> Callable[[OutboundReply], list[ReplyIssue]] | None:
         if source in self._checks:

@@ -239,3 +239,17 @@ async def test_an_approval_says_whether_a_configured_source_will_send_it(
     idle = Commands(config.model_copy(update={"sources": [SourceConfig(**off)]}), store)
     assert not reads.checker.sends("test") and not idle.checker.sends("test")
     assert sends.checker.sends("test")
+    # A connector that sends, with settings that leave it unable to: a webhook without its
+    # callback URL, a read-only Reddit app.
+    hook = {"name": "test", "type": "webhook", "secret": "s" * 32}
+    reddit = {"name": "test", "type": "reddit", "client_id": "c", "client_secret": "s",
+              "query": "acme", "user_agent": "python:test:1 (by /u/acme)"}  # fmt: skip
+    account = {**reddit, "username": "acme", "password": "p"}
+
+    def able(settings: dict[str, str]) -> bool:
+        return Commands(
+            config.model_copy(update={"sources": [SourceConfig(**settings)]}), store
+        ).checker.sends("test")
+
+    assert not able(hook) and able({**hook, "reply_url": "http://127.0.0.1:9/r"})
+    assert not able(reddit) and able(account)
