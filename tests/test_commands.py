@@ -223,7 +223,7 @@ async def test_an_approval_says_whether_a_configured_source_will_send_it(
     an X source of that name configured, it will be sent."""
     out = await loaded.run(APPROVER, "approve 1")
     assert "It will be sent" not in out
-    assert "through source test, which this config does not have enabled" in out
+    assert "This config has no enabled source test that sends replies" in out
     # It is still approved: a daemon whose config has the source sends it (no "answer it
     # yourself", which would answer the customer twice).
     assert (await reply(store, 1)).status == "approved"

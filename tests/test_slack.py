@@ -72,9 +72,8 @@ class Harness:
 
 #: What an approval says of a draft from source "test", which the chat config has not.
 UNSENT = (
-    "The daemon sends it on x through source test, which this config does not have enabled "
-    "with a connector that sends replies: if the daemon's config has none either, the reply "
-    "fails and a person is alerted."
+    "This config has no enabled source test that sends replies, so a daemon run with it does "
+    "not send this one (it is marked failed and a person alerted)."
 )
 
 
