@@ -183,52 +183,43 @@ class ReplyChecker:
     def __init__(self, sources: Sequence[SourceConfig], responder: Responder) -> None:
         self.sources = {source.name: source for source in sources}
         self.responder = responder
-        self._checks: dict[str, Callable[[OutboundReply], list[ReplyIssue]] | None] = {}
+        #: Each source asked about: its connector class and validated settings, or None.
+        self._found: dict[str, tuple[type[Connector], Any] | None] = {}
 
-    def _connector(self, source: str) -> type[Connector] | None:
-        """The connector class of a configured source; None for one not configured or not
-        installed (the source itself reports that when it starts)."""
+    def _configured(self, source: str) -> tuple[type[Connector], Any] | None:
+        """A configured source's connector class and its validated settings, found once;
+        None for a source not configured, not installed or with bad settings (the source
+        itself reports those when it starts)."""
+        if source in self._found:
+            return self._found[source]
+        found = None
         cfg = self.sources.get(source)
-        if cfg is None:
-            return None
-        try:
-            return load_connector(cfg.type)
-        except LookupError:
-            return None
+        if cfg is not None:
+            try:
+                cls = load_connector(cfg.type)
+                found = (cls, cls.Config.model_validate(cfg.settings()))
+            except (LookupError, ValidationError):
+                found = None
+        self._found[source] = found
+        return found
 
     def sends(self, source: str) -> bool:
-        """Whether this config has ``source``, enabled, with a connector that sends replies.
-        The daemon that sends reads its own config: this is what this one says of it."""
-        cfg = self.sources.get(source)
-        cls = self._connector(source)
-        if (
-            cfg is None
-            or not cfg.enabled
-            or cls is None
-            or not callable(getattr(cls, "send", None))
-        ):
+        """Whether this config has ``source``, enabled, with a connector that sends replies
+        with these settings (its ``sends_with``, where it has one). The daemon that sends
+        reads its own config: this is what this one says of it."""
+        found = self._configured(source)
+        if found is None or not self.sources[source].enabled:
             return False
-        if (hook := getattr(cls, "sends_with", None)) is None:
-            return True
-        try:
-            return bool(hook(cls.Config.model_validate(cfg.settings())))
-        except ValidationError:
-            return False  # the source reports its bad settings when it starts
+        cls, settings = found
+        if not callable(getattr(cls, "send", None)):
+            return False
+        hook = getattr(cls, "sends_with", None)
+        return hook is None or bool(hook(settings))
 
     def _check_of(self, source: str) -> Callable[[OutboundReply], list[ReplyIssue]] | None:
-        if source in self._checks:
-            return self._checks[source]
-        check = None
-        cls = self._connector(source)
-        if cls is not None and (hook := getattr(cls, "check_reply", None)) is not None:
-            try:
-                check = functools.partial(
-                    hook, cls.Config.model_validate(self.sources[source].settings())
-                )
-            except ValidationError:
-                check = None  # the source itself reports its bad settings when it starts
-        self._checks[source] = check
-        return check
+        found = self._configured(source)
+        hook = getattr(found[0], "check_reply", None) if found is not None else None
+        return None if found is None or hook is None else functools.partial(hook, found[1])
 
     def issues(self, source: str, reply: OutboundReply) -> list[ReplyIssue]:
         """What the channel says about ``reply``, sent through ``source``."""
